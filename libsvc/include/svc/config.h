@@ -1,0 +1,55 @@
+/*
+ * config.h: settings from command-line flags and the environment, flags win.
+ * A table of svc_opt_t describes every setting once; the same table prints --help.
+ */
+#ifndef SVC_CONFIG_H
+#define SVC_CONFIG_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "svc/err.h"
+
+typedef enum {
+    SVC_OPT_STRING,    /* dest is const char ** (points into argv, environ or def) */
+    SVC_OPT_INT,       /* dest is int64_t *, checked against min..max */
+    SVC_OPT_BOOL,      /* dest is bool *; true/false/1/0/yes/no; a bare --flag means true */
+    SVC_OPT_LOG_LEVEL, /* dest is svc_log_level_t *; debug|info|warn|error */
+} svc_opt_type_t;
+
+typedef struct {
+    const char *flag; /* "listen-addr" means --listen-addr=V or --listen-addr V */
+    const char *env;  /* "LISTEN_ADDR"; NULL when there is no environment variable */
+    svc_opt_type_t type;
+    const char *def; /* default as text; NULL means unset (string stays NULL) */
+    const char *help;
+    int64_t min, max; /* SVC_OPT_INT only */
+    void *dest;
+    int required; /* a string that must be set, by flag, environment or default */
+} svc_opt_t;
+
+typedef enum {
+    SVC_CONFIG_OK = 0,
+    SVC_CONFIG_HELP = 1,  /* --help or -h was given: print usage, exit 0 */
+    SVC_CONFIG_ERROR = 2, /* err says which setting is wrong: print it, exit 2 */
+} svc_config_result_t;
+
+/*
+ * Applies defaults, then the environment, then argv[1..argc-1] to the options.
+ * On error err->msg names the setting (flag and variable) and the bad value.
+ */
+svc_config_result_t svc_config_parse(const svc_opt_t *opts, int n_opts, int argc, char **argv,
+                                     svc_err_t *err);
+
+/* Writes a usage text listing every option with its variable, default and help. */
+void svc_config_usage(FILE *out, const char *prog, const char *summary, const svc_opt_t *opts,
+                      int n_opts);
+
+/*
+ * The usual main() step: parses, prints usage and exits 0 on --help, prints one
+ * line and exits 2 on a bad setting.
+ */
+void svc_config_load_or_exit(const svc_opt_t *opts, int n_opts, int argc, char **argv,
+                             const char *summary);
+
+#endif
