@@ -1,0 +1,66 @@
+/*
+ * client.h: calls to other gRPC services. One channel per target, made once
+ * and reused by every thread. Calls made while serving a call inherit its
+ * deadline, cancellation and x-request-id.
+ */
+#ifndef SVC_CLIENT_H
+#define SVC_CLIENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <protobuf-c/protobuf-c.h>
+
+#include "svc/arena.h"
+#include "svc/err.h"
+#include "svc/server.h"
+
+typedef struct svc_client svc_client_t;
+typedef struct svc_client_stream svc_client_stream_t;
+
+/*
+ * The shared channel for target: "host:port", "ipv4:a:p1,b:p2" or
+ * "a:p1,b:p2" (several addresses, balanced round_robin), "dns:///name:port".
+ * The client lives until svc_client_release_all; do not free it.
+ */
+svc_client_t *svc_client_get(const char *target, svc_err_t *err);
+/* Closes every channel (at process exit, after servers stopped). */
+void svc_client_release_all(void);
+
+typedef struct {
+    int64_t timeout_ms;          /* 0: 10 000; the parent's deadline still applies */
+    svc_call_t *parent;          /* the call being served, or NULL */
+    const char *request_id;      /* x-request-id when there is no parent; NULL: a new one */
+    const char *const *metadata; /* extra key, value pairs */
+    int n_metadata;              /* number of pairs */
+    int wait_for_ready;          /* wait for a connection instead of failing fast */
+} svc_call_opts_t;
+
+/*
+ * One unary call. On success returns 0 and *resp (allocated in arena).
+ * Otherwise returns -1 with err holding the status the server sent, or
+ * UNAVAILABLE / DEADLINE_EXCEEDED from the transport. opts may be NULL.
+ */
+int svc_client_unary(svc_client_t *client, const char *method, const ProtobufCMessage *req,
+                     const ProtobufCMessageDescriptor *resp_desc, svc_arena_t *arena,
+                     ProtobufCMessage **resp, const svc_call_opts_t *opts, svc_err_t *err);
+
+/* The same with a request given as raw bytes (a proxy, or a test of bad input). */
+int svc_client_unary_bytes(svc_client_t *client, const char *method, const void *bytes, size_t len,
+                           const ProtobufCMessageDescriptor *resp_desc, svc_arena_t *arena,
+                           ProtobufCMessage **resp, const svc_call_opts_t *opts, svc_err_t *err);
+
+/* A streaming call (server or bidi), used from one thread at a time. */
+svc_client_stream_t *svc_client_stream_open(svc_client_t *client, const char *method,
+                                            const svc_call_opts_t *opts, svc_err_t *err);
+int svc_client_stream_send(svc_client_stream_t *s, const ProtobufCMessage *msg, svc_err_t *err);
+int svc_client_stream_close_send(svc_client_stream_t *s, svc_err_t *err);
+/* Returns 1 with *msg, 0 at the end of the stream (call finish), -1 on a broken call. */
+int svc_client_stream_recv(svc_client_stream_t *s, const ProtobufCMessageDescriptor *desc,
+                           svc_arena_t *arena, ProtobufCMessage **msg, svc_err_t *err);
+/* Waits for the status: 0 when OK, else -1 with err. */
+int svc_client_stream_finish(svc_client_stream_t *s, svc_err_t *err);
+/* Cancels the call if it has not finished, and frees. NULL is a no-op. */
+void svc_client_stream_destroy(svc_client_stream_t *s);
+
+#endif

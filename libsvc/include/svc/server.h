@@ -1,0 +1,138 @@
+/*
+ * server.h: the gRPC server runtime on gRPC C core. Completion-queue threads
+ * accept calls and move bytes; handlers run on the worker pool and end calls
+ * from any thread, now or later (a parked call holds no thread). Every server
+ * also serves grpc.health.v1.Health and server reflection (v1 and v1alpha).
+ */
+#ifndef SVC_SERVER_H
+#define SVC_SERVER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <protobuf-c/protobuf-c.h>
+
+#include "svc/arena.h"
+#include "svc/err.h"
+#include "svc/pool.h"
+#include "svc/timer.h"
+
+typedef struct svc_server svc_server_t;
+typedef struct svc_call svc_call_t;
+
+typedef enum {
+    SVC_METHOD_UNARY = 0,
+    SVC_METHOD_SERVER_STREAM,
+    SVC_METHOD_BIDI_STREAM,
+} svc_method_kind_t;
+
+/*
+ * Runs on a worker thread with the unpacked request (unary and server stream:
+ * once; bidi: once per incoming message, one at a time). The request lives in
+ * svc_call_arena(call) (for bidi, until the handler returns). A unary or
+ * server-stream handler must end the call exactly once, with svc_call_reply,
+ * svc_call_fail or svc_call_finish, now or later from any thread; after that
+ * the call must not be touched.
+ */
+typedef void (*svc_handler_fn)(svc_call_t *call, const ProtobufCMessage *request, void *user);
+/* Bidi only: the client closed its sending side. The handler must end the call. */
+typedef void (*svc_half_close_fn)(svc_call_t *call, void *user);
+/* The call was cancelled (client cancel, deadline, shutdown). Runs on a worker, at most once. */
+typedef void (*svc_cancel_fn)(svc_call_t *call, void *arg);
+
+typedef struct {
+    svc_method_kind_t kind;
+    svc_handler_fn handler;
+    svc_half_close_fn on_half_close; /* bidi; NULL means finish with OK */
+} svc_handler_t;
+
+typedef struct {
+    const char *service_name;         /* "lock-svc", for logs */
+    const char *listen_addr;          /* "127.0.0.1:50051"; port 0 picks a free port */
+    int cq_threads;                   /* 0: one per CPU */
+    int workers;                      /* core worker threads; 0: 4 x CPUs */
+    int max_workers;                  /* 0: 256 */
+    int grace_ms;                     /* shutdown grace period; 0: 10 000 */
+    int max_recv_bytes;               /* 0: 1 MiB */
+    const unsigned char *descriptors; /* FileDescriptorSet for reflection; may be NULL */
+    size_t descriptors_len;
+} svc_server_opts_t;
+
+svc_server_t *svc_server_create(const svc_server_opts_t *opts, svc_err_t *err);
+
+/*
+ * Registers every method of a protobuf-c service. handlers[i] belongs to
+ * desc->methods[i] (protobuf-c keeps them in .proto order). Before start.
+ */
+int svc_server_add_service(svc_server_t *server, const ProtobufCServiceDescriptor *desc,
+                           const svc_handler_t *handlers, void *user, svc_err_t *err);
+
+/* Registers one method by its full path "/pkg.Service/Method". Before start. */
+int svc_server_add_method(svc_server_t *server, const char *path,
+                          const ProtobufCMessageDescriptor *input,
+                          const ProtobufCMessageDescriptor *output, const svc_handler_t *handler,
+                          void *user, svc_err_t *err);
+
+/* Binds, starts the threads and marks every registered service SERVING. */
+int svc_server_start(svc_server_t *server, svc_err_t *err);
+/* The bound port (useful with port 0). */
+int svc_server_port(const svc_server_t *server);
+
+/*
+ * Blocks until SIGTERM or SIGINT, then shuts down gracefully. The caller must
+ * have blocked those signals in every thread (svc_server_block_signals before
+ * starting threads). Returns the signal number.
+ */
+int svc_server_wait_for_signal(svc_server_t *server);
+/* Blocks SIGTERM, SIGINT and SIGPIPE for this thread and the threads it starts later. */
+void svc_server_block_signals(void);
+
+/*
+ * Stops accepting, marks health NOT_SERVING, lets in-flight calls finish for the
+ * grace period, cancels the rest, and stops all threads. Safe to call twice.
+ */
+void svc_server_shutdown(svc_server_t *server);
+/* Shuts down if needed and frees. NULL is a no-op. */
+void svc_server_destroy(svc_server_t *server);
+
+svc_pool_t *svc_server_pool(svc_server_t *server);
+svc_timers_t *svc_server_timers(svc_server_t *server);
+
+/* Health of one service name ("" is the whole server). */
+void svc_server_set_serving(svc_server_t *server, const char *service, bool serving);
+
+/* ---- the call, for handlers ---- */
+
+const char *svc_call_method(const svc_call_t *call);
+/* The x-request-id of the call: the client's, or one made up for it. */
+const char *svc_call_request_id(const svc_call_t *call);
+/* First value of a request metadata key (lower-case), copied into the call arena; NULL if absent.
+ */
+const char *svc_call_metadata(svc_call_t *call, const char *key);
+svc_arena_t *svc_call_arena(svc_call_t *call);
+svc_server_t *svc_call_server(svc_call_t *call);
+/* Unix ms of the caller's deadline, INT64_MAX when none. */
+int64_t svc_call_deadline_ms(const svc_call_t *call);
+/* True once the call was cancelled by its client, its deadline, or shutdown. */
+bool svc_call_cancelled(const svc_call_t *call);
+/*
+ * fn(call, arg) runs once on a worker if the call gets cancelled; right away if
+ * it already was. One callback per call; a later registration replaces it.
+ * The handler must still end the call.
+ */
+void svc_call_on_cancel(svc_call_t *call, svc_cancel_fn fn, void *arg);
+
+/* Unary: sends resp with status OK and ends the call. */
+void svc_call_reply(svc_call_t *call, const ProtobufCMessage *resp);
+/* Ends the call with err's status and message (err->code must not be SVC_OK). */
+void svc_call_fail(svc_call_t *call, const svc_err_t *err);
+/* Streams: queues one message; messages go out in order. Returns -1 when the call is gone. */
+int svc_call_write(svc_call_t *call, const ProtobufCMessage *msg);
+/* Streams: ends the call after the queued messages; err NULL means OK. */
+void svc_call_finish(svc_call_t *call, const svc_err_t *err);
+
+/* The underlying grpc_call (a grpc_call *), for propagating to outbound calls. */
+void *svc_call_grpc(svc_call_t *call);
+
+#endif

@@ -1,0 +1,486 @@
+/*
+ * client.c: outbound gRPC calls on shared channels. Each call blocks its own
+ * (worker) thread on a private pluck queue; the channel is shared.
+ */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <grpc/byte_buffer.h>
+#include <grpc/byte_buffer_reader.h>
+#include <grpc/grpc.h>
+#include <grpc/grpc_security.h>
+#include <grpc/slice.h>
+#include <grpc/support/alloc.h>
+#include <grpc/support/time.h>
+
+#include "server_internal.h"
+#include "svc/client.h"
+
+#define DEFAULT_TIMEOUT_MS 10000
+#define MAX_METADATA 16
+#define ROUND_ROBIN_CONFIG "{\"loadBalancingConfig\":[{\"round_robin\":{}}]}"
+
+struct svc_client {
+    struct svc_client *next;
+    char *target;
+    grpc_channel *channel;
+};
+
+struct svc_client_stream {
+    grpc_call *call;
+    grpc_completion_queue *cq;
+    grpc_metadata md[MAX_METADATA + 1];
+    size_t n_md;
+    grpc_metadata_array recv_md;
+    bool got_md, finished;
+    char request_id[65];
+};
+
+static pthread_mutex_t clients_mu = PTHREAD_MUTEX_INITIALIZER;
+static svc_client_t *clients;
+
+/* "a:1,b:2" has no scheme: give it ipv4: so the resolver takes the list. */
+static char *
+client__normalize_target(const char *target)
+{
+    char *out = NULL;
+
+    if (strchr(target, ',') != NULL && strstr(target, ":///") == NULL &&
+        strncmp(target, "ipv4:", 5) != 0 && strncmp(target, "ipv6:", 5) != 0) {
+        if (asprintf(&out, "ipv4:%s", target) < 0) {
+            return NULL;
+        }
+        return out;
+    }
+    return strdup(target);
+}
+
+svc_client_t *
+svc_client_get(const char *target, svc_err_t *err)
+{
+    svc_client_t *c;
+
+    if (target == NULL || target[0] == '\0') {
+        svc_err_set(err, SVC_INVALID_ARGUMENT, "empty target address");
+        return NULL;
+    }
+    pthread_mutex_lock(&clients_mu);
+    for (c = clients; c != NULL; c = c->next) {
+        if (strcmp(c->target, target) == 0) {
+            pthread_mutex_unlock(&clients_mu);
+            return c;
+        }
+    }
+    c = calloc(1, sizeof(*c));
+    char *normalized = client__normalize_target(target);
+    if (c == NULL || normalized == NULL || (c->target = strdup(target)) == NULL) {
+        pthread_mutex_unlock(&clients_mu);
+        free(normalized);
+        free(c);
+        svc_err_set(err, SVC_RESOURCE_EXHAUSTED, "out of memory");
+        return NULL;
+    }
+    grpc_init();
+    grpc_arg args[4];
+    args[0].type = GRPC_ARG_STRING;
+    args[0].key = GRPC_ARG_SERVICE_CONFIG;
+    args[0].value.string = ROUND_ROBIN_CONFIG;
+    /* Come back quickly after a peer restarts: callers fail fast meanwhile. */
+    args[1].type = GRPC_ARG_INTEGER;
+    args[1].key = GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS;
+    args[1].value.integer = 100;
+    args[2].type = GRPC_ARG_INTEGER;
+    args[2].key = GRPC_ARG_MAX_RECONNECT_BACKOFF_MS;
+    args[2].value.integer = 1000;
+    args[3].type = GRPC_ARG_INTEGER;
+    args[3].key = GRPC_ARG_MIN_RECONNECT_BACKOFF_MS;
+    args[3].value.integer = 100;
+    grpc_channel_args chargs = {4, args};
+    grpc_channel_credentials *creds = grpc_insecure_credentials_create();
+    c->channel = grpc_channel_create(normalized, creds, &chargs);
+    grpc_channel_credentials_release(creds);
+    free(normalized);
+    c->next = clients;
+    clients = c;
+    pthread_mutex_unlock(&clients_mu);
+    return c;
+}
+
+void
+svc_client_release_all(void)
+{
+    pthread_mutex_lock(&clients_mu);
+    while (clients != NULL) {
+        svc_client_t *c = clients;
+        clients = c->next;
+        grpc_channel_destroy(c->channel);
+        free(c->target);
+        free(c);
+        grpc_shutdown();
+    }
+    pthread_mutex_unlock(&clients_mu);
+}
+
+/* Fills md with x-request-id and the caller's pairs; returns the count. */
+static size_t
+client__metadata(const svc_call_opts_t *opts, grpc_metadata *md, char *request_id)
+{
+    size_t n = 0;
+
+    if (opts != NULL && opts->parent != NULL) {
+        snprintf(request_id, 65, "%s", svc_call_request_id(opts->parent));
+    } else if (opts != NULL && opts->request_id != NULL) {
+        snprintf(request_id, 65, "%s", opts->request_id);
+    } else {
+        svc__random_hex(request_id, 8);
+    }
+    memset(md, 0, sizeof(*md) * (MAX_METADATA + 1));
+    md[n].key = grpc_slice_from_static_string("x-request-id");
+    md[n].value = grpc_slice_from_copied_string(request_id);
+    n++;
+    for (int i = 0; opts != NULL && i < opts->n_metadata && n <= MAX_METADATA; i++) {
+        md[n].key = grpc_slice_from_copied_string(opts->metadata[2 * i]);
+        md[n].value = grpc_slice_from_copied_string(opts->metadata[2 * i + 1]);
+        n++;
+    }
+    return n;
+}
+
+static void
+client__metadata_free(grpc_metadata *md, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        grpc_slice_unref(md[i].key);
+        grpc_slice_unref(md[i].value);
+    }
+}
+
+static grpc_call *
+client__create_call(svc_client_t *c, const char *method, const svc_call_opts_t *opts,
+                    grpc_completion_queue *cq)
+{
+    int64_t timeout = opts != NULL && opts->timeout_ms > 0 ? opts->timeout_ms : DEFAULT_TIMEOUT_MS;
+    gpr_timespec deadline =
+        gpr_time_add(gpr_now(GPR_CLOCK_REALTIME), gpr_time_from_millis(timeout, GPR_TIMESPAN));
+    grpc_call *parent = opts != NULL && opts->parent != NULL ? svc_call_grpc(opts->parent) : NULL;
+    grpc_slice path = grpc_slice_from_copied_string(method);
+    grpc_call *call = grpc_channel_create_call(c->channel, parent, GRPC_PROPAGATE_DEFAULTS, cq,
+                                               path, NULL, deadline, NULL);
+
+    grpc_slice_unref(path);
+    return call;
+}
+
+static grpc_byte_buffer *
+client__pack(const ProtobufCMessage *msg)
+{
+    size_t len = protobuf_c_message_get_packed_size(msg);
+    grpc_slice slice = grpc_slice_malloc(len);
+    grpc_byte_buffer *buf;
+
+    protobuf_c_message_pack(msg, GRPC_SLICE_START_PTR(slice));
+    buf = grpc_raw_byte_buffer_create(&slice, 1);
+    grpc_slice_unref(slice);
+    return buf;
+}
+
+static ProtobufCMessage *
+client__unpack(grpc_byte_buffer *buf, const ProtobufCMessageDescriptor *desc, svc_arena_t *arena)
+{
+    grpc_byte_buffer_reader reader;
+    ProtobufCMessage *msg;
+    grpc_slice slice;
+
+    if (!grpc_byte_buffer_reader_init(&reader, buf)) {
+        return NULL;
+    }
+    slice = grpc_byte_buffer_reader_readall(&reader);
+    grpc_byte_buffer_reader_destroy(&reader);
+    msg = protobuf_c_message_unpack(desc, svc_arena_allocator(arena), GRPC_SLICE_LENGTH(slice),
+                                    GRPC_SLICE_START_PTR(slice));
+    grpc_slice_unref(slice);
+    return msg;
+}
+
+/* Runs one batch and waits for it. */
+static bool
+client__run(grpc_call *call, grpc_completion_queue *cq, const grpc_op *ops, size_t n, void *tag)
+{
+    grpc_event ev;
+
+    if (grpc_call_start_batch(call, ops, n, tag, NULL) != GRPC_CALL_OK) {
+        return false;
+    }
+    ev = grpc_completion_queue_pluck(cq, tag, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+    return ev.type == GRPC_OP_COMPLETE && ev.success;
+}
+
+static void
+client__set_status(svc_err_t *err, grpc_status_code status, grpc_slice details, const char *method)
+{
+    char *text = grpc_slice_to_c_string(details);
+
+    svc_err_set(err, svc_status_from_grpc((int)status), "%s", text[0] ? text : method);
+    gpr_free(text);
+}
+
+static void
+client__drain_destroy(grpc_completion_queue *cq)
+{
+    grpc_completion_queue_shutdown(cq);
+    while (grpc_completion_queue_pluck(cq, NULL, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type !=
+           GRPC_QUEUE_SHUTDOWN) {
+    }
+    grpc_completion_queue_destroy(cq);
+}
+
+/* One unary call sending the bytes in send (owned by the caller). */
+static int
+client__unary(svc_client_t *c, const char *method, grpc_byte_buffer *send,
+              const ProtobufCMessageDescriptor *resp_desc, svc_arena_t *arena,
+              ProtobufCMessage **resp, const svc_call_opts_t *opts, svc_err_t *err)
+{
+    grpc_completion_queue *cq = grpc_completion_queue_create_for_pluck(NULL);
+    grpc_metadata md[MAX_METADATA + 1];
+    char request_id[65];
+    size_t n_md = client__metadata(opts, md, request_id);
+    grpc_call *call = client__create_call(c, method, opts, cq);
+    grpc_byte_buffer *recv = NULL;
+    grpc_metadata_array recv_md, trailers;
+    grpc_status_code status = GRPC_STATUS_UNKNOWN;
+    grpc_slice details = grpc_empty_slice();
+    grpc_op ops[6];
+    int rc = -1;
+
+    *resp = NULL;
+    grpc_metadata_array_init(&recv_md);
+    grpc_metadata_array_init(&trailers);
+    memset(ops, 0, sizeof(ops));
+    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[0].data.send_initial_metadata.count = n_md;
+    ops[0].data.send_initial_metadata.metadata = md;
+    if (opts != NULL && opts->wait_for_ready) {
+        ops[0].flags = GRPC_INITIAL_METADATA_WAIT_FOR_READY |
+                       GRPC_INITIAL_METADATA_WAIT_FOR_READY_EXPLICITLY_SET;
+    }
+    ops[1].op = GRPC_OP_SEND_MESSAGE;
+    ops[1].data.send_message.send_message = send;
+    ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+    ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
+    ops[3].data.recv_initial_metadata.recv_initial_metadata = &recv_md;
+    ops[4].op = GRPC_OP_RECV_MESSAGE;
+    ops[4].data.recv_message.recv_message = &recv;
+    ops[5].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+    ops[5].data.recv_status_on_client.status = &status;
+    ops[5].data.recv_status_on_client.status_details = &details;
+    ops[5].data.recv_status_on_client.trailing_metadata = &trailers;
+
+    if (call == NULL) {
+        svc_err_set(err, SVC_INTERNAL, "cannot create a call to %s", method);
+    } else if (!client__run(call, cq, ops, 6, ops)) {
+        svc_err_set(err, SVC_UNAVAILABLE, "call to %s failed", method);
+    } else if (status != GRPC_STATUS_OK) {
+        client__set_status(err, status, details, method);
+    } else if (recv == NULL || (*resp = client__unpack(recv, resp_desc, arena)) == NULL) {
+        svc_err_set(err, SVC_INTERNAL, "bad response from %s", method);
+    } else {
+        svc_err_clear(err);
+        rc = 0;
+    }
+    if (recv != NULL) {
+        grpc_byte_buffer_destroy(recv);
+    }
+    grpc_slice_unref(details);
+    grpc_metadata_array_destroy(&recv_md);
+    grpc_metadata_array_destroy(&trailers);
+    client__metadata_free(md, n_md);
+    if (call != NULL) {
+        grpc_call_unref(call);
+    }
+    client__drain_destroy(cq);
+    return rc;
+}
+
+int
+svc_client_unary(svc_client_t *c, const char *method, const ProtobufCMessage *req,
+                 const ProtobufCMessageDescriptor *resp_desc, svc_arena_t *arena,
+                 ProtobufCMessage **resp, const svc_call_opts_t *opts, svc_err_t *err)
+{
+    grpc_byte_buffer *send = client__pack(req);
+    int rc = client__unary(c, method, send, resp_desc, arena, resp, opts, err);
+
+    grpc_byte_buffer_destroy(send);
+    return rc;
+}
+
+int
+svc_client_unary_bytes(svc_client_t *c, const char *method, const void *bytes, size_t len,
+                       const ProtobufCMessageDescriptor *resp_desc, svc_arena_t *arena,
+                       ProtobufCMessage **resp, const svc_call_opts_t *opts, svc_err_t *err)
+{
+    grpc_slice slice = grpc_slice_from_copied_buffer(bytes, len);
+    grpc_byte_buffer *send = grpc_raw_byte_buffer_create(&slice, 1);
+    int rc = client__unary(c, method, send, resp_desc, arena, resp, opts, err);
+
+    grpc_slice_unref(slice);
+    grpc_byte_buffer_destroy(send);
+    return rc;
+}
+
+svc_client_stream_t *
+svc_client_stream_open(svc_client_t *c, const char *method, const svc_call_opts_t *opts,
+                       svc_err_t *err)
+{
+    svc_client_stream_t *s = calloc(1, sizeof(*s));
+    grpc_op op;
+
+    if (s == NULL) {
+        svc_err_set(err, SVC_RESOURCE_EXHAUSTED, "out of memory");
+        return NULL;
+    }
+    s->cq = grpc_completion_queue_create_for_pluck(NULL);
+    s->n_md = client__metadata(opts, s->md, s->request_id);
+    grpc_metadata_array_init(&s->recv_md);
+    s->call = client__create_call(c, method, opts, s->cq);
+    memset(&op, 0, sizeof(op));
+    op.op = GRPC_OP_SEND_INITIAL_METADATA;
+    op.data.send_initial_metadata.count = s->n_md;
+    op.data.send_initial_metadata.metadata = s->md;
+    if (s->call == NULL || !client__run(s->call, s->cq, &op, 1, &op)) {
+        svc_err_set(err, SVC_UNAVAILABLE, "cannot open a stream to %s", method);
+        svc_client_stream_destroy(s);
+        return NULL;
+    }
+    return s;
+}
+
+int
+svc_client_stream_send(svc_client_stream_t *s, const ProtobufCMessage *msg, svc_err_t *err)
+{
+    grpc_byte_buffer *buf = client__pack(msg);
+    grpc_op op;
+    bool ok;
+
+    memset(&op, 0, sizeof(op));
+    op.op = GRPC_OP_SEND_MESSAGE;
+    op.data.send_message.send_message = buf;
+    ok = client__run(s->call, s->cq, &op, 1, &op);
+    grpc_byte_buffer_destroy(buf);
+    if (!ok) {
+        svc_err_set(err, SVC_UNAVAILABLE, "stream closed");
+        return -1;
+    }
+    return 0;
+}
+
+int
+svc_client_stream_close_send(svc_client_stream_t *s, svc_err_t *err)
+{
+    grpc_op op;
+
+    memset(&op, 0, sizeof(op));
+    op.op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+    if (!client__run(s->call, s->cq, &op, 1, &op)) {
+        svc_err_set(err, SVC_UNAVAILABLE, "stream closed");
+        return -1;
+    }
+    return 0;
+}
+
+int
+svc_client_stream_recv(svc_client_stream_t *s, const ProtobufCMessageDescriptor *desc,
+                       svc_arena_t *arena, ProtobufCMessage **msg, svc_err_t *err)
+{
+    grpc_byte_buffer *buf = NULL;
+    grpc_op ops[2];
+    size_t n = 0;
+    bool ok;
+
+    *msg = NULL;
+    memset(ops, 0, sizeof(ops));
+    if (!s->got_md) {
+        ops[n].op = GRPC_OP_RECV_INITIAL_METADATA;
+        ops[n].data.recv_initial_metadata.recv_initial_metadata = &s->recv_md;
+        n++;
+        s->got_md = true;
+    }
+    ops[n].op = GRPC_OP_RECV_MESSAGE;
+    ops[n].data.recv_message.recv_message = &buf;
+    n++;
+    ok = client__run(s->call, s->cq, ops, n, ops);
+    if (!ok) {
+        if (buf != NULL) {
+            grpc_byte_buffer_destroy(buf);
+        }
+        svc_err_set(err, SVC_UNAVAILABLE, "stream broken");
+        return -1;
+    }
+    if (buf == NULL) {
+        return 0;
+    }
+    *msg = client__unpack(buf, desc, arena);
+    grpc_byte_buffer_destroy(buf);
+    if (*msg == NULL) {
+        svc_err_set(err, SVC_INTERNAL, "bad message on the stream");
+        return -1;
+    }
+    return 1;
+}
+
+int
+svc_client_stream_finish(svc_client_stream_t *s, svc_err_t *err)
+{
+    grpc_status_code status = GRPC_STATUS_UNKNOWN;
+    grpc_slice details = grpc_empty_slice();
+    grpc_metadata_array trailers;
+    grpc_op ops[2];
+    size_t n = 0;
+    int rc = -1;
+
+    grpc_metadata_array_init(&trailers);
+    memset(ops, 0, sizeof(ops));
+    if (!s->got_md) {
+        ops[n].op = GRPC_OP_RECV_INITIAL_METADATA;
+        ops[n].data.recv_initial_metadata.recv_initial_metadata = &s->recv_md;
+        n++;
+        s->got_md = true;
+    }
+    ops[n].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+    ops[n].data.recv_status_on_client.status = &status;
+    ops[n].data.recv_status_on_client.status_details = &details;
+    ops[n].data.recv_status_on_client.trailing_metadata = &trailers;
+    n++;
+    if (!client__run(s->call, s->cq, ops, n, ops)) {
+        svc_err_set(err, SVC_UNAVAILABLE, "stream broken");
+    } else if (status != GRPC_STATUS_OK) {
+        client__set_status(err, status, details, "stream");
+    } else {
+        svc_err_clear(err);
+        rc = 0;
+    }
+    s->finished = true;
+    grpc_slice_unref(details);
+    grpc_metadata_array_destroy(&trailers);
+    return rc;
+}
+
+void
+svc_client_stream_destroy(svc_client_stream_t *s)
+{
+    if (s == NULL) {
+        return;
+    }
+    if (s->call != NULL) {
+        if (!s->finished) {
+            grpc_call_cancel(s->call, NULL);
+        }
+        grpc_call_unref(s->call);
+    }
+    grpc_metadata_array_destroy(&s->recv_md);
+    client__metadata_free(s->md, s->n_md);
+    client__drain_destroy(s->cq);
+    free(s);
+}

@@ -1,0 +1,1288 @@
+/*
+ * server.c: the gRPC server on gRPC C core. One completion queue per CQ
+ * thread, many requests outstanding per method, calls handed to the worker
+ * pool, replies sent from whichever thread ends the call.
+ */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+#include <grpc/byte_buffer.h>
+#include <grpc/byte_buffer_reader.h>
+#include <grpc/grpc.h>
+#include <grpc/grpc_security.h>
+#include <grpc/slice.h>
+#include <grpc/support/alloc.h>
+#include <grpc/support/time.h>
+
+#include "server_internal.h"
+#include "svc/log.h"
+
+#define REQUESTS_PER_METHOD 16 /* outstanding requests per method per CQ */
+#define REQUESTS_UNKNOWN 4
+#define REQUEST_ID_MAX 64
+
+/* Every completion-queue tag starts with this: the CQ thread calls done(). */
+typedef struct svc_tag {
+    void (*done)(struct svc_tag *tag, bool ok);
+} svc_tag_t;
+
+#define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
+
+typedef struct server_method {
+    char *path;
+    const ProtobufCMessageDescriptor *input, *output;
+    svc_handler_t handler;
+    void *user;
+    void *reg; /* grpc registered method */
+} server_method_t;
+
+typedef struct server_cq {
+    svc_server_t *server;
+    grpc_completion_queue *cq;
+    pthread_t thread;
+} server_cq_t;
+
+/* One outstanding grpc_server_request_registered_call. */
+typedef struct pending_call {
+    svc_tag_t tag;
+    server_cq_t *scq;
+    server_method_t *method;
+    grpc_call *call;
+    gpr_timespec deadline;
+    grpc_metadata_array md;
+    grpc_byte_buffer *payload;
+} pending_call_t;
+
+/* One outstanding grpc_server_request_call (a method we do not serve). */
+typedef struct unknown_call {
+    svc_tag_t tag;
+    server_cq_t *scq;
+    grpc_call *call;
+    grpc_call_details details;
+    grpc_metadata_array md;
+    grpc_slice status_msg;
+    int cancelled;
+    int answering;
+} unknown_call_t;
+
+typedef struct out_msg {
+    struct out_msg *next;
+    grpc_byte_buffer *buf;
+} out_msg_t;
+
+struct svc_call {
+    svc_server_t *server;
+    server_method_t *method;
+    grpc_call *call;
+    gpr_timespec deadline;
+    grpc_metadata_array md;
+    grpc_byte_buffer *payload;
+    svc_arena_t *arena;
+    svc_arena_t *msg_arena; /* bidi: one incoming message at a time */
+
+    pthread_mutex_t mu;
+    int refs;
+    atomic_bool cancelled;
+    int close_cancelled;
+    svc_tag_t close_tag;
+    svc_tag_t send_tag;
+    svc_tag_t recv_tag;
+    grpc_byte_buffer *recv_buf;
+
+    /* sending, under mu */
+    bool md_sent, sending, ended, status_started;
+    out_msg_t *out_head, *out_tail;
+    grpc_byte_buffer *inflight;
+    grpc_status_code status;
+    grpc_slice status_msg;
+    grpc_metadata md_out[1];
+
+    svc_cancel_fn cancel_fn;
+    void *cancel_arg;
+    bool cancel_fired;
+
+    int64_t start_ms;
+    char request_id[REQUEST_ID_MAX + 1];
+};
+
+struct svc_server {
+    svc_server_opts_t opts;
+    char *service_name;
+    char *listen_addr;
+    grpc_server *server;
+    server_cq_t *cqs;
+    int n_cqs;
+    server_method_t **methods;
+    int n_methods;
+    char **services;
+    int n_services;
+    svc_pool_t *pool;
+    svc_timers_t *timers;
+    svc_health_t *health;
+    svc_reflection_t *reflection;
+    int port;
+    bool started;
+
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool shutdown_begun, shutdown_done, stopped;
+    svc_tag_t shutdown_tag;
+};
+
+static void call__unref(svc_call_t *call);
+static void call__pump(svc_call_t *call);
+
+/* ---------- small helpers ---------- */
+
+void
+svc__random_hex(char *out, size_t n_bytes)
+{
+    static const char hex[] = "0123456789abcdef";
+    unsigned char buf[64];
+
+    if (n_bytes > sizeof(buf)) {
+        n_bytes = sizeof(buf);
+    }
+    if (getrandom(buf, n_bytes, 0) != (ssize_t)n_bytes) {
+        /* getrandom on Linux does not fail for small sizes once booted; be safe anyway. */
+        for (size_t i = 0; i < n_bytes; i++) {
+            buf[i] = (unsigned char)rand();
+        }
+    }
+    for (size_t i = 0; i < n_bytes; i++) {
+        out[2 * i] = hex[buf[i] >> 4];
+        out[2 * i + 1] = hex[buf[i] & 15];
+    }
+    out[2 * n_bytes] = '\0';
+}
+
+static int64_t
+timespec_to_unix_ms(gpr_timespec ts)
+{
+    ts = gpr_convert_clock_type(ts, GPR_CLOCK_REALTIME);
+    if (ts.tv_sec >= INT64_MAX / 1000 - 1) {
+        return INT64_MAX;
+    }
+    return ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static bool
+slice_eq_str(grpc_slice s, const char *str)
+{
+    size_t n = strlen(str);
+    return GRPC_SLICE_LENGTH(s) == n && memcmp(GRPC_SLICE_START_PTR(s), str, n) == 0;
+}
+
+/* Packs msg into a new byte buffer; NULL when out of memory. */
+static grpc_byte_buffer *
+pack_message(const ProtobufCMessage *msg)
+{
+    size_t len = protobuf_c_message_get_packed_size(msg);
+    grpc_slice slice = grpc_slice_malloc(len);
+    grpc_byte_buffer *buf;
+
+    protobuf_c_message_pack(msg, GRPC_SLICE_START_PTR(slice));
+    buf = grpc_raw_byte_buffer_create(&slice, 1);
+    grpc_slice_unref(slice);
+    return buf;
+}
+
+/* Unpacks buf into arena memory; NULL when the bytes are not a valid message. */
+static ProtobufCMessage *
+unpack_message(grpc_byte_buffer *buf, const ProtobufCMessageDescriptor *desc, svc_arena_t *arena)
+{
+    grpc_byte_buffer_reader reader;
+    ProtobufCMessage *msg;
+    grpc_slice slice;
+
+    if (!grpc_byte_buffer_reader_init(&reader, buf)) {
+        return NULL;
+    }
+    slice = grpc_byte_buffer_reader_readall(&reader);
+    grpc_byte_buffer_reader_destroy(&reader);
+    msg = protobuf_c_message_unpack(desc, svc_arena_allocator(arena), GRPC_SLICE_LENGTH(slice),
+                                    GRPC_SLICE_START_PTR(slice));
+    grpc_slice_unref(slice);
+    return msg;
+}
+
+void
+svc__server_dispatch(svc_server_t *server, svc_task_fn fn, void *arg)
+{
+    if (server->pool == NULL || svc_pool_submit(server->pool, fn, arg) != 0) {
+        fn(arg);
+    }
+}
+
+/* ---------- the call ---------- */
+
+static void
+call__ref(svc_call_t *call)
+{
+    pthread_mutex_lock(&call->mu);
+    call->refs++;
+    pthread_mutex_unlock(&call->mu);
+}
+
+static void
+call__free(svc_call_t *call)
+{
+    out_msg_t *m = call->out_head;
+
+    while (m != NULL) {
+        out_msg_t *next = m->next;
+        grpc_byte_buffer_destroy(m->buf);
+        free(m);
+        m = next;
+    }
+    if (call->inflight != NULL) {
+        grpc_byte_buffer_destroy(call->inflight);
+    }
+    if (call->payload != NULL) {
+        grpc_byte_buffer_destroy(call->payload);
+    }
+    if (call->recv_buf != NULL) {
+        grpc_byte_buffer_destroy(call->recv_buf);
+    }
+    grpc_slice_unref(call->status_msg);
+    grpc_slice_unref(call->md_out[0].value);
+    grpc_metadata_array_destroy(&call->md);
+    grpc_call_unref(call->call);
+    svc_arena_destroy(call->arena);
+    svc_arena_destroy(call->msg_arena);
+    pthread_mutex_destroy(&call->mu);
+    free(call);
+}
+
+static void
+call__unref(svc_call_t *call)
+{
+    int left;
+
+    pthread_mutex_lock(&call->mu);
+    left = --call->refs;
+    pthread_mutex_unlock(&call->mu);
+    if (left == 0) {
+        call__free(call);
+    }
+}
+
+static void
+call__cancel_task(void *arg)
+{
+    svc_call_t *call = arg;
+    bool ended;
+
+    pthread_mutex_lock(&call->mu);
+    ended = call->ended;
+    pthread_mutex_unlock(&call->mu);
+    if (!ended) {
+        call->cancel_fn(call, call->cancel_arg);
+    }
+    call__unref(call);
+}
+
+/* Caller holds mu. Queues the cancel callback once, holding a ref for it. */
+static void
+call__maybe_fire_cancel_locked(svc_call_t *call)
+{
+    if (call->cancel_fn != NULL && !call->cancel_fired && atomic_load(&call->cancelled) &&
+        !call->ended) {
+        call->cancel_fired = true;
+        call->refs++;
+        svc__server_dispatch(call->server, call__cancel_task, call);
+    }
+}
+
+static void
+call__close_done(svc_tag_t *tag, bool ok)
+{
+    svc_call_t *call = container_of(tag, svc_call_t, close_tag);
+
+    (void)ok; /* RECV_CLOSE_ON_SERVER always succeeds; the answer is in `cancelled`. */
+    if (call->close_cancelled) {
+        pthread_mutex_lock(&call->mu);
+        atomic_store(&call->cancelled, true);
+        call__maybe_fire_cancel_locked(call);
+        pthread_mutex_unlock(&call->mu);
+    }
+    call__unref(call);
+}
+
+static void
+call__send_done(svc_tag_t *tag, bool ok)
+{
+    svc_call_t *call = container_of(tag, svc_call_t, send_tag);
+
+    pthread_mutex_lock(&call->mu);
+    if (call->inflight != NULL) {
+        grpc_byte_buffer_destroy(call->inflight);
+        call->inflight = NULL;
+    }
+    call->sending = false;
+    if (!ok) {
+        /* The stream is gone: drop what is queued, but still send status if asked. */
+        atomic_store(&call->cancelled, true);
+    }
+    call__pump(call);
+    pthread_mutex_unlock(&call->mu);
+    call__unref(call);
+}
+
+/*
+ * Starts the next send batch if none is in flight. Caller holds mu. A batch
+ * carries initial metadata (first time), at most one message, and the status
+ * once the call has ended and no message is left behind it.
+ */
+static void
+call__pump(svc_call_t *call)
+{
+    grpc_op ops[3];
+    size_t n = 0;
+
+    if (call->sending || call->status_started) {
+        return;
+    }
+    if (atomic_load(&call->cancelled)) {
+        while (call->out_head != NULL) { /* nobody will read them */
+            out_msg_t *m = call->out_head;
+            call->out_head = m->next;
+            grpc_byte_buffer_destroy(m->buf);
+            free(m);
+        }
+        call->out_tail = NULL;
+    }
+    if (call->out_head == NULL && !call->ended) {
+        return;
+    }
+    memset(ops, 0, sizeof(ops));
+    if (!call->md_sent) {
+        ops[n].op = GRPC_OP_SEND_INITIAL_METADATA;
+        ops[n].data.send_initial_metadata.count = 1;
+        ops[n].data.send_initial_metadata.metadata = call->md_out;
+        n++;
+        call->md_sent = true;
+    }
+    if (call->out_head != NULL) {
+        out_msg_t *m = call->out_head;
+        call->out_head = m->next;
+        if (call->out_head == NULL) {
+            call->out_tail = NULL;
+        }
+        call->inflight = m->buf;
+        free(m);
+        ops[n].op = GRPC_OP_SEND_MESSAGE;
+        ops[n].data.send_message.send_message = call->inflight;
+        n++;
+    }
+    if (call->ended && call->out_head == NULL) {
+        ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+        ops[n].data.send_status_from_server.status = call->status;
+        ops[n].data.send_status_from_server.status_details = &call->status_msg;
+        n++;
+        call->status_started = true;
+    }
+    call->sending = true;
+    call->refs++;
+    if (grpc_call_start_batch(call->call, ops, n, &call->send_tag, NULL) != GRPC_CALL_OK) {
+        /* Only a programming error gets here; keep the books straight. */
+        svc_logf(SVC_LOG_ERROR, "cannot start a send batch on %s", call->method->path);
+        call->sending = false;
+        call->refs--;
+    }
+}
+
+static void
+call__log_end(svc_call_t *call, svc_status_t code, const char *msg)
+{
+    svc_log_level_t level = SVC_LOG_INFO;
+
+    if (code == SVC_INTERNAL || code == SVC_UNKNOWN || code == SVC_DATA_LOSS) {
+        level = SVC_LOG_ERROR;
+    } else if (code == SVC_UNAVAILABLE) {
+        level = SVC_LOG_WARN;
+    }
+    if (!svc_log_enabled(level)) {
+        return;
+    }
+    svc_log_call(level, call->method->path, call->request_id, svc_status_name(code),
+                 code == SVC_OK ? NULL : msg, (double)(svc_now_unix_ms() - call->start_ms));
+}
+
+/* Ends the call: records the status, flushes, drops the handler's ref. */
+static void
+call__end(svc_call_t *call, svc_status_t code, const char *msg)
+{
+    pthread_mutex_lock(&call->mu);
+    if (call->ended) {
+        pthread_mutex_unlock(&call->mu);
+        svc_logf(SVC_LOG_ERROR, "call %s ended twice", call->method->path);
+        return;
+    }
+    call->ended = true;
+    call->status = (grpc_status_code)svc_status_to_grpc(code);
+    call->status_msg = grpc_slice_from_copied_string(msg != NULL ? msg : "");
+    call__pump(call);
+    pthread_mutex_unlock(&call->mu);
+    call__log_end(call, code, msg);
+    call__unref(call);
+}
+
+static int
+call__enqueue(svc_call_t *call, grpc_byte_buffer *buf)
+{
+    out_msg_t *m = malloc(sizeof(*m));
+
+    if (m == NULL) {
+        grpc_byte_buffer_destroy(buf);
+        return -1;
+    }
+    m->next = NULL;
+    m->buf = buf;
+    if (call->out_tail != NULL) {
+        call->out_tail->next = m;
+    } else {
+        call->out_head = m;
+    }
+    call->out_tail = m;
+    return 0;
+}
+
+void
+svc_call_reply(svc_call_t *call, const ProtobufCMessage *resp)
+{
+    grpc_byte_buffer *buf = pack_message(resp);
+
+    pthread_mutex_lock(&call->mu);
+    if (!call->ended) {
+        (void)call__enqueue(call, buf);
+        buf = NULL;
+    }
+    pthread_mutex_unlock(&call->mu);
+    if (buf != NULL) {
+        grpc_byte_buffer_destroy(buf);
+    }
+    call__end(call, SVC_OK, NULL);
+}
+
+void
+svc_call_fail(svc_call_t *call, const svc_err_t *err)
+{
+    svc_status_t code = err != NULL && err->code != SVC_OK ? err->code : SVC_INTERNAL;
+
+    call__end(call, code, err != NULL ? err->msg : "internal error");
+}
+
+int
+svc_call_write(svc_call_t *call, const ProtobufCMessage *msg)
+{
+    grpc_byte_buffer *buf;
+    int rc = -1;
+
+    if (atomic_load(&call->cancelled)) {
+        return -1;
+    }
+    buf = pack_message(msg);
+    pthread_mutex_lock(&call->mu);
+    if (!call->ended && !atomic_load(&call->cancelled)) {
+        rc = call__enqueue(call, buf);
+        buf = NULL;
+        call__pump(call);
+    }
+    pthread_mutex_unlock(&call->mu);
+    if (buf != NULL) {
+        grpc_byte_buffer_destroy(buf);
+    }
+    return rc;
+}
+
+void
+svc_call_finish(svc_call_t *call, const svc_err_t *err)
+{
+    if (err == NULL || err->code == SVC_OK) {
+        call__end(call, SVC_OK, NULL);
+    } else {
+        call__end(call, err->code, err->msg);
+    }
+}
+
+const char *
+svc_call_method(const svc_call_t *call)
+{
+    return call->method->path;
+}
+
+const char *
+svc_call_request_id(const svc_call_t *call)
+{
+    return call->request_id;
+}
+
+svc_arena_t *
+svc_call_arena(svc_call_t *call)
+{
+    return call->msg_arena != NULL ? call->msg_arena : call->arena;
+}
+
+svc_server_t *
+svc_call_server(svc_call_t *call)
+{
+    return call->server;
+}
+
+void *
+svc_call_grpc(svc_call_t *call)
+{
+    return call->call;
+}
+
+int64_t
+svc_call_deadline_ms(const svc_call_t *call)
+{
+    return timespec_to_unix_ms(call->deadline);
+}
+
+bool
+svc_call_cancelled(const svc_call_t *call)
+{
+    return atomic_load(&call->cancelled);
+}
+
+void
+svc_call_on_cancel(svc_call_t *call, svc_cancel_fn fn, void *arg)
+{
+    pthread_mutex_lock(&call->mu);
+    call->cancel_fn = fn;
+    call->cancel_arg = arg;
+    call__maybe_fire_cancel_locked(call);
+    pthread_mutex_unlock(&call->mu);
+}
+
+const char *
+svc_call_metadata(svc_call_t *call, const char *key)
+{
+    for (size_t i = 0; i < call->md.count; i++) {
+        if (slice_eq_str(call->md.metadata[i].key, key)) {
+            grpc_slice v = call->md.metadata[i].value;
+            size_t len = GRPC_SLICE_LENGTH(v);
+            char *out = svc_arena_alloc(call->arena, len + 1);
+            if (out == NULL) {
+                return NULL;
+            }
+            memcpy(out, GRPC_SLICE_START_PTR(v), len);
+            out[len] = '\0';
+            return out;
+        }
+    }
+    return NULL;
+}
+
+/* ---------- incoming messages ---------- */
+
+static void call__start_recv(svc_call_t *call);
+
+static void
+call__unary_task(void *arg)
+{
+    svc_call_t *call = arg;
+    ProtobufCMessage *req;
+    svc_err_t err;
+
+    if (call->payload == NULL) {
+        svc_err_set(&err, SVC_INVALID_ARGUMENT, "request message is missing");
+        svc_call_fail(call, &err);
+        return;
+    }
+    req = unpack_message(call->payload, call->method->input, call->arena);
+    grpc_byte_buffer_destroy(call->payload);
+    call->payload = NULL;
+    if (req == NULL) {
+        svc_err_set(&err, SVC_INVALID_ARGUMENT, "request could not be parsed as %s",
+                    call->method->input->name);
+        svc_call_fail(call, &err);
+        return;
+    }
+    call->method->handler.handler(call, req, call->method->user);
+}
+
+/* Bidi: one message arrived (the recv ref is now this task's). */
+static void
+call__bidi_msg_task(void *arg)
+{
+    svc_call_t *call = arg;
+    grpc_byte_buffer *buf = call->recv_buf;
+    ProtobufCMessage *msg;
+    bool ended;
+
+    call->recv_buf = NULL;
+    msg = unpack_message(buf, call->method->input, call->msg_arena);
+    grpc_byte_buffer_destroy(buf);
+    if (msg == NULL) {
+        svc_err_t err;
+        svc_err_set(&err, SVC_INVALID_ARGUMENT, "request could not be parsed as %s",
+                    call->method->input->name);
+        svc_call_fail(call, &err);
+    } else {
+        call->method->handler.handler(call, msg, call->method->user);
+    }
+    svc_arena_reset(call->msg_arena);
+    pthread_mutex_lock(&call->mu);
+    ended = call->ended;
+    pthread_mutex_unlock(&call->mu);
+    if (!ended && !atomic_load(&call->cancelled)) {
+        call__start_recv(call);
+    }
+    call__unref(call);
+}
+
+static void
+call__bidi_half_close_task(void *arg)
+{
+    svc_call_t *call = arg;
+
+    if (call->method->handler.on_half_close != NULL) {
+        call->method->handler.on_half_close(call, call->method->user);
+    } else {
+        svc_call_finish(call, NULL);
+    }
+    call__unref(call);
+}
+
+/* The stream broke while reading; the handler is not running, so we end the call. */
+static void
+call__bidi_broken_task(void *arg)
+{
+    svc_call_t *call = arg;
+    svc_err_t err;
+
+    svc_err_set(&err, SVC_CANCELLED, "stream cancelled");
+    svc_call_fail(call, &err);
+    call__unref(call);
+}
+
+static void
+call__recv_done(svc_tag_t *tag, bool ok)
+{
+    svc_call_t *call = container_of(tag, svc_call_t, recv_tag);
+
+    if (ok && call->recv_buf != NULL) {
+        svc__server_dispatch(call->server, call__bidi_msg_task, call);
+    } else if (ok) {
+        svc__server_dispatch(call->server, call__bidi_half_close_task, call);
+    } else {
+        svc__server_dispatch(call->server, call__bidi_broken_task, call);
+    }
+}
+
+static void
+call__start_recv(svc_call_t *call)
+{
+    grpc_op op;
+
+    memset(&op, 0, sizeof(op));
+    op.op = GRPC_OP_RECV_MESSAGE;
+    op.data.recv_message.recv_message = &call->recv_buf;
+    call__ref(call);
+    if (grpc_call_start_batch(call->call, &op, 1, &call->recv_tag, NULL) != GRPC_CALL_OK) {
+        call__unref(call);
+        svc_err_t err;
+        svc_err_set(&err, SVC_INTERNAL, "cannot read from the stream");
+        svc_call_fail(call, &err);
+    }
+}
+
+/* ---------- accepting calls ---------- */
+
+static void pending__done(svc_tag_t *tag, bool ok);
+
+static void
+pending__arm(pending_call_t *p)
+{
+    svc_server_t *server = p->scq->server;
+
+    p->call = NULL;
+    p->payload = NULL;
+    grpc_metadata_array_init(&p->md);
+    if (grpc_server_request_registered_call(
+            server->server, p->method->reg, &p->call, &p->deadline, &p->md,
+            p->method->handler.kind == SVC_METHOD_BIDI_STREAM ? NULL : &p->payload, p->scq->cq,
+            p->scq->cq, &p->tag) != GRPC_CALL_OK) {
+        grpc_metadata_array_destroy(&p->md);
+        free(p);
+    }
+}
+
+static void
+request_id_from(svc_call_t *call)
+{
+    for (size_t i = 0; i < call->md.count; i++) {
+        if (slice_eq_str(call->md.metadata[i].key, "x-request-id")) {
+            grpc_slice v = call->md.metadata[i].value;
+            size_t len = GRPC_SLICE_LENGTH(v);
+            bool good = len > 0 && len <= REQUEST_ID_MAX;
+            for (size_t j = 0; good && j < len; j++) {
+                unsigned char c = GRPC_SLICE_START_PTR(v)[j];
+                good = c > 0x20 && c < 0x7f && c != '"' && c != '\\';
+            }
+            if (good) {
+                memcpy(call->request_id, GRPC_SLICE_START_PTR(v), len);
+                call->request_id[len] = '\0';
+                return;
+            }
+        }
+    }
+    svc__random_hex(call->request_id, 8);
+}
+
+/* A new call on a registered method (CQ thread): set it up and hand it to a worker. */
+static void
+call__accept(pending_call_t *p)
+{
+    svc_call_t *call = calloc(1, sizeof(*call));
+    grpc_op op;
+
+    if (call == NULL || (call->arena = svc_arena_create()) == NULL) {
+        free(call);
+        grpc_call_cancel_with_status(p->call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory",
+                                     NULL);
+        grpc_call_unref(p->call);
+        grpc_metadata_array_destroy(&p->md);
+        if (p->payload != NULL) {
+            grpc_byte_buffer_destroy(p->payload);
+        }
+        return;
+    }
+    call->server = p->scq->server;
+    call->method = p->method;
+    call->call = p->call;
+    call->deadline = p->deadline;
+    call->md = p->md;
+    call->payload = p->payload;
+    call->start_ms = svc_now_unix_ms();
+    call->close_tag.done = call__close_done;
+    call->send_tag.done = call__send_done;
+    call->recv_tag.done = call__recv_done;
+    call->status_msg = grpc_empty_slice();
+    pthread_mutex_init(&call->mu, NULL);
+    atomic_init(&call->cancelled, false);
+    request_id_from(call);
+    call->md_out[0].key = grpc_slice_from_static_string("x-request-id");
+    call->md_out[0].value = grpc_slice_from_copied_string(call->request_id);
+    call->refs = 2; /* the handler's, and the close batch's */
+
+    memset(&op, 0, sizeof(op));
+    op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+    op.data.recv_close_on_server.cancelled = &call->close_cancelled;
+    if (grpc_call_start_batch(call->call, &op, 1, &call->close_tag, NULL) != GRPC_CALL_OK) {
+        call->refs--;
+    }
+
+    if (call->method->handler.kind == SVC_METHOD_BIDI_STREAM) {
+        call->msg_arena = svc_arena_create();
+        if (call->msg_arena == NULL) {
+            svc_err_t err;
+            svc_err_set(&err, SVC_RESOURCE_EXHAUSTED, "out of memory");
+            svc_call_fail(call, &err);
+            return;
+        }
+        call__start_recv(call);
+    } else {
+        svc__server_dispatch(call->server, call__unary_task, call);
+    }
+}
+
+static void
+pending__done(svc_tag_t *tag, bool ok)
+{
+    pending_call_t *p = container_of(tag, pending_call_t, tag);
+
+    if (!ok) { /* the server is shutting down */
+        grpc_metadata_array_destroy(&p->md);
+        free(p);
+        return;
+    }
+    call__accept(p);
+    pending__arm(p);
+}
+
+static void unknown__arm(server_cq_t *scq);
+
+static void
+unknown__done(svc_tag_t *tag, bool ok)
+{
+    unknown_call_t *u = container_of(tag, unknown_call_t, tag);
+    grpc_op ops[3];
+    char *method;
+
+    if (u->answering || !ok) { /* our answer went out, or shutdown: done with it */
+        if (u->call != NULL) {
+            grpc_call_unref(u->call);
+        }
+        grpc_slice_unref(u->status_msg);
+        grpc_call_details_destroy(&u->details);
+        grpc_metadata_array_destroy(&u->md);
+        free(u);
+        return;
+    }
+    unknown__arm(u->scq);
+    method = grpc_slice_to_c_string(u->details.method);
+    if (svc_log_enabled(SVC_LOG_INFO)) {
+        svc_log_call(SVC_LOG_INFO, method, NULL, "UNIMPLEMENTED", "unknown method", 0.0);
+    }
+    u->status_msg = grpc_slice_from_copied_string("unknown method");
+    gpr_free(method);
+    memset(ops, 0, sizeof(ops));
+    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[1].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+    ops[1].data.send_status_from_server.status = GRPC_STATUS_UNIMPLEMENTED;
+    ops[1].data.send_status_from_server.status_details = &u->status_msg;
+    ops[2].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+    ops[2].data.recv_close_on_server.cancelled = &u->cancelled;
+    u->answering = 1;
+    if (grpc_call_start_batch(u->call, ops, 3, &u->tag, NULL) != GRPC_CALL_OK) {
+        unknown__done(&u->tag, false);
+    }
+}
+
+static void
+unknown__arm(server_cq_t *scq)
+{
+    unknown_call_t *u = calloc(1, sizeof(*u));
+
+    if (u == NULL) {
+        return;
+    }
+    u->tag.done = unknown__done;
+    u->scq = scq;
+    u->status_msg = grpc_empty_slice();
+    grpc_call_details_init(&u->details);
+    grpc_metadata_array_init(&u->md);
+    if (grpc_server_request_call(scq->server->server, &u->call, &u->details, &u->md, scq->cq,
+                                 scq->cq, &u->tag) != GRPC_CALL_OK) {
+        grpc_call_details_destroy(&u->details);
+        grpc_metadata_array_destroy(&u->md);
+        free(u);
+    }
+}
+
+static void *
+cq__thread(void *arg)
+{
+    server_cq_t *scq = arg;
+
+    for (;;) {
+        grpc_event ev =
+            grpc_completion_queue_next(scq->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+        if (ev.type == GRPC_QUEUE_SHUTDOWN) {
+            break;
+        }
+        if (ev.type == GRPC_OP_COMPLETE) {
+            svc_tag_t *tag = ev.tag;
+            tag->done(tag, ev.success != 0);
+        }
+    }
+    return NULL;
+}
+
+/* ---------- the server ---------- */
+
+static int
+ncpu(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
+svc_server_t *
+svc_server_create(const svc_server_opts_t *opts, svc_err_t *err)
+{
+    svc_server_t *s = calloc(1, sizeof(*s));
+
+    if (s == NULL) {
+        svc_err_set(err, SVC_RESOURCE_EXHAUSTED, "out of memory");
+        return NULL;
+    }
+    s->opts = *opts;
+    s->service_name = strdup(opts->service_name != NULL ? opts->service_name : "svc");
+    s->listen_addr = strdup(opts->listen_addr != NULL ? opts->listen_addr : "127.0.0.1:0");
+    if (s->opts.cq_threads <= 0) {
+        s->opts.cq_threads = ncpu();
+    }
+    if (s->opts.workers <= 0) {
+        s->opts.workers = 4 * ncpu();
+    }
+    if (s->opts.max_workers <= 0) {
+        s->opts.max_workers = 256;
+    }
+    if (s->opts.max_workers < s->opts.workers) {
+        s->opts.max_workers = s->opts.workers;
+    }
+    if (s->opts.grace_ms <= 0) {
+        s->opts.grace_ms = 10000;
+    }
+    if (s->opts.max_recv_bytes <= 0) {
+        s->opts.max_recv_bytes = 1 << 20;
+    }
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cv, NULL);
+    grpc_init();
+
+    grpc_arg args[2];
+    args[0].type = GRPC_ARG_INTEGER;
+    args[0].key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
+    args[0].value.integer = s->opts.max_recv_bytes;
+    args[1].type = GRPC_ARG_INTEGER;
+    args[1].key = GRPC_ARG_ALLOW_REUSEPORT; /* a second server on our port must fail, not share */
+    args[1].value.integer = 0;
+    grpc_channel_args chargs = {2, args};
+    s->server = grpc_server_create(&chargs, NULL);
+    s->health = svc__health_create();
+    if (s->server == NULL || s->health == NULL || svc__health_register(s, s->health, err) != 0 ||
+        (s->reflection =
+             svc__reflection_register(s, opts->descriptors, opts->descriptors_len, err)) == NULL) {
+        if (err != NULL && err->code == SVC_OK) {
+            svc_err_set(err, SVC_INTERNAL, "cannot create the server");
+        }
+        svc_server_destroy(s);
+        return NULL;
+    }
+    return s;
+}
+
+static int
+server__add_service_name(svc_server_t *s, const char *name)
+{
+    for (int i = 0; i < s->n_services; i++) {
+        if (strcmp(s->services[i], name) == 0) {
+            return 0;
+        }
+    }
+    char **grown = realloc(s->services, (size_t)(s->n_services + 1) * sizeof(*grown));
+    if (grown == NULL) {
+        return -1;
+    }
+    s->services = grown;
+    s->services[s->n_services] = strdup(name);
+    return s->services[s->n_services++] == NULL ? -1 : 0;
+}
+
+int
+svc_server_add_method(svc_server_t *s, const char *path, const ProtobufCMessageDescriptor *input,
+                      const ProtobufCMessageDescriptor *output, const svc_handler_t *handler,
+                      void *user, svc_err_t *err)
+{
+    server_method_t *m;
+    server_method_t **grown;
+    const char *slash;
+
+    if (s->started) {
+        svc_err_set(err, SVC_FAILED_PRECONDITION, "methods must be added before start");
+        return -1;
+    }
+    if (path == NULL || path[0] != '/' || (slash = strchr(path + 1, '/')) == NULL ||
+        handler == NULL || handler->handler == NULL) {
+        svc_err_set(err, SVC_INVALID_ARGUMENT, "bad method registration");
+        return -1;
+    }
+    m = calloc(1, sizeof(*m));
+    grown = realloc(s->methods, (size_t)(s->n_methods + 1) * sizeof(*grown));
+    if (m == NULL || grown == NULL) {
+        free(m);
+        if (grown != NULL) {
+            s->methods = grown;
+        }
+        svc_err_set(err, SVC_RESOURCE_EXHAUSTED, "out of memory");
+        return -1;
+    }
+    s->methods = grown;
+    m->path = strdup(path);
+    m->input = input;
+    m->output = output;
+    m->handler = *handler;
+    m->user = user;
+    m->reg = grpc_server_register_method(s->server, path, NULL,
+                                         handler->kind == SVC_METHOD_BIDI_STREAM
+                                             ? GRPC_SRM_PAYLOAD_NONE
+                                             : GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER,
+                                         0);
+    s->methods[s->n_methods++] = m;
+    if (m->reg == NULL || m->path == NULL) {
+        svc_err_set(err, SVC_INVALID_ARGUMENT, "cannot register %s (registered twice?)", path);
+        return -1;
+    }
+    char service[256];
+    size_t len = (size_t)(slash - path - 1);
+    if (len >= sizeof(service)) {
+        len = sizeof(service) - 1;
+    }
+    memcpy(service, path + 1, len);
+    service[len] = '\0';
+    if (server__add_service_name(s, service) != 0) {
+        svc_err_set(err, SVC_RESOURCE_EXHAUSTED, "out of memory");
+        return -1;
+    }
+    return 0;
+}
+
+int
+svc_server_add_service(svc_server_t *s, const ProtobufCServiceDescriptor *desc,
+                       const svc_handler_t *handlers, void *user, svc_err_t *err)
+{
+    for (unsigned i = 0; i < desc->n_methods; i++) {
+        char path[512];
+        snprintf(path, sizeof(path), "/%s/%s", desc->name, desc->methods[i].name);
+        if (svc_server_add_method(s, path, desc->methods[i].input, desc->methods[i].output,
+                                  &handlers[i], user, err) != 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int
+svc__server_service_count(const svc_server_t *s)
+{
+    return s->n_services;
+}
+
+const char *
+svc__server_service_name(const svc_server_t *s, int i)
+{
+    return s->services[i];
+}
+
+int
+svc_server_start(svc_server_t *s, svc_err_t *err)
+{
+    grpc_server_credentials *creds;
+
+    s->pool = svc_pool_create(s->opts.workers, s->opts.max_workers, err);
+    if (s->pool == NULL) {
+        return -1;
+    }
+    s->timers = svc_timers_create(s->pool, err);
+    if (s->timers == NULL) {
+        return -1;
+    }
+    s->cqs = calloc((size_t)s->opts.cq_threads, sizeof(*s->cqs));
+    if (s->cqs == NULL) {
+        svc_err_set(err, SVC_RESOURCE_EXHAUSTED, "out of memory");
+        return -1;
+    }
+    for (int i = 0; i < s->opts.cq_threads; i++) {
+        s->cqs[i].server = s;
+        s->cqs[i].cq = grpc_completion_queue_create_for_next(NULL);
+        grpc_server_register_completion_queue(s->server, s->cqs[i].cq, NULL);
+        s->n_cqs++;
+    }
+    creds = grpc_insecure_server_credentials_create();
+    s->port = grpc_server_add_http2_port(s->server, s->listen_addr, creds);
+    grpc_server_credentials_release(creds);
+    if (s->port <= 0) {
+        svc_err_set(err, SVC_UNAVAILABLE, "cannot listen on %s (address in use or invalid)",
+                    s->listen_addr);
+        return -1;
+    }
+    grpc_server_start(s->server);
+    s->started = true;
+    for (int i = 0; i < s->n_cqs; i++) {
+        server_cq_t *scq = &s->cqs[i];
+        for (int m = 0; m < s->n_methods; m++) {
+            for (int k = 0; k < REQUESTS_PER_METHOD; k++) {
+                pending_call_t *p = calloc(1, sizeof(*p));
+                if (p == NULL) {
+                    break;
+                }
+                p->tag.done = pending__done;
+                p->scq = scq;
+                p->method = s->methods[m];
+                pending__arm(p);
+            }
+        }
+        for (int k = 0; k < REQUESTS_UNKNOWN; k++) {
+            unknown__arm(scq);
+        }
+        if (pthread_create(&scq->thread, NULL, cq__thread, scq) != 0) {
+            svc_err_set(err, SVC_RESOURCE_EXHAUSTED, "cannot start completion-queue threads");
+            return -1; /* destroy will shut the server down and join those started */
+        }
+    }
+    svc__health_set(s->health, "", true);
+    for (int i = 0; i < s->n_services; i++) {
+        svc__health_set(s->health, s->services[i], true);
+    }
+    svc_log_kv(SVC_LOG_INFO, "listening", "addr", s->listen_addr, NULL);
+    return 0;
+}
+
+int
+svc_server_port(const svc_server_t *s)
+{
+    return s->port;
+}
+
+svc_pool_t *
+svc_server_pool(svc_server_t *s)
+{
+    return s->pool;
+}
+
+svc_timers_t *
+svc_server_timers(svc_server_t *s)
+{
+    return s->timers;
+}
+
+void
+svc_server_set_serving(svc_server_t *s, const char *service, bool serving)
+{
+    svc__health_set(s->health, service, serving);
+}
+
+void
+svc_server_block_signals(void)
+{
+    sigset_t set;
+
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+}
+
+int
+svc_server_wait_for_signal(svc_server_t *s)
+{
+    sigset_t set;
+    int sig = 0;
+
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    while (sigwait(&set, &sig) != 0) {
+    }
+    svc_log_kv(SVC_LOG_INFO, "shutting down", "signal", sig == SIGTERM ? "SIGTERM" : "SIGINT",
+               NULL);
+    svc_server_shutdown(s);
+    return sig;
+}
+
+static void
+server__shutdown_done(svc_tag_t *tag, bool ok)
+{
+    svc_server_t *s = container_of(tag, svc_server_t, shutdown_tag);
+
+    (void)ok;
+    pthread_mutex_lock(&s->mu);
+    s->shutdown_done = true;
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* Waits for the shutdown notification until deadline (CLOCK_REALTIME ms; <0 forever). */
+static bool
+server__wait_shutdown(svc_server_t *s, int64_t deadline_ms)
+{
+    bool done;
+
+    pthread_mutex_lock(&s->mu);
+    while (!s->shutdown_done) {
+        if (deadline_ms < 0) {
+            pthread_cond_wait(&s->cv, &s->mu);
+            continue;
+        }
+        struct timespec ts = {deadline_ms / 1000, (deadline_ms % 1000) * 1000000};
+        if (pthread_cond_timedwait(&s->cv, &s->mu, &ts) != 0 && !s->shutdown_done) {
+            break;
+        }
+    }
+    done = s->shutdown_done;
+    pthread_mutex_unlock(&s->mu);
+    return done;
+}
+
+void
+svc_server_shutdown(svc_server_t *s)
+{
+    int64_t started = svc_now_unix_ms();
+
+    pthread_mutex_lock(&s->mu);
+    if (s->shutdown_begun) {
+        pthread_mutex_unlock(&s->mu);
+        return;
+    }
+    s->shutdown_begun = true;
+    pthread_mutex_unlock(&s->mu);
+
+    if (s->started) {
+        svc__health_shutdown(s->health);
+        s->shutdown_tag.done = server__shutdown_done;
+        grpc_server_shutdown_and_notify(s->server, s->cqs[0].cq, &s->shutdown_tag);
+        if (!server__wait_shutdown(s, started + s->opts.grace_ms)) {
+            svc_logf(SVC_LOG_WARN, "grace period of %d ms over, cancelling the calls left",
+                     s->opts.grace_ms);
+            grpc_server_cancel_all_calls(s->server);
+            server__wait_shutdown(s, -1);
+        }
+    }
+    /* Handlers still running end their (cancelled) calls; completions still flow. */
+    svc_pool_destroy(s->pool);
+    s->pool = NULL;
+    svc_timers_destroy(s->timers);
+    s->timers = NULL;
+    grpc_server_destroy(s->server);
+    s->server = NULL;
+    for (int i = 0; i < s->n_cqs; i++) {
+        grpc_completion_queue_shutdown(s->cqs[i].cq);
+    }
+    for (int i = 0; i < s->n_cqs; i++) {
+        if (s->started) {
+            pthread_join(s->cqs[i].thread, NULL);
+        } else {
+            while (grpc_completion_queue_next(s->cqs[i].cq, gpr_inf_past(GPR_CLOCK_REALTIME), NULL)
+                       .type != GRPC_QUEUE_SHUTDOWN) {
+            }
+        }
+        grpc_completion_queue_destroy(s->cqs[i].cq);
+    }
+    s->n_cqs = 0;
+    s->stopped = true;
+    svc_logf(SVC_LOG_INFO, "stopped after %lld ms", (long long)(svc_now_unix_ms() - started));
+}
+
+void
+svc_server_destroy(svc_server_t *s)
+{
+    if (s == NULL) {
+        return;
+    }
+    if (s->server != NULL) {
+        svc_server_shutdown(s);
+    }
+    svc__reflection_destroy(s->reflection);
+    svc__health_destroy(s->health);
+    for (int i = 0; i < s->n_methods; i++) {
+        free(s->methods[i]->path);
+        free(s->methods[i]);
+    }
+    free(s->methods);
+    for (int i = 0; i < s->n_services; i++) {
+        free(s->services[i]);
+    }
+    free(s->services);
+    free(s->cqs);
+    free(s->service_name);
+    free(s->listen_addr);
+    pthread_cond_destroy(&s->cv);
+    pthread_mutex_destroy(&s->mu);
+    free(s);
+    grpc_shutdown();
+}

@@ -1,0 +1,616 @@
+/*
+ * test_runtime.c: the libsvc server and client over real gRPC. Starts
+ * svctest-server (path in argv[1]) on a free loopback port and drives it with
+ * the libsvc client: concurrency, unknown methods, bad bytes, deadlines,
+ * streams, health, reflection, configuration errors and graceful SIGTERM.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "grpc/health/v1/health.pb-c.h"
+#include "grpc/reflection/v1/reflection.pb-c.h"
+#include "svc/client.h"
+#include "svc/timer.h"
+#include "svctest/v1/svctest.pb-c.h"
+
+extern char **environ;
+
+static const char *server_path;
+
+typedef struct {
+    pid_t pid;
+    char target[64];
+    svc_client_t *client;
+} test_server_t;
+
+static test_server_t main_server;
+
+static int
+free_port(void)
+{
+    struct sockaddr_in addr = {0};
+    socklen_t len = sizeof(addr);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    int port;
+
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&addr, sizeof(addr)) != 0 ||
+        getsockname(fd, (struct sockaddr *)&addr, &len) != 0) {
+        fail_msg("cannot find a free port");
+    }
+    port = ntohs(addr.sin_port);
+    close(fd);
+    return port;
+}
+
+static void
+sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static int
+health_check(svc_client_t *client, const char *service, int *status, svc_err_t *err)
+{
+    Grpc__Health__V1__HealthCheckRequest req = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+    svc_arena_t *arena = svc_arena_create();
+    ProtobufCMessage *out;
+    svc_call_opts_t opts = {.timeout_ms = 2000};
+    int rc;
+
+    req.service = (char *)service;
+    rc = svc_client_unary(client, "/grpc.health.v1.Health/Check", &req.base,
+                          &grpc__health__v1__health_check_response__descriptor, arena, &out, &opts,
+                          err);
+    if (rc == 0) {
+        *status = ((Grpc__Health__V1__HealthCheckResponse *)out)->status;
+    }
+    svc_arena_destroy(arena);
+    return rc;
+}
+
+/* Starts the server and waits until it reports SERVING. */
+static void
+server_start(test_server_t *ts, const char *extra_flag)
+{
+    char addr[64], *argv[8];
+    int argc = 0, status = 0;
+    svc_err_t err;
+
+    snprintf(addr, sizeof(addr), "127.0.0.1:%d", free_port());
+    snprintf(ts->target, sizeof(ts->target), "%s", addr);
+    argv[argc++] = (char *)server_path;
+    argv[argc++] = "--listen-addr";
+    argv[argc++] = addr;
+    argv[argc++] = "--max-workers=600";
+    argv[argc++] = "--log-level=warn";
+    if (extra_flag != NULL) {
+        argv[argc++] = (char *)extra_flag;
+    }
+    argv[argc] = NULL;
+    assert_int_equal(posix_spawn(&ts->pid, server_path, NULL, NULL, argv, environ), 0);
+    ts->client = svc_client_get(ts->target, &err);
+    assert_non_null(ts->client);
+    for (int i = 0; i < 400; i++) {
+        if (health_check(ts->client, "", &status, &err) == 0 && status == 1) {
+            return;
+        }
+        sleep_ms(50);
+    }
+    fail_msg("server at %s did not become SERVING", ts->target);
+}
+
+static int
+server_stop(test_server_t *ts)
+{
+    int status = 0;
+
+    kill(ts->pid, SIGTERM);
+    waitpid(ts->pid, &status, 0);
+    return status;
+}
+
+static Svctest__V1__StatsResponse
+stats(test_server_t *ts)
+{
+    Svctest__V1__StatsRequest req = SVCTEST__V1__STATS_REQUEST__INIT;
+    Svctest__V1__StatsResponse copy;
+    svc_arena_t *arena = svc_arena_create();
+    ProtobufCMessage *out;
+    svc_err_t err;
+
+    if (svc_client_unary(ts->client, "/svctest.v1.TestService/Stats", &req.base,
+                         &svctest__v1__stats_response__descriptor, arena, &out, NULL, &err) != 0) {
+        fail_msg("Stats failed: %s", err.msg);
+    }
+    copy = *(Svctest__V1__StatsResponse *)out;
+    svc_arena_destroy(arena);
+    return copy;
+}
+
+static int
+echo(test_server_t *ts, const char *message, int hops, const svc_call_opts_t *opts,
+     svc_arena_t *arena, Svctest__V1__EchoResponse **resp, svc_err_t *err)
+{
+    Svctest__V1__EchoRequest req = SVCTEST__V1__ECHO_REQUEST__INIT;
+
+    req.message = (char *)message;
+    req.hops = hops;
+    return svc_client_unary(ts->client, "/svctest.v1.TestService/Echo", &req.base,
+                            &svctest__v1__echo_response__descriptor, arena,
+                            (ProtobufCMessage **)resp, opts, err);
+}
+
+typedef struct {
+    test_server_t *ts;
+    int64_t delay_ms;
+    int park;
+    svc_err_t err;
+    int rc;
+} slow_job_t;
+
+static void *
+slow_thread(void *arg)
+{
+    slow_job_t *job = arg;
+    Svctest__V1__SlowRequest req = SVCTEST__V1__SLOW_REQUEST__INIT;
+    svc_call_opts_t opts = {.timeout_ms = 60000};
+    svc_arena_t *arena = svc_arena_create();
+    ProtobufCMessage *out;
+
+    req.delay_ms = job->delay_ms;
+    req.park = job->park;
+    job->rc =
+        svc_client_unary(job->ts->client, "/svctest.v1.TestService/Slow", &req.base,
+                         &svctest__v1__slow_response__descriptor, arena, &out, &opts, &job->err);
+    svc_arena_destroy(arena);
+    return NULL;
+}
+
+static pthread_t *
+start_slow_jobs(test_server_t *ts, slow_job_t *jobs, int n, int64_t delay_ms)
+{
+    pthread_t *threads = calloc((size_t)n, sizeof(*threads));
+    pthread_attr_t attr;
+
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, 256 * 1024);
+    for (int i = 0; i < n; i++) {
+        jobs[i].ts = ts;
+        jobs[i].delay_ms = delay_ms;
+        jobs[i].park = i % 2; /* half park on a timer, half block a worker */
+        assert_int_equal(pthread_create(&threads[i], &attr, slow_thread, &jobs[i]), 0);
+    }
+    pthread_attr_destroy(&attr);
+    return threads;
+}
+
+static void
+wait_started(test_server_t *ts, int64_t target)
+{
+    for (int i = 0; i < 600; i++) {
+        if (stats(ts).slow_started >= target) {
+            return;
+        }
+        sleep_ms(50);
+    }
+    fail_msg("slow calls did not all start");
+}
+
+/* 500 slow calls in flight at once; fast calls are answered while they all still wait. */
+static void
+test_slow_calls_do_not_block_fast_ones(void **state)
+{
+    enum { N = 500 };
+    test_server_t *ts = &main_server;
+    slow_job_t *jobs = calloc(N, sizeof(*jobs));
+    Svctest__V1__StatsResponse before = stats(ts), mid, after;
+    pthread_t *threads;
+
+    (void)state;
+    int64_t t0 = svc_now_mono_ms();
+    threads = start_slow_jobs(ts, jobs, N, 6000);
+    wait_started(ts, before.slow_started + N);
+    int64_t t_started = svc_now_mono_ms() - t0;
+    for (int i = 0; i < 50; i++) {
+        svc_arena_t *arena = svc_arena_create();
+        Svctest__V1__EchoResponse *resp;
+        svc_err_t err;
+        assert_int_equal(echo(ts, "fast", 0, NULL, arena, &resp, &err), 0);
+        assert_string_equal(resp->message, "fast");
+        svc_arena_destroy(arena);
+    }
+    mid = stats(ts);
+    fprintf(stderr, "%d slow calls in flight after %lld ms; 50 fast calls answered by %lld ms\n", N,
+            (long long)t_started, (long long)(svc_now_mono_ms() - t0));
+    /* The fast calls were all answered before any slow call finished. */
+    assert_int_equal(mid.slow_finished, before.slow_finished);
+    for (int i = 0; i < N; i++) {
+        pthread_join(threads[i], NULL);
+        assert_int_equal(jobs[i].rc, 0);
+    }
+    after = stats(ts);
+    assert_int_equal(after.slow_finished - before.slow_finished, N);
+    free(threads);
+    free(jobs);
+}
+
+static void
+test_unknown_method_is_unimplemented_fast(void **state)
+{
+    static const char *methods[] = {"/svctest.v1.TestService/Nope", "/no.such.v1.Service/Call"};
+    Svctest__V1__EchoRequest req = SVCTEST__V1__ECHO_REQUEST__INIT;
+
+    (void)state;
+    for (int i = 0; i < 2; i++) {
+        svc_arena_t *arena = svc_arena_create();
+        ProtobufCMessage *out;
+        svc_err_t err;
+        int64_t t0 = svc_now_mono_ms();
+        assert_int_equal(svc_client_unary(main_server.client, methods[i], &req.base,
+                                          &svctest__v1__echo_response__descriptor, arena, &out,
+                                          NULL, &err),
+                         -1);
+        assert_int_equal(err.code, SVC_UNIMPLEMENTED);
+        assert_true(svc_now_mono_ms() - t0 < 1000);
+        svc_arena_destroy(arena);
+    }
+}
+
+static void
+test_garbage_bytes_are_invalid_argument(void **state)
+{
+    static const unsigned char garbage[] = {0xff, 0xff, 0xff, 0x0a};
+    svc_arena_t *arena = svc_arena_create();
+    Svctest__V1__EchoResponse *resp;
+    ProtobufCMessage *out;
+    svc_err_t err;
+
+    (void)state;
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(svc_client_unary_bytes(main_server.client, "/svctest.v1.TestService/Echo",
+                                                garbage, sizeof(garbage),
+                                                &svctest__v1__echo_response__descriptor, arena,
+                                                &out, NULL, &err),
+                         -1);
+        assert_int_equal(err.code, SVC_INVALID_ARGUMENT);
+    }
+    /* Still serving. */
+    assert_int_equal(echo(&main_server, "after", 0, NULL, arena, &resp, &err), 0);
+    assert_string_equal(resp->message, "after");
+    svc_arena_destroy(arena);
+}
+
+static void
+test_deadline_is_seen_as_cancellation(void **state)
+{
+    Svctest__V1__StatsResponse before = stats(&main_server);
+    svc_call_opts_t opts = {.timeout_ms = 300};
+
+    (void)state;
+    for (int park = 0; park < 2; park++) {
+        Svctest__V1__SlowRequest req = SVCTEST__V1__SLOW_REQUEST__INIT;
+        svc_arena_t *arena = svc_arena_create();
+        ProtobufCMessage *out;
+        svc_err_t err;
+        req.delay_ms = 20000;
+        req.park = park;
+        assert_int_equal(svc_client_unary(main_server.client, "/svctest.v1.TestService/Slow",
+                                          &req.base, &svctest__v1__slow_response__descriptor, arena,
+                                          &out, &opts, &err),
+                         -1);
+        assert_int_equal(err.code, SVC_DEADLINE_EXCEEDED);
+        svc_arena_destroy(arena);
+    }
+    /* Both handlers (one blocking, one parked) notice long before their 20 s delay. */
+    for (int i = 0; i < 100 && stats(&main_server).slow_cancelled < before.slow_cancelled + 2;
+         i++) {
+        sleep_ms(50);
+    }
+    assert_int_equal(stats(&main_server).slow_cancelled, before.slow_cancelled + 2);
+}
+
+static void
+test_request_id_and_deadline_propagate(void **state)
+{
+    svc_arena_t *arena = svc_arena_create();
+    Svctest__V1__EchoResponse *resp;
+    svc_call_opts_t opts = {.timeout_ms = 5000, .request_id = "test-req-42"};
+    svc_err_t err;
+    int64_t now = svc_now_unix_ms();
+
+    (void)state;
+    /* Two hops: client -> server -> server -> server, each a child of the one before. */
+    assert_int_equal(echo(&main_server, "hop", 2, &opts, arena, &resp, &err), 0);
+    assert_string_equal(resp->message, "hop");
+    assert_string_equal(resp->request_id, "test-req-42");
+    /* The innermost call carries the outer caller's deadline, not its own 60 s one. */
+    assert_true(resp->deadline_ms > now + 3000);
+    assert_true(resp->deadline_ms <= now + 5500);
+
+    /* Without one, the server makes one up. */
+    assert_int_equal(echo(&main_server, "x", 0, NULL, arena, &resp, &err), 0);
+    assert_int_equal(strlen(resp->request_id), 16);
+    svc_arena_destroy(arena);
+}
+
+static void
+test_server_stream(void **state)
+{
+    Svctest__V1__CountRequest req = SVCTEST__V1__COUNT_REQUEST__INIT;
+    svc_arena_t *arena = svc_arena_create();
+    svc_client_stream_t *s;
+    ProtobufCMessage *msg;
+    svc_err_t err;
+    int n = 0, rc;
+
+    (void)state;
+    req.count = 1000;
+    s = svc_client_stream_open(main_server.client, "/svctest.v1.TestService/Count", NULL, &err);
+    assert_non_null(s);
+    assert_int_equal(svc_client_stream_send(s, &req.base, &err), 0);
+    assert_int_equal(svc_client_stream_close_send(s, &err), 0);
+    while ((rc = svc_client_stream_recv(s, &svctest__v1__count_response__descriptor, arena, &msg,
+                                        &err)) == 1) {
+        assert_int_equal(((Svctest__V1__CountResponse *)msg)->n, ++n);
+    }
+    assert_int_equal(rc, 0);
+    assert_int_equal(n, 1000);
+    assert_int_equal(svc_client_stream_finish(s, &err), 0);
+    svc_client_stream_destroy(s);
+
+    /* A handler error ends the stream with its code. */
+    req.count = -1;
+    s = svc_client_stream_open(main_server.client, "/svctest.v1.TestService/Count", NULL, &err);
+    assert_int_equal(svc_client_stream_send(s, &req.base, &err), 0);
+    assert_int_equal(svc_client_stream_close_send(s, &err), 0);
+    assert_int_equal(
+        svc_client_stream_recv(s, &svctest__v1__count_response__descriptor, arena, &msg, &err), 0);
+    assert_int_equal(svc_client_stream_finish(s, &err), -1);
+    assert_int_equal(err.code, SVC_INVALID_ARGUMENT);
+    svc_client_stream_destroy(s);
+    svc_arena_destroy(arena);
+}
+
+static void
+test_bidi_stream(void **state)
+{
+    static const char *words[] = {"alpha", "Beta", "gamma delta"};
+    static const char *upper[] = {"ALPHA", "BETA", "GAMMA DELTA"};
+    svc_arena_t *arena = svc_arena_create();
+    svc_client_stream_t *s;
+    ProtobufCMessage *msg;
+    svc_err_t err;
+
+    (void)state;
+    s = svc_client_stream_open(main_server.client, "/svctest.v1.TestService/Chat", NULL, &err);
+    assert_non_null(s);
+    for (int i = 0; i < 3; i++) { /* one at a time: each answer comes before the next send */
+        Svctest__V1__ChatRequest req = SVCTEST__V1__CHAT_REQUEST__INIT;
+        req.text = (char *)words[i];
+        assert_int_equal(svc_client_stream_send(s, &req.base, &err), 0);
+        assert_int_equal(
+            svc_client_stream_recv(s, &svctest__v1__chat_response__descriptor, arena, &msg, &err),
+            1);
+        assert_string_equal(((Svctest__V1__ChatResponse *)msg)->text, upper[i]);
+    }
+    assert_int_equal(svc_client_stream_close_send(s, &err), 0);
+    assert_int_equal(
+        svc_client_stream_recv(s, &svctest__v1__chat_response__descriptor, arena, &msg, &err), 0);
+    assert_int_equal(svc_client_stream_finish(s, &err), 0);
+    svc_client_stream_destroy(s);
+    svc_arena_destroy(arena);
+}
+
+static void
+test_health(void **state)
+{
+    Grpc__Health__V1__HealthCheckRequest req = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+    svc_arena_t *arena = svc_arena_create();
+    svc_client_stream_t *s;
+    ProtobufCMessage *msg;
+    svc_err_t err;
+    int status = 0;
+
+    (void)state;
+    assert_int_equal(health_check(main_server.client, "svctest.v1.TestService", &status, &err), 0);
+    assert_int_equal(status, GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING);
+    assert_int_equal(health_check(main_server.client, "no.such.Service", &status, &err), -1);
+    assert_int_equal(err.code, SVC_NOT_FOUND);
+
+    s = svc_client_stream_open(main_server.client, "/grpc.health.v1.Health/Watch", NULL, &err);
+    assert_non_null(s);
+    assert_int_equal(svc_client_stream_send(s, &req.base, &err), 0);
+    assert_int_equal(svc_client_stream_close_send(s, &err), 0);
+    assert_int_equal(svc_client_stream_recv(s, &grpc__health__v1__health_check_response__descriptor,
+                                            arena, &msg, &err),
+                     1);
+    assert_int_equal(((Grpc__Health__V1__HealthCheckResponse *)msg)->status,
+                     GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING);
+    svc_client_stream_destroy(s); /* cancels the watch; the server must drop it */
+    svc_arena_destroy(arena);
+}
+
+static void
+test_reflection_lists_and_describes(void **state)
+{
+    static const char *paths[] = {"/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                                  "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"};
+
+    (void)state;
+    for (int p = 0; p < 2; p++) {
+        Grpc__Reflection__V1__ServerReflectionRequest req =
+            GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__INIT;
+        Grpc__Reflection__V1__ServerReflectionResponse *resp;
+        svc_arena_t *arena = svc_arena_create();
+        svc_client_stream_t *s;
+        ProtobufCMessage *msg;
+        svc_err_t err;
+        int found = 0;
+
+        s = svc_client_stream_open(main_server.client, paths[p], NULL, &err);
+        assert_non_null(s);
+        req.message_request_case =
+            GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_LIST_SERVICES;
+        req.list_services = "*";
+        assert_int_equal(svc_client_stream_send(s, &req.base, &err), 0);
+        assert_int_equal(
+            svc_client_stream_recv(s, &grpc__reflection__v1__server_reflection_response__descriptor,
+                                   arena, &msg, &err),
+            1);
+        resp = (void *)msg;
+        assert_non_null(resp->list_services_response);
+        for (size_t i = 0; i < resp->list_services_response->n_service; i++) {
+            const char *name = resp->list_services_response->service[i]->name;
+            found += strcmp(name, "svctest.v1.TestService") == 0 ||
+                     strcmp(name, "grpc.health.v1.Health") == 0 ||
+                     strcmp(name, "grpc.reflection.v1.ServerReflection") == 0 ||
+                     strcmp(name, "grpc.reflection.v1alpha.ServerReflection") == 0;
+        }
+        assert_int_equal(found, 4);
+
+        req.message_request_case =
+            GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_FILE_CONTAINING_SYMBOL;
+        req.file_containing_symbol = "svctest.v1.TestService";
+        assert_int_equal(svc_client_stream_send(s, &req.base, &err), 0);
+        assert_int_equal(
+            svc_client_stream_recv(s, &grpc__reflection__v1__server_reflection_response__descriptor,
+                                   arena, &msg, &err),
+            1);
+        resp = (void *)msg;
+        assert_non_null(resp->file_descriptor_response);
+        assert_int_equal(resp->file_descriptor_response->n_file_descriptor_proto, 1);
+
+        req.file_containing_symbol = "svctest.v1.Missing";
+        assert_int_equal(svc_client_stream_send(s, &req.base, &err), 0);
+        assert_int_equal(
+            svc_client_stream_recv(s, &grpc__reflection__v1__server_reflection_response__descriptor,
+                                   arena, &msg, &err),
+            1);
+        resp = (void *)msg;
+        assert_non_null(resp->error_response);
+        assert_int_equal(resp->error_response->error_code, SVC_NOT_FOUND);
+
+        assert_int_equal(svc_client_stream_close_send(s, &err), 0);
+        assert_int_equal(svc_client_stream_finish(s, &err), 0);
+        svc_client_stream_destroy(s);
+        svc_arena_destroy(arena);
+    }
+}
+
+/* SIGTERM while calls are in flight: they finish, then the process exits 0. */
+static void
+test_sigterm_lets_calls_finish(void **state)
+{
+    enum { N = 40 };
+    test_server_t ts;
+    slow_job_t jobs[N];
+    pthread_t *threads;
+    int status;
+
+    (void)state;
+    memset(jobs, 0, sizeof(jobs));
+    server_start(&ts, NULL);
+    threads = start_slow_jobs(&ts, jobs, N, 1500);
+    wait_started(&ts, N);
+    kill(ts.pid, SIGTERM);
+    for (int i = 0; i < N; i++) {
+        pthread_join(threads[i], NULL);
+        assert_int_equal(jobs[i].rc, 0);
+    }
+    assert_int_equal(waitpid(ts.pid, &status, 0), ts.pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    free(threads);
+}
+
+static int
+run_config(const char *flag)
+{
+    char *argv[] = {(char *)server_path, (char *)flag, NULL};
+    pid_t pid;
+    int status = 0;
+    posix_spawn_file_actions_t fa;
+
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+    posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
+    assert_int_equal(posix_spawn(&pid, server_path, &fa, NULL, argv, environ), 0);
+    posix_spawn_file_actions_destroy(&fa);
+    waitpid(pid, &status, 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+static void
+test_bad_setting_exits_2_and_help_exits_0(void **state)
+{
+    (void)state;
+    assert_int_equal(run_config("--workers=abc"), 2);
+    assert_int_equal(run_config("--no-such-flag"), 2);
+    assert_int_equal(run_config("--help"), 0);
+}
+
+static int
+setup(void **state)
+{
+    (void)state;
+    server_start(&main_server, NULL);
+    return 0;
+}
+
+static int
+teardown(void **state)
+{
+    int status = server_stop(&main_server);
+
+    (void)state;
+    svc_client_release_all();
+    /* The main server, too, must leave cleanly (ASan would make this non-zero on a leak). */
+    return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -1;
+}
+
+int
+main(int argc, char **argv)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_unknown_method_is_unimplemented_fast),
+        cmocka_unit_test(test_garbage_bytes_are_invalid_argument),
+        cmocka_unit_test(test_request_id_and_deadline_propagate),
+        cmocka_unit_test(test_server_stream),
+        cmocka_unit_test(test_bidi_stream),
+        cmocka_unit_test(test_health),
+        cmocka_unit_test(test_reflection_lists_and_describes),
+        cmocka_unit_test(test_deadline_is_seen_as_cancellation),
+        cmocka_unit_test(test_slow_calls_do_not_block_fast_ones),
+        cmocka_unit_test(test_sigterm_lets_calls_finish),
+        cmocka_unit_test(test_bad_setting_exits_2_and_help_exits_0),
+    };
+
+    if (argc < 2) {
+        fprintf(stderr, "usage: %s path/to/svctest-server\n", argv[0]);
+        return 2;
+    }
+    server_path = argv[1];
+    signal(SIGPIPE, SIG_IGN);
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
