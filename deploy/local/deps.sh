@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# deps.sh: installs what the build and the local stack need and is missing:
+# Debian packages (apt-get) and buf (npm, into the repo-local, git-ignored .tools/).
+# Safe to re-run; silent when nothing is missing.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+
+# buf version verified against protos/buf.yaml (v2 config format).
+BUF_VERSION=1.75.0
+BUF_BIN="$ROOT/.tools/node_modules/.bin/buf"
+
+# Debian packages, by purpose: C toolchain, gRPC/protobuf-c, client libraries,
+# tests, the servers up.sh runs, the standard health/reflection protos, format
+# check, and node for buf. npm is handled apart (see below).
+PACKAGES=(
+    build-essential cmake pkg-config
+    libgrpc-dev protobuf-compiler protobuf-c-compiler libprotobuf-c-dev
+    libpq-dev libhiredis-dev
+    libcmocka-dev
+    postgresql redis-server redis-sentinel
+    grpc-proto
+    clang-format
+    nodejs
+)
+
+usage() {
+    cat <<EOF
+Usage: deploy/local/deps.sh [--help]
+
+Installs the missing ones of these Debian packages (apt-get update once, then
+apt-get install; through sudo when not root):
+  ${PACKAGES[*]}
+  npm (only when no npm command is found; some nodejs builds bring their own)
+
+Then installs buf $BUF_VERSION with npm into $ROOT/.tools/
+when $BUF_BIN is missing.
+
+Prints what it installs; prints nothing when everything is present.
+EOF
+}
+
+die() {
+    echo "deps.sh: $*" >&2
+    exit 1
+}
+
+# Runs a command as root: directly when we are root, else through sudo.
+as_root() {
+    if [[ $(id -u) -eq 0 ]]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        die "need root to run '$*' and sudo is not installed"
+    fi
+}
+
+# True when dpkg reports the package as fully installed.
+is_installed() {
+    [[ $(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true) == "install ok installed" ]]
+}
+
+main() {
+    case "${1:-}" in
+    "") ;;
+    -h | --help)
+        usage
+        return 0
+        ;;
+    *)
+        usage >&2
+        return 2
+        ;;
+    esac
+
+    command -v dpkg-query >/dev/null 2>&1 || die "dpkg-query not found: this script needs Debian or Ubuntu"
+
+    local missing=() pkg
+    for pkg in "${PACKAGES[@]}"; do
+        is_installed "$pkg" || missing+=("$pkg")
+    done
+    # The nodejs package from other sources (e.g. NodeSource) already ships npm
+    # and conflicts with Debian's npm package, so only ask for it when needed.
+    if ! command -v npm >/dev/null 2>&1 && ! is_installed npm; then
+        missing+=(npm)
+    fi
+
+    if ((${#missing[@]} > 0)); then
+        echo "deps.sh: installing Debian packages: ${missing[*]}"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"
+    fi
+
+    if [[ ! -x "$BUF_BIN" ]]; then
+        command -v npm >/dev/null 2>&1 || die "npm not found after installing packages"
+        echo "deps.sh: installing buf $BUF_VERSION into $ROOT/.tools/"
+        npm install --prefix "$ROOT/.tools" --no-audit --no-fund --loglevel=error \
+            "@bufbuild/buf@$BUF_VERSION"
+        [[ -x "$BUF_BIN" ]] || die "npm finished but $BUF_BIN is missing"
+    fi
+}
+
+main "$@"

@@ -1,0 +1,325 @@
+#!/usr/bin/env bash
+# up.sh: runs the local stack on loopback, no containers: PostgreSQL and Redis
+# from their Debian binaries in a folder of their own (STACK_DIR), then the
+# services. Safe to run twice: what already runs is left alone.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+
+PG_PORT=${PG_PORT:-55432}
+REDIS_PORT=${REDIS_PORT:-56379}
+STACK_DIR=${STACK_DIR:-$ROOT/.stack}
+# Seconds to wait for a server to answer after starting it.
+START_TIMEOUT=${START_TIMEOUT:-30}
+
+usage() {
+    cat <<EOF
+Usage: deploy/local/up.sh [--no-deps] [--help]
+
+Starts PostgreSQL and Redis on 127.0.0.1 in STACK_DIR and prints how to reach
+them. Runs deploy/local/deps.sh first unless --no-deps is given.
+
+Environment:
+  STACK_DIR   data, logs and pid files (default: <repo>/.stack)
+              now: $STACK_DIR
+  PG_PORT     PostgreSQL port (default 55432; now $PG_PORT)
+  REDIS_PORT  Redis port (default 56379; now $REDIS_PORT)
+  PG_BIN      PostgreSQL binaries (default: newest /usr/lib/postgresql/<ver>/bin)
+
+Layout: STACK_DIR/data/{postgres,redis}, STACK_DIR/logs/, STACK_DIR/pids/
+{postgres,redis}.pid, STACK_DIR/env (export lines: source it).
+Databases 'balance' and 'reservation' are created, superuser 'postgres',
+trust authentication on loopback. deploy/local/down.sh stops everything.
+EOF
+}
+
+log() { echo "up.sh: $*"; }
+die() {
+    echo "up.sh: $*" >&2
+    exit 1
+}
+
+# ---------------------------------------------------------------------------
+# Paths and users
+
+# Makes STACK_DIR absolute (servers get absolute paths) and sets the paths below.
+setup_paths() {
+    mkdir -p "$STACK_DIR"
+    STACK_DIR=$(cd "$STACK_DIR" && pwd)
+    PID_DIR="$STACK_DIR/pids"
+    LOG_DIR="$STACK_DIR/logs"
+    PG_DATA="$STACK_DIR/data/postgres"
+    REDIS_DATA="$STACK_DIR/data/redis"
+    SOCK_DIR="$STACK_DIR/run"
+    mkdir -p "$PID_DIR" "$LOG_DIR" "$PG_DATA" "$REDIS_DATA" "$SOCK_DIR"
+}
+
+# Finds the PostgreSQL server binaries: PG_BIN, else the newest installed version.
+find_pg_bin() {
+    if [[ -z "${PG_BIN:-}" ]]; then
+        local found
+        found=$(find /usr/lib/postgresql -mindepth 3 -maxdepth 3 -path '*/bin/postgres' \
+            2>/dev/null | sort -V | tail -n 1)
+        [[ -n "$found" ]] || die "no PostgreSQL server under /usr/lib/postgresql/*/bin (package postgresql)"
+        PG_BIN=$(dirname "$found")
+    fi
+    [[ -x "$PG_BIN/postgres" ]] || die "PG_BIN=$PG_BIN has no postgres binary"
+}
+
+# PostgreSQL refuses to run as root. As root, use the 'postgres' system user
+# (created by the Debian package; created here when missing).
+setup_pg_user() {
+    PG_USER=""
+    [[ $(id -u) -eq 0 ]] || return 0
+    PG_USER=postgres
+    if ! id "$PG_USER" >/dev/null 2>&1; then
+        log "creating system user $PG_USER"
+        useradd --system --user-group --no-create-home --shell /usr/sbin/nologin "$PG_USER"
+    fi
+    command -v runuser >/dev/null 2>&1 || die "runuser not found (package util-linux)"
+}
+
+# Runs a command as the PostgreSQL user (see setup_pg_user), from / so that an
+# unreadable working directory does not bother it.
+as_pg() {
+    if [[ -n "$PG_USER" ]]; then
+        (cd / && runuser -u "$PG_USER" -- "$@")
+    else
+        "$@"
+    fi
+}
+
+# ---------------------------------------------------------------------------
+# PostgreSQL
+
+pg_running() {
+    [[ -f "$PG_DATA/postmaster.pid" ]] && as_pg "$PG_BIN/pg_ctl" status -D "$PG_DATA" >/dev/null 2>&1
+}
+
+# initdb into an empty data folder; an existing cluster is kept as it is.
+pg_init() {
+    if [[ -f "$PG_DATA/PG_VERSION" ]]; then
+        return 0
+    fi
+    if [[ -n "$(ls -A "$PG_DATA")" ]]; then
+        die "$PG_DATA is neither empty nor a PostgreSQL data folder"
+    fi
+    log "initialising PostgreSQL cluster in $PG_DATA"
+    [[ -z "$PG_USER" ]] || chown "$PG_USER:" "$PG_DATA"
+    as_pg test -w "$PG_DATA" ||
+        die "user ${PG_USER:-$(id -un)} cannot write $PG_DATA (choose a STACK_DIR it can reach)"
+    as_pg "$PG_BIN/initdb" -D "$PG_DATA" -U postgres --auth=trust \
+        --encoding=UTF8 --no-locale >"$LOG_DIR/initdb.log" 2>&1 ||
+        die "initdb failed, see $LOG_DIR/initdb.log"
+    # Our settings live in stack.conf, rewritten at each start.
+    echo "include_if_exists = 'stack.conf'" >>"$PG_DATA/postgresql.conf"
+}
+
+pg_start() {
+    local sock="$SOCK_DIR/.s.PGSQL.$PG_PORT" conf="$PG_DATA/stack.conf"
+    # The kernel limits a Unix socket path to 107 bytes.
+    ((${#sock} <= 100)) || die "socket path $sock is too long; use a shorter STACK_DIR"
+
+    # Written by up.sh; the port may change between runs. ' is doubled for the
+    # config file's quoting.
+    cat >"$conf" <<EOF
+# Written by deploy/local/up.sh at each start; edits are lost.
+listen_addresses = '127.0.0.1'
+port = $PG_PORT
+unix_socket_directories = '${SOCK_DIR//\'/\'\'}'
+EOF
+    touch "$LOG_DIR/postgres.log"
+    if [[ -n "$PG_USER" ]]; then
+        chown "$PG_USER:" "$conf" "$SOCK_DIR" "$LOG_DIR/postgres.log"
+    fi
+
+    port_in_use "$PG_PORT" && die "127.0.0.1:$PG_PORT is taken by another program; set PG_PORT"
+    log "starting PostgreSQL on 127.0.0.1:$PG_PORT"
+    if ! as_pg "$PG_BIN/pg_ctl" start -D "$PG_DATA" -l "$LOG_DIR/postgres.log" \
+        -w -t "$START_TIMEOUT" >/dev/null; then
+        tail -n 20 "$LOG_DIR/postgres.log" >&2 || true
+        die "PostgreSQL did not start, see $LOG_DIR/postgres.log"
+    fi
+}
+
+# Starts PostgreSQL unless it runs, waits until it answers, makes the databases.
+pg_up() {
+    pg_init
+    if pg_running; then
+        # Report the port it really listens on (4th line of postmaster.pid).
+        local port
+        port=$(sed -n 4p "$PG_DATA/postmaster.pid")
+        log "PostgreSQL already running (pid $(head -n 1 "$PG_DATA/postmaster.pid"), port $port)"
+        if [[ "$port" != "$PG_PORT" ]]; then
+            log "PG_PORT=$PG_PORT ignored; run down.sh first to change the port"
+            PG_PORT=$port
+        fi
+    else
+        pg_start
+    fi
+    # Our own pid file, the one down.sh reads.
+    head -n 1 "$PG_DATA/postmaster.pid" >"$PID_DIR/postgres.pid"
+
+    wait_for "PostgreSQL" "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" -U postgres
+
+    local db
+    for db in balance reservation; do
+        if [[ -z "$(pg_sql "SELECT 1 FROM pg_database WHERE datname = '$db'")" ]]; then
+            log "creating database $db"
+            "$PG_BIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres "$db"
+        fi
+    done
+}
+
+# Runs one SQL statement in database postgres; prints the unaligned result.
+pg_sql() {
+    "$PG_BIN/psql" -X -q -t -A -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres \
+        -d postgres -c "$1"
+}
+
+# ---------------------------------------------------------------------------
+# Redis
+
+# True when the pid in STACK_DIR/pids/redis.pid is a live redis-server (not a
+# stale file naming a reused pid, nor an exited process not yet reaped).
+redis_running() {
+    local pid stat comm
+    pid=$(head -n 1 "$PID_DIR/redis.pid" 2>/dev/null) || return 1
+    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+    read -r stat comm < <(ps -o stat=,comm= -p "$pid" 2>/dev/null) || return 1
+    [[ "$stat" != Z* && "$comm" == redis-server* ]]
+}
+
+# Starts Redis unless it runs, and waits until it answers PING.
+redis_up() {
+    local conf="$STACK_DIR/redis.conf"
+    if redis_running; then
+        local port
+        port=$(awk '$1 == "port" { print $2 }' "$conf" 2>/dev/null || true)
+        port=${port:-$REDIS_PORT}
+        log "Redis already running (pid $(cat "$PID_DIR/redis.pid"), port $port)"
+        if [[ "$port" != "$REDIS_PORT" ]]; then
+            log "REDIS_PORT=$REDIS_PORT ignored; run down.sh first to change the port"
+            REDIS_PORT=$port
+        fi
+    else
+        rm -f "$PID_DIR/redis.pid"
+        port_in_use "$REDIS_PORT" && die "127.0.0.1:$REDIS_PORT is taken by another program; set REDIS_PORT"
+        # Rewritten at each start. Locks are short-lived: no persistence.
+        cat >"$conf" <<EOF
+# Written by deploy/local/up.sh at each start; edits are lost.
+port $REDIS_PORT
+bind 127.0.0.1
+protected-mode yes
+daemonize yes
+dir "$REDIS_DATA"
+pidfile "$PID_DIR/redis.pid"
+logfile "$LOG_DIR/redis.log"
+appendonly no
+save ""
+EOF
+        log "starting Redis on 127.0.0.1:$REDIS_PORT"
+        if ! redis-server "$conf"; then
+            die "Redis did not start, see $LOG_DIR/redis.log"
+        fi
+    fi
+    # The pid file appears once Redis listens; a failed start never writes it.
+    wait_for "Redis (see $LOG_DIR/redis.log)" redis_ready
+}
+
+redis_ready() {
+    redis_running && [[ "$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null)" == PONG ]]
+}
+
+# ---------------------------------------------------------------------------
+# Services
+
+# Where the services start, once they exist: build (cmake), then lock-svc,
+# balance-svc and reservation-svc on LOCK_PORT/BALANCE_PORT/RESERVATION_PORT
+# (defaults 50051/50052/50053) with pid files in PID_DIR and logs in LOG_DIR,
+# ADMIN_TOKEN (else a random one in STACK_DIR/admin-token), then wait until
+# each reports SERVING. Until then this does nothing.
+start_services() {
+    :
+}
+
+# ---------------------------------------------------------------------------
+
+# True when something accepts TCP connections on 127.0.0.1:$1.
+port_in_use() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# wait_for NAME COMMAND...: retries COMMAND until it succeeds or START_TIMEOUT.
+wait_for() {
+    local name=$1 i
+    shift
+    for ((i = 0; i < START_TIMEOUT * 5; i++)); do
+        "$@" && return 0
+        sleep 0.2
+    done
+    die "$name does not answer after ${START_TIMEOUT}s"
+}
+
+# Writes STACK_DIR/env (export lines) and prints how to connect.
+write_env() {
+    local env_file="$STACK_DIR/env"
+    cat >"$env_file" <<EOF
+# Written by deploy/local/up.sh: source it to reach the local stack.
+export PG_PORT=$PG_PORT
+export REDIS_PORT=$REDIS_PORT
+export BALANCE_DATABASE_URL=postgresql://postgres@127.0.0.1:$PG_PORT/balance
+export RESERVATION_DATABASE_URL=postgresql://postgres@127.0.0.1:$PG_PORT/reservation
+export REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0
+EOF
+    cat <<EOF
+
+Stack is up in $STACK_DIR (logs in $LOG_DIR/)
+  PostgreSQL  127.0.0.1:$PG_PORT  pid $(cat "$PID_DIR/postgres.pid")
+  Redis       127.0.0.1:$REDIS_PORT  pid $(cat "$PID_DIR/redis.pid")
+
+  DATABASE_URL=postgresql://postgres@127.0.0.1:$PG_PORT/balance       (balance-svc)
+  DATABASE_URL=postgresql://postgres@127.0.0.1:$PG_PORT/reservation   (reservation-svc)
+  REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0                            (lock-svc)
+
+  source $env_file   # exports BALANCE_DATABASE_URL, RESERVATION_DATABASE_URL, REDIS_URL
+  $PG_BIN/psql -h 127.0.0.1 -p $PG_PORT -U postgres -d balance
+  redis-cli -h 127.0.0.1 -p $REDIS_PORT
+Stop with deploy/local/down.sh (--purge also deletes $STACK_DIR).
+EOF
+}
+
+main() {
+    local deps=1
+    while (($# > 0)); do
+        case "$1" in
+        -h | --help)
+            usage
+            return 0
+            ;;
+        --no-deps) deps=0 ;;
+        *)
+            usage >&2
+            return 2
+            ;;
+        esac
+        shift
+    done
+    [[ "$PG_PORT" =~ ^[0-9]+$ ]] || die "PG_PORT=$PG_PORT is not a port number"
+    [[ "$REDIS_PORT" =~ ^[0-9]+$ ]] || die "REDIS_PORT=$REDIS_PORT is not a port number"
+
+    if ((deps)); then
+        "$HERE/deps.sh"
+    fi
+    find_pg_bin
+    setup_pg_user
+    setup_paths
+
+    pg_up
+    redis_up
+    start_services
+    write_env
+}
+
+main "$@"

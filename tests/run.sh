@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# tests/run.sh: every test of the project, as CI runs it. Installs what is
+# missing, builds with ASan+UBSan and -Werror, checks formatting and the
+# protos, then runs all tests under CTest and prints its summary.
+#
+#   tests/run.sh              everything
+#   tests/run.sh --quick      only tests labelled "quick"
+#   tests/run.sh -- ARGS      extra arguments for ctest (e.g. -R runtime)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BUILD_DIR=${BUILD_DIR:-$ROOT/build/test-asan}
+ctest_args=()
+
+usage() {
+    sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+}
+
+while (($# > 0)); do
+    case "$1" in
+    --quick) ctest_args+=(-L quick) ;;
+    -h | --help) usage; exit 0 ;;
+    --) shift; ctest_args+=("$@"); break ;;
+    *) echo "tests/run.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
+    esac
+    shift
+done
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "dependencies"
+"$ROOT/deploy/local/deps.sh"
+
+step "build (ASan+UBSan, -Werror) in $BUILD_DIR"
+cmake -S "$ROOT" -B "$BUILD_DIR" -DSVC_SANITIZE=ON -DSVC_WERROR=ON \
+    -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build "$BUILD_DIR" -j "$(nproc)"
+
+step "format check (clang-format)"
+cd "$ROOT"
+mapfile -t sources < <(git ls-files --cached --others --exclude-standard -- '*.c' '*.h')
+if ((${#sources[@]} > 0)); then
+    clang-format --dry-run --Werror "${sources[@]}"
+fi
+echo "formatted: ${#sources[@]} files"
+
+step "buf lint (protos/)"
+(cd "$ROOT/protos" && "$ROOT/.tools/node_modules/.bin/buf" lint)
+echo "buf lint: clean"
+
+step "tests"
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+export BUF="$ROOT/.tools/node_modules/.bin/buf"
+ctest --test-dir "$BUILD_DIR" --output-on-failure --timeout 900 "${ctest_args[@]}"
