@@ -84,7 +84,7 @@ svc_client_get(const char *target, svc_err_t *err)
         return NULL;
     }
     grpc_init();
-    grpc_arg args[4];
+    grpc_arg args[5];
     args[0].type = GRPC_ARG_STRING;
     args[0].key = GRPC_ARG_SERVICE_CONFIG;
     args[0].value.string = ROUND_ROBIN_CONFIG;
@@ -98,7 +98,11 @@ svc_client_get(const char *target, svc_err_t *err)
     args[3].type = GRPC_ARG_INTEGER;
     args[3].key = GRPC_ARG_MIN_RECONNECT_BACKOFF_MS;
     args[3].value.integer = 100;
-    grpc_channel_args chargs = {4, args};
+    /* Re-resolve soon after a peer went away (the default waits 30 s). */
+    args[4].type = GRPC_ARG_INTEGER;
+    args[4].key = GRPC_ARG_DNS_MIN_TIME_BETWEEN_RESOLUTIONS_MS;
+    args[4].value.integer = 500;
+    grpc_channel_args chargs = {5, args};
     grpc_channel_credentials *creds = grpc_insecure_credentials_create();
     c->channel = grpc_channel_create(normalized, creds, &chargs);
     grpc_channel_credentials_release(creds);

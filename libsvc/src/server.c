@@ -133,11 +133,14 @@ struct svc_server {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     bool shutdown_begun, shutdown_done, stopped;
+    bool stop_requests; /* no more grpc_server_request_*call: the server is going away */
+    int live_calls;     /* accepted and not yet freed, under mu */
     svc_tag_t shutdown_tag;
 };
 
 static void call__unref(svc_call_t *call);
 static void call__pump(svc_call_t *call);
+static void server__shutdown_done(svc_tag_t *tag, bool ok);
 
 /* ---------- small helpers ---------- */
 
@@ -234,6 +237,7 @@ call__ref(svc_call_t *call)
 static void
 call__free(svc_call_t *call)
 {
+    svc_server_t *s = call->server;
     out_msg_t *m = call->out_head;
 
     while (m != NULL) {
@@ -259,6 +263,11 @@ call__free(svc_call_t *call)
     svc_arena_destroy(call->msg_arena);
     pthread_mutex_destroy(&call->mu);
     free(call);
+    pthread_mutex_lock(&s->mu);
+    if (--s->live_calls == 0 && s->shutdown_begun) {
+        pthread_cond_broadcast(&s->cv);
+    }
+    pthread_mutex_unlock(&s->mu);
 }
 
 static void
@@ -617,11 +626,19 @@ static void
 call__bidi_msg_task(void *arg)
 {
     svc_call_t *call = arg;
-    grpc_byte_buffer *buf = call->recv_buf;
+    grpc_byte_buffer *buf;
     ProtobufCMessage *msg;
     bool ended;
 
+    /*
+     * Messages of one stream are handled one after another, often on different
+     * workers; the mutex makes that order visible (to TSan too, which cannot
+     * see through gRPC's own synchronisation).
+     */
+    pthread_mutex_lock(&call->mu);
+    buf = call->recv_buf;
     call->recv_buf = NULL;
+    pthread_mutex_unlock(&call->mu);
     msg = unpack_message(buf, call->method->input, call->msg_arena);
     grpc_byte_buffer_destroy(buf);
     if (msg == NULL) {
@@ -632,8 +649,8 @@ call__bidi_msg_task(void *arg)
     } else {
         call->method->handler.handler(call, msg, call->method->user);
     }
-    svc_arena_reset(call->msg_arena);
     pthread_mutex_lock(&call->mu);
+    svc_arena_reset(call->msg_arena);
     ended = call->ended;
     pthread_mutex_unlock(&call->mu);
     if (!ended && !atomic_load(&call->cancelled)) {
@@ -710,13 +727,17 @@ pending__arm(pending_call_t *p)
     p->call = NULL;
     p->payload = NULL;
     grpc_metadata_array_init(&p->md);
-    if (grpc_server_request_registered_call(
+    /* Under mu: shutdown must not destroy the server while we ask it for a call. */
+    pthread_mutex_lock(&server->mu);
+    if (server->stop_requests ||
+        grpc_server_request_registered_call(
             server->server, p->method->reg, &p->call, &p->deadline, &p->md,
             p->method->handler.kind == SVC_METHOD_BIDI_STREAM ? NULL : &p->payload, p->scq->cq,
             p->scq->cq, &p->tag) != GRPC_CALL_OK) {
         grpc_metadata_array_destroy(&p->md);
         free(p);
     }
+    pthread_mutex_unlock(&server->mu);
 }
 
 static void
@@ -760,6 +781,9 @@ call__accept(pending_call_t *p)
         return;
     }
     call->server = p->scq->server;
+    pthread_mutex_lock(&call->server->mu);
+    call->server->live_calls++;
+    pthread_mutex_unlock(&call->server->mu);
     call->method = p->method;
     call->call = p->call;
     call->deadline = p->deadline;
@@ -864,12 +888,15 @@ unknown__arm(server_cq_t *scq)
     u->status_msg = grpc_empty_slice();
     grpc_call_details_init(&u->details);
     grpc_metadata_array_init(&u->md);
-    if (grpc_server_request_call(scq->server->server, &u->call, &u->details, &u->md, scq->cq,
+    pthread_mutex_lock(&scq->server->mu);
+    if (scq->server->stop_requests ||
+        grpc_server_request_call(scq->server->server, &u->call, &u->details, &u->md, scq->cq,
                                  scq->cq, &u->tag) != GRPC_CALL_OK) {
         grpc_call_details_destroy(&u->details);
         grpc_metadata_array_destroy(&u->md);
         free(u);
     }
+    pthread_mutex_unlock(&scq->server->mu);
 }
 
 static void *
@@ -932,6 +959,7 @@ svc_server_create(const svc_server_opts_t *opts, svc_err_t *err)
     }
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);
+    s->shutdown_tag.done = server__shutdown_done;
     grpc_init();
 
     grpc_arg args[2];
@@ -1187,14 +1215,18 @@ server__shutdown_done(svc_tag_t *tag, bool ok)
     pthread_mutex_unlock(&s->mu);
 }
 
-/* Waits for the shutdown notification until deadline (CLOCK_REALTIME ms; <0 forever). */
+/*
+ * Waits for the shutdown notification until deadline (CLOCK_REALTIME ms; <0
+ * forever). With until_idle, returns early once no call is left: gRPC would
+ * otherwise also wait for idle client connections to go away.
+ */
 static bool
-server__wait_shutdown(svc_server_t *s, int64_t deadline_ms)
+server__wait_shutdown(svc_server_t *s, int64_t deadline_ms, bool until_idle)
 {
     bool done;
 
     pthread_mutex_lock(&s->mu);
-    while (!s->shutdown_done) {
+    while (!s->shutdown_done && !(until_idle && s->live_calls == 0)) {
         if (deadline_ms < 0) {
             pthread_cond_wait(&s->cv, &s->mu);
             continue;
@@ -1224,13 +1256,31 @@ svc_server_shutdown(svc_server_t *s)
 
     if (s->started) {
         svc__health_shutdown(s->health);
-        s->shutdown_tag.done = server__shutdown_done;
         grpc_server_shutdown_and_notify(s->server, s->cqs[0].cq, &s->shutdown_tag);
-        if (!server__wait_shutdown(s, started + s->opts.grace_ms)) {
-            svc_logf(SVC_LOG_WARN, "grace period of %d ms over, cancelling the calls left",
-                     s->opts.grace_ms);
+        int64_t grace_end = started + s->opts.grace_ms;
+        bool done = server__wait_shutdown(s, grace_end, true);
+        /* Idle: give calls that arrived just before the shutdown a moment to show up. */
+        while (!done && svc_now_unix_ms() < grace_end &&
+               !(done = server__wait_shutdown(s, svc_now_unix_ms() + 100, false))) {
+            pthread_mutex_lock(&s->mu);
+            bool idle = s->live_calls == 0;
+            pthread_mutex_unlock(&s->mu);
+            if (idle) {
+                break;
+            }
+            done = server__wait_shutdown(s, grace_end, true);
+        }
+        if (!done) {
+            pthread_mutex_lock(&s->mu);
+            int left = s->live_calls;
+            pthread_mutex_unlock(&s->mu);
+            if (left > 0) {
+                svc_logf(SVC_LOG_WARN, "grace period of %d ms over, cancelling %d calls",
+                         s->opts.grace_ms, left);
+            }
+            /* Cancels what is left and closes idle connections. */
             grpc_server_cancel_all_calls(s->server);
-            server__wait_shutdown(s, -1);
+            server__wait_shutdown(s, -1, false);
         }
     }
     /* Handlers still running end their (cancelled) calls; completions still flow. */
@@ -1238,6 +1288,9 @@ svc_server_shutdown(svc_server_t *s)
     s->pool = NULL;
     svc_timers_destroy(s->timers);
     s->timers = NULL;
+    pthread_mutex_lock(&s->mu);
+    s->stop_requests = true;
+    pthread_mutex_unlock(&s->mu);
     grpc_server_destroy(s->server);
     s->server = NULL;
     for (int i = 0; i < s->n_cqs; i++) {

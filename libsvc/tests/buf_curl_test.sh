@@ -8,7 +8,18 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 buf=${BUF:-$root/.tools/node_modules/.bin/buf}
 [ -x "$buf" ] || { echo "buf not found at $buf (run deploy/local/deps.sh)"; exit 1; }
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+# A free port below the ephemeral range, so no outgoing connection can take it first.
+port=$(python3 -c '
+import random, socket
+while True:
+    p = random.randrange(20000, 32000)
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p)); print(p); break
+    except OSError:
+        pass
+    finally:
+        s.close()')
 url="http://127.0.0.1:$port"
 log=$(mktemp)
 "$server" --listen-addr "127.0.0.1:$port" --log-level warn 2>"$log" &

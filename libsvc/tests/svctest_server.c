@@ -52,6 +52,11 @@ echo(svc_call_t *call, const ProtobufCMessage *msg, void *user)
     resp.message = req->message;
     resp.request_id = (char *)svc_call_request_id(call);
     resp.deadline_ms = svc_call_deadline_ms(call) == INT64_MAX ? 0 : svc_call_deadline_ms(call);
+    resp.served_by = self_target;
+    if (req->metadata_key != NULL && req->metadata_key[0] != '\0') {
+        const char *value = svc_call_metadata(call, req->metadata_key);
+        resp.metadata_value = (char *)(value != NULL ? value : "");
+    }
     svc_call_reply(call, &resp.base);
 }
 

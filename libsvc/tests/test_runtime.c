@@ -43,23 +43,37 @@ typedef struct {
 
 static test_server_t main_server;
 
+/*
+ * A free port below the kernel's ephemeral range (32768 and up), so that no
+ * outgoing connection can take it between this check and the server's bind.
+ */
 static int
 free_port(void)
 {
-    struct sockaddr_in addr = {0};
-    socklen_t len = sizeof(addr);
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    int port;
+    static unsigned seed;
 
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (fd < 0 || bind(fd, (struct sockaddr *)&addr, sizeof(addr)) != 0 ||
-        getsockname(fd, (struct sockaddr *)&addr, &len) != 0) {
-        fail_msg("cannot find a free port");
+    if (seed == 0) {
+        seed = (unsigned)getpid() ^ (unsigned)time(NULL);
     }
-    port = ntohs(addr.sin_port);
-    close(fd);
-    return port;
+    for (int attempt = 0; attempt < 1000; attempt++) {
+        struct sockaddr_in addr = {0};
+        int port = 20000 + (int)(rand_r(&seed) % 12000);
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        int ok;
+
+        addr.sin_family = AF_INET;
+        addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        addr.sin_port = htons((uint16_t)port);
+        ok = fd >= 0 && bind(fd, (struct sockaddr *)&addr, sizeof(addr)) == 0;
+        if (fd >= 0) {
+            close(fd);
+        }
+        if (ok) {
+            return port;
+        }
+    }
+    fail_msg("cannot find a free port");
+    return -1;
 }
 
 static void
@@ -354,6 +368,68 @@ test_request_id_and_deadline_propagate(void **state)
     svc_arena_destroy(arena);
 }
 
+/* One target listing two servers: calls are spread over both (round_robin). */
+static void
+test_round_robin_over_two_addresses(void **state)
+{
+    test_server_t other;
+    char target[160];
+    svc_client_t *both;
+    svc_err_t err;
+    int on_main = 0, on_other = 0;
+
+    (void)state;
+    server_start(&other, NULL);
+    snprintf(target, sizeof(target), "%s,%s", main_server.target, other.target);
+    both = svc_client_get(target, &err);
+    assert_non_null(both);
+    for (int i = 0; i < 20; i++) {
+        Svctest__V1__EchoRequest req = SVCTEST__V1__ECHO_REQUEST__INIT;
+        Svctest__V1__EchoResponse *resp;
+        svc_arena_t *arena = svc_arena_create();
+        svc_call_opts_t opts = {.wait_for_ready = 1};
+        req.message = "rr";
+        assert_int_equal(svc_client_unary(both, "/svctest.v1.TestService/Echo", &req.base,
+                                          &svctest__v1__echo_response__descriptor, arena,
+                                          (ProtobufCMessage **)&resp, &opts, &err),
+                         0);
+        on_main += strcmp(resp->served_by, main_server.target) == 0;
+        on_other += strcmp(resp->served_by, other.target) == 0;
+        svc_arena_destroy(arena);
+    }
+    assert_int_equal(on_main + on_other, 20);
+    assert_true(on_main >= 5);
+    assert_true(on_other >= 5);
+    assert_int_equal(server_stop(&other), 0);
+}
+
+static void
+test_metadata_reaches_the_handler(void **state)
+{
+    static const char *md[] = {"authorization", "Bearer s3cret", "x-tenant", "t1"};
+    Svctest__V1__EchoRequest req = SVCTEST__V1__ECHO_REQUEST__INIT;
+    Svctest__V1__EchoResponse *resp;
+    svc_arena_t *arena = svc_arena_create();
+    svc_call_opts_t opts = {.metadata = md, .n_metadata = 2};
+    svc_err_t err;
+
+    (void)state;
+    req.message = "md";
+    req.metadata_key = "authorization";
+    assert_int_equal(svc_client_unary(main_server.client, "/svctest.v1.TestService/Echo", &req.base,
+                                      &svctest__v1__echo_response__descriptor, arena,
+                                      (ProtobufCMessage **)&resp, &opts, &err),
+                     0);
+    assert_string_equal(resp->metadata_value, "Bearer s3cret");
+    req.metadata_key = "x-missing";
+    assert_int_equal(svc_client_unary(main_server.client, "/svctest.v1.TestService/Echo", &req.base,
+                                      &svctest__v1__echo_response__descriptor, arena,
+                                      (ProtobufCMessage **)&resp, &opts, &err),
+                     0);
+    assert_string_equal(resp->metadata_value, "");
+    svc_arena_destroy(arena);
+}
+
 static void
 test_server_stream(void **state)
 {
@@ -596,6 +672,8 @@ main(int argc, char **argv)
         cmocka_unit_test(test_unknown_method_is_unimplemented_fast),
         cmocka_unit_test(test_garbage_bytes_are_invalid_argument),
         cmocka_unit_test(test_request_id_and_deadline_propagate),
+        cmocka_unit_test(test_round_robin_over_two_addresses),
+        cmocka_unit_test(test_metadata_reaches_the_handler),
         cmocka_unit_test(test_server_stream),
         cmocka_unit_test(test_bidi_stream),
         cmocka_unit_test(test_health),
