@@ -119,11 +119,18 @@ redis_down() {
     rm -f "$pid_file"
 }
 
-# Where the services stop, once up.sh starts them (see start_services there):
-# SIGTERM each service by its pid file in PID_DIR, wait for it, remove the
-# file. Services stop first: they use Redis and PostgreSQL until they exit.
+# The services stop first: they use Redis and PostgreSQL until they exit.
+# SIGTERM lets in-flight calls finish (each service has a grace period).
 stop_services() {
-    :
+    local name pid
+    for name in reservation-svc balance-svc lock-svc; do
+        if pid=$(live_pid "$PID_DIR/$name.pid" "${name:0:15}"); then
+            log "stopping $name (pid $pid)"
+            kill -TERM "$pid"
+            wait_gone "$name" "$pid" "${name:0:15}"
+        fi
+        rm -f "$PID_DIR/$name.pid"
+    done
 }
 
 # Deletes STACK_DIR, refusing paths that cannot be a stack folder.

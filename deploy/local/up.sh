@@ -9,6 +9,12 @@ ROOT=$(cd "$HERE/../.." && pwd)
 
 PG_PORT=${PG_PORT:-55432}
 REDIS_PORT=${REDIS_PORT:-56379}
+LOCK_PORT=${LOCK_PORT:-50051}
+BALANCE_PORT=${BALANCE_PORT:-50052}
+RESERVATION_PORT=${RESERVATION_PORT:-50053}
+LOG_LEVEL=${LOG_LEVEL:-info}
+BUILD_DIR=${BUILD_DIR:-$ROOT/build/release}
+BUF=$ROOT/.tools/node_modules/.bin/buf
 STACK_DIR=${STACK_DIR:-$ROOT/.stack}
 # Seconds to wait for a server to answer after starting it.
 START_TIMEOUT=${START_TIMEOUT:-30}
@@ -25,6 +31,9 @@ Environment:
               now: $STACK_DIR
   PG_PORT     PostgreSQL port (default 55432; now $PG_PORT)
   REDIS_PORT  Redis port (default 56379; now $REDIS_PORT)
+  LOCK_PORT   lock-svc port (default 50051; now $LOCK_PORT)
+  LOG_LEVEL   services' log level (default info)
+  BUILD_DIR   where the services are built (default <repo>/build/release)
   PG_BIN      PostgreSQL binaries (default: newest /usr/lib/postgresql/<ver>/bin)
 
 Layout: STACK_DIR/data/{postgres,redis}, STACK_DIR/logs/, STACK_DIR/pids/
@@ -235,13 +244,60 @@ redis_ready() {
 # ---------------------------------------------------------------------------
 # Services
 
-# Where the services start, once they exist: build (cmake), then lock-svc,
-# balance-svc and reservation-svc on LOCK_PORT/BALANCE_PORT/RESERVATION_PORT
-# (defaults 50051/50052/50053) with pid files in PID_DIR and logs in LOG_DIR,
-# ADMIN_TOKEN (else a random one in STACK_DIR/admin-token), then wait until
-# each reports SERVING. Until then this does nothing.
+# The services: built here (Release, in BUILD_DIR), then started with pid
+# files in PID_DIR and logs in LOG_DIR; each must report SERVING on
+# grpc.health.v1.Health before the next one starts.
+SERVICES=(lock-svc)
+
+build_services() {
+    log "building the services in $BUILD_DIR"
+    cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release >"$LOG_DIR/build.log" 2>&1 &&
+        cmake --build "$BUILD_DIR" -j "$(nproc)" --target "${SERVICES[@]}" >>"$LOG_DIR/build.log" 2>&1 ||
+        die "build failed, see $LOG_DIR/build.log"
+}
+
+service_port() {
+    case "$1" in
+    lock-svc) echo "$LOCK_PORT" ;;
+    balance-svc) echo "$BALANCE_PORT" ;;
+    reservation-svc) echo "$RESERVATION_PORT" ;;
+    esac
+}
+
+service_running() {
+    local pid stat comm
+    pid=$(head -n 1 "$PID_DIR/$1.pid" 2>/dev/null) || return 1
+    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+    read -r stat comm < <(ps -o stat=,comm= -p "$pid" 2>/dev/null) || return 1
+    [[ "$stat" != Z* && "$comm" == "${1:0:15}"* ]]
+}
+
+# True once the service on port $1 answers Health/Check with SERVING.
+service_serving() {
+    "$BUF" curl --protocol grpc --http2-prior-knowledge -d '{}' \
+        "http://127.0.0.1:$1/grpc.health.v1.Health/Check" 2>/dev/null | grep -q '"SERVING"'
+}
+
+# start_service NAME VAR=value...: starts NAME with that environment unless it runs.
+start_service() {
+    local name=$1 port
+    shift
+    port=$(service_port "$name")
+    if service_running "$name"; then
+        log "$name already running (pid $(cat "$PID_DIR/$name.pid"))"
+        return 0
+    fi
+    port_in_use "$port" && die "127.0.0.1:$port is taken by another program; set the port variable"
+    log "starting $name on 127.0.0.1:$port"
+    env "$@" LISTEN_ADDR="127.0.0.1:$port" setsid "$BUILD_DIR/$name/$name" \
+        >>"$LOG_DIR/$name.log" 2>&1 </dev/null &
+    echo $! >"$PID_DIR/$name.pid"
+    wait_for "$name (see $LOG_DIR/$name.log)" service_serving "$port"
+}
+
 start_services() {
-    :
+    build_services
+    start_service lock-svc REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0" LOG_LEVEL="$LOG_LEVEL"
 }
 
 # ---------------------------------------------------------------------------
@@ -272,12 +328,14 @@ export REDIS_PORT=$REDIS_PORT
 export BALANCE_DATABASE_URL=postgresql://postgres@127.0.0.1:$PG_PORT/balance
 export RESERVATION_DATABASE_URL=postgresql://postgres@127.0.0.1:$PG_PORT/reservation
 export REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0
+export LOCK_ADDR=127.0.0.1:$LOCK_PORT
 EOF
     cat <<EOF
 
 Stack is up in $STACK_DIR (logs in $LOG_DIR/)
   PostgreSQL  127.0.0.1:$PG_PORT  pid $(cat "$PID_DIR/postgres.pid")
   Redis       127.0.0.1:$REDIS_PORT  pid $(cat "$PID_DIR/redis.pid")
+  lock-svc    127.0.0.1:$LOCK_PORT  pid $(cat "$PID_DIR/lock-svc.pid")
 
   DATABASE_URL=postgresql://postgres@127.0.0.1:$PG_PORT/balance       (balance-svc)
   DATABASE_URL=postgresql://postgres@127.0.0.1:$PG_PORT/reservation   (reservation-svc)
@@ -286,6 +344,7 @@ Stack is up in $STACK_DIR (logs in $LOG_DIR/)
   source $env_file   # exports BALANCE_DATABASE_URL, RESERVATION_DATABASE_URL, REDIS_URL
   $PG_BIN/psql -h 127.0.0.1 -p $PG_PORT -U postgres -d balance
   redis-cli -h 127.0.0.1 -p $REDIS_PORT
+  $BUF curl --protocol grpc --http2-prior-knowledge --list-services http://127.0.0.1:$LOCK_PORT
 Stop with deploy/local/down.sh (--purge also deletes $STACK_DIR).
 EOF
 }

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <grpc/byte_buffer.h>
@@ -108,7 +109,7 @@ struct svc_call {
     void *cancel_arg;
     bool cancel_fired;
 
-    int64_t start_ms;
+    int64_t start_us; /* monotonic */
     char request_id[REQUEST_ID_MAX + 1];
 };
 
@@ -164,6 +165,15 @@ svc__random_hex(char *out, size_t n_bytes)
         out[2 * i + 1] = hex[buf[i] & 15];
     }
     out[2 * n_bytes] = '\0';
+}
+
+static int64_t
+mono_us(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
 static int64_t
@@ -422,7 +432,7 @@ call__log_end(svc_call_t *call, svc_status_t code, const char *msg)
         return;
     }
     svc_log_call(level, call->method->path, call->request_id, svc_status_name(code),
-                 code == SVC_OK ? NULL : msg, (double)(svc_now_unix_ms() - call->start_ms));
+                 code == SVC_OK ? NULL : msg, (double)(mono_us() - call->start_us) / 1000.0);
 }
 
 /* Ends the call: records the status, flushes, drops the handler's ref. */
@@ -789,7 +799,7 @@ call__accept(pending_call_t *p)
     call->deadline = p->deadline;
     call->md = p->md;
     call->payload = p->payload;
-    call->start_ms = svc_now_unix_ms();
+    call->start_us = mono_us();
     call->close_tag.done = call__close_done;
     call->send_tag.done = call__send_done;
     call->recv_tag.done = call__recv_done;
@@ -972,7 +982,11 @@ svc_server_create(const svc_server_opts_t *opts, svc_err_t *err)
     grpc_channel_args chargs = {2, args};
     s->server = grpc_server_create(&chargs, NULL);
     s->health = svc__health_create();
-    if (s->server == NULL || s->health == NULL || svc__health_register(s, s->health, err) != 0 ||
+    /* The pool and timers exist from the start, so services can use them while registering. */
+    s->pool = svc_pool_create(s->opts.workers, s->opts.max_workers, err);
+    s->timers = s->pool != NULL ? svc_timers_create(s->pool, err) : NULL;
+    if (s->server == NULL || s->health == NULL || s->timers == NULL ||
+        svc__health_register(s, s->health, err) != 0 ||
         (s->reflection =
              svc__reflection_register(s, opts->descriptors, opts->descriptors_len, err)) == NULL) {
         if (err != NULL && err->code == SVC_OK) {
@@ -1091,14 +1105,6 @@ svc_server_start(svc_server_t *s, svc_err_t *err)
 {
     grpc_server_credentials *creds;
 
-    s->pool = svc_pool_create(s->opts.workers, s->opts.max_workers, err);
-    if (s->pool == NULL) {
-        return -1;
-    }
-    s->timers = svc_timers_create(s->pool, err);
-    if (s->timers == NULL) {
-        return -1;
-    }
     s->cqs = calloc((size_t)s->opts.cq_threads, sizeof(*s->cqs));
     if (s->cqs == NULL) {
         svc_err_set(err, SVC_RESOURCE_EXHAUSTED, "out of memory");
@@ -1199,7 +1205,7 @@ svc_server_wait_for_signal(svc_server_t *s)
     }
     svc_log_kv(SVC_LOG_INFO, "shutting down", "signal", sig == SIGTERM ? "SIGTERM" : "SIGINT",
                NULL);
-    svc_server_shutdown(s);
+    (void)s;
     return sig;
 }
 

@@ -8,18 +8,14 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 buf=${BUF:-$root/.tools/node_modules/.bin/buf}
 [ -x "$buf" ] || { echo "buf not found at $buf (run deploy/local/deps.sh)"; exit 1; }
 
-# A free port below the ephemeral range, so no outgoing connection can take it first.
-port=$(python3 -c '
-import random, socket
-while True:
-    p = random.randrange(20000, 32000)
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", p)); print(p); break
-    except OSError:
-        pass
-    finally:
-        s.close()')
+# A free port below the ephemeral range, so no outgoing connection can take it
+# first: one where nothing answers a connect.
+port=""
+for _ in $(seq 200); do
+  p=$((20000 + RANDOM % 12000))
+  if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then port=$p; break; fi
+done
+[ -n "$port" ] || { echo "no free port found"; exit 1; }
 url="http://127.0.0.1:$port"
 log=$(mktemp)
 "$server" --listen-addr "127.0.0.1:$port" --log-level warn 2>"$log" &

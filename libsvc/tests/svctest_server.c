@@ -242,6 +242,7 @@ main(int argc, char **argv)
         return 1;
     }
     svc_server_wait_for_signal(server);
+    svc_server_shutdown(server);
     svc_server_destroy(server);
     svc_client_release_all();
     return 0;

@@ -74,15 +74,16 @@ int svc_server_add_method(svc_server_t *server, const char *path,
                           const ProtobufCMessageDescriptor *output, const svc_handler_t *handler,
                           void *user, svc_err_t *err);
 
-/* Binds, starts the threads and marks every registered service SERVING. */
+/* Binds, starts the CQ threads and marks every registered service SERVING. */
 int svc_server_start(svc_server_t *server, svc_err_t *err);
 /* The bound port (useful with port 0). */
 int svc_server_port(const svc_server_t *server);
 
 /*
- * Blocks until SIGTERM or SIGINT, then shuts down gracefully. The caller must
+ * Blocks until SIGTERM or SIGINT and returns the signal number; the caller then
+ * stops what feeds the server and calls svc_server_shutdown. The caller must
  * have blocked those signals in every thread (svc_server_block_signals before
- * starting threads). Returns the signal number.
+ * creating the server).
  */
 int svc_server_wait_for_signal(svc_server_t *server);
 /* Blocks SIGTERM, SIGINT and SIGPIPE for this thread and the threads it starts later. */
@@ -96,6 +97,7 @@ void svc_server_shutdown(svc_server_t *server);
 /* Shuts down if needed and frees. NULL is a no-op. */
 void svc_server_destroy(svc_server_t *server);
 
+/* The worker pool and timers; they exist from svc_server_create until shutdown ends. */
 svc_pool_t *svc_server_pool(svc_server_t *server);
 svc_timers_t *svc_server_timers(svc_server_t *server);
 

@@ -1,0 +1,60 @@
+/*
+ * lock_client.h: the typed lock-svc client the other services use. Locks are
+ * leased and fenced: keep the fence and write it with your data, so a writer
+ * whose lease ran out cannot overwrite its successor.
+ */
+#ifndef SVC_LOCK_CLIENT_H
+#define SVC_LOCK_CLIENT_H
+
+#include <stdint.h>
+
+#include "svc/client.h"
+#include "svc/err.h"
+#include "svc/server.h"
+
+#define SVC_LOCK_KEY_MAX 200
+#define SVC_LOCK_TOKEN_MAX 64
+
+typedef struct {
+    char key[SVC_LOCK_KEY_MAX + 1];
+    char token[SVC_LOCK_TOKEN_MAX + 1];
+    int64_t fence;
+    int64_t expires_at_ms; /* unix ms */
+} svc_lock_t;
+
+typedef struct {
+    const char *owner;  /* shown by GetLock; may be NULL */
+    int64_t lease_ms;   /* 0: the server default */
+    int64_t wait_ms;    /* 0: try once */
+    svc_call_t *parent; /* the call being served: deadline, cancellation, request id */
+} svc_lock_opts_t;
+
+/*
+ * Takes the lock on key, waiting up to opts->wait_ms. Errors: ABORTED when it
+ * stayed held, UNAVAILABLE when lock-svc or its Redis cannot be reached (fail
+ * closed), INVALID_ARGUMENT for a bad key or lease.
+ */
+int svc_lock_acquire(svc_client_t *lock_svc, const char *key, const svc_lock_opts_t *opts,
+                     svc_lock_t *out, svc_err_t *err);
+
+/* Gives the lock back. NOT_FOUND when it had already expired. parent may be NULL. */
+int svc_lock_release(svc_client_t *lock_svc, const svc_lock_t *lock, svc_call_t *parent,
+                     svc_err_t *err);
+
+/* Extends the lease to lease_ms from now; updates lock->expires_at_ms. */
+int svc_lock_extend(svc_client_t *lock_svc, svc_lock_t *lock, int64_t lease_ms, svc_call_t *parent,
+                    svc_err_t *err);
+
+/* Work done while holding a lock; returns 0 or -1 with err set. */
+typedef int (*svc_locked_fn)(const svc_lock_t *lock, void *arg, svc_err_t *err);
+
+/*
+ * Scoped lock: acquires key, runs fn, and always releases, whatever fn
+ * returns. Returns fn's result, or -1 when the lock was not obtained. A failed
+ * release is logged, not returned: the lease frees the lock anyway, and fn's
+ * work was fenced.
+ */
+int svc_lock_with(svc_client_t *lock_svc, const char *key, const svc_lock_opts_t *opts,
+                  svc_locked_fn fn, void *arg, svc_err_t *err);
+
+#endif

@@ -1,0 +1,98 @@
+/*
+ * main.c: lock-svc. Reads the configuration, wires the Redis store, the
+ * service and the gRPC server together, runs until SIGTERM/SIGINT, shuts down.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "lock_service.h"
+#include "lock_store.h"
+#include "svc/client.h"
+#include "svc/config.h"
+#include "svc/log.h"
+#include "svc/server.h"
+
+extern const unsigned char lock_descriptor_set[];
+extern const size_t lock_descriptor_set_len;
+
+int
+main(int argc, char **argv)
+{
+    const char *listen_addr = NULL, *redis_url = NULL;
+    int64_t workers = 0, max_workers = 0, grace_ms = 0, redis_pool = 0;
+    lock_limits_t limits = {0};
+    svc_log_level_t log_level = SVC_LOG_INFO;
+    svc_opt_t opts[] = {
+        {"listen-addr", "LISTEN_ADDR", SVC_OPT_STRING, "127.0.0.1:50051", "address to serve on", 0,
+         0, &listen_addr, 1},
+        {"redis-url", "REDIS_URL", SVC_OPT_STRING, "redis://127.0.0.1:6379/0",
+         "redis://host:port[/db] or redis-sentinel://h1:p1,h2:p2/mastername", 0, 0, &redis_url, 1},
+        {"redis-pool", "REDIS_POOL", SVC_OPT_INT, "32", "Redis connections at most", 1, 1024,
+         &redis_pool, 0},
+        {"default-lease-ms", "DEFAULT_LEASE_MS", SVC_OPT_INT, "10000", "lease when lease_ms is 0",
+         1, 3600000, &limits.default_lease_ms, 0},
+        {"max-lease-ms", "MAX_LEASE_MS", SVC_OPT_INT, "300000", "longest lease granted", 1,
+         86400000, &limits.max_lease_ms, 0},
+        {"max-wait-ms", "MAX_WAIT_MS", SVC_OPT_INT, "60000", "longest wait_ms accepted", 0, 3600000,
+         &limits.max_wait_ms, 0},
+        {"workers", "WORKERS", SVC_OPT_INT, "16", "worker threads kept ready", 1, 4096, &workers,
+         0},
+        {"max-workers", "MAX_WORKERS", SVC_OPT_INT, "256", "most worker threads", 1, 4096,
+         &max_workers, 0},
+        {"grace-ms", "GRACE_MS", SVC_OPT_INT, "10000", "shutdown grace period", 1, 600000,
+         &grace_ms, 0},
+        {"log-level", "LOG_LEVEL", SVC_OPT_LOG_LEVEL, "info", "debug, info, warn or error", 0, 0,
+         &log_level, 0},
+    };
+    svc_server_opts_t sopts = {0};
+    svc_server_t *server = NULL;
+    lock_service_t *svc = NULL;
+    lock_store_t *store;
+    svc_err_t err;
+    int rc = 1;
+
+    svc_config_load_or_exit(opts, (int)(sizeof(opts) / sizeof(opts[0])), argc, argv,
+                            "lock-svc: leased, fenced locks over Redis (lock.v1.LockService)");
+    if (limits.default_lease_ms > limits.max_lease_ms) {
+        fprintf(stderr,
+                "%s: --default-lease-ms (DEFAULT_LEASE_MS) must not exceed "
+                "--max-lease-ms (MAX_LEASE_MS)\n",
+                argv[0]);
+        return 2;
+    }
+    svc_log_init("lock-svc", log_level);
+    store = lock_store_create(redis_url, (int)redis_pool, &err);
+    if (store == NULL) {
+        fprintf(stderr, "%s: %s\n", argv[0], err.msg);
+        return 2;
+    }
+    svc_server_block_signals();
+    sopts.service_name = "lock-svc";
+    sopts.listen_addr = listen_addr;
+    sopts.workers = (int)workers;
+    sopts.max_workers = (int)max_workers;
+    sopts.grace_ms = (int)grace_ms;
+    sopts.descriptors = lock_descriptor_set;
+    sopts.descriptors_len = lock_descriptor_set_len;
+    server = svc_server_create(&sopts, &err);
+    if (server == NULL || (svc = lock_service_create(server, store, &limits, &err)) == NULL ||
+        lock_service_register(svc, &err) != 0 || svc_server_start(server, &err) != 0) {
+        svc_log_kv(SVC_LOG_ERROR, "cannot start", "error", err.msg, NULL);
+        goto out;
+    }
+    svc_log_kv(SVC_LOG_INFO, "lock-svc ready", "redis", redis_url, NULL);
+    svc_server_wait_for_signal(server);
+    rc = 0;
+out:
+    if (svc != NULL) {
+        lock_service_stop(svc);
+    }
+    if (server != NULL) {
+        svc_server_shutdown(server);
+    }
+    lock_service_destroy(svc);
+    svc_server_destroy(server);
+    lock_store_destroy(store);
+    svc_client_release_all();
+    return rc;
+}

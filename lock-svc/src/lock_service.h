@@ -1,0 +1,31 @@
+/*
+ * lock_service.h: lock.v1.LockService handlers and the per-key FIFO of parked
+ * waiters. Transport and domain only; Redis lives in lock_store.
+ */
+#ifndef LOCK_SERVICE_H
+#define LOCK_SERVICE_H
+
+#include <stdint.h>
+
+#include "lock_store.h"
+#include "svc/server.h"
+
+typedef struct lock_service lock_service_t;
+
+typedef struct {
+    int64_t default_lease_ms; /* lease_ms 0 means this */
+    int64_t max_lease_ms;
+    int64_t max_wait_ms;
+} lock_limits_t;
+
+/* The service takes no ownership of store or server; both must outlive it. */
+lock_service_t *lock_service_create(svc_server_t *server, lock_store_t *store,
+                                    const lock_limits_t *limits, svc_err_t *err);
+/* Registers lock.v1.LockService on the server and subscribes to releases. Before start. */
+int lock_service_register(lock_service_t *svc, svc_err_t *err);
+/* Stops following releases (before the server shuts down: its pool goes away). */
+void lock_service_stop(lock_service_t *svc);
+/* After the server stopped. NULL is a no-op. */
+void lock_service_destroy(lock_service_t *svc);
+
+#endif

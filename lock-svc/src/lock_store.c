@@ -1,0 +1,840 @@
+/*
+ * lock_store.c: Redis commands and Lua scripts of lock-svc, over a small pool
+ * of blocking hiredis connections (callers are worker threads). Every failure
+ * to reach Redis becomes UNAVAILABLE within about a second.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <hiredis/hiredis.h>
+
+#include "lock_store.h"
+#include "svc/log.h"
+
+#define CONNECT_TIMEOUT_MS 500
+#define COMMAND_TIMEOUT_MS 800
+#define MAX_SENTINELS 8
+#define FENCE_TTL_MS "3600000"
+#define RELEASE_CHANNEL "lock.v1:released"
+#define SUB_PING_AFTER_MS 2000
+#define SUB_PONG_WITHIN_MS 2000
+
+enum { SCRIPT_ACQUIRE, SCRIPT_RELEASE, SCRIPT_EXTEND, SCRIPT_GET, SCRIPT_COUNT };
+
+/*
+ * KEYS: lock, fence, waiters. ARGV: token, owner, lease_ms, fence floor,
+ * waiter id ("" for none), waiter's wait deadline (unix ms).
+ * Returns {1, fence} when granted, {0, remaining lease ms} when held.
+ * A waiter is registered while it waits and removed when granted, in the same
+ * script, so counting waiters costs no extra round trip. The fence key
+ * outlives the lock by an hour; after that the floor (the wall clock in
+ * microseconds) alone keeps fences growing.
+ */
+static const char script_acquire[] =
+    "if redis.call('EXISTS', KEYS[1]) == 1 then\n"
+    "  if ARGV[5] ~= '' then\n"
+    "    redis.call('ZADD', KEYS[3], ARGV[6], ARGV[5])\n"
+    "    redis.call('PEXPIRE', KEYS[3], 120000)\n"
+    "  end\n"
+    "  return {0, redis.call('PTTL', KEYS[1])}\n"
+    "end\n"
+    "if ARGV[5] ~= '' then redis.call('ZREM', KEYS[3], ARGV[5]) end\n"
+    "local fence = redis.call('INCR', KEYS[2])\n"
+    "if fence < tonumber(ARGV[4]) then\n"
+    "  redis.call('SET', KEYS[2], ARGV[4])\n"
+    "  fence = tonumber(ARGV[4])\n"
+    "end\n"
+    "redis.call('PEXPIRE', KEYS[2], " FENCE_TTL_MS ")\n"
+    "redis.call('SET', KEYS[1], ARGV[1] .. '\\n' .. string.format('%d', fence) .. '\\n' .. "
+    "ARGV[2], 'NX', 'PX', ARGV[3])\n"
+    "return {1, fence}\n";
+
+/* KEYS: lock. ARGV: token, channel, key. Returns 1 released, 0 not held, -1 other token. */
+static const char script_release[] =
+    "local v = redis.call('GET', KEYS[1])\n"
+    "if not v then return 0 end\n"
+    "if string.sub(v, 1, #ARGV[1] + 1) ~= ARGV[1] .. '\\n' then return -1 end\n"
+    "redis.call('DEL', KEYS[1])\n"
+    "redis.call('PUBLISH', ARGV[2], ARGV[3])\n"
+    "return 1\n";
+
+/* KEYS: lock. ARGV: token, lease_ms. Returns 1 extended, 0 not held, -1 other token. */
+static const char script_extend[] =
+    "local v = redis.call('GET', KEYS[1])\n"
+    "if not v then return 0 end\n"
+    "if string.sub(v, 1, #ARGV[1] + 1) ~= ARGV[1] .. '\\n' then return -1 end\n"
+    "redis.call('PEXPIRE', KEYS[1], ARGV[2])\n"
+    "return 1\n";
+
+/* KEYS: lock, waiters. ARGV: now (unix ms). Returns {value or nil, pttl, live waiters}. */
+static const char script_get[] = "local v = redis.call('GET', KEYS[1])\n"
+                                 "local ttl = redis.call('PTTL', KEYS[1])\n"
+                                 "redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])\n"
+                                 "return {v, ttl, redis.call('ZCARD', KEYS[2])}\n";
+
+static const char *const scripts[SCRIPT_COUNT] = {script_acquire, script_release, script_extend,
+                                                  script_get};
+
+typedef struct {
+    char host[256];
+    int port;
+} endpoint_t;
+
+typedef struct {
+    redisContext *ctx;
+    bool busy;
+} conn_slot_t;
+
+struct lock_store {
+    /* from the URL */
+    bool sentinel;
+    endpoint_t direct;
+    endpoint_t sentinels[MAX_SENTINELS];
+    int n_sentinels;
+    char master_name[128];
+    char password[128];
+    int db;
+
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    conn_slot_t *slots;
+    int n_slots;
+    endpoint_t master; /* Sentinel mode: the last master found */
+    bool have_master;
+    char shas[SCRIPT_COUNT][41];
+    bool have_shas;
+
+    /* subscriber */
+    pthread_t sub_thread;
+    bool sub_running, stopping;
+    int sub_fd; /* to wake the subscriber at shutdown; -1 when none */
+    lock_release_fn sub_fn;
+    void *sub_arg;
+};
+
+/* ---------- URL ---------- */
+
+static int
+parse_endpoint(const char *text, size_t len, endpoint_t *ep)
+{
+    char buf[300];
+    char *colon, *end;
+    long port;
+
+    if (len == 0 || len >= sizeof(buf)) {
+        return -1;
+    }
+    memcpy(buf, text, len);
+    buf[len] = '\0';
+    colon = strrchr(buf, ':');
+    if (colon == NULL || colon == buf) {
+        return -1;
+    }
+    *colon = '\0';
+    errno = 0;
+    port = strtol(colon + 1, &end, 10);
+    if (errno != 0 || *end != '\0' || port < 1 || port > 65535 || strlen(buf) >= sizeof(ep->host)) {
+        return -1;
+    }
+    snprintf(ep->host, sizeof(ep->host), "%s", buf);
+    ep->port = (int)port;
+    return 0;
+}
+
+static int
+parse_url(lock_store_t *s, const char *url, svc_err_t *err)
+{
+    const char *rest, *slash, *at;
+
+    if (strncmp(url, "redis://", 8) == 0) {
+        rest = url + 8;
+        at = strchr(rest, '@');
+        if (at != NULL) { /* redis://[user]:password@host:port */
+            const char *colon = memchr(rest, ':', (size_t)(at - rest));
+            if (colon != NULL) {
+                snprintf(s->password, sizeof(s->password), "%.*s", (int)(at - colon - 1),
+                         colon + 1);
+            }
+            rest = at + 1;
+        }
+        slash = strchr(rest, '/');
+        if (parse_endpoint(rest, slash ? (size_t)(slash - rest) : strlen(rest), &s->direct) != 0) {
+            goto bad;
+        }
+        if (slash != NULL && slash[1] != '\0') {
+            char *end;
+            long db = strtol(slash + 1, &end, 10);
+            if (*end != '\0' || db < 0 || db > 1000) {
+                goto bad;
+            }
+            s->db = (int)db;
+        }
+        return 0;
+    }
+    if (strncmp(url, "redis-sentinel://", 17) == 0) {
+        rest = url + 17;
+        slash = strchr(rest, '/');
+        if (slash == NULL || slash[1] == '\0' || strlen(slash + 1) >= sizeof(s->master_name)) {
+            goto bad;
+        }
+        s->sentinel = true;
+        snprintf(s->master_name, sizeof(s->master_name), "%s", slash + 1);
+        while (rest < slash) {
+            const char *comma = memchr(rest, ',', (size_t)(slash - rest));
+            const char *end = comma ? comma : slash;
+            if (s->n_sentinels == MAX_SENTINELS ||
+                parse_endpoint(rest, (size_t)(end - rest), &s->sentinels[s->n_sentinels]) != 0) {
+                goto bad;
+            }
+            s->n_sentinels++;
+            rest = comma ? comma + 1 : slash;
+        }
+        if (s->n_sentinels == 0) {
+            goto bad;
+        }
+        return 0;
+    }
+bad:
+    svc_err_set(err, SVC_INVALID_ARGUMENT,
+                "REDIS_URL must be redis://host:port[/db] or "
+                "redis-sentinel://host:port[,host:port...]/mastername");
+    return -1;
+}
+
+/* ---------- connections ---------- */
+
+static redisContext *
+connect_to(const endpoint_t *ep)
+{
+    struct timeval ct = {0, CONNECT_TIMEOUT_MS * 1000};
+    struct timeval rt = {0, COMMAND_TIMEOUT_MS * 1000};
+    redisContext *c = redisConnectWithTimeout(ep->host, ep->port, ct);
+
+    if (c == NULL) {
+        return NULL;
+    }
+    if (c->err != 0 || redisSetTimeout(c, rt) != REDIS_OK) {
+        redisFree(c);
+        return NULL;
+    }
+    redisEnableKeepAlive(c);
+    return c;
+}
+
+static redisReply *
+command_argv(redisContext *c, int argc, const char **argv)
+{
+    return redisCommandArgv(c, argc, argv, NULL);
+}
+
+/* Asks the Sentinels, in order, where the master is. */
+static int
+discover_master(lock_store_t *s, endpoint_t *out)
+{
+    for (int i = 0; i < s->n_sentinels; i++) {
+        redisContext *c = connect_to(&s->sentinels[i]);
+        redisReply *r;
+        int found = 0;
+
+        if (c == NULL) {
+            continue;
+        }
+        r = redisCommand(c, "SENTINEL get-master-addr-by-name %s", s->master_name);
+        if (r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+            r->element[0]->type == REDIS_REPLY_STRING &&
+            r->element[1]->type == REDIS_REPLY_STRING) {
+            snprintf(out->host, sizeof(out->host), "%s", r->element[0]->str);
+            out->port = atoi(r->element[1]->str);
+            found = out->port > 0;
+        }
+        freeReplyObject(r);
+        redisFree(c);
+        if (found) {
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/* Runs a command expecting a status or any non-error reply. */
+static int
+simple_command(redisContext *c, int argc, const char **argv)
+{
+    redisReply *r = command_argv(c, argc, argv);
+    int ok = r != NULL && r->type != REDIS_REPLY_ERROR;
+
+    freeReplyObject(r);
+    return ok ? 0 : -1;
+}
+
+/*
+ * A ready connection to the master: authenticated, on the right db, scripts
+ * loaded. In Sentinel mode the server must say it is the master.
+ */
+static redisContext *
+store_connect(lock_store_t *s, svc_err_t *err)
+{
+    endpoint_t ep;
+    redisContext *c;
+
+    if (s->sentinel) {
+        pthread_mutex_lock(&s->mu);
+        bool have = s->have_master;
+        ep = s->master;
+        pthread_mutex_unlock(&s->mu);
+        if (!have) {
+            if (discover_master(s, &ep) != 0) {
+                svc_err_set(err, SVC_UNAVAILABLE, "no sentinel knows master %s", s->master_name);
+                return NULL;
+            }
+            pthread_mutex_lock(&s->mu);
+            s->master = ep;
+            s->have_master = true;
+            pthread_mutex_unlock(&s->mu);
+        }
+    } else {
+        ep = s->direct;
+    }
+    c = connect_to(&ep);
+    if (c == NULL) {
+        goto unavailable;
+    }
+    if (s->password[0] != '\0') {
+        const char *argv[] = {"AUTH", s->password};
+        if (simple_command(c, 2, argv) != 0) {
+            goto unavailable;
+        }
+    }
+    if (s->db != 0) {
+        char db[16];
+        snprintf(db, sizeof(db), "%d", s->db);
+        const char *argv[] = {"SELECT", db};
+        if (simple_command(c, 2, argv) != 0) {
+            goto unavailable;
+        }
+    }
+    if (s->sentinel) {
+        redisReply *r = redisCommand(c, "ROLE");
+        bool master = r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements > 0 &&
+                      r->element[0]->type == REDIS_REPLY_STRING &&
+                      strcmp(r->element[0]->str, "master") == 0;
+        freeReplyObject(r);
+        if (!master) {
+            goto unavailable;
+        }
+    }
+    for (int i = 0; i < SCRIPT_COUNT; i++) {
+        redisReply *r = redisCommand(c, "SCRIPT LOAD %s", scripts[i]);
+        if (r == NULL || r->type != REDIS_REPLY_STRING || r->len != 40) {
+            freeReplyObject(r);
+            goto unavailable;
+        }
+        pthread_mutex_lock(&s->mu);
+        memcpy(s->shas[i], r->str, 41);
+        s->have_shas = true;
+        pthread_mutex_unlock(&s->mu);
+        freeReplyObject(r);
+    }
+    return c;
+
+unavailable:
+    if (c != NULL) {
+        redisFree(c);
+    }
+    if (s->sentinel) { /* ask the Sentinels again next time */
+        pthread_mutex_lock(&s->mu);
+        s->have_master = false;
+        pthread_mutex_unlock(&s->mu);
+    }
+    svc_err_set(err, SVC_UNAVAILABLE, "redis unavailable at %s:%d", ep.host, ep.port);
+    return NULL;
+}
+
+static int
+store_take(lock_store_t *s, svc_err_t *err)
+{
+    int slot = -1;
+
+    pthread_mutex_lock(&s->mu);
+    while (slot < 0) {
+        for (int i = 0; i < s->n_slots; i++) {
+            if (!s->slots[i].busy) {
+                slot = i;
+                break;
+            }
+        }
+        if (slot < 0) {
+            pthread_cond_wait(&s->cv, &s->mu);
+        }
+    }
+    s->slots[slot].busy = true;
+    pthread_mutex_unlock(&s->mu);
+    if (s->slots[slot].ctx == NULL) {
+        s->slots[slot].ctx = store_connect(s, err);
+        if (s->slots[slot].ctx == NULL) {
+            pthread_mutex_lock(&s->mu);
+            s->slots[slot].busy = false;
+            pthread_cond_signal(&s->cv);
+            pthread_mutex_unlock(&s->mu);
+            return -1;
+        }
+    }
+    return slot;
+}
+
+static void
+store_give(lock_store_t *s, int slot, bool broken)
+{
+    if (broken && s->slots[slot].ctx != NULL) {
+        redisFree(s->slots[slot].ctx);
+        s->slots[slot].ctx = NULL;
+        if (s->sentinel) {
+            pthread_mutex_lock(&s->mu);
+            s->have_master = false;
+            pthread_mutex_unlock(&s->mu);
+        }
+    }
+    pthread_mutex_lock(&s->mu);
+    s->slots[slot].busy = false;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+/*
+ * Runs script `which` with the keys and args; returns the reply (caller frees)
+ * or NULL with err UNAVAILABLE. Falls back to EVAL when Redis lost its script cache.
+ */
+static redisReply *
+run_script(lock_store_t *s, int which, int n_keys, const char **keys, int n_args, const char **args,
+           svc_err_t *err)
+{
+    const char *argv[16];
+    char numkeys[8];
+    redisReply *r;
+    int slot, argc = 0;
+    bool broken = false;
+
+    slot = store_take(s, err);
+    if (slot < 0) {
+        return NULL;
+    }
+    snprintf(numkeys, sizeof(numkeys), "%d", n_keys);
+    argv[argc++] = "EVALSHA";
+    pthread_mutex_lock(&s->mu);
+    argv[argc++] = s->shas[which];
+    pthread_mutex_unlock(&s->mu);
+    argv[argc++] = numkeys;
+    for (int i = 0; i < n_keys; i++) {
+        argv[argc++] = keys[i];
+    }
+    for (int i = 0; i < n_args; i++) {
+        argv[argc++] = args[i];
+    }
+    r = command_argv(s->slots[slot].ctx, argc, argv);
+    if (r != NULL && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOSCRIPT", 8) == 0) {
+        freeReplyObject(r);
+        argv[0] = "EVAL";
+        argv[1] = scripts[which];
+        r = command_argv(s->slots[slot].ctx, argc, argv);
+    }
+    if (r == NULL) {
+        svc_err_set(err, SVC_UNAVAILABLE, "redis unavailable: %s",
+                    s->slots[slot].ctx->errstr[0] ? s->slots[slot].ctx->errstr : "no reply");
+        broken = true;
+    } else if (r->type == REDIS_REPLY_ERROR) {
+        /* READONLY (a demoted master), LOADING, OOM...: not the client's fault. */
+        svc_logf(SVC_LOG_WARN, "redis error: %.200s", r->str);
+        svc_err_set(err, SVC_UNAVAILABLE, "redis refused the command");
+        broken = strncmp(r->str, "READONLY", 8) == 0 || strncmp(r->str, "LOADING", 7) == 0;
+        freeReplyObject(r);
+        r = NULL;
+    }
+    store_give(s, slot, broken);
+    return r;
+}
+
+/* ---------- public ---------- */
+
+lock_store_t *
+lock_store_create(const char *url, int pool_size, svc_err_t *err)
+{
+    lock_store_t *s = calloc(1, sizeof(*s));
+
+    if (s == NULL) {
+        svc_err_set(err, SVC_RESOURCE_EXHAUSTED, "out of memory");
+        return NULL;
+    }
+    if (url == NULL || parse_url(s, url, err) != 0) {
+        if (url == NULL) {
+            svc_err_set(err, SVC_INVALID_ARGUMENT, "REDIS_URL is not set");
+        }
+        free(s);
+        return NULL;
+    }
+    s->n_slots = pool_size > 0 ? pool_size : 16;
+    s->slots = calloc((size_t)s->n_slots, sizeof(*s->slots));
+    if (s->slots == NULL) {
+        free(s);
+        svc_err_set(err, SVC_RESOURCE_EXHAUSTED, "out of memory");
+        return NULL;
+    }
+    s->sub_fd = -1;
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cv, NULL);
+    return s;
+}
+
+void
+lock_store_unsubscribe(lock_store_t *s)
+{
+    pthread_mutex_lock(&s->mu);
+    s->stopping = true;
+    if (s->sub_fd >= 0) {
+        shutdown(s->sub_fd, SHUT_RDWR); /* wakes the subscriber from its read */
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (s->sub_running) {
+        pthread_join(s->sub_thread, NULL);
+        s->sub_running = false;
+    }
+}
+
+void
+lock_store_destroy(lock_store_t *s)
+{
+    if (s == NULL) {
+        return;
+    }
+    lock_store_unsubscribe(s);
+    for (int i = 0; i < s->n_slots; i++) {
+        if (s->slots[i].ctx != NULL) {
+            redisFree(s->slots[i].ctx);
+        }
+    }
+    free(s->slots);
+    pthread_cond_destroy(&s->cv);
+    pthread_mutex_destroy(&s->mu);
+    free(s);
+}
+
+static void
+key_name(char *buf, size_t len, const char *key, const char *suffix)
+{
+    /* {key} is a hash tag: the lock, its fence and its waiters share a cluster slot. */
+    snprintf(buf, len, "lock:{%s}%s", key, suffix);
+}
+
+int
+lock_store_acquire(lock_store_t *s, const char *key, const char *token, const char *owner,
+                   int64_t lease_ms, int64_t fence_floor, const char *waiter_id,
+                   int64_t wait_until_ms, lock_acquire_result_t *out, svc_err_t *err)
+{
+    char lock_key[256], fence_key[256], waiters_key[256], lease[24], floor[24], until[24];
+    const char *keys[] = {lock_key, fence_key, waiters_key};
+    const char *args[] = {token, owner, lease, floor, waiter_id != NULL ? waiter_id : "", until};
+    redisReply *r;
+
+    key_name(lock_key, sizeof(lock_key), key, "");
+    key_name(fence_key, sizeof(fence_key), key, ":fence");
+    key_name(waiters_key, sizeof(waiters_key), key, ":waiters");
+    snprintf(lease, sizeof(lease), "%lld", (long long)lease_ms);
+    snprintf(floor, sizeof(floor), "%lld", (long long)fence_floor);
+    snprintf(until, sizeof(until), "%lld", (long long)wait_until_ms);
+    r = run_script(s, SCRIPT_ACQUIRE, 3, keys, 6, args, err);
+    if (r == NULL) {
+        return -1;
+    }
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+        r->element[0]->type != REDIS_REPLY_INTEGER || r->element[1]->type != REDIS_REPLY_INTEGER) {
+        freeReplyObject(r);
+        svc_err_set(err, SVC_UNAVAILABLE, "unexpected reply from redis");
+        return -1;
+    }
+    out->granted = r->element[0]->integer == 1;
+    out->fence = out->granted ? r->element[1]->integer : 0;
+    out->holder_ms = out->granted ? 0 : r->element[1]->integer;
+    freeReplyObject(r);
+    return 0;
+}
+
+/* Shared by release and extend: 1 done, 0 not held, -1 another token. */
+static int
+compare_and_act(lock_store_t *s, int which, const char *key, const char **args, int n_args,
+                svc_err_t *err)
+{
+    char lock_key[256];
+    const char *keys[] = {lock_key};
+    redisReply *r;
+    long long result;
+
+    key_name(lock_key, sizeof(lock_key), key, "");
+    r = run_script(s, which, 1, keys, n_args, args, err);
+    if (r == NULL) {
+        return -1;
+    }
+    result = r->type == REDIS_REPLY_INTEGER ? r->integer : -2;
+    freeReplyObject(r);
+    if (result == 1) {
+        svc_err_clear(err);
+        return 0;
+    }
+    if (result == 0) {
+        svc_err_set(err, SVC_NOT_FOUND, "no lock is held on %s", key);
+    } else if (result == -1) {
+        svc_err_set(err, SVC_FAILED_PRECONDITION, "lock %s is held with another token", key);
+    } else {
+        svc_err_set(err, SVC_UNAVAILABLE, "unexpected reply from redis");
+    }
+    return -1;
+}
+
+int
+lock_store_release(lock_store_t *s, const char *key, const char *token, svc_err_t *err)
+{
+    const char *args[] = {token, RELEASE_CHANNEL, key};
+
+    return compare_and_act(s, SCRIPT_RELEASE, key, args, 3, err);
+}
+
+int
+lock_store_extend(lock_store_t *s, const char *key, const char *token, int64_t lease_ms,
+                  svc_err_t *err)
+{
+    char lease[24];
+    const char *args[] = {token, lease};
+
+    snprintf(lease, sizeof(lease), "%lld", (long long)lease_ms);
+    return compare_and_act(s, SCRIPT_EXTEND, key, args, 2, err);
+}
+
+int
+lock_store_get(lock_store_t *s, const char *key, int64_t now_ms, lock_info_t *out, svc_err_t *err)
+{
+    char lock_key[256], waiters_key[256], now[24];
+    const char *keys[] = {lock_key, waiters_key};
+    const char *args[] = {now};
+    redisReply *r;
+
+    memset(out, 0, sizeof(*out));
+    key_name(lock_key, sizeof(lock_key), key, "");
+    key_name(waiters_key, sizeof(waiters_key), key, ":waiters");
+    snprintf(now, sizeof(now), "%lld", (long long)now_ms);
+    r = run_script(s, SCRIPT_GET, 2, keys, 1, args, err);
+    if (r == NULL) {
+        return -1;
+    }
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 3) {
+        freeReplyObject(r);
+        svc_err_set(err, SVC_UNAVAILABLE, "unexpected reply from redis");
+        return -1;
+    }
+    if (r->element[0]->type == REDIS_REPLY_STRING) {
+        /* token \n fence \n owner: the token stays here. */
+        char *v = r->element[0]->str;
+        char *nl1 = strchr(v, '\n');
+        char *nl2 = nl1 ? strchr(nl1 + 1, '\n') : NULL;
+        if (nl2 != NULL) {
+            out->held = true;
+            out->fence = strtoll(nl1 + 1, NULL, 10);
+            snprintf(out->owner, sizeof(out->owner), "%s", nl2 + 1);
+        }
+    }
+    out->ttl_ms = r->element[1]->type == REDIS_REPLY_INTEGER ? r->element[1]->integer : -1;
+    out->waiters = r->element[2]->type == REDIS_REPLY_INTEGER ? (int)r->element[2]->integer : 0;
+    freeReplyObject(r);
+    return 0;
+}
+
+int
+lock_store_waiter_remove(lock_store_t *s, const char *key, const char *waiter_id, svc_err_t *err)
+{
+    char waiters_key[256];
+    const char *argv[] = {"ZREM", waiters_key, waiter_id};
+    redisReply *r;
+    int slot = store_take(s, err);
+
+    if (slot < 0) {
+        return -1;
+    }
+    key_name(waiters_key, sizeof(waiters_key), key, ":waiters");
+    r = command_argv(s->slots[slot].ctx, 3, argv);
+    store_give(s, slot, r == NULL);
+    if (r == NULL) {
+        svc_err_set(err, SVC_UNAVAILABLE, "redis unavailable");
+        return -1;
+    }
+    freeReplyObject(r);
+    return 0;
+}
+
+void
+lock_store_new_token(char *buf)
+{
+    static const char hex[] = "0123456789abcdef";
+    unsigned char raw[LOCK_TOKEN_LEN / 2];
+
+    if (getrandom(raw, sizeof(raw), 0) != (ssize_t)sizeof(raw)) {
+        abort(); /* a guessable token would let anyone release the lock */
+    }
+    for (size_t i = 0; i < sizeof(raw); i++) {
+        buf[2 * i] = hex[raw[i] >> 4];
+        buf[2 * i + 1] = hex[raw[i] & 15];
+    }
+    buf[LOCK_TOKEN_LEN] = '\0';
+}
+
+/* ---------- the release channel ---------- */
+
+static void
+sub_sleep_ms(int ms)
+{
+    poll(NULL, 0, ms);
+}
+
+/* Reads one reply, waiting at most timeout_ms. 1 got one, 0 timed out, -1 broken. */
+static int
+sub_read(redisContext *c, int timeout_ms, redisReply **reply)
+{
+    struct pollfd pfd = {c->fd, POLLIN, 0};
+    void *r = NULL;
+
+    *reply = NULL;
+    if (redisGetReplyFromReader(c, &r) != REDIS_OK) {
+        return -1;
+    }
+    if (r != NULL) {
+        *reply = r;
+        return 1;
+    }
+    int n = poll(&pfd, 1, timeout_ms);
+    if (n == 0) {
+        return 0;
+    }
+    if (n < 0 && errno == EINTR) {
+        return 0;
+    }
+    if (n < 0 || redisBufferRead(c) != REDIS_OK || redisGetReplyFromReader(c, &r) != REDIS_OK) {
+        return -1;
+    }
+    *reply = r;
+    return r != NULL ? 1 : 0;
+}
+
+/* Follows one subscription until it breaks or we stop. */
+static void
+sub_follow(lock_store_t *s, redisContext *c)
+{
+    int64_t quiet_ms = 0, ping_sent_ms = -1;
+
+    for (;;) {
+        redisReply *r;
+        int rc = sub_read(c, 200, &r);
+
+        pthread_mutex_lock(&s->mu);
+        bool stopping = s->stopping;
+        pthread_mutex_unlock(&s->mu);
+        if (rc < 0 || stopping) {
+            freeReplyObject(r);
+            return;
+        }
+        if (rc == 0) {
+            quiet_ms += 200;
+            if (ping_sent_ms >= 0 && quiet_ms - ping_sent_ms > SUB_PONG_WITHIN_MS) {
+                svc_logf(SVC_LOG_WARN, "release channel silent, reconnecting");
+                return;
+            }
+            if (ping_sent_ms < 0 && quiet_ms > SUB_PING_AFTER_MS) {
+                int done = 0;
+                if (redisAppendCommand(c, "PING") != REDIS_OK) {
+                    return;
+                }
+                while (!done) {
+                    if (redisBufferWrite(c, &done) != REDIS_OK) {
+                        return;
+                    }
+                }
+                ping_sent_ms = quiet_ms;
+            }
+            continue;
+        }
+        quiet_ms = 0;
+        ping_sent_ms = -1;
+        /* ["message", channel, key]; pongs and (un)subscribe confirmations are skipped. */
+        if (r->type == REDIS_REPLY_ARRAY && r->elements == 3 &&
+            r->element[0]->type == REDIS_REPLY_STRING &&
+            strcmp(r->element[0]->str, "message") == 0 &&
+            r->element[2]->type == REDIS_REPLY_STRING) {
+            s->sub_fn(r->element[2]->str, s->sub_arg);
+        }
+        freeReplyObject(r);
+    }
+}
+
+static void *
+sub_thread(void *arg)
+{
+    lock_store_t *s = arg;
+    bool was_down = false;
+
+    for (;;) {
+        svc_err_t err;
+        pthread_mutex_lock(&s->mu);
+        bool stopping = s->stopping;
+        pthread_mutex_unlock(&s->mu);
+        if (stopping) {
+            break;
+        }
+        redisContext *c = store_connect(s, &err);
+        if (c != NULL) {
+            redisReply *r = redisCommand(c, "SUBSCRIBE %s", RELEASE_CHANNEL);
+            bool ok = r != NULL && r->type == REDIS_REPLY_ARRAY;
+            freeReplyObject(r);
+            if (ok) {
+                if (was_down) {
+                    svc_logf(SVC_LOG_INFO, "release channel back");
+                }
+                was_down = false;
+                pthread_mutex_lock(&s->mu);
+                s->sub_fd = c->fd;
+                stopping = s->stopping;
+                pthread_mutex_unlock(&s->mu);
+                /* Messages may have been missed while we were away: everyone re-checks. */
+                s->sub_fn(NULL, s->sub_arg);
+                if (!stopping) {
+                    sub_follow(s, c);
+                }
+                pthread_mutex_lock(&s->mu);
+                s->sub_fd = -1;
+                pthread_mutex_unlock(&s->mu);
+            }
+            redisFree(c);
+        }
+        if (!was_down) {
+            svc_logf(SVC_LOG_WARN, "release channel lost, reconnecting");
+            was_down = true;
+        }
+        sub_sleep_ms(200);
+    }
+    return NULL;
+}
+
+int
+lock_store_subscribe(lock_store_t *s, lock_release_fn fn, void *arg, svc_err_t *err)
+{
+    s->sub_fn = fn;
+    s->sub_arg = arg;
+    if (pthread_create(&s->sub_thread, NULL, sub_thread, s) != 0) {
+        svc_err_set(err, SVC_RESOURCE_EXHAUSTED, "cannot start the subscriber thread");
+        return -1;
+    }
+    s->sub_running = true;
+    return 0;
+}

@@ -1,0 +1,520 @@
+/*
+ * test_lock_svc.c: lock-svc over real gRPC against a real Redis started in a
+ * temp dir: mutual exclusion storms on one and two instances, cross-instance
+ * wake-ups, FIFO, every error code, and Redis dying and coming back empty.
+ * argv[1] is the lock-svc binary.
+ */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cmocka.h>
+
+#include "lock/v1/lock.pb-c.h"
+#include "svc/client.h"
+#include "svc/lock_client.h"
+#include "svc/timer.h"
+#include "testenv.h"
+
+static const char *lock_svc_path;
+static testenv_redis_t redis;
+static testenv_proc_t inst[2];
+static svc_client_t *client[2];
+
+static void
+sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static void
+start_instance(int i)
+{
+    char url[128], env_url[160];
+    const char *env[] = {env_url, "LOG_LEVEL=warn", NULL};
+    svc_err_t err;
+
+    testenv_redis_url(&redis, url, sizeof(url));
+    snprintf(env_url, sizeof(env_url), "REDIS_URL=%s", url);
+    assert_int_equal(testenv_proc_start(&inst[i], lock_svc_path, NULL, env), 0);
+    client[i] = svc_client_get(inst[i].addr, &err);
+    assert_non_null(client[i]);
+}
+
+static int
+get_lock(int i, const char *key, Lock__V1__GetLockResponse *out, svc_err_t *err)
+{
+    Lock__V1__GetLockRequest req = LOCK__V1__GET_LOCK_REQUEST__INIT;
+    svc_arena_t *arena = svc_arena_create();
+    ProtobufCMessage *resp;
+    int rc;
+
+    req.key = (char *)key;
+    rc = svc_client_unary(client[i], "/lock.v1.LockService/GetLock", &req.base,
+                          &lock__v1__get_lock_response__descriptor, arena, &resp, NULL, err);
+    if (rc == 0) {
+        *out = *(Lock__V1__GetLockResponse *)resp;
+        out->owner = NULL; /* lives in the arena */
+    }
+    svc_arena_destroy(arena);
+    return rc;
+}
+
+static int
+waiters_on(int i, const char *key)
+{
+    Lock__V1__GetLockResponse info;
+    svc_err_t err;
+
+    assert_int_equal(get_lock(i, key, &info, &err), 0);
+    return info.waiters;
+}
+
+static void
+wait_for_waiters(int i, const char *key, int n)
+{
+    for (int t = 0; t < 500 && waiters_on(i, key) != n; t++) {
+        sleep_ms(10);
+    }
+    assert_int_equal(waiters_on(i, key), n);
+}
+
+/* ---------- the storm ---------- */
+
+typedef struct {
+    const char *key;
+    int rounds;
+    int n_instances;
+    /* shared, guarded by the lock under test itself */
+    long counter;
+    int64_t last_fence;
+    atomic_int holders;
+    atomic_int overlaps;
+    atomic_int fence_regressions;
+    atomic_int grants;
+    atomic_int failures;
+    atomic_int next_id;
+} storm_t;
+
+static void *
+storm_client(void *arg)
+{
+    storm_t *st = arg;
+    int id = atomic_fetch_add(&st->next_id, 1);
+    svc_client_t *c = client[id % st->n_instances];
+    svc_lock_opts_t opts = {.owner = "storm", .lease_ms = 10000, .wait_ms = 60000};
+
+    for (int r = 0; r < st->rounds; r++) {
+        svc_lock_t lock;
+        svc_err_t err;
+
+        if (svc_lock_acquire(c, st->key, &opts, &lock, &err) != 0) {
+            fprintf(stderr, "acquire failed: %s %s\n", svc_status_name(err.code), err.msg);
+            atomic_fetch_add(&st->failures, 1);
+            continue;
+        }
+        if (atomic_fetch_add(&st->holders, 1) != 0) {
+            atomic_fetch_add(&st->overlaps, 1);
+        }
+        if (lock.fence <= st->last_fence) {
+            atomic_fetch_add(&st->fence_regressions, 1);
+        }
+        st->last_fence = lock.fence;
+        long seen = st->counter; /* read, pause, write: only a real lock keeps this right */
+        struct timespec ts = {0, 100 * 1000};
+        nanosleep(&ts, NULL);
+        st->counter = seen + 1;
+        atomic_fetch_add(&st->grants, 1);
+        atomic_fetch_sub(&st->holders, 1);
+        if (svc_lock_release(c, &lock, NULL, &err) != 0) {
+            fprintf(stderr, "release failed: %s\n", err.msg);
+            atomic_fetch_add(&st->failures, 1);
+        }
+    }
+    return NULL;
+}
+
+static void
+run_storm(const char *key, int n_clients, int rounds, int n_instances)
+{
+    storm_t st = {.key = key, .rounds = rounds, .n_instances = n_instances};
+    pthread_t *threads = calloc((size_t)n_clients, sizeof(*threads));
+    pthread_attr_t attr;
+    int64_t t0 = svc_now_mono_ms();
+    Lock__V1__GetLockResponse info;
+    svc_err_t err;
+
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, 256 * 1024);
+    for (int i = 0; i < n_clients; i++) {
+        assert_int_equal(pthread_create(&threads[i], &attr, storm_client, &st), 0);
+    }
+    for (int i = 0; i < n_clients; i++) {
+        pthread_join(threads[i], NULL);
+    }
+    pthread_attr_destroy(&attr);
+    free(threads);
+    fprintf(stderr,
+            "storm on %s: %d clients x %d rounds via %d instance(s): %d grants in %lld ms\n", key,
+            n_clients, rounds, n_instances, atomic_load(&st.grants),
+            (long long)(svc_now_mono_ms() - t0));
+    assert_int_equal(atomic_load(&st.failures), 0);
+    assert_int_equal(atomic_load(&st.grants), n_clients * rounds);
+    assert_int_equal(st.counter, (long)n_clients * rounds);
+    assert_int_equal(atomic_load(&st.overlaps), 0);
+    assert_int_equal(atomic_load(&st.fence_regressions), 0);
+    /* Nothing is left behind: the lock is free and nobody is registered as waiting. */
+    assert_int_equal(get_lock(0, key, &info, &err), 0);
+    assert_false(info.held);
+    assert_int_equal(info.waiters, 0);
+}
+
+static void
+test_storm_one_instance(void **state)
+{
+    (void)state;
+    run_storm("storm:one", 200, 20, 1);
+}
+
+static void
+test_storm_two_instances(void **state)
+{
+    (void)state;
+    run_storm("storm:two", 200, 20, 2);
+}
+
+/* ---------- wake-ups across instances ---------- */
+
+typedef struct {
+    int instance;
+    const char *key;
+    int64_t wait_ms;
+    int order_slot;
+    int rc, release_rc;
+    svc_err_t err;
+    svc_lock_t lock;
+    int64_t granted_at;
+} waiter_job_t;
+
+static pthread_mutex_t order_mu = PTHREAD_MUTEX_INITIALIZER;
+static int grant_order[16];
+static int n_granted;
+
+static void *
+waiter_thread(void *arg)
+{
+    waiter_job_t *job = arg;
+    svc_lock_opts_t opts = {.owner = "waiter", .lease_ms = 30000, .wait_ms = job->wait_ms};
+
+    job->rc = svc_lock_acquire(client[job->instance], job->key, &opts, &job->lock, &job->err);
+    job->granted_at = svc_now_mono_ms();
+    if (job->rc == 0) {
+        pthread_mutex_lock(&order_mu);
+        grant_order[n_granted++] = job->order_slot;
+        pthread_mutex_unlock(&order_mu);
+        sleep_ms(20);
+        svc_err_t err;
+        job->release_rc = svc_lock_release(client[job->instance], &job->lock, NULL, &err);
+    }
+    return NULL;
+}
+
+static void
+test_release_on_one_instance_wakes_waiter_on_other(void **state)
+{
+    svc_lock_opts_t opts = {.owner = "holder", .lease_ms = 30000};
+    waiter_job_t job = {.instance = 1, .key = "wake:cross", .wait_ms = 20000};
+    pthread_t t;
+    svc_lock_t held;
+    svc_err_t err;
+
+    (void)state;
+    assert_int_equal(svc_lock_acquire(client[0], "wake:cross", &opts, &held, &err), 0);
+    assert_int_equal(pthread_create(&t, NULL, waiter_thread, &job), 0);
+    wait_for_waiters(0, "wake:cross", 1); /* parked on instance 1, seen through instance 0 */
+    int64_t released_at = svc_now_mono_ms();
+    assert_int_equal(svc_lock_release(client[0], &held, NULL, &err), 0);
+    pthread_join(t, NULL);
+    assert_int_equal(job.rc, 0);
+    /* The lease was 30 s: waking within 2 s means the release woke it, not expiry or polling. */
+    fprintf(stderr, "cross-instance wake-up after %lld ms\n",
+            (long long)(job.granted_at - released_at));
+    assert_true(job.granted_at - released_at < 2000);
+    assert_true(job.lock.fence > held.fence);
+}
+
+static void
+test_fifo_on_one_instance(void **state)
+{
+    enum { N = 6 };
+    svc_lock_opts_t opts = {.owner = "holder", .lease_ms = 30000};
+    waiter_job_t jobs[N];
+    pthread_t threads[N];
+    svc_lock_t held;
+    svc_err_t err;
+
+    (void)state;
+    n_granted = 0;
+    assert_int_equal(svc_lock_acquire(client[0], "fifo:key", &opts, &held, &err), 0);
+    for (int i = 0; i < N; i++) {
+        jobs[i] =
+            (waiter_job_t){.instance = 0, .key = "fifo:key", .wait_ms = 20000, .order_slot = i};
+        assert_int_equal(pthread_create(&threads[i], NULL, waiter_thread, &jobs[i]), 0);
+        wait_for_waiters(0, "fifo:key", i + 1); /* parked in this order */
+    }
+    assert_int_equal(svc_lock_release(client[0], &held, NULL, &err), 0);
+    for (int i = 0; i < N; i++) {
+        pthread_join(threads[i], NULL);
+        assert_int_equal(jobs[i].rc, 0);
+        assert_int_equal(jobs[i].release_rc, 0);
+    }
+    assert_int_equal(n_granted, N);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(grant_order[i], i);
+    }
+    for (int i = 1; i < N; i++) {
+        assert_true(jobs[grant_order[i]].lock.fence > jobs[grant_order[i - 1]].lock.fence);
+    }
+}
+
+/* ---------- codes ---------- */
+
+static void
+test_tokens_and_leases(void **state)
+{
+    svc_lock_opts_t opts = {.owner = "alice", .lease_ms = 300};
+    svc_lock_opts_t other = {.owner = "bob", .lease_ms = 1000, .wait_ms = 0};
+    svc_lock_t lock, wrong, second;
+    Lock__V1__GetLockResponse info;
+    svc_err_t err;
+
+    (void)state;
+    assert_int_equal(svc_lock_acquire(client[0], "codes:a", &opts, &lock, &err), 0);
+    assert_int_equal(strlen(lock.token), 32);
+
+    wrong = lock;
+    snprintf(wrong.token, sizeof(wrong.token), "%s", "0123456789abcdef0123456789abcdef");
+    assert_int_equal(svc_lock_release(client[0], &wrong, NULL, &err), -1);
+    assert_int_equal(err.code, SVC_FAILED_PRECONDITION);
+    assert_int_equal(svc_lock_extend(client[0], &wrong, 1000, NULL, &err), -1);
+    assert_int_equal(err.code, SVC_FAILED_PRECONDITION);
+
+    /* Held: a try-once acquire is refused at once. */
+    assert_int_equal(svc_lock_acquire(client[0], "codes:a", &other, &second, &err), -1);
+    assert_int_equal(err.code, SVC_ABORTED);
+
+    /* GetLock shows the holder but never the token. */
+    assert_int_equal(get_lock(0, "codes:a", &info, &err), 0);
+    assert_true(info.held);
+    assert_int_equal(info.fence, lock.fence);
+
+    /* The lease runs out: the lock is free without a release. */
+    sleep_ms(450);
+    assert_int_equal(svc_lock_acquire(client[0], "codes:a", &other, &second, &err), 0);
+    assert_true(second.fence > lock.fence);
+    /* The first holder's token no longer works: NOT_FOUND would be wrong, it is someone else's. */
+    assert_int_equal(svc_lock_release(client[0], &lock, NULL, &err), -1);
+    assert_int_equal(err.code, SVC_FAILED_PRECONDITION);
+
+    /* Extend pushes the expiry out. */
+    int64_t before = second.expires_at_ms;
+    assert_int_equal(svc_lock_extend(client[0], &second, 5000, NULL, &err), 0);
+    assert_true(second.expires_at_ms > before + 3000);
+
+    assert_int_equal(svc_lock_release(client[0], &second, NULL, &err), 0);
+    assert_int_equal(svc_lock_release(client[0], &second, NULL, &err), -1);
+    assert_int_equal(err.code, SVC_NOT_FOUND);
+    assert_int_equal(svc_lock_extend(client[0], &second, 1000, NULL, &err), -1);
+    assert_int_equal(err.code, SVC_NOT_FOUND);
+}
+
+static void
+test_wait_elapsed_is_aborted(void **state)
+{
+    svc_lock_opts_t hold = {.lease_ms = 10000};
+    svc_lock_opts_t wait = {.lease_ms = 1000, .wait_ms = 300};
+    svc_lock_t held, lock;
+    svc_err_t err;
+
+    (void)state;
+    assert_int_equal(svc_lock_acquire(client[0], "codes:wait", &hold, &held, &err), 0);
+    int64_t t0 = svc_now_mono_ms();
+    assert_int_equal(svc_lock_acquire(client[0], "codes:wait", &wait, &lock, &err), -1);
+    assert_int_equal(err.code, SVC_ABORTED);
+    assert_true(svc_now_mono_ms() - t0 >= 300);
+    assert_int_equal(waiters_on(0, "codes:wait"), 0);
+    assert_int_equal(svc_lock_release(client[0], &held, NULL, &err), 0);
+}
+
+static void
+test_client_cancel_removes_waiter(void **state)
+{
+    Lock__V1__AcquireRequest req = LOCK__V1__ACQUIRE_REQUEST__INIT;
+    svc_lock_opts_t hold = {.lease_ms = 10000};
+    svc_call_opts_t copts = {.timeout_ms = 500};
+    svc_arena_t *arena = svc_arena_create();
+    ProtobufCMessage *resp;
+    svc_lock_t held;
+    svc_err_t err;
+    pthread_t t;
+    waiter_job_t job = {.instance = 0, .key = "codes:cancel", .wait_ms = 20000};
+
+    (void)state;
+    assert_int_equal(svc_lock_acquire(client[0], "codes:cancel", &hold, &held, &err), 0);
+    /* One waiter that stays, one whose client gives up after 500 ms. */
+    assert_int_equal(pthread_create(&t, NULL, waiter_thread, &job), 0);
+    wait_for_waiters(0, "codes:cancel", 1);
+    req.key = "codes:cancel";
+    req.wait_ms = 20000;
+    assert_int_equal(svc_client_unary(client[0], "/lock.v1.LockService/Acquire", &req.base,
+                                      &lock__v1__acquire_response__descriptor, arena, &resp, &copts,
+                                      &err),
+                     -1);
+    assert_int_equal(err.code, SVC_DEADLINE_EXCEEDED);
+    wait_for_waiters(0, "codes:cancel", 1); /* back to the one that stays */
+    assert_int_equal(svc_lock_release(client[0], &held, NULL, &err), 0);
+    pthread_join(t, NULL);
+    assert_int_equal(job.rc, 0); /* and it, not the cancelled one, got the lock */
+    svc_arena_destroy(arena);
+}
+
+static void
+expect_invalid(const char *key, int64_t lease_ms, int64_t wait_ms)
+{
+    Lock__V1__AcquireRequest req = LOCK__V1__ACQUIRE_REQUEST__INIT;
+    svc_arena_t *arena = svc_arena_create();
+    ProtobufCMessage *resp;
+    svc_err_t err;
+
+    req.key = (char *)key;
+    req.lease_ms = lease_ms;
+    req.wait_ms = wait_ms;
+    assert_int_equal(svc_client_unary(client[0], "/lock.v1.LockService/Acquire", &req.base,
+                                      &lock__v1__acquire_response__descriptor, arena, &resp, NULL,
+                                      &err),
+                     -1);
+    assert_int_equal(err.code, SVC_INVALID_ARGUMENT);
+    svc_arena_destroy(arena);
+}
+
+static void
+test_invalid_arguments(void **state)
+{
+    char long_key[202];
+    Lock__V1__GetLockResponse info;
+    Lock__V1__ReleaseRequest rel = LOCK__V1__RELEASE_REQUEST__INIT;
+    svc_arena_t *arena = svc_arena_create();
+    ProtobufCMessage *resp;
+    svc_err_t err;
+
+    (void)state;
+    memset(long_key, 'k', 201);
+    long_key[201] = '\0';
+    expect_invalid("", 0, 0);
+    expect_invalid(long_key, 0, 0);
+    expect_invalid("has space", 0, 0);
+    expect_invalid("star*", 0, 0);
+    expect_invalid("ok:key", -1, 0);
+    expect_invalid("ok:key", 300001, 0);
+    expect_invalid("ok:key", 0, -1);
+    expect_invalid("ok:key", 0, 60001);
+    long_key[200] = '\0'; /* 200 is fine */
+    assert_int_equal(get_lock(0, long_key, &info, &err), 0);
+    assert_int_equal(get_lock(0, "", &info, &err), -1);
+    assert_int_equal(err.code, SVC_INVALID_ARGUMENT);
+    rel.key = "ok:key"; /* no token */
+    assert_int_equal(svc_client_unary(client[0], "/lock.v1.LockService/Release", &rel.base,
+                                      &lock__v1__release_response__descriptor, arena, &resp, NULL,
+                                      &err),
+                     -1);
+    assert_int_equal(err.code, SVC_INVALID_ARGUMENT);
+    svc_arena_destroy(arena);
+}
+
+/* ---------- Redis dies ---------- */
+
+static void
+test_redis_down_then_back_empty(void **state)
+{
+    svc_lock_opts_t opts = {.lease_ms = 60000};
+    svc_lock_t before, after;
+    svc_err_t err;
+
+    (void)state;
+    assert_int_equal(svc_lock_acquire(client[0], "redis:gone", &opts, &before, &err), 0);
+    testenv_redis_kill(&redis);
+    for (int i = 0; i < 3; i++) {
+        int64_t t0 = svc_now_mono_ms();
+        assert_int_equal(svc_lock_acquire(client[0], "redis:other", &opts, &after, &err), -1);
+        assert_int_equal(err.code, SVC_UNAVAILABLE);
+        assert_true(svc_now_mono_ms() - t0 < 1000);
+    }
+    assert_int_equal(testenv_redis_restart(&redis), 0); /* empty: no persistence */
+    int rc = -1;
+    for (int i = 0; i < 100 && rc != 0; i++) {
+        rc = svc_lock_acquire(client[0], "redis:gone", &opts, &after, &err);
+        if (rc != 0) {
+            sleep_ms(50);
+        }
+    }
+    assert_int_equal(rc, 0); /* the old holder's lock went with the data */
+    assert_true(after.fence > before.fence);
+}
+
+static int
+setup(void **state)
+{
+    (void)state;
+    testenv_cleanup_on_exit();
+    if (testenv_redis_start(&redis) != 0) {
+        return -1;
+    }
+    start_instance(0);
+    start_instance(1);
+    return 0;
+}
+
+static int
+teardown(void **state)
+{
+    int s0, s1;
+
+    (void)state;
+    s0 = testenv_proc_stop(&inst[0]);
+    s1 = testenv_proc_stop(&inst[1]);
+    testenv_redis_stop(&redis);
+    svc_client_release_all();
+    /* Both instances shut down cleanly (and, under ASan, without leaks). */
+    return s0 == 0 && s1 == 0 ? 0 : -1;
+}
+
+int
+main(int argc, char **argv)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_invalid_arguments),
+        cmocka_unit_test(test_tokens_and_leases),
+        cmocka_unit_test(test_wait_elapsed_is_aborted),
+        cmocka_unit_test(test_client_cancel_removes_waiter),
+        cmocka_unit_test(test_fifo_on_one_instance),
+        cmocka_unit_test(test_release_on_one_instance_wakes_waiter_on_other),
+        cmocka_unit_test(test_storm_one_instance),
+        cmocka_unit_test(test_storm_two_instances),
+        cmocka_unit_test(test_redis_down_then_back_empty),
+    };
+
+    if (argc < 2) {
+        fprintf(stderr, "usage: %s path/to/lock-svc\n", argv[0]);
+        return 2;
+    }
+    lock_svc_path = argv[1];
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
