@@ -439,7 +439,8 @@ check_token(const char *token, svc_err_t *err)
 }
 
 static void
-park(lock_service_t *svc, svc_call_t *call, const Lock__V1__AcquireRequest *req, int64_t lease_ms)
+park(lock_service_t *svc, svc_call_t *call, const Lock__V1__AcquireRequest *req, int64_t lease_ms,
+     bool behind_others)
 {
     lock_waiter_t *w = svc_arena_alloc(svc_call_arena(call), sizeof(*w));
     svc_err_t err;
@@ -460,6 +461,17 @@ park(lock_service_t *svc, svc_call_t *call, const Lock__V1__AcquireRequest *req,
     w->wait_until_ms = svc_now_unix_ms() + req->wait_ms;
     w->timer.heap_index = -1;
     lock_store_new_token(w->id);
+    if (behind_others) {
+        /*
+         * Only a queue's head tries the lock (and is counted by the try); one
+         * queued behind others is counted now, before anyone can see it.
+         */
+        if (lock_store_waiter_add(svc->store, req->key, w->id, w->wait_until_ms, &err) != 0) {
+            svc_call_fail(call, &err);
+            return;
+        }
+        w->registered = true;
+    }
 
     pthread_mutex_lock(&svc->mu);
     q = keyq_get(svc, req->key, true);
@@ -474,8 +486,8 @@ park(lock_service_t *svc, svc_call_t *call, const Lock__V1__AcquireRequest *req,
     w->timer_live = true;
     svc_timer_start(svc->timers, &w->timer, req->wait_ms, waiter_timed_out, w);
     svc_call_on_cancel(call, waiter_cancelled, w);
-    /* Try once more now: the holder may have released between our first try and now. */
-    run = keyq_kick(q, true);
+    /* At the head, try once more now: the holder may have released since our first try. */
+    run = q->head == w && keyq_kick(q, true);
     pthread_mutex_unlock(&svc->mu);
     if (run) {
         attempt_task(q);
@@ -524,7 +536,7 @@ handle_acquire(svc_call_t *call, const ProtobufCMessage *msg, void *user)
         svc_call_fail(call, &err);
         return;
     }
-    park(svc, call, req, lease_ms);
+    park(svc, call, req, lease_ms, queued);
 }
 
 static void
@@ -533,6 +545,7 @@ handle_release(svc_call_t *call, const ProtobufCMessage *msg, void *user)
     const Lock__V1__ReleaseRequest *req = (const void *)msg;
     Lock__V1__ReleaseResponse resp = LOCK__V1__RELEASE_RESPONSE__INIT;
     lock_service_t *svc = user;
+    char key[SVC_KEY_MAX + 1];
     svc_err_t err;
     bool run = false;
     keyq_t *q;
@@ -542,10 +555,12 @@ handle_release(svc_call_t *call, const ProtobufCMessage *msg, void *user)
         svc_call_fail(call, &err);
         return;
     }
+    /* The request dies with the call: keep the key for the hand-over below. */
+    snprintf(key, sizeof(key), "%s", req->key);
     svc_call_reply(call, &resp.base);
     /* Hand over to a waiter parked here without waiting for the channel's echo. */
     pthread_mutex_lock(&svc->mu);
-    q = keyq_get(svc, req->key, false);
+    q = keyq_get(svc, key, false);
     if (q != NULL) {
         run = keyq_kick(q, true);
     }

@@ -27,7 +27,7 @@
 #define SUB_PING_AFTER_MS 2000
 #define SUB_PONG_WITHIN_MS 2000
 
-enum { SCRIPT_ACQUIRE, SCRIPT_RELEASE, SCRIPT_EXTEND, SCRIPT_GET, SCRIPT_COUNT };
+enum { SCRIPT_ACQUIRE, SCRIPT_RELEASE, SCRIPT_EXTEND, SCRIPT_GET, SCRIPT_WAITER, SCRIPT_COUNT };
 
 /*
  * KEYS: lock, fence, waiters. ARGV: token, owner, lease_ms, fence floor,
@@ -80,8 +80,14 @@ static const char script_get[] = "local v = redis.call('GET', KEYS[1])\n"
                                  "redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])\n"
                                  "return {v, ttl, redis.call('ZCARD', KEYS[2])}\n";
 
+/* KEYS: waiters. ARGV: wait deadline (unix ms), waiter id. Registers a waiter queued behind others.
+ */
+static const char script_waiter[] = "redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])\n"
+                                    "redis.call('PEXPIRE', KEYS[1], 120000)\n"
+                                    "return 1\n";
+
 static const char *const scripts[SCRIPT_COUNT] = {script_acquire, script_release, script_extend,
-                                                  script_get};
+                                                  script_get, script_waiter};
 
 typedef struct {
     char host[256];
@@ -649,6 +655,25 @@ lock_store_get(lock_store_t *s, const char *key, int64_t now_ms, lock_info_t *ou
     }
     out->ttl_ms = r->element[1]->type == REDIS_REPLY_INTEGER ? r->element[1]->integer : -1;
     out->waiters = r->element[2]->type == REDIS_REPLY_INTEGER ? (int)r->element[2]->integer : 0;
+    freeReplyObject(r);
+    return 0;
+}
+
+int
+lock_store_waiter_add(lock_store_t *s, const char *key, const char *waiter_id, int64_t until_ms,
+                      svc_err_t *err)
+{
+    char waiters_key[256], until[24];
+    const char *keys[] = {waiters_key};
+    const char *args[] = {until, waiter_id};
+    redisReply *r;
+
+    key_name(waiters_key, sizeof(waiters_key), key, ":waiters");
+    snprintf(until, sizeof(until), "%lld", (long long)until_ms);
+    r = run_script(s, SCRIPT_WAITER, 1, keys, 2, args, err);
+    if (r == NULL) {
+        return -1;
+    }
     freeReplyObject(r);
     return 0;
 }

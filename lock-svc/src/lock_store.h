@@ -64,6 +64,9 @@ typedef struct {
 int lock_store_get(lock_store_t *store, const char *key, int64_t now_ms, lock_info_t *out,
                    svc_err_t *err);
 
+/* Registers a waiter queued behind another (the acquire script registers the rest). */
+int lock_store_waiter_add(lock_store_t *store, const char *key, const char *waiter_id,
+                          int64_t until_ms, svc_err_t *err);
 /* Forgets a waiter that stopped waiting without a grant (timeout, cancel). */
 int lock_store_waiter_remove(lock_store_t *store, const char *key, const char *waiter_id,
                              svc_err_t *err);

@@ -251,6 +251,29 @@ test_release_on_one_instance_wakes_waiter_on_other(void **state)
     assert_true(job.lock.fence > held.fence);
 }
 
+/* No release ever comes: the waiter is woken when the holder's lease runs out, not at its wait's
+ * end. */
+static void
+test_waiter_woken_by_lease_expiry(void **state)
+{
+    svc_lock_opts_t opts = {.owner = "vanished", .lease_ms = 400};
+    waiter_job_t job = {.instance = 1, .key = "wake:expiry", .wait_ms = 10000};
+    pthread_t t;
+    svc_lock_t held;
+    svc_err_t err;
+
+    (void)state;
+    assert_int_equal(svc_lock_acquire(client[0], "wake:expiry", &opts, &held, &err), 0);
+    int64_t t0 = svc_now_mono_ms();
+    assert_int_equal(pthread_create(&t, NULL, waiter_thread, &job), 0);
+    pthread_join(t, NULL);
+    assert_int_equal(job.rc, 0);
+    fprintf(stderr, "woken %lld ms after a 400 ms lease was taken\n",
+            (long long)(job.granted_at - t0));
+    assert_true(job.granted_at - t0 < 3000); /* far from the 10 s wait */
+    assert_true(job.lock.fence > held.fence);
+}
+
 static void
 test_fifo_on_one_instance(void **state)
 {
@@ -506,6 +529,7 @@ main(int argc, char **argv)
         cmocka_unit_test(test_client_cancel_removes_waiter),
         cmocka_unit_test(test_fifo_on_one_instance),
         cmocka_unit_test(test_release_on_one_instance_wakes_waiter_on_other),
+        cmocka_unit_test(test_waiter_woken_by_lease_expiry),
         cmocka_unit_test(test_storm_one_instance),
         cmocka_unit_test(test_storm_two_instances),
         cmocka_unit_test(test_redis_down_then_back_empty),
