@@ -27,7 +27,7 @@ main(int argc, char **argv)
          0, &listen_addr, 1},
         {"redis-url", "REDIS_URL", SVC_OPT_STRING, "redis://127.0.0.1:6379/0",
          "redis://host:port[/db] or redis-sentinel://h1:p1,h2:p2/mastername", 0, 0, &redis_url, 1},
-        {"redis-pool", "REDIS_POOL", SVC_OPT_INT, "32", "Redis connections at most", 1, 1024,
+        {"redis-pool", "REDIS_POOL", SVC_OPT_INT, "64", "Redis connections at most", 1, 1024,
          &redis_pool, 0},
         {"default-lease-ms", "DEFAULT_LEASE_MS", SVC_OPT_INT, "10000", "lease when lease_ms is 0",
          1, 3600000, &limits.default_lease_ms, 0},

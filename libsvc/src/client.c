@@ -139,7 +139,7 @@ client__metadata(const svc_call_opts_t *opts, grpc_metadata *md, char *request_i
     } else if (opts != NULL && opts->request_id != NULL) {
         snprintf(request_id, 65, "%s", opts->request_id);
     } else {
-        svc__random_hex(request_id, 8);
+        svc__request_id(request_id);
     }
     memset(md, 0, sizeof(*md) * (MAX_METADATA + 1));
     md[n].key = grpc_slice_from_static_string("x-request-id");
@@ -241,13 +241,46 @@ client__drain_destroy(grpc_completion_queue *cq)
     grpc_completion_queue_destroy(cq);
 }
 
+/*
+ * Each thread keeps one pluck queue for its unary calls: making and draining
+ * a queue per call cost more CPU than the call itself.
+ */
+static pthread_key_t cq_key;
+static pthread_once_t cq_key_once = PTHREAD_ONCE_INIT;
+
+static void
+client__cq_free(void *cq)
+{
+    client__drain_destroy(cq);
+}
+
+static void
+client__cq_key_make(void)
+{
+    pthread_key_create(&cq_key, client__cq_free);
+}
+
+static grpc_completion_queue *
+client__thread_cq(void)
+{
+    grpc_completion_queue *cq;
+
+    pthread_once(&cq_key_once, client__cq_key_make);
+    cq = pthread_getspecific(cq_key);
+    if (cq == NULL) {
+        cq = grpc_completion_queue_create_for_pluck(NULL);
+        pthread_setspecific(cq_key, cq);
+    }
+    return cq;
+}
+
 /* One unary call sending the bytes in send (owned by the caller). */
 static int
 client__unary(svc_client_t *c, const char *method, grpc_byte_buffer *send,
               const ProtobufCMessageDescriptor *resp_desc, svc_arena_t *arena,
               ProtobufCMessage **resp, const svc_call_opts_t *opts, svc_err_t *err)
 {
-    grpc_completion_queue *cq = grpc_completion_queue_create_for_pluck(NULL);
+    grpc_completion_queue *cq = client__thread_cq();
     grpc_metadata md[MAX_METADATA + 1];
     char request_id[65];
     size_t n_md = client__metadata(opts, md, request_id);
@@ -304,7 +337,6 @@ client__unary(svc_client_t *c, const char *method, grpc_byte_buffer *send,
     if (call != NULL) {
         grpc_call_unref(call);
     }
-    client__drain_destroy(cq);
     return rc;
 }
 

@@ -30,6 +30,9 @@ const char *svc__server_service_name(const svc_server_t *server, int i);
 /* Runs fn(arg) on the pool, or right here when the pool is gone. */
 void svc__server_dispatch(svc_server_t *server, svc_task_fn fn, void *arg);
 
+/* A new request id: 16 lower-case hex characters and a NUL (out has 17 bytes). */
+void svc__request_id(char *out);
+
 /* Random lower-case hex of 2*n_bytes characters into out (size >= 2*n_bytes+1). */
 void svc__random_hex(char *out, size_t n_bytes);
 

@@ -239,7 +239,7 @@ waiter_end(lock_waiter_t *w)
         return;
     }
     if (w->outcome.code == SVC_OK) { /* granted to a client that has gone: give it back */
-        if (lock_store_release(svc->store, w->key, w->token, &err) != 0) {
+        if (lock_store_release(svc->store, w->key, w->token, false, &err) != 0) {
             svc_logf(SVC_LOG_WARN, "cannot return lock %s of a cancelled waiter: %s", w->key,
                      err.msg);
         }
@@ -551,7 +551,7 @@ handle_release(svc_call_t *call, const ProtobufCMessage *msg, void *user)
     keyq_t *q;
 
     if (!svc_validate_key("key", req->key, &err) || !check_token(req->token, &err) ||
-        lock_store_release(svc->store, req->key, req->token, &err) != 0) {
+        lock_store_release(svc->store, req->key, req->token, true, &err) != 0) {
         svc_call_fail(call, &err);
         return;
     }

@@ -26,6 +26,7 @@
 #define RELEASE_CHANNEL "lock.v1:released"
 #define SUB_PING_AFTER_MS 2000
 #define SUB_PONG_WITHIN_MS 2000
+#define SVC_LOCK_MESSAGE_MAX 256
 
 enum { SCRIPT_ACQUIRE, SCRIPT_RELEASE, SCRIPT_EXTEND, SCRIPT_GET, SCRIPT_WAITER, SCRIPT_COUNT };
 
@@ -96,7 +97,7 @@ typedef struct {
 
 typedef struct {
     redisContext *ctx;
-    bool busy;
+    char shas[SCRIPT_COUNT][41]; /* this connection's SCRIPT LOAD answers */
 } conn_slot_t;
 
 struct lock_store {
@@ -115,8 +116,10 @@ struct lock_store {
     int n_slots;
     endpoint_t master; /* Sentinel mode: the last master found */
     bool have_master;
-    char shas[SCRIPT_COUNT][41];
-    bool have_shas;
+    int *free_slots; /* a stack of idle slot numbers */
+    int n_free;
+
+    char instance[LOCK_TOKEN_LEN + 1]; /* tells our own releases apart on the channel */
 
     /* subscriber */
     pthread_t sub_thread;
@@ -286,7 +289,7 @@ simple_command(redisContext *c, int argc, const char **argv)
  * loaded. In Sentinel mode the server must say it is the master.
  */
 static redisContext *
-store_connect(lock_store_t *s, svc_err_t *err)
+store_connect(lock_store_t *s, char (*shas)[41], svc_err_t *err)
 {
     endpoint_t ep;
     redisContext *c;
@@ -343,10 +346,9 @@ store_connect(lock_store_t *s, svc_err_t *err)
             freeReplyObject(r);
             goto unavailable;
         }
-        pthread_mutex_lock(&s->mu);
-        memcpy(s->shas[i], r->str, 41);
-        s->have_shas = true;
-        pthread_mutex_unlock(&s->mu);
+        if (shas != NULL) {
+            memcpy(shas[i], r->str, 41);
+        }
         freeReplyObject(r);
     }
     return c;
@@ -364,54 +366,47 @@ unavailable:
     return NULL;
 }
 
+static void
+store_give(lock_store_t *s, int slot, bool broken)
+{
+    bool forget_master = false;
+
+    if (broken && s->slots[slot].ctx != NULL) {
+        redisFree(s->slots[slot].ctx);
+        s->slots[slot].ctx = NULL;
+        forget_master = s->sentinel;
+    }
+    pthread_mutex_lock(&s->mu);
+    if (forget_master) {
+        s->have_master = false;
+    }
+    s->free_slots[s->n_free++] = slot;
+    if (s->n_free == 1) {
+        pthread_cond_signal(&s->cv); /* only a taker that found none can be waiting */
+    }
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* A connection slot, connected; -1 with err UNAVAILABLE when Redis cannot be reached. */
 static int
 store_take(lock_store_t *s, svc_err_t *err)
 {
-    int slot = -1;
+    int slot;
 
     pthread_mutex_lock(&s->mu);
-    while (slot < 0) {
-        for (int i = 0; i < s->n_slots; i++) {
-            if (!s->slots[i].busy) {
-                slot = i;
-                break;
-            }
-        }
-        if (slot < 0) {
-            pthread_cond_wait(&s->cv, &s->mu);
-        }
+    while (s->n_free == 0) {
+        pthread_cond_wait(&s->cv, &s->mu);
     }
-    s->slots[slot].busy = true;
+    slot = s->free_slots[--s->n_free];
     pthread_mutex_unlock(&s->mu);
     if (s->slots[slot].ctx == NULL) {
-        s->slots[slot].ctx = store_connect(s, err);
+        s->slots[slot].ctx = store_connect(s, s->slots[slot].shas, err);
         if (s->slots[slot].ctx == NULL) {
-            pthread_mutex_lock(&s->mu);
-            s->slots[slot].busy = false;
-            pthread_cond_signal(&s->cv);
-            pthread_mutex_unlock(&s->mu);
+            store_give(s, slot, false);
             return -1;
         }
     }
     return slot;
-}
-
-static void
-store_give(lock_store_t *s, int slot, bool broken)
-{
-    if (broken && s->slots[slot].ctx != NULL) {
-        redisFree(s->slots[slot].ctx);
-        s->slots[slot].ctx = NULL;
-        if (s->sentinel) {
-            pthread_mutex_lock(&s->mu);
-            s->have_master = false;
-            pthread_mutex_unlock(&s->mu);
-        }
-    }
-    pthread_mutex_lock(&s->mu);
-    s->slots[slot].busy = false;
-    pthread_cond_signal(&s->cv);
-    pthread_mutex_unlock(&s->mu);
 }
 
 /*
@@ -434,9 +429,7 @@ run_script(lock_store_t *s, int which, int n_keys, const char **keys, int n_args
     }
     snprintf(numkeys, sizeof(numkeys), "%d", n_keys);
     argv[argc++] = "EVALSHA";
-    pthread_mutex_lock(&s->mu);
-    argv[argc++] = s->shas[which];
-    pthread_mutex_unlock(&s->mu);
+    argv[argc++] = s->slots[slot].shas[which];
     argv[argc++] = numkeys;
     for (int i = 0; i < n_keys; i++) {
         argv[argc++] = keys[i];
@@ -487,11 +480,19 @@ lock_store_create(const char *url, int pool_size, svc_err_t *err)
     }
     s->n_slots = pool_size > 0 ? pool_size : 16;
     s->slots = calloc((size_t)s->n_slots, sizeof(*s->slots));
-    if (s->slots == NULL) {
+    s->free_slots = calloc((size_t)s->n_slots, sizeof(*s->free_slots));
+    if (s->slots == NULL || s->free_slots == NULL) {
+        free(s->slots);
+        free(s->free_slots);
         free(s);
         svc_err_set(err, SVC_RESOURCE_EXHAUSTED, "out of memory");
         return NULL;
     }
+    for (int i = 0; i < s->n_slots; i++) {
+        s->free_slots[i] = s->n_slots - 1 - i;
+    }
+    s->n_free = s->n_slots;
+    lock_store_new_token(s->instance);
     s->sub_fd = -1;
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);
@@ -526,6 +527,7 @@ lock_store_destroy(lock_store_t *s)
         }
     }
     free(s->slots);
+    free(s->free_slots);
     pthread_cond_destroy(&s->cv);
     pthread_mutex_destroy(&s->mu);
     free(s);
@@ -603,10 +605,15 @@ compare_and_act(lock_store_t *s, int which, const char *key, const char **args, 
 }
 
 int
-lock_store_release(lock_store_t *s, const char *key, const char *token, svc_err_t *err)
+lock_store_release(lock_store_t *s, const char *key, const char *token, bool woken_here,
+                   svc_err_t *err)
 {
-    const char *args[] = {token, RELEASE_CHANNEL, key};
+    char message[SVC_LOCK_MESSAGE_MAX];
+    const char *args[] = {token, RELEASE_CHANNEL, message};
 
+    /* "key\ninstance": this instance skips its own echo when it wakes its waiters itself. */
+    snprintf(message, sizeof(message), "%s%s%s", key, woken_here ? "\n" : "",
+             woken_here ? s->instance : "");
     return compare_and_act(s, SCRIPT_RELEASE, key, args, 3, err);
 }
 
@@ -797,7 +804,14 @@ sub_follow(lock_store_t *s, redisContext *c)
             r->element[0]->type == REDIS_REPLY_STRING &&
             strcmp(r->element[0]->str, "message") == 0 &&
             r->element[2]->type == REDIS_REPLY_STRING) {
-            s->sub_fn(r->element[2]->str, s->sub_arg);
+            char *key = r->element[2]->str;
+            char *nl = strchr(key, '\n');
+            if (nl != NULL) {
+                *nl = '\0';
+            }
+            if (nl == NULL || strcmp(nl + 1, s->instance) != 0) {
+                s->sub_fn(key, s->sub_arg);
+            }
         }
         freeReplyObject(r);
     }
@@ -817,7 +831,7 @@ sub_thread(void *arg)
         if (stopping) {
             break;
         }
-        redisContext *c = store_connect(s, &err);
+        redisContext *c = store_connect(s, NULL, &err);
         if (c != NULL) {
             redisReply *r = redisCommand(c, "SUBSCRIBE %s", RELEASE_CHANNEL);
             bool ok = r != NULL && r->type == REDIS_REPLY_ARRAY;
@@ -841,6 +855,12 @@ sub_thread(void *arg)
                 pthread_mutex_unlock(&s->mu);
             }
             redisFree(c);
+        }
+        pthread_mutex_lock(&s->mu);
+        stopping = s->stopping;
+        pthread_mutex_unlock(&s->mu);
+        if (stopping) {
+            break;
         }
         if (!was_down) {
             svc_logf(SVC_LOG_WARN, "release channel lost, reconnecting");

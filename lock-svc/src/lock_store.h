@@ -43,10 +43,13 @@ int lock_store_acquire(lock_store_t *store, const char *key, const char *token, 
                        int64_t wait_until_ms, lock_acquire_result_t *out, svc_err_t *err);
 
 /*
- * Compare-and-delete, then publishes the key on the release channel.
- * Errors: NOT_FOUND (no lock held), FAILED_PRECONDITION (another token), UNAVAILABLE.
+ * Compare-and-delete, then publishes the key on the release channel. With
+ * woken_here, the caller wakes this instance's waiters itself and the
+ * subscriber skips the echo. Errors: NOT_FOUND (no lock held),
+ * FAILED_PRECONDITION (another token), UNAVAILABLE.
  */
-int lock_store_release(lock_store_t *store, const char *key, const char *token, svc_err_t *err);
+int lock_store_release(lock_store_t *store, const char *key, const char *token, bool woken_here,
+                       svc_err_t *err);
 
 /* Compare-and-PEXPIRE. Errors as for release. */
 int lock_store_extend(lock_store_t *store, const char *key, const char *token, int64_t lease_ms,
