@@ -424,10 +424,10 @@ int
 balance_service_register(balance_service_t *svc, svc_err_t *err)
 {
     static const svc_handler_t handlers[] = {
-        {SVC_METHOD_UNARY, handle_get_balance, NULL},
-        {SVC_METHOD_UNARY, handle_top_up, NULL},
-        {SVC_METHOD_UNARY, handle_spend, NULL},
-        {SVC_METHOD_UNARY, handle_list, NULL},
+        {SVC_METHOD_UNARY, handle_get_balance, NULL, 0},
+        {SVC_METHOD_UNARY, handle_top_up, NULL, 0},
+        {SVC_METHOD_UNARY, handle_spend, NULL, 0},
+        {SVC_METHOD_UNARY, handle_list, NULL, 0},
     };
     const ProtobufCServiceDescriptor *desc = &balance__v1__balance_service__descriptor;
 

@@ -226,8 +226,8 @@ int
 svc__health_register(svc_server_t *server, svc_health_t *health, svc_err_t *err)
 {
     static const svc_handler_t handlers[] = {
-        {SVC_METHOD_UNARY, health__check, NULL},
-        {SVC_METHOD_SERVER_STREAM, health__watch, NULL},
+        {SVC_METHOD_UNARY, health__check, NULL, 1},
+        {SVC_METHOD_SERVER_STREAM, health__watch, NULL, 1},
     };
     const ProtobufCServiceDescriptor *desc = &grpc__health__v1__health__descriptor;
 

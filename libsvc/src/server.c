@@ -856,6 +856,8 @@ call__accept(pending_call_t *p)
             return;
         }
         call__start_recv(call);
+    } else if (call->method->handler.nonblocking) {
+        call__unary_task(call);
     } else {
         svc__server_dispatch(call->server, call__unary_task, call);
     }

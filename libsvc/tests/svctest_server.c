@@ -197,9 +197,9 @@ int
 main(int argc, char **argv)
 {
     static const svc_handler_t handlers[] = {
-        {SVC_METHOD_UNARY, echo, NULL},          {SVC_METHOD_UNARY, slow, NULL},
-        {SVC_METHOD_SERVER_STREAM, count, NULL}, {SVC_METHOD_BIDI_STREAM, chat, NULL},
-        {SVC_METHOD_UNARY, stats, NULL},
+        {SVC_METHOD_UNARY, echo, NULL, 0},          {SVC_METHOD_UNARY, slow, NULL, 0},
+        {SVC_METHOD_SERVER_STREAM, count, NULL, 0}, {SVC_METHOD_BIDI_STREAM, chat, NULL, 0},
+        {SVC_METHOD_UNARY, stats, NULL, 0},
     };
     const char *listen_addr = NULL;
     int64_t workers = 0, max_workers = 0, grace_ms = 0;

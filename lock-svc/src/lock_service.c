@@ -3,6 +3,9 @@
  * order without a thread each; the head of a key's queue tries again when
  * the holder releases (here, or through another instance: Redis pub/sub) or
  * when the holder's lease runs out, so a lost wake-up costs at most the lease.
+ * Nothing here blocks: handlers run on the completion-queue thread, Redis
+ * answers in callbacks on lock_store's thread, and every call is ended from
+ * whichever thread learns its outcome.
  *
  * A waiter lives in its call's arena. Three parties may want to end it: the
  * attempt that gets or fails the lock, its wait timer, and the client's
@@ -152,26 +155,22 @@ keyq_remove(keyq_t *q, lock_waiter_t *w)
     w->next = w->prev = NULL;
 }
 
-static void attempt_task(void *arg);
+static void attempt_next(keyq_t *q);
 static void expiry_fired(void *arg);
 
-/* Makes the head of q try (again). Returns true when the caller should run the attempt itself. */
-static bool
-keyq_kick(keyq_t *q, bool inline_ok)
+/* Makes the head of q try (again). Caller holds mu. */
+static void
+keyq_kick(keyq_t *q)
 {
     if (q->attempting) {
-        q->rewake = true; /* the running attempt loops once more */
-        return false;
+        q->rewake = true; /* the attempt in flight tries once more when it returns */
+        return;
     }
     if (q->head == NULL) {
-        return false;
+        return;
     }
     q->attempting = true;
-    if (inline_ok) {
-        return true;
-    }
-    svc_pool_submit(svc_server_pool(q->svc->server), attempt_task, q);
-    return false;
+    attempt_next(q);
 }
 
 /* The holder's lease ends in holder_ms: try again then, whatever pub/sub says. */
@@ -199,18 +198,12 @@ expiry_fired(void *arg)
 {
     keyq_t *q = arg;
     lock_service_t *svc = q->svc;
-    bool run;
 
     pthread_mutex_lock(&svc->mu);
     q->expiry_live = false;
-    run = keyq_kick(q, true);
-    if (!run) {
-        keyq_maybe_free(q);
-    }
+    keyq_kick(q);
+    keyq_maybe_free(q);
     pthread_mutex_unlock(&svc->mu);
-    if (run) {
-        attempt_task(q);
-    }
 }
 
 /* ---------- ending a waiter ---------- */
@@ -231,23 +224,18 @@ static void
 waiter_end(lock_waiter_t *w)
 {
     lock_service_t *svc = w->svc;
-    svc_call_t *call = w->call;
-    svc_err_t err;
 
     if (w->outcome.code == SVC_OK && !w->cancelled) {
-        reply_granted(call, w->token, w->fence, w->expires_at_ms);
+        reply_granted(w->call, w->token, w->fence, w->expires_at_ms);
         return;
     }
     if (w->outcome.code == SVC_OK) { /* granted to a client that has gone: give it back */
-        if (lock_store_release(svc->store, w->key, w->token, false, &err) != 0) {
-            svc_logf(SVC_LOG_WARN, "cannot return lock %s of a cancelled waiter: %s", w->key,
-                     err.msg);
-        }
+        lock_store_release_async(svc->store, w->key, w->token, false, NULL, NULL);
         svc_err_set(&w->outcome, SVC_CANCELLED, "cancelled");
     } else if (w->registered) {
-        (void)lock_store_waiter_remove(svc->store, w->key, w->id, &err);
+        lock_store_waiter_remove_async(svc->store, w->key, w->id);
     }
-    svc_call_fail(call, &w->outcome);
+    svc_call_fail(w->call, &w->outcome);
 }
 
 /*
@@ -327,75 +315,74 @@ waiter_cancelled(svc_call_t *call, void *arg)
     }
 }
 
+static void attempt_done(const lock_store_result_t *res, const svc_err_t *err, void *arg);
+
 /*
- * Tries the lock for the head of q, and again while someone asked for another
- * try. Runs on a worker with q->attempting set, which keeps q alive.
+ * Sends the head of q's try. Caller holds mu and has set q->attempting, which
+ * keeps q alive until attempt_done; the head's W_ATTEMPTING keeps it alive too.
  */
 static void
-attempt_task(void *arg)
+attempt_next(keyq_t *q)
 {
-    keyq_t *q = arg;
-    lock_service_t *svc = q->svc;
+    lock_waiter_t *w = q->head;
+
+    if (w == NULL) {
+        q->attempting = false;
+        return;
+    }
+    q->rewake = false;
+    w->state = W_ATTEMPTING;
+    lock_store_new_token(w->token);
+    lock_store_acquire_async(q->svc->store, q->key, w->token, w->owner, w->lease_ms,
+                             svc_now_unix_ms() * 1000, w->id, w->wait_until_ms, attempt_done, w);
+}
+
+/* The head's try came back (on the Redis thread). */
+static void
+attempt_done(const lock_store_result_t *res, const svc_err_t *err, void *arg)
+{
+    lock_waiter_t *w = arg;
+    lock_service_t *svc = w->svc;
+    keyq_t *q = w->q;
+    bool granted = err->code == SVC_OK && res->acquire.granted, end = false;
 
     pthread_mutex_lock(&svc->mu);
-    for (;;) {
-        lock_waiter_t *w = q->head;
-        lock_acquire_result_t res;
-        svc_err_t err;
-        int rc;
-
-        if (w == NULL) {
-            break;
-        }
-        q->rewake = false;
-        w->state = W_ATTEMPTING;
-        pthread_mutex_unlock(&svc->mu);
-
-        lock_store_new_token(w->token);
-        rc = lock_store_acquire(svc->store, q->key, w->token, w->owner, w->lease_ms,
-                                svc_now_unix_ms() * 1000, w->id, w->wait_until_ms, &res, &err);
-        int64_t now = svc_now_unix_ms();
-
-        pthread_mutex_lock(&svc->mu);
-        w->registered = true;
-        if (rc == 0 && !res.granted && !w->timed_out && !w->cancelled) {
-            w->state = W_PARKED;
-            keyq_arm_expiry(q, res.holder_ms);
-            if (q->rewake) {
-                continue;
-            }
-            break;
-        }
-        if (rc != 0) {
-            w->outcome = err;
-        } else if (res.granted) {
+    w->registered = true;
+    if (err->code == SVC_OK && !granted && !w->timed_out && !w->cancelled) {
+        w->state = W_PARKED; /* still held: wait for a release or the lease's end */
+        keyq_arm_expiry(q, res->acquire.holder_ms);
+    } else {
+        if (err->code != SVC_OK) {
+            w->outcome = *err;
+        } else if (granted) {
             svc_err_clear(&w->outcome);
-            w->fence = res.fence;
-            w->expires_at_ms = now + w->lease_ms;
+            w->fence = res->acquire.fence;
+            w->expires_at_ms = svc_now_unix_ms() + w->lease_ms;
         } else if (w->timed_out) {
-            svc_err_set(&w->outcome, SVC_ABORTED, "lock %s is still held after %lld ms", q->key,
+            svc_err_set(&w->outcome, SVC_ABORTED, "lock %s is still held after %lld ms", w->key,
                         (long long)w->wait_ms);
         } else {
-            svc_err_set(&w->outcome, SVC_CANCELLED, "cancelled while waiting for %s", q->key);
+            svc_err_set(&w->outcome, SVC_CANCELLED, "cancelled while waiting for %s", w->key);
         }
         keyq_remove(q, w);
-        /* A timer that already fired and left the end to us is not live any more. */
-        bool end = waiter_decided(w);
-        if (rc == 0 && res.granted && q->head != NULL) {
+        end = waiter_decided(w); /* a timer that fired and left the end to us is not live */
+        if (err->code == SVC_OK && !granted && q->head != NULL) {
+            keyq_arm_expiry(q, res->acquire.holder_ms);
+        }
+        if (granted && q->head != NULL) {
             keyq_arm_expiry(q, w->lease_ms); /* the others wait for this lease at most */
         }
-        pthread_mutex_unlock(&svc->mu);
-        if (end) {
-            waiter_end(w);
-        }
-        pthread_mutex_lock(&svc->mu);
-        if (rc == 0 && res.granted && !q->rewake) {
-            break; /* the lock is taken: the next waiter waits for its release */
-        }
     }
-    q->attempting = false;
+    if (q->rewake || (!granted && err->code != SVC_OK)) {
+        attempt_next(q); /* asked for another try, or the next waiter should hear the error */
+    } else {
+        q->attempting = false;
+    }
     keyq_maybe_free(q);
     pthread_mutex_unlock(&svc->mu);
+    if (end) {
+        waiter_end(w);
+    }
 }
 
 /* A release seen on the channel (key), or a resubscription (NULL: everyone re-checks). */
@@ -408,12 +395,12 @@ on_release(const char *key, void *arg)
     if (key != NULL) {
         keyq_t *q = keyq_get(svc, key, false);
         if (q != NULL) {
-            keyq_kick(q, false);
+            keyq_kick(q);
         }
     } else {
         for (int b = 0; b < N_BUCKETS; b++) {
             for (keyq_t *q = svc->buckets[b]; q != NULL; q = q->next) {
-                keyq_kick(q, false);
+                keyq_kick(q);
             }
         }
     }
@@ -438,14 +425,24 @@ check_token(const char *token, svc_err_t *err)
     return svc_validate_text("token", token, 1, TOKEN_MAX, err);
 }
 
+/* An Acquire in progress; it lives in the call's arena. */
+typedef struct {
+    lock_service_t *svc;
+    svc_call_t *call;
+    const Lock__V1__AcquireRequest *req;
+    int64_t lease_ms;
+    char token[LOCK_TOKEN_LEN + 1];
+} acquire_ctx_t;
+
 static void
-park(lock_service_t *svc, svc_call_t *call, const Lock__V1__AcquireRequest *req, int64_t lease_ms,
-     bool behind_others)
+park(acquire_ctx_t *ctx, bool behind_others)
 {
+    lock_service_t *svc = ctx->svc;
+    svc_call_t *call = ctx->call;
+    const Lock__V1__AcquireRequest *req = ctx->req;
     lock_waiter_t *w = svc_arena_alloc(svc_call_arena(call), sizeof(*w));
     svc_err_t err;
     keyq_t *q;
-    bool run;
 
     if (w == NULL) {
         svc_err_set(&err, SVC_RESOURCE_EXHAUSTED, "out of memory");
@@ -456,20 +453,14 @@ park(lock_service_t *svc, svc_call_t *call, const Lock__V1__AcquireRequest *req,
     w->call = call;
     w->key = req->key;
     w->owner = req->owner != NULL ? req->owner : "";
-    w->lease_ms = lease_ms;
+    w->lease_ms = ctx->lease_ms;
     w->wait_ms = req->wait_ms;
     w->wait_until_ms = svc_now_unix_ms() + req->wait_ms;
     w->timer.heap_index = -1;
     lock_store_new_token(w->id);
     if (behind_others) {
-        /*
-         * Only a queue's head tries the lock (and is counted by the try); one
-         * queued behind others is counted now, before anyone can see it.
-         */
-        if (lock_store_waiter_add(svc->store, req->key, w->id, w->wait_until_ms, &err) != 0) {
-            svc_call_fail(call, &err);
-            return;
-        }
+        /* Only a queue's head tries the lock (and is counted by its try): count this one now. */
+        lock_store_waiter_add_async(svc->store, req->key, w->id, w->wait_until_ms);
         w->registered = true;
     }
 
@@ -486,11 +477,28 @@ park(lock_service_t *svc, svc_call_t *call, const Lock__V1__AcquireRequest *req,
     w->timer_live = true;
     svc_timer_start(svc->timers, &w->timer, req->wait_ms, waiter_timed_out, w);
     svc_call_on_cancel(call, waiter_cancelled, w);
-    /* At the head, try once more now: the holder may have released since our first try. */
-    run = q->head == w && keyq_kick(q, true);
+    if (q->head == w) {
+        keyq_kick(q); /* the holder may have released since the first try */
+    }
     pthread_mutex_unlock(&svc->mu);
-    if (run) {
-        attempt_task(q);
+}
+
+/* The first, direct try came back (Redis thread). */
+static void
+first_try_done(const lock_store_result_t *res, const svc_err_t *err, void *arg)
+{
+    acquire_ctx_t *ctx = arg;
+    svc_err_t refused;
+
+    if (err->code != SVC_OK) {
+        svc_call_fail(ctx->call, err);
+    } else if (res->acquire.granted) {
+        reply_granted(ctx->call, ctx->token, res->acquire.fence, svc_now_unix_ms() + ctx->lease_ms);
+    } else if (ctx->req->wait_ms == 0) {
+        svc_err_set(&refused, SVC_ABORTED, "lock %s is held", ctx->req->key);
+        svc_call_fail(ctx->call, &refused);
+    } else {
+        park(ctx, false);
     }
 }
 
@@ -499,8 +507,7 @@ handle_acquire(svc_call_t *call, const ProtobufCMessage *msg, void *user)
 {
     const Lock__V1__AcquireRequest *req = (const void *)msg;
     lock_service_t *svc = user;
-    lock_acquire_result_t res;
-    char token[LOCK_TOKEN_LEN + 1];
+    acquire_ctx_t *ctx;
     int64_t lease_ms;
     svc_err_t err;
     keyq_t *q;
@@ -513,103 +520,180 @@ handle_acquire(svc_call_t *call, const ProtobufCMessage *msg, void *user)
         svc_call_fail(call, &err);
         return;
     }
+    ctx = svc_arena_alloc(svc_call_arena(call), sizeof(*ctx));
+    if (ctx == NULL) {
+        svc_err_set(&err, SVC_RESOURCE_EXHAUSTED, "out of memory");
+        svc_call_fail(call, &err);
+        return;
+    }
+    ctx->svc = svc;
+    ctx->call = call;
+    ctx->req = req;
+    ctx->lease_ms = lease_ms;
     pthread_mutex_lock(&svc->mu);
     q = keyq_get(svc, req->key, false);
     queued = q != NULL && q->head != NULL;
     pthread_mutex_unlock(&svc->mu);
 
-    /* Others wait here already: do not jump the queue. */
-    if (!queued) {
-        lock_store_new_token(token);
-        if (lock_store_acquire(svc->store, req->key, token, req->owner ? req->owner : "", lease_ms,
-                               svc_now_unix_ms() * 1000, NULL, 0, &res, &err) != 0) {
-            svc_call_fail(call, &err);
-            return;
-        }
-        if (res.granted) {
-            reply_granted(call, token, res.fence, svc_now_unix_ms() + lease_ms);
-            return;
-        }
-    }
-    if (req->wait_ms == 0) {
+    if (!queued) { /* nobody waits here: try at once */
+        lock_store_new_token(ctx->token);
+        lock_store_acquire_async(svc->store, req->key, ctx->token, req->owner ? req->owner : "",
+                                 lease_ms, svc_now_unix_ms() * 1000, NULL, 0, first_try_done, ctx);
+    } else if (req->wait_ms == 0) { /* others wait already: do not jump the queue */
         svc_err_set(&err, SVC_ABORTED, "lock %s is held", req->key);
         svc_call_fail(call, &err);
+    } else {
+        park(ctx, true);
+    }
+}
+
+typedef struct {
+    lock_service_t *svc;
+    svc_call_t *call;
+    char key[SVC_KEY_MAX + 1];
+} release_ctx_t;
+
+static void
+release_done(const lock_store_result_t *res, const svc_err_t *err, void *arg)
+{
+    release_ctx_t *ctx = arg;
+    Lock__V1__ReleaseResponse resp = LOCK__V1__RELEASE_RESPONSE__INIT;
+    lock_service_t *svc = ctx->svc;
+    char key[SVC_KEY_MAX + 1];
+    keyq_t *q;
+
+    (void)res;
+    if (err->code != SVC_OK) {
+        svc_call_fail(ctx->call, err);
         return;
     }
-    park(svc, call, req, lease_ms, queued);
+    /* ctx lives in the call's arena, which the reply frees. */
+    snprintf(key, sizeof(key), "%s", ctx->key);
+    svc_call_reply(ctx->call, &resp.base);
+    /* Hand over to a waiter parked here without waiting for the channel's echo. */
+    pthread_mutex_lock(&svc->mu);
+    q = keyq_get(svc, key, false);
+    if (q != NULL) {
+        keyq_kick(q);
+    }
+    pthread_mutex_unlock(&svc->mu);
 }
 
 static void
 handle_release(svc_call_t *call, const ProtobufCMessage *msg, void *user)
 {
     const Lock__V1__ReleaseRequest *req = (const void *)msg;
-    Lock__V1__ReleaseResponse resp = LOCK__V1__RELEASE_RESPONSE__INIT;
     lock_service_t *svc = user;
-    char key[SVC_KEY_MAX + 1];
+    release_ctx_t *ctx;
     svc_err_t err;
-    bool run = false;
-    keyq_t *q;
 
-    if (!svc_validate_key("key", req->key, &err) || !check_token(req->token, &err) ||
-        lock_store_release(svc->store, req->key, req->token, true, &err) != 0) {
+    if (!svc_validate_key("key", req->key, &err) || !check_token(req->token, &err)) {
         svc_call_fail(call, &err);
         return;
     }
-    /* The request dies with the call: keep the key for the hand-over below. */
-    snprintf(key, sizeof(key), "%s", req->key);
-    svc_call_reply(call, &resp.base);
-    /* Hand over to a waiter parked here without waiting for the channel's echo. */
-    pthread_mutex_lock(&svc->mu);
-    q = keyq_get(svc, key, false);
-    if (q != NULL) {
-        run = keyq_kick(q, true);
+    ctx = svc_arena_alloc(svc_call_arena(call), sizeof(*ctx));
+    if (ctx == NULL) {
+        svc_err_set(&err, SVC_RESOURCE_EXHAUSTED, "out of memory");
+        svc_call_fail(call, &err);
+        return;
     }
-    pthread_mutex_unlock(&svc->mu);
-    if (run) {
-        attempt_task(q);
+    ctx->svc = svc;
+    ctx->call = call;
+    snprintf(ctx->key, sizeof(ctx->key), "%s", req->key);
+    lock_store_release_async(svc->store, req->key, req->token, true, release_done, ctx);
+}
+
+typedef struct {
+    svc_call_t *call;
+    int64_t lease_ms;
+    int64_t now_ms;
+} simple_ctx_t;
+
+static void
+extend_done(const lock_store_result_t *res, const svc_err_t *err, void *arg)
+{
+    simple_ctx_t *ctx = arg;
+    Lock__V1__ExtendResponse resp = LOCK__V1__EXTEND_RESPONSE__INIT;
+
+    (void)res;
+    if (err->code != SVC_OK) {
+        svc_call_fail(ctx->call, err);
+        return;
     }
+    resp.expires_at_ms = svc_now_unix_ms() + ctx->lease_ms;
+    svc_call_reply(ctx->call, &resp.base);
+}
+
+static simple_ctx_t *
+simple_ctx(svc_call_t *call)
+{
+    simple_ctx_t *ctx = svc_arena_alloc(svc_call_arena(call), sizeof(*ctx));
+
+    if (ctx == NULL) {
+        svc_err_t err;
+        svc_err_set(&err, SVC_RESOURCE_EXHAUSTED, "out of memory");
+        svc_call_fail(call, &err);
+        return NULL;
+    }
+    ctx->call = call;
+    ctx->now_ms = svc_now_unix_ms();
+    return ctx;
 }
 
 static void
 handle_extend(svc_call_t *call, const ProtobufCMessage *msg, void *user)
 {
     const Lock__V1__ExtendRequest *req = (const void *)msg;
-    Lock__V1__ExtendResponse resp = LOCK__V1__EXTEND_RESPONSE__INIT;
     lock_service_t *svc = user;
+    simple_ctx_t *ctx;
     int64_t lease_ms;
     svc_err_t err;
 
     if (!svc_validate_key("key", req->key, &err) || !check_token(req->token, &err) ||
-        !check_lease(svc, req->lease_ms, &lease_ms, &err) ||
-        lock_store_extend(svc->store, req->key, req->token, lease_ms, &err) != 0) {
+        !check_lease(svc, req->lease_ms, &lease_ms, &err)) {
         svc_call_fail(call, &err);
         return;
     }
-    resp.expires_at_ms = svc_now_unix_ms() + lease_ms;
-    svc_call_reply(call, &resp.base);
+    if ((ctx = simple_ctx(call)) != NULL) {
+        ctx->lease_ms = lease_ms;
+        lock_store_extend_async(svc->store, req->key, req->token, lease_ms, extend_done, ctx);
+    }
+}
+
+static void
+get_lock_done(const lock_store_result_t *res, const svc_err_t *err, void *arg)
+{
+    simple_ctx_t *ctx = arg;
+    Lock__V1__GetLockResponse resp = LOCK__V1__GET_LOCK_RESPONSE__INIT;
+    const lock_info_t *info = &res->info;
+
+    if (err->code != SVC_OK) {
+        svc_call_fail(ctx->call, err);
+        return;
+    }
+    resp.held = info->held;
+    resp.owner = (char *)info->owner;
+    resp.fence = info->fence;
+    resp.expires_at_ms = info->held && info->ttl_ms >= 0 ? ctx->now_ms + info->ttl_ms : 0;
+    resp.waiters = info->waiters;
+    svc_call_reply(ctx->call, &resp.base);
 }
 
 static void
 handle_get_lock(svc_call_t *call, const ProtobufCMessage *msg, void *user)
 {
     const Lock__V1__GetLockRequest *req = (const void *)msg;
-    Lock__V1__GetLockResponse resp = LOCK__V1__GET_LOCK_RESPONSE__INIT;
     lock_service_t *svc = user;
-    lock_info_t info;
+    simple_ctx_t *ctx;
     svc_err_t err;
-    int64_t now = svc_now_unix_ms();
 
-    if (!svc_validate_key("key", req->key, &err) ||
-        lock_store_get(svc->store, req->key, now, &info, &err) != 0) {
+    if (!svc_validate_key("key", req->key, &err)) {
         svc_call_fail(call, &err);
         return;
     }
-    resp.held = info.held;
-    resp.owner = info.owner;
-    resp.fence = info.fence;
-    resp.expires_at_ms = info.held && info.ttl_ms >= 0 ? now + info.ttl_ms : 0;
-    resp.waiters = info.waiters;
-    svc_call_reply(call, &resp.base);
+    if ((ctx = simple_ctx(call)) != NULL) {
+        lock_store_get_async(svc->store, req->key, ctx->now_ms, get_lock_done, ctx);
+    }
 }
 
 /* ---------- lifecycle ---------- */
@@ -636,10 +720,11 @@ int
 lock_service_register(lock_service_t *svc, svc_err_t *err)
 {
     static const svc_handler_t handlers[] = {
-        {SVC_METHOD_UNARY, handle_acquire, NULL},
-        {SVC_METHOD_UNARY, handle_release, NULL},
-        {SVC_METHOD_UNARY, handle_extend, NULL},
-        {SVC_METHOD_UNARY, handle_get_lock, NULL},
+        /* None of them blocks: they run on the completion-queue thread. */
+        {SVC_METHOD_UNARY, handle_acquire, NULL, 1},
+        {SVC_METHOD_UNARY, handle_release, NULL, 1},
+        {SVC_METHOD_UNARY, handle_extend, NULL, 1},
+        {SVC_METHOD_UNARY, handle_get_lock, NULL, 1},
     };
     const ProtobufCServiceDescriptor *desc = &lock__v1__lock_service__descriptor;
 

@@ -16,6 +16,7 @@
 
 #include <hiredis/hiredis.h>
 
+#include "lock_redis.h"
 #include "lock_store.h"
 #include "svc/log.h"
 
@@ -27,6 +28,7 @@
 #define SUB_PING_AFTER_MS 2000
 #define SUB_PONG_WITHIN_MS 2000
 #define SVC_LOCK_MESSAGE_MAX 256
+#define SVC_LOCK_KEY_MAX 200
 
 enum { SCRIPT_ACQUIRE, SCRIPT_RELEASE, SCRIPT_EXTEND, SCRIPT_GET, SCRIPT_WAITER, SCRIPT_COUNT };
 
@@ -120,6 +122,7 @@ struct lock_store {
     int n_free;
 
     char instance[LOCK_TOKEN_LEN + 1]; /* tells our own releases apart on the channel */
+    lock_redis_t *async;               /* the pipelined connection of lock-svc's path */
 
     /* subscriber */
     pthread_t sub_thread;
@@ -460,6 +463,23 @@ run_script(lock_store_t *s, int which, int n_keys, const char **keys, int n_args
     return r;
 }
 
+/* Where the master is, for the async engine's (re)connections. */
+static int
+store_locate(void *arg, char *host, size_t len, int *port)
+{
+    lock_store_t *s = arg;
+    endpoint_t ep;
+
+    if (!s->sentinel) {
+        ep = s->direct;
+    } else if (discover_master(s, &ep) != 0) {
+        return -1;
+    }
+    snprintf(host, len, "%s", ep.host);
+    *port = ep.port;
+    return 0;
+}
+
 /* ---------- public ---------- */
 
 lock_store_t *
@@ -493,6 +513,23 @@ lock_store_create(const char *url, int pool_size, svc_err_t *err)
     }
     s->n_free = s->n_slots;
     lock_store_new_token(s->instance);
+    lock_redis_opts_t ropts = {
+        .locate = store_locate,
+        .locate_arg = s,
+        .password = s->password,
+        .db = s->db,
+        .check_master = s->sentinel,
+        .scripts = scripts,
+        .n_scripts = SCRIPT_COUNT,
+        .timeout_ms = COMMAND_TIMEOUT_MS,
+    };
+    s->async = lock_redis_create(&ropts, err);
+    if (s->async == NULL) {
+        free(s->slots);
+        free(s->free_slots);
+        free(s);
+        return NULL;
+    }
     s->sub_fd = -1;
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);
@@ -521,6 +558,7 @@ lock_store_destroy(lock_store_t *s)
         return;
     }
     lock_store_unsubscribe(s);
+    lock_redis_destroy(s->async);
     for (int i = 0; i < s->n_slots; i++) {
         if (s->slots[i].ctx != NULL) {
             redisFree(s->slots[i].ctx);
@@ -540,56 +578,45 @@ key_name(char *buf, size_t len, const char *key, const char *suffix)
     snprintf(buf, len, "lock:{%s}%s", key, suffix);
 }
 
-int
-lock_store_acquire(lock_store_t *s, const char *key, const char *token, const char *owner,
-                   int64_t lease_ms, int64_t fence_floor, const char *waiter_id,
-                   int64_t wait_until_ms, lock_acquire_result_t *out, svc_err_t *err)
-{
-    char lock_key[256], fence_key[256], waiters_key[256], lease[24], floor[24], until[24];
-    const char *keys[] = {lock_key, fence_key, waiters_key};
-    const char *args[] = {token, owner, lease, floor, waiter_id != NULL ? waiter_id : "", until};
-    redisReply *r;
+/* ---------- replies (shared by the blocking and the async calls) ---------- */
 
-    key_name(lock_key, sizeof(lock_key), key, "");
-    key_name(fence_key, sizeof(fence_key), key, ":fence");
-    key_name(waiters_key, sizeof(waiters_key), key, ":waiters");
-    snprintf(lease, sizeof(lease), "%lld", (long long)lease_ms);
-    snprintf(floor, sizeof(floor), "%lld", (long long)fence_floor);
-    snprintf(until, sizeof(until), "%lld", (long long)wait_until_ms);
-    r = run_script(s, SCRIPT_ACQUIRE, 3, keys, 6, args, err);
+/* A reply the async engine got: NULL means Redis is unreachable; an error reply is logged. */
+static bool
+reply_ok(const redisReply *r, svc_err_t *err)
+{
     if (r == NULL) {
-        return -1;
+        svc_err_set(err, SVC_UNAVAILABLE, "redis unavailable");
+        return false;
     }
+    if (r->type == REDIS_REPLY_ERROR) {
+        svc_logf(SVC_LOG_WARN, "redis error: %.200s", r->str);
+        svc_err_set(err, SVC_UNAVAILABLE, "redis refused the command");
+        return false;
+    }
+    return true;
+}
+
+static int
+parse_acquire(const redisReply *r, lock_acquire_result_t *out, svc_err_t *err)
+{
     if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
         r->element[0]->type != REDIS_REPLY_INTEGER || r->element[1]->type != REDIS_REPLY_INTEGER) {
-        freeReplyObject(r);
         svc_err_set(err, SVC_UNAVAILABLE, "unexpected reply from redis");
         return -1;
     }
     out->granted = r->element[0]->integer == 1;
     out->fence = out->granted ? r->element[1]->integer : 0;
     out->holder_ms = out->granted ? 0 : r->element[1]->integer;
-    freeReplyObject(r);
+    svc_err_clear(err);
     return 0;
 }
 
-/* Shared by release and extend: 1 done, 0 not held, -1 another token. */
+/* Release and extend answer 1 done, 0 not held, -1 another token. */
 static int
-compare_and_act(lock_store_t *s, int which, const char *key, const char **args, int n_args,
-                svc_err_t *err)
+parse_compare(const redisReply *r, const char *key, svc_err_t *err)
 {
-    char lock_key[256];
-    const char *keys[] = {lock_key};
-    redisReply *r;
-    long long result;
+    long long result = r->type == REDIS_REPLY_INTEGER ? r->integer : -2;
 
-    key_name(lock_key, sizeof(lock_key), key, "");
-    r = run_script(s, which, 1, keys, n_args, args, err);
-    if (r == NULL) {
-        return -1;
-    }
-    result = r->type == REDIS_REPLY_INTEGER ? r->integer : -2;
-    freeReplyObject(r);
     if (result == 1) {
         svc_err_clear(err);
         return 0;
@@ -604,48 +631,11 @@ compare_and_act(lock_store_t *s, int which, const char *key, const char **args, 
     return -1;
 }
 
-int
-lock_store_release(lock_store_t *s, const char *key, const char *token, bool woken_here,
-                   svc_err_t *err)
+static int
+parse_get(const redisReply *r, lock_info_t *out, svc_err_t *err)
 {
-    char message[SVC_LOCK_MESSAGE_MAX];
-    const char *args[] = {token, RELEASE_CHANNEL, message};
-
-    /* "key\ninstance": this instance skips its own echo when it wakes its waiters itself. */
-    snprintf(message, sizeof(message), "%s%s%s", key, woken_here ? "\n" : "",
-             woken_here ? s->instance : "");
-    return compare_and_act(s, SCRIPT_RELEASE, key, args, 3, err);
-}
-
-int
-lock_store_extend(lock_store_t *s, const char *key, const char *token, int64_t lease_ms,
-                  svc_err_t *err)
-{
-    char lease[24];
-    const char *args[] = {token, lease};
-
-    snprintf(lease, sizeof(lease), "%lld", (long long)lease_ms);
-    return compare_and_act(s, SCRIPT_EXTEND, key, args, 2, err);
-}
-
-int
-lock_store_get(lock_store_t *s, const char *key, int64_t now_ms, lock_info_t *out, svc_err_t *err)
-{
-    char lock_key[256], waiters_key[256], now[24];
-    const char *keys[] = {lock_key, waiters_key};
-    const char *args[] = {now};
-    redisReply *r;
-
     memset(out, 0, sizeof(*out));
-    key_name(lock_key, sizeof(lock_key), key, "");
-    key_name(waiters_key, sizeof(waiters_key), key, ":waiters");
-    snprintf(now, sizeof(now), "%lld", (long long)now_ms);
-    r = run_script(s, SCRIPT_GET, 2, keys, 1, args, err);
-    if (r == NULL) {
-        return -1;
-    }
     if (r->type != REDIS_REPLY_ARRAY || r->elements != 3) {
-        freeReplyObject(r);
         svc_err_set(err, SVC_UNAVAILABLE, "unexpected reply from redis");
         return -1;
     }
@@ -662,49 +652,222 @@ lock_store_get(lock_store_t *s, const char *key, int64_t now_ms, lock_info_t *ou
     }
     out->ttl_ms = r->element[1]->type == REDIS_REPLY_INTEGER ? r->element[1]->integer : -1;
     out->waiters = r->element[2]->type == REDIS_REPLY_INTEGER ? (int)r->element[2]->integer : 0;
-    freeReplyObject(r);
+    svc_err_clear(err);
     return 0;
 }
 
-int
-lock_store_waiter_add(lock_store_t *s, const char *key, const char *waiter_id, int64_t until_ms,
-                      svc_err_t *err)
-{
-    char waiters_key[256], until[24];
-    const char *keys[] = {waiters_key};
-    const char *args[] = {until, waiter_id};
-    redisReply *r;
+/* ---------- script arguments ---------- */
 
-    key_name(waiters_key, sizeof(waiters_key), key, ":waiters");
-    snprintf(until, sizeof(until), "%lld", (long long)until_ms);
-    r = run_script(s, SCRIPT_WAITER, 1, keys, 2, args, err);
+typedef struct {
+    char lock_key[256], fence_key[256], waiters_key[256];
+    char n1[24], n2[24], n3[24];
+    char message[SVC_LOCK_MESSAGE_MAX];
+} script_args_t;
+
+static void
+acquire_args(script_args_t *a, const char *key, int64_t lease_ms, int64_t floor, int64_t until)
+{
+    key_name(a->lock_key, sizeof(a->lock_key), key, "");
+    key_name(a->fence_key, sizeof(a->fence_key), key, ":fence");
+    key_name(a->waiters_key, sizeof(a->waiters_key), key, ":waiters");
+    snprintf(a->n1, sizeof(a->n1), "%lld", (long long)lease_ms);
+    snprintf(a->n2, sizeof(a->n2), "%lld", (long long)floor);
+    snprintf(a->n3, sizeof(a->n3), "%lld", (long long)until);
+}
+
+/* "key\ninstance": this instance skips its own echo when it wakes its waiters itself. */
+static void
+release_args(lock_store_t *s, script_args_t *a, const char *key, bool woken_here)
+{
+    key_name(a->lock_key, sizeof(a->lock_key), key, "");
+    snprintf(a->message, sizeof(a->message), "%s%s%s", key, woken_here ? "\n" : "",
+             woken_here ? s->instance : "");
+}
+
+/* ---------- blocking calls (the benchmark's raw path) ---------- */
+
+int
+lock_store_acquire(lock_store_t *s, const char *key, const char *token, const char *owner,
+                   int64_t lease_ms, int64_t fence_floor, const char *waiter_id,
+                   int64_t wait_until_ms, lock_acquire_result_t *out, svc_err_t *err)
+{
+    script_args_t a;
+    const char *keys[] = {a.lock_key, a.fence_key, a.waiters_key};
+    const char *args[] = {token, owner, a.n1, a.n2, waiter_id != NULL ? waiter_id : "", a.n3};
+    redisReply *r;
+    int rc;
+
+    acquire_args(&a, key, lease_ms, fence_floor, wait_until_ms);
+    r = run_script(s, SCRIPT_ACQUIRE, 3, keys, 6, args, err);
     if (r == NULL) {
         return -1;
     }
+    rc = parse_acquire(r, out, err);
     freeReplyObject(r);
-    return 0;
+    return rc;
 }
 
 int
-lock_store_waiter_remove(lock_store_t *s, const char *key, const char *waiter_id, svc_err_t *err)
+lock_store_release(lock_store_t *s, const char *key, const char *token, bool woken_here,
+                   svc_err_t *err)
+{
+    script_args_t a;
+    const char *keys[] = {a.lock_key};
+    const char *args[] = {token, RELEASE_CHANNEL, a.message};
+    redisReply *r;
+    int rc;
+
+    release_args(s, &a, key, woken_here);
+    r = run_script(s, SCRIPT_RELEASE, 1, keys, 3, args, err);
+    if (r == NULL) {
+        return -1;
+    }
+    rc = parse_compare(r, key, err);
+    freeReplyObject(r);
+    return rc;
+}
+
+/* ---------- async calls (lock-svc's path): callbacks run on the Redis thread ---------- */
+
+typedef struct {
+    lock_store_cb cb;
+    void *arg;
+    int kind; /* SCRIPT_* */
+    char key[SVC_LOCK_KEY_MAX + 1];
+} async_ctx_t;
+
+static void
+async_done(redisReply *reply, void *arg)
+{
+    async_ctx_t *ctx = arg;
+    lock_store_result_t res;
+    svc_err_t err;
+    int rc = -1;
+
+    memset(&res, 0, sizeof(res));
+    if (reply_ok(reply, &err)) {
+        switch (ctx->kind) {
+        case SCRIPT_ACQUIRE:
+            rc = parse_acquire(reply, &res.acquire, &err);
+            break;
+        case SCRIPT_GET:
+            rc = parse_get(reply, &res.info, &err);
+            break;
+        default:
+            rc = parse_compare(reply, ctx->key, &err);
+        }
+    }
+    (void)rc;
+    if (ctx->cb != NULL) {
+        ctx->cb(&res, &err, ctx->arg);
+    }
+    free(ctx);
+}
+
+static async_ctx_t *
+async_ctx(lock_store_cb cb, void *arg, int kind, const char *key)
+{
+    async_ctx_t *ctx = malloc(sizeof(*ctx));
+
+    if (ctx == NULL) {
+        svc_err_t err;
+        svc_err_set(&err, SVC_RESOURCE_EXHAUSTED, "out of memory");
+        if (cb != NULL) {
+            cb(NULL, &err, arg);
+        }
+        return NULL;
+    }
+    ctx->cb = cb;
+    ctx->arg = arg;
+    ctx->kind = kind;
+    snprintf(ctx->key, sizeof(ctx->key), "%s", key);
+    return ctx;
+}
+
+void
+lock_store_acquire_async(lock_store_t *s, const char *key, const char *token, const char *owner,
+                         int64_t lease_ms, int64_t fence_floor, const char *waiter_id,
+                         int64_t wait_until_ms, lock_store_cb cb, void *arg)
+{
+    script_args_t a;
+    const char *keys[] = {a.lock_key, a.fence_key, a.waiters_key};
+    const char *args[] = {token, owner, a.n1, a.n2, waiter_id != NULL ? waiter_id : "", a.n3};
+    async_ctx_t *ctx = async_ctx(cb, arg, SCRIPT_ACQUIRE, key);
+
+    if (ctx != NULL) {
+        acquire_args(&a, key, lease_ms, fence_floor, wait_until_ms);
+        lock_redis_script(s->async, SCRIPT_ACQUIRE, 3, keys, 6, args, async_done, ctx);
+    }
+}
+
+void
+lock_store_release_async(lock_store_t *s, const char *key, const char *token, bool woken_here,
+                         lock_store_cb cb, void *arg)
+{
+    script_args_t a;
+    const char *keys[] = {a.lock_key};
+    const char *args[] = {token, RELEASE_CHANNEL, a.message};
+    async_ctx_t *ctx = async_ctx(cb, arg, SCRIPT_RELEASE, key);
+
+    if (ctx != NULL) {
+        release_args(s, &a, key, woken_here);
+        lock_redis_script(s->async, SCRIPT_RELEASE, 1, keys, 3, args, async_done, ctx);
+    }
+}
+
+void
+lock_store_extend_async(lock_store_t *s, const char *key, const char *token, int64_t lease_ms,
+                        lock_store_cb cb, void *arg)
+{
+    script_args_t a;
+    const char *keys[] = {a.lock_key};
+    const char *args[] = {token, a.n1};
+    async_ctx_t *ctx = async_ctx(cb, arg, SCRIPT_EXTEND, key);
+
+    if (ctx != NULL) {
+        key_name(a.lock_key, sizeof(a.lock_key), key, "");
+        snprintf(a.n1, sizeof(a.n1), "%lld", (long long)lease_ms);
+        lock_redis_script(s->async, SCRIPT_EXTEND, 1, keys, 2, args, async_done, ctx);
+    }
+}
+
+void
+lock_store_get_async(lock_store_t *s, const char *key, int64_t now_ms, lock_store_cb cb, void *arg)
+{
+    script_args_t a;
+    const char *keys[] = {a.lock_key, a.waiters_key};
+    const char *args[] = {a.n1};
+    async_ctx_t *ctx = async_ctx(cb, arg, SCRIPT_GET, key);
+
+    if (ctx != NULL) {
+        key_name(a.lock_key, sizeof(a.lock_key), key, "");
+        key_name(a.waiters_key, sizeof(a.waiters_key), key, ":waiters");
+        snprintf(a.n1, sizeof(a.n1), "%lld", (long long)now_ms);
+        lock_redis_script(s->async, SCRIPT_GET, 2, keys, 1, args, async_done, ctx);
+    }
+}
+
+void
+lock_store_waiter_add_async(lock_store_t *s, const char *key, const char *waiter_id,
+                            int64_t until_ms)
+{
+    script_args_t a;
+    const char *keys[] = {a.waiters_key};
+    const char *args[] = {a.n1, waiter_id};
+
+    key_name(a.waiters_key, sizeof(a.waiters_key), key, ":waiters");
+    snprintf(a.n1, sizeof(a.n1), "%lld", (long long)until_ms);
+    lock_redis_script(s->async, SCRIPT_WAITER, 1, keys, 2, args, NULL, NULL);
+}
+
+void
+lock_store_waiter_remove_async(lock_store_t *s, const char *key, const char *waiter_id)
 {
     char waiters_key[256];
     const char *argv[] = {"ZREM", waiters_key, waiter_id};
-    redisReply *r;
-    int slot = store_take(s, err);
 
-    if (slot < 0) {
-        return -1;
-    }
     key_name(waiters_key, sizeof(waiters_key), key, ":waiters");
-    r = command_argv(s->slots[slot].ctx, 3, argv);
-    store_give(s, slot, r == NULL);
-    if (r == NULL) {
-        svc_err_set(err, SVC_UNAVAILABLE, "redis unavailable");
-        return -1;
-    }
-    freeReplyObject(r);
-    return 0;
+    lock_redis_command(s->async, 3, argv, NULL, NULL);
 }
 
 void

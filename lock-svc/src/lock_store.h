@@ -32,7 +32,8 @@ typedef struct {
 } lock_acquire_result_t;
 
 /*
- * The acquire script: SET NX PX of the lock plus the next fence, atomically.
+ * Blocking forms (one pooled connection per caller, for the benchmark's raw
+ * path). The acquire script: SET NX PX of the lock plus the next fence, atomically.
  * The fence is max(last fence + 1, fence_floor), so it keeps growing even if
  * Redis forgot the last one. With a waiter_id, a refused attempt registers the
  * waiter (until wait_until_ms, unix ms) and a granted one removes it, so
@@ -51,10 +52,6 @@ int lock_store_acquire(lock_store_t *store, const char *key, const char *token, 
 int lock_store_release(lock_store_t *store, const char *key, const char *token, bool woken_here,
                        svc_err_t *err);
 
-/* Compare-and-PEXPIRE. Errors as for release. */
-int lock_store_extend(lock_store_t *store, const char *key, const char *token, int64_t lease_ms,
-                      svc_err_t *err);
-
 typedef struct {
     bool held;
     char owner[LOCK_OWNER_MAX + 1];
@@ -63,16 +60,36 @@ typedef struct {
     int waiters; /* parked on any lock-svc instance, not past their wait */
 } lock_info_t;
 
-/* Reads the lock without its token, and counts live waiters. now_ms: unix ms. */
-int lock_store_get(lock_store_t *store, const char *key, int64_t now_ms, lock_info_t *out,
-                   svc_err_t *err);
+/*
+ * The non-blocking forms, for lock-svc's path: one pipelined connection with
+ * its own thread. The callback runs on that thread and must not block; res
+ * holds the answer of the call that was made (acquire or info) when err is
+ * OK. Errors as for the blocking forms; a reply later than 800 ms is
+ * UNAVAILABLE.
+ */
+typedef struct {
+    lock_acquire_result_t acquire;
+    lock_info_t info; /* lock_store_get_async: the lock without its token, and live waiters */
+} lock_store_result_t;
+typedef void (*lock_store_cb)(const lock_store_result_t *res, const svc_err_t *err, void *arg);
 
+void lock_store_acquire_async(lock_store_t *store, const char *key, const char *token,
+                              const char *owner, int64_t lease_ms, int64_t fence_floor,
+                              const char *waiter_id, int64_t wait_until_ms, lock_store_cb cb,
+                              void *arg);
+void lock_store_release_async(lock_store_t *store, const char *key, const char *token,
+                              bool woken_here, lock_store_cb cb, void *arg);
+/* Compare-and-PEXPIRE. */
+void lock_store_extend_async(lock_store_t *store, const char *key, const char *token,
+                             int64_t lease_ms, lock_store_cb cb, void *arg);
+/* now_ms: unix ms, to drop waiters past their wait. */
+void lock_store_get_async(lock_store_t *store, const char *key, int64_t now_ms, lock_store_cb cb,
+                          void *arg);
 /* Registers a waiter queued behind another (the acquire script registers the rest). */
-int lock_store_waiter_add(lock_store_t *store, const char *key, const char *waiter_id,
-                          int64_t until_ms, svc_err_t *err);
+void lock_store_waiter_add_async(lock_store_t *store, const char *key, const char *waiter_id,
+                                 int64_t until_ms);
 /* Forgets a waiter that stopped waiting without a grant (timeout, cancel). */
-int lock_store_waiter_remove(lock_store_t *store, const char *key, const char *waiter_id,
-                             svc_err_t *err);
+void lock_store_waiter_remove_async(lock_store_t *store, const char *key, const char *waiter_id);
 
 /*
  * Called from the subscriber thread: key was released somewhere. key NULL

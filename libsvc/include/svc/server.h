@@ -45,6 +45,12 @@ typedef struct {
     svc_method_kind_t kind;
     svc_handler_fn handler;
     svc_half_close_fn on_half_close; /* bidi; NULL means finish with OK */
+    /*
+     * Unary and server stream: the handler never blocks (it only starts
+     * asynchronous work), so it runs on the completion-queue thread and saves
+     * the hand-off to a worker. A handler that may wait must leave this 0.
+     */
+    int nonblocking;
 } svc_handler_t;
 
 typedef struct {
