@@ -1,5 +1,6 @@
 /* test_pool.c: the worker pool runs every task, grows under blocking load, drains on destroy. */
 #define _GNU_SOURCE
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -19,13 +20,27 @@ bump(void *arg)
     atomic_fetch_add(&ran, 1);
 }
 
+/* Blocks until `together` tasks run at once (or 10 s pass): only a pool that grew can do that. */
+static pthread_mutex_t meet_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t meet_cv = PTHREAD_COND_INITIALIZER;
+static int meeting, together, met_all;
+
 static void
-sleepy(void *arg)
+meet(void *arg)
 {
-    struct timespec ts = {0, 200 * 1000 * 1000};
+    struct timespec deadline;
 
     (void)arg;
-    nanosleep(&ts, NULL);
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += 10;
+    pthread_mutex_lock(&meet_mu);
+    if (++meeting == together) {
+        met_all = 1;
+        pthread_cond_broadcast(&meet_cv);
+    }
+    while (!met_all && pthread_cond_timedwait(&meet_cv, &meet_mu, &deadline) == 0) {
+    }
+    pthread_mutex_unlock(&meet_mu);
     atomic_fetch_add(&ran, 1);
 }
 
@@ -50,22 +65,18 @@ test_grows_when_all_block(void **state)
 {
     svc_err_t err;
     svc_pool_t *pool = svc_pool_create(1, 64, &err);
-    struct timespec t0, t1;
 
     (void)state;
     assert_non_null(pool);
     atomic_store(&ran, 0);
-    clock_gettime(CLOCK_MONOTONIC, &t0);
+    together = 32;
     for (int i = 0; i < 32; i++) {
-        assert_int_equal(svc_pool_submit(pool, sleepy, NULL), 0);
+        assert_int_equal(svc_pool_submit(pool, meet, NULL), 0);
     }
-    assert_true(svc_pool_threads(pool) > 16);
     svc_pool_destroy(pool);
-    clock_gettime(CLOCK_MONOTONIC, &t1);
     assert_int_equal(atomic_load(&ran), 32);
-    /* 32 sleeps of 200 ms one after another would take 6.4 s. */
-    double secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
-    assert_true(secs < 3.0);
+    /* All 32 blocked at the same moment: the pool grew from 1 thread to at least 32. */
+    assert_true(met_all);
 }
 
 static void
