@@ -32,6 +32,7 @@ Environment:
   PG_PORT     PostgreSQL port (default 55432; now $PG_PORT)
   REDIS_PORT  Redis port (default 56379; now $REDIS_PORT)
   LOCK_PORT   lock-svc port (default 50051; now $LOCK_PORT)
+  BALANCE_PORT balance-svc port (default 50052; now $BALANCE_PORT)
   LOG_LEVEL   services' log level (default info)
   BUILD_DIR   where the services are built (default <repo>/build/release)
   PG_BIN      PostgreSQL binaries (default: newest /usr/lib/postgresql/<ver>/bin)
@@ -247,7 +248,7 @@ redis_ready() {
 # The services: built here (Release, in BUILD_DIR), then started with pid
 # files in PID_DIR and logs in LOG_DIR; each must report SERVING on
 # grpc.health.v1.Health before the next one starts.
-SERVICES=(lock-svc)
+SERVICES=(lock-svc balance-svc)
 
 build_services() {
     log "building the services in $BUILD_DIR"
@@ -298,6 +299,8 @@ start_service() {
 start_services() {
     build_services
     start_service lock-svc REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0" LOG_LEVEL="$LOG_LEVEL"
+    start_service balance-svc DATABASE_URL="postgresql://postgres@127.0.0.1:$PG_PORT/balance" \
+        LOCK_SVC_ADDR="127.0.0.1:$LOCK_PORT" LOG_LEVEL="$LOG_LEVEL"
 }
 
 # ---------------------------------------------------------------------------
@@ -329,6 +332,7 @@ export BALANCE_DATABASE_URL=postgresql://postgres@127.0.0.1:$PG_PORT/balance
 export RESERVATION_DATABASE_URL=postgresql://postgres@127.0.0.1:$PG_PORT/reservation
 export REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0
 export LOCK_ADDR=127.0.0.1:$LOCK_PORT
+export BALANCE_ADDR=127.0.0.1:$BALANCE_PORT
 EOF
     cat <<EOF
 
@@ -336,6 +340,7 @@ Stack is up in $STACK_DIR (logs in $LOG_DIR/)
   PostgreSQL  127.0.0.1:$PG_PORT  pid $(cat "$PID_DIR/postgres.pid")
   Redis       127.0.0.1:$REDIS_PORT  pid $(cat "$PID_DIR/redis.pid")
   lock-svc    127.0.0.1:$LOCK_PORT  pid $(cat "$PID_DIR/lock-svc.pid")
+  balance-svc 127.0.0.1:$BALANCE_PORT  pid $(cat "$PID_DIR/balance-svc.pid")
 
   DATABASE_URL=postgresql://postgres@127.0.0.1:$PG_PORT/balance       (balance-svc)
   DATABASE_URL=postgresql://postgres@127.0.0.1:$PG_PORT/reservation   (reservation-svc)
