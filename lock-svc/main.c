@@ -35,14 +35,7 @@ main(int argc, char **argv)
          86400000, &limits.max_lease_ms, 0},
         {"max-wait-ms", "MAX_WAIT_MS", SVC_OPT_INT, "60000", "longest wait_ms accepted", 0, 3600000,
          &limits.max_wait_ms, 0},
-        {"workers", "WORKERS", SVC_OPT_INT, "16", "worker threads kept ready", 1, 4096, &workers,
-         0},
-        {"max-workers", "MAX_WORKERS", SVC_OPT_INT, "256", "most worker threads", 1, 4096,
-         &max_workers, 0},
-        {"grace-ms", "GRACE_MS", SVC_OPT_INT, "10000", "shutdown grace period", 1, 600000,
-         &grace_ms, 0},
-        {"log-level", "LOG_LEVEL", SVC_OPT_LOG_LEVEL, "info", "debug, info, warn or error", 0, 0,
-         &log_level, 0},
+        SVC_OPTS_RUNTIME(&workers, &max_workers, &grace_ms, &log_level),
     };
     svc_server_opts_t sopts = {0};
     svc_server_t *server = NULL;

@@ -178,37 +178,6 @@ client__create_call(svc_client_t *c, const char *method, const svc_call_opts_t *
     return call;
 }
 
-static grpc_byte_buffer *
-client__pack(const ProtobufCMessage *msg)
-{
-    size_t len = protobuf_c_message_get_packed_size(msg);
-    grpc_slice slice = grpc_slice_malloc(len);
-    grpc_byte_buffer *buf;
-
-    protobuf_c_message_pack(msg, GRPC_SLICE_START_PTR(slice));
-    buf = grpc_raw_byte_buffer_create(&slice, 1);
-    grpc_slice_unref(slice);
-    return buf;
-}
-
-static ProtobufCMessage *
-client__unpack(grpc_byte_buffer *buf, const ProtobufCMessageDescriptor *desc, svc_arena_t *arena)
-{
-    grpc_byte_buffer_reader reader;
-    ProtobufCMessage *msg;
-    grpc_slice slice;
-
-    if (!grpc_byte_buffer_reader_init(&reader, buf)) {
-        return NULL;
-    }
-    slice = grpc_byte_buffer_reader_readall(&reader);
-    grpc_byte_buffer_reader_destroy(&reader);
-    msg = protobuf_c_message_unpack(desc, svc_arena_allocator(arena), GRPC_SLICE_LENGTH(slice),
-                                    GRPC_SLICE_START_PTR(slice));
-    grpc_slice_unref(slice);
-    return msg;
-}
-
 /* Runs one batch and waits for it. */
 static bool
 client__run(grpc_call *call, grpc_completion_queue *cq, const grpc_op *ops, size_t n, void *tag)
@@ -321,7 +290,7 @@ client__unary(svc_client_t *c, const char *method, grpc_byte_buffer *send,
         svc_err_set(err, SVC_UNAVAILABLE, "call to %s failed", method);
     } else if (status != GRPC_STATUS_OK) {
         client__set_status(err, status, details, method);
-    } else if (recv == NULL || (*resp = client__unpack(recv, resp_desc, arena)) == NULL) {
+    } else if (recv == NULL || (*resp = svc__unpack_message(recv, resp_desc, arena)) == NULL) {
         svc_err_set(err, SVC_INTERNAL, "bad response from %s", method);
     } else {
         svc_err_clear(err);
@@ -345,7 +314,7 @@ svc_client_unary(svc_client_t *c, const char *method, const ProtobufCMessage *re
                  const ProtobufCMessageDescriptor *resp_desc, svc_arena_t *arena,
                  ProtobufCMessage **resp, const svc_call_opts_t *opts, svc_err_t *err)
 {
-    grpc_byte_buffer *send = client__pack(req);
+    grpc_byte_buffer *send = svc__pack_message(req);
     int rc = client__unary(c, method, send, resp_desc, arena, resp, opts, err);
 
     grpc_byte_buffer_destroy(send);
@@ -396,7 +365,7 @@ svc_client_stream_open(svc_client_t *c, const char *method, const svc_call_opts_
 int
 svc_client_stream_send(svc_client_stream_t *s, const ProtobufCMessage *msg, svc_err_t *err)
 {
-    grpc_byte_buffer *buf = client__pack(msg);
+    grpc_byte_buffer *buf = svc__pack_message(msg);
     grpc_op op;
     bool ok;
 
@@ -457,7 +426,7 @@ svc_client_stream_recv(svc_client_stream_t *s, const ProtobufCMessageDescriptor 
     if (buf == NULL) {
         return 0;
     }
-    *msg = client__unpack(buf, desc, arena);
+    *msg = svc__unpack_message(buf, desc, arena);
     grpc_byte_buffer_destroy(buf);
     if (*msg == NULL) {
         svc_err_set(err, SVC_INTERNAL, "bad message on the stream");

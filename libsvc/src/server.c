@@ -222,9 +222,8 @@ slice_eq_str(grpc_slice s, const char *str)
     return GRPC_SLICE_LENGTH(s) == n && memcmp(GRPC_SLICE_START_PTR(s), str, n) == 0;
 }
 
-/* Packs msg into a new byte buffer; NULL when out of memory. */
-static grpc_byte_buffer *
-pack_message(const ProtobufCMessage *msg)
+grpc_byte_buffer *
+svc__pack_message(const ProtobufCMessage *msg)
 {
     size_t len = protobuf_c_message_get_packed_size(msg);
     grpc_slice slice = grpc_slice_malloc(len);
@@ -236,9 +235,9 @@ pack_message(const ProtobufCMessage *msg)
     return buf;
 }
 
-/* Unpacks buf into arena memory; NULL when the bytes are not a valid message. */
-static ProtobufCMessage *
-unpack_message(grpc_byte_buffer *buf, const ProtobufCMessageDescriptor *desc, svc_arena_t *arena)
+ProtobufCMessage *
+svc__unpack_message(grpc_byte_buffer *buf, const ProtobufCMessageDescriptor *desc,
+                    svc_arena_t *arena)
 {
     grpc_byte_buffer_reader reader;
     ProtobufCMessage *msg;
@@ -506,7 +505,7 @@ call__enqueue(svc_call_t *call, grpc_byte_buffer *buf)
 void
 svc_call_reply(svc_call_t *call, const ProtobufCMessage *resp)
 {
-    grpc_byte_buffer *buf = pack_message(resp);
+    grpc_byte_buffer *buf = svc__pack_message(resp);
 
     pthread_mutex_lock(&call->mu);
     if (!call->ended) {
@@ -537,7 +536,7 @@ svc_call_write(svc_call_t *call, const ProtobufCMessage *msg)
     if (atomic_load(&call->cancelled)) {
         return -1;
     }
-    buf = pack_message(msg);
+    buf = svc__pack_message(msg);
     pthread_mutex_lock(&call->mu);
     if (!call->ended && !atomic_load(&call->cancelled)) {
         rc = call__enqueue(call, buf);
@@ -648,7 +647,7 @@ call__unary_task(void *arg)
         svc_call_fail(call, &err);
         return;
     }
-    req = unpack_message(call->payload, call->method->input, call->arena);
+    req = svc__unpack_message(call->payload, call->method->input, call->arena);
     grpc_byte_buffer_destroy(call->payload);
     call->payload = NULL;
     if (req == NULL) {
@@ -678,7 +677,7 @@ call__bidi_msg_task(void *arg)
     buf = call->recv_buf;
     call->recv_buf = NULL;
     pthread_mutex_unlock(&call->mu);
-    msg = unpack_message(buf, call->method->input, call->msg_arena);
+    msg = svc__unpack_message(buf, call->method->input, call->msg_arena);
     grpc_byte_buffer_destroy(buf);
     if (msg == NULL) {
         svc_err_t err;

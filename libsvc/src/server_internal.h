@@ -27,6 +27,12 @@ void svc__reflection_destroy(svc_reflection_t *reflection);
 int svc__server_service_count(const svc_server_t *server);
 const char *svc__server_service_name(const svc_server_t *server, int i);
 
+/* Packs msg into a new byte buffer (shared by server and client). */
+struct grpc_byte_buffer *svc__pack_message(const ProtobufCMessage *msg);
+/* Unpacks buf into arena memory; NULL when the bytes are not a valid message. */
+ProtobufCMessage *svc__unpack_message(struct grpc_byte_buffer *buf,
+                                      const ProtobufCMessageDescriptor *desc, svc_arena_t *arena);
+
 /* Runs fn(arg) on the pool, or right here when the pool is gone. */
 void svc__server_dispatch(svc_server_t *server, svc_task_fn fn, void *arg);
 

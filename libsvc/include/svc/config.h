@@ -46,6 +46,23 @@ void svc_config_usage(FILE *out, const char *prog, const char *summary, const sv
                       int n_opts);
 
 /*
+ * The runtime settings every server binary takes (WORKERS, MAX_WORKERS,
+ * GRACE_MS, LOG_LEVEL), as svc_opt_t initializers for its table. The
+ * destinations are int64_t * (three) and svc_log_level_t *.
+ */
+#define SVC_OPTS_RUNTIME(workers, max_workers, grace_ms, log_level)                                \
+    {"workers", "WORKERS", SVC_OPT_INT, "16", "worker threads kept ready", 1, 4096, (workers), 0}, \
+        {"max-workers", "MAX_WORKERS",         SVC_OPT_INT,                                        \
+         "256",         "most worker threads", 1,                                                  \
+         4096,          (max_workers),         0},                                                 \
+        {"grace-ms", "GRACE_MS", SVC_OPT_INT, "10000", "shutdown grace period",                    \
+         1,          600000,     (grace_ms),  0},                                                  \
+    {                                                                                              \
+        "log-level", "LOG_LEVEL", SVC_OPT_LOG_LEVEL, "info", "debug, info, warn or error", 0, 0,   \
+            (log_level), 0                                                                         \
+    }
+
+/*
  * The usual main() step: parses, prints usage and exits 0 on --help, prints one
  * line and exits 2 on a bad setting.
  */
