@@ -1,9 +1,15 @@
 /*
  * lock_bench.c: lock-bench, a load tool for lock-svc. Measures acquire+release
- * pairs per second and their latency through lock-svc (libsvc lock client, one
- * shared channel) and through the same Lua scripts called directly over
- * hiredis (lock_store, one connection per thread), then the hand-off rate on
- * one contended key. It prints numbers; it passes or fails nothing on time.
+ * pairs per second and their latency through lock-svc and through the same Lua
+ * scripts called directly over hiredis (lock_store, one blocking connection per
+ * thread), then the hand-off rate on one contended key. It prints numbers; it
+ * passes or fails nothing on time.
+ *
+ * The lock-svc side is an asynchronous client on gRPC C core: client threads
+ * (by default one per CPU, at most two), each with a completion queue, keep
+ * `concurrency` calls in flight on one shared channel. A blocking thread per caller cost this tool
+ * 3 to 4 times the CPU of the hiredis path per pair, on the CPUs lock-svc and
+ * Redis also run on, and that was charged against lock-svc.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -18,8 +24,16 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <grpc/byte_buffer.h>
+#include <grpc/byte_buffer_reader.h>
+#include <grpc/grpc.h>
+#include <grpc/grpc_security.h>
+#include <grpc/slice.h>
+#include <grpc/support/alloc.h>
+#include <grpc/support/time.h>
+
+#include "lock/v1/lock.pb-c.h"
 #include "lock_store.h"
-#include "svc/client.h"
 #include "svc/config.h"
 #include "svc/err.h"
 #include "svc/lock_client.h"
@@ -36,6 +50,12 @@
 #define N_PROCS 3 /* CPU time is reported for: this tool, lock-svc, redis-server */
 #define TARGET_CONC 64
 #define TARGET_RATIO 0.5
+#define CALL_DEADLINE_MS 30000 /* per lock-svc call; beyond HANDOFF_WAIT_MS */
+#define MAX_CLIENT_THREADS 16
+#define AUTO_CLIENT_THREADS 2 /* one per CPU, at most this many */
+#define ACQUIRE_METHOD "/lock.v1.LockService/Acquire"
+#define RELEASE_METHOD "/lock.v1.LockService/Release"
+#define ROUND_ROBIN_CONFIG "{\"loadBalancingConfig\":[{\"round_robin\":{}}]}"
 
 typedef enum {
     MODE_SVC_PAIR,    /* lock-svc: acquire (wait_ms 0) + release, own key */
@@ -51,13 +71,42 @@ typedef struct {
 
 typedef struct bench_run bench_run_t;
 
-/* One load thread: its own samples and counters, read by main after join. */
+typedef enum {
+    RPC_IDLE,
+    RPC_ACQUIRE,
+    RPC_RELEASE,
+} rpc_phase_t;
+
+/*
+ * A caller's lock-svc call in flight, and what its one batch fills in. Owned
+ * by the client thread whose queue cq is; released by rpc_cleanup.
+ */
+typedef struct {
+    grpc_completion_queue *cq;
+    rpc_phase_t phase;
+    grpc_call *call;
+    grpc_byte_buffer *send, *recv;
+    grpc_metadata md; /* x-request-id, as libsvc's client sends it */
+    grpc_metadata_array recv_md, trailers;
+    grpc_status_code status;
+    grpc_slice details;
+    int64_t pairs;          /* pairs started */
+    uint64_t calls;         /* calls started, for x-request-id */
+    int64_t t0, t_acquired; /* pair started; its Acquire completed */
+    char token[SVC_LOCK_TOKEN_MAX + 1];
+} bench_rpc_t;
+
+/*
+ * One caller: a load thread of the raw path, or a call slot of an async
+ * client thread (lock-svc path). Its own samples and counters, read by main
+ * after the threads are joined.
+ */
 typedef struct {
     bench_run_t *run;
     int index;
     int gen; /* bumped after a failure, so a key we may still hold is not reused */
     char key[SVC_LOCK_KEY_MAX + 1];
-    pthread_t tid;
+    bench_rpc_t rpc;
     samples_t lat;
     int64_t done;    /* pairs (or grants) fully inside the measured window */
     int64_t refused; /* raw spin: refused attempts inside the window */
@@ -66,12 +115,21 @@ typedef struct {
     svc_err_t first_err;
 } bench_worker_t;
 
+/* One async client thread: its queue serves workers first, first + stride, ... */
+typedef struct {
+    bench_worker_t *workers;
+    int first, stride, n_workers;
+    grpc_completion_queue *cq;
+} bench_client_t;
+
 /* One scenario: a mode at a concurrency. Times are CLOCK_MONOTONIC ns. */
 struct bench_run {
     bench_mode_t mode;
     int conc;
+    int client_threads; /* lock-svc modes: async client threads */
+    bool once;          /* lock-svc modes: each caller makes one pair, whatever the time */
     const char *run_id;
-    svc_client_t *client;
+    grpc_channel *channel;
     lock_store_t *store;
     pthread_barrier_t start;
     int64_t warm_end_ns, end_ns;
@@ -90,11 +148,11 @@ typedef struct {
 
 typedef struct {
     const char *lock_addr, *redis_url, *conc_text;
-    int64_t seconds, lock_pid, redis_pid;
+    int64_t seconds, lock_pid, redis_pid, client_threads;
     int conc[MAX_CONC_LIST];
     int n_conc;
     char run_id[9];
-    svc_client_t *client;
+    grpc_channel *channel;
 } bench_cfg_t;
 
 /* ---------- time, samples, CPU ---------- */
@@ -231,28 +289,6 @@ worker_fail(bench_worker_t *w, const svc_err_t *err)
     return -1;
 }
 
-/* lock-svc: wait_ms 0 (MODE_SVC_PAIR) samples the pair, else only the acquire wait. */
-static int
-op_svc(bench_worker_t *w, int64_t *sample_ns)
-{
-    bool handoff = w->run->mode == MODE_SVC_HANDOFF;
-    svc_lock_opts_t opts = {.owner = BENCH_OWNER, .lease_ms = LEASE_MS};
-    svc_lock_t lock;
-    svc_err_t err;
-    int64_t t0 = now_ns(), t1;
-
-    opts.wait_ms = handoff ? HANDOFF_WAIT_MS : 0;
-    if (svc_lock_acquire(w->run->client, w->key, &opts, &lock, &err) != 0) {
-        return worker_fail(w, &err);
-    }
-    t1 = now_ns();
-    if (svc_lock_release(w->run->client, &lock, NULL, &err) != 0) {
-        return worker_fail(w, &err);
-    }
-    *sample_ns = handoff ? t1 - t0 : now_ns() - t0;
-    return 0;
-}
-
 /* One attempt of the acquire script, as lock-svc makes it (no waiter id). */
 static int
 raw_try(bench_worker_t *w, const char *token, lock_acquire_result_t *res, svc_err_t *err)
@@ -319,35 +355,331 @@ op_raw_spin(bench_worker_t *w, int64_t *sample_ns)
     return 0;
 }
 
+/* Counts a successful operation that started at t0 and ended at t1, if inside the window. */
+static void
+worker_record(bench_worker_t *w, int64_t t0, int64_t t1, int64_t sample)
+{
+    svc_err_t err;
+
+    if (t0 < w->run->warm_end_ns || t1 > w->run->end_ns) {
+        return;
+    }
+    if (samples_push(&w->lat, sample) != 0) {
+        svc_err_set(&err, SVC_RESOURCE_EXHAUSTED, "out of memory for samples");
+        (void)worker_fail(w, &err);
+        return;
+    }
+    w->done++;
+}
+
+/* ---------- lock-svc: an asynchronous client on gRPC C core ---------- */
+
+/* The channel libsvc's svc_client_get makes for target: same arguments, insecure. */
+static grpc_channel *
+bench_channel_create(const char *target)
+{
+    grpc_arg args[5];
+    grpc_channel_args chargs = {5, args};
+    grpc_channel_credentials *creds;
+    grpc_channel *channel;
+    char *normalized = NULL;
+
+    /* "a:1,b:2" has no scheme: give it ipv4: so the resolver takes the list. */
+    if (strchr(target, ',') != NULL && strstr(target, ":///") == NULL &&
+        strncmp(target, "ipv4:", 5) != 0 && strncmp(target, "ipv6:", 5) != 0 &&
+        asprintf(&normalized, "ipv4:%s", target) < 0) {
+        normalized = NULL;
+    }
+    args[0].type = GRPC_ARG_STRING;
+    args[0].key = GRPC_ARG_SERVICE_CONFIG;
+    args[0].value.string = ROUND_ROBIN_CONFIG;
+    args[1].type = GRPC_ARG_INTEGER;
+    args[1].key = GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS;
+    args[1].value.integer = 100;
+    args[2].type = GRPC_ARG_INTEGER;
+    args[2].key = GRPC_ARG_MAX_RECONNECT_BACKOFF_MS;
+    args[2].value.integer = 1000;
+    args[3].type = GRPC_ARG_INTEGER;
+    args[3].key = GRPC_ARG_MIN_RECONNECT_BACKOFF_MS;
+    args[3].value.integer = 100;
+    args[4].type = GRPC_ARG_INTEGER;
+    args[4].key = GRPC_ARG_DNS_MIN_TIME_BETWEEN_RESOLUTIONS_MS;
+    args[4].value.integer = 500;
+    creds = grpc_insecure_credentials_create();
+    channel = grpc_channel_create(normalized != NULL ? normalized : target, creds, &chargs);
+    grpc_channel_credentials_release(creds);
+    free(normalized);
+    return channel;
+}
+
+static grpc_byte_buffer *
+rpc_pack(const ProtobufCMessage *msg)
+{
+    size_t len = protobuf_c_message_get_packed_size(msg);
+    grpc_slice slice = grpc_slice_malloc(len);
+    grpc_byte_buffer *buf;
+
+    protobuf_c_message_pack(msg, GRPC_SLICE_START_PTR(slice));
+    buf = grpc_raw_byte_buffer_create(&slice, 1);
+    grpc_slice_unref(slice);
+    return buf;
+}
+
+/* Unpacks buf with protobuf-c's default allocator; the caller frees the message. */
+static ProtobufCMessage *
+rpc_unpack(grpc_byte_buffer *buf, const ProtobufCMessageDescriptor *desc)
+{
+    grpc_byte_buffer_reader reader;
+    ProtobufCMessage *msg;
+    grpc_slice slice;
+
+    if (!grpc_byte_buffer_reader_init(&reader, buf)) {
+        return NULL;
+    }
+    slice = grpc_byte_buffer_reader_readall(&reader);
+    grpc_byte_buffer_reader_destroy(&reader);
+    msg = protobuf_c_message_unpack(desc, NULL, GRPC_SLICE_LENGTH(slice),
+                                    GRPC_SLICE_START_PTR(slice));
+    grpc_slice_unref(slice);
+    return msg;
+}
+
+/* Frees everything the call in r holds and unrefs it; r is idle after. */
+static void
+rpc_cleanup(bench_rpc_t *r)
+{
+    if (r->send != NULL) {
+        grpc_byte_buffer_destroy(r->send);
+    }
+    if (r->recv != NULL) {
+        grpc_byte_buffer_destroy(r->recv);
+    }
+    grpc_slice_unref(r->md.value);
+    grpc_slice_unref(r->details);
+    grpc_metadata_array_destroy(&r->recv_md);
+    grpc_metadata_array_destroy(&r->trailers);
+    grpc_call_unref(r->call);
+    r->send = r->recv = NULL;
+    r->call = NULL;
+    r->phase = RPC_IDLE;
+}
+
+/*
+ * Starts w's Acquire, or the Release of w->rpc.token, as one batch on w's
+ * queue, tagged w. Returns 0, or -1 with err set and nothing left to free.
+ */
+static int
+rpc_start(bench_worker_t *w, rpc_phase_t phase, svc_err_t *err)
+{
+    Lock__V1__AcquireRequest acq = LOCK__V1__ACQUIRE_REQUEST__INIT;
+    Lock__V1__ReleaseRequest rel = LOCK__V1__RELEASE_REQUEST__INIT;
+    const char *method = phase == RPC_ACQUIRE ? ACQUIRE_METHOD : RELEASE_METHOD;
+    gpr_timespec deadline = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
+                                         gpr_time_from_millis(CALL_DEADLINE_MS, GPR_TIMESPAN));
+    bench_rpc_t *r = &w->rpc;
+    char request_id[64];
+    grpc_call_error rc;
+    grpc_op ops[6];
+
+    r->call = grpc_channel_create_call(w->run->channel, NULL, GRPC_PROPAGATE_DEFAULTS, r->cq,
+                                       grpc_slice_from_static_string(method), NULL, deadline, NULL);
+    if (r->call == NULL) {
+        svc_err_set(err, SVC_INTERNAL, "cannot create a call to %s", method);
+        return -1;
+    }
+    acq.key = rel.key = w->key;
+    acq.owner = BENCH_OWNER;
+    acq.lease_ms = LEASE_MS;
+    acq.wait_ms = w->run->mode == MODE_SVC_HANDOFF ? HANDOFF_WAIT_MS : 0;
+    rel.token = r->token;
+    r->phase = phase;
+    r->send = rpc_pack(phase == RPC_ACQUIRE ? &acq.base : &rel.base);
+    r->recv = NULL;
+    snprintf(request_id, sizeof(request_id), "%s-%d-%" PRIu64, w->run->run_id, w->index,
+             r->calls++);
+    r->md.key = grpc_slice_from_static_string("x-request-id");
+    r->md.value = grpc_slice_from_copied_string(request_id);
+    grpc_metadata_array_init(&r->recv_md);
+    grpc_metadata_array_init(&r->trailers);
+    r->status = GRPC_STATUS_UNKNOWN;
+    r->details = grpc_empty_slice();
+    memset(ops, 0, sizeof(ops));
+    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[0].data.send_initial_metadata.count = 1;
+    ops[0].data.send_initial_metadata.metadata = &r->md;
+    ops[1].op = GRPC_OP_SEND_MESSAGE;
+    ops[1].data.send_message.send_message = r->send;
+    ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+    ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
+    ops[3].data.recv_initial_metadata.recv_initial_metadata = &r->recv_md;
+    ops[4].op = GRPC_OP_RECV_MESSAGE;
+    ops[4].data.recv_message.recv_message = &r->recv;
+    ops[5].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+    ops[5].data.recv_status_on_client.status = &r->status;
+    ops[5].data.recv_status_on_client.status_details = &r->details;
+    ops[5].data.recv_status_on_client.trailing_metadata = &r->trailers;
+    if ((rc = grpc_call_start_batch(r->call, ops, 6, w, NULL)) != GRPC_CALL_OK) {
+        rpc_cleanup(r);
+        svc_err_set(err, SVC_INTERNAL, "cannot start a call to %s: %s", method,
+                    grpc_call_error_to_string(rc));
+        return -1;
+    }
+    return 0;
+}
+
+/*
+ * Reads the outcome of w's completed batch (ok: the event's success), keeps an
+ * Acquire's token, and cleans the call up. Returns 0, or -1 with err set.
+ */
+static int
+rpc_finish(bench_worker_t *w, bool ok, svc_err_t *err)
+{
+    bench_rpc_t *r = &w->rpc;
+    bool acquire = r->phase == RPC_ACQUIRE;
+    const char *method = acquire ? ACQUIRE_METHOD : RELEASE_METHOD;
+    ProtobufCMessage *resp = NULL;
+    int rc = -1;
+
+    if (!ok) {
+        svc_err_set(err, SVC_UNAVAILABLE, "call to %s failed", method);
+    } else if (r->status != GRPC_STATUS_OK) {
+        char *text = grpc_slice_to_c_string(r->details);
+        svc_err_set(err, svc_status_from_grpc((int)r->status), "%s", text[0] ? text : method);
+        gpr_free(text);
+    } else if (r->recv == NULL ||
+               (resp = rpc_unpack(r->recv, acquire ? &lock__v1__acquire_response__descriptor
+                                                   : &lock__v1__release_response__descriptor)) ==
+                   NULL) {
+        svc_err_set(err, SVC_INTERNAL, "bad response from %s", method);
+    } else {
+        if (acquire) {
+            snprintf(r->token, sizeof(r->token), "%s", ((Lock__V1__AcquireResponse *)resp)->token);
+        }
+        protobuf_c_message_free_unpacked(resp, NULL);
+        rc = 0;
+    }
+    rpc_cleanup(r);
+    return rc;
+}
+
+/* Starts w's next pair unless its time is over; returns whether a call is in flight. */
+static bool
+pair_start(bench_worker_t *w)
+{
+    bench_rpc_t *r = &w->rpc;
+    svc_err_t err;
+
+    for (;;) {
+        int64_t t0 = now_ns();
+
+        if (t0 >= w->run->end_ns || (w->run->once && r->pairs > 0)) {
+            return false;
+        }
+        r->pairs++;
+        r->t0 = t0;
+        if (rpc_start(w, RPC_ACQUIRE, &err) == 0) {
+            return true;
+        }
+        (void)worker_fail(w, &err);
+    }
+}
+
+/*
+ * Advances w's state machine on its batch's completion: Acquire done, start
+ * the Release; Release done, record the pair and start the next. Hand-off
+ * samples the acquire wait, the others the pair. Returns whether a call is in
+ * flight.
+ */
+static bool
+pair_step(bench_worker_t *w, bool ok)
+{
+    bench_rpc_t *r = &w->rpc;
+    rpc_phase_t phase = r->phase;
+    svc_err_t err;
+    int64_t t1;
+
+    if (rpc_finish(w, ok, &err) != 0) {
+        (void)worker_fail(w, &err);
+        return pair_start(w);
+    }
+    t1 = now_ns();
+    if (phase == RPC_ACQUIRE) {
+        r->t_acquired = t1;
+        if (rpc_start(w, RPC_RELEASE, &err) == 0) {
+            return true;
+        }
+        (void)worker_fail(w, &err);
+        return pair_start(w);
+    }
+    worker_record(w, r->t0, t1,
+                  w->run->mode == MODE_SVC_HANDOFF ? r->t_acquired - r->t0 : t1 - r->t0);
+    return pair_start(w);
+}
+
+/*
+ * Runs c's callers on a fresh completion queue until none has a call in
+ * flight, then shuts the queue down, drains it and destroys it.
+ */
+static void
+client_run(bench_client_t *c)
+{
+    gpr_timespec forever = gpr_inf_future(GPR_CLOCK_MONOTONIC);
+    int active = 0;
+
+    c->cq = grpc_completion_queue_create_for_next(NULL);
+    for (int i = c->first; i < c->n_workers; i += c->stride) {
+        c->workers[i].rpc.cq = c->cq;
+        active += pair_start(&c->workers[i]) ? 1 : 0;
+    }
+    while (active > 0) {
+        grpc_event ev = grpc_completion_queue_next(c->cq, forever, NULL);
+
+        if (ev.type != GRPC_OP_COMPLETE) { /* not shut down, no deadline: cannot happen */
+            fprintf(stderr, "lock-bench: completion queue returned event type %d\n", (int)ev.type);
+            abort();
+        }
+        if (!pair_step(ev.tag, ev.success != 0)) {
+            active--;
+        }
+    }
+    grpc_completion_queue_shutdown(c->cq);
+    while (grpc_completion_queue_next(c->cq, forever, NULL).type != GRPC_QUEUE_SHUTDOWN) {
+    }
+    grpc_completion_queue_destroy(c->cq);
+    c->cq = NULL;
+}
+
+static void *
+client_main(void *arg)
+{
+    bench_client_t *c = arg;
+
+    pthread_barrier_wait(&c->workers[0].run->start);
+    client_run(c);
+    return NULL;
+}
+
 /* ---------- running a scenario ---------- */
 
-/* Loops the operation until the window ends; counts what started and ended inside it. */
+/* Raw path: loops the operation until the window ends; counts what started and ended inside it. */
 static void *
 worker_main(void *arg)
 {
     bench_worker_t *w = arg;
     const bench_run_t *run = w->run;
-    svc_err_t err;
 
     pthread_barrier_wait(&w->run->start);
     for (;;) {
-        int64_t t0 = now_ns(), t1, sample = 0;
+        int64_t t0 = now_ns(), sample = 0;
         int rc;
 
         if (t0 >= run->end_ns) {
             break;
         }
         rc = run->op(w, &sample);
-        t1 = now_ns();
-        if (rc != 0 || t0 < run->warm_end_ns || t1 > run->end_ns) {
-            continue;
+        if (rc == 0) {
+            worker_record(w, t0, now_ns(), sample);
         }
-        if (samples_push(&w->lat, sample) != 0) {
-            svc_err_set(&err, SVC_RESOURCE_EXHAUSTED, "out of memory for samples");
-            (void)worker_fail(w, &err);
-            continue;
-        }
-        w->done++;
     }
     return NULL;
 }
@@ -404,30 +736,64 @@ cpu_result(const int64_t before[N_PROCS], const int64_t after[N_PROCS], bench_re
 }
 
 /*
- * Runs run->conc threads of run->op for a warm-up, then `seconds` measured,
- * and fills res. Main samples CPU time at both ends of the window.
+ * Starts the scenario's threads, which wait on run->start: raw path, one per
+ * caller running run->op; lock-svc path, run->client_threads async clients
+ * (fewer when there are fewer callers) sharing the callers. Returns how many.
+ */
+static int
+start_threads(bench_run_t *run, bench_worker_t *workers, bench_client_t *clients, pthread_t *tids)
+{
+    bool async = run->mode == MODE_SVC_PAIR || run->mode == MODE_SVC_HANDOFF;
+    int n = async ? (run->client_threads < run->conc ? run->client_threads : run->conc) : run->conc;
+
+    if (pthread_barrier_init(&run->start, NULL, (unsigned)n + 1) != 0) {
+        fprintf(stderr, "lock-bench: cannot set up %d threads\n", n);
+        exit(1);
+    }
+    for (int i = 0; i < run->conc; i++) {
+        workers[i].run = run;
+        workers[i].index = i;
+        worker_set_key(&workers[i]);
+    }
+    for (int i = 0; i < n; i++) {
+        int rc;
+
+        if (async) {
+            clients[i] = (bench_client_t){
+                .workers = workers, .first = i, .stride = n, .n_workers = run->conc};
+            rc = pthread_create(&tids[i], NULL, client_main, &clients[i]);
+        } else {
+            rc = pthread_create(&tids[i], NULL, worker_main, &workers[i]);
+        }
+        if (rc != 0) {
+            fprintf(stderr, "lock-bench: cannot start thread %d\n", i);
+            exit(1);
+        }
+    }
+    return n;
+}
+
+/*
+ * Runs run->conc callers, of run->op (raw) or of the async lock-svc client,
+ * for a warm-up, then `seconds` measured, and fills res. Main samples
+ * CPU time at both ends of the window.
  */
 static void
 run_scenario(bench_run_t *run, int64_t seconds, const int64_t pids[N_PROCS], bench_result_t *res)
 {
     bench_worker_t *workers = calloc((size_t)run->conc, sizeof(*workers));
+    bench_client_t *clients = calloc((size_t)run->conc, sizeof(*clients));
+    pthread_t *tids = calloc((size_t)run->conc, sizeof(*tids));
     int64_t cpu0[N_PROCS], cpu1[N_PROCS];
+    int n_threads;
 
-    if (workers == NULL || pthread_barrier_init(&run->start, NULL, (unsigned)run->conc + 1) != 0) {
+    if (workers == NULL || clients == NULL || tids == NULL) {
         fprintf(stderr, "lock-bench: cannot set up %d workers\n", run->conc);
         exit(1);
     }
     memset(res, 0, sizeof(*res));
-    for (int i = 0; i < run->conc; i++) {
-        workers[i].run = run;
-        workers[i].index = i;
-        worker_set_key(&workers[i]);
-        if (pthread_create(&workers[i].tid, NULL, worker_main, &workers[i]) != 0) {
-            fprintf(stderr, "lock-bench: cannot start worker thread %d\n", i);
-            exit(1);
-        }
-    }
-    /* Set before the barrier: the workers read them after it. */
+    n_threads = start_threads(run, workers, clients, tids);
+    /* Set before the barrier: the threads read them after it. */
     run->warm_end_ns = now_ns() + WARMUP_NS;
     run->end_ns = run->warm_end_ns + seconds * 1000000000LL;
     pthread_barrier_wait(&run->start);
@@ -435,8 +801,8 @@ run_scenario(bench_run_t *run, int64_t seconds, const int64_t pids[N_PROCS], ben
     cpu_snapshot(pids, cpu0);
     sleep_until_ns(run->end_ns);
     cpu_snapshot(pids, cpu1);
-    for (int i = 0; i < run->conc; i++) {
-        pthread_join(workers[i].tid, NULL);
+    for (int i = 0; i < n_threads; i++) {
+        pthread_join(tids[i], NULL);
     }
     pthread_barrier_destroy(&run->start);
     res->window_s = (double)seconds;
@@ -444,21 +810,25 @@ run_scenario(bench_run_t *run, int64_t seconds, const int64_t pids[N_PROCS], ben
     res->rate = (double)res->done / res->window_s;
     res->refused_rate = (double)res->refused / res->window_s;
     cpu_result(cpu0, cpu1, res);
+    free(tids);
+    free(clients);
     free(workers);
 }
 
-/* Sets up the scenario's client or store (pool_size = concurrency) and runs it. */
+/* Sets up the scenario's channel or store (pool_size = concurrency) and runs it. */
 static void
 bench_one(const bench_cfg_t *cfg, bench_mode_t mode, int conc, bench_result_t *res)
 {
-    bench_run_t run = {.mode = mode, .conc = conc, .run_id = cfg->run_id};
+    bench_run_t run = {.mode = mode,
+                       .conc = conc,
+                       .client_threads = (int)cfg->client_threads,
+                       .run_id = cfg->run_id};
     const int64_t pids[N_PROCS] = {0, cfg->lock_pid > 0 ? cfg->lock_pid : -1,
                                    cfg->redis_pid > 0 ? cfg->redis_pid : -1};
     svc_err_t err;
 
     if (mode == MODE_SVC_PAIR || mode == MODE_SVC_HANDOFF) {
-        run.client = cfg->client;
-        run.op = op_svc;
+        run.channel = cfg->channel; /* op stays NULL: the async client */
     } else {
         run.store = lock_store_create(cfg->redis_url, conc, &err);
         if (run.store == NULL) {
@@ -505,7 +875,7 @@ print_cpu_legend(void)
 static void
 print_pair_header(void)
 {
-    printf("\n== acquire + release on distinct keys (one key per thread, wait_ms 0, "
+    printf("\n== acquire + release on distinct keys (one key per caller, wait_ms 0, "
            "lease %d ms) ==\n",
            LEASE_MS);
     print_cpu_legend();
@@ -527,7 +897,7 @@ print_pair_row(const char *label, int conc, const bench_result_t *r)
 static void
 print_handoff_header(void)
 {
-    printf("\n== hand-off on one contended key (every thread: acquire, then release at once) "
+    printf("\n== hand-off on one contended key (every caller: acquire, then release at once) "
            "==\n");
     printf("lock-svc: wait_ms %d, waiters parked in FIFO order, p50/p99 of the acquire wait;\n",
            HANDOFF_WAIT_MS);
@@ -609,8 +979,12 @@ load_config(bench_cfg_t *cfg, int argc, char **argv)
         {"seconds", "BENCH_SECONDS", SVC_OPT_INT, "5",
          "measured seconds per scenario (after a 0.5 s warm-up)", 1, 3600, &cfg->seconds, 0},
         {"concurrency", "BENCH_CONCURRENCY", SVC_OPT_STRING, "1,16,64",
-         "threads per scenario, comma-separated; hand-off runs those >= 2", 0, 0, &cfg->conc_text,
-         1},
+         "callers per scenario, comma-separated (lock-svc: calls in flight; raw: threads); "
+         "hand-off runs those >= 2",
+         0, 0, &cfg->conc_text, 1},
+        {"client-threads", "BENCH_CLIENT_THREADS", SVC_OPT_INT, "0",
+         "async gRPC client threads for the lock-svc path (0: one per CPU, at most 2)", 0,
+         MAX_CLIENT_THREADS, &cfg->client_threads, 0},
         {"lock-pid", "LOCK_SVC_PID", SVC_OPT_INT, "0",
          "lock-svc's process id, to report its CPU time (0: not reported)", 0, 1 << 30,
          &cfg->lock_pid, 0},
@@ -631,17 +1005,40 @@ load_config(bench_cfg_t *cfg, int argc, char **argv)
                 MAX_CONC_LIST, MAX_CONC, cfg->conc_text);
         exit(2);
     }
+    if (cfg->client_threads == 0) {
+        long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+        cfg->client_threads = ncpu < 1                     ? 1
+                              : ncpu > AUTO_CLIENT_THREADS ? AUTO_CLIENT_THREADS
+                                                           : ncpu;
+    }
+}
+
+/* One pair through the async client on this thread; returns 0, or -1 with the failure counted in w.
+ */
+static int
+pair_once(bench_worker_t *w)
+{
+    bench_client_t c = {.workers = w, .first = 0, .stride = 1, .n_workers = 1};
+    int64_t done = w->done;
+
+    w->rpc.pairs = 0;
+    client_run(&c);
+    return w->done > done ? 0 : -1;
 }
 
 /* One pair each way before measuring, so a lock-svc or Redis that is not there stops us early. */
 static void
 check_reachable(const bench_cfg_t *cfg)
 {
-    bench_worker_t w = {0};
-    bench_run_t run = {.conc = 1, .run_id = cfg->run_id, .client = cfg->client};
+    bench_run_t run = {.conc = 1,
+                       .once = true,
+                       .run_id = cfg->run_id,
+                       .channel = cfg->channel,
+                       .warm_end_ns = 0,
+                       .end_ns = INT64_MAX};
+    bench_worker_t w = {.run = &run};
     int64_t sample;
 
-    w.run = &run;
     for (int mode = MODE_SVC_PAIR; mode <= MODE_RAW_PAIR; mode++) {
         run.mode = (bench_mode_t)mode;
         worker_set_key(&w);
@@ -652,19 +1049,21 @@ check_reachable(const bench_cfg_t *cfg)
         }
         /* The channel connects on first use: give lock-svc a few tries. */
         for (int i = 0; i < 20; i++) {
-            if ((mode == MODE_SVC_PAIR ? op_svc(&w, &sample) : op_raw_pair(&w, &sample)) == 0) {
+            if ((mode == MODE_SVC_PAIR ? pair_once(&w) : op_raw_pair(&w, &sample)) == 0) {
                 w.n_errors = 0;
                 break;
             }
             usleep(100000);
         }
         lock_store_destroy(run.store);
+        run.store = NULL;
         if (w.n_errors > 0) {
             fprintf(stderr, "lock-bench: warm-up pair %s failed: %s\n",
                     mode == MODE_SVC_PAIR ? "through lock-svc" : "over hiredis", w.first_err.msg);
             exit(1);
         }
     }
+    free(w.lat.v);
 }
 
 /* CPUs kept busy by the processes we could measure (this tool at least). */
@@ -738,26 +1137,27 @@ main(int argc, char **argv)
 {
     bench_cfg_t cfg = {0};
     char token[LOCK_TOKEN_LEN + 1];
-    svc_err_t err;
 
     load_config(&cfg, argc, argv);
     svc_log_init("lock-bench", SVC_LOG_WARN);
     lock_store_new_token(token);
     snprintf(cfg.run_id, sizeof(cfg.run_id), "%.8s", token);
-    cfg.client = svc_client_get(cfg.lock_addr, &err);
-    if (cfg.client == NULL) {
-        fprintf(stderr, "lock-bench: %s\n", err.msg);
-        return 2;
-    }
+    grpc_init();
+    cfg.channel = bench_channel_create(cfg.lock_addr);
     printf("lock-bench: lock-svc %s, redis %s, run %s\n", cfg.lock_addr, cfg.redis_url, cfg.run_id);
     printf("each scenario: %.1f s warm-up, then %" PRId64 " s measured; a pair counts when it "
            "starts and ends inside the window and both calls succeed; errors count the whole "
            "scenario\n",
            (double)WARMUP_NS / 1e9, cfg.seconds);
+    printf("lock-svc path: %" PRId64 " async client thread(s) on gRPC C core (one completion "
+           "queue each, never more than conc) keep conc calls in flight on one channel; "
+           "raw path: conc threads, one blocking hiredis connection each\n",
+           cfg.client_threads);
     fflush(stdout);
     check_reachable(&cfg);
     bench_pairs(&cfg);
     bench_handoff(&cfg);
-    svc_client_release_all();
+    grpc_channel_destroy(cfg.channel);
+    grpc_shutdown_blocking();
     return 0;
 }
