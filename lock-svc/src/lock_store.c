@@ -156,7 +156,7 @@ parse_endpoint(const char *text, size_t len, endpoint_t *ep)
     if (errno != 0 || *end != '\0' || port < 1 || port > 65535 || strlen(buf) >= sizeof(ep->host)) {
         return -1;
     }
-    snprintf(ep->host, sizeof(ep->host), "%s", buf);
+    memcpy(ep->host, buf, strlen(buf) + 1); /* fits: checked above */
     ep->port = (int)port;
     return 0;
 }

@@ -47,7 +47,7 @@ testenv__pg_bindir(char *out, size_t len)
             snprintf(probe, sizeof(probe), "/usr/lib/postgresql/%s/bin/postgres", e->d_name);
             if (e->d_name[0] != '.' && strlen(e->d_name) < sizeof(best) &&
                 access(probe, X_OK) == 0 && strverscmp(e->d_name, best) > 0) {
-                snprintf(best, sizeof(best), "%s", e->d_name);
+                memcpy(best, e->d_name, strlen(e->d_name) + 1); /* fits: checked above */
             }
         }
         closedir(d);
