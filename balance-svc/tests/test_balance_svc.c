@@ -481,6 +481,35 @@ test_postgres_restart_mid_storm(void **state)
     free(s.ops);
 }
 
+/* lock-svc down: balance-svc refuses (fail closed) rather than write without the lock. */
+static void
+test_lock_svc_down_fails_closed(void **state)
+{
+    int64_t user = new_user();
+    op_t op = {.kind = 1, .user = user, .amount = 5};
+
+    (void)state;
+    top_up(user, 10, "before");
+    assert_int_equal(testenv_proc_kill(&lock_proc), 0);
+    snprintf(op.key, sizeof(op.key), "%s", "while-lock-svc-is-down");
+    run_op(&op);
+    assert_int_equal(op.rc, -1);
+    assert_int_equal(op.err.code, SVC_UNAVAILABLE);
+    assert_int_equal(query_user("SELECT balance FROM accounts WHERE user_id =", user), 10);
+    assert_int_equal(testenv_proc_restart(&lock_proc), 0);
+    /* Back by itself, and the refused call can simply be retried. */
+    for (int i = 0; i < 100; i++) {
+        run_op(&op);
+        if (op.rc == 0) {
+            break;
+        }
+        sleep_ms(50);
+    }
+    assert_int_equal(op.rc, 0);
+    assert_int_equal(op.balance, 15);
+    assert_int_equal(ledger_mismatches(), 0);
+}
+
 /* ---------- setup ---------- */
 
 static int
@@ -538,6 +567,7 @@ main(int argc, char **argv)
         cmocka_unit_test(test_spend_storm),
         cmocka_unit_test(test_two_instances_share_the_storms),
         cmocka_unit_test(test_postgres_restart_mid_storm),
+        cmocka_unit_test(test_lock_svc_down_fails_closed),
     };
 
     if (argc < 3) {

@@ -462,6 +462,45 @@ test_invalid_arguments(void **state)
     svc_arena_destroy(arena);
 }
 
+/* ---------- the scoped helper of the lock client ---------- */
+
+static int
+inside_lock(const svc_lock_t *lock, void *arg, svc_err_t *err)
+{
+    Lock__V1__GetLockResponse info;
+    int *result = arg;
+
+    /* While fn runs, the lock is held with the fence it was given. */
+    if (get_lock(0, lock->key, &info, err) != 0 || !info.held || info.fence != lock->fence) {
+        *result = -2;
+        return -1;
+    }
+    if (*result == 1) {
+        svc_err_set(err, SVC_FAILED_PRECONDITION, "fn failed on purpose");
+        return -1;
+    }
+    return 0;
+}
+
+static void
+test_scoped_lock_always_releases(void **state)
+{
+    svc_lock_opts_t opts = {.owner = "scoped", .lease_ms = 30000, .wait_ms = 1000};
+    Lock__V1__GetLockResponse info;
+    svc_err_t err;
+    int result = 0;
+
+    (void)state;
+    assert_int_equal(svc_lock_with(client[0], "scoped:key", &opts, inside_lock, &result, &err), 0);
+    assert_int_equal(get_lock(0, "scoped:key", &info, &err), 0);
+    assert_false(info.held);
+    result = 1; /* fn fails: its error comes back, and the lock is released all the same */
+    assert_int_equal(svc_lock_with(client[0], "scoped:key", &opts, inside_lock, &result, &err), -1);
+    assert_int_equal(err.code, SVC_FAILED_PRECONDITION);
+    assert_int_equal(get_lock(0, "scoped:key", &info, &err), 0);
+    assert_false(info.held);
+}
+
 /* ---------- Redis dies ---------- */
 
 static void
@@ -530,6 +569,7 @@ main(int argc, char **argv)
         cmocka_unit_test(test_fifo_on_one_instance),
         cmocka_unit_test(test_release_on_one_instance_wakes_waiter_on_other),
         cmocka_unit_test(test_waiter_woken_by_lease_expiry),
+        cmocka_unit_test(test_scoped_lock_always_releases),
         cmocka_unit_test(test_storm_one_instance),
         cmocka_unit_test(test_storm_two_instances),
         cmocka_unit_test(test_redis_down_then_back_empty),
