@@ -492,6 +492,11 @@ first_try_done(const lock_store_result_t *res, const svc_err_t *err, void *arg)
 
     if (err->code != SVC_OK) {
         svc_call_fail(ctx->call, err);
+    } else if (res->acquire.granted && svc_call_cancelled(ctx->call)) {
+        /* The client is gone: give the lock back instead of leaving it to its lease. */
+        lock_store_release_async(ctx->svc->store, ctx->req->key, ctx->token, false, NULL, NULL);
+        svc_err_set(&refused, SVC_CANCELLED, "cancelled");
+        svc_call_fail(ctx->call, &refused);
     } else if (res->acquire.granted) {
         reply_granted(ctx->call, ctx->token, res->acquire.fence, svc_now_unix_ms() + ctx->lease_ms);
     } else if (ctx->req->wait_ms == 0) {
