@@ -1,0 +1,134 @@
+/*
+ * main.c: reservation-svc. Reads the configuration, applies the migrations,
+ * wires the database pool, the lock-svc client and the service to the gRPC
+ * server, runs until SIGTERM/SIGINT, shuts down.
+ */
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "reservation_service.h"
+#include "svc/client.h"
+#include "svc/config.h"
+#include "svc/log.h"
+#include "svc/pg.h"
+#include "svc/server.h"
+
+extern const unsigned char reservation_descriptor_set[];
+extern const size_t reservation_descriptor_set_len;
+extern const svc_migration_t reservation_migrations[];
+extern const int reservation_migrations_count;
+
+#define MIGRATE_PATIENCE_S 60
+
+/* The database may still be starting: try for a minute before giving up. */
+static int
+migrate(svc_pg_pool_t *db, svc_err_t *err)
+{
+    for (int i = 0; i < MIGRATE_PATIENCE_S; i++) {
+        if (svc_pg_migrate(db, reservation_migrations, reservation_migrations_count, err) == 0) {
+            return 0;
+        }
+        if (err->code != SVC_UNAVAILABLE) {
+            return -1;
+        }
+        if (i == 0) {
+            svc_logf(SVC_LOG_WARN, "database not reachable yet, retrying: %s", err->msg);
+        }
+        struct timespec ts = {1, 0};
+        nanosleep(&ts, NULL);
+    }
+    return -1;
+}
+
+int
+main(int argc, char **argv)
+{
+    const char *listen_addr = NULL, *database_url = NULL, *lock_addr = NULL, *balance_addr = NULL;
+    int64_t workers = 0, max_workers = 0, grace_ms = 0, db_pool = 0, stmt_timeout = 0;
+    reservation_opts_t ropts = {0};
+    svc_log_level_t log_level = SVC_LOG_INFO;
+    svc_opt_t opts[] = {
+        {"listen-addr", "LISTEN_ADDR", SVC_OPT_STRING, "127.0.0.1:50053", "address to serve on", 0,
+         0, &listen_addr, 1},
+        {"database-url", "DATABASE_URL", SVC_OPT_STRING,
+         "postgresql://postgres@127.0.0.1:55432/reservation", "libpq conninfo or URI", 0, 0,
+         &database_url, 1},
+        {"lock-svc-addr", "LOCK_SVC_ADDR", SVC_OPT_STRING, "127.0.0.1:50051",
+         "lock-svc target (host:port, or several comma-separated)", 0, 0, &lock_addr, 1},
+        {"balance-svc-addr", "BALANCE_SVC_ADDR", SVC_OPT_STRING, "127.0.0.1:50052",
+         "balance-svc target (payments)", 0, 0, &balance_addr, 1},
+        {"admin-token", "ADMIN_TOKEN", SVC_OPT_STRING, NULL,
+         "secret for CreateConcert (authorization: Bearer <token>)", 0, 0, &ropts.admin_token, 1},
+        {"hold-ttl-ms", "HOLD_TTL_MS", SVC_OPT_INT, "300000", "how long a hold lasts", 100,
+         86400000, &ropts.hold_ttl_ms, 0},
+        {"sweep-ms", "SWEEP_MS", SVC_OPT_INT, "1000", "how often expired holds are swept", 10,
+         600000, &ropts.sweep_ms, 0},
+        {"lock-wait-ms", "LOCK_WAIT_MS", SVC_OPT_INT, "2000", "how long to wait for a seat's lock",
+         0, 60000, &ropts.lock_wait_ms, 0},
+        {"lock-lease-ms", "LOCK_LEASE_MS", SVC_OPT_INT, "10000", "lease of a seat's lock", 100,
+         300000, &ropts.lock_lease_ms, 0},
+        {"db-pool", "DB_POOL", SVC_OPT_INT, "16", "database connections at most", 1, 1000, &db_pool,
+         0},
+        {"statement-timeout-ms", "STATEMENT_TIMEOUT_MS", SVC_OPT_INT, "5000",
+         "longest a statement may run", 10, 600000, &stmt_timeout, 0},
+        SVC_OPTS_RUNTIME(&workers, &max_workers, &grace_ms, &log_level),
+    };
+    svc_server_opts_t sopts = {0};
+    svc_pg_opts_t dbopts = {0};
+    svc_server_t *server = NULL;
+    reservation_service_t *svc = NULL;
+    svc_client_t *lock_svc;
+    svc_pg_pool_t *db;
+    svc_err_t err;
+    int rc = 1;
+
+    svc_config_load_or_exit(opts, (int)(sizeof(opts) / sizeof(opts[0])), argc, argv,
+                            "reservation-svc: concerts, seat holds that expire, payments "
+                            "(reservation.v1.ReservationService)");
+    svc_log_init("reservation-svc", log_level);
+    svc_server_block_signals();
+    dbopts.conninfo = database_url;
+    dbopts.size = (int)db_pool;
+    dbopts.statement_timeout_ms = (int)stmt_timeout;
+    db = svc_pg_pool_create(&dbopts, &err);
+    lock_svc = db != NULL ? svc_client_get(lock_addr, &err) : NULL;
+    if (db == NULL || lock_svc == NULL) {
+        fprintf(stderr, "%s: %s\n", argv[0], err.msg);
+        svc_pg_pool_destroy(db);
+        return 2;
+    }
+    if (migrate(db, &err) != 0) {
+        svc_log_kv(SVC_LOG_ERROR, "migrations failed", "error", err.msg, NULL);
+        svc_pg_pool_destroy(db);
+        return 1;
+    }
+    (void)balance_addr; /* payments: next step */
+    sopts.service_name = "reservation-svc";
+    sopts.listen_addr = listen_addr;
+    sopts.workers = (int)workers;
+    sopts.max_workers = (int)max_workers;
+    sopts.grace_ms = (int)grace_ms;
+    sopts.descriptors = reservation_descriptor_set;
+    sopts.descriptors_len = reservation_descriptor_set_len;
+    server = svc_server_create(&sopts, &err);
+    if (server == NULL ||
+        (svc = reservation_service_create(server, db, lock_svc, &ropts, &err)) == NULL ||
+        reservation_service_register(svc, &err) != 0 || svc_server_start(server, &err) != 0) {
+        svc_log_kv(SVC_LOG_ERROR, "cannot start", "error", err.msg, NULL);
+        goto out;
+    }
+    svc_log_kv(SVC_LOG_INFO, "reservation-svc ready", "lock_svc", lock_addr, NULL);
+    svc_server_wait_for_signal(server);
+    rc = 0;
+out:
+    if (server != NULL) {
+        svc_server_shutdown(server);
+    }
+    reservation_service_destroy(svc);
+    svc_server_destroy(server);
+    svc_pg_pool_destroy(db);
+    svc_client_release_all();
+    return rc;
+}

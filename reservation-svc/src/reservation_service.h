@@ -1,0 +1,32 @@
+/*
+ * reservation_service.h: reservation.v1.ReservationService handlers and the
+ * hold sweeper. Transport and domain; SQL lives in reservation_store.
+ */
+#ifndef RESERVATION_SERVICE_H
+#define RESERVATION_SERVICE_H
+
+#include <stdint.h>
+
+#include "svc/client.h"
+#include "svc/pg.h"
+#include "svc/server.h"
+
+typedef struct reservation_service reservation_service_t;
+
+typedef struct {
+    const char *admin_token; /* CreateConcert needs "authorization: Bearer <admin_token>" */
+    int64_t hold_ttl_ms;     /* how long a hold lasts */
+    int64_t lock_wait_ms;    /* how long to wait for a seat's lock token */
+    int64_t lock_lease_ms;
+    int64_t sweep_ms; /* how often the sweeper looks for expired holds */
+} reservation_opts_t;
+
+/* Starts the sweeper. Takes no ownership: server, db and lock_svc must outlive it. */
+reservation_service_t *reservation_service_create(svc_server_t *server, svc_pg_pool_t *db,
+                                                  svc_client_t *lock_svc,
+                                                  const reservation_opts_t *opts, svc_err_t *err);
+int reservation_service_register(reservation_service_t *svc, svc_err_t *err);
+/* Stops the sweeper and frees. NULL is a no-op. */
+void reservation_service_destroy(reservation_service_t *svc);
+
+#endif

@@ -1,0 +1,592 @@
+/*
+ * reservation_store.c: the SQL of reservation-svc. Every statement uses
+ * parameters. Seats are locked in ascending order inside the transaction as
+ * they are with lock-svc outside it, and the partial unique index on live
+ * reservation seats is the last net under both.
+ */
+#define _GNU_SOURCE
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "reservation_store.h"
+
+#define I64(buf, v) snprintf((buf), sizeof(buf), "%" PRId64, (int64_t)(v))
+
+static int64_t
+get_i64(const PGresult *res, int row, int col)
+{
+    return strtoll(PQgetvalue(res, row, col), NULL, 10);
+}
+
+static PGresult *
+exec(PGconn *conn, const char *sql, int n, const char *const *params, ExecStatusType want,
+     const char *what, svc_err_t *err)
+{
+    PGresult *res = PQexecParams(conn, sql, n, NULL, params, NULL, NULL, 0);
+
+    if (res == NULL || PQresultStatus(res) != want) {
+        svc_pg_error(conn, res, err, what);
+        PQclear(res);
+        return NULL;
+    }
+    return res;
+}
+
+/* "{1,2,3}": a parameter value for int[] (numbers we validated, not request text). */
+static void
+int_array(char *buf, size_t len, const int32_t *v, int n)
+{
+    size_t off = 0;
+
+    off += (size_t)snprintf(buf, len, "{");
+    for (int i = 0; i < n && off < len; i++) {
+        off += (size_t)snprintf(buf + off, len - off, "%s%d", i ? "," : "", (int)v[i]);
+    }
+    if (off < len) {
+        snprintf(buf + off, len - off, "}");
+    }
+}
+
+/* ---------- concerts ---------- */
+
+typedef struct {
+    const char *title;
+    const rsv_schedule_spec_t *specs;
+    int n_specs;
+    svc_arena_t *arena;
+    rsv_concert_t *out;
+} create_ctx_t;
+
+static int
+create_tx(PGconn *conn, void *arg, svc_err_t *err)
+{
+    create_ctx_t *c = arg;
+    const char *p1[] = {c->title};
+    PGresult *res = exec(conn, "INSERT INTO concerts (title) VALUES ($1) RETURNING id", 1, p1,
+                         PGRES_TUPLES_OK, "create concert", err);
+
+    if (res == NULL) {
+        return -1;
+    }
+    c->out->id = get_i64(res, 0, 0);
+    PQclear(res);
+    c->out->title = (char *)c->title;
+    c->out->n_schedules = 0;
+    for (int i = 0; i < c->n_specs; i++) {
+        char concert[24], starts[24], count[16], price[24];
+        const char *p[] = {concert, starts, count, price};
+        rsv_schedule_t *s = &c->out->schedules[i];
+        I64(concert, c->out->id);
+        I64(starts, c->specs[i].starts_at_ms);
+        I64(count, c->specs[i].seat_count);
+        I64(price, c->specs[i].seat_price);
+        res =
+            exec(conn,
+                 "WITH s AS (INSERT INTO schedules (concert_id, starts_at_ms, seat_count,"
+                 " seat_price) VALUES ($1, $2, $3, $4) RETURNING id)"
+                 " INSERT INTO seats (schedule_id, number, price)"
+                 " SELECT s.id, g, $4 FROM s, generate_series(1, $3::int) g RETURNING schedule_id",
+                 4, p, PGRES_TUPLES_OK, "create schedule", err);
+        if (res == NULL) {
+            return -1;
+        }
+        s->id = get_i64(res, 0, 0);
+        s->concert_id = c->out->id;
+        s->starts_at_ms = c->specs[i].starts_at_ms;
+        s->seat_count = s->available = c->specs[i].seat_count;
+        c->out->n_schedules++;
+        PQclear(res);
+    }
+    return 0;
+}
+
+int
+rsv_store_create_concert(svc_pg_pool_t *db, const char *title, const rsv_schedule_spec_t *specs,
+                         int n_specs, int64_t deadline_ms, svc_arena_t *arena, rsv_concert_t *out,
+                         svc_err_t *err)
+{
+    create_ctx_t c = {title, specs, n_specs, arena, out};
+
+    out->schedules = svc_arena_alloc(arena, (size_t)n_specs * sizeof(*out->schedules));
+    if (out->schedules == NULL) {
+        svc_err_set(err, SVC_RESOURCE_EXHAUSTED, "out of memory");
+        return -1;
+    }
+    return svc_pg_tx(db, deadline_ms, create_tx, &c, err);
+}
+
+int
+rsv_store_list_concerts(svc_pg_pool_t *db, int64_t now_ms, int64_t deadline_ms, svc_arena_t *arena,
+                        rsv_concert_t **out, int *n_out, svc_err_t *err)
+{
+    char now[24];
+    const char *p[] = {now};
+    PGconn *conn = svc_pg_acquire(db, deadline_ms, err);
+    PGresult *cres, *sres;
+    int n_c, n_s, j = 0;
+
+    *out = NULL;
+    *n_out = 0;
+    if (conn == NULL) {
+        return -1;
+    }
+    I64(now, now_ms);
+    cres = exec(conn, "SELECT id, title FROM concerts ORDER BY id", 0, NULL, PGRES_TUPLES_OK,
+                "list concerts", err);
+    sres = cres == NULL ? NULL
+                        : exec(conn,
+                               "SELECT s.id, s.concert_id, s.starts_at_ms, s.seat_count,"
+                               " (SELECT count(*) FROM seats x WHERE x.schedule_id = s.id AND"
+                               " (x.status = 1 OR (x.status = 2 AND x.hold_expires_at_ms <= $1)))"
+                               " FROM schedules s ORDER BY s.concert_id, s.id",
+                               1, p, PGRES_TUPLES_OK, "list schedules", err);
+    svc_pg_release(db, conn, sres == NULL && err->code == SVC_UNAVAILABLE);
+    if (sres == NULL) {
+        PQclear(cres);
+        return -1;
+    }
+    n_c = PQntuples(cres);
+    n_s = PQntuples(sres);
+    *out = svc_arena_alloc(arena, (size_t)(n_c + 1) * sizeof(**out));
+    rsv_schedule_t *all = svc_arena_alloc(arena, (size_t)(n_s + 1) * sizeof(*all));
+    for (int i = 0; *out != NULL && all != NULL && i < n_c; i++) {
+        rsv_concert_t *c = &(*out)[i];
+        c->id = get_i64(cres, i, 0);
+        c->title = svc_arena_strdup(arena, PQgetvalue(cres, i, 1));
+        c->schedules = &all[j];
+        while (j < n_s && get_i64(sres, j, 1) == c->id) { /* both ordered by concert */
+            rsv_schedule_t *s = &all[j++];
+            s->id = get_i64(sres, j - 1, 0);
+            s->concert_id = c->id;
+            s->starts_at_ms = get_i64(sres, j - 1, 2);
+            s->seat_count = (int32_t)get_i64(sres, j - 1, 3);
+            s->available = (int32_t)get_i64(sres, j - 1, 4);
+            c->n_schedules++;
+        }
+    }
+    PQclear(cres);
+    PQclear(sres);
+    if (*out == NULL || all == NULL) {
+        svc_err_set(err, SVC_RESOURCE_EXHAUSTED, "out of memory");
+        return -1;
+    }
+    *n_out = n_c;
+    return 0;
+}
+
+/* ---------- seats ---------- */
+
+static int
+seat_status(const PGresult *res, int row, int col_status, int col_expiry, int64_t now_ms)
+{
+    int status = (int)get_i64(res, row, col_status);
+
+    if (status == RSV_SEAT_HELD && get_i64(res, row, col_expiry) <= now_ms) {
+        return RSV_SEAT_AVAILABLE; /* an expired hold is free at once, swept or not */
+    }
+    return status;
+}
+
+int
+rsv_store_list_seats(svc_pg_pool_t *db, int64_t schedule_id, int64_t now_ms, int64_t deadline_ms,
+                     svc_arena_t *arena, rsv_seat_t **out, int *n_out, svc_err_t *err)
+{
+    char sched[24];
+    const char *p[] = {sched};
+    PGconn *conn = svc_pg_acquire(db, deadline_ms, err);
+    PGresult *res;
+    int n;
+
+    *out = NULL;
+    *n_out = 0;
+    if (conn == NULL) {
+        return -1;
+    }
+    I64(sched, schedule_id);
+    res = exec(conn,
+               "SELECT number, price, status, coalesce(hold_expires_at_ms, 0) FROM seats"
+               " WHERE schedule_id = $1 ORDER BY number",
+               1, p, PGRES_TUPLES_OK, "list seats", err);
+    svc_pg_release(db, conn, res == NULL && err->code == SVC_UNAVAILABLE);
+    if (res == NULL) {
+        return -1;
+    }
+    n = PQntuples(res);
+    if (n == 0) {
+        PQclear(res);
+        svc_err_set(err, SVC_NOT_FOUND, "schedule %" PRId64 " not found", schedule_id);
+        return -1;
+    }
+    *out = svc_arena_alloc(arena, (size_t)n * sizeof(**out));
+    for (int i = 0; *out != NULL && i < n; i++) {
+        (*out)[i].number = (int32_t)get_i64(res, i, 0);
+        (*out)[i].price = get_i64(res, i, 1);
+        (*out)[i].status = seat_status(res, i, 2, 3, now_ms);
+    }
+    PQclear(res);
+    if (*out == NULL) {
+        svc_err_set(err, SVC_RESOURCE_EXHAUSTED, "out of memory");
+        return -1;
+    }
+    *n_out = n;
+    return 0;
+}
+
+/*
+ * Checks the seats of a result (number, status, expiry; ordered by number)
+ * against the wanted ones: returns 0 when all exist and are free.
+ */
+static int
+check_seats(const PGresult *res, int64_t schedule_id, const int32_t *seats, int n, int64_t now_ms,
+            svc_err_t *err)
+{
+    int rows = PQntuples(res);
+
+    if (rows != n) {
+        for (int i = 0, r = 0; i < n; i++) { /* name the first missing one */
+            if (r < rows && get_i64(res, r, 0) == seats[i]) {
+                r++;
+                continue;
+            }
+            svc_err_set(err, SVC_INVALID_ARGUMENT, "seat %d does not exist in schedule %" PRId64,
+                        (int)seats[i], schedule_id);
+            return -1;
+        }
+    }
+    for (int r = 0; r < rows; r++) {
+        if (seat_status(res, r, 1, 2, now_ms) != RSV_SEAT_AVAILABLE) {
+            svc_err_set(err, SVC_FAILED_PRECONDITION,
+                        "seat %d of schedule %" PRId64 " is not available", (int)get_i64(res, r, 0),
+                        schedule_id);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int
+rsv_store_precheck(svc_pg_pool_t *db, int64_t schedule_id, const int32_t *seats, int n,
+                   int64_t now_ms, int64_t deadline_ms, svc_err_t *err)
+{
+    char sched[24], list[128];
+    const char *p[] = {sched, list};
+    PGconn *conn = svc_pg_acquire(db, deadline_ms, err);
+    PGresult *res, *exists;
+    int rc;
+
+    if (conn == NULL) {
+        return -1;
+    }
+    I64(sched, schedule_id);
+    int_array(list, sizeof(list), seats, n);
+    exists = exec(conn, "SELECT 1 FROM schedules WHERE id = $1", 1, p, PGRES_TUPLES_OK,
+                  "read schedule", err);
+    res = exists == NULL
+              ? NULL
+              : exec(conn,
+                     "SELECT number, status, coalesce(hold_expires_at_ms, 0) FROM seats"
+                     " WHERE schedule_id = $1 AND number = ANY($2::int[]) ORDER BY number",
+                     2, p, PGRES_TUPLES_OK, "read seats", err);
+    svc_pg_release(db, conn, res == NULL && err->code == SVC_UNAVAILABLE);
+    if (res == NULL) {
+        PQclear(exists);
+        return -1;
+    }
+    if (PQntuples(exists) == 0) {
+        svc_err_set(err, SVC_NOT_FOUND, "schedule %" PRId64 " not found", schedule_id);
+        rc = -1;
+    } else {
+        rc = check_seats(res, schedule_id, seats, n, now_ms, err);
+    }
+    PQclear(exists);
+    PQclear(res);
+    return rc;
+}
+
+/* ---------- holds ---------- */
+
+typedef struct {
+    int64_t user_id, schedule_id, now_ms, ttl_ms;
+    const int32_t *seats;
+    const int64_t *fences;
+    int n;
+    rsv_reservation_t *out;
+} hold_ctx_t;
+
+/* Marks the expired holds that still own some of these seats EXPIRED, and frees their seats. */
+static int
+expire_old_holds(PGconn *conn, const char *sched, const char *list, const char *now, svc_err_t *err)
+{
+    const char *p[] = {sched, list, now};
+    PGresult *res = exec(
+        conn,
+        "WITH old AS (SELECT DISTINCT hold_reservation_id AS id FROM seats WHERE schedule_id = $1"
+        " AND number = ANY($2::int[]) AND status = 2 AND hold_expires_at_ms <= $3),"
+        " r AS (UPDATE reservations SET status = 4, updated_at = now()"
+        " WHERE id IN (SELECT id FROM old) AND status = 1 RETURNING id),"
+        " rs AS (UPDATE reservation_seats SET live = false WHERE reservation_id IN (SELECT id FROM "
+        "old))"
+        " UPDATE seats SET status = 1, hold_reservation_id = NULL, hold_user_id = NULL,"
+        " hold_expires_at_ms = NULL WHERE status = 2 AND hold_reservation_id IN (SELECT id FROM "
+        "old)",
+        3, p, PGRES_COMMAND_OK, "expire old holds", err);
+
+    PQclear(res);
+    return res == NULL ? -1 : 0;
+}
+
+static int
+hold_tx(PGconn *conn, void *arg, svc_err_t *err)
+{
+    hold_ctx_t *h = arg;
+    char sched[24], list[128], now[24], user[24], expires[24], rid[24];
+    const char *p[] = {sched, list, now};
+    int64_t amount = 0;
+    PGresult *res;
+
+    I64(sched, h->schedule_id);
+    I64(now, h->now_ms);
+    I64(user, h->user_id);
+    I64(expires, h->now_ms + h->ttl_ms);
+    int_array(list, sizeof(list), h->seats, h->n);
+    res =
+        exec(conn,
+             "SELECT number, status, coalesce(hold_expires_at_ms, 0), last_fence, price FROM seats"
+             " WHERE schedule_id = $1 AND number = ANY($2::int[]) ORDER BY number FOR UPDATE",
+             2, p, PGRES_TUPLES_OK, "lock seats", err);
+    if (res == NULL) {
+        return -1;
+    }
+    if (check_seats(res, h->schedule_id, h->seats, h->n, h->now_ms, err) != 0) {
+        PQclear(res);
+        return -1;
+    }
+    for (int i = 0; i < h->n; i++) {
+        if (get_i64(res, i, 3) > h->fences[i]) {
+            svc_err_set(err, SVC_ABORTED, "lock on seat %d was lost", (int)h->seats[i]);
+            PQclear(res);
+            return -1;
+        }
+        amount += get_i64(res, i, 4);
+    }
+    PQclear(res);
+    if (expire_old_holds(conn, sched, list, now, err) != 0) {
+        return -1;
+    }
+    char amt[24];
+    I64(amt, amount);
+    const char *pr[] = {user, sched, amt, expires};
+    res = exec(conn,
+               "INSERT INTO reservations (user_id, schedule_id, status, amount, expires_at_ms)"
+               " VALUES ($1, $2, 1, $3, $4)"
+               " RETURNING id, (extract(epoch FROM created_at) * 1000)::bigint",
+               4, pr, PGRES_TUPLES_OK, "write reservation", err);
+    if (res == NULL) {
+        return -1;
+    }
+    h->out->id = get_i64(res, 0, 0);
+    h->out->created_at_ms = get_i64(res, 0, 1);
+    PQclear(res);
+    I64(rid, h->out->id);
+    for (int i = 0; i < h->n; i++) {
+        char number[16], fence[24];
+        const char *ps[] = {rid, sched, number, user, expires, fence};
+        I64(number, h->seats[i]);
+        I64(fence, h->fences[i]);
+        res =
+            exec(conn,
+                 "WITH rs AS (INSERT INTO reservation_seats (reservation_id, schedule_id, number)"
+                 " VALUES ($1, $2, $3))"
+                 " UPDATE seats SET status = 2, hold_reservation_id = $1, hold_user_id = $4,"
+                 " hold_expires_at_ms = $5, last_fence = $6 WHERE schedule_id = $2 AND number = $3",
+                 6, ps, PGRES_COMMAND_OK, "hold seat", err);
+        if (res == NULL) {
+            return -1;
+        }
+        PQclear(res);
+    }
+    h->out->user_id = h->user_id;
+    h->out->schedule_id = h->schedule_id;
+    h->out->status = RSV_HELD;
+    h->out->amount = amount;
+    h->out->expires_at_ms = h->now_ms + h->ttl_ms;
+    return 0;
+}
+
+int
+rsv_store_hold(svc_pg_pool_t *db, int64_t user_id, int64_t schedule_id, const int32_t *seats,
+               const int64_t *fences, int n, int64_t now_ms, int64_t ttl_ms, int64_t deadline_ms,
+               svc_arena_t *arena, rsv_reservation_t *out, svc_err_t *err)
+{
+    hold_ctx_t h = {user_id, schedule_id, now_ms, ttl_ms, seats, fences, n, out};
+
+    out->seats = svc_arena_alloc(arena, (size_t)n * sizeof(*out->seats));
+    if (out->seats == NULL) {
+        svc_err_set(err, SVC_RESOURCE_EXHAUSTED, "out of memory");
+        return -1;
+    }
+    memcpy(out->seats, seats, (size_t)n * sizeof(*seats));
+    out->n_seats = n;
+    return svc_pg_tx(db, deadline_ms, hold_tx, &h, err);
+}
+
+/* ---------- reading, cancelling, sweeping ---------- */
+
+/* Reads reservation id (optionally FOR UPDATE) with its seats into out. */
+static int
+read_reservation(PGconn *conn, int64_t id, int64_t now_ms, bool for_update, svc_arena_t *arena,
+                 rsv_reservation_t *out, svc_err_t *err)
+{
+    char rid[24];
+    const char *p[] = {rid};
+    PGresult *res, *seats;
+
+    I64(rid, id);
+    res = exec(conn,
+               for_update ? "SELECT user_id, schedule_id, status, amount, expires_at_ms,"
+                            " (extract(epoch FROM created_at) * 1000)::bigint FROM reservations"
+                            " WHERE id = $1 FOR UPDATE"
+                          : "SELECT user_id, schedule_id, status, amount, expires_at_ms,"
+                            " (extract(epoch FROM created_at) * 1000)::bigint FROM reservations"
+                            " WHERE id = $1",
+               1, p, PGRES_TUPLES_OK, "read reservation", err);
+    if (res == NULL) {
+        return -1;
+    }
+    if (PQntuples(res) == 0) {
+        PQclear(res);
+        svc_err_set(err, SVC_NOT_FOUND, "reservation %" PRId64 " not found", id);
+        return -1;
+    }
+    out->id = id;
+    out->user_id = get_i64(res, 0, 0);
+    out->schedule_id = get_i64(res, 0, 1);
+    out->status = (int)get_i64(res, 0, 2);
+    out->amount = get_i64(res, 0, 3);
+    out->expires_at_ms = get_i64(res, 0, 4);
+    out->created_at_ms = get_i64(res, 0, 5);
+    if (out->status == RSV_HELD && out->expires_at_ms <= now_ms) {
+        out->status = RSV_EXPIRED;
+    }
+    PQclear(res);
+    seats =
+        exec(conn, "SELECT number FROM reservation_seats WHERE reservation_id = $1 ORDER BY number",
+             1, p, PGRES_TUPLES_OK, "read reservation seats", err);
+    if (seats == NULL) {
+        return -1;
+    }
+    out->n_seats = PQntuples(seats);
+    out->seats = svc_arena_alloc(arena, (size_t)(out->n_seats + 1) * sizeof(*out->seats));
+    for (int i = 0; out->seats != NULL && i < out->n_seats; i++) {
+        out->seats[i] = (int32_t)get_i64(seats, i, 0);
+    }
+    PQclear(seats);
+    return 0;
+}
+
+typedef struct {
+    int64_t id, user_id, now_ms;
+    svc_arena_t *arena;
+    rsv_reservation_t *out;
+} cancel_ctx_t;
+
+static int
+cancel_tx(PGconn *conn, void *arg, svc_err_t *err)
+{
+    cancel_ctx_t *c = arg;
+    char rid[24];
+    const char *p[] = {rid};
+    PGresult *res;
+
+    if (read_reservation(conn, c->id, c->now_ms, true, c->arena, c->out, err) != 0) {
+        return -1;
+    }
+    if (c->out->user_id != c->user_id) {
+        svc_err_set(err, SVC_PERMISSION_DENIED, "reservation %" PRId64 " is not yours", c->id);
+        return -1;
+    }
+    if (c->out->status != RSV_HELD) {
+        svc_err_set(err, SVC_FAILED_PRECONDITION, "reservation %" PRId64 " is not held", c->id);
+        return -1;
+    }
+    I64(rid, c->id);
+    res = exec(conn,
+               "WITH r AS (UPDATE reservations SET status = 3, updated_at = now() WHERE id = $1),"
+               " rs AS (UPDATE reservation_seats SET live = false WHERE reservation_id = $1)"
+               " UPDATE seats SET status = 1, hold_reservation_id = NULL, hold_user_id = NULL,"
+               " hold_expires_at_ms = NULL WHERE status = 2 AND hold_reservation_id = $1",
+               1, p, PGRES_COMMAND_OK, "cancel reservation", err);
+    if (res == NULL) {
+        return -1;
+    }
+    PQclear(res);
+    c->out->status = RSV_CANCELLED;
+    return 0;
+}
+
+int
+rsv_store_cancel(svc_pg_pool_t *db, int64_t reservation_id, int64_t user_id, int64_t now_ms,
+                 int64_t deadline_ms, svc_arena_t *arena, rsv_reservation_t *out, svc_err_t *err)
+{
+    cancel_ctx_t c = {reservation_id, user_id, now_ms, arena, out};
+
+    return svc_pg_tx(db, deadline_ms, cancel_tx, &c, err);
+}
+
+int
+rsv_store_get(svc_pg_pool_t *db, int64_t reservation_id, int64_t now_ms, int64_t deadline_ms,
+              svc_arena_t *arena, rsv_reservation_t *out, svc_err_t *err)
+{
+    PGconn *conn = svc_pg_acquire(db, deadline_ms, err);
+    int rc;
+
+    if (conn == NULL) {
+        return -1;
+    }
+    rc = read_reservation(conn, reservation_id, now_ms, false, arena, out, err);
+    svc_pg_release(db, conn, rc != 0 && err->code == SVC_UNAVAILABLE);
+    return rc;
+}
+
+static int
+sweep_tx(PGconn *conn, void *arg, svc_err_t *err)
+{
+    int64_t *now_and_count = arg;
+    char now[24];
+    const char *p[] = {now};
+    PGresult *res;
+
+    I64(now, now_and_count[0]);
+    res =
+        exec(conn,
+             "WITH exp AS (SELECT id FROM reservations WHERE status = 1 AND expires_at_ms <= $1"
+             " ORDER BY id LIMIT 200 FOR UPDATE SKIP LOCKED),"
+             " r AS (UPDATE reservations SET status = 4, updated_at = now()"
+             " WHERE id IN (SELECT id FROM exp) RETURNING id),"
+             " rs AS (UPDATE reservation_seats SET live = false"
+             " WHERE reservation_id IN (SELECT id FROM r)),"
+             " s AS (UPDATE seats SET status = 1, hold_reservation_id = NULL, hold_user_id = NULL,"
+             " hold_expires_at_ms = NULL WHERE status = 2 AND hold_reservation_id IN"
+             " (SELECT id FROM r))"
+             " SELECT count(*) FROM r",
+             1, p, PGRES_TUPLES_OK, "sweep expired holds", err);
+    if (res == NULL) {
+        return -1;
+    }
+    now_and_count[1] = get_i64(res, 0, 0);
+    PQclear(res);
+    return 0;
+}
+
+int
+rsv_store_sweep(svc_pg_pool_t *db, int64_t now_ms, int *n_expired, svc_err_t *err)
+{
+    int64_t arg[2] = {now_ms, 0};
+    int rc = svc_pg_tx(db, now_ms + 5000, sweep_tx, arg, err);
+
+    *n_expired = (int)arg[1];
+    return rc;
+}

@@ -1,0 +1,1131 @@
+/*
+ * test_reservation_svc.c: reservation-svc over real gRPC with a real
+ * PostgreSQL, Redis, lock-svc and balance-svc: admin-only concert creation,
+ * every invalid input, 1000 fans storming one seat, overlapping multi-seat
+ * holds, hold expiry and cancellation. After each storm the database is read:
+ * no seat in two live holds, no taken seat without a live reservation.
+ * argv[1] is reservation-svc, argv[2] balance-svc, argv[3] lock-svc.
+ *
+ * Two reservation-svc instances run, each on its own database: "reservation"
+ * with HOLD_TTL_MS=300000 for everything whose assertions must not race a hold
+ * expiring mid-storm, and "reservation_ttl" with HOLD_TTL_MS=2000 for the
+ * expiry test. The SQL checks assume the tables seats, reservations and
+ * reservation_seats with the columns named in the queries below.
+ */
+#define _GNU_SOURCE
+#include <inttypes.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cmocka.h>
+
+#include "reservation/v1/reservation.pb-c.h"
+#include "svc/client.h"
+#include "svc/timer.h"
+#include "testenv.h"
+
+#define ADMIN_AUTH "Bearer test-admin-token"
+#define MAIN_TTL_MS 300000
+#define SHORT_TTL_MS 2000
+
+#define SEAT_AVAILABLE RESERVATION__V1__SEAT_STATUS__SEAT_STATUS_AVAILABLE
+#define SEAT_HELD RESERVATION__V1__SEAT_STATUS__SEAT_STATUS_HELD
+#define RES_HELD RESERVATION__V1__RESERVATION_STATUS__RESERVATION_STATUS_HELD
+#define RES_CANCELLED RESERVATION__V1__RESERVATION_STATUS__RESERVATION_STATUS_CANCELLED
+#define RES_EXPIRED RESERVATION__V1__RESERVATION_STATUS__RESERVATION_STATUS_EXPIRED
+
+/* A reservation (status 1 held, 2 confirmed) that still holds its seats now. */
+#define LIVE_SQL                                                                                   \
+    "(r.status = 2 OR (r.status = 1 AND r.expires_at_ms > "                                        \
+    "(extract(epoch FROM clock_timestamp()) * 1000)::bigint))"
+
+typedef Reservation__V1__Reservation reservation_t;
+
+/* One reservation-svc instance and the database it owns. */
+typedef struct {
+    testenv_proc_t proc;
+    testenv_pg_t db; /* a copy of pg whose conninfo names this instance's database */
+    svc_client_t *client;
+    int64_t ttl_ms;
+} rsv_t;
+
+static const char *reservation_path, *balance_path, *lock_path;
+static testenv_pg_t pg;
+static testenv_redis_t redis;
+static testenv_proc_t lock_proc, balance_proc;
+static rsv_t main_rsv, ttl_rsv;
+static atomic_llong next_user = 5000;
+static atomic_int next_title = 1;
+
+static int64_t
+new_user(void)
+{
+    return atomic_fetch_add(&next_user, 1);
+}
+
+static void
+sleep_ms(int64_t ms)
+{
+    struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
+
+    nanosleep(&ts, NULL);
+}
+
+/* ---------- calls ---------- */
+
+/* One ReservationService call; auth, when not NULL, is the authorization header. */
+static int
+rsv_call(const rsv_t *r, const char *method, const ProtobufCMessage *req,
+         const ProtobufCMessageDescriptor *desc, svc_arena_t *arena, ProtobufCMessage **out,
+         const char *auth, svc_err_t *err)
+{
+    const char *md[2] = {"authorization", auth};
+    svc_call_opts_t opts = {.timeout_ms = 30000};
+    char path[96];
+
+    if (auth != NULL) {
+        opts.metadata = md;
+        opts.n_metadata = 1;
+    }
+    snprintf(path, sizeof(path), "/reservation.v1.ReservationService/%s", method);
+    memset(err, 0, sizeof(*err));
+    return svc_client_unary(r->client, path, req, desc, arena, out, &opts, err);
+}
+
+/* Fails the test unless the call (rc, err) failed with code. */
+static void
+expect_code(const char *what, int rc, const svc_err_t *err, svc_status_t code)
+{
+    if (rc == 0) {
+        fail_msg("%s: expected %s, got OK", what, svc_status_name(code));
+    }
+    if (err->code != code) {
+        fail_msg("%s: expected %s, got %s (%s)", what, svc_status_name(code),
+                 svc_status_name(err->code), err->msg);
+    }
+}
+
+static void
+expect_ok(const char *what, int rc, const svc_err_t *err)
+{
+    if (rc != 0) {
+        fail_msg("%s: expected OK, got %s (%s)", what, svc_status_name(err->code), err->msg);
+    }
+}
+
+static int
+create_concert_raw(const rsv_t *r, svc_arena_t *arena, const char *title,
+                   Reservation__V1__ScheduleSpec **specs, size_t n, const char *auth,
+                   Reservation__V1__Concert **concert, svc_err_t *err)
+{
+    Reservation__V1__CreateConcertRequest req = RESERVATION__V1__CREATE_CONCERT_REQUEST__INIT;
+    ProtobufCMessage *out = NULL;
+    int rc;
+
+    req.title = (char *)title;
+    req.schedules = specs;
+    req.n_schedules = n;
+    rc = rsv_call(r, "CreateConcert", &req.base,
+                  &reservation__v1__create_concert_response__descriptor, arena, &out, auth, err);
+    if (rc == 0 && concert != NULL) {
+        *concert = ((Reservation__V1__CreateConcertResponse *)out)->concert;
+        assert_non_null(*concert);
+    }
+    return rc;
+}
+
+/* n specs in arena, schedule i starting at starts0 + i hours. */
+static Reservation__V1__ScheduleSpec **
+make_specs(svc_arena_t *arena, size_t n, int64_t starts0, int32_t seat_count, int64_t price)
+{
+    Reservation__V1__ScheduleSpec **specs = svc_arena_alloc(arena, (n + 1) * sizeof(*specs));
+
+    for (size_t i = 0; i < n; i++) {
+        Reservation__V1__ScheduleSpec init = RESERVATION__V1__SCHEDULE_SPEC__INIT;
+        specs[i] = svc_arena_alloc(arena, sizeof(*specs[i]));
+        *specs[i] = init;
+        specs[i]->starts_at_ms = starts0 + (int64_t)i * 3600000;
+        specs[i]->seat_count = seat_count;
+        specs[i]->seat_price = price;
+    }
+    return specs;
+}
+
+/* A new concert with one schedule of seat_count seats at price; returns its schedule id. */
+static int64_t
+new_schedule(const rsv_t *r, int32_t seat_count, int64_t price)
+{
+    svc_arena_t *arena = svc_arena_create();
+    Reservation__V1__Concert *concert = NULL;
+    char title[64];
+    svc_err_t err;
+    int64_t id;
+
+    snprintf(title, sizeof(title), "concert %d", atomic_fetch_add(&next_title, 1));
+    expect_ok(
+        "CreateConcert",
+        create_concert_raw(r, arena, title,
+                           make_specs(arena, 1, svc_now_unix_ms() + 86400000, seat_count, price), 1,
+                           ADMIN_AUTH, &concert, &err),
+        &err);
+    assert_int_equal(concert->n_schedules, 1);
+    id = concert->schedules[0]->id;
+    assert_true(id > 0);
+    svc_arena_destroy(arena);
+    return id;
+}
+
+static Reservation__V1__ListSeatsResponse *
+list_seats(const rsv_t *r, svc_arena_t *arena, int64_t schedule_id, int available_only)
+{
+    Reservation__V1__ListSeatsRequest req = RESERVATION__V1__LIST_SEATS_REQUEST__INIT;
+    ProtobufCMessage *out = NULL;
+    svc_err_t err;
+
+    req.schedule_id = schedule_id;
+    req.available_only = available_only != 0;
+    expect_ok("ListSeats",
+              rsv_call(r, "ListSeats", &req.base, &reservation__v1__list_seats_response__descriptor,
+                       arena, &out, NULL, &err),
+              &err);
+    return (Reservation__V1__ListSeatsResponse *)out;
+}
+
+static Reservation__V1__ListConcertsResponse *
+list_concerts(const rsv_t *r, svc_arena_t *arena)
+{
+    Reservation__V1__ListConcertsRequest req = RESERVATION__V1__LIST_CONCERTS_REQUEST__INIT;
+    ProtobufCMessage *out = NULL;
+    svc_err_t err;
+
+    expect_ok("ListConcerts",
+              rsv_call(r, "ListConcerts", &req.base,
+                       &reservation__v1__list_concerts_response__descriptor, arena, &out, NULL,
+                       &err),
+              &err);
+    return (Reservation__V1__ListConcertsResponse *)out;
+}
+
+/* The schedule with this id as ListConcerts shows it; fails when absent. */
+static Reservation__V1__Schedule *
+listed_schedule(const rsv_t *r, svc_arena_t *arena, int64_t schedule_id)
+{
+    Reservation__V1__ListConcertsResponse *resp = list_concerts(r, arena);
+
+    for (size_t i = 0; i < resp->n_concerts; i++) {
+        for (size_t j = 0; j < resp->concerts[i]->n_schedules; j++) {
+            if (resp->concerts[i]->schedules[j]->id == schedule_id) {
+                return resp->concerts[i]->schedules[j];
+            }
+        }
+    }
+    fail_msg("schedule %" PRId64 " is not in ListConcerts", schedule_id);
+    return NULL;
+}
+
+static int
+hold(const rsv_t *r, svc_arena_t *arena, int64_t user, int64_t schedule_id, const int32_t *seats,
+     size_t n, reservation_t **res, svc_err_t *err)
+{
+    Reservation__V1__HoldSeatsRequest req = RESERVATION__V1__HOLD_SEATS_REQUEST__INIT;
+    ProtobufCMessage *out = NULL;
+    int rc;
+
+    req.user_id = user;
+    req.schedule_id = schedule_id;
+    req.seat_numbers = (int32_t *)seats;
+    req.n_seat_numbers = n;
+    rc = rsv_call(r, "HoldSeats", &req.base, &reservation__v1__hold_seats_response__descriptor,
+                  arena, &out, NULL, err);
+    if (rc == 0) {
+        *res = ((Reservation__V1__HoldSeatsResponse *)out)->reservation;
+        assert_non_null(*res);
+    }
+    return rc;
+}
+
+static int
+get_reservation(const rsv_t *r, svc_arena_t *arena, int64_t id, reservation_t **res, svc_err_t *err)
+{
+    Reservation__V1__GetReservationRequest req = RESERVATION__V1__GET_RESERVATION_REQUEST__INIT;
+    ProtobufCMessage *out = NULL;
+    int rc;
+
+    req.reservation_id = id;
+    rc = rsv_call(r, "GetReservation", &req.base,
+                  &reservation__v1__get_reservation_response__descriptor, arena, &out, NULL, err);
+    if (rc == 0) {
+        *res = ((Reservation__V1__GetReservationResponse *)out)->reservation;
+        assert_non_null(*res);
+    }
+    return rc;
+}
+
+static int
+cancel_reservation(const rsv_t *r, svc_arena_t *arena, int64_t id, int64_t user,
+                   reservation_t **res, svc_err_t *err)
+{
+    Reservation__V1__CancelReservationRequest req =
+        RESERVATION__V1__CANCEL_RESERVATION_REQUEST__INIT;
+    ProtobufCMessage *out = NULL;
+    int rc;
+
+    req.reservation_id = id;
+    req.user_id = user;
+    rc =
+        rsv_call(r, "CancelReservation", &req.base,
+                 &reservation__v1__cancel_reservation_response__descriptor, arena, &out, NULL, err);
+    if (rc == 0) {
+        *res = ((Reservation__V1__CancelReservationResponse *)out)->reservation;
+        assert_non_null(*res);
+    }
+    return rc;
+}
+
+/* Fails unless ListSeats shows seat number with status. */
+static void
+expect_seat(const Reservation__V1__ListSeatsResponse *seats, int32_t number, int status)
+{
+    for (size_t i = 0; i < seats->n_seats; i++) {
+        if (seats->seats[i]->number == number) {
+            if ((int)seats->seats[i]->status != status) {
+                fail_msg("seat %d: status %d, expected %d", number, (int)seats->seats[i]->status,
+                         status);
+            }
+            return;
+        }
+    }
+    fail_msg("seat %d is not listed", number);
+}
+
+/* Fails unless the reservation's seats are exactly the ascending list want. */
+static void
+expect_seat_numbers(const reservation_t *res, const int32_t *want, size_t n)
+{
+    if (res->n_seat_numbers != n) {
+        fail_msg("reservation %" PRId64 ": %zu seats, expected %zu", res->id, res->n_seat_numbers,
+                 n);
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (res->seat_numbers[i] != want[i]) {
+            fail_msg("reservation %" PRId64 ": seat_numbers[%zu] = %d, expected %d", res->id, i,
+                     res->seat_numbers[i], want[i]);
+        }
+    }
+}
+
+/* ---------- database checks ---------- */
+
+/* The integer the SQL (a printf format) returns on db; fails when the query fails. */
+static int64_t __attribute__((format(printf, 2, 3)))
+db_int(const testenv_pg_t *db, const char *fmt, ...)
+{
+    char sql[1024];
+    va_list ap;
+    int64_t v;
+
+    va_start(ap, fmt);
+    vsnprintf(sql, sizeof(sql), fmt, ap);
+    va_end(ap);
+    v = testenv_pg_query_int(db, sql);
+    if (v == INT64_MIN) {
+        fail_msg("query failed (schema assumption?): %s", sql);
+    }
+    return v;
+}
+
+/*
+ * The invariants of one schedule's rows: no seat in two live holds, no seat
+ * marked held or sold without a held or confirmed reservation, and no seat of
+ * a live reservation marked available.
+ */
+static void
+check_schedule_consistent(const testenv_pg_t *db, int64_t schedule_id)
+{
+    int64_t doubled, orphaned, unmarked;
+
+    doubled = db_int(db,
+                     "SELECT count(*) FROM (SELECT rs.number FROM reservation_seats rs JOIN "
+                     "reservations r ON r.id = rs.reservation_id WHERE rs.schedule_id = %" PRId64
+                     " AND " LIVE_SQL " GROUP BY rs.number HAVING count(*) > 1) d",
+                     schedule_id);
+    orphaned = db_int(db,
+                      "SELECT count(*) FROM seats s WHERE s.schedule_id = %" PRId64
+                      " AND s.status <> 1 AND NOT EXISTS (SELECT 1 FROM reservation_seats rs "
+                      "JOIN reservations r ON r.id = rs.reservation_id WHERE rs.schedule_id = "
+                      "s.schedule_id AND rs.number = s.number AND r.status IN (1, 2))",
+                      schedule_id);
+    unmarked = db_int(db,
+                      "SELECT count(*) FROM reservation_seats rs JOIN reservations r ON r.id = "
+                      "rs.reservation_id JOIN seats s ON s.schedule_id = rs.schedule_id AND "
+                      "s.number = rs.number WHERE rs.schedule_id = %" PRId64 " AND " LIVE_SQL
+                      " AND s.status = 1",
+                      schedule_id);
+    if (doubled != 0 || orphaned != 0 || unmarked != 0) {
+        fail_msg("schedule %" PRId64 ": %" PRId64 " seats in two live holds, %" PRId64
+                 " seats held/sold without a live reservation, %" PRId64
+                 " seats of live holds marked available",
+                 schedule_id, doubled, orphaned, unmarked);
+    }
+}
+
+/* ---------- concurrent holds ---------- */
+
+typedef struct {
+    const rsv_t *r;
+    int64_t user, schedule_id;
+    int32_t seats[10];
+    size_t n;
+    int rc;
+    svc_err_t err;
+    int64_t reservation_id;
+    int32_t got[10];
+    size_t n_got;
+    int status;
+} hold_op_t;
+
+static void *
+hold_thread(void *arg)
+{
+    hold_op_t *op = arg;
+    svc_arena_t *arena = svc_arena_create();
+    reservation_t *res = NULL;
+
+    op->rc = hold(op->r, arena, op->user, op->schedule_id, op->seats, op->n, &res, &op->err);
+    if (op->rc == 0) {
+        op->reservation_id = res->id;
+        op->status = (int)res->status;
+        op->n_got = res->n_seat_numbers < 10 ? res->n_seat_numbers : 10;
+        memcpy(op->got, res->seat_numbers, op->n_got * sizeof(int32_t));
+    }
+    svc_arena_destroy(arena);
+    return NULL;
+}
+
+/* Runs every op at once, one thread (256 KiB stack) each. */
+static void
+run_concurrently(hold_op_t *ops, int n)
+{
+    pthread_t *t = calloc((size_t)n, sizeof(*t));
+    pthread_attr_t attr;
+
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, 256 * 1024);
+    for (int i = 0; i < n; i++) {
+        assert_int_equal(pthread_create(&t[i], &attr, hold_thread, &ops[i]), 0);
+    }
+    for (int i = 0; i < n; i++) {
+        pthread_join(t[i], NULL);
+    }
+    pthread_attr_destroy(&attr);
+    free(t);
+}
+
+/* A refused hold under contention must say "taken" or "gave up", nothing else. */
+static void
+expect_refusal(const hold_op_t *op, int i)
+{
+    if (op->err.code != SVC_FAILED_PRECONDITION && op->err.code != SVC_ABORTED) {
+        fail_msg("hold %d (user %" PRId64 "): %s (%s), expected OK, FAILED_PRECONDITION or "
+                 "ABORTED",
+                 i, op->user, svc_status_name(op->err.code), op->err.msg);
+    }
+}
+
+/* ---------- CreateConcert, ListConcerts, ListSeats ---------- */
+
+static void
+test_create_concert_needs_admin_token(void **state)
+{
+    static const char *const bad_auth[] = {
+        "Bearer wrong-token", "Bearer test-admin-toke", "Bearer test-admin-token-extra", "Bearer ",
+        "test-admin-token",   "Basic test-admin-token", "bearer-test-admin-token-nope",
+    };
+    svc_arena_t *arena = svc_arena_create();
+    size_t before = list_concerts(&main_rsv, arena)->n_concerts;
+    Reservation__V1__ScheduleSpec **specs = make_specs(arena, 1, svc_now_unix_ms(), 10, 100);
+    char what[96];
+    svc_err_t err;
+
+    (void)state;
+    expect_code("CreateConcert without a token",
+                create_concert_raw(&main_rsv, arena, "no token", specs, 1, NULL, NULL, &err), &err,
+                SVC_PERMISSION_DENIED);
+    for (size_t i = 0; i < sizeof(bad_auth) / sizeof(bad_auth[0]); i++) {
+        snprintf(what, sizeof(what), "CreateConcert with authorization \"%s\"", bad_auth[i]);
+        expect_code(
+            what,
+            create_concert_raw(&main_rsv, arena, "bad token", specs, 1, bad_auth[i], NULL, &err),
+            &err, SVC_PERMISSION_DENIED);
+    }
+    assert_int_equal(list_concerts(&main_rsv, arena)->n_concerts, before);
+    svc_arena_destroy(arena);
+}
+
+static void
+test_create_concert_invalid_inputs(void **state)
+{
+    svc_arena_t *arena = svc_arena_create();
+    size_t before = list_concerts(&main_rsv, arena)->n_concerts;
+    int64_t t = svc_now_unix_ms() + 86400000;
+    svc_err_t err;
+
+    (void)state;
+    expect_code("CreateConcert with an empty title",
+                create_concert_raw(&main_rsv, arena, "", make_specs(arena, 1, t, 10, 100), 1,
+                                   ADMIN_AUTH, NULL, &err),
+                &err, SVC_INVALID_ARGUMENT);
+    expect_code("CreateConcert with 0 schedules",
+                create_concert_raw(&main_rsv, arena, "none", NULL, 0, ADMIN_AUTH, NULL, &err), &err,
+                SVC_INVALID_ARGUMENT);
+    expect_code("CreateConcert with 101 schedules",
+                create_concert_raw(&main_rsv, arena, "too many", make_specs(arena, 101, t, 1, 100),
+                                   101, ADMIN_AUTH, NULL, &err),
+                &err, SVC_INVALID_ARGUMENT);
+    expect_code("CreateConcert with seat_count 0",
+                create_concert_raw(&main_rsv, arena, "no seats", make_specs(arena, 1, t, 0, 100), 1,
+                                   ADMIN_AUTH, NULL, &err),
+                &err, SVC_INVALID_ARGUMENT);
+    expect_code("CreateConcert with seat_count -1",
+                create_concert_raw(&main_rsv, arena, "negative seats",
+                                   make_specs(arena, 1, t, -1, 100), 1, ADMIN_AUTH, NULL, &err),
+                &err, SVC_INVALID_ARGUMENT);
+    expect_code("CreateConcert with seat_count 10001",
+                create_concert_raw(&main_rsv, arena, "too many seats",
+                                   make_specs(arena, 1, t, 10001, 100), 1, ADMIN_AUTH, NULL, &err),
+                &err, SVC_INVALID_ARGUMENT);
+    expect_code("CreateConcert with seat_price -1",
+                create_concert_raw(&main_rsv, arena, "negative price",
+                                   make_specs(arena, 1, t, 10, -1), 1, ADMIN_AUTH, NULL, &err),
+                &err, SVC_INVALID_ARGUMENT);
+    /* One bad schedule among good ones spoils the whole request. */
+    Reservation__V1__ScheduleSpec **mixed = make_specs(arena, 3, t, 10, 100);
+    mixed[2]->seat_count = 0;
+    expect_code("CreateConcert with one bad schedule of three",
+                create_concert_raw(&main_rsv, arena, "mixed", mixed, 3, ADMIN_AUTH, NULL, &err),
+                &err, SVC_INVALID_ARGUMENT);
+    assert_int_equal(list_concerts(&main_rsv, arena)->n_concerts, before);
+    svc_arena_destroy(arena);
+}
+
+/* Checks ListSeats of a new schedule: 1..n, all available, each at price. */
+static void
+check_fresh_seats(int64_t schedule_id, int32_t seat_count, int64_t price)
+{
+    svc_arena_t *arena = svc_arena_create();
+
+    for (int available_only = 0; available_only <= 1; available_only++) {
+        Reservation__V1__ListSeatsResponse *seats =
+            list_seats(&main_rsv, arena, schedule_id, available_only);
+        if (seats->n_seats != (size_t)seat_count) {
+            fail_msg("schedule %" PRId64 " (available_only %d): %zu seats, expected %d",
+                     schedule_id, available_only, seats->n_seats, seat_count);
+        }
+        for (size_t i = 0; i < seats->n_seats; i++) {
+            Reservation__V1__Seat *s = seats->seats[i];
+            assert_int_equal(s->number, (int32_t)i + 1);
+            assert_int_equal(s->schedule_id, schedule_id);
+            assert_int_equal(s->price, price);
+            assert_int_equal(s->status, SEAT_AVAILABLE);
+        }
+    }
+    svc_arena_destroy(arena);
+}
+
+static void
+test_create_concert_and_list(void **state)
+{
+    svc_arena_t *arena = svc_arena_create();
+    int64_t t = svc_now_unix_ms() + 7 * 86400000LL;
+    Reservation__V1__ScheduleSpec **specs = make_specs(arena, 2, t, 0, 0);
+    Reservation__V1__Concert *concert = NULL, *listed = NULL;
+    Reservation__V1__ListConcertsResponse *all;
+    Reservation__V1__ListSeatsRequest unknown = RESERVATION__V1__LIST_SEATS_REQUEST__INIT;
+    ProtobufCMessage *out;
+    svc_err_t err;
+
+    (void)state;
+    /* Given latest first: the answer must list them in starts_at_ms order. */
+    specs[0]->starts_at_ms = t + 7200000;
+    specs[0]->seat_count = 30;
+    specs[0]->seat_price = 15000;
+    specs[1]->starts_at_ms = t + 3600000;
+    specs[1]->seat_count = 12;
+    specs[1]->seat_price = 9000;
+    expect_ok("CreateConcert",
+              create_concert_raw(&main_rsv, arena, "Spring Tour, Seoul", specs, 2, ADMIN_AUTH,
+                                 &concert, &err),
+              &err);
+    assert_true(concert->id > 0);
+    assert_string_equal(concert->title, "Spring Tour, Seoul");
+    assert_int_equal(concert->n_schedules, 2);
+
+    all = list_concerts(&main_rsv, arena);
+    for (size_t i = 0; i < all->n_concerts; i++) {
+        if (all->concerts[i]->id == concert->id) {
+            listed = all->concerts[i];
+        }
+    }
+    if (listed == NULL) {
+        fail_msg("concert %" PRId64 " is not in ListConcerts", concert->id);
+    }
+    assert_string_equal(listed->title, "Spring Tour, Seoul");
+    assert_int_equal(listed->n_schedules, 2);
+
+    Reservation__V1__Concert *both[2] = {concert, listed};
+    for (int k = 0; k < 2; k++) {
+        Reservation__V1__Schedule *early = both[k]->schedules[0], *late = both[k]->schedules[1];
+        if (early->starts_at_ms != t + 3600000 || late->starts_at_ms != t + 7200000) {
+            fail_msg("%s: schedules not in starts_at_ms order (%" PRId64 ", %" PRId64 ")",
+                     k == 0 ? "CreateConcert" : "ListConcerts", early->starts_at_ms - t,
+                     late->starts_at_ms - t);
+        }
+        assert_true(early->id > 0 && late->id > 0 && early->id != late->id);
+        assert_int_equal(early->concert_id, concert->id);
+        assert_int_equal(late->concert_id, concert->id);
+        assert_int_equal(early->seat_count, 12);
+        assert_int_equal(late->seat_count, 30);
+        assert_int_equal(early->available_seats, 12);
+        assert_int_equal(late->available_seats, 30);
+    }
+    assert_int_equal(listed->schedules[0]->id, concert->schedules[0]->id);
+    assert_int_equal(listed->schedules[1]->id, concert->schedules[1]->id);
+
+    check_fresh_seats(concert->schedules[0]->id, 12, 9000);
+    check_fresh_seats(concert->schedules[1]->id, 30, 15000);
+
+    /* The limits themselves are accepted: 100 schedules, 10 000 seats, price 0. */
+    expect_ok("CreateConcert with 100 schedules",
+              create_concert_raw(&main_rsv, arena, "a hundred nights",
+                                 make_specs(arena, 100, t, 1, 500), 100, ADMIN_AUTH, &concert,
+                                 &err),
+              &err);
+    assert_int_equal(concert->n_schedules, 100);
+    expect_ok("CreateConcert with 10000 seats",
+              create_concert_raw(&main_rsv, arena, "stadium", make_specs(arena, 1, t, 10000, 0), 1,
+                                 ADMIN_AUTH, &concert, &err),
+              &err);
+    check_fresh_seats(concert->schedules[0]->id, 10000, 0);
+
+    unknown.schedule_id = INT64_MAX;
+    expect_code("ListSeats of an unknown schedule",
+                rsv_call(&main_rsv, "ListSeats", &unknown.base,
+                         &reservation__v1__list_seats_response__descriptor, arena, &out, NULL,
+                         &err),
+                &err, SVC_NOT_FOUND);
+    svc_arena_destroy(arena);
+}
+
+/* ---------- HoldSeats ---------- */
+
+static void
+test_hold_invalid_inputs(void **state)
+{
+    static const int32_t eleven[11] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11};
+    static const int32_t dup[2] = {3, 3}, zero[1] = {0}, past_end[1] = {21}, negative[1] = {-1},
+                         one_bad[2] = {1, 21}, one[1] = {1};
+    static const int32_t ten[10] = {20, 1, 7, 3, 15, 9, 11, 2, 18, 5};
+    static const int32_t ten_sorted[10] = {1, 2, 3, 5, 7, 9, 11, 15, 18, 20};
+    svc_arena_t *arena = svc_arena_create();
+    int64_t sched = new_schedule(&main_rsv, 20, 1000), user = new_user(), now;
+    reservation_t *res = NULL, *got = NULL;
+    svc_err_t err;
+    int rc;
+
+    (void)state;
+    expect_code("HoldSeats with user_id 0", hold(&main_rsv, arena, 0, sched, one, 1, &res, &err),
+                &err, SVC_INVALID_ARGUMENT);
+    expect_code("HoldSeats with user_id -5", hold(&main_rsv, arena, -5, sched, one, 1, &res, &err),
+                &err, SVC_INVALID_ARGUMENT);
+    expect_code("HoldSeats with no seats", hold(&main_rsv, arena, user, sched, NULL, 0, &res, &err),
+                &err, SVC_INVALID_ARGUMENT);
+    expect_code("HoldSeats with 11 seats",
+                hold(&main_rsv, arena, user, sched, eleven, 11, &res, &err), &err,
+                SVC_INVALID_ARGUMENT);
+    expect_code("HoldSeats with a duplicate seat",
+                hold(&main_rsv, arena, user, sched, dup, 2, &res, &err), &err,
+                SVC_INVALID_ARGUMENT);
+    expect_code("HoldSeats of seat 0", hold(&main_rsv, arena, user, sched, zero, 1, &res, &err),
+                &err, SVC_INVALID_ARGUMENT);
+    expect_code("HoldSeats of seat 21 of 20",
+                hold(&main_rsv, arena, user, sched, past_end, 1, &res, &err), &err,
+                SVC_INVALID_ARGUMENT);
+    expect_code("HoldSeats of seat -1",
+                hold(&main_rsv, arena, user, sched, negative, 1, &res, &err), &err,
+                SVC_INVALID_ARGUMENT);
+    expect_code("HoldSeats of seats 1 and 21 of 20",
+                hold(&main_rsv, arena, user, sched, one_bad, 2, &res, &err), &err,
+                SVC_INVALID_ARGUMENT);
+    expect_code("HoldSeats of an unknown schedule",
+                hold(&main_rsv, arena, user, INT64_MAX, one, 1, &res, &err), &err, SVC_NOT_FOUND);
+    rc = hold(&main_rsv, arena, user, 0, one, 1, &res, &err);
+    if (rc == 0 || (err.code != SVC_NOT_FOUND && err.code != SVC_INVALID_ARGUMENT)) {
+        fail_msg("HoldSeats of schedule 0: expected NOT_FOUND or INVALID_ARGUMENT, got %s (%s)",
+                 rc == 0 ? "OK" : svc_status_name(err.code), rc == 0 ? "" : err.msg);
+    }
+
+    /* Nothing was held by the refused calls. */
+    assert_int_equal(list_seats(&main_rsv, arena, sched, 1)->n_seats, 20);
+    assert_int_equal(db_int(&main_rsv.db,
+                            "SELECT count(*) FROM reservations WHERE schedule_id = %" PRId64,
+                            sched),
+                     0);
+
+    /* Ten seats in any order is the limit, and fine. */
+    now = svc_now_unix_ms();
+    expect_ok("HoldSeats of 10 seats", hold(&main_rsv, arena, user, sched, ten, 10, &res, &err),
+              &err);
+    assert_true(res->id > 0);
+    assert_int_equal(res->user_id, user);
+    assert_int_equal(res->schedule_id, sched);
+    assert_int_equal(res->status, RES_HELD);
+    assert_int_equal(res->amount, 10 * 1000);
+    expect_seat_numbers(res, ten_sorted, 10);
+    assert_true(res->created_at_ms >= now - 5000 && res->created_at_ms <= now + 5000);
+    if (res->expires_at_ms - res->created_at_ms < MAIN_TTL_MS - 1000 ||
+        res->expires_at_ms - res->created_at_ms > MAIN_TTL_MS + 1000) {
+        fail_msg("hold lasts %" PRId64 " ms, HOLD_TTL_MS is %d",
+                 res->expires_at_ms - res->created_at_ms, MAIN_TTL_MS);
+    }
+
+    expect_ok("GetReservation", get_reservation(&main_rsv, arena, res->id, &got, &err), &err);
+    assert_int_equal(got->id, res->id);
+    assert_int_equal(got->user_id, user);
+    assert_int_equal(got->schedule_id, sched);
+    assert_int_equal(got->status, RES_HELD);
+    assert_int_equal(got->amount, 10000);
+    assert_int_equal(got->expires_at_ms, res->expires_at_ms);
+    assert_int_equal(got->created_at_ms, res->created_at_ms);
+    expect_seat_numbers(got, ten_sorted, 10);
+
+    Reservation__V1__ListSeatsResponse *seats = list_seats(&main_rsv, arena, sched, 0);
+    for (int32_t n = 1; n <= 20; n++) {
+        int held = 0;
+        for (int i = 0; i < 10; i++) {
+            held |= ten[i] == n;
+        }
+        expect_seat(seats, n, held ? SEAT_HELD : SEAT_AVAILABLE);
+    }
+    assert_int_equal(list_seats(&main_rsv, arena, sched, 1)->n_seats, 10);
+    assert_int_equal(listed_schedule(&main_rsv, arena, sched)->available_seats, 10);
+    check_schedule_consistent(&main_rsv.db, sched);
+    svc_arena_destroy(arena);
+}
+
+static void
+test_one_seat_storm(void **state)
+{
+    enum { N = 1000 };
+    const int32_t seat = 7;
+    int64_t sched = new_schedule(&main_rsv, 10, 5000), t0, ms;
+    hold_op_t *ops = calloc(N, sizeof(*ops));
+    int ok = 0, taken = 0, aborted = 0, winner = -1;
+    svc_arena_t *arena;
+    reservation_t *res = NULL;
+    svc_err_t err;
+
+    (void)state;
+    for (int i = 0; i < N; i++) {
+        ops[i].r = &main_rsv;
+        ops[i].user = new_user();
+        ops[i].schedule_id = sched;
+        ops[i].seats[0] = seat;
+        ops[i].n = 1;
+    }
+    t0 = svc_now_mono_ms();
+    run_concurrently(ops, N);
+    ms = svc_now_mono_ms() - t0;
+    for (int i = 0; i < N; i++) {
+        if (ops[i].rc == 0) {
+            ok++;
+            winner = i;
+        } else {
+            expect_refusal(&ops[i], i);
+            if (ops[i].err.code == SVC_FAILED_PRECONDITION) {
+                taken++;
+            } else {
+                aborted++;
+            }
+        }
+    }
+    fprintf(stderr,
+            "%d concurrent holds of one seat: %" PRId64 " ms; %d OK, %d FAILED_PRECONDITION, "
+            "%d ABORTED\n",
+            N, ms, ok, taken, aborted);
+    assert_int_equal(ok, 1);
+    assert_int_equal(ops[winner].status, RES_HELD);
+    assert_int_equal(ops[winner].n_got, 1);
+    assert_int_equal(ops[winner].got[0], seat);
+
+    /* The database agrees: one live hold of that seat, the winner's, and nothing else. */
+    assert_int_equal(db_int(&main_rsv.db,
+                            "SELECT count(*) FROM reservation_seats rs JOIN reservations r ON r.id "
+                            "= rs.reservation_id WHERE rs.schedule_id = %" PRId64
+                            " AND rs.number = %d AND r.status = 1",
+                            sched, seat),
+                     1);
+    assert_int_equal(
+        db_int(&main_rsv.db,
+               "SELECT count(*) FROM seats WHERE schedule_id = %" PRId64 " AND status <> 1", sched),
+        1);
+    assert_int_equal(db_int(&main_rsv.db,
+                            "SELECT count(*) FROM reservations WHERE schedule_id = %" PRId64
+                            " AND id = %" PRId64 " AND user_id = %" PRId64 " AND status = 1",
+                            sched, ops[winner].reservation_id, ops[winner].user),
+                     1);
+    assert_int_equal(db_int(&main_rsv.db,
+                            "SELECT count(*) FROM reservations WHERE schedule_id = %" PRId64,
+                            sched),
+                     1);
+    check_schedule_consistent(&main_rsv.db, sched);
+
+    arena = svc_arena_create();
+    Reservation__V1__ListSeatsResponse *seats = list_seats(&main_rsv, arena, sched, 0);
+    for (int32_t n = 1; n <= 10; n++) {
+        expect_seat(seats, n, n == seat ? SEAT_HELD : SEAT_AVAILABLE);
+    }
+    expect_ok("GetReservation of the winner",
+              get_reservation(&main_rsv, arena, ops[winner].reservation_id, &res, &err), &err);
+    assert_int_equal(res->user_id, ops[winner].user);
+    assert_int_equal(res->status, RES_HELD);
+    svc_arena_destroy(arena);
+    free(ops);
+}
+
+/* A small deterministic generator, so a failing storm can be replayed. */
+static uint64_t
+next_random(uint64_t *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return *s;
+}
+
+static void
+test_overlapping_holds_storm(void **state)
+{
+    enum { N = 300, SEATS = 20 };
+    int64_t sched = new_schedule(&main_rsv, SEATS, 700), t0, ms, held_seats = 0;
+    hold_op_t *ops = calloc(N, sizeof(*ops));
+    int owner[SEATS + 1], ok = 0, taken = 0, aborted = 0;
+    uint64_t rng = 0x5eed2026u;
+    svc_arena_t *arena;
+
+    (void)state;
+    for (int i = 0; i < N; i++) {
+        ops[i].r = &main_rsv;
+        ops[i].user = new_user();
+        ops[i].schedule_id = sched;
+        ops[i].n = 1 + next_random(&rng) % 4;
+        for (size_t k = 0; k < ops[i].n; k++) {
+            int32_t s;
+            int again;
+            do { /* distinct seats, in random order */
+                s = (int32_t)(1 + next_random(&rng) % SEATS);
+                again = 0;
+                for (size_t j = 0; j < k; j++) {
+                    again |= ops[i].seats[j] == s;
+                }
+            } while (again);
+            ops[i].seats[k] = s;
+        }
+    }
+    t0 = svc_now_mono_ms();
+    run_concurrently(ops, N);
+    ms = svc_now_mono_ms() - t0;
+
+    for (int s = 0; s <= SEATS; s++) {
+        owner[s] = -1;
+    }
+    for (int i = 0; i < N; i++) {
+        if (ops[i].rc != 0) {
+            expect_refusal(&ops[i], i);
+            taken += ops[i].err.code == SVC_FAILED_PRECONDITION;
+            aborted += ops[i].err.code == SVC_ABORTED;
+            continue;
+        }
+        ok++;
+        assert_int_equal(ops[i].status, RES_HELD);
+        if (ops[i].n_got != ops[i].n) {
+            fail_msg("hold %d asked for %zu seats and got %zu", i, ops[i].n, ops[i].n_got);
+        }
+        for (size_t k = 0; k < ops[i].n_got; k++) {
+            int32_t s = ops[i].got[k];
+            int asked = 0;
+            for (size_t j = 0; j < ops[i].n; j++) {
+                asked |= ops[i].seats[j] == s;
+            }
+            assert_true(asked);
+            assert_true(k == 0 || ops[i].got[k - 1] < s);
+            if (owner[s] != -1) {
+                fail_msg("seat %d granted to hold %d and hold %d", s, owner[s], i);
+            }
+            owner[s] = i;
+            held_seats++;
+        }
+    }
+    fprintf(stderr,
+            "%d concurrent holds of 1-4 of %d seats: %" PRId64 " ms; %d OK (%" PRId64
+            " seats), %d FAILED_PRECONDITION, %d ABORTED\n",
+            N, SEATS, ms, ok, held_seats, taken, aborted);
+    assert_true(ok >= 1);
+
+    /* The database holds exactly the granted holds, all or nothing. */
+    assert_int_equal(db_int(&main_rsv.db,
+                            "SELECT count(*) FROM (SELECT rs.number FROM reservation_seats rs JOIN "
+                            "reservations r ON r.id = rs.reservation_id WHERE rs.schedule_id = "
+                            "%" PRId64 " AND r.status IN (1, 2) GROUP BY rs.number HAVING "
+                            "count(*) > 1) d",
+                            sched),
+                     0);
+    assert_int_equal(db_int(&main_rsv.db,
+                            "SELECT count(*) FROM reservations WHERE schedule_id = %" PRId64,
+                            sched),
+                     ok);
+    assert_int_equal(
+        db_int(&main_rsv.db,
+               "SELECT count(*) FROM seats WHERE schedule_id = %" PRId64 " AND status <> 1", sched),
+        held_seats);
+    for (int i = 0; i < N; i++) {
+        if (ops[i].rc == 0) {
+            assert_int_equal(db_int(&main_rsv.db,
+                                    "SELECT count(*) FROM reservation_seats rs JOIN reservations r "
+                                    "ON r.id = rs.reservation_id WHERE r.id = %" PRId64
+                                    " AND r.user_id = %" PRId64 " AND r.status = 1 AND "
+                                    "rs.schedule_id = %" PRId64,
+                                    ops[i].reservation_id, ops[i].user, sched),
+                             (int64_t)ops[i].n);
+        }
+    }
+    check_schedule_consistent(&main_rsv.db, sched);
+
+    arena = svc_arena_create();
+    Reservation__V1__ListSeatsResponse *seats = list_seats(&main_rsv, arena, sched, 0);
+    for (int32_t s = 1; s <= SEATS; s++) {
+        expect_seat(seats, s, owner[s] != -1 ? SEAT_HELD : SEAT_AVAILABLE);
+    }
+    assert_int_equal(listed_schedule(&main_rsv, arena, sched)->available_seats, SEATS - held_seats);
+    svc_arena_destroy(arena);
+    free(ops);
+}
+
+/* ---------- expiry and cancellation ---------- */
+
+static void
+test_hold_expires(void **state)
+{
+    static const int32_t three[1] = {3}, two_three[2] = {2, 3};
+    svc_arena_t *arena = svc_arena_create();
+    int64_t sched = new_schedule(&ttl_rsv, 5, 500), fan = new_user(), other = new_user();
+    reservation_t *first = NULL, *res = NULL;
+    Reservation__V1__ListSeatsResponse *seats;
+    svc_err_t err;
+
+    (void)state;
+    expect_ok("HoldSeats", hold(&ttl_rsv, arena, fan, sched, three, 1, &first, &err), &err);
+    if (first->expires_at_ms - first->created_at_ms < SHORT_TTL_MS - 500 ||
+        first->expires_at_ms - first->created_at_ms > SHORT_TTL_MS + 500) {
+        fail_msg("hold lasts %" PRId64 " ms, HOLD_TTL_MS is %d",
+                 first->expires_at_ms - first->created_at_ms, SHORT_TTL_MS);
+    }
+    expect_seat(list_seats(&ttl_rsv, arena, sched, 0), 3, SEAT_HELD);
+    expect_code("HoldSeats of a held seat",
+                hold(&ttl_rsv, arena, other, sched, three, 1, &res, &err), &err,
+                SVC_FAILED_PRECONDITION);
+    expect_code("HoldSeats of a free and a held seat",
+                hold(&ttl_rsv, arena, other, sched, two_three, 2, &res, &err), &err,
+                SVC_FAILED_PRECONDITION);
+    expect_seat(list_seats(&ttl_rsv, arena, sched, 0), 2, SEAT_AVAILABLE); /* all or nothing */
+
+    /* Past expires_at_ms the seat reads available at once, sweeper or not. */
+    while (svc_now_unix_ms() < first->expires_at_ms + 300) {
+        sleep_ms(50);
+    }
+    seats = list_seats(&ttl_rsv, arena, sched, 0);
+    expect_seat(seats, 3, SEAT_AVAILABLE);
+    assert_int_equal(list_seats(&ttl_rsv, arena, sched, 1)->n_seats, 5);
+    assert_int_equal(listed_schedule(&ttl_rsv, arena, sched)->available_seats, 5);
+    expect_ok("GetReservation of an expired hold",
+              get_reservation(&ttl_rsv, arena, first->id, &res, &err), &err);
+    assert_int_equal(res->status, RES_EXPIRED);
+    expect_code("CancelReservation of an expired hold",
+                cancel_reservation(&ttl_rsv, arena, first->id, fan, &res, &err), &err,
+                SVC_FAILED_PRECONDITION);
+
+    /* Someone else can have it now; the first hold stays expired. */
+    expect_ok("HoldSeats of an expired seat",
+              hold(&ttl_rsv, arena, other, sched, three, 1, &res, &err), &err);
+    assert_int_equal(res->status, RES_HELD);
+    expect_seat(list_seats(&ttl_rsv, arena, sched, 0), 3, SEAT_HELD);
+    expect_ok("GetReservation", get_reservation(&ttl_rsv, arena, first->id, &res, &err), &err);
+    assert_int_equal(res->status, RES_EXPIRED);
+    check_schedule_consistent(&ttl_rsv.db, sched);
+    svc_arena_destroy(arena);
+}
+
+static void
+test_cancel_reservation(void **state)
+{
+    static const int32_t seats25[2] = {5, 2}, sorted25[2] = {2, 5};
+    svc_arena_t *arena = svc_arena_create();
+    int64_t sched = new_schedule(&main_rsv, 8, 2500), fan = new_user(), stranger = new_user();
+    reservation_t *held = NULL, *res = NULL;
+    Reservation__V1__ListSeatsResponse *seats;
+    svc_err_t err;
+
+    (void)state;
+    expect_ok("HoldSeats", hold(&main_rsv, arena, fan, sched, seats25, 2, &held, &err), &err);
+    expect_code("CancelReservation by a stranger",
+                cancel_reservation(&main_rsv, arena, held->id, stranger, &res, &err), &err,
+                SVC_PERMISSION_DENIED);
+    seats = list_seats(&main_rsv, arena, sched, 0);
+    expect_seat(seats, 2, SEAT_HELD);
+    expect_seat(seats, 5, SEAT_HELD);
+    expect_ok("GetReservation", get_reservation(&main_rsv, arena, held->id, &res, &err), &err);
+    assert_int_equal(res->status, RES_HELD);
+
+    expect_ok("CancelReservation by the holder",
+              cancel_reservation(&main_rsv, arena, held->id, fan, &res, &err), &err);
+    assert_int_equal(res->id, held->id);
+    assert_int_equal(res->status, RES_CANCELLED);
+    assert_int_equal(res->user_id, fan);
+    assert_int_equal(res->amount, 5000);
+    expect_seat_numbers(res, sorted25, 2);
+    seats = list_seats(&main_rsv, arena, sched, 0);
+    for (int32_t n = 1; n <= 8; n++) {
+        expect_seat(seats, n, SEAT_AVAILABLE);
+    }
+    assert_int_equal(listed_schedule(&main_rsv, arena, sched)->available_seats, 8);
+    expect_ok("GetReservation", get_reservation(&main_rsv, arena, held->id, &res, &err), &err);
+    assert_int_equal(res->status, RES_CANCELLED);
+    assert_int_equal(
+        db_int(&main_rsv.db, "SELECT status FROM reservations WHERE id = %" PRId64, held->id), 3);
+
+    expect_code("CancelReservation again",
+                cancel_reservation(&main_rsv, arena, held->id, fan, &res, &err), &err,
+                SVC_FAILED_PRECONDITION);
+    expect_code("CancelReservation of an unknown id",
+                cancel_reservation(&main_rsv, arena, INT64_MAX, fan, &res, &err), &err,
+                SVC_NOT_FOUND);
+    expect_code("GetReservation of an unknown id",
+                get_reservation(&main_rsv, arena, INT64_MAX, &res, &err), &err, SVC_NOT_FOUND);
+
+    /* The seats are free for the next fan. */
+    expect_ok("HoldSeats of cancelled seats",
+              hold(&main_rsv, arena, stranger, sched, seats25, 2, &res, &err), &err);
+    expect_seat_numbers(res, sorted25, 2);
+    check_schedule_consistent(&main_rsv.db, sched);
+    svc_arena_destroy(arena);
+}
+
+/* ---------- setup ---------- */
+
+static int
+start_reservation(rsv_t *r, const char *dbname, int64_t ttl_ms)
+{
+    char db_env[600], lock_env[96], balance_env[96], ttl_env[64];
+    const char *envs[] = {db_env,  lock_env,         balance_env, "ADMIN_TOKEN=test-admin-token",
+                          ttl_env, "LOG_LEVEL=warn", NULL};
+    svc_err_t err;
+
+    r->db = pg;
+    snprintf(r->db.conninfo, sizeof(r->db.conninfo),
+             "host=127.0.0.1 port=%d user=postgres dbname=%s", pg.port, dbname);
+    r->ttl_ms = ttl_ms;
+    snprintf(db_env, sizeof(db_env), "DATABASE_URL=%s", r->db.conninfo);
+    snprintf(lock_env, sizeof(lock_env), "LOCK_SVC_ADDR=%s", lock_proc.addr);
+    snprintf(balance_env, sizeof(balance_env), "BALANCE_SVC_ADDR=%s", balance_proc.addr);
+    snprintf(ttl_env, sizeof(ttl_env), "HOLD_TTL_MS=%" PRId64, ttl_ms);
+    if (testenv_proc_start(&r->proc, reservation_path, NULL, envs) != 0) {
+        return -1;
+    }
+    r->client = svc_client_get(r->proc.addr, &err);
+    return r->client != NULL ? 0 : -1;
+}
+
+static int
+setup(void **state)
+{
+    char url[128], redis_env[160], lock_env[96], db_env[600];
+    const char *lock_envs[] = {redis_env, "LOG_LEVEL=warn", NULL};
+    const char *balance_envs[] = {db_env, lock_env, "LOG_LEVEL=warn", NULL};
+
+    (void)state;
+    testenv_cleanup_on_exit();
+    if (testenv_pg_start(&pg, "reservation") != 0 || testenv_redis_start(&redis) != 0 ||
+        testenv_pg_exec(&pg, "CREATE DATABASE balance") != 0 ||
+        testenv_pg_exec(&pg, "CREATE DATABASE reservation_ttl") != 0) {
+        return -1;
+    }
+    testenv_redis_url(&redis, url, sizeof(url));
+    snprintf(redis_env, sizeof(redis_env), "REDIS_URL=%s", url);
+    if (testenv_proc_start(&lock_proc, lock_path, NULL, lock_envs) != 0) {
+        return -1;
+    }
+    snprintf(lock_env, sizeof(lock_env), "LOCK_SVC_ADDR=%s", lock_proc.addr);
+    snprintf(db_env, sizeof(db_env),
+             "DATABASE_URL=host=127.0.0.1 port=%d user=postgres dbname=balance", pg.port);
+    if (testenv_proc_start(&balance_proc, balance_path, NULL, balance_envs) != 0) {
+        return -1;
+    }
+    if (start_reservation(&main_rsv, "reservation", MAIN_TTL_MS) != 0 ||
+        start_reservation(&ttl_rsv, "reservation_ttl", SHORT_TTL_MS) != 0) {
+        return -1;
+    }
+    return 0;
+}
+
+static int
+teardown(void **state)
+{
+    int s[4];
+
+    (void)state;
+    s[0] = testenv_proc_stop(&main_rsv.proc);
+    s[1] = testenv_proc_stop(&ttl_rsv.proc);
+    s[2] = testenv_proc_stop(&balance_proc);
+    s[3] = testenv_proc_stop(&lock_proc);
+    testenv_redis_stop(&redis);
+    testenv_pg_stop(&pg);
+    svc_client_release_all();
+    for (int i = 0; i < 4; i++) {
+        if (s[i] != 0) {
+            fprintf(stderr, "process %d did not exit cleanly: status %d\n", i, s[i]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int
+main(int argc, char **argv)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_create_concert_needs_admin_token),
+        cmocka_unit_test(test_create_concert_invalid_inputs),
+        cmocka_unit_test(test_create_concert_and_list),
+        cmocka_unit_test(test_hold_invalid_inputs),
+        cmocka_unit_test(test_one_seat_storm),
+        cmocka_unit_test(test_overlapping_holds_storm),
+        cmocka_unit_test(test_hold_expires),
+        cmocka_unit_test(test_cancel_reservation),
+    };
+
+    if (argc < 4) {
+        fprintf(stderr, "usage: %s path/to/reservation-svc path/to/balance-svc path/to/lock-svc\n",
+                argv[0]);
+        return 2;
+    }
+    reservation_path = argv[1];
+    balance_path = argv[2];
+    lock_path = argv[3];
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
