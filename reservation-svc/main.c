@@ -65,6 +65,8 @@ main(int argc, char **argv)
          86400000, &ropts.hold_ttl_ms, 0},
         {"sweep-ms", "SWEEP_MS", SVC_OPT_INT, "1000", "how often expired holds are swept", 10,
          600000, &ropts.sweep_ms, 0},
+        {"pay-grace-ms", "PAY_GRACE_MS", SVC_OPT_INT, "60000",
+         "a hold being paid stays alive at least this long", 1000, 3600000, &ropts.pay_grace_ms, 0},
         {"lock-wait-ms", "LOCK_WAIT_MS", SVC_OPT_INT, "2000", "how long to wait for a seat's lock",
          0, 60000, &ropts.lock_wait_ms, 0},
         {"lock-lease-ms", "LOCK_LEASE_MS", SVC_OPT_INT, "10000", "lease of a seat's lock", 100,
@@ -79,7 +81,7 @@ main(int argc, char **argv)
     svc_pg_opts_t dbopts = {0};
     svc_server_t *server = NULL;
     reservation_service_t *svc = NULL;
-    svc_client_t *lock_svc;
+    svc_client_t *lock_svc, *balance_svc;
     svc_pg_pool_t *db;
     svc_err_t err;
     int rc = 1;
@@ -94,7 +96,8 @@ main(int argc, char **argv)
     dbopts.statement_timeout_ms = (int)stmt_timeout;
     db = svc_pg_pool_create(&dbopts, &err);
     lock_svc = db != NULL ? svc_client_get(lock_addr, &err) : NULL;
-    if (db == NULL || lock_svc == NULL) {
+    balance_svc = lock_svc != NULL ? svc_client_get(balance_addr, &err) : NULL;
+    if (db == NULL || lock_svc == NULL || balance_svc == NULL) {
         fprintf(stderr, "%s: %s\n", argv[0], err.msg);
         svc_pg_pool_destroy(db);
         return 2;
@@ -104,7 +107,6 @@ main(int argc, char **argv)
         svc_pg_pool_destroy(db);
         return 1;
     }
-    (void)balance_addr; /* payments: next step */
     sopts.service_name = "reservation-svc";
     sopts.listen_addr = listen_addr;
     sopts.workers = (int)workers;
@@ -114,7 +116,8 @@ main(int argc, char **argv)
     sopts.descriptors_len = reservation_descriptor_set_len;
     server = svc_server_create(&sopts, &err);
     if (server == NULL ||
-        (svc = reservation_service_create(server, db, lock_svc, &ropts, &err)) == NULL ||
+        (svc = reservation_service_create(server, db, lock_svc, balance_svc, &ropts, &err)) ==
+            NULL ||
         reservation_service_register(svc, &err) != 0 || svc_server_start(server, &err) != 0) {
         svc_log_kv(SVC_LOG_ERROR, "cannot start", "error", err.msg, NULL);
         goto out;

@@ -4,6 +4,10 @@
  * queueing), then takes lock tokens seat:<schedule>:<number> in ascending
  * order, runs one short transaction, and gives the tokens back. A sweeper
  * marks expired holds EXPIRED; reads treat them as free before it runs.
+ * PayReservation records a payment intent (which keeps the hold alive), asks
+ * balance-svc to spend with a key derived from the reservation, then confirms:
+ * a retry, a concurrent call or a restart finishes the same payment, and the
+ * sweeper finishes payments a crash left pending.
  */
 #define _GNU_SOURCE
 #include <inttypes.h>
@@ -13,6 +17,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "balance/v1/balance.pb-c.h"
 #include "reservation/v1/reservation.pb-c.h"
 #include "reservation_service.h"
 #include "reservation_store.h"
@@ -30,6 +35,7 @@ struct reservation_service {
     svc_server_t *server;
     svc_pg_pool_t *db;
     svc_client_t *lock_svc;
+    svc_client_t *balance_svc;
     reservation_opts_t opts;
     pthread_t sweeper;
     pthread_mutex_t mu;
@@ -406,15 +412,108 @@ handle_get(svc_call_t *call, const ProtobufCMessage *msg, void *user)
     reply_reservation(call, &r, 2);
 }
 
+/*
+ * Steps 2 and 3 of a payment: asks balance-svc to spend (outside any
+ * transaction, with the key derived from the reservation, so asking again
+ * never charges twice), then records the outcome. A pending payment stays
+ * pending when balance-svc cannot be reached: a retry or the sweeper finishes it.
+ */
+static int
+pay_finish(reservation_service_t *svc, rsv_payment_t *pay, svc_call_t *parent, int64_t deadline_ms,
+           svc_err_t *err)
+{
+    Balance__V1__SpendRequest req = BALANCE__V1__SPEND_REQUEST__INIT;
+    Balance__V1__SpendResponse *resp;
+    svc_arena_t *arena = svc_arena_create();
+    svc_call_opts_t opts = {.parent = parent, .timeout_ms = 10000};
+    char reference[64];
+    int rc;
+
+    if (arena == NULL) {
+        svc_err_set(err, SVC_RESOURCE_EXHAUSTED, "out of memory");
+        return -1;
+    }
+    snprintf(reference, sizeof(reference), "reservation %" PRId64, pay->reservation_id);
+    req.user_id = pay->user_id;
+    req.amount = pay->amount;
+    req.idempotency_key = pay->key;
+    req.reference = reference;
+    rc = svc_client_unary(svc->balance_svc, "/balance.v1.BalanceService/Spend", &req.base,
+                          &balance__v1__spend_response__descriptor, arena,
+                          (ProtobufCMessage **)&resp, &opts, err);
+    if (rc == 0) {
+        pay->balance_txn_id = resp->transaction_id;
+        pay->balance_after = resp->balance;
+        rc = rsv_store_pay_confirm(svc->db, pay->id, pay->balance_txn_id, pay->balance_after,
+                                   deadline_ms, err);
+    } else if (err->code == SVC_FAILED_PRECONDITION || err->code == SVC_NOT_FOUND ||
+               err->code == SVC_INVALID_ARGUMENT) {
+        svc_err_t why = *err; /* refused for good (too little money): the payment failed */
+        if (rsv_store_pay_fail(svc->db, pay->id, deadline_ms, err) == 0) {
+            *err = why;
+            if (err->code == SVC_NOT_FOUND) {
+                svc_err_set(err, SVC_FAILED_PRECONDITION, "insufficient balance");
+            }
+        }
+    } else {
+        svc_logf(SVC_LOG_WARN, "payment %" PRId64 " left pending: %s", pay->id, err->msg);
+        if (err->code != SVC_DEADLINE_EXCEEDED && err->code != SVC_CANCELLED) {
+            svc_err_set(err, SVC_UNAVAILABLE, "balance service unavailable, retry the payment");
+        }
+    }
+    svc_arena_destroy(arena);
+    return rc;
+}
+
 static void
 handle_pay(svc_call_t *call, const ProtobufCMessage *msg, void *user)
 {
+    const Reservation__V1__PayReservationRequest *req = (const void *)msg;
+    Reservation__V1__PayReservationResponse resp = RESERVATION__V1__PAY_RESERVATION_RESPONSE__INIT;
+    reservation_service_t *svc = user;
+    rsv_reservation_t r;
+    rsv_payment_t pay;
     svc_err_t err;
+    bool done;
 
-    (void)msg;
-    (void)user;
-    svc_err_set(&err, SVC_UNIMPLEMENTED, "payments are not implemented yet");
-    svc_call_fail(call, &err);
+    if (!svc_validate_range("reservation_id", req->reservation_id, 1, INT64_MAX, &err) ||
+        !svc_validate_range("user_id", req->user_id, 1, INT64_MAX, &err) ||
+        !svc_validate_text("idempotency_key", req->idempotency_key, 0, 128, &err) ||
+        rsv_store_pay_begin(svc->db, req->reservation_id, req->user_id, svc_now_unix_ms(),
+                            svc->opts.pay_grace_ms, db_deadline(call), svc_call_arena(call), &r,
+                            &pay, &done, &err) != 0 ||
+        (!done && pay_finish(svc, &pay, call, db_deadline(call), &err) != 0)) {
+        svc_call_fail(call, &err);
+        return;
+    }
+    r.status = RSV_CONFIRMED;
+    resp.reservation = to_pb_reservation(svc_call_arena(call), &r);
+    if (resp.reservation == NULL) {
+        fail_oom(call);
+        return;
+    }
+    resp.balance = pay.balance_after;
+    resp.payment_id = pay.balance_txn_id;
+    svc_call_reply(call, &resp.base);
+}
+
+/* Payments a crash left pending: finished here, so no one has to retry them. */
+static void
+resume_payments(reservation_service_t *svc)
+{
+    rsv_payment_t pending[20];
+    svc_err_t err;
+    int n = 0;
+
+    if (rsv_store_pending_payments(svc->db, svc_now_unix_ms(), 5000, 20, pending, &n, &err) != 0) {
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        if (pay_finish(svc, &pending[i], NULL, svc_now_unix_ms() + 10000, &err) == 0) {
+            svc_logf(SVC_LOG_INFO, "payment %" PRId64 " of reservation %" PRId64 " finished",
+                     pending[i].id, pending[i].reservation_id);
+        }
+    }
 }
 
 /* ---------- the sweeper ---------- */
@@ -431,6 +530,7 @@ sweeper(void *arg)
         svc_err_t err;
 
         pthread_mutex_unlock(&svc->mu);
+        resume_payments(svc);
         if (rsv_store_sweep(svc->db, svc_now_unix_ms(), &n, &err) != 0) {
             svc_logf(SVC_LOG_WARN, "sweeper: %s", err.msg);
         } else if (n > 0) {
@@ -457,7 +557,8 @@ sweeper(void *arg)
 
 reservation_service_t *
 reservation_service_create(svc_server_t *server, svc_pg_pool_t *db, svc_client_t *lock_svc,
-                           const reservation_opts_t *opts, svc_err_t *err)
+                           svc_client_t *balance_svc, const reservation_opts_t *opts,
+                           svc_err_t *err)
 {
     reservation_service_t *svc = calloc(1, sizeof(*svc));
 
@@ -468,6 +569,7 @@ reservation_service_create(svc_server_t *server, svc_pg_pool_t *db, svc_client_t
     svc->server = server;
     svc->db = db;
     svc->lock_svc = lock_svc;
+    svc->balance_svc = balance_svc;
     svc->opts = *opts;
     pthread_mutex_init(&svc->mu, NULL);
     pthread_cond_init(&svc->cv, NULL);
@@ -488,7 +590,7 @@ reservation_service_register(reservation_service_t *svc, svc_err_t *err)
         {SVC_METHOD_UNARY, handle_list_concerts, NULL, 0},
         {SVC_METHOD_UNARY, handle_list_seats, NULL, 0},
         {SVC_METHOD_UNARY, handle_hold_seats, NULL, 0},
-        {SVC_METHOD_UNARY, handle_pay, NULL, 1},
+        {SVC_METHOD_UNARY, handle_pay, NULL, 0},
         {SVC_METHOD_UNARY, handle_cancel, NULL, 0},
         {SVC_METHOD_UNARY, handle_get, NULL, 0},
     };

@@ -18,12 +18,13 @@ typedef struct {
     int64_t hold_ttl_ms;     /* how long a hold lasts */
     int64_t lock_wait_ms;    /* how long to wait for a seat's lock token */
     int64_t lock_lease_ms;
-    int64_t sweep_ms; /* how often the sweeper looks for expired holds */
+    int64_t sweep_ms;     /* how often the sweeper looks for expired holds */
+    int64_t pay_grace_ms; /* a hold being paid stays alive at least this long */
 } reservation_opts_t;
 
 /* Starts the sweeper. Takes no ownership: server, db and lock_svc must outlive it. */
 reservation_service_t *reservation_service_create(svc_server_t *server, svc_pg_pool_t *db,
-                                                  svc_client_t *lock_svc,
+                                                  svc_client_t *lock_svc, svc_client_t *balance_svc,
                                                   const reservation_opts_t *opts, svc_err_t *err);
 int reservation_service_register(reservation_service_t *svc, svc_err_t *err);
 /* Stops the sweeper and frees. NULL is a no-op. */

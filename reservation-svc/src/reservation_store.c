@@ -323,8 +323,10 @@ expire_old_holds(PGconn *conn, const char *sched, const char *list, const char *
     const char *p[] = {sched, list, now};
     PGresult *res = exec(
         conn,
-        "WITH old AS (SELECT DISTINCT hold_reservation_id AS id FROM seats WHERE schedule_id = $1"
-        " AND number = ANY($2::int[]) AND status = 2 AND hold_expires_at_ms <= $3),"
+        "WITH old AS (SELECT DISTINCT hold_reservation_id AS id FROM seats s WHERE schedule_id = $1"
+        " AND number = ANY($2::int[]) AND status = 2 AND hold_expires_at_ms <= $3"
+        " AND NOT EXISTS (SELECT 1 FROM payments p WHERE p.reservation_id = s.hold_reservation_id"
+        " AND p.status = 1)),"
         " r AS (UPDATE reservations SET status = 4, updated_at = now()"
         " WHERE id IN (SELECT id FROM old) AND status = 1 RETURNING id),"
         " rs AS (UPDATE reservation_seats SET live = false WHERE reservation_id IN (SELECT id FROM "
@@ -562,8 +564,9 @@ sweep_tx(PGconn *conn, void *arg, svc_err_t *err)
     I64(now, now_and_count[0]);
     res =
         exec(conn,
-             "WITH exp AS (SELECT id FROM reservations WHERE status = 1 AND expires_at_ms <= $1"
-             " ORDER BY id LIMIT 200 FOR UPDATE SKIP LOCKED),"
+             "WITH exp AS (SELECT id FROM reservations r WHERE status = 1 AND expires_at_ms <= $1"
+             " AND NOT EXISTS (SELECT 1 FROM payments p WHERE p.reservation_id = r.id"
+             " AND p.status = 1) ORDER BY id LIMIT 200 FOR UPDATE SKIP LOCKED),"
              " r AS (UPDATE reservations SET status = 4, updated_at = now()"
              " WHERE id IN (SELECT id FROM exp) RETURNING id),"
              " rs AS (UPDATE reservation_seats SET live = false"
@@ -589,4 +592,213 @@ rsv_store_sweep(svc_pg_pool_t *db, int64_t now_ms, int *n_expired, svc_err_t *er
 
     *n_expired = (int)arg[1];
     return rc;
+}
+
+/* ---------- payments ---------- */
+
+static void
+payment_key(rsv_payment_t *pay)
+{
+    snprintf(pay->key, sizeof(pay->key), "reservation:%" PRId64, pay->reservation_id);
+}
+
+static void
+read_payment(const PGresult *res, int row, rsv_payment_t *pay)
+{
+    pay->id = get_i64(res, row, 0);
+    pay->reservation_id = get_i64(res, row, 1);
+    pay->user_id = get_i64(res, row, 2);
+    pay->amount = get_i64(res, row, 3);
+    pay->status = (int)get_i64(res, row, 4);
+    pay->balance_txn_id = get_i64(res, row, 5);
+    pay->balance_after = get_i64(res, row, 6);
+    payment_key(pay);
+}
+
+#define PAYMENT_COLUMNS                                                                            \
+    "id, reservation_id, user_id, amount, status, coalesce(balance_txn_id, 0),"                    \
+    " coalesce(balance_after, 0)"
+
+typedef struct {
+    int64_t id, user_id, now_ms, grace_ms;
+    svc_arena_t *arena;
+    rsv_reservation_t *r;
+    rsv_payment_t *pay;
+    bool *done;
+} pay_ctx_t;
+
+/* Records the intent and keeps the hold alive while balance-svc is asked. */
+static int
+record_intent(PGconn *conn, pay_ctx_t *c, svc_err_t *err)
+{
+    char rid[24], user[24], amount[24], until[24];
+    const char *p[] = {rid, user, amount, c->pay->key, until};
+    PGresult *res;
+
+    I64(rid, c->id);
+    I64(user, c->user_id);
+    I64(amount, c->r->amount);
+    I64(until, c->now_ms + c->grace_ms);
+    res =
+        exec(conn,
+             "WITH pay AS (INSERT INTO payments (reservation_id, user_id, amount, idempotency_key)"
+             " VALUES ($1, $2, $3, $4) ON CONFLICT (reservation_id) DO UPDATE SET status = 1,"
+             " updated_at = now() RETURNING " PAYMENT_COLUMNS "),"
+             " r AS (UPDATE reservations SET expires_at_ms = greatest(expires_at_ms, $5)"
+             " WHERE id = $1),"
+             " s AS (UPDATE seats SET hold_expires_at_ms = greatest(hold_expires_at_ms, $5)"
+             " WHERE status = 2 AND hold_reservation_id = $1)"
+             " SELECT * FROM pay",
+             5, p, PGRES_TUPLES_OK, "record payment", err);
+    if (res == NULL) {
+        return -1;
+    }
+    read_payment(res, 0, c->pay);
+    PQclear(res);
+    return 0;
+}
+
+static int
+pay_begin_tx(PGconn *conn, void *arg, svc_err_t *err)
+{
+    pay_ctx_t *c = arg;
+    char rid[24];
+    const char *p[] = {rid};
+    PGresult *res;
+    bool have;
+
+    *c->done = false;
+    if (read_reservation(conn, c->id, c->now_ms, true, c->arena, c->r, err) != 0) {
+        return -1;
+    }
+    if (c->r->user_id != c->user_id) {
+        svc_err_set(err, SVC_PERMISSION_DENIED, "reservation %" PRId64 " is not yours", c->id);
+        return -1;
+    }
+    I64(rid, c->id);
+    res = exec(conn, "SELECT " PAYMENT_COLUMNS " FROM payments WHERE reservation_id = $1", 1, p,
+               PGRES_TUPLES_OK, "read payment", err);
+    if (res == NULL) {
+        return -1;
+    }
+    have = PQntuples(res) == 1;
+    if (have) {
+        read_payment(res, 0, c->pay);
+    }
+    PQclear(res);
+    if (have && c->pay->status == RSV_PAY_CHARGED) {
+        *c->done = true; /* paid before: the original answer */
+        return 0;
+    }
+    if (have && c->pay->status == RSV_PAY_PENDING) {
+        c->r->status = RSV_HELD; /* finish the payment under way: it cannot expire meanwhile */
+        return 0;
+    }
+    if (c->r->status != RSV_HELD) {
+        svc_err_set(err, SVC_FAILED_PRECONDITION, "reservation %" PRId64 " is %s", c->id,
+                    c->r->status == RSV_EXPIRED     ? "expired"
+                    : c->r->status == RSV_CANCELLED ? "cancelled"
+                                                    : "not payable");
+        return -1;
+    }
+    c->pay->reservation_id = c->id;
+    payment_key(c->pay);
+    return record_intent(conn, c, err);
+}
+
+int
+rsv_store_pay_begin(svc_pg_pool_t *db, int64_t reservation_id, int64_t user_id, int64_t now_ms,
+                    int64_t grace_ms, int64_t deadline_ms, svc_arena_t *arena, rsv_reservation_t *r,
+                    rsv_payment_t *pay, bool *done, svc_err_t *err)
+{
+    pay_ctx_t c = {reservation_id, user_id, now_ms, grace_ms, arena, r, pay, done};
+
+    memset(pay, 0, sizeof(*pay));
+    return svc_pg_tx(db, deadline_ms, pay_begin_tx, &c, err);
+}
+
+static int
+pay_outcome(svc_pg_pool_t *db, const char *sql, int n, const char *const *p, int64_t deadline_ms,
+            svc_err_t *err)
+{
+    PGconn *conn = svc_pg_acquire(db, deadline_ms, err);
+    PGresult *res;
+
+    if (conn == NULL) {
+        return -1;
+    }
+    res = exec(conn, sql, n, p, PGRES_COMMAND_OK, "record payment outcome", err);
+    svc_pg_release(db, conn, res == NULL && err->code == SVC_UNAVAILABLE);
+    if (res == NULL) {
+        return -1;
+    }
+    PQclear(res);
+    return 0;
+}
+
+int
+rsv_store_pay_confirm(svc_pg_pool_t *db, int64_t payment_id, int64_t balance_txn_id,
+                      int64_t balance_after, int64_t deadline_ms, svc_err_t *err)
+{
+    char pid[24], txn[24], after[24];
+    const char *p[] = {pid, txn, after};
+
+    I64(pid, payment_id);
+    I64(txn, balance_txn_id);
+    I64(after, balance_after);
+    /* One statement, so one transaction: charged, confirmed and sold together. */
+    return pay_outcome(
+        db,
+        "WITH pay AS (UPDATE payments SET status = 2, balance_txn_id = $2, balance_after = $3,"
+        " updated_at = now() WHERE id = $1 RETURNING reservation_id),"
+        " r AS (UPDATE reservations SET status = 2, updated_at = now()"
+        " WHERE id IN (SELECT reservation_id FROM pay))"
+        " UPDATE seats SET status = 3 WHERE hold_reservation_id IN (SELECT reservation_id FROM "
+        "pay)",
+        3, p, deadline_ms, err);
+}
+
+int
+rsv_store_pay_fail(svc_pg_pool_t *db, int64_t payment_id, int64_t deadline_ms, svc_err_t *err)
+{
+    char pid[24];
+    const char *p[] = {pid};
+
+    I64(pid, payment_id);
+    return pay_outcome(db,
+                       "UPDATE payments SET status = 3, updated_at = now() WHERE id = $1"
+                       " AND status = 1",
+                       1, p, deadline_ms, err);
+}
+
+int
+rsv_store_pending_payments(svc_pg_pool_t *db, int64_t now_ms, int64_t min_age_ms, int max,
+                           rsv_payment_t *out, int *n, svc_err_t *err)
+{
+    char age[24], lim[16];
+    const char *p[] = {age, lim};
+    PGconn *conn = svc_pg_acquire(db, now_ms + 5000, err);
+    PGresult *res;
+
+    *n = 0;
+    if (conn == NULL) {
+        return -1;
+    }
+    I64(age, min_age_ms);
+    I64(lim, max);
+    res =
+        exec(conn,
+             "SELECT " PAYMENT_COLUMNS " FROM payments WHERE status = 1"
+             " AND updated_at < now() - $1::bigint * interval '1 millisecond' ORDER BY id LIMIT $2",
+             2, p, PGRES_TUPLES_OK, "read pending payments", err);
+    svc_pg_release(db, conn, res == NULL && err->code == SVC_UNAVAILABLE);
+    if (res == NULL) {
+        return -1;
+    }
+    for (int i = 0; i < PQntuples(res) && i < max; i++) {
+        read_payment(res, i, &out[i]);
+        (*n)++;
+    }
+    PQclear(res);
+    return 0;
 }

@@ -5,6 +5,7 @@
 #ifndef RESERVATION_STORE_H
 #define RESERVATION_STORE_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "svc/arena.h"
@@ -87,6 +88,40 @@ int rsv_store_cancel(svc_pg_pool_t *db, int64_t reservation_id, int64_t user_id,
 
 int rsv_store_get(svc_pg_pool_t *db, int64_t reservation_id, int64_t now_ms, int64_t deadline_ms,
                   svc_arena_t *arena, rsv_reservation_t *out, svc_err_t *err);
+
+/* A payment: its intent, then its outcome. */
+typedef struct {
+    int64_t id;
+    int64_t reservation_id, user_id, amount;
+    int status; /* 1 pending, 2 charged, 3 failed */
+    int64_t balance_txn_id, balance_after;
+    char key[64]; /* the idempotency key balance-svc sees: derived from the reservation */
+} rsv_payment_t;
+
+enum { RSV_PAY_PENDING = 1, RSV_PAY_CHARGED = 2, RSV_PAY_FAILED = 3 };
+
+/*
+ * Step 1 of a payment, in one transaction: checks owner (PERMISSION_DENIED)
+ * and state; a confirmed reservation returns its charged payment (*done set);
+ * a live hold gets a pending payment intent and its hold extended by
+ * grace_ms so it cannot expire while balance-svc is asked; an expired,
+ * cancelled or failed-and-expired one is FAILED_PRECONDITION. An intent that
+ * is already pending is returned as it is (another call, a retry, a restart).
+ */
+int rsv_store_pay_begin(svc_pg_pool_t *db, int64_t reservation_id, int64_t user_id, int64_t now_ms,
+                        int64_t grace_ms, int64_t deadline_ms, svc_arena_t *arena,
+                        rsv_reservation_t *r, rsv_payment_t *pay, bool *done, svc_err_t *err);
+
+/* Step 3: balance-svc charged: payment charged, reservation confirmed, seats sold. Idempotent. */
+int rsv_store_pay_confirm(svc_pg_pool_t *db, int64_t payment_id, int64_t balance_txn_id,
+                          int64_t balance_after, int64_t deadline_ms, svc_err_t *err);
+
+/* Step 3 otherwise: balance-svc refused (too little money): the payment failed, the hold stays. */
+int rsv_store_pay_fail(svc_pg_pool_t *db, int64_t payment_id, int64_t deadline_ms, svc_err_t *err);
+
+/* Pending payments older than min_age_ms (a crash left them), up to max, for recovery. */
+int rsv_store_pending_payments(svc_pg_pool_t *db, int64_t now_ms, int64_t min_age_ms, int max,
+                               rsv_payment_t *out, int *n, svc_err_t *err);
 
 /*
  * Marks up to a batch of holds past their expiry EXPIRED and frees their

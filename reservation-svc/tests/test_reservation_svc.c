@@ -160,9 +160,8 @@ make_specs(svc_arena_t *arena, size_t n, int64_t starts0, int32_t seat_count, in
 
 /* A new concert with one schedule of seat_count seats at price; returns its schedule id. */
 static int64_t
-new_schedule(const rsv_t *r, int32_t seat_count, int64_t price)
+new_schedule(const rsv_t *r, svc_arena_t *arena, int32_t seat_count, int64_t price)
 {
-    svc_arena_t *arena = svc_arena_create();
     Reservation__V1__Concert *concert = NULL;
     char title[64];
     svc_err_t err;
@@ -178,7 +177,6 @@ new_schedule(const rsv_t *r, int32_t seat_count, int64_t price)
     assert_int_equal(concert->n_schedules, 1);
     id = concert->schedules[0]->id;
     assert_true(id > 0);
-    svc_arena_destroy(arena);
     return id;
 }
 
@@ -448,13 +446,12 @@ test_create_concert_needs_admin_token(void **state)
         "Bearer wrong-token", "Bearer test-admin-toke", "Bearer test-admin-token-extra", "Bearer ",
         "test-admin-token",   "Basic test-admin-token", "bearer-test-admin-token-nope",
     };
-    svc_arena_t *arena = svc_arena_create();
+    svc_arena_t *arena = *state;
     size_t before = list_concerts(&main_rsv, arena)->n_concerts;
     Reservation__V1__ScheduleSpec **specs = make_specs(arena, 1, svc_now_unix_ms(), 10, 100);
     char what[96];
     svc_err_t err;
 
-    (void)state;
     expect_code("CreateConcert without a token",
                 create_concert_raw(&main_rsv, arena, "no token", specs, 1, NULL, NULL, &err), &err,
                 SVC_PERMISSION_DENIED);
@@ -466,18 +463,16 @@ test_create_concert_needs_admin_token(void **state)
             &err, SVC_PERMISSION_DENIED);
     }
     assert_int_equal(list_concerts(&main_rsv, arena)->n_concerts, before);
-    svc_arena_destroy(arena);
 }
 
 static void
 test_create_concert_invalid_inputs(void **state)
 {
-    svc_arena_t *arena = svc_arena_create();
+    svc_arena_t *arena = *state;
     size_t before = list_concerts(&main_rsv, arena)->n_concerts;
     int64_t t = svc_now_unix_ms() + 86400000;
     svc_err_t err;
 
-    (void)state;
     expect_code("CreateConcert with an empty title",
                 create_concert_raw(&main_rsv, arena, "", make_specs(arena, 1, t, 10, 100), 1,
                                    ADMIN_AUTH, NULL, &err),
@@ -512,14 +507,12 @@ test_create_concert_invalid_inputs(void **state)
                 create_concert_raw(&main_rsv, arena, "mixed", mixed, 3, ADMIN_AUTH, NULL, &err),
                 &err, SVC_INVALID_ARGUMENT);
     assert_int_equal(list_concerts(&main_rsv, arena)->n_concerts, before);
-    svc_arena_destroy(arena);
 }
 
 /* Checks ListSeats of a new schedule: 1..n, all available, each at price. */
 static void
-check_fresh_seats(int64_t schedule_id, int32_t seat_count, int64_t price)
+check_fresh_seats(svc_arena_t *arena, int64_t schedule_id, int32_t seat_count, int64_t price)
 {
-    svc_arena_t *arena = svc_arena_create();
 
     for (int available_only = 0; available_only <= 1; available_only++) {
         Reservation__V1__ListSeatsResponse *seats =
@@ -536,13 +529,12 @@ check_fresh_seats(int64_t schedule_id, int32_t seat_count, int64_t price)
             assert_int_equal(s->status, SEAT_AVAILABLE);
         }
     }
-    svc_arena_destroy(arena);
 }
 
 static void
 test_create_concert_and_list(void **state)
 {
-    svc_arena_t *arena = svc_arena_create();
+    svc_arena_t *arena = *state;
     int64_t t = svc_now_unix_ms() + 7 * 86400000LL;
     Reservation__V1__ScheduleSpec **specs = make_specs(arena, 2, t, 0, 0);
     Reservation__V1__Concert *concert = NULL, *listed = NULL;
@@ -551,7 +543,6 @@ test_create_concert_and_list(void **state)
     ProtobufCMessage *out;
     svc_err_t err;
 
-    (void)state;
     /* Given latest first: the answer must list them in starts_at_ms order. */
     specs[0]->starts_at_ms = t + 7200000;
     specs[0]->seat_count = 30;
@@ -579,13 +570,27 @@ test_create_concert_and_list(void **state)
     assert_string_equal(listed->title, "Spring Tour, Seoul");
     assert_int_equal(listed->n_schedules, 2);
 
-    Reservation__V1__Concert *both[2] = {concert, listed};
+    /* Contents first, found by start time; the order is checked at the end. */
+    Reservation__V1__Concert *both[2] = {listed, concert};
+    const char *names[2] = {"ListConcerts", "CreateConcert"};
+    char misordered[160] = "";
+    int64_t early_id = 0, late_id = 0;
     for (int k = 0; k < 2; k++) {
-        Reservation__V1__Schedule *early = both[k]->schedules[0], *late = both[k]->schedules[1];
-        if (early->starts_at_ms != t + 3600000 || late->starts_at_ms != t + 7200000) {
-            fail_msg("%s: schedules not in starts_at_ms order (%" PRId64 ", %" PRId64 ")",
-                     k == 0 ? "CreateConcert" : "ListConcerts", early->starts_at_ms - t,
-                     late->starts_at_ms - t);
+        Reservation__V1__Schedule *early = NULL, *late = NULL;
+        for (int j = 0; j < 2; j++) {
+            Reservation__V1__Schedule *sc = both[k]->schedules[j];
+            if (sc->starts_at_ms == t + 3600000) {
+                early = sc;
+            } else if (sc->starts_at_ms == t + 7200000) {
+                late = sc;
+            }
+        }
+        if (early == NULL || late == NULL) {
+            fail_msg("%s: a schedule's starts_at_ms was not kept", names[k]);
+        }
+        if (both[k]->schedules[0] != early) {
+            snprintf(misordered + strlen(misordered), sizeof(misordered) - strlen(misordered),
+                     "%s%s", misordered[0] != '\0' ? " and " : "", names[k]);
         }
         assert_true(early->id > 0 && late->id > 0 && early->id != late->id);
         assert_int_equal(early->concert_id, concert->id);
@@ -594,12 +599,17 @@ test_create_concert_and_list(void **state)
         assert_int_equal(late->seat_count, 30);
         assert_int_equal(early->available_seats, 12);
         assert_int_equal(late->available_seats, 30);
+        if (k == 0) {
+            early_id = early->id;
+            late_id = late->id;
+        } else {
+            assert_int_equal(early->id, early_id);
+            assert_int_equal(late->id, late_id);
+        }
     }
-    assert_int_equal(listed->schedules[0]->id, concert->schedules[0]->id);
-    assert_int_equal(listed->schedules[1]->id, concert->schedules[1]->id);
 
-    check_fresh_seats(concert->schedules[0]->id, 12, 9000);
-    check_fresh_seats(concert->schedules[1]->id, 30, 15000);
+    check_fresh_seats(arena, early_id, 12, 9000);
+    check_fresh_seats(arena, late_id, 30, 15000);
 
     /* The limits themselves are accepted: 100 schedules, 10 000 seats, price 0. */
     expect_ok("CreateConcert with 100 schedules",
@@ -612,7 +622,7 @@ test_create_concert_and_list(void **state)
               create_concert_raw(&main_rsv, arena, "stadium", make_specs(arena, 1, t, 10000, 0), 1,
                                  ADMIN_AUTH, &concert, &err),
               &err);
-    check_fresh_seats(concert->schedules[0]->id, 10000, 0);
+    check_fresh_seats(arena, concert->schedules[0]->id, 10000, 0);
 
     unknown.schedule_id = INT64_MAX;
     expect_code("ListSeats of an unknown schedule",
@@ -620,7 +630,11 @@ test_create_concert_and_list(void **state)
                          &reservation__v1__list_seats_response__descriptor, arena, &out, NULL,
                          &err),
                 &err, SVC_NOT_FOUND);
-    svc_arena_destroy(arena);
+
+    /* Concert.schedules is documented as "in starts_at_ms order". */
+    if (misordered[0] != '\0') {
+        fail_msg("%s: schedules not in starts_at_ms order (given latest first)", misordered);
+    }
 }
 
 /* ---------- HoldSeats ---------- */
@@ -633,13 +647,12 @@ test_hold_invalid_inputs(void **state)
                          one_bad[2] = {1, 21}, one[1] = {1};
     static const int32_t ten[10] = {20, 1, 7, 3, 15, 9, 11, 2, 18, 5};
     static const int32_t ten_sorted[10] = {1, 2, 3, 5, 7, 9, 11, 15, 18, 20};
-    svc_arena_t *arena = svc_arena_create();
-    int64_t sched = new_schedule(&main_rsv, 20, 1000), user = new_user(), now;
+    svc_arena_t *arena = *state;
+    int64_t sched = new_schedule(&main_rsv, arena, 20, 1000), user = new_user(), now;
     reservation_t *res = NULL, *got = NULL;
     svc_err_t err;
     int rc;
 
-    (void)state;
     expect_code("HoldSeats with user_id 0", hold(&main_rsv, arena, 0, sched, one, 1, &res, &err),
                 &err, SVC_INVALID_ARGUMENT);
     expect_code("HoldSeats with user_id -5", hold(&main_rsv, arena, -5, sched, one, 1, &res, &err),
@@ -716,7 +729,6 @@ test_hold_invalid_inputs(void **state)
     assert_int_equal(list_seats(&main_rsv, arena, sched, 1)->n_seats, 10);
     assert_int_equal(listed_schedule(&main_rsv, arena, sched)->available_seats, 10);
     check_schedule_consistent(&main_rsv.db, sched);
-    svc_arena_destroy(arena);
 }
 
 static void
@@ -724,14 +736,13 @@ test_one_seat_storm(void **state)
 {
     enum { N = 1000 };
     const int32_t seat = 7;
-    int64_t sched = new_schedule(&main_rsv, 10, 5000), t0, ms;
-    hold_op_t *ops = calloc(N, sizeof(*ops));
+    svc_arena_t *arena = *state;
+    int64_t sched = new_schedule(&main_rsv, arena, 10, 5000), t0, ms;
+    hold_op_t *ops = svc_arena_alloc(arena, N * sizeof(*ops));
     int ok = 0, taken = 0, aborted = 0, winner = -1;
-    svc_arena_t *arena;
     reservation_t *res = NULL;
     svc_err_t err;
 
-    (void)state;
     for (int i = 0; i < N; i++) {
         ops[i].r = &main_rsv;
         ops[i].user = new_user();
@@ -786,7 +797,6 @@ test_one_seat_storm(void **state)
                      1);
     check_schedule_consistent(&main_rsv.db, sched);
 
-    arena = svc_arena_create();
     Reservation__V1__ListSeatsResponse *seats = list_seats(&main_rsv, arena, sched, 0);
     for (int32_t n = 1; n <= 10; n++) {
         expect_seat(seats, n, n == seat ? SEAT_HELD : SEAT_AVAILABLE);
@@ -795,8 +805,6 @@ test_one_seat_storm(void **state)
               get_reservation(&main_rsv, arena, ops[winner].reservation_id, &res, &err), &err);
     assert_int_equal(res->user_id, ops[winner].user);
     assert_int_equal(res->status, RES_HELD);
-    svc_arena_destroy(arena);
-    free(ops);
 }
 
 /* A small deterministic generator, so a failing storm can be replayed. */
@@ -813,13 +821,12 @@ static void
 test_overlapping_holds_storm(void **state)
 {
     enum { N = 300, SEATS = 20 };
-    int64_t sched = new_schedule(&main_rsv, SEATS, 700), t0, ms, held_seats = 0;
-    hold_op_t *ops = calloc(N, sizeof(*ops));
+    svc_arena_t *arena = *state;
+    int64_t sched = new_schedule(&main_rsv, arena, SEATS, 700), t0, ms, held_seats = 0;
+    hold_op_t *ops = svc_arena_alloc(arena, N * sizeof(*ops));
     int owner[SEATS + 1], ok = 0, taken = 0, aborted = 0;
     uint64_t rng = 0x5eed2026u;
-    svc_arena_t *arena;
 
-    (void)state;
     for (int i = 0; i < N; i++) {
         ops[i].r = &main_rsv;
         ops[i].user = new_user();
@@ -907,14 +914,11 @@ test_overlapping_holds_storm(void **state)
     }
     check_schedule_consistent(&main_rsv.db, sched);
 
-    arena = svc_arena_create();
     Reservation__V1__ListSeatsResponse *seats = list_seats(&main_rsv, arena, sched, 0);
     for (int32_t s = 1; s <= SEATS; s++) {
         expect_seat(seats, s, owner[s] != -1 ? SEAT_HELD : SEAT_AVAILABLE);
     }
     assert_int_equal(listed_schedule(&main_rsv, arena, sched)->available_seats, SEATS - held_seats);
-    svc_arena_destroy(arena);
-    free(ops);
 }
 
 /* ---------- expiry and cancellation ---------- */
@@ -923,13 +927,12 @@ static void
 test_hold_expires(void **state)
 {
     static const int32_t three[1] = {3}, two_three[2] = {2, 3};
-    svc_arena_t *arena = svc_arena_create();
-    int64_t sched = new_schedule(&ttl_rsv, 5, 500), fan = new_user(), other = new_user();
+    svc_arena_t *arena = *state;
+    int64_t sched = new_schedule(&ttl_rsv, arena, 5, 500), fan = new_user(), other = new_user();
     reservation_t *first = NULL, *res = NULL;
     Reservation__V1__ListSeatsResponse *seats;
     svc_err_t err;
 
-    (void)state;
     expect_ok("HoldSeats", hold(&ttl_rsv, arena, fan, sched, three, 1, &first, &err), &err);
     if (first->expires_at_ms - first->created_at_ms < SHORT_TTL_MS - 500 ||
         first->expires_at_ms - first->created_at_ms > SHORT_TTL_MS + 500) {
@@ -968,20 +971,19 @@ test_hold_expires(void **state)
     expect_ok("GetReservation", get_reservation(&ttl_rsv, arena, first->id, &res, &err), &err);
     assert_int_equal(res->status, RES_EXPIRED);
     check_schedule_consistent(&ttl_rsv.db, sched);
-    svc_arena_destroy(arena);
 }
 
 static void
 test_cancel_reservation(void **state)
 {
     static const int32_t seats25[2] = {5, 2}, sorted25[2] = {2, 5};
-    svc_arena_t *arena = svc_arena_create();
-    int64_t sched = new_schedule(&main_rsv, 8, 2500), fan = new_user(), stranger = new_user();
+    svc_arena_t *arena = *state;
+    int64_t sched = new_schedule(&main_rsv, arena, 8, 2500), fan = new_user(),
+            stranger = new_user();
     reservation_t *held = NULL, *res = NULL;
     Reservation__V1__ListSeatsResponse *seats;
     svc_err_t err;
 
-    (void)state;
     expect_ok("HoldSeats", hold(&main_rsv, arena, fan, sched, seats25, 2, &held, &err), &err);
     expect_code("CancelReservation by a stranger",
                 cancel_reservation(&main_rsv, arena, held->id, stranger, &res, &err), &err,
@@ -1023,10 +1025,24 @@ test_cancel_reservation(void **state)
               hold(&main_rsv, arena, stranger, sched, seats25, 2, &res, &err), &err);
     expect_seat_numbers(res, sorted25, 2);
     check_schedule_consistent(&main_rsv.db, sched);
-    svc_arena_destroy(arena);
 }
 
 /* ---------- setup ---------- */
+
+/* Each test's arena: freed after the test even when an assertion failed. */
+static int
+arena_setup(void **state)
+{
+    *state = svc_arena_create();
+    return *state != NULL ? 0 : -1;
+}
+
+static int
+arena_teardown(void **state)
+{
+    svc_arena_destroy(*state);
+    return 0;
+}
 
 static int
 start_reservation(rsv_t *r, const char *dbname, int64_t ttl_ms)
@@ -1054,11 +1070,11 @@ start_reservation(rsv_t *r, const char *dbname, int64_t ttl_ms)
 static int
 setup(void **state)
 {
+    (void)state;
     char url[128], redis_env[160], lock_env[96], db_env[600];
     const char *lock_envs[] = {redis_env, "LOG_LEVEL=warn", NULL};
     const char *balance_envs[] = {db_env, lock_env, "LOG_LEVEL=warn", NULL};
 
-    (void)state;
     testenv_cleanup_on_exit();
     if (testenv_pg_start(&pg, "reservation") != 0 || testenv_redis_start(&redis) != 0 ||
         testenv_pg_exec(&pg, "CREATE DATABASE balance") != 0 ||
@@ -1109,14 +1125,16 @@ int
 main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_create_concert_needs_admin_token),
-        cmocka_unit_test(test_create_concert_invalid_inputs),
-        cmocka_unit_test(test_create_concert_and_list),
-        cmocka_unit_test(test_hold_invalid_inputs),
-        cmocka_unit_test(test_one_seat_storm),
-        cmocka_unit_test(test_overlapping_holds_storm),
-        cmocka_unit_test(test_hold_expires),
-        cmocka_unit_test(test_cancel_reservation),
+        cmocka_unit_test_setup_teardown(test_create_concert_needs_admin_token, arena_setup,
+                                        arena_teardown),
+        cmocka_unit_test_setup_teardown(test_create_concert_invalid_inputs, arena_setup,
+                                        arena_teardown),
+        cmocka_unit_test_setup_teardown(test_create_concert_and_list, arena_setup, arena_teardown),
+        cmocka_unit_test_setup_teardown(test_hold_invalid_inputs, arena_setup, arena_teardown),
+        cmocka_unit_test_setup_teardown(test_one_seat_storm, arena_setup, arena_teardown),
+        cmocka_unit_test_setup_teardown(test_overlapping_holds_storm, arena_setup, arena_teardown),
+        cmocka_unit_test_setup_teardown(test_hold_expires, arena_setup, arena_teardown),
+        cmocka_unit_test_setup_teardown(test_cancel_reservation, arena_setup, arena_teardown),
     };
 
     if (argc < 4) {
