@@ -33,6 +33,8 @@ Environment:
   REDIS_PORT  Redis port (default 56379; now $REDIS_PORT)
   LOCK_PORT   lock-svc port (default 50051; now $LOCK_PORT)
   BALANCE_PORT balance-svc port (default 50052; now $BALANCE_PORT)
+  RESERVATION_PORT reservation-svc port (default 50053; now $RESERVATION_PORT)
+  ADMIN_TOKEN for CreateConcert (default: a random one kept in STACK_DIR/admin-token)
   LOG_LEVEL   services' log level (default info)
   BUILD_DIR   where the services are built (default <repo>/build/release)
   PG_BIN      PostgreSQL binaries (default: newest /usr/lib/postgresql/<ver>/bin)
@@ -248,7 +250,7 @@ redis_ready() {
 # The services: built here (Release, in BUILD_DIR), then started with pid
 # files in PID_DIR and logs in LOG_DIR; each must report SERVING on
 # grpc.health.v1.Health before the next one starts.
-SERVICES=(lock-svc balance-svc)
+SERVICES=(lock-svc balance-svc reservation-svc)
 
 build_services() {
     log "building the services in $BUILD_DIR"
@@ -301,6 +303,41 @@ start_services() {
     start_service lock-svc REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0" LOG_LEVEL="$LOG_LEVEL"
     start_service balance-svc DATABASE_URL="postgresql://postgres@127.0.0.1:$PG_PORT/balance" \
         LOCK_SVC_ADDR="127.0.0.1:$LOCK_PORT" LOG_LEVEL="$LOG_LEVEL"
+    admin_token
+    start_service reservation-svc \
+        DATABASE_URL="postgresql://postgres@127.0.0.1:$PG_PORT/reservation" \
+        LOCK_SVC_ADDR="127.0.0.1:$LOCK_PORT" BALANCE_SVC_ADDR="127.0.0.1:$BALANCE_PORT" \
+        ADMIN_TOKEN="$ADMIN_TOKEN" LOG_LEVEL="$LOG_LEVEL"
+    seed_demo
+}
+
+# ADMIN_TOKEN from the environment, else the one kept in STACK_DIR/admin-token,
+# else a new random one written there.
+admin_token() {
+    local file="$STACK_DIR/admin-token"
+    if [[ -z "${ADMIN_TOKEN:-}" ]]; then
+        if [[ ! -s "$file" ]]; then
+            (umask 077 && head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$file")
+        fi
+        ADMIN_TOKEN=$(cat "$file")
+    fi
+}
+
+# A demo concert and a few funded users, only when the database has no concert.
+seed_demo() {
+    local n curl=("$BUF" curl --protocol grpc --http2-prior-knowledge)
+    n=$("$PG_BIN/psql" -X -q -t -A -h 127.0.0.1 -p "$PG_PORT" -U postgres -d reservation \
+        -c "SELECT count(*) FROM concerts" 2>/dev/null || echo 1)
+    [[ "$n" == 0 ]] || return 0
+    log "seeding a demo concert and users 1-3 with 100000 points each"
+    "${curl[@]}" -H "authorization: Bearer $ADMIN_TOKEN" \
+        -d '{"title":"Demo Night","schedules":[{"starts_at_ms":1893456000000,"seat_count":50,"seat_price":15000},{"starts_at_ms":1893542400000,"seat_count":50,"seat_price":15000}]}' \
+        "http://127.0.0.1:$RESERVATION_PORT/reservation.v1.ReservationService/CreateConcert" >/dev/null
+    local u
+    for u in 1 2 3; do
+        "${curl[@]}" -d "{\"user_id\":$u,\"amount\":100000,\"idempotency_key\":\"demo-seed-$u\"}" \
+            "http://127.0.0.1:$BALANCE_PORT/balance.v1.BalanceService/TopUp" >/dev/null
+    done
 }
 
 # ---------------------------------------------------------------------------
@@ -333,6 +370,8 @@ export RESERVATION_DATABASE_URL=postgresql://postgres@127.0.0.1:$PG_PORT/reserva
 export REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0
 export LOCK_ADDR=127.0.0.1:$LOCK_PORT
 export BALANCE_ADDR=127.0.0.1:$BALANCE_PORT
+export RESERVATION_ADDR=127.0.0.1:$RESERVATION_PORT
+export ADMIN_TOKEN=$ADMIN_TOKEN
 EOF
     cat <<EOF
 
@@ -341,6 +380,8 @@ Stack is up in $STACK_DIR (logs in $LOG_DIR/)
   Redis       127.0.0.1:$REDIS_PORT  pid $(cat "$PID_DIR/redis.pid")
   lock-svc    127.0.0.1:$LOCK_PORT  pid $(cat "$PID_DIR/lock-svc.pid")
   balance-svc 127.0.0.1:$BALANCE_PORT  pid $(cat "$PID_DIR/balance-svc.pid")
+  reservation-svc 127.0.0.1:$RESERVATION_PORT  pid $(cat "$PID_DIR/reservation-svc.pid")
+  admin token: $STACK_DIR/admin-token (or ADMIN_TOKEN)
 
   DATABASE_URL=postgresql://postgres@127.0.0.1:$PG_PORT/balance       (balance-svc)
   DATABASE_URL=postgresql://postgres@127.0.0.1:$PG_PORT/reservation   (reservation-svc)
