@@ -61,7 +61,7 @@ if ((tsan)); then
         -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
     cmake --build "$TSAN_BUILD_DIR" -j "$(nproc)"
     TSAN_OPTIONS="suppressions=$ROOT/cmake/tsan.supp halt_on_error=1" \
-        ctest --test-dir "$TSAN_BUILD_DIR" --output-on-failure --timeout 900 -R '^(libsvc|lock|balance)\.' \
+        ctest --test-dir "$TSAN_BUILD_DIR" --output-on-failure --timeout 900 -R '^(libsvc|lock|balance|reservation)\.' \
         -E buf_curl
 fi
 

@@ -139,6 +139,15 @@ reply_reservation(svc_call_t *call, const rsv_reservation_t *r, int kind)
 
 /* ---------- concerts ---------- */
 
+static int
+cmp_spec(const void *a, const void *b)
+{
+    int64_t x = ((const rsv_schedule_spec_t *)a)->starts_at_ms;
+    int64_t y = ((const rsv_schedule_spec_t *)b)->starts_at_ms;
+
+    return (x > y) - (x < y);
+}
+
 /* authorization: Bearer <ADMIN_TOKEN>, compared in constant time. */
 static bool
 is_admin(reservation_service_t *svc, svc_call_t *call)
@@ -193,6 +202,8 @@ handle_create_concert(svc_call_t *call, const ProtobufCMessage *msg, void *user)
         }
         specs[i] = (rsv_schedule_spec_t){s->starts_at_ms, s->seat_count, s->seat_price};
     }
+    /* Schedules are kept and shown in starts_at_ms order. */
+    qsort(specs, req->n_schedules, sizeof(*specs), cmp_spec);
     if (rsv_store_create_concert(svc->db, req->title, specs, (int)req->n_schedules,
                                  db_deadline(call), arena, &concert, &err) != 0) {
         svc_call_fail(call, &err);

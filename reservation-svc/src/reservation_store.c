@@ -141,7 +141,7 @@ rsv_store_list_concerts(svc_pg_pool_t *db, int64_t now_ms, int64_t deadline_ms, 
                                "SELECT s.id, s.concert_id, s.starts_at_ms, s.seat_count,"
                                " (SELECT count(*) FROM seats x WHERE x.schedule_id = s.id AND"
                                " (x.status = 1 OR (x.status = 2 AND x.hold_expires_at_ms <= $1)))"
-                               " FROM schedules s ORDER BY s.concert_id, s.id",
+                               " FROM schedules s ORDER BY s.concert_id, s.starts_at_ms, s.id",
                                1, p, PGRES_TUPLES_OK, "list schedules", err);
     svc_pg_release(db, conn, sres == NULL && err->code == SVC_UNAVAILABLE);
     if (sres == NULL) {

@@ -2,15 +2,17 @@
  * test_reservation_svc.c: reservation-svc over real gRPC with a real
  * PostgreSQL, Redis, lock-svc and balance-svc: admin-only concert creation,
  * every invalid input, 1000 fans storming one seat, overlapping multi-seat
- * holds, hold expiry and cancellation. After each storm the database is read:
- * no seat in two live holds, no taken seat without a live reservation.
+ * holds, hold expiry, cancellation and payment (charged once, even when paid
+ * fifty times at once). After each storm the database is read: no seat in two
+ * live holds, no taken seat without a live reservation.
  * argv[1] is reservation-svc, argv[2] balance-svc, argv[3] lock-svc.
  *
  * Two reservation-svc instances run, each on its own database: "reservation"
  * with HOLD_TTL_MS=300000 for everything whose assertions must not race a hold
  * expiring mid-storm, and "reservation_ttl" with HOLD_TTL_MS=2000 for the
- * expiry test. The SQL checks assume the tables seats, reservations and
- * reservation_seats with the columns named in the queries below.
+ * expiry tests. The SQL checks assume the tables seats, reservations and
+ * reservation_seats (and balance-svc's accounts and ledger) with the columns
+ * named in the queries below.
  */
 #define _GNU_SOURCE
 #include <inttypes.h>
@@ -26,6 +28,7 @@
 
 #include <cmocka.h>
 
+#include "balance/v1/balance.pb-c.h"
 #include "reservation/v1/reservation.pb-c.h"
 #include "svc/client.h"
 #include "svc/timer.h"
@@ -37,7 +40,9 @@
 
 #define SEAT_AVAILABLE RESERVATION__V1__SEAT_STATUS__SEAT_STATUS_AVAILABLE
 #define SEAT_HELD RESERVATION__V1__SEAT_STATUS__SEAT_STATUS_HELD
+#define SEAT_SOLD RESERVATION__V1__SEAT_STATUS__SEAT_STATUS_SOLD
 #define RES_HELD RESERVATION__V1__RESERVATION_STATUS__RESERVATION_STATUS_HELD
+#define RES_CONFIRMED RESERVATION__V1__RESERVATION_STATUS__RESERVATION_STATUS_CONFIRMED
 #define RES_CANCELLED RESERVATION__V1__RESERVATION_STATUS__RESERVATION_STATUS_CANCELLED
 #define RES_EXPIRED RESERVATION__V1__RESERVATION_STATUS__RESERVATION_STATUS_EXPIRED
 
@@ -53,7 +58,6 @@ typedef struct {
     testenv_proc_t proc;
     testenv_pg_t db; /* a copy of pg whose conninfo names this instance's database */
     svc_client_t *client;
-    int64_t ttl_ms;
 } rsv_t;
 
 static const char *reservation_path, *balance_path, *lock_path;
@@ -61,6 +65,8 @@ static testenv_pg_t pg;
 static testenv_redis_t redis;
 static testenv_proc_t lock_proc, balance_proc;
 static rsv_t main_rsv, ttl_rsv;
+static testenv_pg_t balance_db; /* a copy of pg naming the database "balance" */
+static svc_client_t *balance_client;
 static atomic_llong next_user = 5000;
 static atomic_int next_title = 1;
 
@@ -410,9 +416,9 @@ hold_thread(void *arg)
     return NULL;
 }
 
-/* Runs every op at once, one thread (256 KiB stack) each. */
+/* Runs fn on each of n ops of size bytes at once, one thread (256 KiB stack) each. */
 static void
-run_concurrently(hold_op_t *ops, int n)
+run_threads(void *ops, size_t size, int n, void *(*fn)(void *))
 {
     pthread_t *t = calloc((size_t)n, sizeof(*t));
     pthread_attr_t attr;
@@ -420,13 +426,19 @@ run_concurrently(hold_op_t *ops, int n)
     pthread_attr_init(&attr);
     pthread_attr_setstacksize(&attr, 256 * 1024);
     for (int i = 0; i < n; i++) {
-        assert_int_equal(pthread_create(&t[i], &attr, hold_thread, &ops[i]), 0);
+        assert_int_equal(pthread_create(&t[i], &attr, fn, (char *)ops + (size_t)i * size), 0);
     }
     for (int i = 0; i < n; i++) {
         pthread_join(t[i], NULL);
     }
     pthread_attr_destroy(&attr);
     free(t);
+}
+
+static void
+run_concurrently(hold_op_t *ops, int n)
+{
+    run_threads(ops, sizeof(*ops), n, hold_thread);
 }
 
 /* A refused hold under contention must say "taken" or "gave up", nothing else. */
@@ -1097,6 +1109,269 @@ test_cancel_reservation(void **state)
     check_schedule_consistent(&main_rsv.db, sched);
 }
 
+/* ---------- payments ---------- */
+
+/* Gives user amount won through balance-svc. */
+static void
+top_up(svc_arena_t *arena, int64_t user, int64_t amount)
+{
+    Balance__V1__TopUpRequest req = BALANCE__V1__TOP_UP_REQUEST__INIT;
+    svc_call_opts_t opts = {.timeout_ms = 15000};
+    ProtobufCMessage *out = NULL;
+    svc_err_t err;
+
+    req.user_id = user;
+    req.amount = amount;
+    req.idempotency_key = svc_arena_printf(arena, "fund-%" PRId64 "-%" PRId64, user, amount);
+    expect_ok("TopUp",
+              svc_client_unary(balance_client, "/balance.v1.BalanceService/TopUp", &req.base,
+                               &balance__v1__top_up_response__descriptor, arena, &out, &opts, &err),
+              &err);
+}
+
+static int64_t
+balance_of(int64_t user)
+{
+    return db_int(&balance_db, "SELECT balance FROM accounts WHERE user_id = %" PRId64, user);
+}
+
+/* Spends (ledger kind 2) of user in balance-svc's database. */
+static int64_t
+spends_of(int64_t user)
+{
+    return db_int(&balance_db, "SELECT count(*) FROM ledger WHERE kind = 2 AND user_id = %" PRId64,
+                  user);
+}
+
+static int
+pay(const rsv_t *r, svc_arena_t *arena, int64_t id, int64_t user, const char *key,
+    Reservation__V1__PayReservationResponse **resp, svc_err_t *err)
+{
+    Reservation__V1__PayReservationRequest req = RESERVATION__V1__PAY_RESERVATION_REQUEST__INIT;
+    ProtobufCMessage *out = NULL;
+    int rc;
+
+    req.reservation_id = id;
+    req.user_id = user;
+    req.idempotency_key = (char *)key;
+    rc = rsv_call(r, "PayReservation", &req.base,
+                  &reservation__v1__pay_reservation_response__descriptor, arena, &out, NULL, err);
+    if (rc == 0) {
+        *resp = (Reservation__V1__PayReservationResponse *)out;
+        assert_non_null((*resp)->reservation);
+    }
+    return rc;
+}
+
+static void
+test_pay_reservation(void **state)
+{
+    static const int32_t seats12[2] = {1, 2};
+    svc_arena_t *arena = *state;
+    int64_t sched = new_schedule(&main_rsv, arena, 6, 3000), fan = new_user(),
+            stranger = new_user();
+    Reservation__V1__PayReservationResponse *paid = NULL, *again = NULL;
+    reservation_t *held = NULL, *res = NULL;
+    Reservation__V1__ListSeatsResponse *seats;
+    svc_err_t err;
+
+    top_up(arena, fan, 10000);
+    top_up(arena, stranger, 10000);
+    expect_ok("HoldSeats", hold(&main_rsv, arena, fan, sched, seats12, 2, &held, &err), &err);
+    assert_int_equal(held->amount, 6000);
+    expect_code("PayReservation by a stranger",
+                pay(&main_rsv, arena, held->id, stranger, "k-stranger", &paid, &err), &err,
+                SVC_PERMISSION_DENIED);
+    expect_code("PayReservation of an unknown id",
+                pay(&main_rsv, arena, INT64_MAX, fan, "k-unknown", &paid, &err), &err,
+                SVC_NOT_FOUND);
+    assert_int_equal(balance_of(stranger), 10000);
+    assert_int_equal(balance_of(fan), 10000);
+
+    expect_ok("PayReservation", pay(&main_rsv, arena, held->id, fan, "k1", &paid, &err), &err);
+    assert_int_equal(paid->reservation->id, held->id);
+    assert_int_equal(paid->reservation->status, RES_CONFIRMED);
+    assert_int_equal(paid->reservation->amount, 6000);
+    expect_seat_numbers(paid->reservation, seats12, 2);
+    assert_int_equal(paid->balance, 4000);
+    assert_true(paid->payment_id > 0);
+    assert_int_equal(balance_of(fan), 4000);
+    assert_int_equal(spends_of(fan), 1);
+    assert_int_equal(db_int(&balance_db,
+                            "SELECT count(*) FROM ledger WHERE kind = 2 AND id = %" PRId64
+                            " AND user_id = %" PRId64 " AND amount = 6000",
+                            paid->payment_id, fan),
+                     1);
+
+    /* Paying again, with any key, returns the original result and charges nothing. */
+    expect_ok("PayReservation again", pay(&main_rsv, arena, held->id, fan, "k2", &again, &err),
+              &err);
+    assert_int_equal(again->reservation->status, RES_CONFIRMED);
+    assert_int_equal(again->payment_id, paid->payment_id);
+    assert_int_equal(again->balance, 4000);
+    assert_int_equal(balance_of(fan), 4000);
+    assert_int_equal(spends_of(fan), 1);
+
+    seats = list_seats(&main_rsv, arena, sched, 0);
+    expect_seat(seats, 1, SEAT_SOLD);
+    expect_seat(seats, 2, SEAT_SOLD);
+    expect_seat(seats, 3, SEAT_AVAILABLE);
+    assert_int_equal(list_seats(&main_rsv, arena, sched, 1)->n_seats, 4);
+    assert_int_equal(listed_schedule(&main_rsv, arena, sched)->available_seats, 4);
+    expect_ok("GetReservation", get_reservation(&main_rsv, arena, held->id, &res, &err), &err);
+    assert_int_equal(res->status, RES_CONFIRMED);
+    expect_code("CancelReservation of a paid reservation",
+                cancel_reservation(&main_rsv, arena, held->id, fan, &res, &err), &err,
+                SVC_FAILED_PRECONDITION);
+    expect_code("HoldSeats of a sold seat",
+                hold(&main_rsv, arena, stranger, sched, seats12, 1, &res, &err), &err,
+                SVC_FAILED_PRECONDITION);
+    expect_code("PayReservation of someone else's paid reservation",
+                pay(&main_rsv, arena, held->id, stranger, "k3", &again, &err), &err,
+                SVC_PERMISSION_DENIED);
+    assert_int_equal(balance_of(stranger), 10000);
+    check_schedule_consistent(&main_rsv.db, sched);
+}
+
+static void
+test_pay_refused(void **state)
+{
+    static const int32_t one[1] = {1}, two[1] = {2};
+    svc_arena_t *arena = *state;
+    int64_t sched = new_schedule(&main_rsv, arena, 4, 3000), poor = new_user(),
+            quitter = new_user();
+    Reservation__V1__PayReservationResponse *paid = NULL;
+    reservation_t *held = NULL, *res = NULL;
+    svc_err_t err;
+
+    /* Too little money: refused, nothing charged, nothing sold. */
+    top_up(arena, poor, 1000);
+    expect_ok("HoldSeats", hold(&main_rsv, arena, poor, sched, one, 1, &held, &err), &err);
+    expect_code("PayReservation with too little money",
+                pay(&main_rsv, arena, held->id, poor, "k-poor", &paid, &err), &err,
+                SVC_FAILED_PRECONDITION);
+    assert_int_equal(balance_of(poor), 1000);
+    assert_int_equal(spends_of(poor), 0);
+    expect_ok("GetReservation", get_reservation(&main_rsv, arena, held->id, &res, &err), &err);
+    assert_true(res->status != RES_CONFIRMED);
+    assert_true(list_seats(&main_rsv, arena, sched, 0)->seats[0]->status != SEAT_SOLD);
+
+    /* A cancelled hold cannot be paid. */
+    top_up(arena, quitter, 10000);
+    expect_ok("HoldSeats", hold(&main_rsv, arena, quitter, sched, two, 1, &held, &err), &err);
+    expect_ok("CancelReservation",
+              cancel_reservation(&main_rsv, arena, held->id, quitter, &res, &err), &err);
+    expect_code("PayReservation of a cancelled hold",
+                pay(&main_rsv, arena, held->id, quitter, "k-quit", &paid, &err), &err,
+                SVC_FAILED_PRECONDITION);
+    assert_int_equal(balance_of(quitter), 10000);
+    assert_int_equal(spends_of(quitter), 0);
+    expect_seat(list_seats(&main_rsv, arena, sched, 0), 2, SEAT_AVAILABLE);
+    check_schedule_consistent(&main_rsv.db, sched);
+}
+
+static void
+test_pay_expired_hold(void **state)
+{
+    static const int32_t one[1] = {1};
+    svc_arena_t *arena = *state;
+    int64_t sched = new_schedule(&ttl_rsv, arena, 2, 700), late = new_user();
+    Reservation__V1__PayReservationResponse *paid = NULL;
+    reservation_t *held = NULL, *res = NULL;
+    svc_err_t err;
+
+    top_up(arena, late, 5000);
+    expect_ok("HoldSeats", hold(&ttl_rsv, arena, late, sched, one, 1, &held, &err), &err);
+    while (svc_now_unix_ms() < held->expires_at_ms + 300) {
+        sleep_ms(50);
+    }
+    expect_code("PayReservation of an expired hold",
+                pay(&ttl_rsv, arena, held->id, late, "k-late", &paid, &err), &err,
+                SVC_FAILED_PRECONDITION);
+    assert_int_equal(balance_of(late), 5000);
+    assert_int_equal(spends_of(late), 0);
+    expect_ok("GetReservation", get_reservation(&ttl_rsv, arena, held->id, &res, &err), &err);
+    assert_int_equal(res->status, RES_EXPIRED);
+    expect_seat(list_seats(&ttl_rsv, arena, sched, 0), 1, SEAT_AVAILABLE);
+    check_schedule_consistent(&ttl_rsv.db, sched);
+}
+
+typedef struct {
+    int64_t reservation_id, user;
+    char key[32];
+    int rc;
+    svc_err_t err;
+    int64_t balance, payment_id;
+    int status;
+} pay_op_t;
+
+static void *
+pay_thread(void *arg)
+{
+    pay_op_t *op = arg;
+    svc_arena_t *arena = svc_arena_create();
+    Reservation__V1__PayReservationResponse *resp = NULL;
+
+    op->rc = pay(&main_rsv, arena, op->reservation_id, op->user, op->key, &resp, &op->err);
+    if (op->rc == 0) {
+        op->balance = resp->balance;
+        op->payment_id = resp->payment_id;
+        op->status = (int)resp->reservation->status;
+    }
+    svc_arena_destroy(arena);
+    return NULL;
+}
+
+/* A double click times fifty: the hold is paid once. */
+static void
+test_pay_storm(void **state)
+{
+    enum { N = 50 };
+    static const int32_t seats[3] = {4, 5, 6};
+    svc_arena_t *arena = *state;
+    int64_t sched = new_schedule(&main_rsv, arena, 8, 1500), fan = new_user(), t0, ms;
+    pay_op_t *ops = svc_arena_alloc(arena, N * sizeof(*ops));
+    reservation_t *held = NULL;
+    int ok = 0, aborted = 0, first = -1;
+    svc_err_t err;
+
+    top_up(arena, fan, 20000);
+    expect_ok("HoldSeats", hold(&main_rsv, arena, fan, sched, seats, 3, &held, &err), &err);
+    for (int i = 0; i < N; i++) {
+        ops[i].reservation_id = held->id;
+        ops[i].user = fan;
+        snprintf(ops[i].key, sizeof(ops[i].key), "click-%d", i % 5);
+    }
+    t0 = svc_now_mono_ms();
+    run_threads(ops, sizeof(*ops), N, pay_thread);
+    ms = svc_now_mono_ms() - t0;
+    for (int i = 0; i < N; i++) {
+        if (ops[i].rc != 0) {
+            if (ops[i].err.code != SVC_ABORTED) {
+                fail_msg("pay %d: %s (%s), expected OK or ABORTED", i,
+                         svc_status_name(ops[i].err.code), ops[i].err.msg);
+            }
+            aborted++;
+            continue;
+        }
+        ok++;
+        first = first < 0 ? i : first;
+        assert_int_equal(ops[i].status, RES_CONFIRMED);
+        assert_int_equal(ops[i].balance, 20000 - 4500);
+        assert_int_equal(ops[i].payment_id, ops[first].payment_id);
+    }
+    fprintf(stderr, "%d concurrent payments of one hold: %" PRId64 " ms; %d OK, %d ABORTED\n", N,
+            ms, ok, aborted);
+    assert_true(ok >= 1);
+    assert_int_equal(balance_of(fan), 20000 - 4500);
+    assert_int_equal(spends_of(fan), 1);
+    assert_int_equal(
+        db_int(&main_rsv.db,
+               "SELECT count(*) FROM seats WHERE schedule_id = %" PRId64 " AND status = 3", sched),
+        3);
+    check_schedule_consistent(&main_rsv.db, sched);
+}
+
 /* ---------- setup ---------- */
 
 /* Each test's arena: freed after the test even when an assertion failed. */
@@ -1125,7 +1400,6 @@ start_reservation(rsv_t *r, const char *dbname, int64_t ttl_ms)
     r->db = pg;
     snprintf(r->db.conninfo, sizeof(r->db.conninfo),
              "host=127.0.0.1 port=%d user=postgres dbname=%s", pg.port, dbname);
-    r->ttl_ms = ttl_ms;
     snprintf(db_env, sizeof(db_env), "DATABASE_URL=%s", r->db.conninfo);
     snprintf(lock_env, sizeof(lock_env), "LOCK_SVC_ADDR=%s", lock_proc.addr);
     snprintf(balance_env, sizeof(balance_env), "BALANCE_SVC_ADDR=%s", balance_proc.addr);
@@ -1144,6 +1418,7 @@ setup(void **state)
     char url[128], redis_env[160], lock_env[96], db_env[600];
     const char *lock_envs[] = {redis_env, "LOG_LEVEL=warn", NULL};
     const char *balance_envs[] = {db_env, lock_env, "LOG_LEVEL=warn", NULL};
+    svc_err_t err;
 
     testenv_cleanup_on_exit();
     if (testenv_pg_start(&pg, "reservation") != 0 || testenv_redis_start(&redis) != 0 ||
@@ -1160,6 +1435,13 @@ setup(void **state)
     snprintf(db_env, sizeof(db_env),
              "DATABASE_URL=host=127.0.0.1 port=%d user=postgres dbname=balance", pg.port);
     if (testenv_proc_start(&balance_proc, balance_path, NULL, balance_envs) != 0) {
+        return -1;
+    }
+    balance_db = pg;
+    snprintf(balance_db.conninfo, sizeof(balance_db.conninfo),
+             "host=127.0.0.1 port=%d user=postgres dbname=balance", pg.port);
+    balance_client = svc_client_get(balance_proc.addr, &err);
+    if (balance_client == NULL) {
         return -1;
     }
     if (start_reservation(&main_rsv, "reservation", MAIN_TTL_MS) != 0 ||
@@ -1206,6 +1488,10 @@ main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_hold_expires, arena_setup, arena_teardown),
         cmocka_unit_test_setup_teardown(test_expired_seat_storm, arena_setup, arena_teardown),
         cmocka_unit_test_setup_teardown(test_cancel_reservation, arena_setup, arena_teardown),
+        cmocka_unit_test_setup_teardown(test_pay_reservation, arena_setup, arena_teardown),
+        cmocka_unit_test_setup_teardown(test_pay_refused, arena_setup, arena_teardown),
+        cmocka_unit_test_setup_teardown(test_pay_expired_hold, arena_setup, arena_teardown),
+        cmocka_unit_test_setup_teardown(test_pay_storm, arena_setup, arena_teardown),
     };
 
     if (argc < 4) {
