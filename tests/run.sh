@@ -36,7 +36,7 @@ step "dependencies"
 "$ROOT/deploy/local/deps.sh"
 
 step "build (ASan+UBSan, -Werror) in $BUILD_DIR"
-cmake -S "$ROOT" -B "$BUILD_DIR" -DSVC_SANITIZE=ON -DSVC_WERROR=ON \
+cmake -S "$ROOT" -B "$BUILD_DIR" -DSVC_SANITIZE=ON -DSVC_WERROR=ON -DSVC_FAILPOINTS=ON \
     -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build "$BUILD_DIR" -j "$(nproc)"
 
@@ -57,7 +57,7 @@ if ((tsan)); then
     # The runtime's threads under ThreadSanitizer. gRPC and Abseil come from
     # Debian uninstrumented; cmake/tsan.supp silences only their internals.
     step "ThreadSanitizer pass over libsvc in $TSAN_BUILD_DIR"
-    cmake -S "$ROOT" -B "$TSAN_BUILD_DIR" -DSVC_TSAN=ON -DSVC_WERROR=ON \
+    cmake -S "$ROOT" -B "$TSAN_BUILD_DIR" -DSVC_TSAN=ON -DSVC_WERROR=ON -DSVC_FAILPOINTS=ON \
         -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
     cmake --build "$TSAN_BUILD_DIR" -j "$(nproc)"
     TSAN_OPTIONS="suppressions=$ROOT/cmake/tsan.supp halt_on_error=1" \

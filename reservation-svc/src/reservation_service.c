@@ -21,6 +21,7 @@
 #include "reservation/v1/reservation.pb-c.h"
 #include "reservation_service.h"
 #include "reservation_store.h"
+#include "svc/failpoint.h"
 #include "svc/lock_client.h"
 #include "svc/log.h"
 #include "svc/validate.h"
@@ -453,6 +454,8 @@ pay_finish(reservation_service_t *svc, rsv_payment_t *pay, svc_call_t *parent, i
                           &balance__v1__spend_response__descriptor, arena,
                           (ProtobufCMessage **)&resp, &opts, err);
     if (rc == 0) {
+        /* The worst moment to die: charged, not yet confirmed. A retry must not charge again. */
+        svc_failpoint_crash("pay_after_spend");
         pay->balance_txn_id = resp->transaction_id;
         pay->balance_after = resp->balance;
         rc = rsv_store_pay_confirm(svc->db, pay->id, pay->balance_txn_id, pay->balance_after,
