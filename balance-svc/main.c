@@ -20,27 +20,7 @@ extern const size_t balance_descriptor_set_len;
 extern const svc_migration_t balance_migrations[];
 extern const int balance_migrations_count;
 
-#define MIGRATE_PATIENCE_S 60
-
-/* The database may still be starting: try for a minute before giving up. */
-static int
-migrate(svc_pg_pool_t *db, svc_err_t *err)
-{
-    for (int i = 0; i < MIGRATE_PATIENCE_S; i++) {
-        if (svc_pg_migrate(db, balance_migrations, balance_migrations_count, err) == 0) {
-            return 0;
-        }
-        if (err->code != SVC_UNAVAILABLE) {
-            return -1;
-        }
-        if (i == 0) {
-            svc_logf(SVC_LOG_WARN, "database not reachable yet, retrying: %s", err->msg);
-        }
-        struct timespec ts = {1, 0};
-        nanosleep(&ts, NULL);
-    }
-    return -1;
-}
+#define MIGRATE_PATIENCE_S 60 /* the database may still be starting */
 
 int
 main(int argc, char **argv)
@@ -95,7 +75,8 @@ main(int argc, char **argv)
         svc_pg_pool_destroy(db);
         return 2;
     }
-    if (migrate(db, &err) != 0) {
+    if (svc_pg_migrate_wait(db, balance_migrations, balance_migrations_count, MIGRATE_PATIENCE_S,
+                            &err) != 0) {
         svc_log_kv(SVC_LOG_ERROR, "migrations failed", "error", err.msg, NULL);
         svc_pg_pool_destroy(db);
         return 1;

@@ -17,27 +17,6 @@ typedef struct {
     int n_ops;
 } apply_ctx_t;
 
-static int64_t
-get_i64(const PGresult *res, int row, int col)
-{
-    return strtoll(PQgetvalue(res, row, col), NULL, 10);
-}
-
-/* Runs a parameterised statement; on failure sets err (mapped once, in svc_pg_error). */
-static PGresult *
-exec(PGconn *conn, const char *sql, int n, const char *const *params, ExecStatusType want,
-     const char *what, svc_err_t *err)
-{
-    PGresult *res = PQexecParams(conn, sql, n, NULL, params, NULL, NULL, 0);
-
-    if (res == NULL || PQresultStatus(res) != want) {
-        svc_pg_error(conn, res, err, what);
-        PQclear(res);
-        return NULL;
-    }
-    return res;
-}
-
 /*
  * Looks up an earlier operation with op's key. Returns 1 and fills op's
  * answer when found (a replay, or INVALID_ARGUMENT when it differs), 0 when
@@ -47,10 +26,10 @@ static int
 find_earlier(PGconn *conn, const char *user, balance_op_t *op, svc_err_t *err)
 {
     const char *params[] = {user, op->key};
-    PGresult *res = exec(conn,
-                         "SELECT id, kind, amount, balance_after FROM ledger"
-                         " WHERE user_id = $1 AND idempotency_key = $2",
-                         2, params, PGRES_TUPLES_OK, "read ledger", err);
+    PGresult *res = svc_pg_exec(conn,
+                                "SELECT id, kind, amount, balance_after FROM ledger"
+                                " WHERE user_id = $1 AND idempotency_key = $2",
+                                2, params, PGRES_TUPLES_OK, "read ledger", err);
 
     if (res == NULL) {
         return -1;
@@ -59,13 +38,13 @@ find_earlier(PGconn *conn, const char *user, balance_op_t *op, svc_err_t *err)
         PQclear(res);
         return 0;
     }
-    if (get_i64(res, 0, 1) != op->kind || get_i64(res, 0, 2) != op->amount) {
+    if (svc_pg_i64(res, 0, 1) != op->kind || svc_pg_i64(res, 0, 2) != op->amount) {
         svc_err_set(&op->err, SVC_INVALID_ARGUMENT,
                     "idempotency key %.64s was used for another operation", op->key);
     } else {
         svc_err_clear(&op->err);
-        op->transaction_id = get_i64(res, 0, 0);
-        op->balance = get_i64(res, 0, 3);
+        op->transaction_id = svc_pg_i64(res, 0, 0);
+        op->balance = svc_pg_i64(res, 0, 3);
         op->replayed = true;
     }
     PQclear(res);
@@ -105,11 +84,11 @@ apply_one(PGconn *conn, const char *user, int64_t *balance, balance_op_t *op, sv
     snprintf(kind, sizeof(kind), "%d", (int)op->kind);
     snprintf(amount, sizeof(amount), "%" PRId64, op->amount);
     snprintf(after, sizeof(after), "%" PRId64, next);
-    res = exec(conn,
-               "INSERT INTO ledger (user_id, kind, amount, balance_after, idempotency_key,"
-               " reference) VALUES ($1, $2, $3, $4, $5, $6)"
-               " ON CONFLICT (user_id, idempotency_key) DO NOTHING RETURNING id",
-               6, params, PGRES_TUPLES_OK, "write ledger", err);
+    res = svc_pg_exec(conn,
+                      "INSERT INTO ledger (user_id, kind, amount, balance_after, idempotency_key,"
+                      " reference) VALUES ($1, $2, $3, $4, $5, $6)"
+                      " ON CONFLICT (user_id, idempotency_key) DO NOTHING RETURNING id",
+                      6, params, PGRES_TUPLES_OK, "write ledger", err);
     if (res == NULL) {
         return -1;
     }
@@ -118,7 +97,7 @@ apply_one(PGconn *conn, const char *user, int64_t *balance, balance_op_t *op, sv
         return find_earlier(conn, user, op, err) < 0 ? -1 : 0;
     }
     svc_err_clear(&op->err);
-    op->transaction_id = get_i64(res, 0, 0);
+    op->transaction_id = svc_pg_i64(res, 0, 0);
     op->balance = next;
     op->replayed = false;
     *balance = next;
@@ -144,15 +123,16 @@ apply_tx(PGconn *conn, void *arg, svc_err_t *err)
         ctx->ops[i].replayed = false;
     }
     if (any_top_up) { /* a top-up opens the account on first use */
-        res = exec(conn, "INSERT INTO accounts (user_id) VALUES ($1) ON CONFLICT DO NOTHING", 1,
-                   params, PGRES_COMMAND_OK, "open account", err);
+        res = svc_pg_exec(conn, "INSERT INTO accounts (user_id) VALUES ($1) ON CONFLICT DO NOTHING",
+                          1, params, PGRES_COMMAND_OK, "open account", err);
         if (res == NULL) {
             return -1;
         }
         PQclear(res);
     }
-    res = exec(conn, "SELECT balance, last_fence FROM accounts WHERE user_id = $1 FOR UPDATE", 1,
-               params, PGRES_TUPLES_OK, "lock account", err);
+    res =
+        svc_pg_exec(conn, "SELECT balance, last_fence FROM accounts WHERE user_id = $1 FOR UPDATE",
+                    1, params, PGRES_TUPLES_OK, "lock account", err);
     if (res == NULL) {
         return -1;
     }
@@ -164,8 +144,8 @@ apply_tx(PGconn *conn, void *arg, svc_err_t *err)
         }
         return 0;
     }
-    balance = get_i64(res, 0, 0);
-    if (get_i64(res, 0, 1) > ctx->fence) {
+    balance = svc_pg_i64(res, 0, 0);
+    if (svc_pg_i64(res, 0, 1) > ctx->fence) {
         PQclear(res);
         svc_err_set(err, SVC_ABORTED, "lock on account %" PRId64 " was lost", ctx->user_id);
         return -1;
@@ -177,10 +157,10 @@ apply_tx(PGconn *conn, void *arg, svc_err_t *err)
         }
     }
     snprintf(balance_text, sizeof(balance_text), "%" PRId64, balance);
-    res = exec(conn,
-               "UPDATE accounts SET balance = $3, last_fence = $2, updated_at = now()"
-               " WHERE user_id = $1",
-               3, params, PGRES_COMMAND_OK, "update balance", err);
+    res = svc_pg_exec(conn,
+                      "UPDATE accounts SET balance = $3, last_fence = $2, updated_at = now()"
+                      " WHERE user_id = $1",
+                      3, params, PGRES_COMMAND_OK, "update balance", err);
     if (res == NULL) {
         return -1;
     }
@@ -211,15 +191,15 @@ balance_store_get(svc_pg_pool_t *pool, int64_t user_id, int64_t deadline_ms, int
         return -1;
     }
     snprintf(user, sizeof(user), "%" PRId64, user_id);
-    res = exec(conn,
-               "SELECT balance, (extract(epoch FROM updated_at) * 1000)::bigint"
-               " FROM accounts WHERE user_id = $1",
-               1, params, PGRES_TUPLES_OK, "read balance", err);
+    res = svc_pg_exec(conn,
+                      "SELECT balance, (extract(epoch FROM updated_at) * 1000)::bigint"
+                      " FROM accounts WHERE user_id = $1",
+                      1, params, PGRES_TUPLES_OK, "read balance", err);
     if (res != NULL && PQntuples(res) == 0) {
         svc_err_set(err, SVC_NOT_FOUND, "account %" PRId64 " not found", user_id);
     } else if (res != NULL) {
-        *balance = get_i64(res, 0, 0);
-        *updated_at_ms = get_i64(res, 0, 1);
+        *balance = svc_pg_i64(res, 0, 0);
+        *updated_at_ms = svc_pg_i64(res, 0, 1);
         rc = 0;
     }
     PQclear(res);
@@ -247,11 +227,11 @@ balance_store_list(svc_pg_pool_t *pool, int64_t user_id, int64_t before_id, int 
     snprintf(user, sizeof(user), "%" PRId64, user_id);
     snprintf(before, sizeof(before), "%" PRId64, before_id > 0 ? before_id : INT64_MAX);
     snprintf(lim, sizeof(lim), "%d", limit + 1); /* one more tells whether a next page exists */
-    res = exec(conn,
-               "SELECT id, kind, amount, balance_after, idempotency_key, reference,"
-               " (extract(epoch FROM created_at) * 1000)::bigint FROM ledger"
-               " WHERE user_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
-               3, params, PGRES_TUPLES_OK, "read ledger", err);
+    res = svc_pg_exec(conn,
+                      "SELECT id, kind, amount, balance_after, idempotency_key, reference,"
+                      " (extract(epoch FROM created_at) * 1000)::bigint FROM ledger"
+                      " WHERE user_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
+                      3, params, PGRES_TUPLES_OK, "read ledger", err);
     svc_pg_release(pool, conn, res == NULL && err->code == SVC_UNAVAILABLE);
     if (res == NULL) {
         return -1;
@@ -262,13 +242,13 @@ balance_store_list(svc_pg_pool_t *pool, int64_t user_id, int64_t before_id, int 
     *rows = svc_arena_alloc(arena, (size_t)(n > 0 ? n : 1) * sizeof(**rows));
     for (int i = 0; *rows != NULL && i < n; i++) {
         balance_entry_t *e = &(*rows)[i];
-        e->id = get_i64(res, i, 0);
-        e->kind = (balance_kind_t)get_i64(res, i, 1);
-        e->amount = get_i64(res, i, 2);
-        e->balance_after = get_i64(res, i, 3);
+        e->id = svc_pg_i64(res, i, 0);
+        e->kind = (balance_kind_t)svc_pg_i64(res, i, 1);
+        e->amount = svc_pg_i64(res, i, 2);
+        e->balance_after = svc_pg_i64(res, i, 3);
         e->key = svc_arena_strdup(arena, PQgetvalue(res, i, 4));
         e->reference = svc_arena_strdup(arena, PQgetvalue(res, i, 5));
-        e->created_at_ms = get_i64(res, i, 6);
+        e->created_at_ms = svc_pg_i64(res, i, 6);
     }
     PQclear(res);
     if (*rows == NULL) {

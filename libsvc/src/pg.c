@@ -825,3 +825,43 @@ svc_pg_migrate(svc_pg_pool_t *pool, const svc_migration_t *m, int n, svc_err_t *
     free(order);
     return rc;
 }
+
+PGresult *
+svc_pg_exec(PGconn *conn, const char *sql, int n_params, const char *const *params,
+            ExecStatusType want, const char *what, svc_err_t *err)
+{
+    PGresult *res = PQexecParams(conn, sql, n_params, NULL, params, NULL, NULL, 0);
+
+    if (res == NULL || PQresultStatus(res) != want) {
+        svc_pg_error(conn, res, err, what);
+        PQclear(res);
+        return NULL;
+    }
+    return res;
+}
+
+int64_t
+svc_pg_i64(const PGresult *res, int row, int col)
+{
+    return strtoll(PQgetvalue(res, row, col), NULL, 10);
+}
+
+int
+svc_pg_migrate_wait(svc_pg_pool_t *pool, const svc_migration_t *m, int n, int patience_s,
+                    svc_err_t *err)
+{
+    for (int i = 0; i < patience_s; i++) {
+        if (svc_pg_migrate(pool, m, n, err) == 0) {
+            return 0;
+        }
+        if (err->code != SVC_UNAVAILABLE) {
+            return -1;
+        }
+        if (i == 0) {
+            svc_logf(SVC_LOG_WARN, "database not reachable yet, retrying: %s", err->msg);
+        }
+        struct timespec ts = {1, 0};
+        nanosleep(&ts, NULL);
+    }
+    return -1;
+}

@@ -15,26 +15,6 @@
 
 #define I64(buf, v) snprintf((buf), sizeof(buf), "%" PRId64, (int64_t)(v))
 
-static int64_t
-get_i64(const PGresult *res, int row, int col)
-{
-    return strtoll(PQgetvalue(res, row, col), NULL, 10);
-}
-
-static PGresult *
-exec(PGconn *conn, const char *sql, int n, const char *const *params, ExecStatusType want,
-     const char *what, svc_err_t *err)
-{
-    PGresult *res = PQexecParams(conn, sql, n, NULL, params, NULL, NULL, 0);
-
-    if (res == NULL || PQresultStatus(res) != want) {
-        svc_pg_error(conn, res, err, what);
-        PQclear(res);
-        return NULL;
-    }
-    return res;
-}
-
 /* "{1,2,3}": a parameter value for int[] (numbers we validated, not request text). */
 static void
 int_array(char *buf, size_t len, const int32_t *v, int n)
@@ -65,13 +45,13 @@ create_tx(PGconn *conn, void *arg, svc_err_t *err)
 {
     create_ctx_t *c = arg;
     const char *p1[] = {c->title};
-    PGresult *res = exec(conn, "INSERT INTO concerts (title) VALUES ($1) RETURNING id", 1, p1,
-                         PGRES_TUPLES_OK, "create concert", err);
+    PGresult *res = svc_pg_exec(conn, "INSERT INTO concerts (title) VALUES ($1) RETURNING id", 1,
+                                p1, PGRES_TUPLES_OK, "create concert", err);
 
     if (res == NULL) {
         return -1;
     }
-    c->out->id = get_i64(res, 0, 0);
+    c->out->id = svc_pg_i64(res, 0, 0);
     PQclear(res);
     c->out->title = (char *)c->title;
     c->out->n_schedules = 0;
@@ -83,17 +63,17 @@ create_tx(PGconn *conn, void *arg, svc_err_t *err)
         I64(starts, c->specs[i].starts_at_ms);
         I64(count, c->specs[i].seat_count);
         I64(price, c->specs[i].seat_price);
-        res =
-            exec(conn,
-                 "WITH s AS (INSERT INTO schedules (concert_id, starts_at_ms, seat_count,"
-                 " seat_price) VALUES ($1, $2, $3, $4) RETURNING id)"
-                 " INSERT INTO seats (schedule_id, number, price)"
-                 " SELECT s.id, g, $4 FROM s, generate_series(1, $3::int) g RETURNING schedule_id",
-                 4, p, PGRES_TUPLES_OK, "create schedule", err);
+        res = svc_pg_exec(
+            conn,
+            "WITH s AS (INSERT INTO schedules (concert_id, starts_at_ms, seat_count,"
+            " seat_price) VALUES ($1, $2, $3, $4) RETURNING id)"
+            " INSERT INTO seats (schedule_id, number, price)"
+            " SELECT s.id, g, $4 FROM s, generate_series(1, $3::int) g RETURNING schedule_id",
+            4, p, PGRES_TUPLES_OK, "create schedule", err);
         if (res == NULL) {
             return -1;
         }
-        s->id = get_i64(res, 0, 0);
+        s->id = svc_pg_i64(res, 0, 0);
         s->concert_id = c->out->id;
         s->starts_at_ms = c->specs[i].starts_at_ms;
         s->seat_count = s->available = c->specs[i].seat_count;
@@ -134,15 +114,16 @@ rsv_store_list_concerts(svc_pg_pool_t *db, int64_t now_ms, int64_t deadline_ms, 
         return -1;
     }
     I64(now, now_ms);
-    cres = exec(conn, "SELECT id, title FROM concerts ORDER BY id", 0, NULL, PGRES_TUPLES_OK,
-                "list concerts", err);
-    sres = cres == NULL ? NULL
-                        : exec(conn,
-                               "SELECT s.id, s.concert_id, s.starts_at_ms, s.seat_count,"
-                               " (SELECT count(*) FROM seats x WHERE x.schedule_id = s.id AND"
-                               " (x.status = 1 OR (x.status = 2 AND x.hold_expires_at_ms <= $1)))"
-                               " FROM schedules s ORDER BY s.concert_id, s.starts_at_ms, s.id",
-                               1, p, PGRES_TUPLES_OK, "list schedules", err);
+    cres = svc_pg_exec(conn, "SELECT id, title FROM concerts ORDER BY id", 0, NULL, PGRES_TUPLES_OK,
+                       "list concerts", err);
+    sres = cres == NULL
+               ? NULL
+               : svc_pg_exec(conn,
+                             "SELECT s.id, s.concert_id, s.starts_at_ms, s.seat_count,"
+                             " (SELECT count(*) FROM seats x WHERE x.schedule_id = s.id AND"
+                             " (x.status = 1 OR (x.status = 2 AND x.hold_expires_at_ms <= $1)))"
+                             " FROM schedules s ORDER BY s.concert_id, s.starts_at_ms, s.id",
+                             1, p, PGRES_TUPLES_OK, "list schedules", err);
     svc_pg_release(db, conn, sres == NULL && err->code == SVC_UNAVAILABLE);
     if (sres == NULL) {
         PQclear(cres);
@@ -154,16 +135,16 @@ rsv_store_list_concerts(svc_pg_pool_t *db, int64_t now_ms, int64_t deadline_ms, 
     rsv_schedule_t *all = svc_arena_alloc(arena, (size_t)(n_s + 1) * sizeof(*all));
     for (int i = 0; *out != NULL && all != NULL && i < n_c; i++) {
         rsv_concert_t *c = &(*out)[i];
-        c->id = get_i64(cres, i, 0);
+        c->id = svc_pg_i64(cres, i, 0);
         c->title = svc_arena_strdup(arena, PQgetvalue(cres, i, 1));
         c->schedules = &all[j];
-        while (j < n_s && get_i64(sres, j, 1) == c->id) { /* both ordered by concert */
+        while (j < n_s && svc_pg_i64(sres, j, 1) == c->id) { /* both ordered by concert */
             rsv_schedule_t *s = &all[j++];
-            s->id = get_i64(sres, j - 1, 0);
+            s->id = svc_pg_i64(sres, j - 1, 0);
             s->concert_id = c->id;
-            s->starts_at_ms = get_i64(sres, j - 1, 2);
-            s->seat_count = (int32_t)get_i64(sres, j - 1, 3);
-            s->available = (int32_t)get_i64(sres, j - 1, 4);
+            s->starts_at_ms = svc_pg_i64(sres, j - 1, 2);
+            s->seat_count = (int32_t)svc_pg_i64(sres, j - 1, 3);
+            s->available = (int32_t)svc_pg_i64(sres, j - 1, 4);
             c->n_schedules++;
         }
     }
@@ -182,9 +163,9 @@ rsv_store_list_concerts(svc_pg_pool_t *db, int64_t now_ms, int64_t deadline_ms, 
 static int
 seat_status(const PGresult *res, int row, int col_status, int col_expiry, int64_t now_ms)
 {
-    int status = (int)get_i64(res, row, col_status);
+    int status = (int)svc_pg_i64(res, row, col_status);
 
-    if (status == RSV_SEAT_HELD && get_i64(res, row, col_expiry) <= now_ms) {
+    if (status == RSV_SEAT_HELD && svc_pg_i64(res, row, col_expiry) <= now_ms) {
         return RSV_SEAT_AVAILABLE; /* an expired hold is free at once, swept or not */
     }
     return status;
@@ -206,10 +187,10 @@ rsv_store_list_seats(svc_pg_pool_t *db, int64_t schedule_id, int64_t now_ms, int
         return -1;
     }
     I64(sched, schedule_id);
-    res = exec(conn,
-               "SELECT number, price, status, coalesce(hold_expires_at_ms, 0) FROM seats"
-               " WHERE schedule_id = $1 ORDER BY number",
-               1, p, PGRES_TUPLES_OK, "list seats", err);
+    res = svc_pg_exec(conn,
+                      "SELECT number, price, status, coalesce(hold_expires_at_ms, 0) FROM seats"
+                      " WHERE schedule_id = $1 ORDER BY number",
+                      1, p, PGRES_TUPLES_OK, "list seats", err);
     svc_pg_release(db, conn, res == NULL && err->code == SVC_UNAVAILABLE);
     if (res == NULL) {
         return -1;
@@ -222,8 +203,8 @@ rsv_store_list_seats(svc_pg_pool_t *db, int64_t schedule_id, int64_t now_ms, int
     }
     *out = svc_arena_alloc(arena, (size_t)n * sizeof(**out));
     for (int i = 0; *out != NULL && i < n; i++) {
-        (*out)[i].number = (int32_t)get_i64(res, i, 0);
-        (*out)[i].price = get_i64(res, i, 1);
+        (*out)[i].number = (int32_t)svc_pg_i64(res, i, 0);
+        (*out)[i].price = svc_pg_i64(res, i, 1);
         (*out)[i].status = seat_status(res, i, 2, 3, now_ms);
     }
     PQclear(res);
@@ -247,7 +228,7 @@ check_seats(const PGresult *res, int64_t schedule_id, const int32_t *seats, int 
 
     if (rows != n) {
         for (int i = 0, r = 0; i < n; i++) { /* name the first missing one */
-            if (r < rows && get_i64(res, r, 0) == seats[i]) {
+            if (r < rows && svc_pg_i64(res, r, 0) == seats[i]) {
                 r++;
                 continue;
             }
@@ -259,8 +240,8 @@ check_seats(const PGresult *res, int64_t schedule_id, const int32_t *seats, int 
     for (int r = 0; r < rows; r++) {
         if (seat_status(res, r, 1, 2, now_ms) != RSV_SEAT_AVAILABLE) {
             svc_err_set(err, SVC_FAILED_PRECONDITION,
-                        "seat %d of schedule %" PRId64 " is not available", (int)get_i64(res, r, 0),
-                        schedule_id);
+                        "seat %d of schedule %" PRId64 " is not available",
+                        (int)svc_pg_i64(res, r, 0), schedule_id);
             return -1;
         }
     }
@@ -282,14 +263,14 @@ rsv_store_precheck(svc_pg_pool_t *db, int64_t schedule_id, const int32_t *seats,
     }
     I64(sched, schedule_id);
     int_array(list, sizeof(list), seats, n);
-    exists = exec(conn, "SELECT 1 FROM schedules WHERE id = $1", 1, p, PGRES_TUPLES_OK,
-                  "read schedule", err);
+    exists = svc_pg_exec(conn, "SELECT 1 FROM schedules WHERE id = $1", 1, p, PGRES_TUPLES_OK,
+                         "read schedule", err);
     res = exists == NULL
               ? NULL
-              : exec(conn,
-                     "SELECT number, status, coalesce(hold_expires_at_ms, 0) FROM seats"
-                     " WHERE schedule_id = $1 AND number = ANY($2::int[]) ORDER BY number",
-                     2, p, PGRES_TUPLES_OK, "read seats", err);
+              : svc_pg_exec(conn,
+                            "SELECT number, status, coalesce(hold_expires_at_ms, 0) FROM seats"
+                            " WHERE schedule_id = $1 AND number = ANY($2::int[]) ORDER BY number",
+                            2, p, PGRES_TUPLES_OK, "read seats", err);
     svc_pg_release(db, conn, res == NULL && err->code == SVC_UNAVAILABLE);
     if (res == NULL) {
         PQclear(exists);
@@ -321,7 +302,7 @@ static int
 expire_old_holds(PGconn *conn, const char *sched, const char *list, const char *now, svc_err_t *err)
 {
     const char *p[] = {sched, list, now};
-    PGresult *res = exec(
+    PGresult *res = svc_pg_exec(
         conn,
         "WITH old AS (SELECT DISTINCT hold_reservation_id AS id FROM seats s WHERE schedule_id = $1"
         " AND number = ANY($2::int[]) AND status = 2 AND hold_expires_at_ms <= $3"
@@ -354,11 +335,11 @@ hold_tx(PGconn *conn, void *arg, svc_err_t *err)
     I64(user, h->user_id);
     I64(expires, h->now_ms + h->ttl_ms);
     int_array(list, sizeof(list), h->seats, h->n);
-    res =
-        exec(conn,
-             "SELECT number, status, coalesce(hold_expires_at_ms, 0), last_fence, price FROM seats"
-             " WHERE schedule_id = $1 AND number = ANY($2::int[]) ORDER BY number FOR UPDATE",
-             2, p, PGRES_TUPLES_OK, "lock seats", err);
+    res = svc_pg_exec(
+        conn,
+        "SELECT number, status, coalesce(hold_expires_at_ms, 0), last_fence, price FROM seats"
+        " WHERE schedule_id = $1 AND number = ANY($2::int[]) ORDER BY number FOR UPDATE",
+        2, p, PGRES_TUPLES_OK, "lock seats", err);
     if (res == NULL) {
         return -1;
     }
@@ -367,12 +348,12 @@ hold_tx(PGconn *conn, void *arg, svc_err_t *err)
         return -1;
     }
     for (int i = 0; i < h->n; i++) {
-        if (get_i64(res, i, 3) > h->fences[i]) {
+        if (svc_pg_i64(res, i, 3) > h->fences[i]) {
             svc_err_set(err, SVC_ABORTED, "lock on seat %d was lost", (int)h->seats[i]);
             PQclear(res);
             return -1;
         }
-        amount += get_i64(res, i, 4);
+        amount += svc_pg_i64(res, i, 4);
     }
     PQclear(res);
     if (expire_old_holds(conn, sched, list, now, err) != 0) {
@@ -381,16 +362,17 @@ hold_tx(PGconn *conn, void *arg, svc_err_t *err)
     char amt[24];
     I64(amt, amount);
     const char *pr[] = {user, sched, amt, expires};
-    res = exec(conn,
-               "INSERT INTO reservations (user_id, schedule_id, status, amount, expires_at_ms)"
-               " VALUES ($1, $2, 1, $3, $4)"
-               " RETURNING id, (extract(epoch FROM created_at) * 1000)::bigint",
-               4, pr, PGRES_TUPLES_OK, "write reservation", err);
+    res =
+        svc_pg_exec(conn,
+                    "INSERT INTO reservations (user_id, schedule_id, status, amount, expires_at_ms)"
+                    " VALUES ($1, $2, 1, $3, $4)"
+                    " RETURNING id, (extract(epoch FROM created_at) * 1000)::bigint",
+                    4, pr, PGRES_TUPLES_OK, "write reservation", err);
     if (res == NULL) {
         return -1;
     }
-    h->out->id = get_i64(res, 0, 0);
-    h->out->created_at_ms = get_i64(res, 0, 1);
+    h->out->id = svc_pg_i64(res, 0, 0);
+    h->out->created_at_ms = svc_pg_i64(res, 0, 1);
     PQclear(res);
     I64(rid, h->out->id);
     for (int i = 0; i < h->n; i++) {
@@ -398,13 +380,13 @@ hold_tx(PGconn *conn, void *arg, svc_err_t *err)
         const char *ps[] = {rid, sched, number, user, expires, fence};
         I64(number, h->seats[i]);
         I64(fence, h->fences[i]);
-        res =
-            exec(conn,
-                 "WITH rs AS (INSERT INTO reservation_seats (reservation_id, schedule_id, number)"
-                 " VALUES ($1, $2, $3))"
-                 " UPDATE seats SET status = 2, hold_reservation_id = $1, hold_user_id = $4,"
-                 " hold_expires_at_ms = $5, last_fence = $6 WHERE schedule_id = $2 AND number = $3",
-                 6, ps, PGRES_COMMAND_OK, "hold seat", err);
+        res = svc_pg_exec(
+            conn,
+            "WITH rs AS (INSERT INTO reservation_seats (reservation_id, schedule_id, number)"
+            " VALUES ($1, $2, $3))"
+            " UPDATE seats SET status = 2, hold_reservation_id = $1, hold_user_id = $4,"
+            " hold_expires_at_ms = $5, last_fence = $6 WHERE schedule_id = $2 AND number = $3",
+            6, ps, PGRES_COMMAND_OK, "hold seat", err);
         if (res == NULL) {
             return -1;
         }
@@ -447,14 +429,15 @@ read_reservation(PGconn *conn, int64_t id, int64_t now_ms, bool for_update, svc_
     PGresult *res, *seats;
 
     I64(rid, id);
-    res = exec(conn,
-               for_update ? "SELECT user_id, schedule_id, status, amount, expires_at_ms,"
+    res = svc_pg_exec(conn,
+                      for_update
+                          ? "SELECT user_id, schedule_id, status, amount, expires_at_ms,"
                             " (extract(epoch FROM created_at) * 1000)::bigint FROM reservations"
                             " WHERE id = $1 FOR UPDATE"
                           : "SELECT user_id, schedule_id, status, amount, expires_at_ms,"
                             " (extract(epoch FROM created_at) * 1000)::bigint FROM reservations"
                             " WHERE id = $1",
-               1, p, PGRES_TUPLES_OK, "read reservation", err);
+                      1, p, PGRES_TUPLES_OK, "read reservation", err);
     if (res == NULL) {
         return -1;
     }
@@ -464,26 +447,26 @@ read_reservation(PGconn *conn, int64_t id, int64_t now_ms, bool for_update, svc_
         return -1;
     }
     out->id = id;
-    out->user_id = get_i64(res, 0, 0);
-    out->schedule_id = get_i64(res, 0, 1);
-    out->status = (int)get_i64(res, 0, 2);
-    out->amount = get_i64(res, 0, 3);
-    out->expires_at_ms = get_i64(res, 0, 4);
-    out->created_at_ms = get_i64(res, 0, 5);
+    out->user_id = svc_pg_i64(res, 0, 0);
+    out->schedule_id = svc_pg_i64(res, 0, 1);
+    out->status = (int)svc_pg_i64(res, 0, 2);
+    out->amount = svc_pg_i64(res, 0, 3);
+    out->expires_at_ms = svc_pg_i64(res, 0, 4);
+    out->created_at_ms = svc_pg_i64(res, 0, 5);
     if (out->status == RSV_HELD && out->expires_at_ms <= now_ms) {
         out->status = RSV_EXPIRED;
     }
     PQclear(res);
-    seats =
-        exec(conn, "SELECT number FROM reservation_seats WHERE reservation_id = $1 ORDER BY number",
-             1, p, PGRES_TUPLES_OK, "read reservation seats", err);
+    seats = svc_pg_exec(
+        conn, "SELECT number FROM reservation_seats WHERE reservation_id = $1 ORDER BY number", 1,
+        p, PGRES_TUPLES_OK, "read reservation seats", err);
     if (seats == NULL) {
         return -1;
     }
     out->n_seats = PQntuples(seats);
     out->seats = svc_arena_alloc(arena, (size_t)(out->n_seats + 1) * sizeof(*out->seats));
     for (int i = 0; out->seats != NULL && i < out->n_seats; i++) {
-        out->seats[i] = (int32_t)get_i64(seats, i, 0);
+        out->seats[i] = (int32_t)svc_pg_i64(seats, i, 0);
     }
     PQclear(seats);
     return 0;
@@ -515,12 +498,13 @@ cancel_tx(PGconn *conn, void *arg, svc_err_t *err)
         return -1;
     }
     I64(rid, c->id);
-    res = exec(conn,
-               "WITH r AS (UPDATE reservations SET status = 3, updated_at = now() WHERE id = $1),"
-               " rs AS (UPDATE reservation_seats SET live = false WHERE reservation_id = $1)"
-               " UPDATE seats SET status = 1, hold_reservation_id = NULL, hold_user_id = NULL,"
-               " hold_expires_at_ms = NULL WHERE status = 2 AND hold_reservation_id = $1",
-               1, p, PGRES_COMMAND_OK, "cancel reservation", err);
+    res = svc_pg_exec(
+        conn,
+        "WITH r AS (UPDATE reservations SET status = 3, updated_at = now() WHERE id = $1),"
+        " rs AS (UPDATE reservation_seats SET live = false WHERE reservation_id = $1)"
+        " UPDATE seats SET status = 1, hold_reservation_id = NULL, hold_user_id = NULL,"
+        " hold_expires_at_ms = NULL WHERE status = 2 AND hold_reservation_id = $1",
+        1, p, PGRES_COMMAND_OK, "cancel reservation", err);
     if (res == NULL) {
         return -1;
     }
@@ -562,24 +546,24 @@ sweep_tx(PGconn *conn, void *arg, svc_err_t *err)
     PGresult *res;
 
     I64(now, now_and_count[0]);
-    res =
-        exec(conn,
-             "WITH exp AS (SELECT id FROM reservations r WHERE status = 1 AND expires_at_ms <= $1"
-             " AND NOT EXISTS (SELECT 1 FROM payments p WHERE p.reservation_id = r.id"
-             " AND p.status = 1) ORDER BY id LIMIT 200 FOR UPDATE SKIP LOCKED),"
-             " r AS (UPDATE reservations SET status = 4, updated_at = now()"
-             " WHERE id IN (SELECT id FROM exp) RETURNING id),"
-             " rs AS (UPDATE reservation_seats SET live = false"
-             " WHERE reservation_id IN (SELECT id FROM r)),"
-             " s AS (UPDATE seats SET status = 1, hold_reservation_id = NULL, hold_user_id = NULL,"
-             " hold_expires_at_ms = NULL WHERE status = 2 AND hold_reservation_id IN"
-             " (SELECT id FROM r))"
-             " SELECT count(*) FROM r",
-             1, p, PGRES_TUPLES_OK, "sweep expired holds", err);
+    res = svc_pg_exec(
+        conn,
+        "WITH exp AS (SELECT id FROM reservations r WHERE status = 1 AND expires_at_ms <= $1"
+        " AND NOT EXISTS (SELECT 1 FROM payments p WHERE p.reservation_id = r.id"
+        " AND p.status = 1) ORDER BY id LIMIT 200 FOR UPDATE SKIP LOCKED),"
+        " r AS (UPDATE reservations SET status = 4, updated_at = now()"
+        " WHERE id IN (SELECT id FROM exp) RETURNING id),"
+        " rs AS (UPDATE reservation_seats SET live = false"
+        " WHERE reservation_id IN (SELECT id FROM r)),"
+        " s AS (UPDATE seats SET status = 1, hold_reservation_id = NULL, hold_user_id = NULL,"
+        " hold_expires_at_ms = NULL WHERE status = 2 AND hold_reservation_id IN"
+        " (SELECT id FROM r))"
+        " SELECT count(*) FROM r",
+        1, p, PGRES_TUPLES_OK, "sweep expired holds", err);
     if (res == NULL) {
         return -1;
     }
-    now_and_count[1] = get_i64(res, 0, 0);
+    now_and_count[1] = svc_pg_i64(res, 0, 0);
     PQclear(res);
     return 0;
 }
@@ -605,13 +589,13 @@ payment_key(rsv_payment_t *pay)
 static void
 read_payment(const PGresult *res, int row, rsv_payment_t *pay)
 {
-    pay->id = get_i64(res, row, 0);
-    pay->reservation_id = get_i64(res, row, 1);
-    pay->user_id = get_i64(res, row, 2);
-    pay->amount = get_i64(res, row, 3);
-    pay->status = (int)get_i64(res, row, 4);
-    pay->balance_txn_id = get_i64(res, row, 5);
-    pay->balance_after = get_i64(res, row, 6);
+    pay->id = svc_pg_i64(res, row, 0);
+    pay->reservation_id = svc_pg_i64(res, row, 1);
+    pay->user_id = svc_pg_i64(res, row, 2);
+    pay->amount = svc_pg_i64(res, row, 3);
+    pay->status = (int)svc_pg_i64(res, row, 4);
+    pay->balance_txn_id = svc_pg_i64(res, row, 5);
+    pay->balance_after = svc_pg_i64(res, row, 6);
     payment_key(pay);
 }
 
@@ -639,17 +623,17 @@ record_intent(PGconn *conn, pay_ctx_t *c, svc_err_t *err)
     I64(user, c->user_id);
     I64(amount, c->r->amount);
     I64(until, c->now_ms + c->grace_ms);
-    res =
-        exec(conn,
-             "WITH pay AS (INSERT INTO payments (reservation_id, user_id, amount, idempotency_key)"
-             " VALUES ($1, $2, $3, $4) ON CONFLICT (reservation_id) DO UPDATE SET status = 1,"
-             " updated_at = now() RETURNING " PAYMENT_COLUMNS "),"
-             " r AS (UPDATE reservations SET expires_at_ms = greatest(expires_at_ms, $5)"
-             " WHERE id = $1),"
-             " s AS (UPDATE seats SET hold_expires_at_ms = greatest(hold_expires_at_ms, $5)"
-             " WHERE status = 2 AND hold_reservation_id = $1)"
-             " SELECT * FROM pay",
-             5, p, PGRES_TUPLES_OK, "record payment", err);
+    res = svc_pg_exec(
+        conn,
+        "WITH pay AS (INSERT INTO payments (reservation_id, user_id, amount, idempotency_key)"
+        " VALUES ($1, $2, $3, $4) ON CONFLICT (reservation_id) DO UPDATE SET status = 1,"
+        " updated_at = now() RETURNING " PAYMENT_COLUMNS "),"
+        " r AS (UPDATE reservations SET expires_at_ms = greatest(expires_at_ms, $5)"
+        " WHERE id = $1),"
+        " s AS (UPDATE seats SET hold_expires_at_ms = greatest(hold_expires_at_ms, $5)"
+        " WHERE status = 2 AND hold_reservation_id = $1)"
+        " SELECT * FROM pay",
+        5, p, PGRES_TUPLES_OK, "record payment", err);
     if (res == NULL) {
         return -1;
     }
@@ -676,8 +660,8 @@ pay_begin_tx(PGconn *conn, void *arg, svc_err_t *err)
         return -1;
     }
     I64(rid, c->id);
-    res = exec(conn, "SELECT " PAYMENT_COLUMNS " FROM payments WHERE reservation_id = $1", 1, p,
-               PGRES_TUPLES_OK, "read payment", err);
+    res = svc_pg_exec(conn, "SELECT " PAYMENT_COLUMNS " FROM payments WHERE reservation_id = $1", 1,
+                      p, PGRES_TUPLES_OK, "read payment", err);
     if (res == NULL) {
         return -1;
     }
@@ -727,7 +711,7 @@ pay_outcome(svc_pg_pool_t *db, const char *sql, int n, const char *const *p, int
     if (conn == NULL) {
         return -1;
     }
-    res = exec(conn, sql, n, p, PGRES_COMMAND_OK, "record payment outcome", err);
+    res = svc_pg_exec(conn, sql, n, p, PGRES_COMMAND_OK, "record payment outcome", err);
     svc_pg_release(db, conn, res == NULL && err->code == SVC_UNAVAILABLE);
     if (res == NULL) {
         return -1;
@@ -786,11 +770,11 @@ rsv_store_pending_payments(svc_pg_pool_t *db, int64_t now_ms, int64_t min_age_ms
     }
     I64(age, min_age_ms);
     I64(lim, max);
-    res =
-        exec(conn,
-             "SELECT " PAYMENT_COLUMNS " FROM payments WHERE status = 1"
-             " AND updated_at < now() - $1::bigint * interval '1 millisecond' ORDER BY id LIMIT $2",
-             2, p, PGRES_TUPLES_OK, "read pending payments", err);
+    res = svc_pg_exec(
+        conn,
+        "SELECT " PAYMENT_COLUMNS " FROM payments WHERE status = 1"
+        " AND updated_at < now() - $1::bigint * interval '1 millisecond' ORDER BY id LIMIT $2",
+        2, p, PGRES_TUPLES_OK, "read pending payments", err);
     svc_pg_release(db, conn, res == NULL && err->code == SVC_UNAVAILABLE);
     if (res == NULL) {
         return -1;

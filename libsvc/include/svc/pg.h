@@ -122,4 +122,22 @@ typedef struct {
  */
 int svc_pg_migrate(svc_pg_pool_t *pool, const svc_migration_t *m, int n, svc_err_t *err);
 
+/*
+ * Runs one parameterised statement (text parameters) and checks its result
+ * status is want; otherwise sets err through svc_pg_error (naming what) and
+ * returns NULL. The caller clears the result.
+ */
+PGresult *svc_pg_exec(PGconn *conn, const char *sql, int n_params, const char *const *params,
+                      ExecStatusType want, const char *what, svc_err_t *err);
+
+/* A column of a result row as an integer (0 for NULL). */
+int64_t svc_pg_i64(const PGresult *res, int row, int col);
+
+/*
+ * svc_pg_migrate, retried once a second while the database is unreachable
+ * (it may still be starting), for at most patience_s seconds.
+ */
+int svc_pg_migrate_wait(svc_pg_pool_t *pool, const svc_migration_t *m, int n, int patience_s,
+                        svc_err_t *err);
+
 #endif
