@@ -347,7 +347,9 @@ hold_tx(PGconn *conn, void *arg, svc_err_t *err)
         PQclear(res);
         return -1;
     }
+    bool replaces_expired = false;
     for (int i = 0; i < h->n; i++) {
+        replaces_expired |= svc_pg_i64(res, i, 1) == RSV_SEAT_HELD; /* free, so: expired */
         if (svc_pg_i64(res, i, 3) > h->fences[i]) {
             svc_err_set(err, SVC_ABORTED, "lock on seat %d was lost", (int)h->seats[i]);
             PQclear(res);
@@ -356,7 +358,7 @@ hold_tx(PGconn *conn, void *arg, svc_err_t *err)
         amount += svc_pg_i64(res, i, 4);
     }
     PQclear(res);
-    if (expire_old_holds(conn, sched, list, now, err) != 0) {
+    if (replaces_expired && expire_old_holds(conn, sched, list, now, err) != 0) {
         return -1;
     }
     char amt[24];

@@ -1,0 +1,1410 @@
+/*
+ * reservation_bench.c: reservation-bench, a load tool for reservation-svc's
+ * HoldSeats, each scenario next to its direct-SQL twin in the same run. The
+ * storm: U users hold the same fresh seat at once (every call started before
+ * any answer is read), timed from the first start to the last answer, R
+ * times. Distinct seats: C calls in flight, each holding a seat never held
+ * before. The twins run hold_tx's statements (reservation_store.c) with libpq
+ * against the same database. It prints numbers and passes or fails nothing;
+ * tests/bench/reservation_bench.sh starts the stack around it.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <dirent.h>
+#include <grpc/byte_buffer.h>
+#include <grpc/byte_buffer_reader.h>
+#include <grpc/grpc.h>
+#include <grpc/grpc_security.h>
+#include <grpc/slice.h>
+#include <grpc/support/alloc.h>
+#include <grpc/support/time.h>
+#include <libpq-fe.h>
+#include <sys/epoll.h>
+
+#include "reservation/v1/reservation.pb-c.h"
+#include "svc/arena.h"
+#include "svc/client.h"
+#include "svc/config.h"
+#include "svc/err.h"
+#include "svc/log.h"
+
+#define METHOD_CREATE "/reservation.v1.ReservationService/CreateConcert"
+#define METHOD_HOLD "/reservation.v1.ReservationService/HoldSeats"
+#define SEATS_PER_SCHEDULE 10000 /* the most CreateConcert allows */
+#define SCHEDULES_PER_CONCERT 5  /* 50 000 seats per CreateConcert: well inside its 5 s budget */
+#define SEAT_PRICE 15000
+#define CALL_TIMEOUT_MS 30000
+#define WARMUP_NS 500000000LL
+#define MAX_CONC 1024
+#define MAX_CHANNELS 64
+#define N_CODES (SVC_UNAUTHENTICATED + 1)
+#define CONNECT_THREADS 8
+
+/* ---------------------------------------------------------------- hold_tx's SQL */
+
+/* Copied from reservation_store.c (hold_tx, expire_old_holds): keep them the same. */
+static const char SQL_LOCK[] =
+    "SELECT number, status, coalesce(hold_expires_at_ms, 0), last_fence, price FROM seats"
+    " WHERE schedule_id = $1 AND number = ANY($2::int[]) ORDER BY number FOR UPDATE";
+static const char SQL_EXPIRE[] =
+    "WITH old AS (SELECT DISTINCT hold_reservation_id AS id FROM seats s WHERE schedule_id = $1"
+    " AND number = ANY($2::int[]) AND status = 2 AND hold_expires_at_ms <= $3"
+    " AND NOT EXISTS (SELECT 1 FROM payments p WHERE p.reservation_id = s.hold_reservation_id"
+    " AND p.status = 1)),"
+    " r AS (UPDATE reservations SET status = 4, updated_at = now()"
+    " WHERE id IN (SELECT id FROM old) AND status = 1 RETURNING id),"
+    " rs AS (UPDATE reservation_seats SET live = false WHERE reservation_id IN (SELECT id FROM "
+    "old))"
+    " UPDATE seats SET status = 1, hold_reservation_id = NULL, hold_user_id = NULL,"
+    " hold_expires_at_ms = NULL WHERE status = 2 AND hold_reservation_id IN (SELECT id FROM "
+    "old)";
+static const char SQL_RESERVE[] =
+    "INSERT INTO reservations (user_id, schedule_id, status, amount, expires_at_ms)"
+    " VALUES ($1, $2, 1, $3, $4)"
+    " RETURNING id, (extract(epoch FROM created_at) * 1000)::bigint";
+static const char SQL_HOLD_SEAT[] =
+    "WITH rs AS (INSERT INTO reservation_seats (reservation_id, schedule_id, number)"
+    " VALUES ($1, $2, $3))"
+    " UPDATE seats SET status = 2, hold_reservation_id = $1, hold_user_id = $4,"
+    " hold_expires_at_ms = $5, last_fence = $6 WHERE schedule_id = $2 AND number = $3";
+#define HOLD_TTL_MS 300000 /* reservation-svc's default HOLD_TTL_MS */
+
+/* ---------------------------------------------------------------- CPU accounting */
+
+enum { PROC_BENCH, PROC_RSV, PROC_LOCK, PROC_REDIS, PROC_PG, N_PROCS };
+enum { CPU_MACHINE = N_PROCS, CPU_IRQ, N_CPU };
+static const char *const proc_names[N_PROCS] = {"bench", "rsv", "lock", "redis", "pg"};
+
+/* utime+stime (+cutime+cstime when with_children) of a /proc stat file; -1 when unreadable. */
+static int64_t
+stat_ticks(const char *path, bool with_children, int64_t *ppid)
+{
+    unsigned long long ut, st, cut, cst;
+    long long parent;
+    char buf[1024];
+    const char *p;
+    size_t n;
+    FILE *f;
+
+    if ((f = fopen(path, "r")) == NULL) {
+        return -1;
+    }
+    n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    if ((p = strrchr(buf, ')')) == NULL ||
+        sscanf(p + 1, " %*c %lld %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu %llu %llu", &parent,
+               &ut, &st, &cut, &cst) != 5) {
+        return -1;
+    }
+    if (ppid != NULL) {
+        *ppid = parent;
+    }
+    return (int64_t)(ut + st + (with_children ? cut + cst : 0));
+}
+
+/* The postmaster, the backends it reaped and every live child. */
+static int64_t
+pg_tree_ticks(int64_t postmaster)
+{
+    char path[300];
+    struct dirent *e;
+    int64_t total, t, ppid;
+    DIR *d;
+
+    snprintf(path, sizeof(path), "/proc/%" PRId64 "/stat", postmaster);
+    if ((total = stat_ticks(path, true, NULL)) < 0 || (d = opendir("/proc")) == NULL) {
+        return -1;
+    }
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] < '1' || e->d_name[0] > '9') {
+            continue;
+        }
+        snprintf(path, sizeof(path), "/proc/%s/stat", e->d_name);
+        if ((t = stat_ticks(path, true, &ppid)) >= 0 && ppid == postmaster) {
+            total += t;
+        }
+    }
+    closedir(d);
+    return total;
+}
+
+static void
+machine_ticks(int64_t *busy, int64_t *irq)
+{
+    unsigned long long v[7] = {0};
+    FILE *f = fopen("/proc/stat", "r");
+    int n;
+
+    *busy = *irq = -1;
+    if (f == NULL) {
+        return;
+    }
+    n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4],
+               &v[5], &v[6]);
+    fclose(f);
+    if (n == 7) {
+        *busy = (int64_t)(v[0] + v[1] + v[2] + v[5] + v[6]);
+        *irq = (int64_t)(v[5] + v[6]);
+    }
+}
+
+static void
+cpu_snapshot(const int64_t pids[N_PROCS], int64_t out[N_CPU])
+{
+    char path[64];
+
+    for (int i = 0; i < N_PROCS; i++) {
+        out[i] = -1;
+        if (i == PROC_BENCH) {
+            out[i] = stat_ticks("/proc/self/stat", false, NULL);
+        } else if (pids[i] > 0 && i == PROC_PG) {
+            out[i] = pg_tree_ticks(pids[i]);
+        } else if (pids[i] > 0) {
+            snprintf(path, sizeof(path), "/proc/%" PRId64 "/stat", pids[i]);
+            out[i] = stat_ticks(path, false, NULL);
+        }
+    }
+    machine_ticks(&out[CPU_MACHINE], &out[CPU_IRQ]);
+}
+
+/* CPU ticks summed over one or more windows (-1: unknown). */
+typedef struct {
+    int64_t ticks[N_CPU];
+    double window_s;
+} cpu_acc_t;
+
+static void
+cpu_acc_add(cpu_acc_t *acc, const int64_t before[N_CPU], const int64_t after[N_CPU], double secs)
+{
+    for (int i = 0; i < N_CPU; i++) {
+        if (before[i] < 0 || after[i] < 0 || acc->ticks[i] < 0) {
+            acc->ticks[i] = -1;
+        } else {
+            acc->ticks[i] += after[i] - before[i];
+        }
+    }
+    acc->window_s += secs;
+}
+
+/* ---------------------------------------------------------------- time, samples */
+
+static int64_t
+now_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static int64_t
+unix_us(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000LL + ts.tv_nsec / 1000;
+}
+
+static int
+cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+
+    return (x > y) - (x < y);
+}
+
+static int
+cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+
+    return (x > y) - (x < y);
+}
+
+/* Nearest-rank percentile of sorted v (ns), in ms; 0 without samples. */
+static double
+percentile_ms(const int64_t *v, size_t n, unsigned pct)
+{
+    size_t rank;
+
+    if (n == 0) {
+        return 0.0;
+    }
+    rank = (n * pct + 99) / 100;
+    return (double)v[rank > 0 ? rank - 1 : 0] / 1e6;
+}
+
+static void *
+xcalloc(size_t n, size_t size)
+{
+    void *p = calloc(n ? n : 1, size);
+
+    if (p == NULL) {
+        fprintf(stderr, "reservation-bench: out of memory\n");
+        exit(1);
+    }
+    return p;
+}
+
+/* ---------------------------------------------------------------- configuration */
+
+typedef struct {
+    const char *rsv_addr, *database_url, *admin_token;
+    int64_t seconds, conc, users, storms, channels, sql_storm_conns, sql_pool, max_rate;
+    int64_t pids[N_PROCS];
+    svc_client_t *client; /* CreateConcert */
+    grpc_channel *channels_v[MAX_CHANNELS];
+    int64_t next_user; /* user ids are never reused in one run */
+} bench_cfg_t;
+
+/* ---------------------------------------------------------------- seats */
+
+/* Seats 1..seat_count of schedules ids[0..n-1], handed out once each, in order. */
+typedef struct {
+    int64_t *ids;
+    int n;
+    int seat_count;
+    int64_t next;
+} seat_pool_t;
+
+static bool
+seat_pool_next(seat_pool_t *p, int64_t *schedule_id, int32_t *number)
+{
+    int64_t i = p->next;
+
+    if (i >= (int64_t)p->n * p->seat_count) {
+        return false;
+    }
+    p->next++;
+    *schedule_id = p->ids[i / p->seat_count];
+    *number = (int32_t)(i % p->seat_count + 1);
+    return true;
+}
+
+/*
+ * Creates n_schedules schedules of seat_count seats through CreateConcert
+ * (several concerts when there are many) and returns them as a pool.
+ * Exits when reservation-svc refuses.
+ */
+static seat_pool_t
+create_seats(bench_cfg_t *cfg, const char *title, int n_schedules, int seat_count)
+{
+    seat_pool_t pool = {xcalloc((size_t)n_schedules, sizeof(int64_t)), 0, seat_count, 0};
+    char auth[300];
+    const char *md[] = {"authorization", auth};
+    svc_call_opts_t opts = {.timeout_ms = 60000, .metadata = md, .n_metadata = 1};
+    static int64_t starts = 1893456000000LL;
+
+    snprintf(auth, sizeof(auth), "Bearer %s", cfg->admin_token);
+    while (pool.n < n_schedules) {
+        Reservation__V1__CreateConcertRequest req = RESERVATION__V1__CREATE_CONCERT_REQUEST__INIT;
+        Reservation__V1__ScheduleSpec specs[SCHEDULES_PER_CONCERT];
+        Reservation__V1__ScheduleSpec *sp[SCHEDULES_PER_CONCERT];
+        Reservation__V1__CreateConcertResponse *resp = NULL;
+        svc_arena_t *arena = svc_arena_create();
+        int k = n_schedules - pool.n < SCHEDULES_PER_CONCERT ? n_schedules - pool.n
+                                                             : SCHEDULES_PER_CONCERT;
+        svc_err_t err;
+
+        for (int i = 0; i < k; i++) {
+            reservation__v1__schedule_spec__init(&specs[i]);
+            specs[i].starts_at_ms = starts++; /* answered in starts_at_ms order */
+            specs[i].seat_count = seat_count;
+            specs[i].seat_price = SEAT_PRICE;
+            sp[i] = &specs[i];
+        }
+        req.title = (char *)title;
+        req.schedules = sp;
+        req.n_schedules = (size_t)k;
+        if (arena == NULL ||
+            svc_client_unary(cfg->client, METHOD_CREATE, &req.base,
+                             &reservation__v1__create_concert_response__descriptor, arena,
+                             (ProtobufCMessage **)&resp, &opts, &err) != 0) {
+            fprintf(stderr, "reservation-bench: CreateConcert failed: %s\n",
+                    arena == NULL ? "out of memory" : err.msg);
+            exit(1);
+        }
+        for (size_t i = 0; i < resp->concert->n_schedules && pool.n < n_schedules; i++) {
+            pool.ids[pool.n++] = resp->concert->schedules[i]->id;
+        }
+        svc_arena_destroy(arena);
+    }
+    return pool;
+}
+
+/* ---------------------------------------------------------------- async HoldSeats */
+
+/* One HoldSeats call in flight on a completion queue. */
+typedef struct {
+    grpc_call *call;
+    grpc_byte_buffer *send, *recv; /* send kept until the call completes, as grpc.h asks */
+    grpc_metadata_array recv_md, trailers;
+    grpc_status_code status;
+    grpc_slice details;
+    int64_t t0;
+} hold_call_t;
+
+/* Creates the call and packs its request; hold_start sends it. Exits when gRPC refuses. */
+static void
+hold_prepare(hold_call_t *h, grpc_channel *ch, grpc_completion_queue *cq, int64_t user,
+             int64_t schedule_id, int32_t seat)
+{
+    Reservation__V1__HoldSeatsRequest req = RESERVATION__V1__HOLD_SEATS_REQUEST__INIT;
+    grpc_slice slice;
+
+    req.user_id = user;
+    req.schedule_id = schedule_id;
+    req.seat_numbers = &seat;
+    req.n_seat_numbers = 1;
+    slice = grpc_slice_malloc(protobuf_c_message_get_packed_size(&req.base));
+    protobuf_c_message_pack(&req.base, GRPC_SLICE_START_PTR(slice));
+    h->send = grpc_raw_byte_buffer_create(&slice, 1);
+    grpc_slice_unref(slice);
+    h->call = grpc_channel_create_call(
+        ch, NULL, GRPC_PROPAGATE_DEFAULTS, cq, grpc_slice_from_static_string(METHOD_HOLD), NULL,
+        gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
+                     gpr_time_from_millis(CALL_TIMEOUT_MS, GPR_TIMESPAN)),
+        NULL);
+    if (h->call == NULL) {
+        fprintf(stderr, "reservation-bench: cannot create a call\n");
+        exit(1);
+    }
+    grpc_metadata_array_init(&h->recv_md);
+    grpc_metadata_array_init(&h->trailers);
+    h->recv = NULL;
+    h->status = GRPC_STATUS_UNKNOWN;
+    h->details = grpc_empty_slice();
+}
+
+static void
+hold_start(hold_call_t *h, void *tag)
+{
+    grpc_op ops[6];
+
+    memset(ops, 0, sizeof(ops));
+    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[1].op = GRPC_OP_SEND_MESSAGE;
+    ops[1].data.send_message.send_message = h->send;
+    ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+    ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
+    ops[3].data.recv_initial_metadata.recv_initial_metadata = &h->recv_md;
+    ops[4].op = GRPC_OP_RECV_MESSAGE;
+    ops[4].data.recv_message.recv_message = &h->recv;
+    ops[5].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+    ops[5].data.recv_status_on_client.status = &h->status;
+    ops[5].data.recv_status_on_client.status_details = &h->details;
+    ops[5].data.recv_status_on_client.trailing_metadata = &h->trailers;
+    h->t0 = now_ns();
+    if (grpc_call_start_batch(h->call, ops, 6, tag, NULL) != GRPC_CALL_OK) {
+        fprintf(stderr, "reservation-bench: cannot start a call\n");
+        exit(1);
+    }
+}
+
+/* Frees what the finished call held; returns its status (UNAVAILABLE when the batch failed). */
+static svc_status_t
+hold_finish(hold_call_t *h, bool success, char *msg, size_t msg_len)
+{
+    svc_status_t code = success ? svc_status_from_grpc((int)h->status) : SVC_UNAVAILABLE;
+
+    if (msg != NULL && code != SVC_OK) {
+        char *text = grpc_slice_to_c_string(h->details);
+        snprintf(msg, msg_len, "%s", success ? text : "call failed in transport");
+        gpr_free(text);
+    }
+    grpc_byte_buffer_destroy(h->send);
+    if (h->recv != NULL) {
+        grpc_byte_buffer_destroy(h->recv);
+    }
+    grpc_slice_unref(h->details);
+    grpc_metadata_array_destroy(&h->recv_md);
+    grpc_metadata_array_destroy(&h->trailers);
+    grpc_call_unref(h->call);
+    h->call = NULL;
+    return code;
+}
+
+static void
+cq_drain_destroy(grpc_completion_queue *cq)
+{
+    grpc_completion_queue_shutdown(cq);
+    while (grpc_completion_queue_next(cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL).type !=
+           GRPC_QUEUE_SHUTDOWN) {
+    }
+    grpc_completion_queue_destroy(cq);
+}
+
+/* ---------------------------------------------------------------- results */
+
+/* Outcome classes of a hold, for both paths (direct SQL maps onto the same codes). */
+typedef struct {
+    int64_t n;
+    int64_t codes[N_CODES];
+    char first_err[256];
+} outcome_t;
+
+static void
+outcome_add(outcome_t *o, svc_status_t code, const char *msg)
+{
+    int k = (int)code > 0 && (int)code < N_CODES ? (int)code : (code == SVC_OK ? 0 : SVC_UNKNOWN);
+
+    o->n++;
+    o->codes[k]++;
+    if (k != SVC_OK && k != SVC_FAILED_PRECONDITION && o->first_err[0] == '\0' && msg != NULL) {
+        snprintf(o->first_err, sizeof(o->first_err), "%s", msg);
+    }
+}
+
+/* One storm: times from the first start, in ms. */
+typedef struct {
+    double resolved_ms, started_ms, first_ms;
+    outcome_t out;
+} storm_t;
+
+/* ---------------------------------------------------------------- storm through reservation-svc */
+
+/*
+ * Starts users HoldSeats of one seat (all calls created first, then all
+ * started from this thread before any completion is read) and waits for
+ * every answer.
+ */
+static void
+storm_svc(bench_cfg_t *cfg, int64_t schedule_id, int32_t seat, storm_t *st)
+{
+    int n = (int)cfg->users;
+    hold_call_t *calls = xcalloc((size_t)n, sizeof(*calls));
+    grpc_completion_queue *cq = grpc_completion_queue_create_for_next(NULL);
+    int64_t t0, first = 0, last = 0, user0 = cfg->next_user;
+    char msg[256];
+
+    memset(st, 0, sizeof(*st));
+    cfg->next_user += n;
+    for (int i = 0; i < n; i++) {
+        hold_prepare(&calls[i], cfg->channels_v[i % cfg->channels], cq, user0 + i, schedule_id,
+                     seat);
+    }
+    t0 = now_ns();
+    for (int i = 0; i < n; i++) {
+        hold_start(&calls[i], &calls[i]);
+    }
+    st->started_ms = (double)(now_ns() - t0) / 1e6;
+    for (int done = 0; done < n;) {
+        grpc_event ev = grpc_completion_queue_next(cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
+        if (ev.type != GRPC_OP_COMPLETE) {
+            continue;
+        }
+        last = now_ns();
+        first = first ? first : last;
+        msg[0] = '\0';
+        outcome_add(&st->out, hold_finish(ev.tag, ev.success != 0, msg, sizeof(msg)), msg);
+        done++;
+    }
+    st->first_ms = (double)(first - t0) / 1e6;
+    st->resolved_ms = (double)(last - t0) / 1e6;
+    cq_drain_destroy(cq);
+    free(calls);
+}
+
+/* ---------------------------------------------------------------- the direct-SQL driver */
+
+enum { S_IDLE, S_BEGIN, S_LOCK, S_EXPIRE, S_RESERVE, S_HOLD, S_COMMIT, S_ROLLBACK };
+
+/* One connection running hold transactions, one statement at a time, like svc_pg_tx. */
+typedef struct {
+    PGconn *conn;
+    int step;
+    int64_t schedule_id, user, fence, amount, rid, t0;
+    int32_t seat;
+    svc_status_t outcome;
+    char msg[256];
+} sql_conn_t;
+
+/* Where the logical clients of a run come from and where their answers go. */
+typedef struct {
+    sql_conn_t *conns;
+    int n_conns;
+    seat_pool_t *seats; /* distinct: a fresh seat per transaction */
+    int64_t storm_schedule;
+    int32_t storm_seat;
+    int64_t left;    /* storm: logical clients not yet started */
+    int64_t t_storm; /* storm: all logical clients arrive at once, at this time */
+    int64_t warm_end_ns, end_ns;
+    bench_cfg_t *cfg;
+    outcome_t out;
+    int64_t *lat;
+    size_t n_lat, cap_lat;
+    int64_t done_in_window, first_done, last_done;
+    bool ran_out;
+} sql_run_t;
+
+static void
+sql_send(sql_conn_t *c, int step, const char *sql, int n, const char *const *params)
+{
+    c->step = step;
+    if (!PQsendQueryParams(c->conn, sql, n, NULL, params, NULL, NULL, 0)) {
+        fprintf(stderr, "reservation-bench: cannot send a query: %s", PQerrorMessage(c->conn));
+        exit(1);
+    }
+}
+
+/* Picks the next logical client for c and sends its BEGIN; false when there is none. */
+static bool
+sql_next(sql_run_t *run, sql_conn_t *c)
+{
+    if (run->seats == NULL) {
+        if (run->left == 0) {
+            c->step = S_IDLE;
+            return false;
+        }
+        run->left--;
+        c->schedule_id = run->storm_schedule;
+        c->seat = run->storm_seat;
+        c->t0 = run->t_storm;
+    } else {
+        if (now_ns() >= run->end_ns) {
+            c->step = S_IDLE;
+            return false;
+        }
+        if (!seat_pool_next(run->seats, &c->schedule_id, &c->seat)) {
+            run->ran_out = true;
+            c->step = S_IDLE;
+            return false;
+        }
+        c->t0 = now_ns();
+    }
+    c->user = run->cfg->next_user++;
+    c->fence = unix_us(); /* lock-svc's fences are at least the wall clock in us */
+    c->outcome = SVC_OK;
+    c->msg[0] = '\0';
+    sql_send(c, S_BEGIN, "BEGIN", 0, NULL);
+    return true;
+}
+
+static void
+sql_record(sql_run_t *run, sql_conn_t *c)
+{
+    int64_t t1 = now_ns();
+
+    outcome_add(&run->out, c->outcome, c->msg);
+    run->last_done = t1;
+    run->first_done = run->first_done ? run->first_done : t1;
+    if (c->outcome != SVC_OK ||
+        (run->seats != NULL && (c->t0 < run->warm_end_ns || t1 > run->end_ns))) {
+        return;
+    }
+    if (run->n_lat == run->cap_lat) {
+        run->cap_lat = run->cap_lat ? run->cap_lat * 2 : 4096;
+        if ((run->lat = realloc(run->lat, run->cap_lat * sizeof(*run->lat))) == NULL) {
+            fprintf(stderr, "reservation-bench: out of memory for samples\n");
+            exit(1);
+        }
+    }
+    run->lat[run->n_lat++] = t1 - c->t0;
+    run->done_in_window++;
+}
+
+/* hold_tx's check of the locked row: exists, free (or its hold expired), fence not older. */
+static void
+sql_check_seat(sql_conn_t *c, const PGresult *res)
+{
+    int64_t now_ms = unix_us() / 1000;
+
+    if (PQntuples(res) != 1) {
+        c->outcome = SVC_INVALID_ARGUMENT;
+        snprintf(c->msg, sizeof(c->msg), "seat %d does not exist", (int)c->seat);
+        return;
+    }
+    int status = atoi(PQgetvalue(res, 0, 1));
+    if (status != 1 && !(status == 2 && strtoll(PQgetvalue(res, 0, 2), NULL, 10) <= now_ms)) {
+        c->outcome = SVC_FAILED_PRECONDITION;
+        snprintf(c->msg, sizeof(c->msg), "seat %d is not available", (int)c->seat);
+    } else if (strtoll(PQgetvalue(res, 0, 3), NULL, 10) > c->fence) {
+        c->outcome = SVC_ABORTED;
+        snprintf(c->msg, sizeof(c->msg), "lock on seat %d was lost", (int)c->seat);
+    }
+    c->amount = strtoll(PQgetvalue(res, 0, 4), NULL, 10);
+}
+
+/* The next statement after a result of the current one (ok: it had the status wanted). */
+static void
+sql_advance(sql_run_t *run, sql_conn_t *c, const PGresult *res, bool ok)
+{
+    char sched[24], list[32], now[24], user[24], amt[24], expires[24], rid[24], num[16], fence[24];
+    int64_t now_ms = unix_us() / 1000;
+
+    snprintf(sched, sizeof(sched), "%" PRId64, c->schedule_id);
+    snprintf(list, sizeof(list), "{%d}", (int)c->seat);
+    snprintf(now, sizeof(now), "%" PRId64, now_ms);
+    snprintf(user, sizeof(user), "%" PRId64, c->user);
+    snprintf(expires, sizeof(expires), "%" PRId64, now_ms + HOLD_TTL_MS);
+    if (!ok && c->step != S_ROLLBACK) {
+        c->outcome = SVC_INTERNAL;
+        snprintf(c->msg, sizeof(c->msg), "step %d: %s %s", c->step,
+                 res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : "", PQerrorMessage(c->conn));
+        if (c->step == S_COMMIT || c->step == S_BEGIN) {
+            sql_record(run, c);
+            sql_next(run, c);
+            return;
+        }
+        sql_send(c, S_ROLLBACK, "ROLLBACK", 0, NULL);
+        return;
+    }
+    switch (c->step) {
+    case S_BEGIN: {
+        const char *p[] = {sched, list};
+        sql_send(c, S_LOCK, SQL_LOCK, 2, p);
+        break;
+    }
+    case S_LOCK:
+        sql_check_seat(c, res);
+        if (c->outcome != SVC_OK) {
+            sql_send(c, S_ROLLBACK, "ROLLBACK", 0, NULL);
+        } else {
+            const char *p[] = {sched, list, now};
+            sql_send(c, S_EXPIRE, SQL_EXPIRE, 3, p);
+        }
+        break;
+    case S_EXPIRE: {
+        snprintf(amt, sizeof(amt), "%" PRId64, c->amount);
+        const char *p[] = {user, sched, amt, expires};
+        sql_send(c, S_RESERVE, SQL_RESERVE, 4, p);
+        break;
+    }
+    case S_RESERVE: {
+        c->rid = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+        snprintf(rid, sizeof(rid), "%" PRId64, c->rid);
+        snprintf(num, sizeof(num), "%d", (int)c->seat);
+        snprintf(fence, sizeof(fence), "%" PRId64, c->fence);
+        const char *p[] = {rid, sched, num, user, expires, fence};
+        sql_send(c, S_HOLD, SQL_HOLD_SEAT, 6, p);
+        break;
+    }
+    case S_HOLD:
+        sql_send(c, S_COMMIT, "COMMIT", 0, NULL);
+        break;
+    default: /* COMMIT or ROLLBACK answered */
+        sql_record(run, c);
+        sql_next(run, c);
+        break;
+    }
+}
+
+static ExecStatusType
+step_wants(int step)
+{
+    return step == S_LOCK || step == S_RESERVE ? PGRES_TUPLES_OK : PGRES_COMMAND_OK;
+}
+
+/* Reads what arrived on c; advances through every finished statement. */
+static void
+sql_on_readable(sql_run_t *run, sql_conn_t *c)
+{
+    if (!PQconsumeInput(c->conn)) {
+        fprintf(stderr, "reservation-bench: connection lost: %s", PQerrorMessage(c->conn));
+        exit(1);
+    }
+    while (c->step != S_IDLE && !PQisBusy(c->conn)) {
+        PGresult *res = PQgetResult(c->conn), *extra;
+        bool ok = res != NULL && PQresultStatus(res) == step_wants(c->step);
+
+        while ((extra = PQgetResult(c->conn)) != NULL) { /* the NULL that ends the statement */
+            PQclear(extra);
+        }
+        sql_advance(run, c, res, ok);
+        PQclear(res);
+    }
+}
+
+/* Runs until every connection is idle: epoll over their sockets. */
+static void
+sql_loop(sql_run_t *run)
+{
+    int ep = epoll_create1(0), active = 0;
+    struct epoll_event evs[256];
+
+    if (ep < 0) {
+        fprintf(stderr, "reservation-bench: epoll: %s\n", strerror(errno));
+        exit(1);
+    }
+    for (int i = 0; i < run->n_conns; i++) {
+        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &run->conns[i]};
+        epoll_ctl(ep, EPOLL_CTL_ADD, PQsocket(run->conns[i].conn), &ev);
+        active += run->conns[i].step != S_IDLE;
+    }
+    while (active > 0) {
+        int n = epoll_wait(ep, evs, 256, 1000);
+        for (int i = 0; i < n; i++) {
+            sql_conn_t *c = evs[i].data.ptr;
+            if (c->step == S_IDLE) {
+                continue;
+            }
+            sql_on_readable(run, c);
+            active -= c->step == S_IDLE;
+        }
+    }
+    close(ep);
+}
+
+typedef struct {
+    const char *url;
+    sql_conn_t *conns;
+    int from, to;
+} connect_job_t;
+
+static void *
+connect_main(void *arg)
+{
+    connect_job_t *j = arg;
+
+    for (int i = j->from; i < j->to; i++) {
+        PGconn *conn = PQconnectdb(j->url);
+        if (PQstatus(conn) != CONNECTION_OK) {
+            fprintf(stderr, "reservation-bench: connection %d to the database failed: %s", i,
+                    PQerrorMessage(conn));
+            exit(1);
+        }
+        j->conns[i].conn = conn;
+    }
+    return NULL;
+}
+
+/* Opens n connections, CONNECT_THREADS at a time. */
+static sql_conn_t *
+sql_connect(const char *url, int n)
+{
+    sql_conn_t *conns = xcalloc((size_t)n, sizeof(*conns));
+    pthread_t th[CONNECT_THREADS];
+    connect_job_t jobs[CONNECT_THREADS];
+
+    for (int t = 0; t < CONNECT_THREADS; t++) {
+        jobs[t] =
+            (connect_job_t){url, conns, n * t / CONNECT_THREADS, n * (t + 1) / CONNECT_THREADS};
+        if (pthread_create(&th[t], NULL, connect_main, &jobs[t]) != 0) {
+            fprintf(stderr, "reservation-bench: cannot start a thread\n");
+            exit(1);
+        }
+    }
+    for (int t = 0; t < CONNECT_THREADS; t++) {
+        pthread_join(th[t], NULL);
+    }
+    return conns;
+}
+
+static void
+sql_disconnect(sql_conn_t *conns, int n)
+{
+    for (int i = 0; i < n; i++) {
+        PQfinish(conns[i].conn);
+    }
+    free(conns);
+}
+
+/*
+ * The storm's twin: users logical clients hold the same seat, all arriving
+ * at once, over n_conns connections (n_conns = users: one each, every BEGIN
+ * sent before any answer is read; fewer: a pool, each connection taking the
+ * next client when its transaction ends).
+ */
+static void
+storm_sql(bench_cfg_t *cfg, sql_conn_t *conns, int n_conns, int64_t schedule_id, int32_t seat,
+          storm_t *st)
+{
+    sql_run_t run = {.conns = conns,
+                     .n_conns = n_conns,
+                     .storm_schedule = schedule_id,
+                     .storm_seat = seat,
+                     .left = cfg->users,
+                     .cfg = cfg};
+
+    memset(st, 0, sizeof(*st));
+    run.t_storm = now_ns();
+    for (int i = 0; i < n_conns; i++) {
+        sql_next(&run, &conns[i]);
+    }
+    st->started_ms = (double)(now_ns() - run.t_storm) / 1e6;
+    sql_loop(&run);
+    st->out = run.out;
+    st->resolved_ms = (double)(run.last_done - run.t_storm) / 1e6;
+    st->first_ms = (double)(run.first_done - run.t_storm) / 1e6;
+    free(run.lat);
+}
+
+/* ---------------------------------------------------------------- distinct seats */
+
+typedef struct {
+    double rate, p50_ms, p99_ms;
+    int64_t done;
+    outcome_t out;
+    cpu_acc_t cpu;
+    bool ran_out;
+} distinct_t;
+
+static void
+distinct_finish(distinct_t *d, int64_t *lat, size_t n, double seconds)
+{
+    qsort(lat, n, sizeof(*lat), cmp_i64);
+    d->done = (int64_t)n;
+    d->rate = (double)n / seconds;
+    d->p50_ms = percentile_ms(lat, n, 50);
+    d->p99_ms = percentile_ms(lat, n, 99);
+}
+
+static void
+sleep_until_ns(int64_t t)
+{
+    struct timespec ts = {(time_t)(t / 1000000000LL), (long)(t % 1000000000LL)};
+
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR) {
+    }
+}
+
+/* Samples CPU time at the edges of a measured window, from its own thread. */
+typedef struct {
+    const int64_t *pids;
+    int64_t warm_end_ns, end_ns;
+    int64_t before[N_CPU], after[N_CPU];
+} sampler_t;
+
+static void *
+sampler_main(void *arg)
+{
+    sampler_t *s = arg;
+
+    sleep_until_ns(s->warm_end_ns);
+    cpu_snapshot(s->pids, s->before);
+    sleep_until_ns(s->end_ns);
+    cpu_snapshot(s->pids, s->after);
+    return NULL;
+}
+
+static void
+sampler_start(sampler_t *s, pthread_t *th)
+{
+    if (pthread_create(th, NULL, sampler_main, s) != 0) {
+        fprintf(stderr, "reservation-bench: cannot start a thread\n");
+        exit(1);
+    }
+}
+
+typedef struct {
+    bench_cfg_t *cfg;
+    seat_pool_t *seats;
+    grpc_completion_queue *cq;
+    hold_call_t *calls;
+    int64_t warm_end_ns, end_ns;
+    int64_t *lat;
+    size_t n_lat, cap_lat;
+    outcome_t out;
+    bool ran_out;
+} svc_load_t;
+
+static bool
+svc_load_start(svc_load_t *l, int i)
+{
+    int64_t sched;
+    int32_t seat;
+
+    if (now_ns() >= l->end_ns) {
+        return false;
+    }
+    if (!seat_pool_next(l->seats, &sched, &seat)) {
+        l->ran_out = true;
+        return false;
+    }
+    hold_prepare(&l->calls[i], l->cfg->channels_v[i % l->cfg->channels], l->cq, l->cfg->next_user++,
+                 sched, seat);
+    hold_start(&l->calls[i], &l->calls[i]);
+    return true;
+}
+
+static void
+svc_load_sample(svc_load_t *l, int64_t t0, int64_t t1)
+{
+    if (t0 < l->warm_end_ns || t1 > l->end_ns) {
+        return;
+    }
+    if (l->n_lat == l->cap_lat) {
+        l->cap_lat = l->cap_lat ? l->cap_lat * 2 : 4096;
+        if ((l->lat = realloc(l->lat, l->cap_lat * sizeof(*l->lat))) == NULL) {
+            fprintf(stderr, "reservation-bench: out of memory for samples\n");
+            exit(1);
+        }
+    }
+    l->lat[l->n_lat++] = t1 - t0;
+}
+
+/*
+ * Distinct seats through reservation-svc: conc calls in flight from this
+ * thread, each on a fresh seat, for the warm-up and then seconds.
+ */
+static void
+distinct_svc(bench_cfg_t *cfg, seat_pool_t *seats, distinct_t *d)
+{
+    svc_load_t l = {.cfg = cfg, .seats = seats};
+    sampler_t s = {.pids = cfg->pids};
+    int conc = (int)cfg->conc, active = 0;
+    char msg[256];
+    pthread_t th;
+
+    memset(d, 0, sizeof(*d));
+    l.cq = grpc_completion_queue_create_for_next(NULL);
+    l.calls = xcalloc((size_t)conc, sizeof(*l.calls));
+    s.warm_end_ns = l.warm_end_ns = now_ns() + WARMUP_NS;
+    s.end_ns = l.end_ns = l.warm_end_ns + cfg->seconds * 1000000000LL;
+    sampler_start(&s, &th);
+    for (int i = 0; i < conc; i++) {
+        active += svc_load_start(&l, i);
+    }
+    while (active > 0) {
+        grpc_event ev = grpc_completion_queue_next(l.cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
+        hold_call_t *h = ev.tag;
+        int64_t t0, t1 = now_ns();
+        svc_status_t code;
+
+        if (ev.type != GRPC_OP_COMPLETE) {
+            continue;
+        }
+        t0 = h->t0;
+        msg[0] = '\0';
+        code = hold_finish(h, ev.success != 0, msg, sizeof(msg));
+        outcome_add(&l.out, code, msg);
+        if (code == SVC_OK) {
+            svc_load_sample(&l, t0, t1);
+        }
+        if (!svc_load_start(&l, (int)(h - l.calls))) {
+            active--;
+        }
+    }
+    pthread_join(th, NULL);
+    cq_drain_destroy(l.cq);
+    cpu_acc_add(&d->cpu, s.before, s.after, (double)cfg->seconds);
+    d->out = l.out;
+    d->ran_out = l.ran_out;
+    distinct_finish(d, l.lat, l.n_lat, (double)cfg->seconds);
+    free(l.lat);
+    free(l.calls);
+}
+
+/* The distinct-seat twin: conc connections, each running hold transactions back to back. */
+static void
+distinct_sql(bench_cfg_t *cfg, seat_pool_t *seats, distinct_t *d)
+{
+    int n = (int)cfg->conc;
+    sql_conn_t *conns = sql_connect(cfg->database_url, n);
+    sql_run_t run = {.conns = conns, .n_conns = n, .seats = seats, .cfg = cfg};
+    sampler_t s = {.pids = cfg->pids};
+    pthread_t th;
+
+    memset(d, 0, sizeof(*d));
+    s.warm_end_ns = run.warm_end_ns = now_ns() + WARMUP_NS;
+    s.end_ns = run.end_ns = run.warm_end_ns + cfg->seconds * 1000000000LL;
+    sampler_start(&s, &th);
+    for (int i = 0; i < n; i++) {
+        sql_next(&run, &conns[i]);
+    }
+    sql_loop(&run);
+    pthread_join(th, NULL);
+    cpu_acc_add(&d->cpu, s.before, s.after, (double)cfg->seconds);
+    d->out = run.out;
+    d->ran_out = run.ran_out;
+    distinct_finish(d, run.lat, run.n_lat, (double)cfg->seconds);
+    free(run.lat);
+    sql_disconnect(conns, n);
+}
+
+/* ---------------------------------------------------------------- printing */
+
+static void
+print_num(int width, int decimals, double v)
+{
+    if (v < 0) {
+        printf(" %*s", width, "-");
+    } else {
+        printf(" %*.*f", width, decimals, v);
+    }
+}
+
+static void
+print_cpu_header(void)
+{
+    printf(" | %7s %5s %5s", "machine", "irq", "other");
+    for (int i = 0; i < N_PROCS; i++) {
+        printf(" %5s", proc_names[i]);
+    }
+    printf(" | %6s", "all");
+    for (int i = 0; i < N_PROCS; i++) {
+        printf(" %6s", proc_names[i]);
+    }
+    printf("\n");
+}
+
+/* CPUs busy over the windows, then CPU us per unit (a hold, or a whole storm: per_unit). */
+static void
+print_cpu(const cpu_acc_t *acc, double units)
+{
+    double tck = (double)sysconf(_SC_CLK_TCK), cores[N_CPU], other;
+
+    for (int i = 0; i < N_CPU; i++) {
+        cores[i] = acc->ticks[i] < 0 || acc->window_s <= 0
+                       ? -1.0
+                       : (double)acc->ticks[i] / tck / acc->window_s;
+    }
+    other = cores[CPU_MACHINE];
+    for (int i = 0; i < CPU_MACHINE; i++) {
+        other -= cores[i] > 0 ? cores[i] : 0.0;
+    }
+    other -= cores[CPU_IRQ] > 0 ? cores[CPU_IRQ] : 0.0;
+    printf(" |");
+    print_num(7, 2, cores[CPU_MACHINE]);
+    print_num(5, 2, cores[CPU_IRQ]);
+    print_num(5, 2, cores[CPU_MACHINE] < 0 ? -1.0 : (other > 0 ? other : 0.0));
+    for (int i = 0; i < N_PROCS; i++) {
+        print_num(5, 2, cores[i]);
+    }
+    printf(" |");
+    print_num(6, 0,
+              acc->ticks[CPU_MACHINE] < 0 || units <= 0
+                  ? -1.0
+                  : (double)acc->ticks[CPU_MACHINE] / tck * 1e6 / units);
+    for (int i = 0; i < N_PROCS; i++) {
+        print_num(6, 0,
+                  acc->ticks[i] < 0 || units <= 0 ? -1.0
+                                                  : (double)acc->ticks[i] / tck * 1e6 / units);
+    }
+    printf("\n");
+}
+
+/* "OK 1 FAILED_PRECONDITION 999" */
+static void
+print_outcome(const outcome_t *o)
+{
+    for (int k = 0; k < N_CODES; k++) {
+        if (o->codes[k] > 0) {
+            printf(" %s %" PRId64, svc_status_name((svc_status_t)k), o->codes[k]);
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- the storm scenario */
+
+enum { PATH_SVC, PATH_SQL, PATH_POOL, N_PATHS };
+
+typedef struct {
+    const char *name;
+    double *resolved_ms; /* one per repetition */
+    cpu_acc_t cpu;
+    int64_t not_one_ok; /* storms whose answers were not exactly one OK */
+    int64_t unexpected; /* answers neither OK nor FAILED_PRECONDITION */
+} storm_path_t;
+
+static void
+storm_row(const char *path, int rep, const storm_t *st)
+{
+    printf("%-26s %3d %7.1f %8.1f %11.1f  ", path, rep, st->started_ms, st->first_ms,
+           st->resolved_ms);
+    print_outcome(&st->out);
+    if (st->out.first_err[0] != '\0') {
+        printf(" (first: %s)", st->out.first_err);
+    }
+    printf("\n");
+    fflush(stdout);
+}
+
+static void
+storm_account(storm_path_t *p, int rep, const storm_t *st, const int64_t c0[N_CPU],
+              const int64_t c1[N_CPU])
+{
+    p->resolved_ms[rep] = st->resolved_ms;
+    cpu_acc_add(&p->cpu, c0, c1, st->resolved_ms / 1e3);
+    p->not_one_ok += st->out.codes[SVC_OK] != 1;
+    p->unexpected += st->out.n - st->out.codes[SVC_OK] - st->out.codes[SVC_FAILED_PRECONDITION];
+}
+
+/* Median of the storms' resolve times into *med, with min and max. */
+static void
+storm_stats(const storm_path_t *p, int n, double *min, double *med, double *max)
+{
+    double *v = xcalloc((size_t)n, sizeof(*v));
+
+    memcpy(v, p->resolved_ms, (size_t)n * sizeof(*v));
+    qsort(v, (size_t)n, sizeof(*v), cmp_double);
+    *min = v[0];
+    *max = v[n - 1];
+    *med = n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+    free(v);
+}
+
+static void
+run_storms(bench_cfg_t *cfg, storm_path_t paths[N_PATHS], int *n_paths)
+{
+    int reps = (int)cfg->storms, users = (int)cfg->users;
+    int storm_conns = cfg->sql_storm_conns > 0 && cfg->sql_storm_conns < users
+                          ? (int)cfg->sql_storm_conns
+                          : users;
+    int pool = cfg->sql_pool < storm_conns ? (int)cfg->sql_pool : storm_conns;
+    seat_pool_t seats = create_seats(cfg, "reservation-bench storm", N_PATHS, reps);
+    int64_t t = now_ns();
+    sql_conn_t *conns = sql_connect(cfg->database_url, storm_conns);
+    static char sql_name[64], pool_name[64];
+
+    storm_t warm;
+
+    /* Each backend's first transaction loads its caches: not part of any storm. */
+    storm_sql(cfg, conns, storm_conns, 0, 1, &warm);
+    *n_paths = pool > 0 && pool < storm_conns ? N_PATHS : PATH_POOL;
+    snprintf(sql_name, sizeof(sql_name), "direct SQL, %d conns", storm_conns);
+    snprintf(pool_name, sizeof(pool_name), "direct SQL, pool of %d", pool);
+    paths[PATH_SVC].name = "reservation-svc";
+    paths[PATH_SQL].name = sql_name;
+    paths[PATH_POOL].name = pool_name;
+    for (int p = 0; p < N_PATHS; p++) {
+        paths[p].resolved_ms = xcalloc((size_t)reps, sizeof(double));
+    }
+    printf("\n== storm: %d users HoldSeats the same fresh seat at once, %d times; one seat per "
+           "storm and path ==\n",
+           users, reps);
+    printf("(direct SQL: %d connections opened beforehand and warmed with one hold transaction "
+           "each on a seat that does not exist, in %.1f s; idle between storms)\n",
+           storm_conns, (double)(now_ns() - t) / 1e9);
+    printf("%-26s %3s %7s %8s %11s  %s\n", "path", "run", "sent ms", "first ms", "resolved ms",
+           "answers by status");
+    for (int r = 0; r < reps; r++) {
+        for (int p = 0; p < *n_paths; p++) {
+            int64_t c0[N_CPU], c1[N_CPU];
+            storm_t st;
+            cpu_snapshot(cfg->pids, c0);
+            if (p == PATH_SVC) {
+                storm_svc(cfg, seats.ids[PATH_SVC], (int32_t)(r + 1), &st);
+            } else {
+                storm_sql(cfg, conns, p == PATH_SQL ? storm_conns : pool, seats.ids[p],
+                          (int32_t)(r + 1), &st);
+            }
+            cpu_snapshot(cfg->pids, c1);
+            storm_row(paths[p].name, r + 1, &st);
+            storm_account(&paths[p], r, &st, c0, c1);
+            usleep(200000); /* let the previous storm's stragglers (logs, sweeps) settle */
+        }
+    }
+    sql_disconnect(conns, storm_conns);
+    free(seats.ids);
+}
+
+static void
+print_storm_summary(const bench_cfg_t *cfg, const storm_path_t *paths, int n_paths)
+{
+    printf("\n%-26s %8s %8s %8s %16s", "storm, resolved in", "min ms", "med ms", "max ms",
+           "storms not 1 OK");
+    print_cpu_header();
+    for (int p = 0; p < n_paths; p++) {
+        double mn, med, mx;
+        storm_stats(&paths[p], (int)cfg->storms, &mn, &med, &mx);
+        printf("%-26s %8.1f %8.1f %8.1f %16" PRId64, paths[p].name, mn, med, mx,
+               paths[p].not_one_ok);
+        print_cpu(&paths[p].cpu, (double)cfg->storms * (double)cfg->users);
+    }
+    printf("(CPU: busy CPUs over the storms' windows, from first start to last answer; then CPU "
+           "us per request; 10 ms clock ticks, so rough)\n");
+}
+
+/* ---------------------------------------------------------------- main */
+
+static void
+load_config(bench_cfg_t *cfg, int argc, char **argv)
+{
+    svc_opt_t opts[] = {
+        {"rsv-addr", "RESERVATION_ADDR", SVC_OPT_STRING, "127.0.0.1:50053",
+         "reservation-svc host:port", 0, 0, &cfg->rsv_addr, 1},
+        {"database-url", "DATABASE_URL", SVC_OPT_STRING,
+         "postgresql://postgres@127.0.0.1:55432/reservation",
+         "the database reservation-svc uses (libpq conninfo or URI), for the direct-SQL twins", 0,
+         0, &cfg->database_url, 1},
+        {"admin-token", "ADMIN_TOKEN", SVC_OPT_STRING, NULL,
+         "reservation-svc's admin token, for CreateConcert", 0, 0, &cfg->admin_token, 1},
+        {"seconds", "BENCH_SECONDS", SVC_OPT_INT, "5",
+         "measured seconds of the distinct-seat scenario, per path (after a 0.5 s warm-up)", 1,
+         3600, &cfg->seconds, 0},
+        {"concurrency", "BENCH_CONCURRENCY", SVC_OPT_INT, "64",
+         "distinct seats: calls (or connections) in flight", 1, MAX_CONC, &cfg->conc, 0},
+        {"users", "BENCH_USERS", SVC_OPT_INT, "1000", "storm: users holding the same seat at once",
+         2, 100000, &cfg->users, 0},
+        {"storms", "BENCH_STORMS", SVC_OPT_INT, "5", "storm: repetitions per path, fresh seat each",
+         1, 1000, &cfg->storms, 0},
+        {"channels", "BENCH_CHANNELS", SVC_OPT_INT, "1",
+         "gRPC channels (HTTP/2 connections) the calls are spread over", 1, MAX_CHANNELS,
+         &cfg->channels, 0},
+        {"sql-storm-conns", "BENCH_SQL_STORM_CONNS", SVC_OPT_INT, "0",
+         "storm twin: connections (0: one per user; PostgreSQL's max_connections must allow it)", 0,
+         100000, &cfg->sql_storm_conns, 0},
+        {"sql-pool", "BENCH_SQL_POOL", SVC_OPT_INT, "16",
+         "storm twin, second form: the users over a pool of this many connections "
+         "(reservation-svc's "
+         "DB_POOL default); 0: skip",
+         0, 10000, &cfg->sql_pool, 0},
+        {"max-rate", "BENCH_MAX_RATE", SVC_OPT_INT, "10000",
+         "distinct seats: holds/s to make seats for (10 000 per schedule)", 100, 1000000,
+         &cfg->max_rate, 0},
+        {"rsv-pid", "RESERVATION_SVC_PID", SVC_OPT_INT, "0",
+         "reservation-svc's process id, to report its CPU time (0: not reported)", 0, 1 << 30,
+         &cfg->pids[PROC_RSV], 0},
+        {"lock-pid", "LOCK_SVC_PID", SVC_OPT_INT, "0", "lock-svc's process id (0: not reported)", 0,
+         1 << 30, &cfg->pids[PROC_LOCK], 0},
+        {"redis-pid", "REDIS_PID", SVC_OPT_INT, "0", "redis-server's process id (0: not reported)",
+         0, 1 << 30, &cfg->pids[PROC_REDIS], 0},
+        {"pg-pid", "PG_PID", SVC_OPT_INT, "0",
+         "the postmaster's process id; its children are counted too (0: not reported)", 0, 1 << 30,
+         &cfg->pids[PROC_PG], 0},
+    };
+
+    svc_config_load_or_exit(opts, (int)(sizeof(opts) / sizeof(opts[0])), argc, argv,
+                            "reservation-bench: HoldSeats through reservation-svc (a storm of "
+                            "users on one seat; distinct seats at a concurrency) next to the same "
+                            "SQL run directly against PostgreSQL. Prints numbers; exits 0 unless "
+                            "it cannot start.");
+}
+
+/* Connects every channel with one cheap call each (an unknown schedule: NOT_FOUND). */
+static void
+warm_channels(bench_cfg_t *cfg)
+{
+    grpc_completion_queue *cq = grpc_completion_queue_create_for_next(NULL);
+    hold_call_t *calls = xcalloc((size_t)cfg->channels, sizeof(*calls));
+
+    for (int i = 0; i < cfg->channels; i++) {
+        hold_prepare(&calls[i], cfg->channels_v[i], cq, 1, INT64_MAX / 2, 1);
+        hold_start(&calls[i], &calls[i]);
+    }
+    for (int done = 0; done < cfg->channels;) {
+        grpc_event ev = grpc_completion_queue_next(cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
+        if (ev.type == GRPC_OP_COMPLETE) {
+            char msg[256] = "";
+            svc_status_t code = hold_finish(ev.tag, ev.success != 0, msg, sizeof(msg));
+            if (code != SVC_NOT_FOUND) {
+                fprintf(stderr, "reservation-bench: first call answered %s: %s\n",
+                        svc_status_name(code), msg);
+                exit(1);
+            }
+            done++;
+        }
+    }
+    cq_drain_destroy(cq);
+    free(calls);
+}
+
+static void
+distinct_row(const char *path, const bench_cfg_t *cfg, const distinct_t *d)
+{
+    printf("%-26s %5" PRId64 " %8" PRId64 " %9.1f %8.3f %8.3f %6" PRId64, path, cfg->conc, d->done,
+           d->rate, d->p50_ms, d->p99_ms, d->out.n - d->out.codes[SVC_OK]);
+    print_cpu(&d->cpu, (double)d->done);
+    if (d->out.n - d->out.codes[SVC_OK] > 0) {
+        printf("  errors in %s:", path);
+        print_outcome(&d->out);
+        printf("; first: %s\n", d->out.first_err);
+    }
+    if (d->ran_out) {
+        printf("  WARNING: %s ran out of fresh seats before the window ended (raise --max-rate)\n",
+               path);
+    }
+    fflush(stdout);
+}
+
+int
+main(int argc, char **argv)
+{
+    bench_cfg_t cfg = {0};
+    storm_path_t paths[N_PATHS] = {0};
+    distinct_t dsvc, dsql;
+    seat_pool_t svc_seats, sql_seats;
+    grpc_channel_credentials *creds;
+    svc_err_t err;
+    int n_paths, schedules;
+    double mn, svc_med, sql_med, storm_ratio, distinct_ratio;
+
+    load_config(&cfg, argc, argv);
+    svc_log_init("reservation-bench", SVC_LOG_WARN);
+    cfg.next_user = 1 + (int64_t)(unix_us() % 1000000000LL) * 1000; /* distinct across runs */
+    if ((cfg.client = svc_client_get(cfg.rsv_addr, &err)) == NULL) {
+        fprintf(stderr, "reservation-bench: %s\n", err.msg);
+        return 2;
+    }
+    grpc_init();
+    creds = grpc_insecure_credentials_create();
+    for (int i = 0; i < cfg.channels; i++) {
+        /* Distinct args, so gRPC does not share one subchannel (connection) among them. */
+        grpc_arg arg = {.type = GRPC_ARG_INTEGER, .key = "reservation-bench.channel"};
+        arg.value.integer = i;
+        grpc_channel_args args = {1, &arg};
+        cfg.channels_v[i] = grpc_channel_create(cfg.rsv_addr, creds, &args);
+    }
+    grpc_channel_credentials_release(creds);
+    printf("reservation-bench: reservation-svc %s, async client (one completion queue on one "
+           "thread, %" PRId64 " channel%s), direct SQL through libpq (one thread, epoll, "
+           "statements one at a time like svc_pg_tx)\n",
+           cfg.rsv_addr, cfg.channels, cfg.channels == 1 ? "" : "s");
+    warm_channels(&cfg);
+
+    run_storms(&cfg, paths, &n_paths);
+    print_storm_summary(&cfg, paths, n_paths);
+
+    schedules =
+        (int)(((cfg.seconds + 1) * cfg.max_rate + SEATS_PER_SCHEDULE - 1) / SEATS_PER_SCHEDULE);
+    svc_seats = create_seats(&cfg, "reservation-bench distinct svc", schedules, SEATS_PER_SCHEDULE);
+    sql_seats = create_seats(&cfg, "reservation-bench distinct sql", schedules, SEATS_PER_SCHEDULE);
+    printf("\n== distinct seats: concurrency %" PRId64 ", each hold on a seat never held before "
+           "(%d schedules of %d seats per path), %.1f s warm-up then %" PRId64 " s ==\n",
+           cfg.conc, schedules, SEATS_PER_SCHEDULE, (double)WARMUP_NS / 1e9, cfg.seconds);
+    printf("%-26s %5s %8s %9s %8s %8s %6s", "path", "conc", "holds", "holds/s", "p50 ms", "p99 ms",
+           "errors");
+    print_cpu_header();
+    distinct_svc(&cfg, &svc_seats, &dsvc);
+    distinct_row("reservation-svc", &cfg, &dsvc);
+    distinct_sql(&cfg, &sql_seats, &dsql);
+    distinct_row("direct SQL", &cfg, &dsql);
+
+    storm_stats(&paths[PATH_SVC], (int)cfg.storms, &mn, &svc_med, &mn);
+    storm_stats(&paths[PATH_SQL], (int)cfg.storms, &mn, &sql_med, &mn);
+    storm_ratio = sql_med > 0 ? svc_med / sql_med : 0.0;
+    distinct_ratio = dsql.rate > 0 ? dsvc.rate / dsql.rate : 0.0;
+    printf("\n== summary ==\n");
+    printf("storm of %" PRId64 " on one seat, median resolve time: reservation-svc %.1f ms, %s "
+           "%.1f ms: ratio svc/direct %.2f (target <= 1.50); reservation-svc under 300 ms: %s\n",
+           cfg.users, svc_med, paths[PATH_SQL].name, sql_med, storm_ratio,
+           svc_med < 300.0 ? "yes" : "no");
+    if (n_paths == N_PATHS) {
+        double pool_med;
+        storm_stats(&paths[PATH_POOL], (int)cfg.storms, &mn, &pool_med, &mn);
+        printf("  (against %s: %.1f ms, ratio %.2f)\n", paths[PATH_POOL].name, pool_med,
+               pool_med > 0 ? svc_med / pool_med : 0.0);
+    }
+    printf("distinct seats at concurrency %" PRId64 ": reservation-svc %.1f holds/s, direct SQL "
+           "%.1f holds/s: ratio svc/direct %.2f (target >= 0.50)\n",
+           cfg.conc, dsvc.rate, dsql.rate, distinct_ratio);
+    for (int p = 0; p < n_paths; p++) {
+        if (paths[p].not_one_ok > 0 || paths[p].unexpected > 0) {
+            printf("NOTE: %s: %" PRId64 " storms without exactly one OK, %" PRId64
+                   " answers neither OK nor FAILED_PRECONDITION\n",
+                   paths[p].name, paths[p].not_one_ok, paths[p].unexpected);
+        }
+        free(paths[p].resolved_ms);
+    }
+    free(svc_seats.ids);
+    free(sql_seats.ids);
+    for (int i = 0; i < cfg.channels; i++) {
+        grpc_channel_destroy(cfg.channels_v[i]);
+    }
+    grpc_shutdown();
+    svc_client_release_all();
+    return 0;
+}
