@@ -231,7 +231,11 @@ wait_started(test_server_t *ts, int64_t target)
     fail_msg("slow calls did not all start");
 }
 
-/* 500 slow calls in flight at once; fast calls are answered while they all still wait. */
+/*
+ * 500 slow calls in flight at once; fast calls are answered while they all
+ * still wait. The slow calls last 15 s so that even a ThreadSanitizer build on
+ * a busy machine has them all started (6 s seen) before the first one ends.
+ */
 static void
 test_slow_calls_do_not_block_fast_ones(void **state)
 {
@@ -243,7 +247,7 @@ test_slow_calls_do_not_block_fast_ones(void **state)
 
     (void)state;
     int64_t t0 = svc_now_mono_ms();
-    threads = start_slow_jobs(ts, jobs, N, 6000);
+    threads = start_slow_jobs(ts, jobs, N, 15000);
     wait_started(ts, before.slow_started + N);
     int64_t t_started = svc_now_mono_ms() - t0;
     for (int i = 0; i < 50; i++) {
