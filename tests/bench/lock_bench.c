@@ -24,14 +24,13 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <grpc/byte_buffer.h>
-#include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc.h>
 #include <grpc/grpc_security.h>
 #include <grpc/slice.h>
 #include <grpc/support/alloc.h>
 #include <grpc/support/time.h>
 
+#include "bench_common.h"
 #include "lock/v1/lock.pb-c.h"
 #include "lock_store.h"
 #include "svc/config.h"
@@ -43,10 +42,8 @@
 #define BENCH_OWNER "lock-bench"
 #define LEASE_MS 10000
 #define HANDOFF_WAIT_MS 10000
-#define WARMUP_NS 500000000LL /* before each measured window: connections, pool growth */
 #define MAX_CONC 1024
 #define MAX_CONC_LIST 16
-#define N_CODES (SVC_UNAUTHENTICATED + 1)
 #define N_PROCS 3 /* CPU time is reported for: this tool, lock-svc, redis-server */
 #define TARGET_CONC 64
 #define TARGET_RATIO 0.5
@@ -64,11 +61,6 @@ typedef enum {
     MODE_RAW_SPIN,    /* lock_store: retry acquire without pause until granted, shared key */
 } bench_mode_t;
 
-typedef struct {
-    int64_t *v;
-    size_t n, cap;
-} samples_t;
-
 typedef struct bench_run bench_run_t;
 
 typedef enum {
@@ -84,12 +76,8 @@ typedef enum {
 typedef struct {
     grpc_completion_queue *cq;
     rpc_phase_t phase;
-    grpc_call *call;
-    grpc_byte_buffer *send, *recv;
-    grpc_metadata md; /* x-request-id, as libsvc's client sends it */
-    grpc_metadata_array recv_md, trailers;
-    grpc_status_code status;
-    grpc_slice details;
+    bench_call_t call;
+    grpc_metadata md;       /* x-request-id, as libsvc's client sends it */
     int64_t pairs;          /* pairs started */
     uint64_t calls;         /* calls started, for x-request-id */
     int64_t t0, t_acquired; /* pair started; its Acquire completed */
@@ -107,12 +95,10 @@ typedef struct {
     int gen; /* bumped after a failure, so a key we may still hold is not reused */
     char key[SVC_LOCK_KEY_MAX + 1];
     bench_rpc_t rpc;
-    samples_t lat;
+    bench_samples_t lat;
     int64_t done;    /* pairs (or grants) fully inside the measured window */
     int64_t refused; /* raw spin: refused attempts inside the window */
-    int64_t n_errors;
-    int64_t errors[N_CODES];
-    svc_err_t first_err;
+    bench_errors_t err;
 } bench_worker_t;
 
 /* One async client thread: its queue serves workers first, first + stride, ... */
@@ -132,15 +118,14 @@ struct bench_run {
     grpc_channel *channel;
     lock_store_t *store;
     pthread_barrier_t start;
-    int64_t warm_end_ns, end_ns;
+    bench_window_t win;
     int (*op)(bench_worker_t *w, int64_t *sample_ns);
 };
 
 /* What one scenario measured. */
 typedef struct {
-    int64_t done, refused, n_errors;
-    int64_t errors[N_CODES];
-    svc_err_t first_err;
+    int64_t done, refused;
+    bench_errors_t err;
     double window_s, rate, refused_rate, p50_ms, p99_ms;
     double cores[N_PROCS];  /* CPU seconds per second of window; < 0 unknown */
     double us_per[N_PROCS]; /* CPU microseconds per done operation; < 0 unknown */
@@ -154,104 +139,6 @@ typedef struct {
     char run_id[9];
     grpc_channel *channel;
 } bench_cfg_t;
-
-/* ---------- time, samples, CPU ---------- */
-
-static int64_t
-now_ns(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
-static void
-sleep_until_ns(int64_t t)
-{
-    struct timespec ts = {(time_t)(t / 1000000000LL), (long)(t % 1000000000LL)};
-
-    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR) {
-    }
-}
-
-static int
-samples_push(samples_t *s, int64_t v)
-{
-    if (s->n == s->cap) {
-        size_t cap = s->cap ? s->cap * 2 : 4096;
-        int64_t *nv = realloc(s->v, cap * sizeof(*nv));
-        if (nv == NULL) {
-            return -1;
-        }
-        s->v = nv;
-        s->cap = cap;
-    }
-    s->v[s->n++] = v;
-    return 0;
-}
-
-static int
-cmp_i64(const void *a, const void *b)
-{
-    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
-
-    return (x > y) - (x < y);
-}
-
-/* Nearest-rank percentile of sorted v, in ms; 0 when there is no sample. */
-static double
-percentile_ms(const int64_t *v, size_t n, unsigned pct)
-{
-    size_t rank;
-
-    if (n == 0) {
-        return 0.0;
-    }
-    rank = (n * pct + 99) / 100;
-    return (double)v[rank > 0 ? rank - 1 : 0] / 1e6;
-}
-
-/* User+system CPU ticks of a process (pid 0: this one), or -1 when unknown. */
-static int64_t
-proc_cpu_ticks(int64_t pid)
-{
-    char path[64], buf[1024];
-    unsigned long long utime, stime;
-    const char *p;
-    size_t n;
-    FILE *f;
-
-    if (pid < 0) {
-        return -1;
-    }
-    if (pid == 0) {
-        snprintf(path, sizeof(path), "/proc/self/stat");
-    } else {
-        snprintf(path, sizeof(path), "/proc/%" PRId64 "/stat", pid);
-    }
-    if ((f = fopen(path, "r")) == NULL) {
-        return -1;
-    }
-    n = fread(buf, 1, sizeof(buf) - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    /* Fields 14 and 15 (utime, stime) follow the command name, which may hold spaces. */
-    if ((p = strrchr(buf, ')')) == NULL ||
-        sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime, &stime) !=
-            2) {
-        return -1;
-    }
-    return (int64_t)(utime + stime);
-}
-
-static void
-cpu_snapshot(const int64_t pids[N_PROCS], int64_t out[N_PROCS])
-{
-    for (int i = 0; i < N_PROCS; i++) {
-        out[i] = proc_cpu_ticks(pids[i]);
-    }
-}
 
 /* ---------- the operations, one per mode ---------- */
 
@@ -278,12 +165,7 @@ worker_set_key(bench_worker_t *w)
 static int
 worker_fail(bench_worker_t *w, const svc_err_t *err)
 {
-    int code = (int)err->code > 0 && (int)err->code < N_CODES ? (int)err->code : SVC_UNKNOWN;
-
-    w->errors[code]++;
-    if (w->n_errors++ == 0) {
-        w->first_err = *err;
-    }
+    bench_errors_add(&w->err, err);
     w->gen++;
     worker_set_key(w);
     return -1;
@@ -303,7 +185,7 @@ op_raw_pair(bench_worker_t *w, int64_t *sample_ns)
     char token[LOCK_TOKEN_LEN + 1];
     lock_acquire_result_t res;
     svc_err_t err;
-    int64_t t0 = now_ns();
+    int64_t t0 = bench_now_ns();
 
     lock_store_new_token(token);
     if (raw_try(w, token, &res, &err) != 0) {
@@ -316,7 +198,7 @@ op_raw_pair(bench_worker_t *w, int64_t *sample_ns)
     if (lock_store_release(w->run->store, w->key, token, false, &err) != 0) {
         return worker_fail(w, &err);
     }
-    *sample_ns = now_ns() - t0;
+    *sample_ns = bench_now_ns() - t0;
     return 0;
 }
 
@@ -330,7 +212,7 @@ op_raw_spin(bench_worker_t *w, int64_t *sample_ns)
     char token[LOCK_TOKEN_LEN + 1];
     lock_acquire_result_t res;
     svc_err_t err;
-    int64_t t0 = now_ns(), t;
+    int64_t t0 = bench_now_ns(), t;
 
     lock_store_new_token(token);
     for (;;) {
@@ -340,15 +222,15 @@ op_raw_spin(bench_worker_t *w, int64_t *sample_ns)
         if (res.granted) {
             break;
         }
-        t = now_ns();
-        if (t >= w->run->end_ns) {
+        t = bench_now_ns();
+        if (t >= w->run->win.end_ns) {
             return 1;
         }
-        if (t >= w->run->warm_end_ns) {
+        if (t >= w->run->win.warm_end_ns) {
             w->refused++;
         }
     }
-    *sample_ns = now_ns() - t0;
+    *sample_ns = bench_now_ns() - t0;
     if (lock_store_release(w->run->store, w->key, token, false, &err) != 0) {
         return worker_fail(w, &err);
     }
@@ -361,10 +243,10 @@ worker_record(bench_worker_t *w, int64_t t0, int64_t t1, int64_t sample)
 {
     svc_err_t err;
 
-    if (t0 < w->run->warm_end_ns || t1 > w->run->end_ns) {
+    if (!bench_window_holds(&w->run->win, t0, t1)) {
         return;
     }
-    if (samples_push(&w->lat, sample) != 0) {
+    if (bench_samples_push(&w->lat, sample) != 0) {
         svc_err_set(&err, SVC_RESOURCE_EXHAUSTED, "out of memory for samples");
         (void)worker_fail(w, &err);
         return;
@@ -412,55 +294,12 @@ bench_channel_create(const char *target)
     return channel;
 }
 
-static grpc_byte_buffer *
-rpc_pack(const ProtobufCMessage *msg)
-{
-    size_t len = protobuf_c_message_get_packed_size(msg);
-    grpc_slice slice = grpc_slice_malloc(len);
-    grpc_byte_buffer *buf;
-
-    protobuf_c_message_pack(msg, GRPC_SLICE_START_PTR(slice));
-    buf = grpc_raw_byte_buffer_create(&slice, 1);
-    grpc_slice_unref(slice);
-    return buf;
-}
-
-/* Unpacks buf with protobuf-c's default allocator; the caller frees the message. */
-static ProtobufCMessage *
-rpc_unpack(grpc_byte_buffer *buf, const ProtobufCMessageDescriptor *desc)
-{
-    grpc_byte_buffer_reader reader;
-    ProtobufCMessage *msg;
-    grpc_slice slice;
-
-    if (!grpc_byte_buffer_reader_init(&reader, buf)) {
-        return NULL;
-    }
-    slice = grpc_byte_buffer_reader_readall(&reader);
-    grpc_byte_buffer_reader_destroy(&reader);
-    msg = protobuf_c_message_unpack(desc, NULL, GRPC_SLICE_LENGTH(slice),
-                                    GRPC_SLICE_START_PTR(slice));
-    grpc_slice_unref(slice);
-    return msg;
-}
-
 /* Frees everything the call in r holds and unrefs it; r is idle after. */
 static void
 rpc_cleanup(bench_rpc_t *r)
 {
-    if (r->send != NULL) {
-        grpc_byte_buffer_destroy(r->send);
-    }
-    if (r->recv != NULL) {
-        grpc_byte_buffer_destroy(r->recv);
-    }
     grpc_slice_unref(r->md.value);
-    grpc_slice_unref(r->details);
-    grpc_metadata_array_destroy(&r->recv_md);
-    grpc_metadata_array_destroy(&r->trailers);
-    grpc_call_unref(r->call);
-    r->send = r->recv = NULL;
-    r->call = NULL;
+    bench_call_cleanup(&r->call);
     r->phase = RPC_IDLE;
 }
 
@@ -474,51 +313,26 @@ rpc_start(bench_worker_t *w, rpc_phase_t phase, svc_err_t *err)
     Lock__V1__AcquireRequest acq = LOCK__V1__ACQUIRE_REQUEST__INIT;
     Lock__V1__ReleaseRequest rel = LOCK__V1__RELEASE_REQUEST__INIT;
     const char *method = phase == RPC_ACQUIRE ? ACQUIRE_METHOD : RELEASE_METHOD;
-    gpr_timespec deadline = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
-                                         gpr_time_from_millis(CALL_DEADLINE_MS, GPR_TIMESPAN));
     bench_rpc_t *r = &w->rpc;
     char request_id[64];
     grpc_call_error rc;
-    grpc_op ops[6];
 
-    r->call = grpc_channel_create_call(w->run->channel, NULL, GRPC_PROPAGATE_DEFAULTS, r->cq,
-                                       grpc_slice_from_static_string(method), NULL, deadline, NULL);
-    if (r->call == NULL) {
-        svc_err_set(err, SVC_INTERNAL, "cannot create a call to %s", method);
-        return -1;
-    }
     acq.key = rel.key = w->key;
     acq.owner = BENCH_OWNER;
     acq.lease_ms = LEASE_MS;
     acq.wait_ms = w->run->mode == MODE_SVC_HANDOFF ? HANDOFF_WAIT_MS : 0;
     rel.token = r->token;
+    if (bench_call_init(&r->call, w->run->channel, r->cq, method, CALL_DEADLINE_MS,
+                        phase == RPC_ACQUIRE ? &acq.base : &rel.base) != 0) {
+        svc_err_set(err, SVC_INTERNAL, "cannot create a call to %s", method);
+        return -1;
+    }
     r->phase = phase;
-    r->send = rpc_pack(phase == RPC_ACQUIRE ? &acq.base : &rel.base);
-    r->recv = NULL;
     snprintf(request_id, sizeof(request_id), "%s-%d-%" PRIu64, w->run->run_id, w->index,
              r->calls++);
     r->md.key = grpc_slice_from_static_string("x-request-id");
     r->md.value = grpc_slice_from_copied_string(request_id);
-    grpc_metadata_array_init(&r->recv_md);
-    grpc_metadata_array_init(&r->trailers);
-    r->status = GRPC_STATUS_UNKNOWN;
-    r->details = grpc_empty_slice();
-    memset(ops, 0, sizeof(ops));
-    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-    ops[0].data.send_initial_metadata.count = 1;
-    ops[0].data.send_initial_metadata.metadata = &r->md;
-    ops[1].op = GRPC_OP_SEND_MESSAGE;
-    ops[1].data.send_message.send_message = r->send;
-    ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
-    ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
-    ops[3].data.recv_initial_metadata.recv_initial_metadata = &r->recv_md;
-    ops[4].op = GRPC_OP_RECV_MESSAGE;
-    ops[4].data.recv_message.recv_message = &r->recv;
-    ops[5].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
-    ops[5].data.recv_status_on_client.status = &r->status;
-    ops[5].data.recv_status_on_client.status_details = &r->details;
-    ops[5].data.recv_status_on_client.trailing_metadata = &r->trailers;
-    if ((rc = grpc_call_start_batch(r->call, ops, 6, w, NULL)) != GRPC_CALL_OK) {
+    if ((rc = bench_call_start(&r->call, &r->md, 1, w)) != GRPC_CALL_OK) {
         rpc_cleanup(r);
         svc_err_set(err, SVC_INTERNAL, "cannot start a call to %s: %s", method,
                     grpc_call_error_to_string(rc));
@@ -542,14 +356,13 @@ rpc_finish(bench_worker_t *w, bool ok, svc_err_t *err)
 
     if (!ok) {
         svc_err_set(err, SVC_UNAVAILABLE, "call to %s failed", method);
-    } else if (r->status != GRPC_STATUS_OK) {
-        char *text = grpc_slice_to_c_string(r->details);
-        svc_err_set(err, svc_status_from_grpc((int)r->status), "%s", text[0] ? text : method);
+    } else if (r->call.status != GRPC_STATUS_OK) {
+        char *text = grpc_slice_to_c_string(r->call.details);
+        svc_err_set(err, svc_status_from_grpc((int)r->call.status), "%s", text[0] ? text : method);
         gpr_free(text);
-    } else if (r->recv == NULL ||
-               (resp = rpc_unpack(r->recv, acquire ? &lock__v1__acquire_response__descriptor
-                                                   : &lock__v1__release_response__descriptor)) ==
-                   NULL) {
+    } else if ((resp = bench_unpack(r->call.recv,
+                                    acquire ? &lock__v1__acquire_response__descriptor
+                                            : &lock__v1__release_response__descriptor)) == NULL) {
         svc_err_set(err, SVC_INTERNAL, "bad response from %s", method);
     } else {
         if (acquire) {
@@ -570,9 +383,9 @@ pair_start(bench_worker_t *w)
     svc_err_t err;
 
     for (;;) {
-        int64_t t0 = now_ns();
+        int64_t t0 = bench_now_ns();
 
-        if (t0 >= w->run->end_ns || (w->run->once && r->pairs > 0)) {
+        if (t0 >= w->run->win.end_ns || (w->run->once && r->pairs > 0)) {
             return false;
         }
         r->pairs++;
@@ -602,7 +415,7 @@ pair_step(bench_worker_t *w, bool ok)
         (void)worker_fail(w, &err);
         return pair_start(w);
     }
-    t1 = now_ns();
+    t1 = bench_now_ns();
     if (phase == RPC_ACQUIRE) {
         r->t_acquired = t1;
         if (rpc_start(w, RPC_RELEASE, &err) == 0) {
@@ -670,15 +483,15 @@ worker_main(void *arg)
 
     pthread_barrier_wait(&w->run->start);
     for (;;) {
-        int64_t t0 = now_ns(), sample = 0;
+        int64_t t0 = bench_now_ns(), sample = 0;
         int rc;
 
-        if (t0 >= run->end_ns) {
+        if (t0 >= run->win.end_ns) {
             break;
         }
         rc = run->op(w, &sample);
         if (rc == 0) {
-            worker_record(w, t0, now_ns(), sample);
+            worker_record(w, t0, bench_now_ns(), sample);
         }
     }
     return NULL;
@@ -688,51 +501,20 @@ worker_main(void *arg)
 static void
 collect(bench_worker_t *workers, int n, bench_result_t *res)
 {
-    size_t total = 0, at = 0;
-    int64_t *all;
+    bench_samples_t all = {0};
 
     for (int i = 0; i < n; i++) {
         bench_worker_t *w = &workers[i];
         res->done += w->done;
         res->refused += w->refused;
-        for (int c = 0; c < N_CODES; c++) {
-            res->errors[c] += w->errors[c];
+        bench_errors_merge(&res->err, &w->err);
+        if (bench_samples_move(&all, &w->lat) != 0) {
+            fprintf(stderr, "lock-bench: out of memory for %zu samples\n", all.n + w->lat.n);
+            exit(1);
         }
-        if (w->n_errors > 0 && res->n_errors == 0) {
-            res->first_err = w->first_err;
-        }
-        res->n_errors += w->n_errors;
-        total += w->lat.n;
     }
-    all = malloc((total ? total : 1) * sizeof(*all));
-    if (all == NULL) {
-        fprintf(stderr, "lock-bench: out of memory for %zu samples\n", total);
-        exit(1);
-    }
-    for (int i = 0; i < n; i++) {
-        if (workers[i].lat.n > 0) { /* v is NULL when nothing was recorded */
-            memcpy(all + at, workers[i].lat.v, workers[i].lat.n * sizeof(*all));
-            at += workers[i].lat.n;
-        }
-        free(workers[i].lat.v);
-    }
-    qsort(all, total, sizeof(*all), cmp_i64);
-    res->p50_ms = percentile_ms(all, total, 50);
-    res->p99_ms = percentile_ms(all, total, 99);
-    free(all);
-}
-
-static void
-cpu_result(const int64_t before[N_PROCS], const int64_t after[N_PROCS], bench_result_t *res)
-{
-    double tck = (double)sysconf(_SC_CLK_TCK);
-
-    for (int i = 0; i < N_PROCS; i++) {
-        double secs = (double)(after[i] - before[i]) / tck;
-        bool known = before[i] >= 0 && after[i] >= 0 && tck > 0;
-        res->cores[i] = known ? secs / res->window_s : -1.0;
-        res->us_per[i] = known && res->done > 0 ? secs * 1e6 / (double)res->done : -1.0;
-    }
+    bench_samples_percentiles(&all, &res->p50_ms, &res->p99_ms);
+    bench_samples_free(&all);
 }
 
 /*
@@ -784,7 +566,7 @@ run_scenario(bench_run_t *run, int64_t seconds, const int64_t pids[N_PROCS], ben
     bench_worker_t *workers = calloc((size_t)run->conc, sizeof(*workers));
     bench_client_t *clients = calloc((size_t)run->conc, sizeof(*clients));
     pthread_t *tids = calloc((size_t)run->conc, sizeof(*tids));
-    int64_t cpu0[N_PROCS], cpu1[N_PROCS];
+    int64_t cpu0[N_PROCS + 2], cpu1[N_PROCS + 2], ticks[N_PROCS];
     int n_threads;
 
     if (workers == NULL || clients == NULL || tids == NULL) {
@@ -794,13 +576,9 @@ run_scenario(bench_run_t *run, int64_t seconds, const int64_t pids[N_PROCS], ben
     memset(res, 0, sizeof(*res));
     n_threads = start_threads(run, workers, clients, tids);
     /* Set before the barrier: the threads read them after it. */
-    run->warm_end_ns = now_ns() + WARMUP_NS;
-    run->end_ns = run->warm_end_ns + seconds * 1000000000LL;
+    run->win = bench_window_from_now(seconds);
     pthread_barrier_wait(&run->start);
-    sleep_until_ns(run->warm_end_ns);
-    cpu_snapshot(pids, cpu0);
-    sleep_until_ns(run->end_ns);
-    cpu_snapshot(pids, cpu1);
+    bench_cpu_window(&run->win, pids, N_PROCS, -1, cpu0, cpu1);
     for (int i = 0; i < n_threads; i++) {
         pthread_join(tids[i], NULL);
     }
@@ -809,7 +587,8 @@ run_scenario(bench_run_t *run, int64_t seconds, const int64_t pids[N_PROCS], ben
     collect(workers, run->conc, res);
     res->rate = (double)res->done / res->window_s;
     res->refused_rate = (double)res->refused / res->window_s;
-    cpu_result(cpu0, cpu1, res);
+    bench_cpu_delta(cpu0, cpu1, N_PROCS, ticks);
+    bench_cpu_rates(ticks, N_PROCS, res->window_s, (double)res->done, res->cores, res->us_per);
     free(tids);
     free(clients);
     free(workers);
@@ -848,19 +627,11 @@ print_cpu(const bench_result_t *r)
 {
     printf(" |");
     for (int i = 0; i < N_PROCS; i++) {
-        if (r->cores[i] < 0) {
-            printf(" %5s", "-");
-        } else {
-            printf(" %5.2f", r->cores[i]);
-        }
+        bench_print_num(5, 2, r->cores[i]);
     }
     printf(" |");
     for (int i = 0; i < N_PROCS; i++) {
-        if (r->us_per[i] < 0) {
-            printf(" %6s", "-");
-        } else {
-            printf(" %6.1f", r->us_per[i]);
-        }
+        bench_print_num(6, 1, r->us_per[i]);
     }
     printf("\n");
 }
@@ -889,7 +660,7 @@ static void
 print_pair_row(const char *label, int conc, const bench_result_t *r)
 {
     printf("%-10s %5d %9" PRId64 " %10.1f %8.3f %8.3f %7" PRId64, label, conc, r->done, r->rate,
-           r->p50_ms, r->p99_ms, r->n_errors);
+           r->p50_ms, r->p99_ms, r->err.n);
     print_cpu(r);
     fflush(stdout);
 }
@@ -918,7 +689,7 @@ print_handoff_row(const char *label, int conc, const bench_result_t *r, bool spi
         snprintf(refused, sizeof(refused), "%.0f", r->refused_rate);
     }
     printf("%-40s %5d %9" PRId64 " %9.1f %10s %8.3f %8.3f %7" PRId64, label, conc, r->done, r->rate,
-           refused, r->p50_ms, r->p99_ms, r->n_errors);
+           refused, r->p50_ms, r->p99_ms, r->err.n);
     print_cpu(r);
     fflush(stdout);
 }
@@ -927,16 +698,12 @@ print_handoff_row(const char *label, int conc, const bench_result_t *r, bool spi
 static void
 print_errors(const char *label, int conc, const bench_result_t *r)
 {
-    if (r->n_errors == 0) {
+    if (r->err.n == 0) {
         return;
     }
     printf("  errors in %s at concurrency %d:", label, conc);
-    for (int c = 0; c < N_CODES; c++) {
-        if (r->errors[c] > 0) {
-            printf(" %s %" PRId64, svc_status_name((svc_status_t)c), r->errors[c]);
-        }
-    }
-    printf("; first: %s\n", r->first_err.msg);
+    bench_print_codes(r->err.by_code);
+    printf("; first: %s\n", r->err.first.msg);
 }
 
 /* ---------- main ---------- */
@@ -1034,8 +801,7 @@ check_reachable(const bench_cfg_t *cfg)
                        .once = true,
                        .run_id = cfg->run_id,
                        .channel = cfg->channel,
-                       .warm_end_ns = 0,
-                       .end_ns = INT64_MAX};
+                       .win = {.warm_end_ns = 0, .end_ns = INT64_MAX}};
     bench_worker_t w = {.run = &run};
     int64_t sample;
 
@@ -1043,27 +809,27 @@ check_reachable(const bench_cfg_t *cfg)
         run.mode = (bench_mode_t)mode;
         worker_set_key(&w);
         if (mode == MODE_RAW_PAIR &&
-            (run.store = lock_store_create(cfg->redis_url, 1, &w.first_err)) == NULL) {
-            fprintf(stderr, "lock-bench: %s\n", w.first_err.msg);
+            (run.store = lock_store_create(cfg->redis_url, 1, &w.err.first)) == NULL) {
+            fprintf(stderr, "lock-bench: %s\n", w.err.first.msg);
             exit(2);
         }
         /* The channel connects on first use: give lock-svc a few tries. */
         for (int i = 0; i < 20; i++) {
             if ((mode == MODE_SVC_PAIR ? pair_once(&w) : op_raw_pair(&w, &sample)) == 0) {
-                w.n_errors = 0;
+                w.err.n = 0;
                 break;
             }
             usleep(100000);
         }
         lock_store_destroy(run.store);
         run.store = NULL;
-        if (w.n_errors > 0) {
+        if (w.err.n > 0) {
             fprintf(stderr, "lock-bench: warm-up pair %s failed: %s\n",
-                    mode == MODE_SVC_PAIR ? "through lock-svc" : "over hiredis", w.first_err.msg);
+                    mode == MODE_SVC_PAIR ? "through lock-svc" : "over hiredis", w.err.first.msg);
             exit(1);
         }
     }
-    free(w.lat.v);
+    bench_samples_free(&w.lat);
 }
 
 /* CPUs kept busy by the processes we could measure (this tool at least). */
@@ -1148,7 +914,7 @@ main(int argc, char **argv)
     printf("each scenario: %.1f s warm-up, then %" PRId64 " s measured; a pair counts when it "
            "starts and ends inside the window and both calls succeed; errors count the whole "
            "scenario\n",
-           (double)WARMUP_NS / 1e9, cfg.seconds);
+           (double)BENCH_WARMUP_NS / 1e9, cfg.seconds);
     printf("lock-svc path: %" PRId64 " async client thread(s) on gRPC C core (one completion "
            "queue each, never more than conc) keep conc calls in flight on one channel; "
            "raw path: conc threads, one blocking hiredis connection each\n",

@@ -20,17 +20,13 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <dirent.h>
-#include <grpc/byte_buffer.h>
-#include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc.h>
 #include <grpc/grpc_security.h>
-#include <grpc/slice.h>
-#include <grpc/support/alloc.h>
 #include <grpc/support/time.h>
 #include <libpq-fe.h>
 #include <sys/epoll.h>
 
+#include "bench_common.h"
 #include "reservation/v1/reservation.pb-c.h"
 #include "svc/arena.h"
 #include "svc/client.h"
@@ -44,10 +40,8 @@
 #define SCHEDULES_PER_CONCERT 5  /* 50 000 seats per CreateConcert: well inside its 5 s budget */
 #define SEAT_PRICE 15000
 #define CALL_TIMEOUT_MS 30000
-#define WARMUP_NS 500000000LL
 #define MAX_CONC 1024
 #define MAX_CHANNELS 64
-#define N_CODES (SVC_UNAUTHENTICATED + 1)
 #define CONNECT_THREADS 8
 
 /* ---------------------------------------------------------------- hold_tx's SQL */
@@ -85,97 +79,11 @@ enum { PROC_BENCH, PROC_RSV, PROC_LOCK, PROC_REDIS, PROC_PG, N_PROCS };
 enum { CPU_MACHINE = N_PROCS, CPU_IRQ, N_CPU };
 static const char *const proc_names[N_PROCS] = {"bench", "rsv", "lock", "redis", "pg"};
 
-/* utime+stime (+cutime+cstime when with_children) of a /proc stat file; -1 when unreadable. */
-static int64_t
-stat_ticks(const char *path, bool with_children, int64_t *ppid)
-{
-    unsigned long long ut, st, cut, cst;
-    long long parent;
-    char buf[1024];
-    const char *p;
-    size_t n;
-    FILE *f;
-
-    if ((f = fopen(path, "r")) == NULL) {
-        return -1;
-    }
-    n = fread(buf, 1, sizeof(buf) - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    if ((p = strrchr(buf, ')')) == NULL ||
-        sscanf(p + 1, " %*c %lld %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu %llu %llu", &parent,
-               &ut, &st, &cut, &cst) != 5) {
-        return -1;
-    }
-    if (ppid != NULL) {
-        *ppid = parent;
-    }
-    return (int64_t)(ut + st + (with_children ? cut + cst : 0));
-}
-
-/* The postmaster, the backends it reaped and every live child. */
-static int64_t
-pg_tree_ticks(int64_t postmaster)
-{
-    char path[300];
-    struct dirent *e;
-    int64_t total, t, ppid;
-    DIR *d;
-
-    snprintf(path, sizeof(path), "/proc/%" PRId64 "/stat", postmaster);
-    if ((total = stat_ticks(path, true, NULL)) < 0 || (d = opendir("/proc")) == NULL) {
-        return -1;
-    }
-    while ((e = readdir(d)) != NULL) {
-        if (e->d_name[0] < '1' || e->d_name[0] > '9') {
-            continue;
-        }
-        snprintf(path, sizeof(path), "/proc/%s/stat", e->d_name);
-        if ((t = stat_ticks(path, true, &ppid)) >= 0 && ppid == postmaster) {
-            total += t;
-        }
-    }
-    closedir(d);
-    return total;
-}
-
-static void
-machine_ticks(int64_t *busy, int64_t *irq)
-{
-    unsigned long long v[7] = {0};
-    FILE *f = fopen("/proc/stat", "r");
-    int n;
-
-    *busy = *irq = -1;
-    if (f == NULL) {
-        return;
-    }
-    n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4],
-               &v[5], &v[6]);
-    fclose(f);
-    if (n == 7) {
-        *busy = (int64_t)(v[0] + v[1] + v[2] + v[5] + v[6]);
-        *irq = (int64_t)(v[5] + v[6]);
-    }
-}
-
+/* out: ticks of each of cfg->pids, then of the machine and of irq (bench_cpu_snapshot). */
 static void
 cpu_snapshot(const int64_t pids[N_PROCS], int64_t out[N_CPU])
 {
-    char path[64];
-
-    for (int i = 0; i < N_PROCS; i++) {
-        out[i] = -1;
-        if (i == PROC_BENCH) {
-            out[i] = stat_ticks("/proc/self/stat", false, NULL);
-        } else if (pids[i] > 0 && i == PROC_PG) {
-            out[i] = pg_tree_ticks(pids[i]);
-        } else if (pids[i] > 0) {
-            snprintf(path, sizeof(path), "/proc/%" PRId64 "/stat", pids[i]);
-            out[i] = stat_ticks(path, false, NULL);
-        }
-    }
-    machine_ticks(&out[CPU_MACHINE], &out[CPU_IRQ]);
+    bench_cpu_snapshot(pids, N_PROCS, PROC_PG, out);
 }
 
 /* CPU ticks summed over one or more windows (-1: unknown). */
@@ -187,26 +95,16 @@ typedef struct {
 static void
 cpu_acc_add(cpu_acc_t *acc, const int64_t before[N_CPU], const int64_t after[N_CPU], double secs)
 {
+    int64_t ticks[N_CPU];
+
+    bench_cpu_delta(before, after, N_CPU, ticks);
     for (int i = 0; i < N_CPU; i++) {
-        if (before[i] < 0 || after[i] < 0 || acc->ticks[i] < 0) {
-            acc->ticks[i] = -1;
-        } else {
-            acc->ticks[i] += after[i] - before[i];
-        }
+        acc->ticks[i] = ticks[i] < 0 || acc->ticks[i] < 0 ? -1 : acc->ticks[i] + ticks[i];
     }
     acc->window_s += secs;
 }
 
 /* ---------------------------------------------------------------- time, samples */
-
-static int64_t
-now_ns(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
 
 static int64_t
 unix_us(void)
@@ -215,35 +113,6 @@ unix_us(void)
 
     clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec * 1000000LL + ts.tv_nsec / 1000;
-}
-
-static int
-cmp_i64(const void *a, const void *b)
-{
-    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
-
-    return (x > y) - (x < y);
-}
-
-static int
-cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-
-    return (x > y) - (x < y);
-}
-
-/* Nearest-rank percentile of sorted v (ns), in ms; 0 without samples. */
-static double
-percentile_ms(const int64_t *v, size_t n, unsigned pct)
-{
-    size_t rank;
-
-    if (n == 0) {
-        return 0.0;
-    }
-    rank = (n * pct + 99) / 100;
-    return (double)v[rank > 0 ? rank - 1 : 0] / 1e6;
 }
 
 static void *
@@ -348,11 +217,7 @@ create_seats(bench_cfg_t *cfg, const char *title, int n_schedules, int seat_coun
 
 /* One HoldSeats call in flight on a completion queue. */
 typedef struct {
-    grpc_call *call;
-    grpc_byte_buffer *send, *recv; /* send kept until the call completes, as grpc.h asks */
-    grpc_metadata_array recv_md, trailers;
-    grpc_status_code status;
-    grpc_slice details;
+    bench_call_t call;
     int64_t t0;
 } hold_call_t;
 
@@ -362,52 +227,22 @@ hold_prepare(hold_call_t *h, grpc_channel *ch, grpc_completion_queue *cq, int64_
              int64_t schedule_id, int32_t seat)
 {
     Reservation__V1__HoldSeatsRequest req = RESERVATION__V1__HOLD_SEATS_REQUEST__INIT;
-    grpc_slice slice;
 
     req.user_id = user;
     req.schedule_id = schedule_id;
     req.seat_numbers = &seat;
     req.n_seat_numbers = 1;
-    slice = grpc_slice_malloc(protobuf_c_message_get_packed_size(&req.base));
-    protobuf_c_message_pack(&req.base, GRPC_SLICE_START_PTR(slice));
-    h->send = grpc_raw_byte_buffer_create(&slice, 1);
-    grpc_slice_unref(slice);
-    h->call = grpc_channel_create_call(
-        ch, NULL, GRPC_PROPAGATE_DEFAULTS, cq, grpc_slice_from_static_string(METHOD_HOLD), NULL,
-        gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
-                     gpr_time_from_millis(CALL_TIMEOUT_MS, GPR_TIMESPAN)),
-        NULL);
-    if (h->call == NULL) {
+    if (bench_call_init(&h->call, ch, cq, METHOD_HOLD, CALL_TIMEOUT_MS, &req.base) != 0) {
         fprintf(stderr, "reservation-bench: cannot create a call\n");
         exit(1);
     }
-    grpc_metadata_array_init(&h->recv_md);
-    grpc_metadata_array_init(&h->trailers);
-    h->recv = NULL;
-    h->status = GRPC_STATUS_UNKNOWN;
-    h->details = grpc_empty_slice();
 }
 
 static void
 hold_start(hold_call_t *h, void *tag)
 {
-    grpc_op ops[6];
-
-    memset(ops, 0, sizeof(ops));
-    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-    ops[1].op = GRPC_OP_SEND_MESSAGE;
-    ops[1].data.send_message.send_message = h->send;
-    ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
-    ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
-    ops[3].data.recv_initial_metadata.recv_initial_metadata = &h->recv_md;
-    ops[4].op = GRPC_OP_RECV_MESSAGE;
-    ops[4].data.recv_message.recv_message = &h->recv;
-    ops[5].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
-    ops[5].data.recv_status_on_client.status = &h->status;
-    ops[5].data.recv_status_on_client.status_details = &h->details;
-    ops[5].data.recv_status_on_client.trailing_metadata = &h->trailers;
-    h->t0 = now_ns();
-    if (grpc_call_start_batch(h->call, ops, 6, tag, NULL) != GRPC_CALL_OK) {
+    h->t0 = bench_now_ns();
+    if (bench_call_start(&h->call, NULL, 0, tag) != GRPC_CALL_OK) {
         fprintf(stderr, "reservation-bench: cannot start a call\n");
         exit(1);
     }
@@ -417,33 +252,10 @@ hold_start(hold_call_t *h, void *tag)
 static svc_status_t
 hold_finish(hold_call_t *h, bool success, char *msg, size_t msg_len)
 {
-    svc_status_t code = success ? svc_status_from_grpc((int)h->status) : SVC_UNAVAILABLE;
+    svc_status_t code = bench_call_status(&h->call, success, msg, msg_len);
 
-    if (msg != NULL && code != SVC_OK) {
-        char *text = grpc_slice_to_c_string(h->details);
-        snprintf(msg, msg_len, "%s", success ? text : "call failed in transport");
-        gpr_free(text);
-    }
-    grpc_byte_buffer_destroy(h->send);
-    if (h->recv != NULL) {
-        grpc_byte_buffer_destroy(h->recv);
-    }
-    grpc_slice_unref(h->details);
-    grpc_metadata_array_destroy(&h->recv_md);
-    grpc_metadata_array_destroy(&h->trailers);
-    grpc_call_unref(h->call);
-    h->call = NULL;
+    bench_call_cleanup(&h->call);
     return code;
-}
-
-static void
-cq_drain_destroy(grpc_completion_queue *cq)
-{
-    grpc_completion_queue_shutdown(cq);
-    while (grpc_completion_queue_next(cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL).type !=
-           GRPC_QUEUE_SHUTDOWN) {
-    }
-    grpc_completion_queue_destroy(cq);
 }
 
 /* ---------------------------------------------------------------- results */
@@ -451,14 +263,15 @@ cq_drain_destroy(grpc_completion_queue *cq)
 /* Outcome classes of a hold, for both paths (direct SQL maps onto the same codes). */
 typedef struct {
     int64_t n;
-    int64_t codes[N_CODES];
+    int64_t codes[BENCH_N_CODES];
     char first_err[256];
 } outcome_t;
 
 static void
 outcome_add(outcome_t *o, svc_status_t code, const char *msg)
 {
-    int k = (int)code > 0 && (int)code < N_CODES ? (int)code : (code == SVC_OK ? 0 : SVC_UNKNOWN);
+    int k =
+        (int)code > 0 && (int)code < BENCH_N_CODES ? (int)code : (code == SVC_OK ? 0 : SVC_UNKNOWN);
 
     o->n++;
     o->codes[k]++;
@@ -495,17 +308,17 @@ storm_svc(bench_cfg_t *cfg, int64_t schedule_id, int32_t seat, storm_t *st)
         hold_prepare(&calls[i], cfg->channels_v[i % cfg->channels], cq, user0 + i, schedule_id,
                      seat);
     }
-    t0 = now_ns();
+    t0 = bench_now_ns();
     for (int i = 0; i < n; i++) {
         hold_start(&calls[i], &calls[i]);
     }
-    st->started_ms = (double)(now_ns() - t0) / 1e6;
+    st->started_ms = (double)(bench_now_ns() - t0) / 1e6;
     for (int done = 0; done < n;) {
         grpc_event ev = grpc_completion_queue_next(cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
         if (ev.type != GRPC_OP_COMPLETE) {
             continue;
         }
-        last = now_ns();
+        last = bench_now_ns();
         first = first ? first : last;
         msg[0] = '\0';
         outcome_add(&st->out, hold_finish(ev.tag, ev.success != 0, msg, sizeof(msg)), msg);
@@ -513,7 +326,7 @@ storm_svc(bench_cfg_t *cfg, int64_t schedule_id, int32_t seat, storm_t *st)
     }
     st->first_ms = (double)(first - t0) / 1e6;
     st->resolved_ms = (double)(last - t0) / 1e6;
-    cq_drain_destroy(cq);
+    bench_cq_drain_destroy(cq);
     free(calls);
 }
 
@@ -543,8 +356,7 @@ typedef struct {
     int64_t warm_end_ns, end_ns;
     bench_cfg_t *cfg;
     outcome_t out;
-    int64_t *lat;
-    size_t n_lat, cap_lat;
+    bench_samples_t lat;
     int64_t done_in_window, first_done, last_done;
     bool ran_out;
 } sql_run_t;
@@ -573,7 +385,7 @@ sql_next(sql_run_t *run, sql_conn_t *c)
         c->seat = run->storm_seat;
         c->t0 = run->t_storm;
     } else {
-        if (now_ns() >= run->end_ns) {
+        if (bench_now_ns() >= run->end_ns) {
             c->step = S_IDLE;
             return false;
         }
@@ -582,7 +394,7 @@ sql_next(sql_run_t *run, sql_conn_t *c)
             c->step = S_IDLE;
             return false;
         }
-        c->t0 = now_ns();
+        c->t0 = bench_now_ns();
     }
     c->user = run->cfg->next_user++;
     c->fence = unix_us(); /* lock-svc's fences are at least the wall clock in us */
@@ -595,7 +407,7 @@ sql_next(sql_run_t *run, sql_conn_t *c)
 static void
 sql_record(sql_run_t *run, sql_conn_t *c)
 {
-    int64_t t1 = now_ns();
+    int64_t t1 = bench_now_ns();
 
     outcome_add(&run->out, c->outcome, c->msg);
     run->last_done = t1;
@@ -604,14 +416,10 @@ sql_record(sql_run_t *run, sql_conn_t *c)
         (run->seats != NULL && (c->t0 < run->warm_end_ns || t1 > run->end_ns))) {
         return;
     }
-    if (run->n_lat == run->cap_lat) {
-        run->cap_lat = run->cap_lat ? run->cap_lat * 2 : 4096;
-        if ((run->lat = realloc(run->lat, run->cap_lat * sizeof(*run->lat))) == NULL) {
-            fprintf(stderr, "reservation-bench: out of memory for samples\n");
-            exit(1);
-        }
+    if (bench_samples_push(&run->lat, t1 - c->t0) != 0) {
+        fprintf(stderr, "reservation-bench: out of memory for samples\n");
+        exit(1);
     }
-    run->lat[run->n_lat++] = t1 - c->t0;
     run->done_in_window++;
 }
 
@@ -829,16 +637,16 @@ storm_sql(bench_cfg_t *cfg, sql_conn_t *conns, int n_conns, int64_t schedule_id,
                      .cfg = cfg};
 
     memset(st, 0, sizeof(*st));
-    run.t_storm = now_ns();
+    run.t_storm = bench_now_ns();
     for (int i = 0; i < n_conns; i++) {
         sql_next(&run, &conns[i]);
     }
-    st->started_ms = (double)(now_ns() - run.t_storm) / 1e6;
+    st->started_ms = (double)(bench_now_ns() - run.t_storm) / 1e6;
     sql_loop(&run);
     st->out = run.out;
     st->resolved_ms = (double)(run.last_done - run.t_storm) / 1e6;
     st->first_ms = (double)(run.first_done - run.t_storm) / 1e6;
-    free(run.lat);
+    bench_samples_free(&run.lat);
 }
 
 /* ---------------------------------------------------------------- distinct seats */
@@ -851,29 +659,19 @@ typedef struct {
     bool ran_out;
 } distinct_t;
 
+/* Sorts lat and fills d's rate and percentiles from it. */
 static void
-distinct_finish(distinct_t *d, int64_t *lat, size_t n, double seconds)
+distinct_finish(distinct_t *d, bench_samples_t *lat, double seconds)
 {
-    qsort(lat, n, sizeof(*lat), cmp_i64);
-    d->done = (int64_t)n;
-    d->rate = (double)n / seconds;
-    d->p50_ms = percentile_ms(lat, n, 50);
-    d->p99_ms = percentile_ms(lat, n, 99);
-}
-
-static void
-sleep_until_ns(int64_t t)
-{
-    struct timespec ts = {(time_t)(t / 1000000000LL), (long)(t % 1000000000LL)};
-
-    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR) {
-    }
+    d->done = (int64_t)lat->n;
+    d->rate = (double)lat->n / seconds;
+    bench_samples_percentiles(lat, &d->p50_ms, &d->p99_ms);
 }
 
 /* Samples CPU time at the edges of a measured window, from its own thread. */
 typedef struct {
     const int64_t *pids;
-    int64_t warm_end_ns, end_ns;
+    bench_window_t win;
     int64_t before[N_CPU], after[N_CPU];
 } sampler_t;
 
@@ -882,10 +680,7 @@ sampler_main(void *arg)
 {
     sampler_t *s = arg;
 
-    sleep_until_ns(s->warm_end_ns);
-    cpu_snapshot(s->pids, s->before);
-    sleep_until_ns(s->end_ns);
-    cpu_snapshot(s->pids, s->after);
+    bench_cpu_window(&s->win, s->pids, N_PROCS, PROC_PG, s->before, s->after);
     return NULL;
 }
 
@@ -903,9 +698,8 @@ typedef struct {
     seat_pool_t *seats;
     grpc_completion_queue *cq;
     hold_call_t *calls;
-    int64_t warm_end_ns, end_ns;
-    int64_t *lat;
-    size_t n_lat, cap_lat;
+    bench_window_t win;
+    bench_samples_t lat;
     outcome_t out;
     bool ran_out;
 } svc_load_t;
@@ -916,7 +710,7 @@ svc_load_start(svc_load_t *l, int i)
     int64_t sched;
     int32_t seat;
 
-    if (now_ns() >= l->end_ns) {
+    if (bench_now_ns() >= l->win.end_ns) {
         return false;
     }
     if (!seat_pool_next(l->seats, &sched, &seat)) {
@@ -932,17 +726,13 @@ svc_load_start(svc_load_t *l, int i)
 static void
 svc_load_sample(svc_load_t *l, int64_t t0, int64_t t1)
 {
-    if (t0 < l->warm_end_ns || t1 > l->end_ns) {
+    if (!bench_window_holds(&l->win, t0, t1)) {
         return;
     }
-    if (l->n_lat == l->cap_lat) {
-        l->cap_lat = l->cap_lat ? l->cap_lat * 2 : 4096;
-        if ((l->lat = realloc(l->lat, l->cap_lat * sizeof(*l->lat))) == NULL) {
-            fprintf(stderr, "reservation-bench: out of memory for samples\n");
-            exit(1);
-        }
+    if (bench_samples_push(&l->lat, t1 - t0) != 0) {
+        fprintf(stderr, "reservation-bench: out of memory for samples\n");
+        exit(1);
     }
-    l->lat[l->n_lat++] = t1 - t0;
 }
 
 /*
@@ -961,8 +751,7 @@ distinct_svc(bench_cfg_t *cfg, seat_pool_t *seats, distinct_t *d)
     memset(d, 0, sizeof(*d));
     l.cq = grpc_completion_queue_create_for_next(NULL);
     l.calls = xcalloc((size_t)conc, sizeof(*l.calls));
-    s.warm_end_ns = l.warm_end_ns = now_ns() + WARMUP_NS;
-    s.end_ns = l.end_ns = l.warm_end_ns + cfg->seconds * 1000000000LL;
+    s.win = l.win = bench_window_from_now(cfg->seconds);
     sampler_start(&s, &th);
     for (int i = 0; i < conc; i++) {
         active += svc_load_start(&l, i);
@@ -970,7 +759,7 @@ distinct_svc(bench_cfg_t *cfg, seat_pool_t *seats, distinct_t *d)
     while (active > 0) {
         grpc_event ev = grpc_completion_queue_next(l.cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
         hold_call_t *h = ev.tag;
-        int64_t t0, t1 = now_ns();
+        int64_t t0, t1 = bench_now_ns();
         svc_status_t code;
 
         if (ev.type != GRPC_OP_COMPLETE) {
@@ -988,12 +777,12 @@ distinct_svc(bench_cfg_t *cfg, seat_pool_t *seats, distinct_t *d)
         }
     }
     pthread_join(th, NULL);
-    cq_drain_destroy(l.cq);
+    bench_cq_drain_destroy(l.cq);
     cpu_acc_add(&d->cpu, s.before, s.after, (double)cfg->seconds);
     d->out = l.out;
     d->ran_out = l.ran_out;
-    distinct_finish(d, l.lat, l.n_lat, (double)cfg->seconds);
-    free(l.lat);
+    distinct_finish(d, &l.lat, (double)cfg->seconds);
+    bench_samples_free(&l.lat);
     free(l.calls);
 }
 
@@ -1008,8 +797,9 @@ distinct_sql(bench_cfg_t *cfg, seat_pool_t *seats, distinct_t *d)
     pthread_t th;
 
     memset(d, 0, sizeof(*d));
-    s.warm_end_ns = run.warm_end_ns = now_ns() + WARMUP_NS;
-    s.end_ns = run.end_ns = run.warm_end_ns + cfg->seconds * 1000000000LL;
+    s.win = bench_window_from_now(cfg->seconds);
+    run.warm_end_ns = s.win.warm_end_ns;
+    run.end_ns = s.win.end_ns;
     sampler_start(&s, &th);
     for (int i = 0; i < n; i++) {
         sql_next(&run, &conns[i]);
@@ -1019,82 +809,27 @@ distinct_sql(bench_cfg_t *cfg, seat_pool_t *seats, distinct_t *d)
     cpu_acc_add(&d->cpu, s.before, s.after, (double)cfg->seconds);
     d->out = run.out;
     d->ran_out = run.ran_out;
-    distinct_finish(d, run.lat, run.n_lat, (double)cfg->seconds);
-    free(run.lat);
+    distinct_finish(d, &run.lat, (double)cfg->seconds);
+    bench_samples_free(&run.lat);
     sql_disconnect(conns, n);
 }
 
 /* ---------------------------------------------------------------- printing */
 
 static void
-print_num(int width, int decimals, double v)
-{
-    if (v < 0) {
-        printf(" %*s", width, "-");
-    } else {
-        printf(" %*.*f", width, decimals, v);
-    }
-}
-
-static void
 print_cpu_header(void)
 {
-    printf(" | %7s %5s %5s", "machine", "irq", "other");
-    for (int i = 0; i < N_PROCS; i++) {
-        printf(" %5s", proc_names[i]);
-    }
-    printf(" | %6s", "all");
-    for (int i = 0; i < N_PROCS; i++) {
-        printf(" %6s", proc_names[i]);
-    }
-    printf("\n");
+    bench_print_cpu_header(proc_names, N_PROCS);
 }
 
 /* CPUs busy over the windows, then CPU us per unit (a hold, or a whole storm: per_unit). */
 static void
 print_cpu(const cpu_acc_t *acc, double units)
 {
-    double tck = (double)sysconf(_SC_CLK_TCK), cores[N_CPU], other;
+    double cores[N_CPU], us_per[N_CPU];
 
-    for (int i = 0; i < N_CPU; i++) {
-        cores[i] = acc->ticks[i] < 0 || acc->window_s <= 0
-                       ? -1.0
-                       : (double)acc->ticks[i] / tck / acc->window_s;
-    }
-    other = cores[CPU_MACHINE];
-    for (int i = 0; i < CPU_MACHINE; i++) {
-        other -= cores[i] > 0 ? cores[i] : 0.0;
-    }
-    other -= cores[CPU_IRQ] > 0 ? cores[CPU_IRQ] : 0.0;
-    printf(" |");
-    print_num(7, 2, cores[CPU_MACHINE]);
-    print_num(5, 2, cores[CPU_IRQ]);
-    print_num(5, 2, cores[CPU_MACHINE] < 0 ? -1.0 : (other > 0 ? other : 0.0));
-    for (int i = 0; i < N_PROCS; i++) {
-        print_num(5, 2, cores[i]);
-    }
-    printf(" |");
-    print_num(6, 0,
-              acc->ticks[CPU_MACHINE] < 0 || units <= 0
-                  ? -1.0
-                  : (double)acc->ticks[CPU_MACHINE] / tck * 1e6 / units);
-    for (int i = 0; i < N_PROCS; i++) {
-        print_num(6, 0,
-                  acc->ticks[i] < 0 || units <= 0 ? -1.0
-                                                  : (double)acc->ticks[i] / tck * 1e6 / units);
-    }
-    printf("\n");
-}
-
-/* "OK 1 FAILED_PRECONDITION 999" */
-static void
-print_outcome(const outcome_t *o)
-{
-    for (int k = 0; k < N_CODES; k++) {
-        if (o->codes[k] > 0) {
-            printf(" %s %" PRId64, svc_status_name((svc_status_t)k), o->codes[k]);
-        }
-    }
+    bench_cpu_rates(acc->ticks, N_CPU, acc->window_s, units, cores, us_per);
+    bench_print_cpu_row(cores, us_per, N_PROCS);
 }
 
 /* ---------------------------------------------------------------- the storm scenario */
@@ -1114,7 +849,7 @@ storm_row(const char *path, int rep, const storm_t *st)
 {
     printf("%-26s %3d %7.1f %8.1f %11.1f  ", path, rep, st->started_ms, st->first_ms,
            st->resolved_ms);
-    print_outcome(&st->out);
+    bench_print_codes(st->out.codes);
     if (st->out.first_err[0] != '\0') {
         printf(" (first: %s)", st->out.first_err);
     }
@@ -1139,7 +874,7 @@ storm_stats(const storm_path_t *p, int n, double *min, double *med, double *max)
     double *v = xcalloc((size_t)n, sizeof(*v));
 
     memcpy(v, p->resolved_ms, (size_t)n * sizeof(*v));
-    qsort(v, (size_t)n, sizeof(*v), cmp_double);
+    qsort(v, (size_t)n, sizeof(*v), bench_cmp_double);
     *min = v[0];
     *max = v[n - 1];
     *med = n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
@@ -1155,7 +890,7 @@ run_storms(bench_cfg_t *cfg, storm_path_t paths[N_PATHS], int *n_paths)
                           : users;
     int pool = cfg->sql_pool < storm_conns ? (int)cfg->sql_pool : storm_conns;
     seat_pool_t seats = create_seats(cfg, "reservation-bench storm", N_PATHS, reps);
-    int64_t t = now_ns();
+    int64_t t = bench_now_ns();
     sql_conn_t *conns = sql_connect(cfg->database_url, storm_conns);
     static char sql_name[64], pool_name[64];
 
@@ -1177,7 +912,7 @@ run_storms(bench_cfg_t *cfg, storm_path_t paths[N_PATHS], int *n_paths)
            users, reps);
     printf("(direct SQL: %d connections opened beforehand and warmed with one hold transaction "
            "each on a seat that does not exist, in %.1f s; idle between storms)\n",
-           storm_conns, (double)(now_ns() - t) / 1e9);
+           storm_conns, (double)(bench_now_ns() - t) / 1e9);
     printf("%-26s %3s %7s %8s %11s  %s\n", "path", "run", "sent ms", "first ms", "resolved ms",
            "answers by status");
     for (int r = 0; r < reps; r++) {
@@ -1298,7 +1033,7 @@ warm_channels(bench_cfg_t *cfg)
             done++;
         }
     }
-    cq_drain_destroy(cq);
+    bench_cq_drain_destroy(cq);
     free(calls);
 }
 
@@ -1310,7 +1045,7 @@ distinct_row(const char *path, const bench_cfg_t *cfg, const distinct_t *d)
     print_cpu(&d->cpu, (double)d->done);
     if (d->out.n - d->out.codes[SVC_OK] > 0) {
         printf("  errors in %s:", path);
-        print_outcome(&d->out);
+        bench_print_codes(d->out.codes);
         printf("; first: %s\n", d->out.first_err);
     }
     if (d->ran_out) {
@@ -1364,7 +1099,7 @@ main(int argc, char **argv)
     sql_seats = create_seats(&cfg, "reservation-bench distinct sql", schedules, SEATS_PER_SCHEDULE);
     printf("\n== distinct seats: concurrency %" PRId64 ", each hold on a seat never held before "
            "(%d schedules of %d seats per path), %.1f s warm-up then %" PRId64 " s ==\n",
-           cfg.conc, schedules, SEATS_PER_SCHEDULE, (double)WARMUP_NS / 1e9, cfg.seconds);
+           cfg.conc, schedules, SEATS_PER_SCHEDULE, (double)BENCH_WARMUP_NS / 1e9, cfg.seconds);
     printf("%-26s %5s %8s %9s %8s %8s %6s", "path", "conc", "holds", "holds/s", "p50 ms", "p99 ms",
            "errors");
     print_cpu_header();
