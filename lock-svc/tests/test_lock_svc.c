@@ -71,7 +71,7 @@ get_lock(int i, const char *key, Lock__V1__GetLockResponse *out, svc_err_t *err)
 static int
 waiters_on(int i, const char *key)
 {
-    Lock__V1__GetLockResponse info;
+    Lock__V1__GetLockResponse info = LOCK__V1__GET_LOCK_RESPONSE__INIT;
     svc_err_t err;
 
     assert_int_equal(get_lock(i, key, &info, &err), 0);
