@@ -255,7 +255,7 @@ rsv_store_precheck(svc_pg_pool_t *db, int64_t schedule_id, const int32_t *seats,
     char sched[24], list[128];
     const char *p[] = {sched, list};
     PGconn *conn = svc_pg_acquire(db, deadline_ms, err);
-    PGresult *res, *exists;
+    PGresult *res;
     int rc;
 
     if (conn == NULL) {
@@ -263,26 +263,26 @@ rsv_store_precheck(svc_pg_pool_t *db, int64_t schedule_id, const int32_t *seats,
     }
     I64(sched, schedule_id);
     int_array(list, sizeof(list), seats, n);
-    exists = svc_pg_exec(conn, "SELECT 1 FROM schedules WHERE id = $1", 1, p, PGRES_TUPLES_OK,
-                         "read schedule", err);
-    res = exists == NULL
-              ? NULL
-              : svc_pg_exec(conn,
-                            "SELECT number, status, coalesce(hold_expires_at_ms, 0) FROM seats"
-                            " WHERE schedule_id = $1 AND number = ANY($2::int[]) ORDER BY number",
-                            2, p, PGRES_TUPLES_OK, "read seats", err);
+    /* One round trip: no row means no schedule; one NULL row, none of the seats exists. */
+    res = svc_pg_exec(conn,
+                      "SELECT s.number, s.status, coalesce(s.hold_expires_at_ms, 0)"
+                      " FROM schedules sc LEFT JOIN seats s ON s.schedule_id = sc.id"
+                      " AND s.number = ANY($2::int[]) WHERE sc.id = $1 ORDER BY s.number",
+                      2, p, PGRES_TUPLES_OK, "read seats", err);
     svc_pg_release(db, conn, res == NULL && err->code == SVC_UNAVAILABLE);
     if (res == NULL) {
-        PQclear(exists);
         return -1;
     }
-    if (PQntuples(exists) == 0) {
+    if (PQntuples(res) == 0) {
         svc_err_set(err, SVC_NOT_FOUND, "schedule %" PRId64 " not found", schedule_id);
+        rc = -1;
+    } else if (PQgetisnull(res, 0, 0)) {
+        svc_err_set(err, SVC_INVALID_ARGUMENT, "seat %d does not exist in schedule %" PRId64,
+                    (int)seats[0], schedule_id);
         rc = -1;
     } else {
         rc = check_seats(res, schedule_id, seats, n, now_ms, err);
     }
-    PQclear(exists);
     PQclear(res);
     return rc;
 }
