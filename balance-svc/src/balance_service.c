@@ -271,10 +271,8 @@ change(balance_service_t *svc, svc_call_t *call, balance_kind_t kind, int64_t us
         svc_call_fail(call, &err);
         return;
     }
-    r = svc_arena_alloc(svc_call_arena(call), sizeof(*r));
+    r = svc_call_alloc(call, sizeof(*r));
     if (r == NULL) {
-        svc_err_set(&err, SVC_RESOURCE_EXHAUSTED, "out of memory");
-        svc_call_fail(call, &err);
         return;
     }
     r->call = call;

@@ -527,6 +527,23 @@ svc_call_fail(svc_call_t *call, const svc_err_t *err)
     call__end(call, code, err != NULL ? err->msg : "internal error");
 }
 
+void
+svc_call_fail_oom(svc_call_t *call)
+{
+    call__end(call, SVC_RESOURCE_EXHAUSTED, "out of memory");
+}
+
+void *
+svc_call_alloc(svc_call_t *call, size_t size)
+{
+    void *p = svc_arena_alloc(svc_call_arena(call), size);
+
+    if (p == NULL) {
+        svc_call_fail_oom(call);
+    }
+    return p;
+}
+
 int
 svc_call_write(svc_call_t *call, const ProtobufCMessage *msg)
 {

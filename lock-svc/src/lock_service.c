@@ -440,13 +440,10 @@ park(acquire_ctx_t *ctx, bool behind_others)
     lock_service_t *svc = ctx->svc;
     svc_call_t *call = ctx->call;
     const Lock__V1__AcquireRequest *req = ctx->req;
-    lock_waiter_t *w = svc_arena_alloc(svc_call_arena(call), sizeof(*w));
-    svc_err_t err;
+    lock_waiter_t *w = svc_call_alloc(call, sizeof(*w));
     keyq_t *q;
 
     if (w == NULL) {
-        svc_err_set(&err, SVC_RESOURCE_EXHAUSTED, "out of memory");
-        svc_call_fail(call, &err);
         return;
     }
     w->svc = svc;
@@ -468,8 +465,7 @@ park(acquire_ctx_t *ctx, bool behind_others)
     q = keyq_get(svc, req->key, true);
     if (q == NULL) {
         pthread_mutex_unlock(&svc->mu);
-        svc_err_set(&err, SVC_RESOURCE_EXHAUSTED, "out of memory");
-        svc_call_fail(call, &err);
+        svc_call_fail_oom(call);
         return;
     }
     keyq_append(q, w);
@@ -525,10 +521,8 @@ handle_acquire(svc_call_t *call, const ProtobufCMessage *msg, void *user)
         svc_call_fail(call, &err);
         return;
     }
-    ctx = svc_arena_alloc(svc_call_arena(call), sizeof(*ctx));
+    ctx = svc_call_alloc(call, sizeof(*ctx));
     if (ctx == NULL) {
-        svc_err_set(&err, SVC_RESOURCE_EXHAUSTED, "out of memory");
-        svc_call_fail(call, &err);
         return;
     }
     ctx->svc = svc;
@@ -596,10 +590,8 @@ handle_release(svc_call_t *call, const ProtobufCMessage *msg, void *user)
         svc_call_fail(call, &err);
         return;
     }
-    ctx = svc_arena_alloc(svc_call_arena(call), sizeof(*ctx));
+    ctx = svc_call_alloc(call, sizeof(*ctx));
     if (ctx == NULL) {
-        svc_err_set(&err, SVC_RESOURCE_EXHAUSTED, "out of memory");
-        svc_call_fail(call, &err);
         return;
     }
     ctx->svc = svc;
@@ -632,12 +624,9 @@ extend_done(const lock_store_result_t *res, const svc_err_t *err, void *arg)
 static simple_ctx_t *
 simple_ctx(svc_call_t *call)
 {
-    simple_ctx_t *ctx = svc_arena_alloc(svc_call_arena(call), sizeof(*ctx));
+    simple_ctx_t *ctx = svc_call_alloc(call, sizeof(*ctx));
 
     if (ctx == NULL) {
-        svc_err_t err;
-        svc_err_set(&err, SVC_RESOURCE_EXHAUSTED, "out of memory");
-        svc_call_fail(call, &err);
         return NULL;
     }
     ctx->call = call;

@@ -52,15 +52,6 @@ db_deadline(svc_call_t *call)
     return d < budget ? d : budget;
 }
 
-static void
-fail_oom(svc_call_t *call)
-{
-    svc_err_t err;
-
-    svc_err_set(&err, SVC_RESOURCE_EXHAUSTED, "out of memory");
-    svc_call_fail(call, &err);
-}
-
 /* ---------- messages ---------- */
 
 static Reservation__V1__Reservation *
@@ -118,7 +109,7 @@ reply_reservation(svc_call_t *call, const rsv_reservation_t *r, int kind)
     Reservation__V1__Reservation *m = to_pb_reservation(svc_call_arena(call), r);
 
     if (m == NULL) {
-        fail_oom(call);
+        svc_call_fail_oom(call);
         return;
     }
     if (kind == 0) {
@@ -190,7 +181,7 @@ handle_create_concert(svc_call_t *call, const ProtobufCMessage *msg, void *user)
     }
     specs = svc_arena_alloc(arena, req->n_schedules * sizeof(*specs));
     if (specs == NULL) {
-        fail_oom(call);
+        svc_call_fail_oom(call);
         return;
     }
     for (size_t i = 0; i < req->n_schedules; i++) {
@@ -212,7 +203,7 @@ handle_create_concert(svc_call_t *call, const ProtobufCMessage *msg, void *user)
     }
     resp.concert = to_pb_concert(arena, &concert);
     if (resp.concert == NULL) {
-        fail_oom(call);
+        svc_call_fail_oom(call);
         return;
     }
     svc_call_reply(call, &resp.base);
@@ -237,7 +228,7 @@ handle_list_concerts(svc_call_t *call, const ProtobufCMessage *msg, void *user)
     resp.concerts = svc_arena_alloc(arena, (size_t)(n + 1) * sizeof(void *));
     for (int i = 0; resp.concerts != NULL && i < n; i++) {
         if ((resp.concerts[i] = to_pb_concert(arena, &concerts[i])) == NULL) {
-            fail_oom(call);
+            svc_call_fail_oom(call);
             return;
         }
         resp.n_concerts++;
@@ -269,7 +260,7 @@ handle_list_seats(svc_call_t *call, const ProtobufCMessage *msg, void *user)
             continue;
         }
         if ((s = svc_arena_alloc(arena, sizeof(*s))) == NULL) {
-            fail_oom(call);
+            svc_call_fail_oom(call);
             return;
         }
         reservation__v1__seat__init(s);
@@ -503,7 +494,7 @@ handle_pay(svc_call_t *call, const ProtobufCMessage *msg, void *user)
     r.status = RSV_CONFIRMED;
     resp.reservation = to_pb_reservation(svc_call_arena(call), &r);
     if (resp.reservation == NULL) {
-        fail_oom(call);
+        svc_call_fail_oom(call);
         return;
     }
     resp.balance = pay.balance_after;

@@ -131,6 +131,14 @@ bool svc_call_cancelled(const svc_call_t *call);
  */
 void svc_call_on_cancel(svc_call_t *call, svc_cancel_fn fn, void *arg);
 
+/*
+ * Zeroed memory from the call's arena. When there is none, ends the call with
+ * RESOURCE_EXHAUSTED and returns NULL: the caller must then not touch the call.
+ */
+void *svc_call_alloc(svc_call_t *call, size_t size);
+/* Ends the call with RESOURCE_EXHAUSTED "out of memory". */
+void svc_call_fail_oom(svc_call_t *call);
+
 /* Unary: sends resp with status OK and ends the call. */
 void svc_call_reply(svc_call_t *call, const ProtobufCMessage *resp);
 /* Ends the call with err's status and message (err->code must not be SVC_OK). */
