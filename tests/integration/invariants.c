@@ -136,6 +136,61 @@ inv_check_acknowledged(const char *conninfo, const inv_ack_t *acks, int n, FILE 
     return missing;
 }
 
+/* Runs sql ($1 = a bigint[] of ids) once and reports what it counts under what. */
+static int64_t
+check_ids(const char *conninfo, const char *sql, const int64_t *ids, int n, const char *what,
+          FILE *report)
+{
+    size_t cap = 2 + (size_t)n * 21;
+    char *list = malloc(cap);
+    int64_t c;
+    size_t used = 0;
+
+    if (list == NULL) {
+        return -1;
+    }
+    list[used++] = '{';
+    for (int i = 0; i < n; i++) {
+        used += (size_t)snprintf(list + used, cap - used, "%s%" PRId64, i ? "," : "", ids[i]);
+    }
+    snprintf(list + used, cap - used, "}");
+    const char *params[] = {list};
+    c = run_checks(conninfo, &sql, &what, 1, 1, params, report);
+    free(list);
+    return c;
+}
+
+int64_t
+inv_check_reservations(const char *conninfo, const int64_t *held, int n_held, const int64_t *paid,
+                       int n_paid, FILE *report)
+{
+    int64_t a = check_ids(conninfo,
+                          "SELECT count(*) FROM unnest($1::bigint[]) i(id) WHERE NOT EXISTS"
+                          " (SELECT 1 FROM reservations r JOIN reservation_seats rs ON"
+                          " rs.reservation_id = r.id WHERE r.id = i.id)",
+                          held, n_held, "acknowledged holds missing", report);
+    int64_t b = check_ids(
+        conninfo,
+        "SELECT count(*) FROM unnest($1::bigint[]) i(id) WHERE NOT EXISTS (SELECT 1 FROM"
+        " reservations r JOIN payments p ON p.reservation_id = r.id WHERE r.id = i.id AND"
+        " r.status = 2 AND p.status = 2) OR EXISTS (SELECT 1 FROM reservation_seats rs"
+        " LEFT JOIN seats s ON s.schedule_id = rs.schedule_id AND s.number = rs.number"
+        " WHERE rs.reservation_id = i.id AND (s.status <> 3 OR s.hold_reservation_id <> i.id))",
+        paid, n_paid, "acknowledged payments not confirmed with their seats sold", report);
+
+    return a < 0 || b < 0 ? -1 : a + b;
+}
+
+int64_t
+inv_check_charged_once(const char *conninfo, const int64_t *paid, int n_paid, FILE *report)
+{
+    return check_ids(conninfo,
+                     "SELECT count(*) FROM unnest($1::bigint[]) i(id) WHERE (SELECT count(*)"
+                     " FROM ledger l WHERE l.kind = 2 AND l.idempotency_key = 'reservation:' ||"
+                     " i.id) <> 1",
+                     paid, n_paid, "paid reservations not charged exactly once", report);
+}
+
 int64_t
 inv_check_locks(const char *host, int port, FILE *report)
 {

@@ -33,6 +33,18 @@ typedef struct {
 int64_t inv_check_acknowledged(const char *balance_conninfo, const inv_ack_t *acks, int n,
                                FILE *report);
 
+/*
+ * Nothing acknowledged is lost, for reservations: every held id (HoldSeats
+ * answered OK) exists with its seats; every paid id (PayReservation answered
+ * OK) is confirmed, its payment charged and each of its seats sold to it.
+ */
+int64_t inv_check_reservations(const char *reservation_conninfo, const int64_t *held, int n_held,
+                               const int64_t *paid, int n_paid, FILE *report);
+
+/* Every paid reservation was charged exactly once: one Spend keyed reservation:<id>. */
+int64_t inv_check_charged_once(const char *balance_conninfo, const int64_t *paid, int n_paid,
+                               FILE *report);
+
 /* Redis (host, port): every lock key has a lease; none is held forever. */
 int64_t inv_check_locks(const char *host, int port, FILE *report);
 
