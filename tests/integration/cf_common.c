@@ -175,8 +175,8 @@ cf_check_invariants(cf_tally_t *tally, const cf_targets_t *t, cf_acks_t *acks)
         cf_add_check(tally, "acknowledged top-ups and spends",
                      inv_check_acknowledged(t->balance_db, acks->ledger, acks->n_ledger, stderr));
         cf_add_check(tally, "acknowledged holds and payments",
-                     inv_check_reservations(t->reservation_db, acks->held, acks->n_held,
-                                            acks->paid, acks->n_paid, stderr));
+                     inv_check_reservations(t->reservation_db, acks->held, acks->n_held, acks->paid,
+                                            acks->n_paid, stderr));
         cf_add_check(tally, "payments charged once",
                      inv_check_charged_once(t->balance_db, acks->paid, acks->n_paid, stderr));
     }
@@ -326,8 +326,8 @@ cf_get_balance(svc_client_t *c, cf_tally_t *t, int64_t user, int64_t *balance)
 }
 
 svc_status_t
-cf_hold(svc_client_t *c, cf_tally_t *t, int64_t user, int64_t schedule, const int32_t *seats,
-        int n, int64_t timeout_ms, int64_t *reservation_id)
+cf_hold(svc_client_t *c, cf_tally_t *t, int64_t user, int64_t schedule, const int32_t *seats, int n,
+        int64_t timeout_ms, int64_t *reservation_id)
 {
     Reservation__V1__HoldSeatsRequest req = RESERVATION__V1__HOLD_SEATS_REQUEST__INIT;
     ProtobufCMessage *resp = NULL;
@@ -382,8 +382,8 @@ cf_cancel(svc_client_t *c, cf_tally_t *t, int64_t reservation, int64_t user)
     req.reservation_id = reservation;
     req.user_id = user;
     call_begin(&call, 0, NULL, 0);
-    code = call_run(&call, c, t, "/reservation.v1.ReservationService/CancelReservation",
-                    &req.base, &reservation__v1__cancel_reservation_response__descriptor, &resp);
+    code = call_run(&call, c, t, "/reservation.v1.ReservationService/CancelReservation", &req.base,
+                    &reservation__v1__cancel_reservation_response__descriptor, &resp);
     call_end(&call);
     return code;
 }
@@ -407,8 +407,8 @@ cf_reservation_status(svc_client_t *c, int64_t reservation)
 }
 
 svc_status_t
-cf_lock_acquire(svc_client_t *c, cf_tally_t *t, const char *key, int64_t lease_ms,
-                int64_t wait_ms, svc_lock_t *out)
+cf_lock_acquire(svc_client_t *c, cf_tally_t *t, const char *key, int64_t lease_ms, int64_t wait_ms,
+                svc_lock_t *out)
 {
     Lock__V1__AcquireRequest req = LOCK__V1__ACQUIRE_REQUEST__INIT;
     ProtobufCMessage *resp = NULL;

@@ -31,8 +31,8 @@ const cf_scenario_t cf_scenarios[] = {
      sc_lock_svc_kill},
     {"reservation_kill", "reservation-svc SIGKILLed during payments, payments retried", true,
      sc_reservation_kill},
-    {"sentinel_failover", "Redis primary failover (3 Sentinels) during a lock and seat storm",
-     true, sc_sentinel_failover},
+    {"sentinel_failover", "Redis primary failover (3 Sentinels) during a lock and seat storm", true,
+     sc_sentinel_failover},
 };
 const int cf_n_scenarios = (int)(sizeof(cf_scenarios) / sizeof(cf_scenarios[0]));
 
@@ -46,32 +46,31 @@ typedef struct {
 static void
 usage(FILE *out)
 {
-    fprintf(out,
-            "Usage: conformance [options] [SCENARIO...]\n"
-            "\n"
-            "Runs the named scenarios (default: all of them; with --quick, those that\n"
-            "inject no fault), checks the invariants in the data after each, and prints\n"
-            "a table. Exit status 0 when every scenario passed, 1 when one failed, 2 on\n"
-            "bad usage, 77 when none could run (only fault scenarios, external mode).\n"
-            "\n"
-            "Options:\n"
-            "  --quick          smaller storms; with no SCENARIO only the fault-free ones\n"
-            "  --list           list the scenarios and exit\n"
-            "  --results FILE   also append each scenario's row to FILE\n"
-            "  --table FILE     print the table of the rows in FILE and exit\n"
-            "  --bin-dir DIR    the build tree with the services (default: this binary's)\n"
-            "  --free-port      print a free loopback port and exit\n"
-            "  -h, --help       this text\n"
-            "\n"
-            "Modes. With LOCK_ADDR, BALANCE_ADDR and RESERVATION_ADDR set, the suite\n"
-            "tests that deployment (external mode): it also needs ADMIN_TOKEN (to create\n"
-            "its own concerts), RESERVATION_DATABASE_URL and BALANCE_DATABASE_URL (read\n"
-            "access, for the invariant checks) and optionally REDIS_URL (redis://host:port,\n"
-            "for the lock check). It creates its own concerts and users and touches no\n"
-            "other data; fault scenarios need processes it controls and are not run.\n"
-            "Otherwise it starts its own PostgreSQL, Redis and services on free ports.\n"
-            "\n"
-            "Scenarios:\n");
+    fprintf(out, "Usage: conformance [options] [SCENARIO...]\n"
+                 "\n"
+                 "Runs the named scenarios (default: all of them; with --quick, those that\n"
+                 "inject no fault), checks the invariants in the data after each, and prints\n"
+                 "a table. Exit status 0 when every scenario passed, 1 when one failed, 2 on\n"
+                 "bad usage, 77 when none could run (only fault scenarios, external mode).\n"
+                 "\n"
+                 "Options:\n"
+                 "  --quick          smaller storms; with no SCENARIO only the fault-free ones\n"
+                 "  --list           list the scenarios and exit\n"
+                 "  --results FILE   also append each scenario's row to FILE\n"
+                 "  --table FILE     print the table of the rows in FILE and exit\n"
+                 "  --bin-dir DIR    the build tree with the services (default: this binary's)\n"
+                 "  --free-port      print a free loopback port and exit\n"
+                 "  -h, --help       this text\n"
+                 "\n"
+                 "Modes. With LOCK_ADDR, BALANCE_ADDR and RESERVATION_ADDR set, the suite\n"
+                 "tests that deployment (external mode): it also needs ADMIN_TOKEN (to create\n"
+                 "its own concerts), RESERVATION_DATABASE_URL and BALANCE_DATABASE_URL (read\n"
+                 "access, for the invariant checks) and optionally REDIS_URL (redis://host:port,\n"
+                 "for the lock check). It creates its own concerts and users and touches no\n"
+                 "other data; fault scenarios need processes it controls and are not run.\n"
+                 "Otherwise it starts its own PostgreSQL, Redis and services on free ports.\n"
+                 "\n"
+                 "Scenarios:\n");
     for (int i = 0; i < cf_n_scenarios; i++) {
         fprintf(out, "  %-18s %s%s\n", cf_scenarios[i].name, cf_scenarios[i].title,
                 cf_scenarios[i].fault ? " [fault]" : "");
@@ -143,19 +142,17 @@ external_targets(cf_ctx_t *ctx)
     }
     if (copy_env(t->lock_addr, sizeof(t->lock_addr), "LOCK_ADDR", true) != 0 ||
         copy_env(t->balance_addr, sizeof(t->balance_addr), "BALANCE_ADDR", true) != 0 ||
-        copy_env(t->reservation_addr, sizeof(t->reservation_addr), "RESERVATION_ADDR", true) !=
-            0 ||
+        copy_env(t->reservation_addr, sizeof(t->reservation_addr), "RESERVATION_ADDR", true) != 0 ||
         copy_env(t->admin_token, sizeof(t->admin_token), "ADMIN_TOKEN", true) != 0 ||
-        copy_env(t->reservation_db, sizeof(t->reservation_db), "RESERVATION_DATABASE_URL",
-                 true) != 0 ||
+        copy_env(t->reservation_db, sizeof(t->reservation_db), "RESERVATION_DATABASE_URL", true) !=
+            0 ||
         copy_env(t->balance_db, sizeof(t->balance_db), "BALANCE_DATABASE_URL", true) != 0 ||
         copy_env(redis, sizeof(redis), "REDIS_URL", false) != 0) {
         return -1;
     }
     if (redis[0] != '\0' &&
         parse_redis_url(redis, t->redis_host, sizeof(t->redis_host), &t->redis_port) != 0) {
-        fprintf(stderr,
-                "conformance: REDIS_URL=%s is not redis://host:port; locks not checked\n",
+        fprintf(stderr, "conformance: REDIS_URL=%s is not redis://host:port; locks not checked\n",
                 redis);
         t->redis_port = 0;
     }
@@ -202,11 +199,10 @@ find_binaries(cf_ctx_t *ctx, const char *bin_dir)
     snprintf(ctx->balance_bin, sizeof(ctx->balance_bin), "%s/balance-svc/balance-svc", dir);
     snprintf(ctx->reservation_bin, sizeof(ctx->reservation_bin),
              "%s/reservation-svc/reservation-svc", dir);
-    if (!ctx->external && (access(ctx->lock_bin, X_OK) != 0 ||
-                           access(ctx->balance_bin, X_OK) != 0 ||
-                           access(ctx->reservation_bin, X_OK) != 0)) {
-        fprintf(stderr, "conformance: the services are not built under %s (see --bin-dir)\n",
-                dir);
+    if (!ctx->external &&
+        (access(ctx->lock_bin, X_OK) != 0 || access(ctx->balance_bin, X_OK) != 0 ||
+         access(ctx->reservation_bin, X_OK) != 0)) {
+        fprintf(stderr, "conformance: the services are not built under %s (see --bin-dir)\n", dir);
         return -1;
     }
     return 0;
@@ -339,7 +335,7 @@ int
 main(int argc, char **argv)
 {
     static const struct option long_opts[] = {
-        {"quick", no_argument, NULL, 'q'},        {"list", no_argument, NULL, 'l'},
+        {"quick", no_argument, NULL, 'q'},         {"list", no_argument, NULL, 'l'},
         {"results", required_argument, NULL, 'r'}, {"table", required_argument, NULL, 't'},
         {"bin-dir", required_argument, NULL, 'b'}, {"free-port", no_argument, NULL, 'p'},
         {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},

@@ -89,10 +89,10 @@ void cf_check_invariants(cf_tally_t *tally, const cf_targets_t *t, cf_acks_t *ac
  * Typed calls that record their answer in tally (may be NULL) and return its
  * code. Outputs may be NULL. Each call's deadline is timeout_ms (0: CF_TIMEOUT_MS).
  */
-svc_status_t cf_topup(svc_client_t *c, cf_tally_t *t, int64_t user, int64_t amount,
-                      const char *key, int64_t *txn_id, int64_t *balance);
-svc_status_t cf_spend(svc_client_t *c, cf_tally_t *t, int64_t user, int64_t amount,
-                      const char *key, int64_t *txn_id, int64_t *balance);
+svc_status_t cf_topup(svc_client_t *c, cf_tally_t *t, int64_t user, int64_t amount, const char *key,
+                      int64_t *txn_id, int64_t *balance);
+svc_status_t cf_spend(svc_client_t *c, cf_tally_t *t, int64_t user, int64_t amount, const char *key,
+                      int64_t *txn_id, int64_t *balance);
 svc_status_t cf_get_balance(svc_client_t *c, cf_tally_t *t, int64_t user, int64_t *balance);
 svc_status_t cf_hold(svc_client_t *c, cf_tally_t *t, int64_t user, int64_t schedule,
                      const int32_t *seats, int n, int64_t timeout_ms, int64_t *reservation_id);

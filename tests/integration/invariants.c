@@ -141,7 +141,7 @@ static int64_t
 check_ids(const char *conninfo, const char *sql, const int64_t *ids, int n, const char *what,
           FILE *report)
 {
-    size_t cap = 2 + (size_t)n * 21;
+    size_t cap = 3 + (size_t)n * 22;
     char *list = malloc(cap);
     int64_t c;
     size_t used = 0;

@@ -105,6 +105,49 @@ test_ledger_and_acknowledged(void **state)
 }
 
 static void
+test_acknowledged_reservations(void **state)
+{
+    const int64_t held[] = {10, 11}, paid[] = {11}, missing[] = {99}, unpaid[] = {10};
+
+    (void)state;
+    sql(&pg, "INSERT INTO concerts (id, title) VALUES (2, 'c2');"
+             "INSERT INTO schedules (id, concert_id, starts_at_ms, seat_count, seat_price)"
+             " VALUES (2, 2, 1, 2, 10);"
+             "INSERT INTO seats (schedule_id, number, price) SELECT 2, g, 10 FROM"
+             " generate_series(1, 2) g;"
+             "INSERT INTO reservations (id, user_id, schedule_id, status, amount, expires_at_ms)"
+             " VALUES (10, 8, 2, 1, 10, 3000000000000), (11, 8, 2, 2, 10, 1);"
+             "INSERT INTO reservation_seats (reservation_id, schedule_id, number)"
+             " VALUES (10, 2, 1), (11, 2, 2);"
+             "INSERT INTO payments (reservation_id, user_id, amount, idempotency_key, status)"
+             " VALUES (11, 8, 10, 'p', 2);"
+             "UPDATE seats SET status = 2, hold_reservation_id = 10, hold_expires_at_ms ="
+             " 3000000000000 WHERE schedule_id = 2 AND number = 1;"
+             "UPDATE seats SET status = 3, hold_reservation_id = 11 WHERE schedule_id = 2 AND"
+             " number = 2");
+    assert_int_equal(inv_check_reservations(pg.conninfo, held, 2, paid, 1, stderr), 0);
+    assert_int_equal(inv_check_reservations(pg.conninfo, NULL, 0, NULL, 0, stderr), 0);
+    /* A hold that was acknowledged but is not there; a payment acknowledged but still held. */
+    assert_int_equal(inv_check_reservations(pg.conninfo, missing, 1, NULL, 0, stderr), 1);
+    assert_int_equal(inv_check_reservations(pg.conninfo, NULL, 0, unpaid, 1, stderr), 1);
+    /* Confirmed, but its seat went back to being only held. */
+    sql(&pg, "UPDATE seats SET status = 2, hold_expires_at_ms = 3000000000000 WHERE"
+             " schedule_id = 2 AND number = 2");
+    assert_int_equal(inv_check_reservations(pg.conninfo, NULL, 0, paid, 1, stderr), 1);
+
+    /* Charged once: one spend keyed reservation:11; none for 10; two for 12. */
+    const int64_t once[] = {11}, never[] = {10}, twice[] = {12};
+    sql(&pg_balance, "INSERT INTO accounts (user_id, balance) VALUES (8, 0), (9, 0);"
+                     "INSERT INTO ledger (id, user_id, kind, amount, balance_after,"
+                     " idempotency_key) VALUES (10, 8, 1, 10, 10, 'k'),"
+                     " (11, 8, 2, 10, 0, 'reservation:11'), (12, 8, 2, 1, 0, 'reservation:12'),"
+                     " (13, 9, 2, 1, 0, 'reservation:12')");
+    assert_int_equal(inv_check_charged_once(pg_balance.conninfo, once, 1, stderr), 0);
+    assert_int_equal(inv_check_charged_once(pg_balance.conninfo, never, 1, stderr), 1);
+    assert_int_equal(inv_check_charged_once(pg_balance.conninfo, twice, 1, stderr), 1);
+}
+
+static void
 test_locks(void **state)
 {
     struct timeval tv = {1, 0};
@@ -152,6 +195,7 @@ main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_seats),
         cmocka_unit_test(test_ledger_and_acknowledged),
+        cmocka_unit_test(test_acknowledged_reservations),
         cmocka_unit_test(test_locks),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
