@@ -4,7 +4,7 @@
 # protos, then runs all tests under CTest and prints its summary.
 #
 #   tests/run.sh              everything
-#   tests/run.sh --quick      only tests labelled "quick"
+#   tests/run.sh --quick      only tests labelled "quick" (no fault scenarios)
 #   tests/run.sh --no-tsan    skip the ThreadSanitizer pass over libsvc
 #   tests/run.sh -- ARGS      extra arguments for ctest (e.g. -R runtime)
 set -euo pipefail
@@ -68,4 +68,13 @@ fi
 step "tests (ASan+UBSan)"
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
-ctest --test-dir "$BUILD_DIR" --output-on-failure --timeout 900 "${ctest_args[@]}"
+# Each conformance scenario appends its row here; the table is printed at the end.
+results="$BUILD_DIR/conformance-results.tsv"
+rm -f "$results"
+status=0
+ctest --test-dir "$BUILD_DIR" --output-on-failure --timeout 900 "${ctest_args[@]}" || status=$?
+if [[ -s "$results" ]]; then
+    step "conformance suite"
+    "$BUILD_DIR/tests/integration/conformance" --table "$results"
+fi
+exit "$status"

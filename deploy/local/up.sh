@@ -21,10 +21,12 @@ START_TIMEOUT=${START_TIMEOUT:-30}
 
 usage() {
     cat <<EOF
-Usage: deploy/local/up.sh [--no-deps] [--help]
+Usage: deploy/local/up.sh [--no-deps] [--no-build] [--help]
 
-Starts PostgreSQL and Redis on 127.0.0.1 in STACK_DIR and prints how to reach
-them. Runs deploy/local/deps.sh first unless --no-deps is given.
+Starts PostgreSQL and Redis on 127.0.0.1 in STACK_DIR, then the services, and
+prints how to reach them. Runs deploy/local/deps.sh first unless --no-deps is
+given, and builds the services (Release) in BUILD_DIR unless --no-build is
+given (then the binaries already in BUILD_DIR are used as they are).
 
 Environment:
   STACK_DIR   data, logs and pid files (default: <repo>/.stack)
@@ -299,7 +301,14 @@ start_service() {
 }
 
 start_services() {
-    build_services
+    if ((build)); then
+        build_services
+    else
+        local name
+        for name in "${SERVICES[@]}"; do
+            [[ -x "$BUILD_DIR/$name/$name" ]] || die "--no-build: $BUILD_DIR/$name/$name is not built"
+        done
+    fi
     start_service lock-svc REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0" LOG_LEVEL="$LOG_LEVEL"
     start_service balance-svc DATABASE_URL="postgresql://postgres@127.0.0.1:$PG_PORT/balance" \
         LOCK_SVC_ADDR="127.0.0.1:$LOCK_PORT" LOG_LEVEL="$LOG_LEVEL"
@@ -397,6 +406,7 @@ EOF
 
 main() {
     local deps=1
+    build=1
     while (($# > 0)); do
         case "$1" in
         -h | --help)
@@ -404,6 +414,7 @@ main() {
             return 0
             ;;
         --no-deps) deps=0 ;;
+        --no-build) build=0 ;;
         *)
             usage >&2
             return 2

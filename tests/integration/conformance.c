@@ -59,7 +59,7 @@ usage(FILE *out)
                  "  --results FILE   also append each scenario's row to FILE\n"
                  "  --table FILE     print the table of the rows in FILE and exit\n"
                  "  --bin-dir DIR    the build tree with the services (default: this binary's)\n"
-                 "  --free-port      print a free loopback port and exit\n"
+                 "  --free-ports N   print N distinct free loopback ports and exit\n"
                  "  -h, --help       this text\n"
                  "\n"
                  "Modes. With LOCK_ADDR, BALANCE_ADDR and RESERVATION_ADDR set, the suite\n"
@@ -337,7 +337,7 @@ main(int argc, char **argv)
     static const struct option long_opts[] = {
         {"quick", no_argument, NULL, 'q'},         {"list", no_argument, NULL, 'l'},
         {"results", required_argument, NULL, 'r'}, {"table", required_argument, NULL, 't'},
-        {"bin-dir", required_argument, NULL, 'b'}, {"free-port", no_argument, NULL, 'p'},
+        {"bin-dir", required_argument, NULL, 'b'}, {"free-ports", required_argument, NULL, 'p'},
         {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
     };
     const char *results = NULL, *bin_dir = NULL;
@@ -365,7 +365,13 @@ main(int argc, char **argv)
             bin_dir = optarg;
             break;
         case 'p':
-            printf("%d\n", testenv_free_port());
+            for (int i = atoi(optarg); i > 0; i--) {
+                int port = testenv_free_port();
+                if (port < 0) {
+                    return 1;
+                }
+                printf("%d\n", port); /* distinct: never one of the last 64 it returned */
+            }
             return 0;
         case 'h':
             usage(stdout);
