@@ -1,5 +1,6 @@
 /*
- * failpoint.c: failpoints for crash tests, compiled in only with SVC_FAILPOINTS.
+ * failpoint.c: failpoints for crash and pause tests, compiled in only with
+ * SVC_FAILPOINTS.
  */
 #define _GNU_SOURCE
 #include <signal.h>
@@ -27,5 +28,16 @@ svc_failpoint_crash(const char *name)
     if (svc_failpoint(name)) {
         svc_logf(SVC_LOG_WARN, "failpoint %s: killing the process", name);
         raise(SIGKILL);
+    }
+}
+
+void
+svc_failpoint_pause(const char *name)
+{
+    if (svc_failpoint(name)) {
+        svc_logf(SVC_LOG_WARN, "failpoint %s: stopping the process until SIGCONT", name);
+        /* SIGSTOP cannot be blocked or caught, so the signal thread's mask is no obstacle. */
+        raise(SIGSTOP);
+        svc_logf(SVC_LOG_WARN, "failpoint %s: continued", name);
     }
 }

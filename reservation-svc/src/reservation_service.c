@@ -364,6 +364,12 @@ handle_hold_seats(svc_call_t *call, const ProtobufCMessage *msg, void *user)
     for (int i = 0; i < n; i++) {
         fences[i] = locks[i].fence;
     }
+    /*
+     * The worst moment to stall: the locks are ours but nothing is written
+     * yet. A pause here longer than the lease lets another instance take the
+     * seat; the fence and the row check must refuse our write when we resume.
+     */
+    svc_failpoint_pause("hold_after_lock");
     rc =
         rsv_store_hold(svc->db, req->user_id, req->schedule_id, seats, fences, n, svc_now_unix_ms(),
                        svc->opts.hold_ttl_ms, db_deadline(call), svc_call_arena(call), &r, &err);

@@ -223,6 +223,34 @@ test_proc_lifecycle(void **state)
     remove_log(log_path); /* kept, since the exit was not clean */
 }
 
+/* Stopped is seen once the process stops; an exit is no stop, and its status is left to stop. */
+static void
+test_proc_wait_stopped(void **state)
+{
+    testenv_proc_t p = {0};
+    char log_path[PATH_MAX];
+    int status;
+
+    (void)state;
+    assert_int_equal(testenv_proc_start(&p, server_path, NULL, NULL), 0);
+    assert_int_equal(testenv_proc_wait_stopped(&p, 200), -1); /* running: a timeout */
+    assert_int_equal(testenv_proc_signal(&p, SIGSTOP), 0);
+    assert_int_equal(testenv_proc_wait_stopped(&p, 5000), 0);
+    assert_int_equal(testenv_proc_signal(&p, SIGCONT), 0);
+    assert_int_equal(health(p.addr),
+                     GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING);
+
+    /* Killed while stopped: -1, and the status is still there for stop. */
+    assert_int_equal(testenv_proc_signal(&p, SIGSTOP), 0);
+    assert_int_equal(testenv_proc_wait_stopped(&p, 5000), 0);
+    assert_int_equal(testenv_proc_signal(&p, SIGKILL), 0);
+    assert_int_equal(testenv_proc_wait_stopped(&p, 5000), -1);
+    snprintf(log_path, sizeof(log_path), "%s", p.log_path);
+    status = testenv_proc_stop(&p);
+    assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+    remove_log(log_path); /* kept, since the exit was not clean */
+}
+
 /* A process that exits before it serves fails the start at once. */
 static void
 test_proc_start_failures(void **state)
@@ -280,9 +308,10 @@ int
 main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_free_port),           cmocka_unit_test(test_redis_lifecycle),
-        cmocka_unit_test(test_pg_lifecycle),        cmocka_unit_test(test_proc_lifecycle),
-        cmocka_unit_test(test_proc_start_failures), cmocka_unit_test(test_port_in_use),
+        cmocka_unit_test(test_free_port),         cmocka_unit_test(test_redis_lifecycle),
+        cmocka_unit_test(test_pg_lifecycle),      cmocka_unit_test(test_proc_lifecycle),
+        cmocka_unit_test(test_proc_wait_stopped), cmocka_unit_test(test_proc_start_failures),
+        cmocka_unit_test(test_port_in_use),
     };
 
     if (argc < 2) {

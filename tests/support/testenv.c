@@ -899,3 +899,56 @@ testenv_proc_alive(testenv_proc_t *p)
     }
     return 1;
 }
+
+/* The state letter of /proc/<pid>/stat ('R', 'S', 'T', 'Z'...), or 0 when there is none. */
+static char
+testenv__proc_state(pid_t pid)
+{
+    char path[64], buf[512], *p, state = 0;
+    FILE *f;
+    size_t n;
+
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    if ((f = fopen(path, "r")) == NULL) {
+        return 0;
+    }
+    n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    /* "pid (comm) S ...": comm may hold spaces and parentheses, so look after the last ')'. */
+    if ((p = strrchr(buf, ')')) == NULL || sscanf(p + 1, " %c", &state) != 1) {
+        return 0;
+    }
+    return state;
+}
+
+int
+testenv_proc_wait_stopped(testenv_proc_t *p, int timeout_ms)
+{
+    int64_t deadline = testenv__now_ms() + timeout_ms;
+
+    if (p->pid <= 0) {
+        testenv__fail("%s is not running", p->binary[0] != '\0' ? p->binary : "process");
+        return -1;
+    }
+    /*
+     * /proc rather than waitpid(WUNTRACED): waitpid would reap the process if
+     * it exited meanwhile and take the status testenv_proc_stop reports. A
+     * zombie ('Z') has exited and will never stop.
+     */
+    for (;;) {
+        char state = testenv__proc_state(p->pid);
+        if (state == 'T' || state == 't') {
+            return 0;
+        }
+        if (state == 0 || state == 'Z' || state == 'X') {
+            testenv__fail("%s exited instead of stopping", p->binary);
+            return -1;
+        }
+        if (testenv__now_ms() >= deadline) {
+            testenv__fail("%s was not stopped within %d ms", p->binary, timeout_ms);
+            return -1;
+        }
+        testenv__sleep_ms(10);
+    }
+}

@@ -165,5 +165,12 @@ int testenv_proc_signal(testenv_proc_t *p, int sig);
 int testenv_proc_restart(testenv_proc_t *p);
 /* 1 while the process runs, else 0 (reaping it; stop then returns its status). */
 int testenv_proc_alive(testenv_proc_t *p);
+/*
+ * Waits up to timeout_ms until the process is stopped by a signal (it raised
+ * SIGSTOP at a failpoint, say), polling its state in /proc. Returns 0 once it
+ * is stopped, -1 on timeout or when it has exited (not reaped here, so
+ * testenv_proc_alive and testenv_proc_stop still see its status).
+ */
+int testenv_proc_wait_stopped(testenv_proc_t *p, int timeout_ms);
 
 #endif
