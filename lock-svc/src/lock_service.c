@@ -435,7 +435,7 @@ typedef struct {
 } acquire_ctx_t;
 
 static void
-park(acquire_ctx_t *ctx, bool behind_others)
+park(acquire_ctx_t *ctx)
 {
     lock_service_t *svc = ctx->svc;
     svc_call_t *call = ctx->call;
@@ -455,11 +455,6 @@ park(acquire_ctx_t *ctx, bool behind_others)
     w->wait_until_ms = svc_now_unix_ms() + req->wait_ms;
     w->timer.heap_index = -1;
     lock_store_new_token(w->id);
-    if (behind_others) {
-        /* Only a queue's head tries the lock (and is counted by its try): count this one now. */
-        lock_store_waiter_add_async(svc->store, req->key, w->id, w->wait_until_ms);
-        w->registered = true;
-    }
 
     pthread_mutex_lock(&svc->mu);
     q = keyq_get(svc, req->key, true);
@@ -469,6 +464,16 @@ park(acquire_ctx_t *ctx, bool behind_others)
         return;
     }
     keyq_append(q, w);
+    if (q->head != w) {
+        /*
+         * Only a queue's head tries the lock, and its try counts it for
+         * GetLock; one behind others is counted now. Whether it was queued
+         * behind others up front or lost a first try in a crowd does not
+         * matter: until now GetLock saw only the heads of such crowds.
+         */
+        lock_store_waiter_add_async(svc->store, req->key, w->id, w->wait_until_ms);
+        w->registered = true;
+    }
     w->state = W_PARKED;
     w->timer_live = true;
     svc_timer_start(svc->timers, &w->timer, req->wait_ms, waiter_timed_out, w);
@@ -499,7 +504,7 @@ first_try_done(const lock_store_result_t *res, const svc_err_t *err, void *arg)
         svc_err_set(&refused, SVC_ABORTED, "lock %s is held", ctx->req->key);
         svc_call_fail(ctx->call, &refused);
     } else {
-        park(ctx, false);
+        park(ctx);
     }
 }
 
@@ -542,7 +547,7 @@ handle_acquire(svc_call_t *call, const ProtobufCMessage *msg, void *user)
         svc_err_set(&err, SVC_ABORTED, "lock %s is held", req->key);
         svc_call_fail(call, &err);
     } else {
-        park(ctx, true);
+        park(ctx);
     }
 }
 

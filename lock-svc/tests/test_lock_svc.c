@@ -308,6 +308,34 @@ test_fifo_on_one_instance(void **state)
     }
 }
 
+/* A crowd that arrives at once is counted whole by GetLock, on either instance. */
+static void
+test_crowd_of_waiters_is_counted(void **state)
+{
+    enum { N = 12 };
+    svc_lock_opts_t opts = {.owner = "holder", .lease_ms = 30000};
+    waiter_job_t jobs[N];
+    pthread_t threads[N];
+    svc_lock_t held;
+    svc_err_t err;
+
+    (void)state;
+    n_granted = 0;
+    assert_int_equal(svc_lock_acquire(client[0], "crowd:key", &opts, &held, &err), 0);
+    for (int i = 0; i < N; i++) { /* all at once: most lose their first try together */
+        jobs[i] = (waiter_job_t){.instance = i % 2, .key = "crowd:key", .wait_ms = 20000};
+        assert_int_equal(pthread_create(&threads[i], NULL, waiter_thread, &jobs[i]), 0);
+    }
+    wait_for_waiters(0, "crowd:key", N);
+    assert_int_equal(waiters_on(1, "crowd:key"), N);
+    assert_int_equal(svc_lock_release(client[0], &held, NULL, &err), 0);
+    for (int i = 0; i < N; i++) {
+        pthread_join(threads[i], NULL);
+        assert_int_equal(jobs[i].rc, 0);
+    }
+    wait_for_waiters(0, "crowd:key", 0);
+}
+
 /* ---------- codes ---------- */
 
 static void
@@ -567,6 +595,7 @@ main(int argc, char **argv)
         cmocka_unit_test(test_wait_elapsed_is_aborted),
         cmocka_unit_test(test_client_cancel_removes_waiter),
         cmocka_unit_test(test_fifo_on_one_instance),
+        cmocka_unit_test(test_crowd_of_waiters_is_counted),
         cmocka_unit_test(test_release_on_one_instance_wakes_waiter_on_other),
         cmocka_unit_test(test_waiter_woken_by_lease_expiry),
         cmocka_unit_test(test_scoped_lock_always_releases),
