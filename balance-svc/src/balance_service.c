@@ -168,8 +168,10 @@ serve_batch(balance_service_t *svc, int64_t user_id, balance_req_t *batch, int n
     snprintf(key, sizeof(key), "account:%" PRId64, user_id);
     if (svc_lock_acquire(svc->lock_svc, key, &lopts, &lock, &err) != 0) {
         if (err.code == SVC_UNAVAILABLE) {
-            svc_logf(SVC_LOG_WARN, "lock-svc unreachable, refusing account %" PRId64 ": %s",
-                     user_id, err.msg);
+            static svc_log_limit_t limit = SVC_LOG_LIMIT_INIT(5);
+            svc_logf_limited(&limit, SVC_LOG_WARN,
+                             "lock-svc unreachable, refusing account %" PRId64 ": %s", user_id,
+                             err.msg);
             svc_err_set(&err, SVC_UNAVAILABLE, "lock service unavailable");
         }
         free(ops);

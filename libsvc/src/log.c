@@ -535,3 +535,50 @@ svc_log_call(svc_log_level_t level, const char *method, const char *request_id, 
     snprintf(dur, sizeof(dur), "%.3f", duration_ms);
     log_emit(level, msg, fields, 3, raw, 1);
 }
+
+bool
+svc_log_limit_take(svc_log_limit_t *lim, int64_t now_ms, long *dropped)
+{
+    bool ok;
+
+    pthread_mutex_lock(&lim->mu);
+    if (now_ms - lim->window_start_ms >= 1000 || now_ms < lim->window_start_ms) {
+        lim->window_start_ms = now_ms;
+        lim->used = 0;
+    }
+    ok = lim->used < lim->burst;
+    if (ok) {
+        lim->used++;
+        *dropped = lim->dropped;
+        lim->dropped = 0;
+    } else {
+        lim->dropped++;
+    }
+    pthread_mutex_unlock(&lim->mu);
+    return ok;
+}
+
+void
+svc_logf_limited(svc_log_limit_t *lim, svc_log_level_t level, const char *fmt, ...)
+{
+    struct timespec ts;
+    char text[512];
+    long dropped;
+    va_list ap;
+
+    if (!svc_log_enabled(level)) {
+        return;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    if (!svc_log_limit_take(lim, (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000, &dropped)) {
+        return;
+    }
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof(text), fmt, ap);
+    va_end(ap);
+    if (dropped > 0) {
+        svc_logf(level, "%s (%ld like it dropped)", text, dropped);
+    } else {
+        svc_logf(level, "%s", text);
+    }
+}

@@ -62,14 +62,28 @@ pg__log(svc_log_level_t level, const char *msg, const char *what, const char *sq
     char buf[PG_LOG_TEXT_MAX];
     size_t len;
 
+    /* A database that is down fails every call alike: a few lines a second say so. */
+    static svc_log_limit_t warn_limit = SVC_LOG_LIMIT_INIT(10);
+    char dropped_text[24];
+    long dropped = 0;
+
     if (!svc_log_enabled(level))
+        return;
+    if (level >= SVC_LOG_WARN && !svc_log_limit_take(&warn_limit, svc_now_mono_ms(), &dropped))
         return;
     snprintf(buf, sizeof(buf), "%s", text != NULL ? text : "");
     len = strlen(buf);
     while (len > 0 && (buf[len - 1] == '\n' || buf[len - 1] == ' '))
         buf[--len] = '\0';
-    svc_log_kv(level, msg, "what", what, "sqlstate",
-               sqlstate != NULL && sqlstate[0] != '\0' ? sqlstate : NULL, "error", buf, NULL);
+    if (sqlstate != NULL && sqlstate[0] == '\0')
+        sqlstate = NULL;
+    if (dropped == 0) {
+        svc_log_kv(level, msg, "what", what, "sqlstate", sqlstate, "error", buf, NULL);
+        return;
+    }
+    snprintf(dropped_text, sizeof(dropped_text), "%ld", dropped);
+    svc_log_kv(level, msg, "what", what, "sqlstate", sqlstate, "error", buf, "dropped_before",
+               dropped_text, NULL);
 }
 
 /*

@@ -548,6 +548,28 @@ test_log_threads(void **state)
     free(text);
 }
 
+/* A noisy place writes `burst` lines a second, then says how many it dropped. */
+static void
+test_log_limit(void **state)
+{
+    svc_log_limit_t lim = SVC_LOG_LIMIT_INIT(3);
+    long dropped = -1;
+    int passed = 0;
+
+    (void)state;
+    for (int i = 0; i < 10; i++) {
+        passed += svc_log_limit_take(&lim, 5000 + i, &dropped);
+    }
+    assert_int_equal(passed, 3);
+    assert_int_equal(dropped, 0); /* the third line had dropped nothing before it */
+    assert_false(svc_log_limit_take(&lim, 5999, &dropped));
+    assert_true(svc_log_limit_take(&lim, 6000, &dropped)); /* a new second */
+    assert_int_equal(dropped, 8);
+    assert_true(svc_log_limit_take(&lim, 6001, &dropped));
+    assert_int_equal(dropped, 0);
+    pthread_mutex_destroy(&lim.mu);
+}
+
 int
 main(void)
 {
@@ -566,6 +588,7 @@ main(void)
         cmocka_unit_test(test_log_keeps_errno),
         cmocka_unit_test(test_log_long_line),
         cmocka_unit_test(test_log_threads),
+        cmocka_unit_test(test_log_limit),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

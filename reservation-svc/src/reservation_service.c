@@ -320,7 +320,8 @@ lock_seats(reservation_service_t *svc, svc_call_t *call, int64_t schedule_id, co
         snprintf(key, sizeof(key), "seat:%" PRId64 ":%d", schedule_id, (int)seats[i]);
         if (svc_lock_acquire(svc->lock_svc, key, &lopts, &locks[i], err) != 0) {
             if (err->code == SVC_UNAVAILABLE) {
-                svc_logf(SVC_LOG_WARN, "lock-svc unreachable: %s", err->msg);
+                static svc_log_limit_t limit = SVC_LOG_LIMIT_INIT(5);
+                svc_logf_limited(&limit, SVC_LOG_WARN, "lock-svc unreachable: %s", err->msg);
                 svc_err_set(err, SVC_UNAVAILABLE, "lock service unavailable");
             } else if (err->code == SVC_ABORTED) {
                 svc_err_set(err, SVC_ABORTED, "seat %d of schedule %" PRId64 " is busy, try again",

@@ -5,7 +5,10 @@
 #ifndef SVC_LOG_H
 #define SVC_LOG_H
 
+#include <pthread.h>
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 typedef enum {
     SVC_LOG_DEBUG = 0,
@@ -31,6 +34,35 @@ void svc_log_kv(svc_log_level_t level, const char *msg, ...);
 
 /* printf-style message, no extra fields. */
 void svc_logf(svc_log_level_t level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/*
+ * A budget for one noisy place in the code. When a database or Redis is down,
+ * every call fails the same way; a line per failure buries the one line that
+ * says what happened. At most `burst` lines per second pass; the first line
+ * after a dropped stretch carries how many were dropped. Declare one per
+ * place: static svc_log_limit_t lim = SVC_LOG_LIMIT_INIT(5);
+ */
+typedef struct {
+    pthread_mutex_t mu;
+    int burst;
+    int64_t window_start_ms;
+    int used;
+    long dropped;
+} svc_log_limit_t;
+#define SVC_LOG_LIMIT_INIT(burst)                                                                  \
+    {                                                                                              \
+        PTHREAD_MUTEX_INITIALIZER, (burst), 0, 0, 0                                                \
+    }
+
+/*
+ * True when one more line may be written at now_ms (monotonic); then
+ * *dropped is how many were refused since the last line that passed.
+ */
+bool svc_log_limit_take(svc_log_limit_t *lim, int64_t now_ms, long *dropped);
+
+/* svc_logf within lim's budget; " (N like it dropped)" is added after a dropped stretch. */
+void svc_logf_limited(svc_log_limit_t *lim, svc_log_level_t level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 /*
  * The access log line of one call: method, request id, status name and duration.
