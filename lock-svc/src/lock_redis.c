@@ -59,6 +59,11 @@ struct lock_redis {
     redisAsyncContext *ac;
     bool want_read, want_write, registered;
     bool drop; /* set by a callback: free the connection from the loop */
+    /* Where the current connection goes, and whether the last one got through:
+     * the log says when Redis is lost and where it was found again, once each. */
+    char host[256];
+    int port;
+    bool up, ever_up;
     rcmd_t *flight_head, *flight_tail;
     char shas[MAX_SCRIPTS][41];
     sha_arg_t sha_args[MAX_SCRIPTS];
@@ -281,10 +286,16 @@ on_role(redisReply *reply, void *arg)
 {
     lock_redis_t *r = arg;
 
-    if (reply == NULL || reply->type != REDIS_REPLY_ARRAY || reply->elements == 0 ||
-        reply->element[0]->type != REDIS_REPLY_STRING ||
-        strcmp(reply->element[0]->str, "master") != 0) {
-        svc_logf(SVC_LOG_WARN, "redis at the located address is not the master");
+    if (reply == NULL) { /* the connection failed: already said where it drops */
+        r->drop = true;
+    } else if (reply->type != REDIS_REPLY_ARRAY || reply->elements == 0 ||
+               reply->element[0]->type != REDIS_REPLY_STRING ||
+               strcmp(reply->element[0]->str, "master") != 0) {
+        svc_logf(SVC_LOG_WARN, "redis at the located address is not the master (ROLE says %s)",
+                 reply->type == REDIS_REPLY_ARRAY && reply->elements > 0 &&
+                         reply->element[0]->type == REDIS_REPLY_STRING
+                     ? reply->element[0]->str
+                     : "something else");
         r->drop = true;
     }
 }
@@ -307,10 +318,21 @@ on_connect(const redisAsyncContext *ac, int status)
     lock_redis_t *r = ac->ev.data;
 
     if (status != REDIS_OK) {
-        r->ac = NULL; /* hiredis frees it */
+        if (r->up || !r->ever_up) {
+            svc_logf(SVC_LOG_WARN, "redis at %s:%d unreachable: %s", r->host, r->port, ac->errstr);
+        }
+        r->up = false;
+        r->ever_up = true; /* said once; the next line is the recovery */
+        r->ac = NULL;      /* hiredis frees it */
         r->registered = false;
         r->last_fail_ms = now_ms();
+        return;
     }
+    if (!r->up) { /* the recovery is as loud as the loss it ends */
+        svc_logf(r->ever_up ? SVC_LOG_WARN : SVC_LOG_INFO, "redis connected%s at %s:%d",
+                 r->ever_up ? " again" : "", r->host, r->port);
+    }
+    r->up = r->ever_up = true;
 }
 
 static void
@@ -319,6 +341,11 @@ on_disconnect(const redisAsyncContext *ac, int status)
     lock_redis_t *r = ac->ev.data;
 
     (void)status;
+    if (r->up) {
+        svc_logf(SVC_LOG_WARN, "redis connection to %s:%d lost: %s", r->host, r->port,
+                 ac->errstr[0] != '\0' ? ac->errstr : "closed");
+    }
+    r->up = false;
     r->ac = NULL;
     r->registered = false;
 }
@@ -365,6 +392,8 @@ ensure_connection(lock_redis_t *r)
         r->last_fail_ms = now_ms();
         return false;
     }
+    snprintf(r->host, sizeof(r->host), "%s", host);
+    r->port = port;
     r->ac = redisAsyncConnect(host, port);
     if (r->ac == NULL || r->ac->err != 0) {
         if (r->ac != NULL) {
@@ -476,6 +505,7 @@ loop_thread(void *arg)
         }
     }
     if (r->ac != NULL) {
+        r->up = false; /* closed by us: nothing to report */
         redisAsyncFree(r->ac);
         r->ac = NULL;
     }
