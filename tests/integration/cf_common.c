@@ -236,38 +236,38 @@ call_end(call_t *c)
     svc_arena_destroy(c->arena);
 }
 
+/* TopUp or Spend; their requests and answers have the same fields. */
 static svc_status_t
 money(svc_client_t *c, cf_tally_t *t, bool top_up, int64_t user, int64_t amount, const char *key,
       int64_t *txn_id, int64_t *balance)
 {
+    Balance__V1__TopUpRequest up = BALANCE__V1__TOP_UP_REQUEST__INIT;
+    Balance__V1__SpendRequest spend = BALANCE__V1__SPEND_REQUEST__INIT;
+    ProtobufCMessage *resp = NULL;
     call_t call;
     svc_status_t code;
-    ProtobufCMessage *resp = NULL;
 
+    up.user_id = spend.user_id = user;
+    up.amount = spend.amount = amount;
+    up.idempotency_key = spend.idempotency_key = (char *)key;
     call_begin(&call, 0, NULL, 0);
     if (top_up) {
-        Balance__V1__TopUpRequest req = BALANCE__V1__TOP_UP_REQUEST__INIT;
-        req.user_id = user;
-        req.amount = amount;
-        req.idempotency_key = (char *)key;
-        code = call_run(&call, c, t, "/balance.v1.BalanceService/TopUp", &req.base,
+        code = call_run(&call, c, t, "/balance.v1.BalanceService/TopUp", &up.base,
                         &balance__v1__top_up_response__descriptor, &resp);
-        if (code == SVC_OK) {
-            Balance__V1__TopUpResponse *r = (void *)resp;
-            *txn_id = r->transaction_id;
-            *balance = r->balance;
-        }
     } else {
-        Balance__V1__SpendRequest req = BALANCE__V1__SPEND_REQUEST__INIT;
-        req.user_id = user;
-        req.amount = amount;
-        req.idempotency_key = (char *)key;
-        code = call_run(&call, c, t, "/balance.v1.BalanceService/Spend", &req.base,
+        code = call_run(&call, c, t, "/balance.v1.BalanceService/Spend", &spend.base,
                         &balance__v1__spend_response__descriptor, &resp);
-        if (code == SVC_OK) {
-            Balance__V1__SpendResponse *r = (void *)resp;
-            *txn_id = r->transaction_id;
-            *balance = r->balance;
+    }
+    if (code == SVC_OK) {
+        int64_t id = top_up ? ((Balance__V1__TopUpResponse *)resp)->transaction_id
+                            : ((Balance__V1__SpendResponse *)resp)->transaction_id;
+        int64_t after = top_up ? ((Balance__V1__TopUpResponse *)resp)->balance
+                               : ((Balance__V1__SpendResponse *)resp)->balance;
+        if (txn_id != NULL) {
+            *txn_id = id;
+        }
+        if (balance != NULL) {
+            *balance = after;
         }
     }
     call_end(&call);
@@ -278,32 +278,14 @@ svc_status_t
 cf_topup(svc_client_t *c, cf_tally_t *t, int64_t user, int64_t amount, const char *key,
          int64_t *txn_id, int64_t *balance)
 {
-    int64_t id, bal;
-    svc_status_t code = money(c, t, true, user, amount, key, &id, &bal);
-
-    if (code == SVC_OK && txn_id != NULL) {
-        *txn_id = id;
-    }
-    if (code == SVC_OK && balance != NULL) {
-        *balance = bal;
-    }
-    return code;
+    return money(c, t, true, user, amount, key, txn_id, balance);
 }
 
 svc_status_t
 cf_spend(svc_client_t *c, cf_tally_t *t, int64_t user, int64_t amount, const char *key,
          int64_t *txn_id, int64_t *balance)
 {
-    int64_t id, bal;
-    svc_status_t code = money(c, t, false, user, amount, key, &id, &bal);
-
-    if (code == SVC_OK && txn_id != NULL) {
-        *txn_id = id;
-    }
-    if (code == SVC_OK && balance != NULL) {
-        *balance = bal;
-    }
-    return code;
+    return money(c, t, false, user, amount, key, txn_id, balance);
 }
 
 svc_status_t

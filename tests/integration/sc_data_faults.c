@@ -17,25 +17,64 @@
 
 /* ---------------------------------------------------------------- Shared */
 
-/* xorshift32: each client thread draws from its own state, so no lock is shared. */
-static uint32_t
-next_rand(uint32_t *state)
-{
-    uint32_t x = *state;
-
-    x ^= x << 13;
-    x ^= x >> 17;
-    x ^= x << 5;
-    *state = x;
-    return x;
-}
-
 /* Codes after which the operation's fate is unknown: retry it with the same key. */
 static bool
 is_retryable(svc_status_t code)
 {
     return code == SVC_UNAVAILABLE || code == SVC_ABORTED || code == SVC_DEADLINE_EXCEEDED ||
            code == SVC_CANCELLED;
+}
+
+/*
+ * An outage while clients run: after 1 s down(target), down_ms later
+ * up(target), then 2 s more before stop is raised. phase tells the clients
+ * which part of it they are in.
+ */
+typedef struct {
+    int (*down)(void *target);
+    int (*up)(void *target);
+    void *target;
+    int64_t down_ms;
+    atomic_int *phase;
+    atomic_bool *stop;
+    int rc;
+} outage_t;
+
+enum { PHASE_BEFORE, PHASE_DOWN, PHASE_AFTER, N_PHASES };
+static const char *const phase_names[N_PHASES] = {"before", "during", "after"};
+
+static void *
+outage_thread(void *arg)
+{
+    outage_t *o = arg;
+
+    cf_sleep_ms(1000);
+    o->rc = o->down(o->target);
+    if (o->rc == 0) {
+        atomic_store(o->phase, PHASE_DOWN);
+        cf_sleep_ms(o->down_ms);
+        o->rc = o->up(o->target);
+    }
+    if (o->rc == 0) {
+        atomic_store(o->phase, PHASE_AFTER);
+        cf_sleep_ms(2000);
+    }
+    atomic_store(o->stop, true);
+    return NULL;
+}
+
+/* Runs n clients fn(args[i]) while the outage o runs on a thread of its own. */
+static int
+run_with_outage(outage_t *o, int n, void *(*fn)(void *), void *args, size_t arg_size)
+{
+    pthread_t t;
+
+    if (pthread_create(&t, NULL, outage_thread, o) != 0) {
+        return -1;
+    }
+    cf_parallel(n, fn, args, arg_size);
+    pthread_join(t, NULL);
+    return o->rc;
 }
 
 /* A stack of its own for a fault scenario; NULL when it could not start (stopped again). */
@@ -80,10 +119,6 @@ give_up(cf_stack_t *s, cf_acks_t *acks, const char *why)
 
 /* ------------------------------------------------------------ Redis kill */
 
-enum { PHASE_BEFORE, PHASE_DOWN, PHASE_AFTER, N_PHASES };
-
-static const char *const phase_names[N_PHASES] = {"before", "during", "after"};
-
 #define HOLD_TIMEOUT_MS 5000
 
 typedef struct {
@@ -102,8 +137,8 @@ typedef struct {
 
 typedef struct {
     seat_storm_t *storm;
-    uint32_t seed;
-    bool keeper; /* keeps its latest hold until it gets the next one */
+    unsigned seed; /* rand_r: each client thread draws on its own */
+    bool keeper;   /* keeps its latest hold until it gets the next one */
 } seat_client_t;
 
 static void
@@ -137,7 +172,7 @@ seat_client(void *arg)
     int64_t user = cf_new_user(), kept = 0;
 
     while (!atomic_load(&s->stop)) {
-        int32_t seat = 1 + (int32_t)(next_rand(&c->seed) % (uint32_t)s->seats);
+        int32_t seat = 1 + (int32_t)((unsigned)rand_r(&c->seed) % (uint32_t)s->seats);
         int phase = atomic_load(&s->phase);
         int64_t t0 = svc_now_mono_ms(), id = 0;
         svc_status_t code =
@@ -168,47 +203,25 @@ seat_client(void *arg)
     return NULL;
 }
 
-/* Kills Redis about a second into the storm, restarts it 1.5 s later, lets the storm run on. */
 static int
-redis_outage(cf_stack_t *stack, seat_storm_t *s)
+redis_down(void *redis)
 {
-    cf_sleep_ms(1000);
-    if (testenv_redis_kill(&stack->redis) != 0) {
-        return -1;
-    }
-    atomic_store(&s->phase, PHASE_DOWN);
-    cf_sleep_ms(1500);
-    if (testenv_redis_restart(&stack->redis) != 0) {
-        return -1;
-    }
-    atomic_store(&s->phase, PHASE_AFTER);
-    cf_sleep_ms(2000);
-    return 0;
+    return testenv_redis_kill(redis);
 }
 
-typedef struct {
-    cf_stack_t *stack;
-    seat_storm_t *storm;
-    int rc;
-} outage_job_t;
-
-static void *
-redis_outage_thread(void *arg)
+static int
+redis_up(void *redis)
 {
-    outage_job_t *job = arg;
-
-    job->rc = redis_outage(job->stack, job->storm);
-    atomic_store(&job->storm->stop, true);
-    return NULL;
+    return testenv_redis_restart(redis);
 }
 
-/* Runs n clients against s while another thread takes Redis down and up again. */
+/* Runs n clients against s while Redis is killed and, 1.5 s later, restarted empty. */
 static int
 run_seat_storm(cf_stack_t *stack, seat_storm_t *s, int n)
 {
     seat_client_t *clients = calloc((size_t)n, sizeof(*clients));
-    outage_job_t job = {stack, s, 0};
-    pthread_t outage;
+    outage_t o = {redis_down, redis_up, &stack->redis, 1500, &s->phase, &s->stop, 0};
+    int rc;
 
     if (clients == NULL) {
         return -1;
@@ -216,14 +229,9 @@ run_seat_storm(cf_stack_t *stack, seat_storm_t *s, int n)
     for (int i = 0; i < n; i++) {
         clients[i] = (seat_client_t){s, 0x9e3779b9u ^ (uint32_t)(i * 7919 + 1), i % 4 == 0};
     }
-    if (pthread_create(&outage, NULL, redis_outage_thread, &job) != 0) {
-        free(clients);
-        return -1;
-    }
-    cf_parallel(n, seat_client, clients, sizeof(*clients));
-    pthread_join(outage, NULL);
+    rc = run_with_outage(&o, n, seat_client, clients, sizeof(*clients));
     free(clients);
-    return job.rc;
+    return rc;
 }
 
 static void
@@ -306,7 +314,7 @@ typedef struct {
 
 typedef struct {
     money_storm_t *storm;
-    uint32_t seed;
+    unsigned seed; /* rand_r: each client thread draws on its own */
     money_op_t *ops;
     int n_ops, cap_ops;
 } money_client_t;
@@ -358,9 +366,9 @@ money_client(void *arg)
     money_storm_t *s = c->storm;
 
     while (!atomic_load(&s->stop)) {
-        money_op_t op = {.account = (int)(next_rand(&c->seed) % N_ACCOUNTS),
-                         .top_up = next_rand(&c->seed) % 2 == 0,
-                         .amount = 1 + next_rand(&c->seed) % 1000};
+        money_op_t op = {.account = (int)((unsigned)rand_r(&c->seed) % N_ACCOUNTS),
+                         .top_up = (unsigned)rand_r(&c->seed) % 2 == 0,
+                         .amount = 1 + (unsigned)rand_r(&c->seed) % 1000};
         cf_unique(op.key, sizeof(op.key), op.top_up ? "pg-topup" : "pg-spend");
         while (send_op(s, &op), op.state == OP_UNKNOWN && !atomic_load(&s->stop)) {
             atomic_fetch_add(&s->retries, 1);
@@ -372,36 +380,15 @@ money_client(void *arg)
 }
 
 static int
-pg_outage(cf_stack_t *stack, money_storm_t *s)
+pg_down(void *pg)
 {
-    cf_sleep_ms(1000);
-    if (testenv_pg_kill(&stack->pg) != 0) {
-        return -1;
-    }
-    atomic_store(&s->phase, PHASE_DOWN);
-    cf_sleep_ms(500);
-    if (testenv_pg_restart(&stack->pg) != 0) {
-        return -1;
-    }
-    atomic_store(&s->phase, PHASE_AFTER);
-    cf_sleep_ms(2000);
-    return 0;
+    return testenv_pg_kill(pg);
 }
 
-typedef struct {
-    cf_stack_t *stack;
-    money_storm_t *storm;
-    int rc;
-} pg_job_t;
-
-static void *
-pg_outage_thread(void *arg)
+static int
+pg_up(void *pg)
 {
-    pg_job_t *job = arg;
-
-    job->rc = pg_outage(job->stack, job->storm);
-    atomic_store(&job->storm->stop, true);
-    return NULL;
+    return testenv_pg_restart(pg);
 }
 
 /* How many of the clients' operations still have an unknown fate. */
@@ -491,21 +478,16 @@ fund_accounts(money_storm_t *s)
     return 0;
 }
 
+/* Runs n clients against s while PostgreSQL is killed and, 0.5 s later, restarted. */
 static int
 run_money_storm(cf_stack_t *stack, money_storm_t *s, money_client_t *clients, int n)
 {
-    pg_job_t job = {stack, s, 0};
-    pthread_t outage;
+    outage_t o = {pg_down, pg_up, &stack->pg, 500, &s->phase, &s->stop, 0};
 
     for (int i = 0; i < n; i++) {
         clients[i] = (money_client_t){.storm = s, .seed = 0x2545f491u ^ (uint32_t)(i * 104729 + 1)};
     }
-    if (pthread_create(&outage, NULL, pg_outage_thread, &job) != 0) {
-        return -1;
-    }
-    cf_parallel(n, money_client, clients, sizeof(*clients));
-    pthread_join(outage, NULL);
-    return job.rc;
+    return run_with_outage(&o, n, money_client, clients, sizeof(*clients));
 }
 
 static void
