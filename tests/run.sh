@@ -67,7 +67,9 @@ fi
 
 step "tests (ASan+UBSan)"
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}
-export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+# abort_on_error: UBSan's own exit skips the death callback testenv sets in
+# ASan's runtime; a SIGABRT lets testenv stop the test's servers first.
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1:abort_on_error=1}
 # Each conformance scenario appends its row here; the table is printed at the end.
 results="$BUILD_DIR/conformance-results.tsv"
 rm -f "$results"

@@ -9,13 +9,16 @@
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -296,6 +299,82 @@ test_port_in_use(void **state)
     close(fd);
 }
 
+/*
+ * The child side of test_cleanup_on_death: starts a Redis, says its pid on
+ * stdout, and dies of sig.
+ */
+static int
+die_with_redis(int sig)
+{
+    testenv_redis_t r = {0};
+
+    signal(sig, SIG_DFL); /* an ignored SIGPIPE came with us through exec */
+    testenv_cleanup_on_exit();
+    if (testenv_redis_start(&r) != 0) {
+        return 3;
+    }
+    printf("%d\n", (int)r.pid);
+    fflush(stdout);
+    raise(sig);
+    /* A fault's handler returns so that the fault repeats: here, the raise. */
+    raise(sig);
+    return 4; /* not reached */
+}
+
+/* True once pid has exited: gone, or a zombie nobody reaps (PID 1 in a container may not). */
+static bool
+exited(int pid)
+{
+    char path[64], stat[256];
+    const char *state;
+    FILE *f;
+    size_t n;
+
+    snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+    if ((f = fopen(path, "r")) == NULL) {
+        return true;
+    }
+    n = fread(stat, 1, sizeof(stat) - 1, f);
+    fclose(f);
+    stat[n] = '\0';
+    state = strrchr(stat, ')'); /* "pid (comm) S ..." */
+    return state == NULL || state[1] == '\0' || state[2] == 'Z' || state[2] == 'X';
+}
+
+/* A test process that dies of a signal takes its servers with it. */
+static void
+test_cleanup_on_death(void **state)
+{
+    static const int sigs[] = {SIGPIPE, SIGTERM, SIGSEGV};
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++) {
+        char cmd[PATH_MAX + 64];
+        int redis_pid = 0, status, gone = 0;
+        FILE *child;
+
+        snprintf(cmd, sizeof(cmd), "/proc/%d/exe --die-with %d 2>/dev/null", (int)getpid(),
+                 sigs[i]);
+        child = popen(cmd, "r");
+        assert_non_null(child);
+        assert_int_equal(fscanf(child, "%d", &redis_pid), 1);
+        assert_true(redis_pid > 0);
+        status = pclose(child);
+        assert_true(WIFSIGNALED(status) || WEXITSTATUS(status) != 0); /* it died, not returned */
+        for (int t = 0; t < 200 && !gone; t++) { /* reparented to init, which reaps it */
+            gone = exited(redis_pid);
+            if (!gone) {
+                struct timespec ts = {0, 10 * 1000000L};
+                nanosleep(&ts, NULL);
+            }
+        }
+        if (!gone) {
+            kill(redis_pid, SIGKILL);
+        }
+        assert_true(gone);
+    }
+}
+
 static int
 teardown(void **state)
 {
@@ -311,8 +390,12 @@ main(int argc, char **argv)
         cmocka_unit_test(test_free_port),         cmocka_unit_test(test_redis_lifecycle),
         cmocka_unit_test(test_pg_lifecycle),      cmocka_unit_test(test_proc_lifecycle),
         cmocka_unit_test(test_proc_wait_stopped), cmocka_unit_test(test_proc_start_failures),
-        cmocka_unit_test(test_port_in_use),
+        cmocka_unit_test(test_port_in_use),       cmocka_unit_test(test_cleanup_on_death),
     };
+
+    if (argc == 3 && strcmp(argv[1], "--die-with") == 0) {
+        return die_with_redis(atoi(argv[2]));
+    }
 
     if (argc < 2) {
         fprintf(stderr, "usage: %s path/to/svctest-server\n", argv[0]);

@@ -36,7 +36,8 @@ int testenv_free_port(void);
 
 /*
  * Kills every server still running at exit, on SIGINT, SIGTERM, SIGHUP,
- * SIGQUIT and SIGABRT, and on a sanitizer's fatal report, so that a failing
+ * SIGQUIT, SIGABRT and SIGPIPE, on a crash (SIGSEGV, SIGBUS, SIGFPE, SIGILL)
+ * and on a sanitizer's fatal report, so that a failing
  * test leaves no server behind (their temp dirs are kept and named on
  * stderr). Nothing can be done when the test itself is SIGKILLed. Call it
  * once, early in main; calling it again is a no-op.
