@@ -563,7 +563,6 @@ release_done(const lock_store_result_t *res, const svc_err_t *err, void *arg)
     release_ctx_t *ctx = arg;
     Lock__V1__ReleaseResponse resp = LOCK__V1__RELEASE_RESPONSE__INIT;
     lock_service_t *svc = ctx->svc;
-    char key[SVC_KEY_MAX + 1];
     keyq_t *q;
 
     (void)res;
@@ -571,16 +570,18 @@ release_done(const lock_store_result_t *res, const svc_err_t *err, void *arg)
         svc_call_fail(ctx->call, err);
         return;
     }
-    /* ctx lives in the call's arena, which the reply frees. */
-    snprintf(key, sizeof(key), "%s", ctx->key);
-    svc_call_reply(ctx->call, &resp.base);
-    /* Hand over to a waiter parked here without waiting for the channel's echo. */
+    /*
+     * Hand over to a waiter parked here without waiting for the channel's
+     * echo. Before the reply: once the last call has ended, shutdown may free
+     * svc while this thread would still be about to lock svc->mu.
+     */
     pthread_mutex_lock(&svc->mu);
-    q = keyq_get(svc, key, false);
+    q = keyq_get(svc, ctx->key, false);
     if (q != NULL) {
         keyq_kick(q);
     }
     pthread_mutex_unlock(&svc->mu);
+    svc_call_reply(ctx->call, &resp.base);
 }
 
 static void
