@@ -576,5 +576,6 @@ main(int argc, char **argv)
     }
     balance_path = argv[1];
     lock_path = argv[2];
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return testenv_group_result(
+        cmocka_run_group_tests(tests, setup, testenv_group_teardown(teardown)));
 }

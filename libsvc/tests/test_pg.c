@@ -730,5 +730,6 @@ main(void)
     };
 
     testenv_cleanup_on_exit();
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return testenv_group_result(
+        cmocka_run_group_tests(tests, setup, testenv_group_teardown(teardown)));
 }

@@ -30,6 +30,7 @@
 #include "svc/client.h"
 #include "svc/timer.h"
 #include "svctest/v1/svctest.pb-c.h"
+#include "testenv.h"
 
 extern char **environ;
 
@@ -694,5 +695,6 @@ main(int argc, char **argv)
     }
     server_path = argv[1];
     signal(SIGPIPE, SIG_IGN);
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return testenv_group_result(
+        cmocka_run_group_tests(tests, setup, testenv_group_teardown(teardown)));
 }

@@ -106,5 +106,6 @@ main(int argc, char **argv)
         return 2;
     }
     lock_svc_path = argv[1];
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return testenv_group_result(
+        cmocka_run_group_tests(tests, setup, testenv_group_teardown(teardown)));
 }

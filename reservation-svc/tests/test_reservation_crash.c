@@ -417,5 +417,6 @@ main(int argc, char **argv)
     rsv_path = argv[1];
     bal_path = argv[2];
     lock_path = argv[3];
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return testenv_group_result(
+        cmocka_run_group_tests(tests, setup, testenv_group_teardown(teardown)));
 }

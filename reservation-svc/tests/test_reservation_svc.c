@@ -1502,5 +1502,6 @@ main(int argc, char **argv)
     reservation_path = argv[1];
     balance_path = argv[2];
     lock_path = argv[3];
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return testenv_group_result(
+        cmocka_run_group_tests(tests, setup, testenv_group_teardown(teardown)));
 }

@@ -198,5 +198,6 @@ main(void)
         cmocka_unit_test(test_acknowledged_reservations),
         cmocka_unit_test(test_locks),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return testenv_group_result(
+        cmocka_run_group_tests(tests, setup, testenv_group_teardown(teardown)));
 }

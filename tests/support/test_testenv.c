@@ -404,5 +404,6 @@ main(int argc, char **argv)
     server_path = argv[1];
     signal(SIGPIPE, SIG_IGN);
     testenv_cleanup_on_exit();
-    return cmocka_run_group_tests(tests, NULL, teardown);
+    return testenv_group_result(
+        cmocka_run_group_tests(tests, NULL, testenv_group_teardown(teardown)));
 }

@@ -334,6 +334,40 @@ testenv_cleanup_on_exit(void)
 #endif
 }
 
+/* ------------------------------------------------------- group teardown */
+
+static testenv_fixture_fn group_teardown;
+static int group_teardown_failed;
+
+static int
+testenv__group_teardown(void **state)
+{
+    int rc = group_teardown != NULL ? group_teardown(state) : 0;
+
+    if (rc != 0) {
+        group_teardown_failed = 1;
+    }
+    return rc;
+}
+
+testenv_fixture_fn
+testenv_group_teardown(testenv_fixture_fn teardown)
+{
+    group_teardown = teardown;
+    return testenv__group_teardown;
+}
+
+int
+testenv_group_result(int cmocka_result)
+{
+    if (group_teardown_failed) {
+        fprintf(stderr, "testenv: the group teardown failed: a server did not exit cleanly"
+                        " (its log is kept, named above)\n");
+        return cmocka_result != 0 ? cmocka_result : 1;
+    }
+    return cmocka_result;
+}
+
 /* --------------------------------------------------------- processes */
 
 static void

@@ -44,6 +44,22 @@ int testenv_free_port(void);
  */
 void testenv_cleanup_on_exit(void);
 
+/*
+ * cmocka_run_group_tests leaves a failing group teardown out of its result:
+ * it prints "GROUP TEARDOWN" failed and still returns 0. Our teardowns check
+ * that every server exited cleanly (a sanitizer report makes the exit status
+ * non-zero), so that must fail the run:
+ *
+ *   return testenv_group_result(
+ *       cmocka_run_group_tests(tests, setup, testenv_group_teardown(teardown)));
+ *
+ * testenv_group_teardown returns a teardown that calls teardown and records a
+ * failure; testenv_group_result turns a recorded failure into a non-zero result.
+ */
+typedef int (*testenv_fixture_fn)(void **state);
+testenv_fixture_fn testenv_group_teardown(testenv_fixture_fn teardown);
+int testenv_group_result(int cmocka_result);
+
 /* ------------------------------------------------------------------ Redis */
 
 typedef struct {
