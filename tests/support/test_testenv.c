@@ -27,6 +27,7 @@
 #include "grpc/health/v1/health.pb-c.h"
 #include "svc/client.h"
 #include "testenv.h"
+#include "testenv_internal.h"
 
 static const char *server_path;
 
@@ -313,7 +314,7 @@ die_with_redis(int sig)
     if (testenv_redis_start(&r) != 0) {
         return 3;
     }
-    printf("%d\n", (int)r.pid);
+    printf("%d %s\n", (int)r.pid, r.dir);
     fflush(stdout);
     raise(sig);
     /* A fault's handler returns so that the fault repeats: here, the raise. */
@@ -351,13 +352,14 @@ test_cleanup_on_death(void **state)
     for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++) {
         char cmd[PATH_MAX + 64];
         int redis_pid = 0, status, gone = 0;
+        char dir[PATH_MAX];
         FILE *child;
 
         snprintf(cmd, sizeof(cmd), "/proc/%d/exe --die-with %d 2>/dev/null", (int)getpid(),
                  sigs[i]);
         child = popen(cmd, "r");
         assert_non_null(child);
-        assert_int_equal(fscanf(child, "%d", &redis_pid), 1);
+        assert_int_equal(fscanf(child, "%d %4095s", &redis_pid, dir), 2);
         assert_true(redis_pid > 0);
         status = pclose(child);
         assert_true(WIFSIGNALED(status) || WEXITSTATUS(status) != 0); /* it died, not returned */
@@ -372,6 +374,7 @@ test_cleanup_on_death(void **state)
             kill(redis_pid, SIGKILL);
         }
         assert_true(gone);
+        testenv__remove_dir(dir); /* kept for a post-mortem, which this is not */
     }
 }
 
