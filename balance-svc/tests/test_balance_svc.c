@@ -407,17 +407,9 @@ stream_thread(void *arg)
         if (after && s->ops[i].rc == 0) {
             atomic_fetch_add(&s->ok_after, 1);
         }
-        struct timespec ts = {0, 2 * 1000 * 1000};
-        nanosleep(&ts, NULL);
+        svc_sleep_ms(2);
     }
     return NULL;
-}
-
-static void
-sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
 }
 
 static void
@@ -435,15 +427,15 @@ test_postgres_restart_mid_storm(void **state)
         assert_int_equal(pthread_create(&t[i], NULL, stream_thread, &s), 0);
     }
     while (atomic_load(&s.next) < 300) {
-        sleep_ms(5);
+        svc_sleep_ms(5);
     }
     assert_int_equal(testenv_pg_kill(&pg), 0);
-    sleep_ms(500);
+    svc_sleep_ms(500);
     assert_int_equal(testenv_pg_restart(&pg), 0);
     atomic_store(&s.restarted, 1);
     /* Service comes back by itself: wait for 200 answers OK after the restart. */
     for (int i = 0; i < 3000 && atomic_load(&s.ok_after) < 200; i++) {
-        sleep_ms(10);
+        svc_sleep_ms(10);
     }
     atomic_store(&s.stop, 1);
     for (int i = 0; i < THREADS; i++) {
@@ -503,7 +495,7 @@ test_lock_svc_down_fails_closed(void **state)
         if (op.rc == 0) {
             break;
         }
-        sleep_ms(50);
+        svc_sleep_ms(50);
     }
     assert_int_equal(op.rc, 0);
     assert_int_equal(op.balance, 15);

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "svc/log.h"
+#include "svc/timer.h"
 
 /* One line, newline included; up to PIPE_BUF it reaches a pipe in one piece. */
 #define LOG_LINE_MAX 4096
@@ -561,16 +562,11 @@ svc_log_limit_take(svc_log_limit_t *lim, int64_t now_ms, long *dropped)
 void
 svc_logf_limited(svc_log_limit_t *lim, svc_log_level_t level, const char *fmt, ...)
 {
-    struct timespec ts;
     char text[512];
     long dropped;
     va_list ap;
 
-    if (!svc_log_enabled(level)) {
-        return;
-    }
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    if (!svc_log_limit_take(lim, (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000, &dropped)) {
+    if (!svc_log_enabled(level) || !svc_log_limit_take(lim, svc_now_mono_ms(), &dropped)) {
         return;
     }
     va_start(ap, fmt);

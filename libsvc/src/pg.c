@@ -630,17 +630,14 @@ pg__tx_once(PGconn *conn, svc_pg_tx_fn fn, void *arg, svc_err_t *err, bool *brok
 static int
 pg__backoff(int attempt, int64_t deadline_unix_ms)
 {
-    struct timespec now, nap;
+    struct timespec now;
     int64_t ms;
 
     clock_gettime(CLOCK_MONOTONIC, &now);
     ms = 1 + (int64_t)(now.tv_nsec / 1000) % ((int64_t)attempt * PG_TX_BACKOFF_MS);
     if (deadline_unix_ms != INT64_MAX && svc_now_unix_ms() + ms >= deadline_unix_ms)
         return -1;
-    nap.tv_sec = 0;
-    nap.tv_nsec = (long)ms * 1000000L;
-    while (nanosleep(&nap, &nap) != 0 && errno == EINTR) {
-    }
+    svc_sleep_ms(ms);
     return 0;
 }
 
@@ -874,8 +871,7 @@ svc_pg_migrate_wait(svc_pg_pool_t *pool, const svc_migration_t *m, int n, int pa
         if (i == 0) {
             svc_logf(SVC_LOG_WARN, "database not reachable yet, retrying: %s", err->msg);
         }
-        struct timespec ts = {1, 0};
-        nanosleep(&ts, NULL);
+        svc_sleep_ms(1000);
     }
     return -1;
 }

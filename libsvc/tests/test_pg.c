@@ -46,14 +46,6 @@ in_ms(int64_t ms)
 }
 
 static void
-sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-
-    nanosleep(&ts, NULL);
-}
-
-static void
 exec_ok(PGconn *conn, const char *sql)
 {
     PGresult *res = PQexec(conn, sql);
@@ -226,7 +218,7 @@ test_acquire_deadlines(void **state)
 
     /* A waiter is woken by a release, long before its deadline. */
     assert_int_equal(pthread_create(&t, NULL, waiter_thread, &w), 0);
-    sleep_ms(100);
+    svc_sleep_ms(100);
     t0 = svc_now_unix_ms();
     svc_pg_release(pool, held, false);
     assert_int_equal(pthread_join(t, NULL), 0);
@@ -551,7 +543,7 @@ test_database_killed_and_restarted(void **state)
     (void)state;
     assert_int_equal(svc_pg_tx(pool, in_ms(5000), noop_fn, NULL, &err), 0);
     assert_int_equal(pthread_create(&t, NULL, sleeper_thread, &s), 0);
-    sleep_ms(300);
+    svc_sleep_ms(300);
     assert_int_equal(testenv_pg_kill(&pg), 0);
     pthread_join(t, NULL);
     assert_int_equal(s.rc, -1);

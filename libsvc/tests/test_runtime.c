@@ -77,13 +77,6 @@ free_port(void)
     return -1;
 }
 
-static void
-sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
 static int
 health_check(svc_client_t *client, const char *service, int *status, svc_err_t *err)
 {
@@ -130,7 +123,7 @@ server_start(test_server_t *ts, const char *extra_flag)
         if (health_check(ts->client, "", &status, &err) == 0 && status == 1) {
             return;
         }
-        sleep_ms(50);
+        svc_sleep_ms(50);
     }
     fail_msg("server at %s did not become SERVING", ts->target);
 }
@@ -227,7 +220,7 @@ wait_started(test_server_t *ts, int64_t target)
         if (stats(ts).slow_started >= target) {
             return;
         }
-        sleep_ms(50);
+        svc_sleep_ms(50);
     }
     fail_msg("slow calls did not all start");
 }
@@ -344,7 +337,7 @@ test_deadline_is_seen_as_cancellation(void **state)
     /* Both handlers (one blocking, one parked) notice long before their 20 s delay. */
     for (int i = 0; i < 100 && stats(&main_server).slow_cancelled < before.slow_cancelled + 2;
          i++) {
-        sleep_ms(50);
+        svc_sleep_ms(50);
     }
     assert_int_equal(stats(&main_server).slow_cancelled, before.slow_cancelled + 2);
 }

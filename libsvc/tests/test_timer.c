@@ -23,13 +23,6 @@ record(void *arg)
 }
 
 static void
-wait_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-static void
 test_order_and_cancel(void **state)
 {
     svc_err_t err;
@@ -48,7 +41,7 @@ test_order_and_cancel(void **state)
     }
     assert_true(svc_timer_cancel(timers, &t[2]));  /* the 90 ms one */
     assert_false(svc_timer_cancel(timers, &t[2])); /* not twice */
-    wait_ms(400);
+    svc_sleep_ms(400);
     pthread_mutex_lock(&mu);
     assert_int_equal(n_fired, 4);
     assert_int_equal(order[0], 4);
@@ -74,7 +67,7 @@ test_not_early(void **state)
     n_fired = 0;
     t.heap_index = -1;
     svc_timer_start(timers, &t, 100, record, (void *)(intptr_t)7);
-    wait_ms(50);
+    svc_sleep_ms(50);
     pthread_mutex_lock(&mu);
     assert_int_equal(n_fired, 0);
     pthread_mutex_unlock(&mu);
@@ -85,7 +78,7 @@ test_not_early(void **state)
         if (fired == 1) {
             break;
         }
-        wait_ms(2);
+        svc_sleep_ms(2);
     }
     assert_true(svc_now_mono_ms() - start >= 100);
     svc_timers_destroy(timers);

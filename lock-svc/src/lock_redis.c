@@ -21,6 +21,7 @@
 
 #include "lock_redis.h"
 #include "svc/log.h"
+#include "svc/timer.h"
 
 #define MAX_ARGS 16
 #define RECONNECT_PAUSE_MS 100
@@ -69,15 +70,6 @@ struct lock_redis {
     sha_arg_t sha_args[MAX_SCRIPTS];
     int64_t last_fail_ms;
 };
-
-static int64_t
-now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void
 rcmd_free(rcmd_t *c)
@@ -231,7 +223,7 @@ send_cmd(lock_redis_t *r, rcmd_t *c)
         lens[argc] = c->lens[i];
         argc++;
     }
-    c->sent_ms = now_ms();
+    c->sent_ms = svc_now_mono_ms();
     if (r->ac == NULL || redisAsyncCommandArgv(r->ac, on_reply, c, argc, argv, lens) != REDIS_OK) {
         rcmd_finish(c, NULL);
         return;
@@ -325,7 +317,7 @@ on_connect(const redisAsyncContext *ac, int status)
         r->ever_up = true; /* said once; the next line is the recovery */
         r->ac = NULL;      /* hiredis frees it */
         r->registered = false;
-        r->last_fail_ms = now_ms();
+        r->last_fail_ms = svc_now_mono_ms();
         return;
     }
     if (!r->up) { /* the recovery is as loud as the loss it ends */
@@ -385,11 +377,11 @@ ensure_connection(lock_redis_t *r)
     if (r->ac != NULL) {
         return true;
     }
-    if (now_ms() - r->last_fail_ms < RECONNECT_PAUSE_MS) {
+    if (svc_now_mono_ms() - r->last_fail_ms < RECONNECT_PAUSE_MS) {
         return false;
     }
     if (r->opts.locate(r->opts.locate_arg, host, sizeof(host), &port) != 0) {
-        r->last_fail_ms = now_ms();
+        r->last_fail_ms = svc_now_mono_ms();
         return false;
     }
     snprintf(r->host, sizeof(r->host), "%s", host);
@@ -400,7 +392,7 @@ ensure_connection(lock_redis_t *r)
             redisAsyncFree(r->ac);
         }
         r->ac = NULL;
-        r->last_fail_ms = now_ms();
+        r->last_fail_ms = svc_now_mono_ms();
         return false;
     }
     r->ac->ev.data = r;
@@ -430,7 +422,7 @@ drop_connection(lock_redis_t *r, const char *why)
     redisAsyncFree(ac);
     r->ac = NULL;
     r->registered = false;
-    r->last_fail_ms = now_ms();
+    r->last_fail_ms = svc_now_mono_ms();
     /* Anything hiredis did not answer (it should have) is answered here. */
     while (r->flight_head != NULL) {
         rcmd_t *c = r->flight_head;
@@ -500,7 +492,8 @@ loop_thread(void *arg)
             r->drop = false;
             drop_connection(r, "redis refused the connection setup or is not the master");
         }
-        if (r->flight_head != NULL && now_ms() - r->flight_head->sent_ms > r->opts.timeout_ms) {
+        if (r->flight_head != NULL &&
+            svc_now_mono_ms() - r->flight_head->sent_ms > r->opts.timeout_ms) {
             drop_connection(r, "no reply in time");
         }
     }

@@ -19,6 +19,7 @@
 #include "lock_redis.h"
 #include "lock_store.h"
 #include "svc/log.h"
+#include "svc/timer.h"
 
 #define CONNECT_TIMEOUT_MS 500
 #define COMMAND_TIMEOUT_MS 800
@@ -888,12 +889,6 @@ lock_store_new_token(char *buf)
 
 /* ---------- the release channel ---------- */
 
-static void
-sub_sleep_ms(int ms)
-{
-    poll(NULL, 0, ms);
-}
-
 /* Reads one reply, waiting at most timeout_ms. 1 got one, 0 timed out, -1 broken. */
 static int
 sub_read(redisContext *c, int timeout_ms, redisReply **reply)
@@ -1029,7 +1024,7 @@ sub_thread(void *arg)
             svc_logf(SVC_LOG_WARN, "release channel lost, reconnecting");
             was_down = true;
         }
-        sub_sleep_ms(200);
+        svc_sleep_ms(200);
     }
     return NULL;
 }

@@ -25,13 +25,6 @@ static testenv_sentinel_t sentinels;
 static testenv_proc_t lock_proc;
 
 static void
-sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-static void
 test_follows_the_master_through_a_failover(void **state)
 {
     svc_lock_opts_t opts = {.owner = "sentinel", .lease_ms = 500};
@@ -57,7 +50,7 @@ test_follows_the_master_through_a_failover(void **state)
     for (int i = 0; i < 200 && rc != 0; i++) {
         rc = svc_lock_acquire(client, "sentinel:key", &opts, &after, &err);
         if (rc != 0) {
-            sleep_ms(100);
+            svc_sleep_ms(100);
         }
     }
     fprintf(stderr, "failover: lock-svc served again %lld ms after the master was killed\n",

@@ -29,13 +29,6 @@ static testenv_proc_t inst[2];
 static svc_client_t *client[2];
 
 static void
-sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-static void
 start_instance(int i)
 {
     char url[128], env_url[160];
@@ -82,7 +75,7 @@ static void
 wait_for_waiters(int i, const char *key, int n)
 {
     for (int t = 0; t < 500 && waiters_on(i, key) != n; t++) {
-        sleep_ms(10);
+        svc_sleep_ms(10);
     }
     assert_int_equal(waiters_on(i, key), n);
 }
@@ -220,7 +213,7 @@ waiter_thread(void *arg)
         pthread_mutex_lock(&order_mu);
         grant_order[n_granted++] = job->order_slot;
         pthread_mutex_unlock(&order_mu);
-        sleep_ms(20);
+        svc_sleep_ms(20);
         svc_err_t err;
         job->release_rc = svc_lock_release(client[job->instance], &job->lock, NULL, &err);
     }
@@ -368,7 +361,7 @@ test_tokens_and_leases(void **state)
     assert_int_equal(info.fence, lock.fence);
 
     /* The lease runs out: the lock is free without a release. */
-    sleep_ms(450);
+    svc_sleep_ms(450);
     assert_int_equal(svc_lock_acquire(client[0], "codes:a", &other, &second, &err), 0);
     assert_true(second.fence > lock.fence);
     /* The first holder's token no longer works: NOT_FOUND would be wrong, it is someone else's. */
@@ -552,7 +545,7 @@ test_redis_down_then_back_empty(void **state)
     for (int i = 0; i < 100 && rc != 0; i++) {
         rc = svc_lock_acquire(client[0], "redis:gone", &opts, &after, &err);
         if (rc != 0) {
-            sleep_ms(50);
+            svc_sleep_ms(50);
         }
     }
     assert_int_equal(rc, 0); /* the old holder's lock went with the data */

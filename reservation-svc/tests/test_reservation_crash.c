@@ -33,13 +33,6 @@ static testenv_proc_t lock_proc, bal_proc, crashy, inst_b, inst_c, quick;
 static svc_client_t *balance;
 static atomic_llong next_user = 5000;
 
-static void
-sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
 static svc_client_t *
 client_of(testenv_proc_t *p)
 {
@@ -193,7 +186,7 @@ test_crash_after_spend_then_retry(void **state)
     assert_int_equal(pay(dying, r, user, &payment, &code), -1);
     assert_int_equal(code, SVC_UNAVAILABLE); /* the instance died mid-call */
     for (int i = 0; i < 100 && testenv_proc_alive(&crashy); i++) {
-        sleep_ms(20);
+        svc_sleep_ms(20);
     }
     assert_false(testenv_proc_alive(&crashy));
     assert_int_equal(spends_for(r), 1);         /* balance-svc had charged */
@@ -285,7 +278,7 @@ race_thread(void *arg)
 {
     race_job_t *j = arg;
 
-    sleep_ms(j->delay_ms);
+    svc_sleep_ms(j->delay_ms);
     (void)pay(j->client, j->reservation, j->user, &j->payment, &j->code);
     return NULL;
 }

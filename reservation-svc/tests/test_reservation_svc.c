@@ -76,14 +76,6 @@ new_user(void)
     return atomic_fetch_add(&next_user, 1);
 }
 
-static void
-sleep_ms(int64_t ms)
-{
-    struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
-
-    nanosleep(&ts, NULL);
-}
-
 /* ---------- calls ---------- */
 
 /* One ReservationService call; auth, when not NULL, is the authorization header. */
@@ -965,7 +957,7 @@ test_hold_expires(void **state)
 
     /* Past expires_at_ms the seat reads available at once, sweeper or not. */
     while (svc_now_unix_ms() < first->expires_at_ms + 300) {
-        sleep_ms(50);
+        svc_sleep_ms(50);
     }
     seats = list_seats(&ttl_rsv, arena, sched, 0);
     expect_seat(seats, 3, SEAT_AVAILABLE);
@@ -1007,7 +999,7 @@ test_expired_seat_storm(void **state)
 
     expect_ok("HoldSeats", hold(&ttl_rsv, arena, new_user(), sched, one, 1, &first, &err), &err);
     while (svc_now_unix_ms() < first->expires_at_ms + 100) {
-        sleep_ms(20);
+        svc_sleep_ms(20);
     }
     for (int i = 0; i < N; i++) {
         ops[i].r = &ttl_rsv;
@@ -1283,7 +1275,7 @@ test_pay_expired_hold(void **state)
     top_up(arena, late, 5000);
     expect_ok("HoldSeats", hold(&ttl_rsv, arena, late, sched, one, 1, &held, &err), &err);
     while (svc_now_unix_ms() < held->expires_at_ms + 300) {
-        sleep_ms(50);
+        svc_sleep_ms(50);
     }
     expect_code("PayReservation of an expired hold",
                 pay(&ttl_rsv, arena, held->id, late, "k-late", &paid, &err), &err,

@@ -25,6 +25,7 @@
 
 #include "balance/v1/balance.pb-c.h"
 #include "bench_common.h"
+#include "svc/timer.h"
 #include "svc/arena.h"
 #include "svc/client.h"
 #include "svc/config.h"
@@ -580,7 +581,7 @@ fund_accounts(const bench_run_t *scenario, const int64_t pids[N_PROCS])
                     run.n_accounts, run.name, res.err.n, res.err.first.msg);
             exit(1);
         }
-        usleep(100000);
+        svc_sleep_ms(100);
     }
 }
 

@@ -370,24 +370,6 @@ cf_cancel(svc_client_t *c, cf_tally_t *t, int64_t reservation, int64_t user)
     return code;
 }
 
-int
-cf_reservation_status(svc_client_t *c, int64_t reservation)
-{
-    Reservation__V1__GetReservationRequest req = RESERVATION__V1__GET_RESERVATION_REQUEST__INIT;
-    ProtobufCMessage *resp = NULL;
-    call_t call;
-    int status = -1;
-
-    req.reservation_id = reservation;
-    call_begin(&call, 0, NULL, 0);
-    if (call_run(&call, c, NULL, "/reservation.v1.ReservationService/GetReservation", &req.base,
-                 &reservation__v1__get_reservation_response__descriptor, &resp) == SVC_OK) {
-        status = (int)((Reservation__V1__GetReservationResponse *)resp)->reservation->status;
-    }
-    call_end(&call);
-    return status;
-}
-
 svc_status_t
 cf_lock_acquire(svc_client_t *c, cf_tally_t *t, const char *key, int64_t lease_ms, int64_t wait_ms,
                 svc_lock_t *out)
@@ -532,13 +514,4 @@ cf_parallel(int n, void *(*fn)(void *), void *args, size_t arg_size)
     }
     pthread_attr_destroy(&attr);
     free(t);
-}
-
-void
-cf_sleep_ms(int64_t ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-
-    while (nanosleep(&ts, &ts) != 0) {
-    }
 }

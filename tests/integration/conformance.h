@@ -99,8 +99,6 @@ svc_status_t cf_hold(svc_client_t *c, cf_tally_t *t, int64_t user, int64_t sched
 svc_status_t cf_pay(svc_client_t *c, cf_tally_t *t, int64_t reservation, int64_t user,
                     const char *key, int64_t timeout_ms, int64_t *payment_id);
 svc_status_t cf_cancel(svc_client_t *c, cf_tally_t *t, int64_t reservation, int64_t user);
-/* The reservation's status (1 held, 2 confirmed, 3 cancelled, 4 expired), or -1. */
-int cf_reservation_status(svc_client_t *c, int64_t reservation);
 svc_status_t cf_lock_acquire(svc_client_t *c, cf_tally_t *t, const char *key, int64_t lease_ms,
                              int64_t wait_ms, svc_lock_t *out);
 svc_status_t cf_lock_release(svc_client_t *c, cf_tally_t *t, const svc_lock_t *lock);
@@ -174,7 +172,6 @@ int64_t cf_new_user(void);
 void cf_unique(char *buf, size_t len, const char *prefix);
 /* Runs fn(arg_i) on n threads (small stacks) and joins them. */
 void cf_parallel(int n, void *(*fn)(void *), void *args, size_t arg_size);
-void cf_sleep_ms(int64_t ms);
 
 /* The scenarios, in the order the table lists them. */
 extern const cf_scenario_t cf_scenarios[];

@@ -48,16 +48,16 @@ outage_thread(void *arg)
 {
     outage_t *o = arg;
 
-    cf_sleep_ms(1000);
+    svc_sleep_ms(1000);
     o->rc = o->down(o->target);
     if (o->rc == 0) {
         atomic_store(o->phase, PHASE_DOWN);
-        cf_sleep_ms(o->down_ms);
+        svc_sleep_ms(o->down_ms);
         o->rc = o->up(o->target);
     }
     if (o->rc == 0) {
         atomic_store(o->phase, PHASE_AFTER);
-        cf_sleep_ms(2000);
+        svc_sleep_ms(2000);
     }
     atomic_store(o->stop, true);
     return NULL;
@@ -159,7 +159,7 @@ release_hold(seat_storm_t *s, int64_t user, int64_t reservation)
         if (code == SVC_OK) {
             return;
         }
-        cf_sleep_ms(20);
+        svc_sleep_ms(20);
     }
     atomic_fetch_add(&s->cancel_failed, 1);
 }
@@ -181,7 +181,7 @@ seat_client(void *arg)
         note_max(&s->slowest_ms[phase], (long)(svc_now_mono_ms() - t0));
         if (code == SVC_UNAVAILABLE) {
             atomic_fetch_add(&s->unavailable[phase], 1);
-            cf_sleep_ms(5); /* a client backs off a little when told the service is down */
+            svc_sleep_ms(5); /* a client backs off a little when told the service is down */
         }
         if (code != SVC_OK) {
             continue;
@@ -372,7 +372,7 @@ money_client(void *arg)
         cf_unique(op.key, sizeof(op.key), op.top_up ? "pg-topup" : "pg-spend");
         while (send_op(s, &op), op.state == OP_UNKNOWN && !atomic_load(&s->stop)) {
             atomic_fetch_add(&s->retries, 1);
-            cf_sleep_ms(20);
+            svc_sleep_ms(20);
         }
         keep_op(c, &op);
     }
@@ -424,7 +424,7 @@ resolve_unknown(money_storm_t *s, money_client_t *clients, int n)
             }
         }
         if (count_unknown(clients, n) > 0) {
-            cf_sleep_ms(100);
+            svc_sleep_ms(100);
         }
     }
     return count_unknown(clients, n);
@@ -598,7 +598,7 @@ payer(void *arg)
     }
     while (p->last_code != SVC_OK && is_retryable(p->last_code) && svc_now_mono_ms() < give_up_at) {
         svc_client_t *c = p->attempts % 2 ? run->second : run->first;
-        cf_sleep_ms(50);
+        svc_sleep_ms(50);
         p->last_code = cf_pay(c, run->tally, p->reservation, p->user, p->key, PAY_TIMEOUT_MS, NULL);
         p->attempts++;
     }
@@ -636,11 +636,11 @@ killer(void *arg)
     int64_t t0;
 
     while (atomic_load(&job->run->started) < job->n_payers) {
-        cf_sleep_ms(1);
+        svc_sleep_ms(1);
     }
     t0 = svc_now_mono_ms();
     while (atomic_load(&job->run->answered_ok) == 0 && svc_now_mono_ms() - t0 < KILL_WAIT_MS) {
-        cf_sleep_ms(1);
+        svc_sleep_ms(1);
     }
     job->wait_ms = svc_now_mono_ms() - t0;
     job->rc = testenv_proc_kill(&job->stack->reservation[0]);

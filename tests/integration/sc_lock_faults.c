@@ -71,7 +71,7 @@ ph_round(cf_stack_t *s, cf_tally_t *t, cf_acks_t *acks, int64_t schedule, int32_
     if (!stopped) {
         cf_violation(t, "paused_holder (%s): instance 0 never stopped at hold_after_lock", what);
     } else {
-        cf_sleep_ms(PH_PAST_LEASE_MS);
+        svc_sleep_ms(PH_PAST_LEASE_MS);
         code = cf_hold(c1, t, user, schedule, &seat, 1, 0, &held);
         if (code == SVC_OK) {
             cf_ack_held(acks, held);
@@ -207,7 +207,7 @@ lk_use(lk_shared_t *sh, const svc_lock_t *l, const char *who, int hold_ms)
         sh->last_fence = l->fence;
     }
     pthread_mutex_unlock(&sh->mu);
-    cf_sleep_ms(hold_ms);
+    svc_sleep_ms(hold_ms);
     atomic_fetch_sub(&sh->holders, 1); /* before the release: the next grant may come at once */
     if ((code = cf_lock_release(sh->c1, sh->t, l)) != SVC_OK) {
         cf_violation(sh->t, "lock_svc_kill: %s's release answered %s", who, svc_status_name(code));
@@ -291,7 +291,7 @@ lk_check_restarted(lk_shared_t *sh)
     do {
         code = cf_lock_acquire(sh->c0, sh->t, sh->key, LK_LEASE_MS, 1000, &l);
         if (code == SVC_UNAVAILABLE) {
-            cf_sleep_ms(200);
+            svc_sleep_ms(200);
         }
     } while (code == SVC_UNAVAILABLE && svc_now_mono_ms() < until);
     if (code != SVC_OK) {
@@ -362,9 +362,9 @@ sc_lock_svc_kill(cf_ctx_t *ctx, cf_tally_t *t)
      */
     until = svc_now_mono_ms() + LK_PARK_TIMEOUT_MS;
     while ((parked = lk_waiters(sh.c1, sh.key)) < started && svc_now_mono_ms() < until) {
-        cf_sleep_ms(50);
+        svc_sleep_ms(50);
     }
-    cf_sleep_ms(300);
+    svc_sleep_ms(300);
     parked = lk_waiters(sh.c1, sh.key);
     if (parked < started) {
         fprintf(stderr, "lock_svc_kill: note: GetLock counts %d waiters, %d are parked\n", parked,
@@ -373,7 +373,7 @@ sc_lock_svc_kill(cf_ctx_t *ctx, cf_tally_t *t)
     atomic_store(&sh.killed_at, svc_now_mono_ms());
     testenv_proc_kill(&stack.lock[0]);
     /* The failed-over waiters queue behind the holder on instance 1, then it lets go. */
-    cf_sleep_ms(500);
+    svc_sleep_ms(500);
     atomic_fetch_sub(&sh.holders, 1);
     if ((code = cf_lock_release(sh.c1, t, &holder)) != SVC_OK) {
         cf_violation(t, "lock_svc_kill: the holder's release answered %s", svc_status_name(code));

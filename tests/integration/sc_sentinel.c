@@ -137,7 +137,7 @@ locker(worker_t *w)
         count_code(r, 0, phase, code);
         if (code != SVC_OK) {
             if (code == SVC_UNAVAILABLE) {
-                cf_sleep_ms(20 + rand_r(&seed) % 30); /* fast refusals: no busy loop */
+                svc_sleep_ms(20 + rand_r(&seed) % 30); /* fast refusals: no busy loop */
             }
             continue;
         }
@@ -147,7 +147,7 @@ locker(worker_t *w)
             long long zero = 0;
             atomic_compare_exchange_strong(&r->served_again[inst], &zero, svc_now_mono_ms());
         }
-        cf_sleep_ms(rand_r(&seed) % 5); /* the critical section */
+        svc_sleep_ms(rand_r(&seed) % 5); /* the critical section */
         pthread_mutex_lock(&r->mu);
         r->keys[k].held_since[w->id] = 0;
         pthread_mutex_unlock(&r->mu);
@@ -164,7 +164,7 @@ static void
 cancel(sentinel_run_t *r, int64_t id, int64_t user, unsigned *seed)
 {
     while (cf_cancel(r->reservation, r->t, id, user) == SVC_UNAVAILABLE && !atomic_load(&r->stop)) {
-        cf_sleep_ms(20 + rand_r(seed) % 30);
+        svc_sleep_ms(20 + rand_r(seed) % 30);
     }
 }
 
@@ -190,7 +190,7 @@ seat_taker(worker_t *w)
         if (code == SVC_OK) {
             cf_ack_held(&r->acks, id);
             atomic_fetch_add(&r->holds[phase], 1);
-            cf_sleep_ms(rand_r(&seed) % 20);
+            svc_sleep_ms(rand_r(&seed) % 20);
             /*
              * Holds are cancelled so the 20 seats keep changing hands, but a
              * few takers keep their latest one (at most KEEPERS holds at a
@@ -205,7 +205,7 @@ seat_taker(worker_t *w)
                 cancel(r, id, user, &seed);
             }
         } else if (code == SVC_UNAVAILABLE) {
-            cf_sleep_ms(20 + rand_r(&seed) % 30);
+            svc_sleep_ms(20 + rand_r(&seed) % 30);
         }
     }
 }
@@ -221,7 +221,7 @@ conductor(worker_t *w)
     int64_t t_kill, t_promoted, deadline;
     bool all_served = false;
 
-    cf_sleep_ms(quick ? 1000 : 1500);
+    svc_sleep_ms(quick ? 1000 : 1500);
     if (primary == NULL) {
         cf_violation(r->t, "the Sentinels name no primary of ours (port %d)", old_port);
         atomic_store(&r->stop, true);
@@ -254,7 +254,7 @@ conductor(worker_t *w)
             all_served &= atomic_load(&r->served_again[i]) != 0;
         }
         if (!all_served) {
-            cf_sleep_ms(50);
+            svc_sleep_ms(50);
         }
     }
     for (int i = 0; i < r->n_lock; i++) {
@@ -268,7 +268,7 @@ conductor(worker_t *w)
                     at - t_kill);
         }
     }
-    cf_sleep_ms(quick ? 1500 : 2500); /* the storms on the new primary for a while */
+    svc_sleep_ms(quick ? 1500 : 2500); /* the storms on the new primary for a while */
     atomic_store(&r->stop, true);
 }
 

@@ -26,6 +26,7 @@
 
 #include "grpc/health/v1/health.pb-c.h"
 #include "svc/client.h"
+#include "svc/timer.h"
 #include "testenv.h"
 #include "testenv_internal.h"
 
@@ -219,7 +220,7 @@ test_proc_lifecycle(void **state)
     assert_int_equal(testenv_proc_restart(&p), 0);
     assert_int_equal(testenv_proc_signal(&p, SIGKILL), 0);
     while (testenv_proc_alive(&p)) {
-        usleep(10000);
+        svc_sleep_ms(10);
     }
     snprintf(log_path, sizeof(log_path), "%s", p.log_path);
     port = testenv_proc_stop(&p);
@@ -366,8 +367,7 @@ test_cleanup_on_death(void **state)
         for (int t = 0; t < 200 && !gone; t++) { /* reparented to init, which reaps it */
             gone = exited(redis_pid);
             if (!gone) {
-                struct timespec ts = {0, 10 * 1000000L};
-                nanosleep(&ts, NULL);
+                svc_sleep_ms(10);
             }
         }
         if (!gone) {

@@ -58,24 +58,6 @@ testenv__fail(const char *fmt, ...)
     fprintf(stderr, "testenv: %s\n", line);
 }
 
-int64_t
-testenv__now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-void
-testenv__sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
-}
-
 static int
 testenv__keep(void)
 {
@@ -470,7 +452,7 @@ testenv__reaped(pid_t pid, int *status)
 static int
 testenv__wait_exit(pid_t pid, int timeout_ms, int *status)
 {
-    int64_t deadline = testenv__now_ms() + timeout_ms;
+    int64_t deadline = svc_now_mono_ms() + timeout_ms;
 
     for (;;) {
         pid_t r = waitpid(pid, status, WNOHANG);
@@ -481,10 +463,10 @@ testenv__wait_exit(pid_t pid, int timeout_ms, int *status)
             }
             return 1;
         }
-        if (testenv__now_ms() >= deadline) {
+        if (svc_now_mono_ms() >= deadline) {
             return 0;
         }
-        testenv__sleep_ms(10);
+        svc_sleep_ms(10);
     }
 }
 
@@ -526,7 +508,7 @@ testenv__launch(const testenv__launch_t *l)
 {
     testenv__child_t child = l->child;
     long offset = testenv__file_size(child.log_path);
-    int64_t deadline = testenv__now_ms() + l->timeout_ms;
+    int64_t deadline = svc_now_mono_ms() + l->timeout_ms;
     pid_t pid = testenv__spawn(&child);
     int status;
     char how[96];
@@ -548,13 +530,13 @@ testenv__launch(const testenv__launch_t *l)
         if (l->ready(l->arg)) {
             return pid;
         }
-        if (testenv__now_ms() >= deadline) {
+        if (svc_now_mono_ms() >= deadline) {
             testenv__kill_wait(pid, NULL);
             testenv__fail("%s was not ready within %d s; killed it", l->what, l->timeout_ms / 1000);
             testenv__print_tail(child.log_path);
             return -1;
         }
-        testenv__sleep_ms(20);
+        svc_sleep_ms(20);
     }
 }
 
@@ -597,7 +579,7 @@ testenv_free_port(void)
 
     pthread_mutex_lock(&mu);
     if (seed == 0) {
-        seed = (unsigned)getpid() ^ (unsigned)time(NULL) ^ (unsigned)testenv__now_ms();
+        seed = (unsigned)getpid() ^ (unsigned)time(NULL) ^ (unsigned)svc_now_mono_ms();
     }
     for (int attempt = 0; attempt < 1000; attempt++) {
         int port = 20000 + (int)(rand_r(&seed) % 12000), taken = 0, fd;
@@ -968,7 +950,7 @@ testenv__proc_state(pid_t pid)
 int
 testenv_proc_wait_stopped(testenv_proc_t *p, int timeout_ms)
 {
-    int64_t deadline = testenv__now_ms() + timeout_ms;
+    int64_t deadline = svc_now_mono_ms() + timeout_ms;
 
     if (p->pid <= 0) {
         testenv__fail("%s is not running", p->binary[0] != '\0' ? p->binary : "process");
@@ -988,10 +970,10 @@ testenv_proc_wait_stopped(testenv_proc_t *p, int timeout_ms)
             testenv__fail("%s exited instead of stopping", p->binary);
             return -1;
         }
-        if (testenv__now_ms() >= deadline) {
+        if (svc_now_mono_ms() >= deadline) {
             testenv__fail("%s was not stopped within %d ms", p->binary, timeout_ms);
             return -1;
         }
-        testenv__sleep_ms(10);
+        svc_sleep_ms(10);
     }
 }

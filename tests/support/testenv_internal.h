@@ -9,6 +9,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "svc/timer.h" /* svc_now_mono_ms, svc_sleep_ms */
+
 #define STOP_MS 30000
 #define PORT_ATTEMPTS 5
 /* Launch result: the server exited because its port was taken meanwhile. */
@@ -44,8 +46,6 @@ typedef struct {
 
 /* Prints "testenv: <message>" to stderr. */
 void testenv__fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-int64_t testenv__now_ms(void);
-void testenv__sleep_ms(int ms);
 /* Makes a 0700 dir "$TMPDIR/testenv-<what>.XXXXXX" (or under /tmp) into out. */
 int testenv__make_dir(const char *what, char *out, size_t len);
 /* rm -rf dir (unless TESTENV_KEEP is set); then dir is "". */

@@ -355,17 +355,17 @@ testenv__children(pid_t parent, pid_t *out, int max)
 static void
 testenv__wait_gone(const pid_t *pids, int n)
 {
-    int64_t deadline = testenv__now_ms() + 10000;
+    int64_t deadline = svc_now_mono_ms() + 10000;
 
     for (int i = 0; i < n; i++) {
         char state;
         pid_t ppid;
         while (testenv__proc_stat(pids[i], &state, &ppid) == 0 && state != 'Z' && state != 'X') {
-            if (testenv__now_ms() >= deadline) {
+            if (svc_now_mono_ms() >= deadline) {
                 testenv__fail("postgres child %d still runs after SIGKILL", (int)pids[i]);
                 return;
             }
-            testenv__sleep_ms(5);
+            svc_sleep_ms(5);
         }
     }
 }

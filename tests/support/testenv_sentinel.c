@@ -217,14 +217,14 @@ testenv_sentinel_start(testenv_sentinel_t *s)
         goto fail;
     }
     freeReplyObject(r);
-    deadline = testenv__now_ms() + LINK_WAIT_MS;
+    deadline = svc_now_mono_ms() + LINK_WAIT_MS;
     while (!testenv__replica_linked(s->redis[1].port)) {
-        if (testenv__now_ms() >= deadline) {
+        if (svc_now_mono_ms() >= deadline) {
             testenv__fail("the replica on port %d did not link to the primary within %d s",
                           s->redis[1].port, LINK_WAIT_MS / 1000);
             goto fail;
         }
-        testenv__sleep_ms(POLL_MS);
+        svc_sleep_ms(POLL_MS);
     }
     for (int i = 0; i < TESTENV_SENTINELS; i++) {
         if (testenv__sentinel_proc_start(s, &s->sentinel[i], s->redis[0].port) != 0) {
@@ -232,7 +232,7 @@ testenv_sentinel_start(testenv_sentinel_t *s)
         }
     }
     /* The Sentinels find the replica (INFO) and each other (hello messages, every 2 s). */
-    deadline = testenv__now_ms() + QUORUM_WAIT_MS;
+    deadline = svc_now_mono_ms() + QUORUM_WAIT_MS;
     while (settled < TESTENV_SENTINELS) {
         settled = 0;
         for (int i = 0; i < TESTENV_SENTINELS; i++) {
@@ -241,13 +241,13 @@ testenv_sentinel_start(testenv_sentinel_t *s)
         if (settled == TESTENV_SENTINELS) {
             break;
         }
-        if (testenv__now_ms() >= deadline) {
+        if (svc_now_mono_ms() >= deadline) {
             testenv__fail("only %d of %d Sentinels saw the replica and reached quorum within %d s",
                           settled, TESTENV_SENTINELS, QUORUM_WAIT_MS / 1000);
             fprintf(stderr, "testenv: Sentinel logs in %s (and its peers)\n", s->sentinel[0].dir);
             goto fail;
         }
-        testenv__sleep_ms(100);
+        svc_sleep_ms(100);
     }
     return 0;
 
@@ -301,19 +301,19 @@ testenv__is_master(int port)
 int
 testenv_sentinel_wait_failover(const testenv_sentinel_t *s, int old_port, int timeout_ms)
 {
-    int64_t deadline = testenv__now_ms() + timeout_ms;
+    int64_t deadline = svc_now_mono_ms() + timeout_ms;
 
     for (;;) {
         int port = testenv_sentinel_master_port(s);
         if (port > 0 && port != old_port && testenv__is_master(port)) {
             return port;
         }
-        if (testenv__now_ms() >= deadline) {
+        if (svc_now_mono_ms() >= deadline) {
             testenv__fail("the Sentinels agreed on no primary other than port %d within %d ms",
                           old_port, timeout_ms);
             return -1;
         }
-        testenv__sleep_ms(POLL_MS);
+        svc_sleep_ms(POLL_MS);
     }
 }
 

@@ -41,5 +41,7 @@ bool svc_timer_cancel(svc_timers_t *timers, svc_timer_t *timer);
 int64_t svc_now_mono_ms(void);
 /* Unix milliseconds. */
 int64_t svc_now_unix_ms(void);
+/* Sleeps ms milliseconds (<= 0: not at all), resuming after a signal. */
+void svc_sleep_ms(int64_t ms);
 
 #endif
