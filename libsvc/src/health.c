@@ -226,15 +226,10 @@ int
 svc__health_register(svc_server_t *server, svc_health_t *health, svc_err_t *err)
 {
     static const svc_handler_t handlers[] = {
-        {SVC_METHOD_UNARY, health__check, NULL, 1},
-        {SVC_METHOD_SERVER_STREAM, health__watch, NULL, 1},
+        {"Check", SVC_METHOD_UNARY, health__check, NULL, 1},
+        {"Watch", SVC_METHOD_SERVER_STREAM, health__watch, NULL, 1},
     };
-    const ProtobufCServiceDescriptor *desc = &grpc__health__v1__health__descriptor;
 
-    /* protobuf-c lists methods in .proto order: Check, Watch. */
-    if (desc->n_methods != 2 || strcmp(desc->methods[0].name, "Check") != 0) {
-        svc_err_set(err, SVC_INTERNAL, "unexpected health descriptor");
-        return -1;
-    }
-    return svc_server_add_service(server, desc, handlers, health, err);
+    return svc_server_add_service(server, &grpc__health__v1__health__descriptor, handlers,
+                                  sizeof(handlers) / sizeof(handlers[0]), health, err);
 }

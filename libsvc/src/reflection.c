@@ -172,7 +172,8 @@ svc_reflection_t *
 svc__reflection_register(svc_server_t *server, const unsigned char *set, size_t set_len,
                          svc_err_t *err)
 {
-    static const svc_handler_t handler = {SVC_METHOD_BIDI_STREAM, reflection__info, NULL, 0};
+    static const svc_handler_t handler = {"ServerReflectionInfo", SVC_METHOD_BIDI_STREAM,
+                                          reflection__info, NULL, 0};
     const ProtobufCMessageDescriptor *in =
         &grpc__reflection__v1__server_reflection_request__descriptor;
     const ProtobufCMessageDescriptor *out =

@@ -1122,8 +1122,21 @@ svc_server_add_method(svc_server_t *s, const char *path, const ProtobufCMessageD
 
 int
 svc_server_add_service(svc_server_t *s, const ProtobufCServiceDescriptor *desc,
-                       const svc_handler_t *handlers, void *user, svc_err_t *err)
+                       const svc_handler_t *handlers, size_t n_handlers, void *user, svc_err_t *err)
 {
+    if (n_handlers != desc->n_methods) {
+        svc_err_set(err, SVC_INTERNAL, "%s has %u methods, %zu handlers were given", desc->name,
+                    desc->n_methods, n_handlers);
+        return -1;
+    }
+    for (unsigned i = 0; i < desc->n_methods; i++) {
+        if (handlers[i].method == NULL || strcmp(handlers[i].method, desc->methods[i].name) != 0) {
+            svc_err_set(err, SVC_INTERNAL, "method %u of %s is %s, its handler is for %s", i,
+                        desc->name, desc->methods[i].name,
+                        handlers[i].method != NULL ? handlers[i].method : "(unnamed)");
+            return -1;
+        }
+    }
     for (unsigned i = 0; i < desc->n_methods; i++) {
         char path[512];
         snprintf(path, sizeof(path), "/%s/%s", desc->name, desc->methods[i].name);

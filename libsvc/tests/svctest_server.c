@@ -15,6 +15,7 @@
 #include "svc/config.h"
 #include "svc/log.h"
 #include "svc/server.h"
+#include "svc/timer.h"
 #include "svctest/v1/svctest.pb-c.h"
 
 extern const unsigned char svctest_descriptor_set[];
@@ -137,8 +138,7 @@ slow(svc_call_t *call, const ProtobufCMessage *msg, void *user)
             slow_cancelled_end(call);
             return;
         }
-        struct timespec ts = {0, 20 * 1000 * 1000}; /* 500 sleepers must not swamp 2 CPUs */
-        nanosleep(&ts, NULL);
+        svc_sleep_ms(20); /* 500 sleepers must not swamp 2 CPUs */
     }
     slow_reply(call, started);
 }
@@ -197,9 +197,11 @@ int
 main(int argc, char **argv)
 {
     static const svc_handler_t handlers[] = {
-        {SVC_METHOD_UNARY, echo, NULL, 0},          {SVC_METHOD_UNARY, slow, NULL, 0},
-        {SVC_METHOD_SERVER_STREAM, count, NULL, 0}, {SVC_METHOD_BIDI_STREAM, chat, NULL, 0},
-        {SVC_METHOD_UNARY, stats, NULL, 0},
+        {"Echo", SVC_METHOD_UNARY, echo, NULL, 0},
+        {"Slow", SVC_METHOD_UNARY, slow, NULL, 0},
+        {"Count", SVC_METHOD_SERVER_STREAM, count, NULL, 0},
+        {"Chat", SVC_METHOD_BIDI_STREAM, chat, NULL, 0},
+        {"Stats", SVC_METHOD_UNARY, stats, NULL, 0},
     };
     const char *listen_addr = NULL;
     int64_t workers = 0, max_workers = 0, grace_ms = 0;
@@ -228,8 +230,8 @@ main(int argc, char **argv)
     sopts.descriptors_len = svctest_descriptor_set_len;
     server = svc_server_create(&sopts, &err);
     if (server == NULL ||
-        svc_server_add_service(server, &svctest__v1__test_service__descriptor, handlers, NULL,
-                               &err) != 0 ||
+        svc_server_add_service(server, &svctest__v1__test_service__descriptor, handlers,
+                               sizeof(handlers) / sizeof(handlers[0]), NULL, &err) != 0 ||
         svc_server_start(server, &err) != 0) {
         svc_log_kv(SVC_LOG_ERROR, "cannot start", "error", err.msg, NULL);
         svc_server_destroy(server);

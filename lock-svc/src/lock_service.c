@@ -721,19 +721,14 @@ lock_service_register(lock_service_t *svc, svc_err_t *err)
 {
     static const svc_handler_t handlers[] = {
         /* None of them blocks: they run on the completion-queue thread. */
-        {SVC_METHOD_UNARY, handle_acquire, NULL, 1},
-        {SVC_METHOD_UNARY, handle_release, NULL, 1},
-        {SVC_METHOD_UNARY, handle_extend, NULL, 1},
-        {SVC_METHOD_UNARY, handle_get_lock, NULL, 1},
+        {"Acquire", SVC_METHOD_UNARY, handle_acquire, NULL, 1},
+        {"Release", SVC_METHOD_UNARY, handle_release, NULL, 1},
+        {"Extend", SVC_METHOD_UNARY, handle_extend, NULL, 1},
+        {"GetLock", SVC_METHOD_UNARY, handle_get_lock, NULL, 1},
     };
-    const ProtobufCServiceDescriptor *desc = &lock__v1__lock_service__descriptor;
 
-    if (desc->n_methods != 4 || strcmp(desc->methods[0].name, "Acquire") != 0 ||
-        strcmp(desc->methods[3].name, "GetLock") != 0) {
-        svc_err_set(err, SVC_INTERNAL, "lock.v1.LockService does not have the expected methods");
-        return -1;
-    }
-    if (svc_server_add_service(svc->server, desc, handlers, svc, err) != 0) {
+    if (svc_server_add_service(svc->server, &lock__v1__lock_service__descriptor, handlers,
+                               sizeof(handlers) / sizeof(handlers[0]), svc, err) != 0) {
         return -1;
     }
     return lock_store_subscribe(svc->store, on_release, svc, err);

@@ -598,22 +598,17 @@ int
 reservation_service_register(reservation_service_t *svc, svc_err_t *err)
 {
     static const svc_handler_t handlers[] = {
-        {SVC_METHOD_UNARY, handle_create_concert, NULL, 0},
-        {SVC_METHOD_UNARY, handle_list_concerts, NULL, 0},
-        {SVC_METHOD_UNARY, handle_list_seats, NULL, 0},
-        {SVC_METHOD_UNARY, handle_hold_seats, NULL, 0},
-        {SVC_METHOD_UNARY, handle_pay, NULL, 0},
-        {SVC_METHOD_UNARY, handle_cancel, NULL, 0},
-        {SVC_METHOD_UNARY, handle_get, NULL, 0},
+        {"CreateConcert", SVC_METHOD_UNARY, handle_create_concert, NULL, 0},
+        {"ListConcerts", SVC_METHOD_UNARY, handle_list_concerts, NULL, 0},
+        {"ListSeats", SVC_METHOD_UNARY, handle_list_seats, NULL, 0},
+        {"HoldSeats", SVC_METHOD_UNARY, handle_hold_seats, NULL, 0},
+        {"PayReservation", SVC_METHOD_UNARY, handle_pay, NULL, 0},
+        {"CancelReservation", SVC_METHOD_UNARY, handle_cancel, NULL, 0},
+        {"GetReservation", SVC_METHOD_UNARY, handle_get, NULL, 0},
     };
-    const ProtobufCServiceDescriptor *desc = &reservation__v1__reservation_service__descriptor;
 
-    if (desc->n_methods != 7 || strcmp(desc->methods[3].name, "HoldSeats") != 0 ||
-        strcmp(desc->methods[4].name, "PayReservation") != 0) {
-        svc_err_set(err, SVC_INTERNAL, "reservation.v1 does not have the expected methods");
-        return -1;
-    }
-    return svc_server_add_service(svc->server, desc, handlers, svc, err);
+    return svc_server_add_service(svc->server, &reservation__v1__reservation_service__descriptor,
+                                  handlers, sizeof(handlers) / sizeof(handlers[0]), svc, err);
 }
 
 void

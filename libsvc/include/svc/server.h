@@ -42,6 +42,7 @@ typedef void (*svc_half_close_fn)(svc_call_t *call, void *user);
 typedef void (*svc_cancel_fn)(svc_call_t *call, void *arg);
 
 typedef struct {
+    const char *method; /* its name in the .proto, checked by svc_server_add_service */
     svc_method_kind_t kind;
     svc_handler_fn handler;
     svc_half_close_fn on_half_close; /* bidi; NULL means finish with OK */
@@ -69,10 +70,14 @@ svc_server_t *svc_server_create(const svc_server_opts_t *opts, svc_err_t *err);
 
 /*
  * Registers every method of a protobuf-c service. handlers[i] belongs to
- * desc->methods[i] (protobuf-c keeps them in .proto order). Before start.
+ * desc->methods[i] (protobuf-c keeps them in .proto order): INTERNAL unless
+ * there is one handler per method, each named after its method, in that
+ * order, so a proto that gained or reordered methods fails at start-up
+ * instead of serving one method with another's handler. Before start.
  */
 int svc_server_add_service(svc_server_t *server, const ProtobufCServiceDescriptor *desc,
-                           const svc_handler_t *handlers, void *user, svc_err_t *err);
+                           const svc_handler_t *handlers, size_t n_handlers, void *user,
+                           svc_err_t *err);
 
 /* Registers one method by its full path "/pkg.Service/Method". Before start. */
 int svc_server_add_method(svc_server_t *server, const char *path,
