@@ -58,33 +58,18 @@ client__normalize_target(const char *target)
     return strdup(target);
 }
 
-svc_client_t *
-svc_client_get(const char *target, svc_err_t *err)
+grpc_channel *
+svc_channel_create(const char *target)
 {
-    svc_client_t *c;
-
-    if (target == NULL || target[0] == '\0') {
-        svc_err_set(err, SVC_INVALID_ARGUMENT, "empty target address");
-        return NULL;
-    }
-    pthread_mutex_lock(&clients_mu);
-    for (c = clients; c != NULL; c = c->next) {
-        if (strcmp(c->target, target) == 0) {
-            pthread_mutex_unlock(&clients_mu);
-            return c;
-        }
-    }
-    c = calloc(1, sizeof(*c));
     char *normalized = client__normalize_target(target);
-    if (c == NULL || normalized == NULL || (c->target = strdup(target)) == NULL) {
-        pthread_mutex_unlock(&clients_mu);
-        free(normalized);
-        free(c);
-        svc_err_set(err, SVC_RESOURCE_EXHAUSTED, "out of memory");
+    grpc_arg args[5];
+    grpc_channel_args chargs = {5, args};
+    grpc_channel_credentials *creds;
+    grpc_channel *channel;
+
+    if (normalized == NULL) {
         return NULL;
     }
-    grpc_init();
-    grpc_arg args[5];
     args[0].type = GRPC_ARG_STRING;
     args[0].key = GRPC_ARG_SERVICE_CONFIG;
     args[0].value.string = ROUND_ROBIN_CONFIG;
@@ -102,11 +87,46 @@ svc_client_get(const char *target, svc_err_t *err)
     args[4].type = GRPC_ARG_INTEGER;
     args[4].key = GRPC_ARG_DNS_MIN_TIME_BETWEEN_RESOLUTIONS_MS;
     args[4].value.integer = 500;
-    grpc_channel_args chargs = {5, args};
-    grpc_channel_credentials *creds = grpc_insecure_credentials_create();
-    c->channel = grpc_channel_create(normalized, creds, &chargs);
+    creds = grpc_insecure_credentials_create();
+    channel = grpc_channel_create(normalized, creds, &chargs);
     grpc_channel_credentials_release(creds);
     free(normalized);
+    return channel;
+}
+
+svc_client_t *
+svc_client_get(const char *target, svc_err_t *err)
+{
+    svc_client_t *c;
+
+    if (target == NULL || target[0] == '\0') {
+        svc_err_set(err, SVC_INVALID_ARGUMENT, "empty target address");
+        return NULL;
+    }
+    pthread_mutex_lock(&clients_mu);
+    for (c = clients; c != NULL; c = c->next) {
+        if (strcmp(c->target, target) == 0) {
+            pthread_mutex_unlock(&clients_mu);
+            return c;
+        }
+    }
+    c = calloc(1, sizeof(*c));
+    if (c == NULL || (c->target = strdup(target)) == NULL) {
+        pthread_mutex_unlock(&clients_mu);
+        free(c);
+        svc_err_set(err, SVC_RESOURCE_EXHAUSTED, "out of memory");
+        return NULL;
+    }
+    grpc_init();
+    c->channel = svc_channel_create(target);
+    if (c->channel == NULL) {
+        pthread_mutex_unlock(&clients_mu);
+        grpc_shutdown();
+        free(c->target);
+        free(c);
+        svc_err_set(err, SVC_RESOURCE_EXHAUSTED, "out of memory");
+        return NULL;
+    }
     c->next = clients;
     clients = c;
     pthread_mutex_unlock(&clients_mu);
@@ -395,23 +415,31 @@ svc_client_stream_close_send(svc_client_stream_t *s, svc_err_t *err)
     return 0;
 }
 
+/* Adds the receive of the initial metadata to ops the first time only; returns the ops used. */
+static size_t
+stream__recv_md_once(svc_client_stream_t *s, grpc_op *ops)
+{
+    if (s->got_md) {
+        return 0;
+    }
+    s->got_md = true;
+    ops[0].op = GRPC_OP_RECV_INITIAL_METADATA;
+    ops[0].data.recv_initial_metadata.recv_initial_metadata = &s->recv_md;
+    return 1;
+}
+
 int
 svc_client_stream_recv(svc_client_stream_t *s, const ProtobufCMessageDescriptor *desc,
                        svc_arena_t *arena, ProtobufCMessage **msg, svc_err_t *err)
 {
     grpc_byte_buffer *buf = NULL;
     grpc_op ops[2];
-    size_t n = 0;
+    size_t n;
     bool ok;
 
     *msg = NULL;
     memset(ops, 0, sizeof(ops));
-    if (!s->got_md) {
-        ops[n].op = GRPC_OP_RECV_INITIAL_METADATA;
-        ops[n].data.recv_initial_metadata.recv_initial_metadata = &s->recv_md;
-        n++;
-        s->got_md = true;
-    }
+    n = stream__recv_md_once(s, ops);
     ops[n].op = GRPC_OP_RECV_MESSAGE;
     ops[n].data.recv_message.recv_message = &buf;
     n++;
@@ -442,17 +470,12 @@ svc_client_stream_finish(svc_client_stream_t *s, svc_err_t *err)
     grpc_slice details = grpc_empty_slice();
     grpc_metadata_array trailers;
     grpc_op ops[2];
-    size_t n = 0;
+    size_t n;
     int rc = -1;
 
     grpc_metadata_array_init(&trailers);
     memset(ops, 0, sizeof(ops));
-    if (!s->got_md) {
-        ops[n].op = GRPC_OP_RECV_INITIAL_METADATA;
-        ops[n].data.recv_initial_metadata.recv_initial_metadata = &s->recv_md;
-        n++;
-        s->got_md = true;
-    }
+    n = stream__recv_md_once(s, ops);
     ops[n].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
     ops[n].data.recv_status_on_client.status = &status;
     ops[n].data.recv_status_on_client.status_details = &details;

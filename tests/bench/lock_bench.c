@@ -52,7 +52,6 @@
 #define AUTO_CLIENT_THREADS 2 /* one per CPU, at most this many */
 #define ACQUIRE_METHOD "/lock.v1.LockService/Acquire"
 #define RELEASE_METHOD "/lock.v1.LockService/Release"
-#define ROUND_ROBIN_CONFIG "{\"loadBalancingConfig\":[{\"round_robin\":{}}]}"
 
 typedef enum {
     MODE_SVC_PAIR,    /* lock-svc: acquire (wait_ms 0) + release, own key */
@@ -255,44 +254,6 @@ worker_record(bench_worker_t *w, int64_t t0, int64_t t1, int64_t sample)
 }
 
 /* ---------- lock-svc: an asynchronous client on gRPC C core ---------- */
-
-/* The channel libsvc's svc_client_get makes for target: same arguments, insecure. */
-static grpc_channel *
-bench_channel_create(const char *target)
-{
-    grpc_arg args[5];
-    grpc_channel_args chargs = {5, args};
-    grpc_channel_credentials *creds;
-    grpc_channel *channel;
-    char *normalized = NULL;
-
-    /* "a:1,b:2" has no scheme: give it ipv4: so the resolver takes the list. */
-    if (strchr(target, ',') != NULL && strstr(target, ":///") == NULL &&
-        strncmp(target, "ipv4:", 5) != 0 && strncmp(target, "ipv6:", 5) != 0 &&
-        asprintf(&normalized, "ipv4:%s", target) < 0) {
-        normalized = NULL;
-    }
-    args[0].type = GRPC_ARG_STRING;
-    args[0].key = GRPC_ARG_SERVICE_CONFIG;
-    args[0].value.string = ROUND_ROBIN_CONFIG;
-    args[1].type = GRPC_ARG_INTEGER;
-    args[1].key = GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS;
-    args[1].value.integer = 100;
-    args[2].type = GRPC_ARG_INTEGER;
-    args[2].key = GRPC_ARG_MAX_RECONNECT_BACKOFF_MS;
-    args[2].value.integer = 1000;
-    args[3].type = GRPC_ARG_INTEGER;
-    args[3].key = GRPC_ARG_MIN_RECONNECT_BACKOFF_MS;
-    args[3].value.integer = 100;
-    args[4].type = GRPC_ARG_INTEGER;
-    args[4].key = GRPC_ARG_DNS_MIN_TIME_BETWEEN_RESOLUTIONS_MS;
-    args[4].value.integer = 500;
-    creds = grpc_insecure_credentials_create();
-    channel = grpc_channel_create(normalized != NULL ? normalized : target, creds, &chargs);
-    grpc_channel_credentials_release(creds);
-    free(normalized);
-    return channel;
-}
 
 /* Frees everything the call in r holds and unrefs it; r is idle after. */
 static void
@@ -819,7 +780,7 @@ check_reachable(const bench_cfg_t *cfg)
                 w.err.n = 0;
                 break;
             }
-            usleep(100000);
+            svc_sleep_ms(100);
         }
         lock_store_destroy(run.store);
         run.store = NULL;
@@ -909,7 +870,7 @@ main(int argc, char **argv)
     lock_store_new_token(token);
     snprintf(cfg.run_id, sizeof(cfg.run_id), "%.8s", token);
     grpc_init();
-    cfg.channel = bench_channel_create(cfg.lock_addr);
+    cfg.channel = svc_channel_create(cfg.lock_addr);
     printf("lock-bench: lock-svc %s, redis %s, run %s\n", cfg.lock_addr, cfg.redis_url, cfg.run_id);
     printf("each scenario: %.1f s warm-up, then %" PRId64 " s measured; a pair counts when it "
            "starts and ends inside the window and both calls succeed; errors count the whole "

@@ -27,6 +27,15 @@ svc_client_t *svc_client_get(const char *target, svc_err_t *err);
 /* Closes every channel (at process exit, after servers stopped). */
 void svc_client_release_all(void);
 
+/*
+ * A new gRPC C-core channel to target with the arguments svc_client_get
+ * uses (insecure, round_robin over several addresses, reconnect backoff
+ * 100..1000 ms, re-resolve after 500 ms), for code that drives C core
+ * itself (lock-bench's asynchronous client). After grpc_init; NULL when out
+ * of memory. The caller destroys it.
+ */
+struct grpc_channel *svc_channel_create(const char *target);
+
 typedef struct {
     int64_t timeout_ms;          /* 0: 10 000; the parent's deadline still applies */
     svc_call_t *parent;          /* the call being served, or NULL */
