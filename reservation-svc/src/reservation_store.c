@@ -297,25 +297,43 @@ typedef struct {
     rsv_reservation_t *out;
 } hold_ctx_t;
 
+/*
+ * The statements of a hold's transaction, in the order hold_tx runs them
+ * (reservation-bench runs the same ones straight against PostgreSQL).
+ */
+const char RSV_SQL_LOCK_SEATS[] =
+    "SELECT number, status, coalesce(hold_expires_at_ms, 0), last_fence, price FROM seats"
+    " WHERE schedule_id = $1 AND number = ANY($2::int[]) ORDER BY number FOR UPDATE";
 /* Marks the expired holds that still own some of these seats EXPIRED, and frees their seats. */
+const char RSV_SQL_EXPIRE_OLD_HOLDS[] =
+    "WITH old AS (SELECT DISTINCT hold_reservation_id AS id FROM seats s WHERE schedule_id = $1"
+    " AND number = ANY($2::int[]) AND status = 2 AND hold_expires_at_ms <= $3"
+    " AND NOT EXISTS (SELECT 1 FROM payments p WHERE p.reservation_id = s.hold_reservation_id"
+    " AND p.status = 1)),"
+    " r AS (UPDATE reservations SET status = 4, updated_at = now()"
+    " WHERE id IN (SELECT id FROM old) AND status = 1 RETURNING id),"
+    " rs AS (UPDATE reservation_seats SET live = false WHERE reservation_id IN (SELECT id FROM "
+    "old))"
+    " UPDATE seats SET status = 1, hold_reservation_id = NULL, hold_user_id = NULL,"
+    " hold_expires_at_ms = NULL WHERE status = 2 AND hold_reservation_id IN (SELECT id FROM "
+    "old)";
+const char RSV_SQL_RESERVE[] =
+    "INSERT INTO reservations (user_id, schedule_id, status, amount, expires_at_ms)"
+    " VALUES ($1, $2, 1, $3, $4)"
+    " RETURNING id, (extract(epoch FROM created_at) * 1000)::bigint";
+const char RSV_SQL_HOLD_SEAT[] =
+    "WITH rs AS (INSERT INTO reservation_seats (reservation_id, schedule_id, number)"
+    " VALUES ($1, $2, $3))"
+    " UPDATE seats SET status = 2, hold_reservation_id = $1, hold_user_id = $4,"
+    " hold_expires_at_ms = $5, last_fence = $6 WHERE schedule_id = $2 AND number = $3";
+
+/* Runs RSV_SQL_EXPIRE_OLD_HOLDS. */
 static int
 expire_old_holds(PGconn *conn, const char *sched, const char *list, const char *now, svc_err_t *err)
 {
     const char *p[] = {sched, list, now};
-    PGresult *res = svc_pg_exec(
-        conn,
-        "WITH old AS (SELECT DISTINCT hold_reservation_id AS id FROM seats s WHERE schedule_id = $1"
-        " AND number = ANY($2::int[]) AND status = 2 AND hold_expires_at_ms <= $3"
-        " AND NOT EXISTS (SELECT 1 FROM payments p WHERE p.reservation_id = s.hold_reservation_id"
-        " AND p.status = 1)),"
-        " r AS (UPDATE reservations SET status = 4, updated_at = now()"
-        " WHERE id IN (SELECT id FROM old) AND status = 1 RETURNING id),"
-        " rs AS (UPDATE reservation_seats SET live = false WHERE reservation_id IN (SELECT id FROM "
-        "old))"
-        " UPDATE seats SET status = 1, hold_reservation_id = NULL, hold_user_id = NULL,"
-        " hold_expires_at_ms = NULL WHERE status = 2 AND hold_reservation_id IN (SELECT id FROM "
-        "old)",
-        3, p, PGRES_COMMAND_OK, "expire old holds", err);
+    PGresult *res = svc_pg_exec(conn, RSV_SQL_EXPIRE_OLD_HOLDS, 3, p, PGRES_COMMAND_OK,
+                                "expire old holds", err);
 
     PQclear(res);
     return res == NULL ? -1 : 0;
@@ -335,11 +353,7 @@ hold_tx(PGconn *conn, void *arg, svc_err_t *err)
     I64(user, h->user_id);
     I64(expires, h->now_ms + h->ttl_ms);
     int_array(list, sizeof(list), h->seats, h->n);
-    res = svc_pg_exec(
-        conn,
-        "SELECT number, status, coalesce(hold_expires_at_ms, 0), last_fence, price FROM seats"
-        " WHERE schedule_id = $1 AND number = ANY($2::int[]) ORDER BY number FOR UPDATE",
-        2, p, PGRES_TUPLES_OK, "lock seats", err);
+    res = svc_pg_exec(conn, RSV_SQL_LOCK_SEATS, 2, p, PGRES_TUPLES_OK, "lock seats", err);
     if (res == NULL) {
         return -1;
     }
@@ -364,12 +378,7 @@ hold_tx(PGconn *conn, void *arg, svc_err_t *err)
     char amt[24];
     I64(amt, amount);
     const char *pr[] = {user, sched, amt, expires};
-    res =
-        svc_pg_exec(conn,
-                    "INSERT INTO reservations (user_id, schedule_id, status, amount, expires_at_ms)"
-                    " VALUES ($1, $2, 1, $3, $4)"
-                    " RETURNING id, (extract(epoch FROM created_at) * 1000)::bigint",
-                    4, pr, PGRES_TUPLES_OK, "write reservation", err);
+    res = svc_pg_exec(conn, RSV_SQL_RESERVE, 4, pr, PGRES_TUPLES_OK, "write reservation", err);
     if (res == NULL) {
         return -1;
     }
@@ -382,13 +391,7 @@ hold_tx(PGconn *conn, void *arg, svc_err_t *err)
         const char *ps[] = {rid, sched, number, user, expires, fence};
         I64(number, h->seats[i]);
         I64(fence, h->fences[i]);
-        res = svc_pg_exec(
-            conn,
-            "WITH rs AS (INSERT INTO reservation_seats (reservation_id, schedule_id, number)"
-            " VALUES ($1, $2, $3))"
-            " UPDATE seats SET status = 2, hold_reservation_id = $1, hold_user_id = $4,"
-            " hold_expires_at_ms = $5, last_fence = $6 WHERE schedule_id = $2 AND number = $3",
-            6, ps, PGRES_COMMAND_OK, "hold seat", err);
+        res = svc_pg_exec(conn, RSV_SQL_HOLD_SEAT, 6, ps, PGRES_COMMAND_OK, "hold seat", err);
         if (res == NULL) {
             return -1;
         }

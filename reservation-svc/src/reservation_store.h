@@ -129,4 +129,10 @@ int rsv_store_pending_payments(svc_pg_pool_t *db, int64_t now_ms, int64_t min_ag
  */
 int rsv_store_sweep(svc_pg_pool_t *db, int64_t now_ms, int *n_expired, svc_err_t *err);
 
+/* The statements of a hold's transaction, shared with reservation-bench's direct-SQL twin. */
+extern const char RSV_SQL_LOCK_SEATS[];
+extern const char RSV_SQL_EXPIRE_OLD_HOLDS[];
+extern const char RSV_SQL_RESERVE[];
+extern const char RSV_SQL_HOLD_SEAT[];
+
 #endif

@@ -27,6 +27,8 @@
 #include <sys/epoll.h>
 
 #include "bench_common.h"
+#include "reservation_store.h"
+#include "svc/timer.h"
 #include "reservation/v1/reservation.pb-c.h"
 #include "svc/arena.h"
 #include "svc/client.h"
@@ -46,31 +48,7 @@
 
 /* ---------------------------------------------------------------- hold_tx's SQL */
 
-/* Copied from reservation_store.c (hold_tx, expire_old_holds): keep them the same. */
-static const char SQL_LOCK[] =
-    "SELECT number, status, coalesce(hold_expires_at_ms, 0), last_fence, price FROM seats"
-    " WHERE schedule_id = $1 AND number = ANY($2::int[]) ORDER BY number FOR UPDATE";
-static const char SQL_EXPIRE[] =
-    "WITH old AS (SELECT DISTINCT hold_reservation_id AS id FROM seats s WHERE schedule_id = $1"
-    " AND number = ANY($2::int[]) AND status = 2 AND hold_expires_at_ms <= $3"
-    " AND NOT EXISTS (SELECT 1 FROM payments p WHERE p.reservation_id = s.hold_reservation_id"
-    " AND p.status = 1)),"
-    " r AS (UPDATE reservations SET status = 4, updated_at = now()"
-    " WHERE id IN (SELECT id FROM old) AND status = 1 RETURNING id),"
-    " rs AS (UPDATE reservation_seats SET live = false WHERE reservation_id IN (SELECT id FROM "
-    "old))"
-    " UPDATE seats SET status = 1, hold_reservation_id = NULL, hold_user_id = NULL,"
-    " hold_expires_at_ms = NULL WHERE status = 2 AND hold_reservation_id IN (SELECT id FROM "
-    "old)";
-static const char SQL_RESERVE[] =
-    "INSERT INTO reservations (user_id, schedule_id, status, amount, expires_at_ms)"
-    " VALUES ($1, $2, 1, $3, $4)"
-    " RETURNING id, (extract(epoch FROM created_at) * 1000)::bigint";
-static const char SQL_HOLD_SEAT[] =
-    "WITH rs AS (INSERT INTO reservation_seats (reservation_id, schedule_id, number)"
-    " VALUES ($1, $2, $3))"
-    " UPDATE seats SET status = 2, hold_reservation_id = $1, hold_user_id = $4,"
-    " hold_expires_at_ms = $5, last_fence = $6 WHERE schedule_id = $2 AND number = $3";
+/* The direct-SQL twin runs reservation_store.c's own statements (RSV_SQL_*). */
 #define HOLD_TTL_MS 300000 /* reservation-svc's default HOLD_TTL_MS */
 
 /* ---------------------------------------------------------------- CPU accounting */
@@ -472,7 +450,7 @@ sql_advance(sql_run_t *run, sql_conn_t *c, const PGresult *res, bool ok)
     switch (c->step) {
     case S_BEGIN: {
         const char *p[] = {sched, list};
-        sql_send(c, S_LOCK, SQL_LOCK, 2, p);
+        sql_send(c, S_LOCK, RSV_SQL_LOCK_SEATS, 2, p);
         break;
     }
     case S_LOCK:
@@ -481,13 +459,13 @@ sql_advance(sql_run_t *run, sql_conn_t *c, const PGresult *res, bool ok)
             sql_send(c, S_ROLLBACK, "ROLLBACK", 0, NULL);
         } else {
             const char *p[] = {sched, list, now};
-            sql_send(c, S_EXPIRE, SQL_EXPIRE, 3, p);
+            sql_send(c, S_EXPIRE, RSV_SQL_EXPIRE_OLD_HOLDS, 3, p);
         }
         break;
     case S_EXPIRE: {
         snprintf(amt, sizeof(amt), "%" PRId64, c->amount);
         const char *p[] = {user, sched, amt, expires};
-        sql_send(c, S_RESERVE, SQL_RESERVE, 4, p);
+        sql_send(c, S_RESERVE, RSV_SQL_RESERVE, 4, p);
         break;
     }
     case S_RESERVE: {
@@ -496,7 +474,7 @@ sql_advance(sql_run_t *run, sql_conn_t *c, const PGresult *res, bool ok)
         snprintf(num, sizeof(num), "%d", (int)c->seat);
         snprintf(fence, sizeof(fence), "%" PRId64, c->fence);
         const char *p[] = {rid, sched, num, user, expires, fence};
-        sql_send(c, S_HOLD, SQL_HOLD_SEAT, 6, p);
+        sql_send(c, S_HOLD, RSV_SQL_HOLD_SEAT, 6, p);
         break;
     }
     case S_HOLD:
@@ -929,7 +907,7 @@ run_storms(bench_cfg_t *cfg, storm_path_t paths[N_PATHS], int *n_paths)
             cpu_snapshot(cfg->pids, c1);
             storm_row(paths[p].name, r + 1, &st);
             storm_account(&paths[p], r, &st, c0, c1);
-            usleep(200000); /* let the previous storm's stragglers (logs, sweeps) settle */
+            svc_sleep_ms(200); /* let the previous storm's stragglers (logs, sweeps) settle */
         }
     }
     sql_disconnect(conns, storm_conns);
