@@ -1,6 +1,6 @@
 /*
- * reservation_service.h: reservation.v1.ReservationService handlers and the
- * hold sweeper. Transport and domain; SQL lives in reservation_store.
+ * reservation_service.h: reservation.v1.ReservationService: the service
+ * object main.c creates, registers with the server and destroys.
  */
 #ifndef RESERVATION_SERVICE_H
 #define RESERVATION_SERVICE_H
@@ -19,7 +19,7 @@ typedef struct {
     int64_t lock_wait_ms;    /* how long to wait for a seat's lock token */
     int64_t lock_lease_ms;
     int64_t sweep_ms;     /* how often the sweeper looks for expired holds */
-    int64_t pay_grace_ms; /* a hold being paid stays alive at least this long */
+    int64_t pay_grace_ms; /* an authorization outlives its hold by this, for the capture */
 } reservation_opts_t;
 
 /* Starts the sweeper. Takes no ownership: server, db and lock_svc must outlive it. */

@@ -11,9 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "reservation_store.h"
-
-#define I64(buf, v) snprintf((buf), sizeof(buf), "%" PRId64, (int64_t)(v))
+#include "reservation_store_internal.h"
 
 /* "{1,2,3}": a parameter value for int[] (numbers we validated, not request text). */
 static void
@@ -298,87 +296,131 @@ typedef struct {
 } hold_ctx_t;
 
 /*
- * The statements of a hold's transaction, in the order hold_tx runs them
- * (reservation-bench runs the same ones straight against PostgreSQL).
+ * Lock order, everywhere in this service: seats (by schedule, number), then
+ * reservations (by id), then their reservation_seats and payments rows. A
+ * transaction that cannot follow it takes SKIP LOCKED instead of waiting.
  */
-const char RSV_SQL_LOCK_SEATS[] =
-    "SELECT number, status, coalesce(hold_expires_at_ms, 0), last_fence, price FROM seats"
-    " WHERE schedule_id = $1 AND number = ANY($2::int[]) ORDER BY number FOR UPDATE";
-/* Marks the expired holds that still own some of these seats EXPIRED, and frees their seats. */
-const char RSV_SQL_EXPIRE_OLD_HOLDS[] =
-    "WITH old AS (SELECT DISTINCT hold_reservation_id AS id FROM seats s WHERE schedule_id = $1"
-    " AND number = ANY($2::int[]) AND status = 2 AND hold_expires_at_ms <= $3"
-    " AND NOT EXISTS (SELECT 1 FROM payments p WHERE p.reservation_id = s.hold_reservation_id"
-    " AND p.status = 1)),"
-    " r AS (UPDATE reservations SET status = 4, updated_at = now()"
-    " WHERE id IN (SELECT id FROM old) AND status = 1 RETURNING id),"
-    " rs AS (UPDATE reservation_seats SET live = false WHERE reservation_id IN (SELECT id FROM "
-    "old))"
-    " UPDATE seats SET status = 1, hold_reservation_id = NULL, hold_user_id = NULL,"
-    " hold_expires_at_ms = NULL WHERE status = 2 AND hold_reservation_id IN (SELECT id FROM "
-    "old)";
-const char RSV_SQL_RESERVE[] =
-    "INSERT INTO reservations (user_id, schedule_id, status, amount, expires_at_ms)"
-    " VALUES ($1, $2, 1, $3, $4)"
-    " RETURNING id, (extract(epoch FROM created_at) * 1000)::bigint";
-const char RSV_SQL_HOLD_SEAT[] =
-    "WITH rs AS (INSERT INTO reservation_seats (reservation_id, schedule_id, number)"
-    " VALUES ($1, $2, $3))"
-    " UPDATE seats SET status = 2, hold_reservation_id = $1, hold_user_id = $4,"
-    " hold_expires_at_ms = $5, last_fence = $6 WHERE schedule_id = $2 AND number = $3";
+#define SQL_LOCK_SEATS                                                                             \
+    "SELECT number, status, coalesce(hold_expires_at_ms, 0), last_fence, price,"                   \
+    " coalesce(hold_reservation_id, 0) FROM seats WHERE schedule_id = $1"                          \
+    " AND number = ANY($2::int[]) ORDER BY number FOR UPDATE"
 
-/* Runs RSV_SQL_EXPIRE_OLD_HOLDS. */
+/*
+ * The expired holds that still mark some of our (locked) seats: locks them
+ * in id order, marks them EXPIRED (their pending payments VOIDING), and
+ * takes our seats off them. Their other seats keep their stale mark until
+ * the sweeper frees them; reads already see them as free.
+ */
 static int
-expire_old_holds(PGconn *conn, const char *sched, const char *list, const char *now, svc_err_t *err)
+expire_old_holds(PGconn *conn, const char *sched, const char *list, const char *old, svc_err_t *err)
 {
-    const char *p[] = {sched, list, now};
-    PGresult *res = svc_pg_exec(conn, RSV_SQL_EXPIRE_OLD_HOLDS, 3, p, PGRES_COMMAND_OK,
-                                "expire old holds", err);
+    const char *p1[] = {old};
+    const char *p3[] = {old, sched, list};
+    PGresult *res = svc_pg_exec(conn,
+                                "SELECT id FROM reservations WHERE id = ANY($1::bigint[])"
+                                " ORDER BY id FOR UPDATE",
+                                1, p1, PGRES_TUPLES_OK, "lock expired holds", err);
 
+    if (res == NULL) {
+        return -1;
+    }
+    PQclear(res);
+    res = svc_pg_exec(
+        conn,
+        "WITH r AS (UPDATE reservations SET status = " RSV_STR(
+            RSV_EXPIRED) ", updated_at = now()"
+                         " WHERE id = ANY($1::bigint[]) AND status = " RSV_STR(
+                             RSV_HELD) "),"
+                                       " rs AS (UPDATE reservation_seats SET live = false WHERE "
+                                       "reservation_id = ANY($1::bigint[])"
+                                       " AND live),"
+                                       " p AS (UPDATE payments SET status = " RSV_STR(
+                                           RSV_PAY_VOIDING) ", updated_at = now()"
+                                                            " WHERE reservation_id = "
+                                                            "ANY($1::bigint[]) AND status "
+                                                            "= " RSV_STR(
+                                                                RSV_PAY_PENDING) ")"
+                                                                                 " UPDATE seats "
+                                                                                 "SET status "
+                                                                                 "= " RSV_STR(
+                                                                                     RSV_SEAT_AVAILABLE) ", hold_reservation_id = NULL,"
+                                                                                                         " hold_user_id = NULL, hold_expires_at_ms = NULL WHERE schedule_id = $2"
+                                                                                                         " AND number = ANY($3::int[]) AND status = " RSV_STR(
+                                                                                                             RSV_SEAT_HELD),
+        3, p3, PGRES_COMMAND_OK, "expire old holds", err);
     PQclear(res);
     return res == NULL ? -1 : 0;
+}
+
+/* Checks the locked seats: free, and no fence newer than ours. Collects the old holds. */
+static int
+hold_check(hold_ctx_t *h, const PGresult *res, char *old, size_t old_len, int64_t *amount,
+           svc_err_t *err)
+{
+    int64_t prev[RSV_MAX_SEATS];
+    int n_old = 0;
+
+    if (check_seats(res, h->schedule_id, h->seats, h->n, h->now_ms, err) != 0) {
+        return -1;
+    }
+    *amount = 0;
+    for (int i = 0; i < h->n; i++) {
+        int64_t holder = svc_pg_i64(res, i, 5);
+        bool seen = false;
+        if (svc_pg_i64(res, i, 3) > h->fences[i]) {
+            svc_err_set(err, SVC_ABORTED, "lock on seat %d was lost", (int)h->seats[i]);
+            return -1;
+        }
+        *amount += svc_pg_i64(res, i, 4);
+        for (int j = 0; j < n_old; j++) {
+            seen |= prev[j] == holder;
+        }
+        if (holder != 0 && !seen) { /* free, yet marked: an expired hold */
+            prev[n_old++] = holder;
+        }
+    }
+    snprintf(old, old_len, "{");
+    for (int j = 0; j < n_old; j++) {
+        size_t off = strlen(old);
+        snprintf(old + off, old_len - off, "%s%" PRId64, j ? "," : "", prev[j]);
+    }
+    strncat(old, "}", old_len - strlen(old) - 1);
+    return n_old;
 }
 
 static int
 hold_tx(PGconn *conn, void *arg, svc_err_t *err)
 {
     hold_ctx_t *h = arg;
-    char sched[24], list[128], now[24], user[24], expires[24], rid[24];
-    const char *p[] = {sched, list, now};
-    int64_t amount = 0;
+    char sched[24], list[128], user[24], expires[24], rid[24], amt[24];
+    char old[RSV_MAX_SEATS * 24 + 4];
+    const char *p[] = {sched, list};
+    int64_t amount;
     PGresult *res;
+    int n_old;
 
     I64(sched, h->schedule_id);
-    I64(now, h->now_ms);
     I64(user, h->user_id);
     I64(expires, h->now_ms + h->ttl_ms);
     int_array(list, sizeof(list), h->seats, h->n);
-    res = svc_pg_exec(conn, RSV_SQL_LOCK_SEATS, 2, p, PGRES_TUPLES_OK, "lock seats", err);
+    res = svc_pg_exec(conn, SQL_LOCK_SEATS, 2, p, PGRES_TUPLES_OK, "lock seats", err);
     if (res == NULL) {
         return -1;
     }
-    if (check_seats(res, h->schedule_id, h->seats, h->n, h->now_ms, err) != 0) {
-        PQclear(res);
-        return -1;
-    }
-    bool replaces_expired = false;
-    for (int i = 0; i < h->n; i++) {
-        replaces_expired |= svc_pg_i64(res, i, 1) == RSV_SEAT_HELD; /* free, so: expired */
-        if (svc_pg_i64(res, i, 3) > h->fences[i]) {
-            svc_err_set(err, SVC_ABORTED, "lock on seat %d was lost", (int)h->seats[i]);
-            PQclear(res);
-            return -1;
-        }
-        amount += svc_pg_i64(res, i, 4);
-    }
+    n_old = hold_check(h, res, old, sizeof(old), &amount, err);
     PQclear(res);
-    if (replaces_expired && expire_old_holds(conn, sched, list, now, err) != 0) {
+    if (n_old < 0 || (n_old > 0 && expire_old_holds(conn, sched, list, old, err) != 0)) {
         return -1;
     }
-    char amt[24];
     I64(amt, amount);
     const char *pr[] = {user, sched, amt, expires};
-    res = svc_pg_exec(conn, RSV_SQL_RESERVE, 4, pr, PGRES_TUPLES_OK, "write reservation", err);
+    res =
+        svc_pg_exec(conn,
+                    "INSERT INTO reservations (user_id, schedule_id, status, amount,"
+                    " expires_at_ms) VALUES ($1, $2, " RSV_STR(
+                        RSV_HELD) ", $3, $4)"
+                                  " RETURNING id, (extract(epoch FROM created_at) * 1000)::bigint",
+                    4, pr, PGRES_TUPLES_OK, "write reservation", err);
     if (res == NULL) {
         return -1;
     }
@@ -391,7 +433,16 @@ hold_tx(PGconn *conn, void *arg, svc_err_t *err)
         const char *ps[] = {rid, sched, number, user, expires, fence};
         I64(number, h->seats[i]);
         I64(fence, h->fences[i]);
-        res = svc_pg_exec(conn, RSV_SQL_HOLD_SEAT, 6, ps, PGRES_COMMAND_OK, "hold seat", err);
+        res = svc_pg_exec(
+            conn,
+            "WITH rs AS (INSERT INTO reservation_seats (reservation_id, schedule_id,"
+            " number) VALUES ($1, $2, $3))"
+            " UPDATE seats SET status = " RSV_STR(
+                RSV_SEAT_HELD) ","
+                               " hold_reservation_id = $1, hold_user_id = $4, hold_expires_at_ms = "
+                               "$5,"
+                               " last_fence = $6 WHERE schedule_id = $2 AND number = $3",
+            6, ps, PGRES_COMMAND_OK, "hold seat", err);
         if (res == NULL) {
             return -1;
         }
@@ -412,6 +463,10 @@ rsv_store_hold(svc_pg_pool_t *db, int64_t user_id, int64_t schedule_id, const in
 {
     hold_ctx_t h = {user_id, schedule_id, now_ms, ttl_ms, seats, fences, n, out};
 
+    if (n < 1 || n > RSV_MAX_SEATS) {
+        svc_err_set(err, SVC_INVALID_ARGUMENT, "1 to %d seats per hold", RSV_MAX_SEATS);
+        return -1;
+    }
     out->seats = svc_arena_alloc(arena, (size_t)n * sizeof(*out->seats));
     if (out->seats == NULL) {
         svc_err_set(err, SVC_RESOURCE_EXHAUSTED, "out of memory");
@@ -422,12 +477,11 @@ rsv_store_hold(svc_pg_pool_t *db, int64_t user_id, int64_t schedule_id, const in
     return svc_pg_tx(db, deadline_ms, hold_tx, &h, err);
 }
 
-/* ---------- reading, cancelling, sweeping ---------- */
+/* ---------- reading ---------- */
 
-/* Reads reservation id (optionally FOR UPDATE) with its seats into out. */
-static int
-read_reservation(PGconn *conn, int64_t id, int64_t now_ms, bool for_update, svc_arena_t *arena,
-                 rsv_reservation_t *out, svc_err_t *err)
+int
+rsv_store_read_reservation(PGconn *conn, int64_t id, int64_t now_ms, bool for_update,
+                           svc_arena_t *arena, rsv_reservation_t *out, svc_err_t *err)
 {
     char rid[24];
     const char *p[] = {rid};
@@ -436,12 +490,14 @@ read_reservation(PGconn *conn, int64_t id, int64_t now_ms, bool for_update, svc_
     I64(rid, id);
     res = svc_pg_exec(conn,
                       for_update
-                          ? "SELECT user_id, schedule_id, status, amount, expires_at_ms,"
-                            " (extract(epoch FROM created_at) * 1000)::bigint FROM reservations"
-                            " WHERE id = $1 FOR UPDATE"
-                          : "SELECT user_id, schedule_id, status, amount, expires_at_ms,"
-                            " (extract(epoch FROM created_at) * 1000)::bigint FROM reservations"
-                            " WHERE id = $1",
+                          ? "SELECT r.user_id, r.schedule_id, r.status, r.amount, r.expires_at_ms,"
+                            " (extract(epoch FROM r.created_at) * 1000)::bigint, s.starts_at_ms"
+                            " FROM reservations r JOIN schedules s ON s.id = r.schedule_id"
+                            " WHERE r.id = $1 FOR UPDATE OF r"
+                          : "SELECT r.user_id, r.schedule_id, r.status, r.amount, r.expires_at_ms,"
+                            " (extract(epoch FROM r.created_at) * 1000)::bigint, s.starts_at_ms"
+                            " FROM reservations r JOIN schedules s ON s.id = r.schedule_id"
+                            " WHERE r.id = $1",
                       1, p, PGRES_TUPLES_OK, "read reservation", err);
     if (res == NULL) {
         return -1;
@@ -458,6 +514,7 @@ read_reservation(PGconn *conn, int64_t id, int64_t now_ms, bool for_update, svc_
     out->amount = svc_pg_i64(res, 0, 3);
     out->expires_at_ms = svc_pg_i64(res, 0, 4);
     out->created_at_ms = svc_pg_i64(res, 0, 5);
+    out->starts_at_ms = svc_pg_i64(res, 0, 6);
     if (out->status == RSV_HELD && out->expires_at_ms <= now_ms) {
         out->status = RSV_EXPIRED;
     }
@@ -474,57 +531,11 @@ read_reservation(PGconn *conn, int64_t id, int64_t now_ms, bool for_update, svc_
         out->seats[i] = (int32_t)svc_pg_i64(seats, i, 0);
     }
     PQclear(seats);
+    if (out->seats == NULL) {
+        svc_err_set(err, SVC_RESOURCE_EXHAUSTED, "out of memory");
+        return -1;
+    }
     return 0;
-}
-
-typedef struct {
-    int64_t id, user_id, now_ms;
-    svc_arena_t *arena;
-    rsv_reservation_t *out;
-} cancel_ctx_t;
-
-static int
-cancel_tx(PGconn *conn, void *arg, svc_err_t *err)
-{
-    cancel_ctx_t *c = arg;
-    char rid[24];
-    const char *p[] = {rid};
-    PGresult *res;
-
-    if (read_reservation(conn, c->id, c->now_ms, true, c->arena, c->out, err) != 0) {
-        return -1;
-    }
-    if (c->out->user_id != c->user_id) {
-        svc_err_set(err, SVC_PERMISSION_DENIED, "reservation %" PRId64 " is not yours", c->id);
-        return -1;
-    }
-    if (c->out->status != RSV_HELD) {
-        svc_err_set(err, SVC_FAILED_PRECONDITION, "reservation %" PRId64 " is not held", c->id);
-        return -1;
-    }
-    I64(rid, c->id);
-    res = svc_pg_exec(
-        conn,
-        "WITH r AS (UPDATE reservations SET status = 3, updated_at = now() WHERE id = $1),"
-        " rs AS (UPDATE reservation_seats SET live = false WHERE reservation_id = $1)"
-        " UPDATE seats SET status = 1, hold_reservation_id = NULL, hold_user_id = NULL,"
-        " hold_expires_at_ms = NULL WHERE status = 2 AND hold_reservation_id = $1",
-        1, p, PGRES_COMMAND_OK, "cancel reservation", err);
-    if (res == NULL) {
-        return -1;
-    }
-    PQclear(res);
-    c->out->status = RSV_CANCELLED;
-    return 0;
-}
-
-int
-rsv_store_cancel(svc_pg_pool_t *db, int64_t reservation_id, int64_t user_id, int64_t now_ms,
-                 int64_t deadline_ms, svc_arena_t *arena, rsv_reservation_t *out, svc_err_t *err)
-{
-    cancel_ctx_t c = {reservation_id, user_id, now_ms, arena, out};
-
-    return svc_pg_tx(db, deadline_ms, cancel_tx, &c, err);
 }
 
 int
@@ -537,34 +548,46 @@ rsv_store_get(svc_pg_pool_t *db, int64_t reservation_id, int64_t now_ms, int64_t
     if (conn == NULL) {
         return -1;
     }
-    rc = read_reservation(conn, reservation_id, now_ms, false, arena, out, err);
+    rc = rsv_store_read_reservation(conn, reservation_id, now_ms, false, arena, out, err);
     svc_pg_release(db, conn, rc != 0 && err->code == SVC_UNAVAILABLE);
     return rc;
 }
 
+/* ---------- sweeping ---------- */
+
+/*
+ * Step one locks only reservations, and only those no one else has locked,
+ * then their reservation_seats and payments (which come after them in the
+ * lock order). Step two, its own transaction, frees stale seat marks with
+ * SKIP LOCKED: it never waits for a seat, so it cannot close a lock cycle.
+ */
 static int
 sweep_tx(PGconn *conn, void *arg, svc_err_t *err)
 {
     int64_t *now_and_count = arg;
-    char now[24];
-    const char *p[] = {now};
+    char now[24], lim[16];
+    const char *p[] = {now, lim};
     PGresult *res;
 
     I64(now, now_and_count[0]);
+    I64(lim, RSV_SWEEP_BATCH);
     res = svc_pg_exec(
         conn,
-        "WITH exp AS (SELECT id FROM reservations r WHERE status = 1 AND expires_at_ms <= $1"
-        " AND NOT EXISTS (SELECT 1 FROM payments p WHERE p.reservation_id = r.id"
-        " AND p.status = 1) ORDER BY id LIMIT 200 FOR UPDATE SKIP LOCKED),"
-        " r AS (UPDATE reservations SET status = 4, updated_at = now()"
-        " WHERE id IN (SELECT id FROM exp) RETURNING id),"
-        " rs AS (UPDATE reservation_seats SET live = false"
-        " WHERE reservation_id IN (SELECT id FROM r)),"
-        " s AS (UPDATE seats SET status = 1, hold_reservation_id = NULL, hold_user_id = NULL,"
-        " hold_expires_at_ms = NULL WHERE status = 2 AND hold_reservation_id IN"
-        " (SELECT id FROM r))"
-        " SELECT count(*) FROM r",
-        1, p, PGRES_TUPLES_OK, "sweep expired holds", err);
+        "WITH exp AS (SELECT id FROM reservations WHERE status = " RSV_STR(
+            RSV_HELD) " AND expires_at_ms <= $1 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED),"
+                      " r AS (UPDATE reservations SET status = " RSV_STR(
+                          RSV_EXPIRED) ", updated_at = now()"
+                                       " WHERE id IN (SELECT id FROM exp) RETURNING id),"
+                                       " rs AS (UPDATE reservation_seats SET live = false"
+                                       " WHERE reservation_id IN (SELECT id FROM r) AND live),"
+                                       " p AS (UPDATE payments SET status = " RSV_STR(
+                                           RSV_PAY_VOIDING) ", updated_at = now()"
+                                                            " WHERE reservation_id IN (SELECT id "
+                                                            "FROM r) AND status = " RSV_STR(
+                                                                RSV_PAY_PENDING) ")"
+                                                                                 " SELECT count(*) "
+                                                                                 "FROM r",
+        2, p, PGRES_TUPLES_OK, "sweep expired holds", err);
     if (res == NULL) {
         return -1;
     }
@@ -573,221 +596,75 @@ sweep_tx(PGconn *conn, void *arg, svc_err_t *err)
     return 0;
 }
 
+static int
+free_stale_seats_tx(PGconn *conn, void *arg, svc_err_t *err)
+{
+    const char *p[] = {arg};
+    PGresult
+        *res =
+            svc_pg_exec(conn,
+                        "WITH s AS (SELECT s.schedule_id, s.number FROM seats s JOIN reservations r"
+                        " ON r.id = s.hold_reservation_id WHERE s.status = " RSV_STR(RSV_SEAT_HELD) " AND r.status IN (" RSV_STR(
+                            RSV_CANCELLED) ", " RSV_STR(RSV_EXPIRED) ")"
+                                                                     " ORDER BY s.schedule_id, "
+                                                                     "s.number LIMIT $1 FOR UPDATE "
+                                                                     "OF s SKIP LOCKED)"
+                                                                     " UPDATE seats x SET status "
+                                                                     "= " RSV_STR(
+                                                                         RSV_SEAT_AVAILABLE) ", "
+                                                                                             "hold_"
+                                                                                             "reser"
+                                                                                             "vatio"
+                                                                                             "n_id "
+                                                                                             "= "
+                                                                                             "NULL,"
+                                                                                             " hold"
+                                                                                             "_user"
+                                                                                             "_id "
+                                                                                             "= "
+                                                                                             "NULL,"
+                                                                                             " hold"
+                                                                                             "_expi"
+                                                                                             "res_"
+                                                                                             "at_"
+                                                                                             "ms = "
+                                                                                             "NULL "
+                                                                                             "FROM "
+                                                                                             "s"
+                                                                                             " WHER"
+                                                                                             "E "
+                                                                                             "x."
+                                                                                             "sched"
+                                                                                             "ule_"
+                                                                                             "id = "
+                                                                                             "s."
+                                                                                             "sched"
+                                                                                             "ule_"
+                                                                                             "id "
+                                                                                             "AND "
+                                                                                             "x."
+                                                                                             "numbe"
+                                                                                             "r = "
+                                                                                             "s."
+                                                                                             "numbe"
+                                                                                             "r",
+                        1, p, PGRES_COMMAND_OK, "free stale seats", err);
+
+    PQclear(res);
+    return res == NULL ? -1 : 0;
+}
+
 int
 rsv_store_sweep(svc_pg_pool_t *db, int64_t now_ms, int *n_expired, svc_err_t *err)
 {
     int64_t arg[2] = {now_ms, 0};
+    char lim[16];
     int rc = svc_pg_tx(db, now_ms + 5000, sweep_tx, arg, err);
 
     *n_expired = (int)arg[1];
+    I64(lim, RSV_SWEEP_BATCH * RSV_MAX_SEATS);
+    if (rc == 0) {
+        rc = svc_pg_tx(db, now_ms + 5000, free_stale_seats_tx, lim, err);
+    }
     return rc;
-}
-
-/* ---------- payments ---------- */
-
-static void
-payment_key(rsv_payment_t *pay)
-{
-    snprintf(pay->key, sizeof(pay->key), "reservation:%" PRId64, pay->reservation_id);
-}
-
-static void
-read_payment(const PGresult *res, int row, rsv_payment_t *pay)
-{
-    pay->id = svc_pg_i64(res, row, 0);
-    pay->reservation_id = svc_pg_i64(res, row, 1);
-    pay->user_id = svc_pg_i64(res, row, 2);
-    pay->amount = svc_pg_i64(res, row, 3);
-    pay->status = (int)svc_pg_i64(res, row, 4);
-    pay->balance_txn_id = svc_pg_i64(res, row, 5);
-    pay->balance_after = svc_pg_i64(res, row, 6);
-    payment_key(pay);
-}
-
-#define PAYMENT_COLUMNS                                                                            \
-    "id, reservation_id, user_id, amount, status, coalesce(balance_txn_id, 0),"                    \
-    " coalesce(balance_after, 0)"
-
-typedef struct {
-    int64_t id, user_id, now_ms, grace_ms;
-    svc_arena_t *arena;
-    rsv_reservation_t *r;
-    rsv_payment_t *pay;
-    bool *done;
-} pay_ctx_t;
-
-/* Records the intent and keeps the hold alive while balance-svc is asked. */
-static int
-record_intent(PGconn *conn, pay_ctx_t *c, svc_err_t *err)
-{
-    char rid[24], user[24], amount[24], until[24];
-    const char *p[] = {rid, user, amount, c->pay->key, until};
-    PGresult *res;
-
-    I64(rid, c->id);
-    I64(user, c->user_id);
-    I64(amount, c->r->amount);
-    I64(until, c->now_ms + c->grace_ms);
-    res = svc_pg_exec(
-        conn,
-        "WITH pay AS (INSERT INTO payments (reservation_id, user_id, amount, idempotency_key)"
-        " VALUES ($1, $2, $3, $4) ON CONFLICT (reservation_id) DO UPDATE SET status = 1,"
-        " updated_at = now() RETURNING " PAYMENT_COLUMNS "),"
-        " r AS (UPDATE reservations SET expires_at_ms = greatest(expires_at_ms, $5)"
-        " WHERE id = $1),"
-        " s AS (UPDATE seats SET hold_expires_at_ms = greatest(hold_expires_at_ms, $5)"
-        " WHERE status = 2 AND hold_reservation_id = $1)"
-        " SELECT * FROM pay",
-        5, p, PGRES_TUPLES_OK, "record payment", err);
-    if (res == NULL) {
-        return -1;
-    }
-    read_payment(res, 0, c->pay);
-    PQclear(res);
-    return 0;
-}
-
-static int
-pay_begin_tx(PGconn *conn, void *arg, svc_err_t *err)
-{
-    pay_ctx_t *c = arg;
-    char rid[24];
-    const char *p[] = {rid};
-    PGresult *res;
-    bool have;
-
-    *c->done = false;
-    if (read_reservation(conn, c->id, c->now_ms, true, c->arena, c->r, err) != 0) {
-        return -1;
-    }
-    if (c->r->user_id != c->user_id) {
-        svc_err_set(err, SVC_PERMISSION_DENIED, "reservation %" PRId64 " is not yours", c->id);
-        return -1;
-    }
-    I64(rid, c->id);
-    res = svc_pg_exec(conn, "SELECT " PAYMENT_COLUMNS " FROM payments WHERE reservation_id = $1", 1,
-                      p, PGRES_TUPLES_OK, "read payment", err);
-    if (res == NULL) {
-        return -1;
-    }
-    have = PQntuples(res) == 1;
-    if (have) {
-        read_payment(res, 0, c->pay);
-    }
-    PQclear(res);
-    if (have && c->pay->status == RSV_PAY_CHARGED) {
-        *c->done = true; /* paid before: the original answer */
-        return 0;
-    }
-    if (have && c->pay->status == RSV_PAY_PENDING) {
-        c->r->status = RSV_HELD; /* finish the payment under way: it cannot expire meanwhile */
-        return 0;
-    }
-    if (c->r->status != RSV_HELD) {
-        svc_err_set(err, SVC_FAILED_PRECONDITION, "reservation %" PRId64 " is %s", c->id,
-                    c->r->status == RSV_EXPIRED     ? "expired"
-                    : c->r->status == RSV_CANCELLED ? "cancelled"
-                                                    : "not payable");
-        return -1;
-    }
-    c->pay->reservation_id = c->id;
-    payment_key(c->pay);
-    return record_intent(conn, c, err);
-}
-
-int
-rsv_store_pay_begin(svc_pg_pool_t *db, int64_t reservation_id, int64_t user_id, int64_t now_ms,
-                    int64_t grace_ms, int64_t deadline_ms, svc_arena_t *arena, rsv_reservation_t *r,
-                    rsv_payment_t *pay, bool *done, svc_err_t *err)
-{
-    pay_ctx_t c = {reservation_id, user_id, now_ms, grace_ms, arena, r, pay, done};
-
-    memset(pay, 0, sizeof(*pay));
-    return svc_pg_tx(db, deadline_ms, pay_begin_tx, &c, err);
-}
-
-static int
-pay_outcome(svc_pg_pool_t *db, const char *sql, int n, const char *const *p, int64_t deadline_ms,
-            svc_err_t *err)
-{
-    PGconn *conn = svc_pg_acquire(db, deadline_ms, err);
-    PGresult *res;
-
-    if (conn == NULL) {
-        return -1;
-    }
-    res = svc_pg_exec(conn, sql, n, p, PGRES_COMMAND_OK, "record payment outcome", err);
-    svc_pg_release(db, conn, res == NULL && err->code == SVC_UNAVAILABLE);
-    if (res == NULL) {
-        return -1;
-    }
-    PQclear(res);
-    return 0;
-}
-
-int
-rsv_store_pay_confirm(svc_pg_pool_t *db, int64_t payment_id, int64_t balance_txn_id,
-                      int64_t balance_after, int64_t deadline_ms, svc_err_t *err)
-{
-    char pid[24], txn[24], after[24];
-    const char *p[] = {pid, txn, after};
-
-    I64(pid, payment_id);
-    I64(txn, balance_txn_id);
-    I64(after, balance_after);
-    /* One statement, so one transaction: charged, confirmed and sold together. */
-    return pay_outcome(
-        db,
-        "WITH pay AS (UPDATE payments SET status = 2, balance_txn_id = $2, balance_after = $3,"
-        " updated_at = now() WHERE id = $1 RETURNING reservation_id),"
-        " r AS (UPDATE reservations SET status = 2, updated_at = now()"
-        " WHERE id IN (SELECT reservation_id FROM pay))"
-        " UPDATE seats SET status = 3 WHERE hold_reservation_id IN (SELECT reservation_id FROM "
-        "pay)",
-        3, p, deadline_ms, err);
-}
-
-int
-rsv_store_pay_fail(svc_pg_pool_t *db, int64_t payment_id, int64_t deadline_ms, svc_err_t *err)
-{
-    char pid[24];
-    const char *p[] = {pid};
-
-    I64(pid, payment_id);
-    return pay_outcome(db,
-                       "UPDATE payments SET status = 3, updated_at = now() WHERE id = $1"
-                       " AND status = 1",
-                       1, p, deadline_ms, err);
-}
-
-int
-rsv_store_pending_payments(svc_pg_pool_t *db, int64_t now_ms, int64_t min_age_ms, int max,
-                           rsv_payment_t *out, int *n, svc_err_t *err)
-{
-    char age[24], lim[16];
-    const char *p[] = {age, lim};
-    PGconn *conn = svc_pg_acquire(db, now_ms + 5000, err);
-    PGresult *res;
-
-    *n = 0;
-    if (conn == NULL) {
-        return -1;
-    }
-    I64(age, min_age_ms);
-    I64(lim, max);
-    res = svc_pg_exec(
-        conn,
-        "SELECT " PAYMENT_COLUMNS " FROM payments WHERE status = 1"
-        " AND updated_at < now() - $1::bigint * interval '1 millisecond' ORDER BY id LIMIT $2",
-        2, p, PGRES_TUPLES_OK, "read pending payments", err);
-    svc_pg_release(db, conn, res == NULL && err->code == SVC_UNAVAILABLE);
-    if (res == NULL) {
-        return -1;
-    }
-    for (int i = 0; i < PQntuples(res) && i < max; i++) {
-        read_payment(res, i, &out[i]);
-        (*n)++;
-    }
-    PQclear(res);
-    return 0;
 }

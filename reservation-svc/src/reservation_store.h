@@ -12,8 +12,18 @@
 #include "svc/err.h"
 #include "svc/pg.h"
 
-enum { RSV_SEAT_AVAILABLE = 1, RSV_SEAT_HELD = 2, RSV_SEAT_SOLD = 3 };
-enum { RSV_HELD = 1, RSV_CONFIRMED = 2, RSV_CANCELLED = 3, RSV_EXPIRED = 4 };
+/* Stored values (seats.status, reservations.status); the SQL names them through RSV_STR. */
+#define RSV_SEAT_AVAILABLE 1
+#define RSV_SEAT_HELD 2
+#define RSV_SEAT_SOLD 3
+#define RSV_HELD 1
+#define RSV_CONFIRMED 2
+#define RSV_CANCELLED 3
+#define RSV_EXPIRED 4
+
+#define RSV_MAX_SEATS 10 /* seats in one hold */
+#define RSV_XSTR(x) #x
+#define RSV_STR(x) RSV_XSTR(x) /* a stored value as SQL text */
 
 typedef struct {
     int64_t id, concert_id, starts_at_ms;
@@ -41,7 +51,8 @@ typedef struct {
 
 typedef struct {
     int64_t id, user_id, schedule_id, amount, expires_at_ms, created_at_ms;
-    int status; /* RSV_*, a held one past its expiry reads as expired */
+    int64_t starts_at_ms; /* its schedule's */
+    int status;           /* RSV_*, a held one past its expiry reads as expired */
     int32_t *seats;
     int n_seats;
 } rsv_reservation_t;
@@ -78,61 +89,122 @@ int rsv_store_hold(svc_pg_pool_t *db, int64_t user_id, int64_t schedule_id, cons
                    const int64_t *fences, int n, int64_t now_ms, int64_t ttl_ms,
                    int64_t deadline_ms, svc_arena_t *arena, rsv_reservation_t *out, svc_err_t *err);
 
-/*
- * Cancels a live hold of user_id: PERMISSION_DENIED for someone else's,
- * FAILED_PRECONDITION unless it is held and not expired, NOT_FOUND.
- */
-int rsv_store_cancel(svc_pg_pool_t *db, int64_t reservation_id, int64_t user_id, int64_t now_ms,
-                     int64_t deadline_ms, svc_arena_t *arena, rsv_reservation_t *out,
-                     svc_err_t *err);
-
 int rsv_store_get(svc_pg_pool_t *db, int64_t reservation_id, int64_t now_ms, int64_t deadline_ms,
                   svc_arena_t *arena, rsv_reservation_t *out, svc_err_t *err);
 
-/* A payment: its intent, then its outcome. */
+/*
+ * A payment of a reservation, one per reservation. Its status is the state
+ * of the money, the reservation's status the state of the seats; the two
+ * change together in one transaction. RSV_PAY_* are the values stored in
+ * payments.status (migration 003); the SQL names them through RSV_STR.
+ *
+ *   PENDING    intent recorded; balance-svc may hold an authorization
+ *   CHARGED    reservation confirmed, authorization captured (final)
+ *   FAILED     nothing charged: refused, or voided (final)
+ *   CAPTURING  reservation confirmed; the capture is still to be done
+ *   VOIDING    reservation cancelled or expired while pending; void to do
+ *   REFUNDING  a confirmed reservation was cancelled; capture, then refund
+ *   REFUNDED   the confirmed-then-cancelled reservation was refunded (final)
+ */
+#define RSV_PAY_PENDING 1
+#define RSV_PAY_CHARGED 2
+#define RSV_PAY_FAILED 3
+#define RSV_PAY_CAPTURING 4
+#define RSV_PAY_VOIDING 5
+#define RSV_PAY_REFUNDING 6
+#define RSV_PAY_REFUNDED 7
+
 typedef struct {
     int64_t id;
     int64_t reservation_id, user_id, amount;
-    int status; /* 1 pending, 2 charged, 3 failed */
-    int64_t balance_txn_id, balance_after;
-    char key[64]; /* the idempotency key balance-svc sees: derived from the reservation */
+    int status;               /* RSV_PAY_* */
+    int64_t authorization_id; /* 0 until the decision recorded it */
+    int64_t balance_txn_id;   /* the capture's ledger row */
+    int64_t balance_after;
+    int64_t refund_txn_id;
+    int64_t hold_expires_at_ms; /* the reservation's expiry when the payment began */
+    char key[64];               /* the authorization's idempotency key: reservation:<id> */
 } rsv_payment_t;
 
-enum { RSV_PAY_PENDING = 1, RSV_PAY_CHARGED = 2, RSV_PAY_FAILED = 3 };
+/* True for the statuses that need balance-svc to be told something. */
+static inline bool
+rsv_pay_unsettled(int status)
+{
+    return status == RSV_PAY_PENDING || status == RSV_PAY_CAPTURING || status == RSV_PAY_VOIDING ||
+           status == RSV_PAY_REFUNDING;
+}
 
 /*
- * Step 1 of a payment, in one transaction: checks owner (PERMISSION_DENIED)
- * and state; a confirmed reservation returns its charged payment (*done set);
- * a live hold gets a pending payment intent and its hold extended by
- * grace_ms so it cannot expire while balance-svc is asked; an expired,
- * cancelled or failed-and-expired one is FAILED_PRECONDITION. An intent that
- * is already pending is returned as it is (another call, a retry, a restart).
+ * Step 1 of PayReservation, in one transaction: PERMISSION_DENIED for
+ * someone else's reservation. A live hold gets a PENDING payment (a failed
+ * one is tried again); an existing payment is returned as it is, so a
+ * retry, a concurrent call or a restart carries on with the same payment
+ * (pay->status says where it stands). FAILED_PRECONDITION when the
+ * reservation is expired or cancelled and has no payment to carry on with.
+ * The hold is not extended: a payment must be decided before it expires.
  */
 int rsv_store_pay_begin(svc_pg_pool_t *db, int64_t reservation_id, int64_t user_id, int64_t now_ms,
-                        int64_t grace_ms, int64_t deadline_ms, svc_arena_t *arena,
-                        rsv_reservation_t *r, rsv_payment_t *pay, bool *done, svc_err_t *err);
-
-/* Step 3: balance-svc charged: payment charged, reservation confirmed, seats sold. Idempotent. */
-int rsv_store_pay_confirm(svc_pg_pool_t *db, int64_t payment_id, int64_t balance_txn_id,
-                          int64_t balance_after, int64_t deadline_ms, svc_err_t *err);
-
-/* Step 3 otherwise: balance-svc refused (too little money): the payment failed, the hold stays. */
-int rsv_store_pay_fail(svc_pg_pool_t *db, int64_t payment_id, int64_t deadline_ms, svc_err_t *err);
-
-/* Pending payments older than min_age_ms (a crash left them), up to max, for recovery. */
-int rsv_store_pending_payments(svc_pg_pool_t *db, int64_t now_ms, int64_t min_age_ms, int max,
-                               rsv_payment_t *out, int *n, svc_err_t *err);
+                        int64_t deadline_ms, svc_arena_t *arena, rsv_reservation_t *r,
+                        rsv_payment_t *pay, svc_err_t *err);
 
 /*
- * Marks up to a batch of holds past their expiry EXPIRED and frees their
- * seats, skipping rows other instances are sweeping (FOR UPDATE SKIP LOCKED).
+ * The decision, in one transaction that locks the seats, then the
+ * reservation, then the payment: a PENDING payment whose reservation is
+ * still held, unexpired and owns its seats confirms it (seats SOLD) and
+ * becomes CAPTURING (CHARGED when amount is 0); otherwise it becomes VOIDING
+ * (FAILED without an authorization) and an expired hold is marked EXPIRED.
+ * A payment that is no longer PENDING is left as it is. *pay is re-read.
  */
-int rsv_store_sweep(svc_pg_pool_t *db, int64_t now_ms, int *n_expired, svc_err_t *err);
+int rsv_store_pay_decide(svc_pg_pool_t *db, int64_t payment_id, int64_t authorization_id,
+                         int64_t now_ms, int64_t deadline_ms, rsv_payment_t *pay, svc_err_t *err);
 
-/* The statements of a hold's transaction, shared with reservation-bench's direct-SQL twin. */
-extern const char RSV_SQL_LOCK_SEATS[];
-extern const char RSV_SQL_EXPIRE_OLD_HOLDS[];
-extern const char RSV_SQL_RESERVE[];
-extern const char RSV_SQL_HOLD_SEAT[];
+/* balance-svc refused the authorization for good: PENDING -> FAILED. */
+int rsv_store_pay_refused(svc_pg_pool_t *db, int64_t payment_id, int64_t deadline_ms,
+                          svc_err_t *err);
+
+/*
+ * The capture is done: records its ledger row; CAPTURING -> CHARGED
+ * (REFUNDING stays, now with the spend to refund). *pay is re-read.
+ */
+int rsv_store_pay_captured(svc_pg_pool_t *db, int64_t payment_id, int64_t balance_txn_id,
+                           int64_t balance_after, int64_t deadline_ms, rsv_payment_t *pay,
+                           svc_err_t *err);
+
+/* The authorization is voided: VOIDING -> FAILED. */
+int rsv_store_pay_voided(svc_pg_pool_t *db, int64_t payment_id, int64_t deadline_ms,
+                         svc_err_t *err);
+
+/* The refund is done: REFUNDING -> REFUNDED. */
+int rsv_store_pay_refunded(svc_pg_pool_t *db, int64_t payment_id, int64_t refund_txn_id,
+                           int64_t deadline_ms, svc_err_t *err);
+
+/*
+ * Payments that still need balance-svc, oldest first: PENDING ones untouched
+ * for pending_age_ms, the others untouched for other_age_ms; up to max.
+ */
+int rsv_store_unsettled_payments(svc_pg_pool_t *db, int64_t pending_age_ms, int64_t other_age_ms,
+                                 int max, rsv_payment_t *out, int *n, svc_err_t *err);
+
+/*
+ * CancelReservation, in one transaction (seats, then the reservation, then
+ * its payment): PERMISSION_DENIED for someone else's, NOT_FOUND. A live hold
+ * is cancelled (a PENDING payment becomes VOIDING); a confirmed reservation
+ * whose schedule has not started is cancelled and its payment becomes
+ * REFUNDING; anything else is FAILED_PRECONDITION. The seats are free at
+ * commit. *pay is the reservation's payment (pay->id 0: none).
+ */
+int rsv_store_cancel(svc_pg_pool_t *db, int64_t reservation_id, int64_t user_id, int64_t now_ms,
+                     int64_t deadline_ms, svc_arena_t *arena, rsv_reservation_t *out,
+                     rsv_payment_t *pay, svc_err_t *err);
+
+/*
+ * Marks up to RSV_SWEEP_BATCH holds past their expiry EXPIRED (a pending
+ * payment of theirs becomes VOIDING), then frees seats still marked held by
+ * a reservation that no longer holds them; rows other transactions have
+ * locked are skipped (SKIP LOCKED), so the sweeper never waits in a lock
+ * cycle. *n_expired counts the reservations marked.
+ */
+#define RSV_SWEEP_BATCH 200
+int rsv_store_sweep(svc_pg_pool_t *db, int64_t now_ms, int *n_expired, svc_err_t *err);
 
 #endif

@@ -4,7 +4,7 @@
  * storm: U users hold the same fresh seat at once (every call started before
  * any answer is read), timed from the first start to the last answer, R
  * times. Distinct seats: C calls in flight, each holding a seat never held
- * before. The twins run hold_tx's statements (reservation_store.c) with libpq
+ * before. The twins run a copy of hold_tx's statements with libpq
  * against the same database. It prints numbers and passes or fails nothing;
  * tests/bench/reservation_bench.sh starts the stack around it.
  */
@@ -27,7 +27,6 @@
 #include <sys/epoll.h>
 
 #include "bench_common.h"
-#include "reservation_store.h"
 #include "svc/timer.h"
 #include "reservation/v1/reservation.pb-c.h"
 #include "svc/arena.h"
@@ -48,8 +47,34 @@
 
 /* ---------------------------------------------------------------- hold_tx's SQL */
 
-/* The direct-SQL twin runs reservation_store.c's own statements (RSV_SQL_*). */
+/*
+ * The direct-SQL twin's statements: the bench's own copy of what a hold's
+ * transaction does in reservation_store.c (lock the seats in order, end
+ * expired holds on them, write the reservation, mark each seat), so the
+ * service's code carries nothing for the bench.
+ */
 #define HOLD_TTL_MS 300000 /* reservation-svc's default HOLD_TTL_MS */
+static const char SQL_LOCK_SEATS[] =
+    "SELECT number, status, coalesce(hold_expires_at_ms, 0), last_fence, price FROM seats"
+    " WHERE schedule_id = $1 AND number = ANY($2::int[]) ORDER BY number FOR UPDATE";
+static const char SQL_EXPIRE_OLD_HOLDS[] =
+    "WITH old AS (SELECT DISTINCT hold_reservation_id AS id FROM seats WHERE schedule_id = $1"
+    " AND number = ANY($2::int[]) AND status = 2 AND hold_expires_at_ms <= $3),"
+    " r AS (UPDATE reservations SET status = 4, updated_at = now()"
+    " WHERE id IN (SELECT id FROM old) AND status = 1),"
+    " rs AS (UPDATE reservation_seats SET live = false WHERE reservation_id IN (SELECT id FROM "
+    "old))"
+    " UPDATE seats SET status = 1, hold_reservation_id = NULL, hold_user_id = NULL,"
+    " hold_expires_at_ms = NULL WHERE schedule_id = $1 AND number = ANY($2::int[])"
+    " AND status = 2 AND hold_expires_at_ms <= $3";
+static const char SQL_RESERVE[] =
+    "INSERT INTO reservations (user_id, schedule_id, status, amount, expires_at_ms)"
+    " VALUES ($1, $2, 1, $3, $4) RETURNING id";
+static const char SQL_HOLD_SEAT[] =
+    "WITH rs AS (INSERT INTO reservation_seats (reservation_id, schedule_id, number)"
+    " VALUES ($1, $2, $3))"
+    " UPDATE seats SET status = 2, hold_reservation_id = $1, hold_user_id = $4,"
+    " hold_expires_at_ms = $5, last_fence = $6 WHERE schedule_id = $2 AND number = $3";
 
 /* ---------------------------------------------------------------- CPU accounting */
 
@@ -450,7 +475,7 @@ sql_advance(sql_run_t *run, sql_conn_t *c, const PGresult *res, bool ok)
     switch (c->step) {
     case S_BEGIN: {
         const char *p[] = {sched, list};
-        sql_send(c, S_LOCK, RSV_SQL_LOCK_SEATS, 2, p);
+        sql_send(c, S_LOCK, SQL_LOCK_SEATS, 2, p);
         break;
     }
     case S_LOCK:
@@ -459,13 +484,13 @@ sql_advance(sql_run_t *run, sql_conn_t *c, const PGresult *res, bool ok)
             sql_send(c, S_ROLLBACK, "ROLLBACK", 0, NULL);
         } else {
             const char *p[] = {sched, list, now};
-            sql_send(c, S_EXPIRE, RSV_SQL_EXPIRE_OLD_HOLDS, 3, p);
+            sql_send(c, S_EXPIRE, SQL_EXPIRE_OLD_HOLDS, 3, p);
         }
         break;
     case S_EXPIRE: {
         snprintf(amt, sizeof(amt), "%" PRId64, c->amount);
         const char *p[] = {user, sched, amt, expires};
-        sql_send(c, S_RESERVE, RSV_SQL_RESERVE, 4, p);
+        sql_send(c, S_RESERVE, SQL_RESERVE, 4, p);
         break;
     }
     case S_RESERVE: {
@@ -474,7 +499,7 @@ sql_advance(sql_run_t *run, sql_conn_t *c, const PGresult *res, bool ok)
         snprintf(num, sizeof(num), "%d", (int)c->seat);
         snprintf(fence, sizeof(fence), "%" PRId64, c->fence);
         const char *p[] = {rid, sched, num, user, expires, fence};
-        sql_send(c, S_HOLD, RSV_SQL_HOLD_SEAT, 6, p);
+        sql_send(c, S_HOLD, SQL_HOLD_SEAT, 6, p);
         break;
     }
     case S_HOLD:

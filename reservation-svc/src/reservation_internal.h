@@ -1,0 +1,76 @@
+/*
+ * reservation_internal.h: what reservation-svc's domain files share: the
+ * service object and the procedures the thin transport layer
+ * (reservation_service.c) calls. Holds are in reservation_hold.c, payments
+ * and cancellations in reservation_payment.c, expiry and recovery in
+ * reservation_sweeper.c; SQL only in the store files.
+ */
+#ifndef RESERVATION_INTERNAL_H
+#define RESERVATION_INTERNAL_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "reservation_service.h"
+#include "reservation_store.h"
+#include "svc/arena.h"
+#include "svc/err.h"
+
+#define RSV_KNOWN_USERS 65536 /* slots of the cache of users known to have an account */
+
+struct reservation_service {
+    svc_server_t *server;
+    svc_pg_pool_t *db;
+    svc_client_t *lock_svc;
+    svc_client_t *balance_svc;
+    reservation_opts_t opts;
+    /* The sweeper thread; mu guards stopping. */
+    pthread_t sweeper;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool stopping, sweeper_running;
+    /* Users balance-svc knows (accounts are never deleted); a set, reset when full. */
+    pthread_mutex_t users_mu;
+    int64_t *users;
+    int n_users;
+};
+
+/* The deadline of a database step of call: its own, at most 5 s from now. */
+int64_t reservation_db_deadline(svc_call_t *call);
+
+/*
+ * HoldSeats after validation: seats are 1..RSV_MAX_SEATS distinct numbers,
+ * ascending. Refuses a taken seat before any lock, a user without a balance
+ * account (NOT_FOUND), then takes the seats' lock tokens in ascending order
+ * and writes the hold in one transaction. out is allocated in arena.
+ */
+int reservation_hold(reservation_service_t *svc, svc_call_t *call, int64_t user_id,
+                     int64_t schedule_id, const int32_t *seats, int n, svc_arena_t *arena,
+                     rsv_reservation_t *out, svc_err_t *err);
+
+/*
+ * PayReservation: the outcome of one payment protocol run (see the
+ * README in this folder). On 0, r is CONFIRMED and pay CHARGED.
+ */
+int reservation_pay(reservation_service_t *svc, svc_call_t *call, int64_t reservation_id,
+                    int64_t user_id, svc_arena_t *arena, rsv_reservation_t *r, rsv_payment_t *pay,
+                    svc_err_t *err);
+
+/* CancelReservation: cancels, then tells balance-svc (void or refund) if it answers in time. */
+int reservation_cancel(reservation_service_t *svc, svc_call_t *call, int64_t reservation_id,
+                       int64_t user_id, svc_arena_t *arena, rsv_reservation_t *out, svc_err_t *err);
+
+/*
+ * Carries a payment as far as balance-svc lets it (authorize, decide,
+ * capture, void, refund); parent may be NULL. 0 when pay ended in a final
+ * status (CHARGED, FAILED, REFUNDED), else -1 with err (pay says where it stands).
+ */
+int reservation_payment_drive(reservation_service_t *svc, rsv_payment_t *pay, svc_call_t *parent,
+                              int64_t timeout_ms, svc_err_t *err);
+
+/* Starts and stops the sweeper thread (expiry, and payments nobody finished). */
+int reservation_sweeper_start(reservation_service_t *svc, svc_err_t *err);
+void reservation_sweeper_stop(reservation_service_t *svc);
+
+#endif
