@@ -485,6 +485,23 @@ cf_new_user(void)
     return atomic_fetch_add(&next_user, 1);
 }
 
+int64_t
+cf_new_account(svc_client_t *balance)
+{
+    int64_t user = cf_new_user();
+    char key[64];
+    svc_status_t code;
+
+    cf_unique(key, sizeof(key), "account");
+    code = cf_topup(balance, NULL, user, 1, key, NULL, NULL);
+    if (code != SVC_OK) {
+        fprintf(stderr, "conformance: opening the account of user %lld: %s\n", (long long)user,
+                svc_status_name(code));
+        return 0;
+    }
+    return user;
+}
+
 void
 cf_unique(char *buf, size_t len, const char *prefix)
 {

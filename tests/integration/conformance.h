@@ -168,6 +168,11 @@ struct cf_ctx {
 const cf_targets_t *cf_targets(cf_ctx_t *ctx);
 /* A user id no other run and no demo data uses (random 10^12 range, then counting). */
 int64_t cf_new_user(void);
+/*
+ * A new user with a balance account (a top-up of 1): HoldSeats refuses users
+ * without one. Returns the user id, or 0 (printed) when the top-up failed.
+ */
+int64_t cf_new_account(svc_client_t *balance);
 /* A fresh unique string (idempotency keys): prefix-<run>-<n>. */
 void cf_unique(char *buf, size_t len, const char *prefix);
 /* Runs fn(arg_i) on n threads (small stacks) and joins them. */

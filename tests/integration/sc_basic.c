@@ -73,22 +73,31 @@ sc_seat_storm(cf_ctx_t *ctx, cf_tally_t *t)
     seat_job_t *jobs;
     pthread_barrier_t start;
     cf_acks_t acks;
-    svc_client_t *rsv;
-    int64_t schedule;
+    svc_client_t *rsv, *bal;
+    int64_t schedule, *accounts;
 
     if (tg == NULL || (rsv = cf_client(tg->reservation_addr)) == NULL ||
+        (bal = cf_client(tg->balance_addr)) == NULL ||
         (schedule = cf_new_schedule(rsv, tg->admin_token, "conformance seat_storm", 33, 1000)) <
             0) {
         return -1;
     }
     jobs = calloc((size_t)n, sizeof(*jobs));
-    if (jobs == NULL) {
+    accounts = calloc((size_t)n, sizeof(*accounts));
+    for (int i = 0; jobs != NULL && accounts != NULL && i < n; i++) {
+        if ((accounts[i] = cf_new_account(bal)) == 0) {
+            break;
+        }
+    }
+    if (jobs == NULL || accounts == NULL || accounts[n - 1] == 0) {
+        free(jobs);
+        free(accounts);
         return -1;
     }
     cf_acks_init(&acks);
     pthread_barrier_init(&start, NULL, (unsigned)n);
     for (int i = 0; i < n; i++) {
-        jobs[i] = (seat_job_t){rsv, t, &acks, &start, schedule, cf_new_user(), 33, 0, 0, 0};
+        jobs[i] = (seat_job_t){rsv, t, &acks, &start, schedule, accounts[i], 33, 0, 0, 0};
     }
     cf_parallel(n, one_seat, jobs, sizeof(*jobs));
     pthread_barrier_destroy(&start);
@@ -102,8 +111,8 @@ sc_seat_storm(cf_ctx_t *ctx, cf_tally_t *t)
 
     pthread_barrier_init(&start, NULL, (unsigned)users);
     for (int i = 0; i < users; i++) {
-        jobs[i] = (seat_job_t){rsv, t, &acks, &start, schedule, cf_new_user(), 33, 7u * (unsigned)i,
-                               0,   0};
+        jobs[i] =
+            (seat_job_t){rsv, t, &acks, &start, schedule, accounts[i], 33, 7u * (unsigned)i, 0, 0};
     }
     cf_parallel(users, many_seats, jobs, sizeof(*jobs));
     pthread_barrier_destroy(&start);
@@ -111,6 +120,7 @@ sc_seat_storm(cf_ctx_t *ctx, cf_tally_t *t)
     cf_check_invariants(t, tg, &acks);
     cf_acks_free(&acks);
     free(jobs);
+    free(accounts);
     return 0;
 }
 

@@ -139,6 +139,7 @@ typedef struct {
     seat_storm_t *storm;
     unsigned seed; /* rand_r: each client thread draws on its own */
     bool keeper;   /* keeps its latest hold until it gets the next one */
+    int64_t user;  /* with a balance account, opened before the outage */
 } seat_client_t;
 
 static void
@@ -169,7 +170,7 @@ seat_client(void *arg)
 {
     seat_client_t *c = arg;
     seat_storm_t *s = c->storm;
-    int64_t user = cf_new_user(), kept = 0;
+    int64_t user = c->user, kept = 0;
 
     while (!atomic_load(&s->stop)) {
         int32_t seat = 1 + (int32_t)((unsigned)rand_r(&c->seed) % (uint32_t)s->seats);
@@ -220,6 +221,7 @@ static int
 run_seat_storm(cf_stack_t *stack, seat_storm_t *s, int n)
 {
     seat_client_t *clients = calloc((size_t)n, sizeof(*clients));
+    svc_client_t *balance = cf_client(stack->targets.balance_addr);
     outage_t o = {redis_down, redis_up, &stack->redis, 1500, &s->phase, &s->stop, 0};
     int rc;
 
@@ -227,7 +229,12 @@ run_seat_storm(cf_stack_t *stack, seat_storm_t *s, int n)
         return -1;
     }
     for (int i = 0; i < n; i++) {
-        clients[i] = (seat_client_t){s, 0x9e3779b9u ^ (uint32_t)(i * 7919 + 1), i % 4 == 0};
+        clients[i] = (seat_client_t){s, 0x9e3779b9u ^ (uint32_t)(i * 7919 + 1), i % 4 == 0,
+                                     balance != NULL ? cf_new_account(balance) : 0};
+        if (clients[i].user == 0) {
+            free(clients);
+            return -1;
+        }
     }
     rc = run_with_outage(&o, n, seat_client, clients, sizeof(*clients));
     free(clients);

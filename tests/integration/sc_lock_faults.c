@@ -55,14 +55,20 @@ ph_round(cf_stack_t *s, cf_tally_t *t, cf_acks_t *acks, int64_t schedule, int32_
 {
     const char *what = cancel ? "fence" : "row check";
     svc_client_t *c0 = cf_client(s->reservation[0].addr), *c1 = cf_client(s->reservation[1].addr);
-    ph_hold_t x = {.client = c0, .t = t, .user = cf_new_user(), .schedule = schedule, .seat = seat};
-    int64_t user = cf_new_user(), held = 0, live, holder, t0;
+    svc_client_t *bal = cf_client(s->targets.balance_addr);
+    ph_hold_t x = {.client = c0,
+                   .t = t,
+                   .user = bal != NULL ? cf_new_account(bal) : 0,
+                   .schedule = schedule,
+                   .seat = seat};
+    int64_t user = bal != NULL ? cf_new_account(bal) : 0, held = 0, live, holder, t0;
     svc_status_t code;
     pthread_t thread;
     bool stopped;
     char sql[512];
 
-    if (c0 == NULL || c1 == NULL || pthread_create(&thread, NULL, ph_hold_thread, &x) != 0) {
+    if (c0 == NULL || c1 == NULL || x.user == 0 || user == 0 ||
+        pthread_create(&thread, NULL, ph_hold_thread, &x) != 0) {
         return -1;
     }
     /* The failpoint stops instance 0 between its lock grant and its write. */

@@ -65,6 +65,7 @@ typedef struct {
     bool quick;
     testenv_sentinel_t *sentinels;
     int new_port; /* set by the conductor */
+    int64_t user; /* a seat taker's, with a balance account */
 } worker_t;
 
 static void
@@ -173,7 +174,7 @@ seat_taker(worker_t *w)
 {
     sentinel_run_t *r = w->run;
     unsigned seed = worker_seed(w);
-    int64_t user = cf_new_user(), kept = 0;
+    int64_t user = w->user, kept = 0;
 
     while (!atomic_load(&r->stop)) {
         int32_t seats[2];
@@ -326,6 +327,7 @@ sc_sentinel_failover(cf_ctx_t *ctx, cf_tally_t *t)
     int n_lockers = ctx->quick ? 12 : 24, n_takers = ctx->quick ? 8 : 16;
     int n = n_lockers + n_takers + 1;
     worker_t *w = NULL;
+    svc_client_t *balance;
     char url[256], title[64];
     int rc = -1, new_port = -1;
 
@@ -348,7 +350,8 @@ sc_sentinel_failover(cf_ctx_t *ctx, cf_tally_t *t)
             goto out;
         }
     }
-    if ((run.reservation = cf_client(stack.targets.reservation_addr)) == NULL) {
+    if ((run.reservation = cf_client(stack.targets.reservation_addr)) == NULL ||
+        (balance = cf_client(stack.targets.balance_addr)) == NULL) {
         goto out;
     }
     cf_unique(title, sizeof(title), "sentinel-failover");
@@ -370,6 +373,9 @@ sc_sentinel_failover(cf_ctx_t *ctx, cf_tally_t *t)
         w[i].id = i < n_lockers ? i : i - n_lockers;
         w[i].role = i < n_lockers ? 0 : i < n - 1 ? 1 : 2;
         w[i].quick = ctx->quick;
+        if (w[i].role == 1 && (w[i].user = cf_new_account(balance)) == 0) {
+            goto out;
+        }
     }
     fprintf(stderr,
             "sentinel_failover: %d lock-svc, %d lockers on %d keys, %d seat takers on %d seats, "
