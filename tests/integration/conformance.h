@@ -156,6 +156,10 @@ struct cf_ctx {
     char lock_bin[PATH_MAX], balance_bin[PATH_MAX], reservation_bin[PATH_MAX];
     bool external; /* targets came from the environment */
     bool quick;    /* smaller storms */
+    /* --seed, --seconds: a random scenario's seed (if seed_set) and length (0: default). */
+    uint64_t seed;
+    bool seed_set;
+    int seconds;
     /* The shared targets for scenarios that inject no fault (see cf_targets). */
     cf_targets_t targets;
     cf_stack_t *shared;
