@@ -33,6 +33,8 @@ const cf_scenario_t cf_scenarios[] = {
      sc_reservation_kill},
     {"sentinel_failover", "Redis primary failover (3 Sentinels) during a lock and seat storm", true,
      sc_sentinel_failover},
+    {"interleavings", "seeded random holds, payments, cancels, expiry under pauses and crashes",
+     true, sc_interleavings},
 };
 const int cf_n_scenarios = (int)(sizeof(cf_scenarios) / sizeof(cf_scenarios[0]));
 

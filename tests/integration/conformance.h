@@ -195,5 +195,7 @@ int sc_paused_holder(cf_ctx_t *ctx, cf_tally_t *t);
 int sc_lock_svc_kill(cf_ctx_t *ctx, cf_tally_t *t);
 /* sc_sentinel.c */
 int sc_sentinel_failover(cf_ctx_t *ctx, cf_tally_t *t);
+/* sc_interleavings.c */
+int sc_interleavings(cf_ctx_t *ctx, cf_tally_t *t);
 
 #endif
