@@ -33,6 +33,8 @@ const cf_scenario_t cf_scenarios[] = {
      sc_reservation_kill},
     {"sentinel_failover", "Redis primary failover (3 Sentinels) during a lock and seat storm", true,
      sc_sentinel_failover},
+    {"interleavings", "seeded random holds, payments, cancels, expiry under pauses and crashes",
+     true, sc_interleavings},
 };
 const int cf_n_scenarios = (int)(sizeof(cf_scenarios) / sizeof(cf_scenarios[0]));
 
@@ -60,6 +62,8 @@ usage(FILE *out)
                  "  --table FILE     print the table of the rows in FILE and exit\n"
                  "  --bin-dir DIR    the build tree with the services (default: this binary's)\n"
                  "  --free-ports N   print N distinct free loopback ports and exit\n"
+                 "  --seed N         replay a random scenario's schedule (its seed is printed)\n"
+                 "  --seconds S      how long a random scenario runs (interleavings: 60)\n"
                  "  -h, --help       this text\n"
                  "\n"
                  "Modes. With LOCK_ADDR, BALANCE_ADDR and RESERVATION_ADDR set, the suite\n"
@@ -338,12 +342,14 @@ main(int argc, char **argv)
         {"quick", no_argument, NULL, 'q'},         {"list", no_argument, NULL, 'l'},
         {"results", required_argument, NULL, 'r'}, {"table", required_argument, NULL, 't'},
         {"bin-dir", required_argument, NULL, 'b'}, {"free-ports", required_argument, NULL, 'p'},
+        {"seed", required_argument, NULL, 's'},    {"seconds", required_argument, NULL, 'S'},
         {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
     };
     const char *results = NULL, *bin_dir = NULL;
     const cf_scenario_t *todo[64];
     row_t rows[64];
     int n_todo = 0, failed = 0, ran = 0, opt;
+    char *end;
     static cf_ctx_t ctx;
 
     while ((opt = getopt_long(argc, argv, "h", long_opts, NULL)) != -1) {
@@ -373,6 +379,21 @@ main(int argc, char **argv)
                 printf("%d\n", port); /* distinct: never one of the last 64 it returned */
             }
             return 0;
+        case 's':
+            ctx.seed = strtoull(optarg, &end, 10);
+            ctx.seed_set = true;
+            if (*optarg == '\0' || *end != '\0') {
+                fprintf(stderr, "conformance: --seed %s is not a number\n", optarg);
+                return 2;
+            }
+            break;
+        case 'S':
+            ctx.seconds = (int)strtol(optarg, &end, 10);
+            if (*end != '\0' || ctx.seconds < 1 || ctx.seconds > 86400) {
+                fprintf(stderr, "conformance: --seconds %s is not 1..86400\n", optarg);
+                return 2;
+            }
+            break;
         case 'h':
             usage(stdout);
             return 0;

@@ -156,6 +156,10 @@ struct cf_ctx {
     char lock_bin[PATH_MAX], balance_bin[PATH_MAX], reservation_bin[PATH_MAX];
     bool external; /* targets came from the environment */
     bool quick;    /* smaller storms */
+    /* --seed, --seconds: a random scenario's seed (if seed_set) and length (0: default). */
+    uint64_t seed;
+    bool seed_set;
+    int seconds;
     /* The shared targets for scenarios that inject no fault (see cf_targets). */
     cf_targets_t targets;
     cf_stack_t *shared;
@@ -196,5 +200,7 @@ int sc_paused_holder(cf_ctx_t *ctx, cf_tally_t *t);
 int sc_lock_svc_kill(cf_ctx_t *ctx, cf_tally_t *t);
 /* sc_sentinel.c */
 int sc_sentinel_failover(cf_ctx_t *ctx, cf_tally_t *t);
+/* sc_interleavings.c */
+int sc_interleavings(cf_ctx_t *ctx, cf_tally_t *t);
 
 #endif

@@ -7,6 +7,7 @@
 #ifndef INVARIANTS_H
 #define INVARIANTS_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -17,9 +18,51 @@
  */
 int64_t inv_check_seats(const char *reservation_conninfo, int64_t now_ms, FILE *report);
 
-/* The balance database: every balance equals the sum of its ledger, and each
- * ledger row's balance_after follows from the row before it. */
+/*
+ * The balance database: every balance equals the sum of its ledger (top-ups
+ * and refunds add, spends take), each ledger row's balance_after follows from
+ * the row before it, and no balance is negative.
+ */
 int64_t inv_check_ledger(const char *balance_conninfo, FILE *report);
+
+/*
+ * Nothing stays authorized: no authorization is pending (status 1) with its
+ * expiry after now_ms. A balance database without an authorizations table
+ * (before two-phase funds) has none.
+ */
+int64_t inv_check_authorizations(const char *balance_conninfo, int64_t now_ms, FILE *report);
+
+/*
+ * What each reservation cost its user, reading both databases: spends keyed
+ * reservation:<id> minus the refunds of those spends. A CONFIRMED
+ * reservation owns its seats (SOLD to it) and cost exactly its amount; any
+ * other reservation cost 0; no one but its user paid for it. Reports one
+ * line per reservation that breaks this (the first few, then a count).
+ */
+int64_t inv_check_charges(const char *reservation_conninfo, const char *balance_conninfo,
+                          FILE *report);
+
+/*
+ * What the clients were told about one reservation, all of it answered OK:
+ * HoldSeats (always: the record exists because of it), any PayReservation,
+ * any CancelReservation.
+ */
+#define INV_MAX_SEATS 10
+typedef struct {
+    int64_t id, user_id, schedule_id;
+    int32_t seats[INV_MAX_SEATS]; /* ascending */
+    int n_seats;
+    bool paid, cancelled;
+} inv_answer_t;
+
+/*
+ * Every answer is in the data: the reservation exists for its user and
+ * schedule with exactly its seats; when a cancel answered OK it is CANCELLED
+ * and cost 0 (whatever a payment answered), else when a payment answered OK
+ * it is CONFIRMED and cost its amount.
+ */
+int64_t inv_check_answers(const char *reservation_conninfo, const char *balance_conninfo,
+                          const inv_answer_t *answers, int n, FILE *report);
 
 /*
  * Nothing acknowledged is lost: each (user_id, idempotency key, transaction

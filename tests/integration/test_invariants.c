@@ -147,6 +147,184 @@ test_acknowledged_reservations(void **state)
     assert_int_equal(inv_check_charged_once(pg_balance.conninfo, twice, 1, stderr), 1);
 }
 
+/* Empties both databases: the checks below read all of them. */
+static void
+reset(void)
+{
+    sql(&pg, "TRUNCATE payments, reservation_seats, seats, reservations, schedules, concerts");
+    sql(&pg_balance, "TRUNCATE ledger, accounts");
+}
+
+/* The ledger of two-phase funds: a REFUND kind (3) linked to its spend by refund_of. */
+static void
+ledger_with_refunds(void)
+{
+    sql(&pg_balance, "ALTER TABLE ledger DROP CONSTRAINT IF EXISTS ledger_kind_check;"
+                     "ALTER TABLE ledger ADD COLUMN IF NOT EXISTS refund_of bigint");
+}
+
+static void
+test_ledger_refunds_and_negative(void **state)
+{
+    (void)state;
+    reset();
+    ledger_with_refunds();
+    /* A refund adds to the balance: 100 - 30 + 30. */
+    sql(&pg_balance, "INSERT INTO accounts (user_id, balance) VALUES (7, 100);"
+                     "INSERT INTO ledger (id, user_id, kind, amount, balance_after,"
+                     " idempotency_key, refund_of) VALUES (1, 7, 1, 100, 100, 'k1', NULL),"
+                     " (2, 7, 2, 30, 70, 'k2', NULL), (3, 7, 3, 30, 100, 'k3', 2)");
+    assert_int_equal(inv_check_ledger(pg_balance.conninfo, stderr), 0);
+    /* A balance that leaves the refund out is not its ledger's sum. */
+    sql(&pg_balance, "UPDATE accounts SET balance = 40 WHERE user_id = 7");
+    assert_int_equal(inv_check_ledger(pg_balance.conninfo, stderr), 1);
+
+    /* A negative balance that its ledger explains, past the constraints that forbid it. */
+    sql(&pg_balance, "UPDATE accounts SET balance = 100 WHERE user_id = 7;"
+                     "ALTER TABLE accounts DROP CONSTRAINT accounts_balance_check;"
+                     "ALTER TABLE ledger DROP CONSTRAINT ledger_balance_after_check;"
+                     "INSERT INTO accounts (user_id, balance) VALUES (8, -5);"
+                     "INSERT INTO ledger (id, user_id, kind, amount, balance_after,"
+                     " idempotency_key) VALUES (4, 8, 2, 5, -5, 'k4')");
+    assert_int_equal(inv_check_ledger(pg_balance.conninfo, stderr), 2);
+}
+
+static void
+test_authorizations(void **state)
+{
+    (void)state;
+    reset();
+    /* Before two-phase funds there is no table, and nothing can stay authorized. */
+    assert_int_equal(inv_check_authorizations(pg_balance.conninfo, NOW, stderr), 0);
+    sql(&pg_balance,
+        "CREATE TABLE authorizations (id bigserial PRIMARY KEY, user_id bigint NOT NULL,"
+        " amount bigint NOT NULL, idempotency_key text NOT NULL, reference text NOT NULL"
+        " DEFAULT '', status smallint NOT NULL, expires_at_ms bigint NOT NULL,"
+        " capture_txn_id bigint)");
+    /* Pending but expired, captured, voided: none is live. */
+    sql(&pg_balance, "INSERT INTO authorizations (user_id, amount, idempotency_key, status,"
+                     " expires_at_ms) VALUES (7, 10, 'a1', 1, 1999999999999),"
+                     " (7, 10, 'a2', 2, 3000000000000), (7, 10, 'a3', 3, 3000000000000)");
+    assert_int_equal(inv_check_authorizations(pg_balance.conninfo, NOW, stderr), 0);
+    /* Pending past settling. */
+    sql(&pg_balance, "INSERT INTO authorizations (user_id, amount, idempotency_key, status,"
+                     " expires_at_ms) VALUES (7, 10, 'a4', 1, 3000000000000)");
+    assert_int_equal(inv_check_authorizations(pg_balance.conninfo, NOW, stderr), 1);
+    sql(&pg_balance, "DROP TABLE authorizations");
+}
+
+/*
+ * Schedule 3 (price 10, seats 1..4) and 4 (price 0): reservation 20 confirmed
+ * and paid; 22 confirmed for free; 23 the bug: confirmed and charged, its
+ * seat 3 cancelled back and now held by 24 of another user.
+ */
+static void
+plant_reservations(void)
+{
+    sql(&pg, "INSERT INTO concerts (id, title) VALUES (3, 'c3');"
+             "INSERT INTO schedules (id, concert_id, starts_at_ms, seat_count, seat_price)"
+             " VALUES (3, 3, 1, 4, 10), (4, 3, 1, 1, 0);"
+             "INSERT INTO seats (schedule_id, number, price) SELECT 3, g, 10 FROM"
+             " generate_series(1, 4) g;"
+             "INSERT INTO seats (schedule_id, number, price) VALUES (4, 1, 0);"
+             "INSERT INTO reservations (id, user_id, schedule_id, status, amount, expires_at_ms)"
+             " VALUES (20, 7, 3, 2, 10, 1), (22, 9, 4, 2, 0, 1), (23, 10, 3, 2, 10, 1),"
+             " (24, 11, 3, 1, 10, 3000000000000);"
+             "INSERT INTO reservation_seats (reservation_id, schedule_id, number, live)"
+             " VALUES (20, 3, 1, true), (22, 4, 1, true), (23, 3, 3, false), (24, 3, 3, true);"
+             "UPDATE seats SET status = 3, hold_reservation_id = 20 WHERE schedule_id = 3 AND"
+             " number = 1;"
+             "UPDATE seats SET status = 3, hold_reservation_id = 22 WHERE schedule_id = 4;"
+             "UPDATE seats SET status = 2, hold_reservation_id = 24, hold_expires_at_ms ="
+             " 3000000000000 WHERE schedule_id = 3 AND number = 3");
+    sql(&pg_balance, "INSERT INTO accounts (user_id, balance) VALUES (7, 0), (10, 0);"
+                     "INSERT INTO ledger (id, user_id, kind, amount, balance_after,"
+                     " idempotency_key) VALUES (20, 7, 1, 10, 10, 't7'),"
+                     " (21, 7, 2, 10, 0, 'reservation:20'), (22, 10, 1, 10, 10, 't10'),"
+                     " (23, 10, 2, 10, 0, 'reservation:23')");
+}
+
+static void
+test_charges(void **state)
+{
+    (void)state;
+    reset();
+    sql(&pg_balance, "ALTER TABLE ledger DROP COLUMN IF EXISTS refund_of");
+    plant_reservations();
+    /* The old ledger (no refunds): 20 and 22 are right; 23 does not own its seat. */
+    assert_int_equal(inv_check_charges(pg.conninfo, pg_balance.conninfo, stderr), 1);
+    sql(&pg, "UPDATE reservations SET status = 3 WHERE id = 23");
+    /* Cancelled, but still charged. */
+    assert_int_equal(inv_check_charges(pg.conninfo, pg_balance.conninfo, stderr), 1);
+
+    /* Refunded in full (the new ledger): a cancelled reservation that cost nothing. */
+    ledger_with_refunds();
+    sql(&pg_balance, "INSERT INTO ledger (id, user_id, kind, amount, balance_after,"
+                     " idempotency_key, refund_of) VALUES (24, 10, 3, 10, 10, 'refund:23', 23)");
+    assert_int_equal(inv_check_charges(pg.conninfo, pg_balance.conninfo, stderr), 0);
+    /* A refund of some other spend does not make it net 0. */
+    sql(&pg_balance, "UPDATE ledger SET refund_of = 21 WHERE id = 24");
+    assert_int_equal(inv_check_charges(pg.conninfo, pg_balance.conninfo, stderr), 2);
+    sql(&pg_balance, "UPDATE ledger SET refund_of = 23 WHERE id = 24");
+
+    /* Confirmed and paid, but by someone else; and a charge for no reservation. */
+    sql(&pg, "INSERT INTO reservations (id, user_id, schedule_id, status, amount, expires_at_ms)"
+             " VALUES (25, 12, 3, 2, 10, 1);"
+             "INSERT INTO reservation_seats (reservation_id, schedule_id, number)"
+             " VALUES (25, 3, 4);"
+             "UPDATE seats SET status = 3, hold_reservation_id = 25 WHERE schedule_id = 3 AND"
+             " number = 4");
+    sql(&pg_balance, "INSERT INTO ledger (id, user_id, kind, amount, balance_after,"
+                     " idempotency_key) VALUES (25, 7, 2, 10, 0, 'reservation:25'),"
+                     " (26, 7, 2, 10, 0, 'reservation:999')");
+    /* 25 cost its user 0, 25 paid by another user, 999 does not exist */
+    assert_int_equal(inv_check_charges(pg.conninfo, pg_balance.conninfo, stderr), 3);
+}
+
+static void
+test_answers(void **state)
+{
+    const inv_answer_t good[] = {
+        {.id = 20, .user_id = 7, .schedule_id = 3, .seats = {1}, .n_seats = 1, .paid = true},
+        {.id = 22, .user_id = 9, .schedule_id = 4, .seats = {1}, .n_seats = 1},
+        {.id = 24, .user_id = 11, .schedule_id = 3, .seats = {3}, .n_seats = 1},
+    };
+    inv_answer_t bad;
+
+    (void)state;
+    reset();
+    ledger_with_refunds();
+    plant_reservations();
+    assert_int_equal(inv_check_answers(pg.conninfo, pg_balance.conninfo, good, 3, stderr), 0);
+    assert_int_equal(inv_check_answers(pg.conninfo, pg_balance.conninfo, NULL, 0, stderr), 0);
+
+    /* A hold that is not there; one with other seats. */
+    bad = (inv_answer_t){.id = 99, .user_id = 7, .schedule_id = 3, .seats = {2}, .n_seats = 1};
+    assert_int_equal(inv_check_answers(pg.conninfo, pg_balance.conninfo, &bad, 1, stderr), 1);
+    bad = (inv_answer_t){.id = 24, .user_id = 11, .schedule_id = 3, .seats = {2, 3}, .n_seats = 2};
+    assert_int_equal(inv_check_answers(pg.conninfo, pg_balance.conninfo, &bad, 1, stderr), 1);
+
+    /* The bug: 23's cancel answered OK, yet it is confirmed and charged. */
+    bad = (inv_answer_t){
+        .id = 23, .user_id = 10, .schedule_id = 3, .seats = {3}, .n_seats = 1, .cancelled = true};
+    assert_int_equal(inv_check_answers(pg.conninfo, pg_balance.conninfo, &bad, 1, stderr), 1);
+    /* Cancelled but not refunded; then refunded, which is right even after a paid OK. */
+    sql(&pg, "UPDATE reservations SET status = 3 WHERE id = 23");
+    assert_int_equal(inv_check_answers(pg.conninfo, pg_balance.conninfo, &bad, 1, stderr), 1);
+    sql(&pg_balance, "INSERT INTO ledger (id, user_id, kind, amount, balance_after,"
+                     " idempotency_key, refund_of) VALUES (24, 10, 3, 10, 10, 'refund:23', 23)");
+    bad.paid = true;
+    assert_int_equal(inv_check_answers(pg.conninfo, pg_balance.conninfo, &bad, 1, stderr), 0);
+
+    /* A payment answered OK: cancelled instead, or confirmed and never charged. */
+    bad.cancelled = false;
+    assert_int_equal(inv_check_answers(pg.conninfo, pg_balance.conninfo, &bad, 1, stderr), 1);
+    bad = (inv_answer_t){
+        .id = 24, .user_id = 11, .schedule_id = 3, .seats = {3}, .n_seats = 1, .paid = true};
+    sql(&pg, "UPDATE reservations SET status = 2 WHERE id = 24");
+    assert_int_equal(inv_check_answers(pg.conninfo, pg_balance.conninfo, &bad, 1, stderr), 1);
+}
+
 static void
 test_locks(void **state)
 {
@@ -196,6 +374,10 @@ main(void)
         cmocka_unit_test(test_seats),
         cmocka_unit_test(test_ledger_and_acknowledged),
         cmocka_unit_test(test_acknowledged_reservations),
+        cmocka_unit_test(test_ledger_refunds_and_negative),
+        cmocka_unit_test(test_authorizations),
+        cmocka_unit_test(test_charges),
+        cmocka_unit_test(test_answers),
         cmocka_unit_test(test_locks),
     };
     return testenv_group_result(

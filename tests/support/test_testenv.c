@@ -256,6 +256,25 @@ test_proc_wait_stopped(void **state)
     remove_log(log_path); /* kept, since the exit was not clean */
 }
 
+/* Paused: stopped for real when pause returns; resumed: serving again. */
+static void
+test_proc_pause(void **state)
+{
+    testenv_proc_t p = {0};
+
+    (void)state;
+    assert_int_equal(testenv_proc_start(&p, server_path, NULL, NULL), 0);
+    assert_int_equal(testenv_proc_pause(&p), 0);
+    assert_int_equal(testenv_proc_wait_stopped(&p, 0), 0);
+    assert_int_equal(testenv_proc_resume(&p), 0);
+    assert_int_equal(testenv_proc_wait_stopped(&p, 200), -1); /* running again */
+    assert_int_equal(health(p.addr),
+                     GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING);
+    assert_int_equal(testenv_proc_stop(&p), 0);
+    /* Nothing to pause once it is gone. */
+    assert_int_equal(testenv_proc_pause(&p), -1);
+}
+
 /* A process that exits before it serves fails the start at once. */
 static void
 test_proc_start_failures(void **state)
@@ -390,10 +409,11 @@ int
 main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_free_port),         cmocka_unit_test(test_redis_lifecycle),
-        cmocka_unit_test(test_pg_lifecycle),      cmocka_unit_test(test_proc_lifecycle),
-        cmocka_unit_test(test_proc_wait_stopped), cmocka_unit_test(test_proc_start_failures),
-        cmocka_unit_test(test_port_in_use),       cmocka_unit_test(test_cleanup_on_death),
+        cmocka_unit_test(test_free_port),           cmocka_unit_test(test_redis_lifecycle),
+        cmocka_unit_test(test_pg_lifecycle),        cmocka_unit_test(test_proc_lifecycle),
+        cmocka_unit_test(test_proc_wait_stopped),   cmocka_unit_test(test_proc_pause),
+        cmocka_unit_test(test_proc_start_failures), cmocka_unit_test(test_port_in_use),
+        cmocka_unit_test(test_cleanup_on_death),
     };
 
     if (argc == 3 && strcmp(argv[1], "--die-with") == 0) {

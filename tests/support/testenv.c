@@ -882,6 +882,22 @@ testenv_proc_signal(testenv_proc_t *p, int sig)
 }
 
 int
+testenv_proc_pause(testenv_proc_t *p)
+{
+    /* Polled in /proc, not waited for: waitpid could reap an exit that stop must report. */
+    if (testenv_proc_signal(p, SIGSTOP) != 0 || testenv_proc_wait_stopped(p, 5000) != 0) {
+        return -1;
+    }
+    return 0;
+}
+
+int
+testenv_proc_resume(testenv_proc_t *p)
+{
+    return testenv_proc_signal(p, SIGCONT);
+}
+
+int
 testenv_proc_restart(testenv_proc_t *p)
 {
     pid_t pid;

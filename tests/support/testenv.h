@@ -176,6 +176,13 @@ int testenv_proc_kill(testenv_proc_t *p);
 /* Sends sig to the process (SIGSTOP, SIGCONT, SIGHUP...). */
 int testenv_proc_signal(testenv_proc_t *p, int sig);
 /*
+ * SIGSTOP, returning once the process is really stopped (as
+ * testenv_redis_pause): its connections stay open and its calls hang.
+ */
+int testenv_proc_pause(testenv_proc_t *p);
+/* SIGCONT. */
+int testenv_proc_resume(testenv_proc_t *p);
+/*
  * Runs the same binary, args and env on the same port again (killing it first
  * if it still runs) and waits until SERVING. REQUIRES: p was started.
  */
