@@ -32,9 +32,13 @@
 #define IL_MAX_OPEN 6 /* reservations a user keeps in mind */
 #define IL_MAX_RESERVATIONS 20000
 #define IL_SETTLE_MS 30000
-#define IL_RICH 20000    /* a first top-up that pays for several seats */
-#define IL_POOR 700      /* one that pays for few or none */
-#define IL_PAY_PENDING 1 /* payments.status of a payment not yet charged nor failed */
+#define IL_RICH 20000 /* a first top-up that pays for several seats */
+#define IL_POOR 700   /* one that pays for few or none */
+/*
+ * payments.status of a payment that still needs balance-svc: pending (1),
+ * and, since two-phase payments, capturing (4), voiding (5), refunding (6).
+ */
+#define IL_PAY_UNSETTLED "1, 4, 5, 6"
 
 /* ------------------------------------------------------------ Randomness */
 
@@ -652,14 +656,13 @@ prepare(il_run_t *run, il_worker_t *workers, int n_workers, uint64_t *rng)
 
 /* --------------------------------------------------------------- Ending */
 
-/* Waits until no payment is pending (bounded); returns how many still are. */
+/* Waits until no payment needs balance-svc (bounded); returns how many still do. */
 static int64_t
 settle(il_run_t *run)
 {
-    char sql[96];
+    const char *sql = "SELECT count(*) FROM payments WHERE status IN (" IL_PAY_UNSETTLED ")";
     int64_t give_up_at = svc_now_mono_ms() + IL_SETTLE_MS, pending;
 
-    snprintf(sql, sizeof(sql), "SELECT count(*) FROM payments WHERE status = %d", IL_PAY_PENDING);
     while ((pending = testenv_pg_query_int(&run->stack->pg, sql)) != 0 &&
            svc_now_mono_ms() < give_up_at) {
         svc_sleep_ms(250);
