@@ -18,7 +18,8 @@ function(svc_protobuf_c target)
       OUTPUT ${c} ${h}
       COMMAND ${CMAKE_COMMAND} -E make_directory ${SVC_GEN_DIR}
       COMMAND ${PROTOC_C} --c_out=${SVC_GEN_DIR} -I ${ARG_ROOT} ${proto}
-      DEPENDS ${ARG_ROOT}/${proto}
+      COMMAND ${CMAKE_COMMAND} -DHEADER=${h} -P ${PROJECT_SOURCE_DIR}/cmake/protoc_c_keywords.cmake
+      DEPENDS ${ARG_ROOT}/${proto} ${PROJECT_SOURCE_DIR}/cmake/protoc_c_keywords.cmake
       COMMENT "protoc-c ${proto}"
       VERBATIM)
     list(APPEND srcs ${c})
