@@ -397,6 +397,18 @@ handle_list(svc_call_t *call, const ProtobufCMessage *msg, void *user)
     svc_call_reply(call, &resp.base);
 }
 
+/* Placeholder until the two-phase funds land: the contract names them already. */
+static void
+handle_not_yet(svc_call_t *call, const ProtobufCMessage *msg, void *user)
+{
+    svc_err_t err;
+
+    (void)msg;
+    (void)user;
+    svc_err_set(&err, SVC_UNIMPLEMENTED, "%s is not implemented yet", svc_call_method(call));
+    svc_call_fail(call, &err);
+}
+
 /* ---------- lifecycle ---------- */
 
 balance_service_t *
@@ -428,6 +440,10 @@ balance_service_register(balance_service_t *svc, svc_err_t *err)
         {"TopUp", SVC_METHOD_UNARY, handle_top_up, NULL, 0},
         {"Spend", SVC_METHOD_UNARY, handle_spend, NULL, 0},
         {"ListTransactions", SVC_METHOD_UNARY, handle_list, NULL, 0},
+        {"Authorize", SVC_METHOD_UNARY, handle_not_yet, NULL, 0},
+        {"Capture", SVC_METHOD_UNARY, handle_not_yet, NULL, 0},
+        {"Void", SVC_METHOD_UNARY, handle_not_yet, NULL, 0},
+        {"Refund", SVC_METHOD_UNARY, handle_not_yet, NULL, 0},
     };
 
     return svc_server_add_service(svc->server, &balance__v1__balance_service__descriptor, handlers,
