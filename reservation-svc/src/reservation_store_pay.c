@@ -177,8 +177,8 @@ static int
 pay_begin_tx(PGconn *conn, void *arg, svc_err_t *err)
 {
     begin_ctx_t *c = arg;
-    char rid[24], user[24], amount[24];
-    const char *p[] = {rid, user, amount};
+    char rid[24], user[24], amount[24], key[48];
+    const char *p[] = {rid, user, amount, key};
     PGresult *res;
     int found;
 
@@ -205,11 +205,12 @@ pay_begin_tx(PGconn *conn, void *arg, svc_err_t *err)
     I64(rid, c->id);
     I64(user, c->user_id);
     I64(amount, c->r->amount);
+    snprintf(key, sizeof(key), "reservation:%" PRId64, c->id);
     res = svc_pg_exec(conn,
                       "INSERT INTO payments (reservation_id, user_id, amount, idempotency_key)"
-                      " VALUES ($1, $2, $3, 'reservation:' || $1) ON CONFLICT (reservation_id)"
+                      " VALUES ($1, $2, $3, $4) ON CONFLICT (reservation_id)"
                       " DO UPDATE SET status = " RSV_STR(RSV_PAY_PENDING) ", updated_at = now()",
-                      3, p, PGRES_COMMAND_OK, "record payment", err);
+                      4, p, PGRES_COMMAND_OK, "record payment", err);
     if (res == NULL) {
         return -1;
     }
