@@ -27,8 +27,9 @@ balance_stack_start(balance_stack_t *s, const char *balance_path, const char *lo
     snprintf(lock_env, sizeof(lock_env), "LOCK_SVC_ADDR=%s", s->lock.addr);
     snprintf(db_env, sizeof(db_env), "DATABASE_URL=%s", s->pg.conninfo);
     for (int i = 0; i < n && i < BALANCE_STACK_MAX; i++) {
-        const char *envs[] = {db_env, lock_env, "LOG_LEVEL=warn",
-                              inst_env != NULL ? inst_env[i] : NULL, NULL};
+        /* inst_env first: of two settings of one name, the first is the one seen. */
+        const char *envs[] = {inst_env != NULL && inst_env[i] != NULL ? inst_env[i] : db_env,
+                              db_env, lock_env, "LOG_LEVEL=warn", NULL};
         if (testenv_proc_start(&s->inst[i], balance_path, NULL, envs) != 0) {
             return -1;
         }

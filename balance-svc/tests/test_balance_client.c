@@ -1,0 +1,141 @@
+/*
+ * test_balance_client.c: libsvc's typed balance-svc client
+ * (svc/balance_client.h) against the real balance-svc: every function fills
+ * exactly the fields its method returns, out may be NULL, statuses and
+ * transport errors come back in err, and the caller's x-request-id and
+ * timeout reach the server. argv[1] is balance-svc, argv[2] lock-svc.
+ */
+#define _GNU_SOURCE
+#include <inttypes.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "balance_stack.h"
+#include "svc/balance_client.h"
+#include "svc/timer.h"
+
+static const char *balance_path, *lock_path;
+static balance_stack_t stack;
+
+static bool
+log_contains(const char *path, const char *needle)
+{
+    FILE *f = fopen(path, "r");
+    char line[4096];
+    bool found = false;
+
+    while (f != NULL && !found && fgets(line, sizeof(line), f) != NULL) {
+        found = strstr(line, needle) != NULL;
+    }
+    if (f != NULL) {
+        fclose(f);
+    }
+    return found;
+}
+
+static void
+test_each_call_fills_its_fields(void **state)
+{
+    svc_client_t *c = stack.client[0];
+    svc_balance_result_t r;
+    int64_t user = 777, auth_id, spend_id;
+    svc_err_t err;
+
+    (void)state;
+    assert_int_equal(svc_balance_top_up(c, user, 1000, "t", NULL, &r, &err), 0);
+    assert_int_equal(r.balance, 1000);
+    assert_true(r.transaction_id > 0);
+    assert_int_equal(r.available + r.authorization_id + r.expires_at_ms, 0);
+    assert_int_equal(svc_balance_spend(c, user, 100, "s", "ref", NULL, &r, &err), 0);
+    assert_int_equal(r.balance, 900);
+    spend_id = r.transaction_id;
+    assert_int_equal(svc_balance_authorize(c, user, 300, "a", "ref", 5000, NULL, &r, &err), 0);
+    assert_int_equal(r.balance, 900);
+    assert_int_equal(r.available, 600);
+    assert_true(r.expires_at_ms > svc_now_unix_ms());
+    assert_int_equal(r.transaction_id, 0);
+    auth_id = r.authorization_id;
+    assert_int_equal(svc_balance_get(c, user, NULL, &r, &err), 0);
+    assert_int_equal(r.balance, 900);
+    assert_int_equal(r.available, 600);
+    assert_int_equal(svc_balance_capture(c, auth_id, NULL, &r, &err), 0);
+    assert_int_equal(r.balance, 600);
+    assert_false(r.replayed);
+    assert_int_equal(svc_balance_capture(c, auth_id, NULL, &r, &err), 0);
+    assert_true(r.replayed);
+    assert_int_equal(svc_balance_refund(c, user, spend_id, 100, "rf", NULL, &r, &err), 0);
+    assert_int_equal(r.balance, 700);
+    assert_int_equal(svc_balance_authorize(c, user, 50, "a2", "", 0, NULL, &r, &err), 0);
+    assert_int_equal(svc_balance_void(c, r.authorization_id, NULL, &r, &err), 0);
+    assert_int_equal(r.balance, 700);
+    assert_int_equal(r.available, 700);
+    /* out may be NULL. */
+    assert_int_equal(svc_balance_top_up(c, user, 1, "t2", NULL, NULL, &err), 0);
+    assert_int_equal(
+        balance_stack_query(&stack, "SELECT balance FROM accounts WHERE user_id =", user), 701);
+}
+
+static void
+test_errors_and_call_options(void **state)
+{
+    svc_call_opts_t opts = {.timeout_ms = 3000, .request_id = "client-test-rid-42"};
+    svc_client_t *nowhere;
+    svc_balance_result_t r;
+    svc_err_t err;
+
+    (void)state;
+    assert_int_equal(svc_balance_get(stack.client[0], 424242, &opts, &r, &err), -1);
+    assert_int_equal(err.code, SVC_NOT_FOUND);
+    assert_non_null(strstr(err.msg, "424242"));
+    assert_int_equal(svc_balance_spend(stack.client[0], 0, 1, "k", "", &opts, &r, &err), -1);
+    assert_int_equal(err.code, SVC_INVALID_ARGUMENT);
+    /* The request id reached balance-svc (it logs each call at info). */
+    assert_true(log_contains(stack.inst[1].log_path, "client-test-rid-42") ||
+                log_contains(stack.inst[0].log_path, "client-test-rid-42"));
+    /* Nobody listens there: a transport error, within the timeout. */
+    nowhere = svc_client_get("127.0.0.1:1", &err);
+    assert_non_null(nowhere);
+    int64_t t0 = svc_now_mono_ms();
+    assert_int_equal(svc_balance_get(nowhere, 1, &opts, &r, &err), -1);
+    assert_true(err.code == SVC_UNAVAILABLE || err.code == SVC_DEADLINE_EXCEEDED);
+    assert_true(svc_now_mono_ms() - t0 < 3500);
+}
+
+static int
+setup(void **state)
+{
+    const char *env[] = {"LOG_LEVEL=info", NULL};
+
+    (void)state;
+    return balance_stack_start(&stack, balance_path, lock_path, 1, env);
+}
+
+static int
+teardown(void **state)
+{
+    (void)state;
+    return balance_stack_stop(&stack);
+}
+
+int
+main(int argc, char **argv)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_each_call_fills_its_fields),
+        cmocka_unit_test(test_errors_and_call_options),
+    };
+
+    if (argc < 3) {
+        fprintf(stderr, "usage: %s path/to/balance-svc path/to/lock-svc\n", argv[0]);
+        return 2;
+    }
+    balance_path = argv[1];
+    lock_path = argv[2];
+    return testenv_group_result(
+        cmocka_run_group_tests(tests, setup, testenv_group_teardown(teardown)));
+}
