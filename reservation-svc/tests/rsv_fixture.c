@@ -479,6 +479,36 @@ rsv_funded_user(int64_t amount)
     return user;
 }
 
+typedef struct {
+    int64_t user, amount;
+} funding_t;
+
+static void *
+funding_thread(void *arg)
+{
+    funding_t *f = arg;
+
+    rsv_top_up(f->user, f->amount);
+    return NULL;
+}
+
+void
+rsv_funded_users(int64_t *users, int n, int64_t amount)
+{
+    enum { AT_ONCE = 50 };
+    funding_t f[AT_ONCE];
+
+    for (int done = 0; done < n;) {
+        int k = n - done < AT_ONCE ? n - done : AT_ONCE;
+        for (int i = 0; i < k; i++) {
+            users[done + i] = rsv_new_user();
+            f[i] = (funding_t){users[done + i], amount};
+        }
+        run_threads(f, sizeof(f[0]), k, funding_thread);
+        done += k;
+    }
+}
+
 int
 rsv_balance_get(int64_t user, int64_t *balance, int64_t *available, svc_err_t *err)
 {

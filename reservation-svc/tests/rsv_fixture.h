@@ -138,6 +138,8 @@ int rsv_status_of(const rsv_instance_t *inst, int64_t id);
 int64_t rsv_new_user(void);
 /* A new user whose account holds amount (any size: several top-ups of at most 100 000 000). */
 int64_t rsv_funded_user(int64_t amount);
+/* n new users with an account of amount (at most 100 000 000) each, funded 50 at a time. */
+void rsv_funded_users(int64_t *users, int n, int64_t amount);
 /* Adds amount to user's account (creating it), in top-ups of at most 100 000 000. */
 void rsv_top_up(int64_t user, int64_t amount);
 /* GetBalance: balance and available (balance minus live authorizations). */
