@@ -87,9 +87,13 @@ rsv_fixture_start_instance(rsv_instance_t *inst, const char *dbname, const char 
         envs[n++] = *env_kv;
     }
     envs[n] = NULL;
-    snprintf(create, sizeof(create), "CREATE DATABASE %s", dbname);
-    if (testenv_pg_exec(&rsv_stack.pg, create) != 0) {
-        return -1;
+    snprintf(create, sizeof(create), "SELECT count(*) FROM pg_database WHERE datname = '%s'",
+             dbname);
+    if (testenv_pg_query_int(&rsv_stack.pg, create) == 0) { /* the first instance on it */
+        snprintf(create, sizeof(create), "CREATE DATABASE %s", dbname);
+        if (testenv_pg_exec(&rsv_stack.pg, create) != 0) {
+            return -1;
+        }
     }
     inst->db = rsv_stack.pg;
     snprintf(inst->db.conninfo, sizeof(inst->db.conninfo),
@@ -141,6 +145,9 @@ rsv_fixture_arena_setup(void **state)
 int
 rsv_fixture_arena_teardown(void **state)
 {
+    if (rsv_stack.balance.pid != 0) { /* a failed test may have left it paused */
+        testenv_proc_signal(&rsv_stack.balance, SIGCONT);
+    }
     svc_arena_destroy(*state);
     return 0;
 }
@@ -572,6 +579,20 @@ db_net_charge(int64_t reservation_id)
                   "') OR (l.kind = 3 AND l.refund_of IN (SELECT id FROM ledger WHERE kind = 2 AND"
                   " idempotency_key = 'reservation:%" PRId64 "'))",
                   reservation_id, reservation_id);
+}
+
+void
+expect_nothing_authorized(int64_t user)
+{
+    int64_t balance = 0, available = 0;
+    svc_err_t err;
+
+    expect_ok("GetBalance", rsv_balance_get(user, &balance, &available, &err), &err);
+    if (available != balance) {
+        fail_msg("user %" PRId64 ": balance %" PRId64 ", available %" PRId64
+                 ": an authorization is still live",
+                 user, balance, available);
+    }
 }
 
 void

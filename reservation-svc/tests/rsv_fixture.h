@@ -69,7 +69,8 @@ int rsv_fixture_main_args(int argc, char **argv);
 /* PostgreSQL, Redis, lock-svc and balance-svc. -1 when one does not start. */
 int rsv_fixture_start(void);
 /*
- * Starts reservation-svc on a new database dbname of the shared server, with
+ * Starts reservation-svc on database dbname of the shared server (created
+ * for the first instance on it; instances may share one), with
  * ADMIN_TOKEN, LOG_LEVEL=warn and the dependencies' addresses, plus env_kv
  * (NULL-terminated "NAME=value", may be NULL; HOLD_TTL_MS, SWEEP_MS...).
  */
@@ -79,7 +80,8 @@ int rsv_fixture_start_instance(rsv_instance_t *inst, const char *dbname, const c
  * -1 when a process did not exit cleanly (a sanitizer report, say).
  */
 int rsv_fixture_stop(rsv_instance_t *const *instances, int n);
-/* Each test's arena in *state, freed after the test even when it failed. */
+/* Each test's arena in *state, freed after the test even when it failed; the teardown
+ * also resumes balance-svc, which a failed test may have left paused. */
 int rsv_fixture_arena_setup(void **state);
 int rsv_fixture_arena_teardown(void **state);
 
@@ -144,6 +146,9 @@ void rsv_funded_users(int64_t *users, int n, int64_t amount);
 void rsv_top_up(int64_t user, int64_t amount);
 /* GetBalance: balance and available (balance minus live authorizations). */
 int rsv_balance_get(int64_t user, int64_t *balance, int64_t *available, svc_err_t *err);
+
+/* Fails unless GetBalance shows available = balance: no live authorization. */
+void expect_nothing_authorized(int64_t user);
 
 /* ---------- the databases ---------- */
 
