@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "balance_service.h"
+#include "balance_sweeper.h"
 #include "svc/client.h"
 #include "svc/config.h"
 #include "svc/log.h"
@@ -28,7 +29,7 @@ main(int argc, char **argv)
     const char *listen_addr = NULL, *database_url = NULL, *lock_addr = NULL;
     int64_t workers = 0, max_workers = 0, grace_ms = 0, db_pool = 0, stmt_timeout = 0;
     balance_limits_t limits = {0};
-    int64_t max_batch = 0;
+    int64_t max_batch = 0, sweep_interval_ms = 0;
     svc_log_level_t log_level = SVC_LOG_INFO;
     svc_opt_t opts[] = {
         {"listen-addr", "LISTEN_ADDR", SVC_OPT_STRING, "127.0.0.1:50052", "address to serve on", 0,
@@ -48,12 +49,15 @@ main(int argc, char **argv)
          300000, &limits.lock_lease_ms, 0},
         {"max-batch", "MAX_BATCH", SVC_OPT_INT, "64",
          "operations on one account served in one transaction at most", 1, 10000, &max_batch, 0},
+        {"sweep-interval-ms", "SWEEP_INTERVAL_MS", SVC_OPT_INT, "1000",
+         "how often expired authorizations are marked voided", 10, 3600000, &sweep_interval_ms, 0},
         SVC_OPTS_RUNTIME(&workers, &max_workers, &grace_ms, &log_level),
     };
     svc_server_opts_t sopts = {0};
     svc_pg_opts_t dbopts = {0};
     svc_server_t *server = NULL;
     balance_service_t *svc = NULL;
+    balance_sweeper_t *sweeper = NULL;
     svc_client_t *lock_svc;
     svc_pg_pool_t *db;
     svc_err_t err;
@@ -91,7 +95,9 @@ main(int argc, char **argv)
     server = svc_server_create(&sopts, &err);
     if (server == NULL ||
         (svc = balance_service_create(server, db, lock_svc, &limits, &err)) == NULL ||
-        balance_service_register(svc, &err) != 0 || svc_server_start(server, &err) != 0) {
+        balance_service_register(svc, &err) != 0 ||
+        (sweeper = balance_sweeper_create(db, sweep_interval_ms, &err)) == NULL ||
+        svc_server_start(server, &err) != 0) {
         svc_log_kv(SVC_LOG_ERROR, "cannot start", "error", err.msg, NULL);
         goto out;
     }
@@ -102,6 +108,7 @@ out:
     if (server != NULL) {
         svc_server_shutdown(server);
     }
+    balance_sweeper_destroy(sweeper);
     balance_service_destroy(svc);
     svc_server_destroy(server);
     svc_pg_pool_destroy(db);

@@ -1,293 +1,144 @@
 /*
- * balance_service.c: balance.v1.BalanceService. Each top-up or spend joins
- * its account's queue; one worker at a time serves an account: it takes the
- * lock token account:<user_id> from lock-svc, runs the queued operations in
- * one transaction (balance_store), releases the token, answers every caller,
- * and goes on while more arrived. A hot account thus costs one lock hand-off
- * and one commit per batch instead of per request. No call to another service
- * happens while a transaction is open.
+ * balance_service.c: balance.v1.BalanceService at the edge. Each handler
+ * unpacks and validates its request, hands a change to the per-account
+ * batcher (balance_batcher.c) or reads through the store, and maps the
+ * outcome to its response or gRPC status. No SQL and no queueing here.
  */
 #define _GNU_SOURCE
 #include <inttypes.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "balance/v1/balance.pb-c.h"
+#include "balance_batcher.h"
 #include "balance_service.h"
 #include "balance_store.h"
-#include "svc/lock_client.h"
-#include "svc/log.h"
 #include "svc/validate.h"
 
-#define N_BUCKETS 4096
 #define KEY_MAX 128
 #define REFERENCE_MAX 256
 #define PAGE_DEFAULT 50
 #define PAGE_MAX 500
-#define TX_BUDGET_MS 5000
-
-typedef struct balance_req {
-    struct balance_req *next;
-    svc_call_t *call;
-    balance_op_t op;
-    int64_t deadline_ms;
-} balance_req_t;
-
-typedef struct account_q {
-    struct account_q *next; /* hash chain */
-    int64_t user_id;
-    balance_req_t *head, *tail;
-} account_q_t;
+#define READ_BUDGET_MS 5000
+#define EXPIRES_DEFAULT_MS 600000
+#define EXPIRES_MAX_MS 86400000
 
 struct balance_service {
     svc_server_t *server;
     svc_pg_pool_t *db;
-    svc_client_t *lock_svc;
-    balance_limits_t limits;
-    pthread_mutex_t mu;
-    account_q_t *buckets[N_BUCKETS];
+    balance_batcher_t *batcher;
 };
 
-/* ---------- answers ---------- */
+/* ---------- answers (called by the batcher, once per request) ---------- */
 
 static void
 answer(balance_req_t *r)
 {
-    if (r->op.err.code != SVC_OK) {
-        svc_call_fail(r->call, &r->op.err);
-    } else if (r->op.kind == BALANCE_TOP_UP) {
-        Balance__V1__TopUpResponse resp = BALANCE__V1__TOP_UP_RESPONSE__INIT;
-        resp.balance = r->op.balance;
-        resp.transaction_id = r->op.transaction_id;
-        resp.replayed = r->op.replayed;
+    const balance_op_t *op = &r->op;
+
+    if (op->err.code != SVC_OK) {
+        svc_call_fail(r->call, &op->err);
+        return;
+    }
+    switch (op->kind) {
+    case BALANCE_OP_TOP_UP:
+    case BALANCE_OP_SPEND:
+    case BALANCE_OP_REFUND:
+    case BALANCE_OP_CAPTURE: {
+        /* TopUp, Spend, Refund and Capture responses share one shape. */
+        Balance__V1__TopUpResponse top_up = BALANCE__V1__TOP_UP_RESPONSE__INIT;
+        Balance__V1__SpendResponse spend = BALANCE__V1__SPEND_RESPONSE__INIT;
+        Balance__V1__RefundResponse refund = BALANCE__V1__REFUND_RESPONSE__INIT;
+        Balance__V1__CaptureResponse capture = BALANCE__V1__CAPTURE_RESPONSE__INIT;
+        ProtobufCMessage *msg = op->kind == BALANCE_OP_TOP_UP   ? &top_up.base
+                                : op->kind == BALANCE_OP_SPEND  ? &spend.base
+                                : op->kind == BALANCE_OP_REFUND ? &refund.base
+                                                                : &capture.base;
+        top_up.balance = spend.balance = refund.balance = capture.balance = op->balance;
+        top_up.transaction_id = spend.transaction_id = refund.transaction_id =
+            capture.transaction_id = op->transaction_id;
+        top_up.replayed = spend.replayed = refund.replayed = capture.replayed = op->replayed;
+        svc_call_reply(r->call, msg);
+        return;
+    }
+    case BALANCE_OP_AUTHORIZE: {
+        Balance__V1__AuthorizeResponse resp = BALANCE__V1__AUTHORIZE_RESPONSE__INIT;
+        resp.authorization_id = op->authorization_id;
+        resp.balance = op->balance;
+        resp.available = op->available;
+        resp.expires_at_ms = op->expires_at_ms;
+        resp.replayed = op->replayed;
         svc_call_reply(r->call, &resp.base);
-    } else {
-        Balance__V1__SpendResponse resp = BALANCE__V1__SPEND_RESPONSE__INIT;
-        resp.balance = r->op.balance;
-        resp.transaction_id = r->op.transaction_id;
-        resp.replayed = r->op.replayed;
+        return;
+    }
+    case BALANCE_OP_VOID: {
+        Balance__V1__VoidResponse resp = BALANCE__V1__VOID_RESPONSE__INIT;
+        resp.balance = op->balance;
+        resp.available = op->available;
         svc_call_reply(r->call, &resp.base);
+        return;
+    }
     }
 }
 
-/* Answers every request of a list with err; the list is gone afterwards. */
-static void
-fail_all(balance_req_t *list, const svc_err_t *err)
-{
-    while (list != NULL) {
-        balance_req_t *next = list->next;
-        list->op.err = *err;
-        answer(list);
-        list = next;
-    }
-}
-
-/* ---------- per-account queues (caller holds mu) ---------- */
-
-static account_q_t **
-bucket_of(balance_service_t *svc, int64_t user_id)
-{
-    return &svc->buckets[(uint64_t)user_id % N_BUCKETS];
-}
-
-static account_q_t *
-queue_find(balance_service_t *svc, int64_t user_id)
-{
-    for (account_q_t *q = *bucket_of(svc, user_id); q != NULL; q = q->next) {
-        if (q->user_id == user_id) {
-            return q;
-        }
-    }
-    return NULL;
-}
-
-static void
-queue_drop(balance_service_t *svc, account_q_t *q)
-{
-    for (account_q_t **pp = bucket_of(svc, q->user_id); *pp != NULL; pp = &(*pp)->next) {
-        if (*pp == q) {
-            *pp = q->next;
-            free(q);
-            return;
-        }
-    }
-}
-
-/* Takes up to max requests off q's head, in arrival order. */
+/* A new request for the batcher in the call's arena; NULL when the call was ended (no memory). */
 static balance_req_t *
-queue_take(account_q_t *q, int max, int *n)
+new_req(svc_call_t *call, balance_op_kind_t kind)
 {
-    balance_req_t *first = q->head, *last = NULL, *r = q->head;
+    balance_req_t *r = svc_call_alloc(call, sizeof(*r));
 
-    *n = 0;
-    while (r != NULL && *n < max) {
-        last = r;
-        r = r->next;
-        (*n)++;
+    if (r != NULL) {
+        r->call = call;
+        r->done = answer;
+        r->op.kind = kind;
+        r->op.reference = "";
     }
-    if (last != NULL) {
-        last->next = NULL;
-    }
-    q->head = r;
-    if (r == NULL) {
-        q->tail = NULL;
-    }
-    return first;
+    return r;
 }
 
-/* ---------- serving an account ---------- */
-
-/* Runs one batch: lock token, one transaction, release, answers. */
-static void
-serve_batch(balance_service_t *svc, int64_t user_id, balance_req_t *batch, int n)
+/* The end of a read: now plus a budget, or the caller's deadline when sooner. */
+static int64_t
+read_deadline(svc_call_t *call)
 {
-    svc_lock_opts_t lopts = {.owner = "balance-svc",
-                             .lease_ms = svc->limits.lock_lease_ms,
-                             .wait_ms = svc->limits.lock_wait_ms};
-    balance_op_t *ops = calloc((size_t)n, sizeof(*ops));
-    int64_t deadline = 0, now = svc_now_unix_ms();
-    char key[48];
-    svc_lock_t lock;
-    svc_err_t err, rel_err;
-    int i = 0, rc;
+    int64_t budget = svc_now_unix_ms() + READ_BUDGET_MS, d = svc_call_deadline_ms(call);
 
-    if (ops == NULL) {
-        svc_err_set(&err, SVC_RESOURCE_EXHAUSTED, "out of memory");
-        fail_all(batch, &err);
-        return;
-    }
-    for (balance_req_t *r = batch; r != NULL; r = r->next) {
-        ops[i++] = r->op;
-        deadline = r->deadline_ms > deadline ? r->deadline_ms : deadline;
-    }
-    if (deadline > now + TX_BUDGET_MS) {
-        deadline = now + TX_BUDGET_MS;
-    }
-    snprintf(key, sizeof(key), "account:%" PRId64, user_id);
-    if (svc_lock_acquire(svc->lock_svc, key, &lopts, &lock, &err) != 0) {
-        if (err.code == SVC_UNAVAILABLE) {
-            static svc_log_limit_t limit = SVC_LOG_LIMIT_INIT(5);
-            svc_logf_limited(&limit, SVC_LOG_WARN,
-                             "lock-svc unreachable, refusing account %" PRId64 ": %s", user_id,
-                             err.msg);
-            svc_err_set(&err, SVC_UNAVAILABLE, "lock service unavailable");
-        }
-        free(ops);
-        fail_all(batch, &err);
-        return;
-    }
-    rc = balance_store_apply(svc->db, user_id, lock.fence, ops, n, deadline, &err);
-    if (svc_lock_release(svc->lock_svc, &lock, NULL, &rel_err) != 0) {
-        svc_logf(SVC_LOG_WARN, "release of %s failed: %s", key, rel_err.msg);
-    }
-    if (rc != 0) {
-        free(ops);
-        fail_all(batch, &err);
-        return;
-    }
-    i = 0;
-    for (balance_req_t *r = batch, *next; r != NULL; r = next) {
-        next = r->next;
-        r->op = ops[i++];
-        answer(r);
-    }
-    free(ops);
+    return d < budget ? d : budget;
 }
 
-/* Serves q's queue until it is empty. Called by the worker that made q busy. */
-static void
-serve_account(balance_service_t *svc, int64_t user_id)
-{
-    for (;;) {
-        balance_req_t *batch;
-        account_q_t *q;
-        int n;
-
-        pthread_mutex_lock(&svc->mu);
-        q = queue_find(svc, user_id);
-        batch = queue_take(q, svc->limits.max_batch, &n);
-        if (batch == NULL) {
-            queue_drop(svc, q); /* idle: the next request makes a new one */
-            pthread_mutex_unlock(&svc->mu);
-            return;
-        }
-        pthread_mutex_unlock(&svc->mu);
-        serve_batch(svc, user_id, batch, n);
-    }
-}
-
-/* Queues r for its account; returns true when the caller must serve the account. */
-static bool
-enqueue(balance_service_t *svc, int64_t user_id, balance_req_t *r, svc_err_t *err)
-{
-    account_q_t *q;
-    bool serve = false;
-
-    pthread_mutex_lock(&svc->mu);
-    q = queue_find(svc, user_id);
-    if (q == NULL) {
-        q = calloc(1, sizeof(*q));
-        if (q == NULL) {
-            pthread_mutex_unlock(&svc->mu);
-            svc_err_set(err, SVC_RESOURCE_EXHAUSTED, "out of memory");
-            return false;
-        }
-        q->user_id = user_id;
-        q->next = *bucket_of(svc, user_id);
-        *bucket_of(svc, user_id) = q;
-        serve = true; /* a queue exists exactly while one worker serves it */
-    }
-    if (q->tail != NULL) {
-        q->tail->next = r;
-    } else {
-        q->head = r;
-    }
-    q->tail = r;
-    pthread_mutex_unlock(&svc->mu);
-    svc_err_clear(err);
-    return serve;
-}
-
-/* ---------- handlers ---------- */
+/* ---------- changes ---------- */
 
 static bool
-check_change(int64_t user_id, int64_t amount, const char *key, const char *reference,
-             svc_err_t *err)
+check_change(int64_t user_id, int64_t amount, int64_t max_amount, const char *key,
+             const char *reference, svc_err_t *err)
 {
     return svc_validate_range("user_id", user_id, 1, INT64_MAX, err) &&
-           svc_validate_range("amount", amount, 1, BALANCE_MAX_AMOUNT, err) &&
+           svc_validate_range("amount", amount, 1, max_amount, err) &&
            svc_validate_text("idempotency_key", key, 1, KEY_MAX, err) &&
            svc_validate_text("reference", reference, 0, REFERENCE_MAX, err);
 }
 
+/* TopUp, Spend and Authorize: validate, then join the account's queue. */
 static void
-change(balance_service_t *svc, svc_call_t *call, balance_kind_t kind, int64_t user_id,
-       int64_t amount, const char *key, const char *reference)
+change(balance_service_t *svc, svc_call_t *call, balance_op_kind_t kind, int64_t user_id,
+       int64_t amount, int64_t max_amount, const char *key, const char *reference,
+       int64_t expires_in_ms)
 {
     balance_req_t *r;
     svc_err_t err;
 
-    if (!check_change(user_id, amount, key, reference, &err)) {
+    if (!check_change(user_id, amount, max_amount, key, reference, &err)) {
         svc_call_fail(call, &err);
         return;
     }
-    r = svc_call_alloc(call, sizeof(*r));
-    if (r == NULL) {
+    if ((r = new_req(call, kind)) == NULL) {
         return;
     }
-    r->call = call;
-    r->op.kind = kind;
     r->op.amount = amount;
     r->op.key = key;
     r->op.reference = reference != NULL ? reference : "";
-    r->deadline_ms = svc_call_deadline_ms(call);
-    if (enqueue(svc, user_id, r, &err)) {
-        serve_account(svc, user_id);
-    } else if (err.code != SVC_OK) {
-        svc_call_fail(call, &err);
-    }
+    r->op.expires_in_ms = expires_in_ms;
+    balance_batcher_submit(svc->batcher, user_id, r);
 }
 
 static void
@@ -295,7 +146,8 @@ handle_top_up(svc_call_t *call, const ProtobufCMessage *msg, void *user)
 {
     const Balance__V1__TopUpRequest *req = (const void *)msg;
 
-    change(user, call, BALANCE_TOP_UP, req->user_id, req->amount, req->idempotency_key, "");
+    change(user, call, BALANCE_OP_TOP_UP, req->user_id, req->amount, BALANCE_MAX_AMOUNT,
+           req->idempotency_key, "", 0);
 }
 
 static void
@@ -303,17 +155,86 @@ handle_spend(svc_call_t *call, const ProtobufCMessage *msg, void *user)
 {
     const Balance__V1__SpendRequest *req = (const void *)msg;
 
-    change(user, call, BALANCE_SPEND, req->user_id, req->amount, req->idempotency_key,
-           req->reference);
+    change(user, call, BALANCE_OP_SPEND, req->user_id, req->amount, BALANCE_MAX_AMOUNT,
+           req->idempotency_key, req->reference, 0);
 }
 
-static int64_t
-db_deadline(svc_call_t *call)
+static void
+handle_authorize(svc_call_t *call, const ProtobufCMessage *msg, void *user)
 {
-    int64_t budget = svc_now_unix_ms() + TX_BUDGET_MS, d = svc_call_deadline_ms(call);
+    const Balance__V1__AuthorizeRequest *req = (const void *)msg;
+    int64_t expires_in_ms = req->expires_in_ms == 0 ? EXPIRES_DEFAULT_MS : req->expires_in_ms;
+    svc_err_t err;
 
-    return d < budget ? d : budget;
+    if (!svc_validate_range("expires_in_ms", expires_in_ms, 1, EXPIRES_MAX_MS, &err)) {
+        svc_call_fail(call, &err);
+        return;
+    }
+    change(user, call, BALANCE_OP_AUTHORIZE, req->user_id, req->amount, BALANCE_MAX_HOLD,
+           req->idempotency_key, req->reference, expires_in_ms);
 }
+
+static void
+handle_refund(svc_call_t *call, const ProtobufCMessage *msg, void *user)
+{
+    const Balance__V1__RefundRequest *req = (const void *)msg;
+    balance_service_t *svc = user;
+    balance_req_t *r;
+    svc_err_t err;
+
+    if (!check_change(req->user_id, req->amount, BALANCE_MAX_HOLD, req->idempotency_key, "",
+                      &err) ||
+        !svc_validate_range("transaction_id", req->transaction_id, 1, INT64_MAX, &err)) {
+        svc_call_fail(call, &err);
+        return;
+    }
+    if ((r = new_req(call, BALANCE_OP_REFUND)) == NULL) {
+        return;
+    }
+    r->op.amount = req->amount;
+    r->op.key = req->idempotency_key;
+    r->op.target_id = req->transaction_id;
+    balance_batcher_submit(svc->batcher, req->user_id, r);
+}
+
+/* Capture and Void: find the authorization's account, then join its queue. */
+static void
+settle(balance_service_t *svc, svc_call_t *call, balance_op_kind_t kind, int64_t authorization_id)
+{
+    balance_req_t *r;
+    int64_t user_id;
+    svc_err_t err;
+
+    if (!svc_validate_range("authorization_id", authorization_id, 1, INT64_MAX, &err) ||
+        balance_store_authorization_user(svc->db, authorization_id, read_deadline(call), &user_id,
+                                         &err) != 0) {
+        svc_call_fail(call, &err);
+        return;
+    }
+    if ((r = new_req(call, kind)) == NULL) {
+        return;
+    }
+    r->op.target_id = authorization_id;
+    balance_batcher_submit(svc->batcher, user_id, r);
+}
+
+static void
+handle_capture(svc_call_t *call, const ProtobufCMessage *msg, void *user)
+{
+    const Balance__V1__CaptureRequest *req = (const void *)msg;
+
+    settle(user, call, BALANCE_OP_CAPTURE, req->authorization_id);
+}
+
+static void
+handle_void(svc_call_t *call, const ProtobufCMessage *msg, void *user)
+{
+    const Balance__V1__VoidRequest *req = (const void *)msg;
+
+    settle(user, call, BALANCE_OP_VOID, req->authorization_id);
+}
+
+/* ---------- reads ---------- */
 
 static void
 handle_get_balance(svc_call_t *call, const ProtobufCMessage *msg, void *user)
@@ -324,8 +245,8 @@ handle_get_balance(svc_call_t *call, const ProtobufCMessage *msg, void *user)
     svc_err_t err;
 
     if (!svc_validate_range("user_id", req->user_id, 1, INT64_MAX, &err) ||
-        balance_store_get(svc->db, req->user_id, db_deadline(call), &resp.balance,
-                          &resp.updated_at_ms, &err) != 0) {
+        balance_store_get(svc->db, req->user_id, read_deadline(call), &resp.balance,
+                          &resp.available, &resp.updated_at_ms, &err) != 0) {
         svc_call_fail(call, &err);
         return;
     }
@@ -351,6 +272,20 @@ parse_page_token(const char *token, int64_t *before, svc_err_t *err)
     return true;
 }
 
+static Balance__V1__TransactionKind
+transaction_kind(balance_kind_t kind)
+{
+    switch (kind) {
+    case BALANCE_TOP_UP:
+        return BALANCE__V1__TRANSACTION_KIND__TRANSACTION_KIND_TOP_UP;
+    case BALANCE_SPEND:
+        return BALANCE__V1__TRANSACTION_KIND__TRANSACTION_KIND_SPEND;
+    case BALANCE_REFUND:
+        return BALANCE__V1__TRANSACTION_KIND__TRANSACTION_KIND_REFUND;
+    }
+    return BALANCE__V1__TRANSACTION_KIND__TRANSACTION_KIND_UNSPECIFIED;
+}
+
 static void
 handle_list(svc_call_t *call, const ProtobufCMessage *msg, void *user)
 {
@@ -368,7 +303,7 @@ handle_list(svc_call_t *call, const ProtobufCMessage *msg, void *user)
         !svc_validate_range("page_size", req->page_size, 0, PAGE_MAX, &err) ||
         !parse_page_token(req->page_token, &before, &err) ||
         balance_store_list(svc->db, req->user_id, before,
-                           req->page_size > 0 ? req->page_size : PAGE_DEFAULT, db_deadline(call),
+                           req->page_size > 0 ? req->page_size : PAGE_DEFAULT, read_deadline(call),
                            arena, &rows, &n, &more, &err) != 0) {
         svc_call_fail(call, &err);
         return;
@@ -381,14 +316,13 @@ handle_list(svc_call_t *call, const ProtobufCMessage *msg, void *user)
         }
         balance__v1__transaction__init(t);
         t->id = rows[i].id;
-        t->kind = rows[i].kind == BALANCE_TOP_UP
-                      ? BALANCE__V1__TRANSACTION_KIND__TRANSACTION_KIND_TOP_UP
-                      : BALANCE__V1__TRANSACTION_KIND__TRANSACTION_KIND_SPEND;
+        t->kind = transaction_kind(rows[i].kind);
         t->amount = rows[i].amount;
         t->balance_after = rows[i].balance_after;
         t->idempotency_key = rows[i].key;
         t->reference = rows[i].reference;
         t->created_at_ms = rows[i].created_at_ms;
+        t->refund_of = rows[i].refund_of;
         resp.transactions[resp.n_transactions++] = t;
     }
     if (more && n > 0) {
@@ -411,12 +345,11 @@ balance_service_create(svc_server_t *server, svc_pg_pool_t *db, svc_client_t *lo
     }
     svc->server = server;
     svc->db = db;
-    svc->lock_svc = lock_svc;
-    svc->limits = *limits;
-    if (svc->limits.max_batch < 1) {
-        svc->limits.max_batch = 1;
+    svc->batcher = balance_batcher_create(db, lock_svc, limits, err);
+    if (svc->batcher == NULL) {
+        free(svc);
+        return NULL;
     }
-    pthread_mutex_init(&svc->mu, NULL);
     return svc;
 }
 
@@ -428,6 +361,10 @@ balance_service_register(balance_service_t *svc, svc_err_t *err)
         {"TopUp", SVC_METHOD_UNARY, handle_top_up, NULL, 0},
         {"Spend", SVC_METHOD_UNARY, handle_spend, NULL, 0},
         {"ListTransactions", SVC_METHOD_UNARY, handle_list, NULL, 0},
+        {"Authorize", SVC_METHOD_UNARY, handle_authorize, NULL, 0},
+        {"Capture", SVC_METHOD_UNARY, handle_capture, NULL, 0},
+        {"Void", SVC_METHOD_UNARY, handle_void, NULL, 0},
+        {"Refund", SVC_METHOD_UNARY, handle_refund, NULL, 0},
     };
 
     return svc_server_add_service(svc->server, &balance__v1__balance_service__descriptor, handlers,
@@ -440,13 +377,6 @@ balance_service_destroy(balance_service_t *svc)
     if (svc == NULL) {
         return;
     }
-    for (int b = 0; b < N_BUCKETS; b++) { /* only reachable after every call ended */
-        while (svc->buckets[b] != NULL) {
-            account_q_t *q = svc->buckets[b];
-            svc->buckets[b] = q->next;
-            free(q);
-        }
-    }
-    pthread_mutex_destroy(&svc->mu);
+    balance_batcher_destroy(svc->batcher);
     free(svc);
 }

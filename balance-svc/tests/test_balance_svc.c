@@ -43,7 +43,7 @@ ledger_mismatches(void)
 {
     return testenv_pg_query_int(
         &pg, "SELECT count(*) FROM accounts a WHERE a.balance <> (SELECT coalesce(sum(CASE "
-             "l.kind WHEN 1 THEN l.amount ELSE -l.amount END), 0) FROM ledger l "
+             "l.kind WHEN 2 THEN -l.amount ELSE l.amount END), 0) FROM ledger l "
              "WHERE l.user_id = a.user_id)");
 }
 

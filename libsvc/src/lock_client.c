@@ -8,6 +8,7 @@
 #include "lock/v1/lock.pb-c.h"
 #include "svc/lock_client.h"
 #include "svc/log.h"
+#include "svc/timer.h"
 
 #define CALL_MARGIN_MS 2000 /* beyond wait_ms, for the round trip */
 
@@ -19,6 +20,7 @@ svc_lock_acquire(svc_client_t *lock_svc, const char *key, const svc_lock_opts_t 
     Lock__V1__AcquireResponse *resp;
     svc_arena_t *arena = svc_arena_create();
     svc_call_opts_t copts = {0};
+    bool caller_deadline = false;
     int rc;
 
     if (arena == NULL) {
@@ -30,7 +32,19 @@ svc_lock_acquire(svc_client_t *lock_svc, const char *key, const svc_lock_opts_t 
     req.lease_ms = opts->lease_ms;
     req.wait_ms = opts->wait_ms;
     copts.parent = opts->parent;
+    copts.request_id = opts->request_id;
     copts.timeout_ms = opts->wait_ms + CALL_MARGIN_MS;
+    if (opts->deadline_ms > 0) {
+        int64_t left = opts->deadline_ms - svc_now_unix_ms();
+        if (left <= 0) {
+            svc_arena_destroy(arena);
+            svc_err_set(err, SVC_DEADLINE_EXCEEDED,
+                        "deadline exceeded before lock %s was asked for", key);
+            return -1;
+        }
+        caller_deadline = left < copts.timeout_ms;
+        copts.timeout_ms = caller_deadline ? left : copts.timeout_ms;
+    }
     rc = svc_client_unary(lock_svc, "/lock.v1.LockService/Acquire", &req.base,
                           &lock__v1__acquire_response__descriptor, arena,
                           (ProtobufCMessage **)&resp, &copts, err);
@@ -39,7 +53,7 @@ svc_lock_acquire(svc_client_t *lock_svc, const char *key, const svc_lock_opts_t 
         snprintf(out->token, sizeof(out->token), "%s", resp->token);
         out->fence = resp->fence;
         out->expires_at_ms = resp->expires_at_ms;
-    } else if (err->code == SVC_DEADLINE_EXCEEDED && opts->parent == NULL) {
+    } else if (err->code == SVC_DEADLINE_EXCEEDED && opts->parent == NULL && !caller_deadline) {
         /* Our own margin ran out: to the caller this is a lock that did not come. */
         svc_err_set(err, SVC_ABORTED, "lock %s not obtained in time", key);
     }

@@ -659,6 +659,16 @@ call__unary_task(void *arg)
     ProtobufCMessage *req;
     svc_err_t err;
 
+    /*
+     * A call that waited for a worker past its deadline has already been
+     * told DEADLINE_EXCEEDED by its client's side: running it now would do
+     * work (a payment, say) that nobody will hear of.
+     */
+    if (timespec_to_unix_ms(call->deadline) <= svc_now_unix_ms()) {
+        svc_err_set(&err, SVC_DEADLINE_EXCEEDED, "deadline exceeded before the call was started");
+        svc_call_fail(call, &err);
+        return;
+    }
     if (call->payload == NULL) {
         svc_err_set(&err, SVC_INVALID_ARGUMENT, "request message is missing");
         svc_call_fail(call, &err);

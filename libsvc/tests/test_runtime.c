@@ -635,6 +635,50 @@ run_config(const char *flag)
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
+/*
+ * A call whose deadline passed while it waited for a worker is answered
+ * DEADLINE_EXCEEDED and its handler never runs: its client was already told
+ * it failed, so any effect would be one nobody asked for. One worker, kept
+ * busy by a blocking Slow; a second Slow with a 200 ms deadline waits behind it.
+ */
+static void
+test_expired_call_never_reaches_its_handler(void **state)
+{
+    test_server_t one = {0};
+    slow_job_t busy = {0};
+    Svctest__V1__SlowRequest req = SVCTEST__V1__SLOW_REQUEST__INIT;
+    svc_call_opts_t opts = {.timeout_ms = 200};
+    svc_arena_t *arena = svc_arena_create();
+    Svctest__V1__StatsResponse before, after;
+    ProtobufCMessage *out;
+    pthread_t t;
+    svc_err_t err;
+    int rc, status;
+
+    (void)state;
+    setenv("WORKERS", "1", 1);
+    server_start(&one, "--max-workers=1");
+    unsetenv("WORKERS");
+    before = stats(&one);
+    busy.ts = &one;
+    busy.delay_ms = 2000;
+    assert_int_equal(pthread_create(&t, NULL, slow_thread, &busy), 0);
+    svc_sleep_ms(500); /* Stats would wait for the worker too: give the busy call time to start */
+    req.park = 1;
+    rc = svc_client_unary(one.client, "/svctest.v1.TestService/Slow", &req.base,
+                          &svctest__v1__slow_response__descriptor, arena, &out, &opts, &err);
+    pthread_join(t, NULL);
+    after = stats(&one); /* answered by the one worker, so after the late call's turn */
+    svc_arena_destroy(arena);
+    status = server_stop(&one);
+    assert_int_equal(rc, -1);
+    assert_int_equal(err.code, SVC_DEADLINE_EXCEEDED);
+    assert_int_equal(busy.rc, 0);
+    assert_int_equal(after.slow_started - before.slow_started, 1);
+    assert_int_equal(after.slow_finished - before.slow_finished, 1);
+    assert_int_equal(status, 0);
+}
+
 static void
 test_bad_setting_exits_2_and_help_exits_0(void **state)
 {
@@ -678,6 +722,7 @@ main(int argc, char **argv)
         cmocka_unit_test(test_reflection_lists_and_describes),
         cmocka_unit_test(test_deadline_is_seen_as_cancellation),
         cmocka_unit_test(test_slow_calls_do_not_block_fast_ones),
+        cmocka_unit_test(test_expired_call_never_reaches_its_handler),
         cmocka_unit_test(test_sigterm_lets_calls_finish),
         cmocka_unit_test(test_bad_setting_exits_2_and_help_exits_0),
     };

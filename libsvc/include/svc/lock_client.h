@@ -27,12 +27,21 @@ typedef struct {
     int64_t lease_ms;   /* 0: the server default */
     int64_t wait_ms;    /* 0: try once */
     svc_call_t *parent; /* the call being served: deadline, cancellation, request id */
+    /*
+     * For a caller that serves several calls at once (a batch) and so has no
+     * one parent: the latest the answer is still of use (unix ms; 0: none),
+     * and the x-request-id to send (NULL: the parent's, else a new one).
+     */
+    int64_t deadline_ms;
+    const char *request_id;
 } svc_lock_opts_t;
 
 /*
  * Takes the lock on key, waiting up to opts->wait_ms. Errors: ABORTED when it
  * stayed held, UNAVAILABLE when lock-svc or its Redis cannot be reached (fail
- * closed), INVALID_ARGUMENT for a bad key or lease.
+ * closed), INVALID_ARGUMENT for a bad key or lease, DEADLINE_EXCEEDED when
+ * the parent's deadline or opts->deadline_ms passed first (lock-svc then
+ * drops the waiter).
  */
 int svc_lock_acquire(svc_client_t *lock_svc, const char *key, const svc_lock_opts_t *opts,
                      svc_lock_t *out, svc_err_t *err);

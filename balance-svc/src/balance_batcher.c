@@ -1,0 +1,376 @@
+/*
+ * balance_batcher.c: per-account queues and batches. One worker at a time
+ * serves an account: it takes the lock token account:<user_id> from lock-svc,
+ * runs the queued operations in one transaction (balance_store), releases
+ * the token, answers every caller, and goes on while more arrived. A hot
+ * account thus costs one lock hand-off and one commit per batch instead of
+ * per request. No call to another service happens while a transaction is open.
+ *
+ * Deadlines: the lock call carries the latest deadline of the batch (the
+ * token is worth waiting for while any caller waits) and the x-request-id of
+ * its first request. The transaction's 5 s budget starts once the token is
+ * held, and the transaction never outlives the earliest deadline of the
+ * requests it applies; a request whose caller gave up is not applied.
+ */
+#define _GNU_SOURCE
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "balance_batcher.h"
+#include "svc/lock_client.h"
+#include "svc/log.h"
+
+#define N_BUCKETS 4096
+#define TX_BUDGET_MS 5000
+
+typedef struct account_q {
+    struct account_q *next; /* hash chain */
+    int64_t user_id;
+    balance_req_t *head, *tail;
+} account_q_t;
+
+struct balance_batcher {
+    svc_pg_pool_t *db;
+    svc_client_t *lock_svc;
+    balance_limits_t limits;
+    pthread_mutex_t mu;
+    account_q_t *buckets[N_BUCKETS];
+};
+
+/* ---------- answers ---------- */
+
+static void
+fail_one(balance_req_t *r, svc_status_t code, const char *msg)
+{
+    svc_err_set(&r->op.err, code, "%s", msg);
+    r->done(r);
+}
+
+/* Answers every request of a list with err; the list is gone afterwards. */
+static void
+fail_all(balance_req_t *list, const svc_err_t *err)
+{
+    while (list != NULL) {
+        balance_req_t *next = list->next;
+        list->op.err = *err;
+        list->done(list);
+        list = next;
+    }
+}
+
+/*
+ * Answers and removes the requests of *list whose caller is gone: deadline
+ * passed (DEADLINE_EXCEEDED) or cancelled (CANCELLED). Returns how many.
+ */
+static int
+drop_gone(balance_req_t **list, int64_t now)
+{
+    int dropped = 0;
+
+    for (balance_req_t **pp = list; *pp != NULL;) {
+        balance_req_t *r = *pp;
+        if (r->deadline_ms <= now) {
+            *pp = r->next;
+            fail_one(r, SVC_DEADLINE_EXCEEDED, "deadline exceeded before the account was served");
+            dropped++;
+        } else if (svc_call_cancelled(r->call)) {
+            *pp = r->next;
+            fail_one(r, SVC_CANCELLED, "call cancelled before the account was served");
+            dropped++;
+        } else {
+            pp = &r->next;
+        }
+    }
+    return dropped;
+}
+
+/* ---------- per-account queues (caller holds mu) ---------- */
+
+static account_q_t **
+bucket_of(balance_batcher_t *b, int64_t user_id)
+{
+    return &b->buckets[(uint64_t)user_id % N_BUCKETS];
+}
+
+static account_q_t *
+queue_find(balance_batcher_t *b, int64_t user_id)
+{
+    for (account_q_t *q = *bucket_of(b, user_id); q != NULL; q = q->next) {
+        if (q->user_id == user_id) {
+            return q;
+        }
+    }
+    return NULL;
+}
+
+static void
+queue_drop(balance_batcher_t *b, account_q_t *q)
+{
+    for (account_q_t **pp = bucket_of(b, q->user_id); *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == q) {
+            *pp = q->next;
+            free(q);
+            return;
+        }
+    }
+}
+
+/* Takes up to max requests off q's head, in arrival order. */
+static balance_req_t *
+queue_take(account_q_t *q, int max)
+{
+    balance_req_t *first = q->head, *last = NULL, *r = q->head;
+
+    for (int n = 0; r != NULL && n < max; n++) {
+        last = r;
+        r = r->next;
+    }
+    if (last != NULL) {
+        last->next = NULL;
+    }
+    q->head = r;
+    if (r == NULL) {
+        q->tail = NULL;
+    }
+    return first;
+}
+
+/* Puts list back at q's head (it goes first in the next batch). */
+static void
+queue_push_front(account_q_t *q, balance_req_t *list)
+{
+    balance_req_t *last = list;
+
+    while (last->next != NULL) {
+        last = last->next;
+    }
+    last->next = q->head;
+    q->head = list;
+    if (q->tail == NULL) {
+        q->tail = last;
+    }
+}
+
+/* ---------- serving an account ---------- */
+
+static int
+count(const balance_req_t *list, int64_t *earliest, int64_t *latest)
+{
+    int n = 0;
+
+    *earliest = INT64_MAX;
+    *latest = 0;
+    for (const balance_req_t *r = list; r != NULL; r = r->next, n++) {
+        *earliest = r->deadline_ms < *earliest ? r->deadline_ms : *earliest;
+        *latest = r->deadline_ms > *latest ? r->deadline_ms : *latest;
+    }
+    return n;
+}
+
+/* Takes account:<user_id> for the batch, bounded by its callers' deadlines. */
+static int
+lock_account(balance_batcher_t *b, int64_t user_id, balance_req_t *batch, svc_lock_t *lock,
+             svc_err_t *err)
+{
+    int64_t earliest, latest, now = svc_now_unix_ms();
+    svc_lock_opts_t lopts = {.owner = "balance-svc",
+                             .lease_ms = b->limits.lock_lease_ms,
+                             .wait_ms = b->limits.lock_wait_ms,
+                             .request_id = svc_call_request_id(batch->call)};
+    char key[48];
+
+    (void)count(batch, &earliest, &latest);
+    if (latest != INT64_MAX) {
+        lopts.deadline_ms = latest;
+        lopts.wait_ms = latest - now < lopts.wait_ms ? latest - now : lopts.wait_ms;
+        lopts.wait_ms = lopts.wait_ms > 0 ? lopts.wait_ms : 0;
+    }
+    snprintf(key, sizeof(key), "account:%" PRId64, user_id);
+    if (svc_lock_acquire(b->lock_svc, key, &lopts, lock, err) == 0) {
+        return 0;
+    }
+    if (err->code == SVC_UNAVAILABLE) {
+        static svc_log_limit_t limit = SVC_LOG_LIMIT_INIT(5);
+        svc_logf_limited(&limit, SVC_LOG_WARN,
+                         "lock-svc unreachable, refusing account %" PRId64 ": %s", user_id,
+                         err->msg);
+        svc_err_set(err, SVC_UNAVAILABLE, "lock service unavailable");
+    }
+    return -1;
+}
+
+/*
+ * Answers the requests of a batch whose transaction failed with err. Those
+ * whose deadline passed get DEADLINE_EXCEEDED. When a caller's deadline
+ * shortened the transaction (dropped > 0), the others did not fail on their
+ * own: they are returned to run again; otherwise they get err.
+ */
+static balance_req_t *
+answer_failed(balance_req_t *batch, const svc_err_t *err, int dropped)
+{
+    bool again =
+        dropped > 0 && (err->code == SVC_DEADLINE_EXCEEDED || err->code == SVC_UNAVAILABLE);
+    svc_err_t own = *err;
+
+    if (own.code == SVC_DEADLINE_EXCEEDED) { /* our budget, not this caller's deadline */
+        svc_err_set(&own, SVC_UNAVAILABLE, "database too slow");
+    }
+    if (!again) {
+        fail_all(batch, &own);
+        return NULL;
+    }
+    return batch;
+}
+
+/* Runs one batch: lock token, one transaction, release, answers. Returns requests to rerun. */
+static balance_req_t *
+serve_batch(balance_batcher_t *b, int64_t user_id, balance_req_t *batch)
+{
+    int64_t earliest, latest, deadline;
+    balance_op_t *ops;
+    svc_lock_t lock;
+    svc_err_t err, rel_err;
+    int i = 0, n, rc, dropped;
+
+    (void)drop_gone(&batch, svc_now_unix_ms());
+    if (batch == NULL) {
+        return NULL;
+    }
+    if (lock_account(b, user_id, batch, &lock, &err) != 0) {
+        fail_all(batch, &err);
+        return NULL;
+    }
+    /* The budget starts now that the token is held; gone callers leave the batch. */
+    deadline = svc_now_unix_ms();
+    dropped = drop_gone(&batch, deadline);
+    n = count(batch, &earliest, &latest);
+    deadline = deadline + TX_BUDGET_MS < earliest ? deadline + TX_BUDGET_MS : earliest;
+    ops = n > 0 ? calloc((size_t)n, sizeof(*ops)) : NULL;
+    if (n > 0 && ops == NULL) {
+        svc_err_set(&err, SVC_RESOURCE_EXHAUSTED, "out of memory");
+        rc = -1;
+    } else if (n > 0) {
+        for (balance_req_t *r = batch; r != NULL; r = r->next) {
+            ops[i++] = r->op;
+        }
+        rc = balance_store_apply(b->db, user_id, lock.fence, ops, n, deadline, &err);
+    } else {
+        rc = 0;
+    }
+    if (svc_lock_release(b->lock_svc, &lock, NULL, &rel_err) != 0) {
+        svc_logf(SVC_LOG_WARN, "release of %s failed: %s", lock.key, rel_err.msg);
+    }
+    if (rc != 0) {
+        free(ops);
+        dropped += drop_gone(&batch, svc_now_unix_ms());
+        return batch != NULL ? answer_failed(batch, &err, dropped) : NULL;
+    }
+    i = 0;
+    for (balance_req_t *r = batch, *next; r != NULL; r = next) {
+        next = r->next;
+        r->op = ops[i++];
+        r->done(r);
+    }
+    free(ops);
+    return NULL;
+}
+
+/* Serves user_id's queue until it is empty. Called by the worker that made it busy. */
+static void
+serve_account(balance_batcher_t *b, int64_t user_id)
+{
+    balance_req_t *again = NULL;
+
+    for (;;) {
+        balance_req_t *batch;
+        account_q_t *q;
+
+        pthread_mutex_lock(&b->mu);
+        q = queue_find(b, user_id);
+        if (again != NULL) {
+            queue_push_front(q, again);
+        }
+        batch = queue_take(q, b->limits.max_batch);
+        if (batch == NULL) {
+            queue_drop(b, q); /* idle: the next request makes a new one */
+            pthread_mutex_unlock(&b->mu);
+            return;
+        }
+        pthread_mutex_unlock(&b->mu);
+        again = serve_batch(b, user_id, batch);
+    }
+}
+
+void
+balance_batcher_submit(balance_batcher_t *b, int64_t user_id, balance_req_t *r)
+{
+    account_q_t *q;
+    bool serve = false;
+
+    r->next = NULL;
+    r->deadline_ms = svc_call_deadline_ms(r->call);
+    pthread_mutex_lock(&b->mu);
+    q = queue_find(b, user_id);
+    if (q == NULL) {
+        q = calloc(1, sizeof(*q));
+        if (q == NULL) {
+            pthread_mutex_unlock(&b->mu);
+            fail_one(r, SVC_RESOURCE_EXHAUSTED, "out of memory");
+            return;
+        }
+        q->user_id = user_id;
+        q->next = *bucket_of(b, user_id);
+        *bucket_of(b, user_id) = q;
+        serve = true; /* a queue exists exactly while one worker serves it */
+    }
+    if (q->tail != NULL) {
+        q->tail->next = r;
+    } else {
+        q->head = r;
+    }
+    q->tail = r;
+    pthread_mutex_unlock(&b->mu);
+    if (serve) {
+        serve_account(b, user_id);
+    }
+}
+
+balance_batcher_t *
+balance_batcher_create(svc_pg_pool_t *db, svc_client_t *lock_svc, const balance_limits_t *limits,
+                       svc_err_t *err)
+{
+    balance_batcher_t *b = calloc(1, sizeof(*b));
+
+    if (b == NULL) {
+        svc_err_set(err, SVC_RESOURCE_EXHAUSTED, "out of memory");
+        return NULL;
+    }
+    b->db = db;
+    b->lock_svc = lock_svc;
+    b->limits = *limits;
+    if (b->limits.max_batch < 1) {
+        b->limits.max_batch = 1;
+    }
+    pthread_mutex_init(&b->mu, NULL);
+    return b;
+}
+
+void
+balance_batcher_destroy(balance_batcher_t *b)
+{
+    if (b == NULL) {
+        return;
+    }
+    for (int i = 0; i < N_BUCKETS; i++) { /* only reachable after every call ended */
+        while (b->buckets[i] != NULL) {
+            account_q_t *q = b->buckets[i];
+            b->buckets[i] = q->next;
+            free(q);
+        }
+    }
+    pthread_mutex_destroy(&b->mu);
+    free(b);
+}
