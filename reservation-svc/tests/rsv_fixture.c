@@ -593,6 +593,12 @@ expect_nothing_authorized(int64_t user)
                  ": an authorization is still live",
                  user, balance, available);
     }
+    /* The table agrees: nothing pending that has not yet run out. */
+    assert_int_equal(db_int(&rsv_stack.balance_db,
+                            "SELECT count(*) FROM authorizations WHERE user_id = %" PRId64
+                            " AND status = 1 AND expires_at_ms > %" PRId64,
+                            user, svc_now_unix_ms()),
+                     0);
 }
 
 void

@@ -147,7 +147,8 @@ void rsv_top_up(int64_t user, int64_t amount);
 /* GetBalance: balance and available (balance minus live authorizations). */
 int rsv_balance_get(int64_t user, int64_t *balance, int64_t *available, svc_err_t *err);
 
-/* Fails unless GetBalance shows available = balance: no live authorization. */
+/* Fails unless GetBalance shows available = balance and balance-svc's authorizations
+ * table has no pending, unexpired row of user: no live authorization. */
 void expect_nothing_authorized(int64_t user);
 
 /* ---------- the databases ---------- */
