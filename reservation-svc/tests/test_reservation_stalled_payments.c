@@ -143,7 +143,20 @@ test_cancel_during_stalled_payment(void **state)
 
     ms = settle(&main_rsv, a, a_res->id);
     fprintf(stderr, "settled %" PRId64 " ms after balance-svc resumed\n", ms);
-    assert_int_equal(rsv_status_of(&main_rsv, a_res->id), RES_CANCELLED);
+    /* The outcome in one line first, so a failure shows all of it. */
+    int a_status = rsv_status_of(&main_rsv, a_res->id);
+    int64_t a_balance = db_balance_of(a), a_net = db_net_charge(a_res->id);
+    if (a_status != RES_CANCELLED || a_balance != 1000 || a_net != 0) {
+        fail_msg("after the stall: A's reservation has status %d (want %d, cancelled), A's balance"
+                 " is %" PRId64 " (want 1000), the ledger charged A %" PRId64
+                 " for it (want 0); seat 1 is held by user %" PRId64 " (B is %" PRId64 ")",
+                 a_status, RES_CANCELLED, a_balance, a_net,
+                 db_int(&main_rsv.db,
+                        "SELECT coalesce(hold_user_id, 0) FROM seats WHERE schedule_id = %" PRId64
+                        " AND number = 1",
+                        sched),
+                 b);
+    }
     assert_int_equal(
         db_int(&main_rsv.db, "SELECT status FROM reservations WHERE id = %" PRId64, a_res->id), 3);
     assert_int_equal(db_balance_of(a), 1000);
