@@ -1,8 +1,10 @@
 /*
  * test_reservation_crash.c: payments that survive crashes and races, and the
  * seat storm on two instances. Needs a build with SVC_FAILPOINTS: one
- * reservation-svc instance dies (SIGKILL) right after balance-svc accepted
- * the Spend. argv: reservation-svc, balance-svc, lock-svc.
+ * reservation-svc instance dies (SIGKILL) right after balance-svc captured
+ * the payment (failpoint pay_after_spend), after the reservation database
+ * had confirmed it. All four instances share one database.
+ * argv: reservation-svc, balance-svc, lock-svc.
  */
 #define _GNU_SOURCE
 #include <inttypes.h>
@@ -18,65 +20,24 @@
 
 #include <cmocka.h>
 
-#include "balance/v1/balance.pb-c.h"
 #include "reservation/v1/reservation.pb-c.h"
+#include "rsv_fixture.h"
 #include "svc/client.h"
 #include "svc/timer.h"
 #include "testenv.h"
 
-#define ADMIN "Bearer crash-test-token"
+#define ADMIN FIXTURE_ADMIN_AUTH
 
-static const char *rsv_path, *bal_path, *lock_path;
-static testenv_pg_t pg, pg_balance; /* pg_balance: the same server, database balance */
-static testenv_redis_t redis;
-static testenv_proc_t lock_proc, bal_proc, crashy, inst_b, inst_c, quick;
-static svc_client_t *balance;
-static atomic_llong next_user = 5000;
-
-static svc_client_t *
-client_of(testenv_proc_t *p)
-{
-    svc_err_t err;
-    svc_client_t *c = svc_client_get(p->addr, &err);
-
-    assert_non_null(c);
-    return c;
-}
+static rsv_instance_t crashy, inst_b, inst_c, quick;
 
 /* Spend rows in the balance ledger for reservation id's derived key. */
 static int64_t
 spends_for(int64_t reservation_id)
 {
-    char sql[200];
-
-    snprintf(
-        sql, sizeof(sql),
-        "SELECT count(*) FROM ledger WHERE kind = 2 AND idempotency_key = 'reservation:%" PRId64
-        "'",
-        reservation_id);
-    return testenv_pg_query_int(&pg_balance, sql);
-}
-
-static int64_t
-fund_user(int64_t amount)
-{
-    Balance__V1__TopUpRequest req = BALANCE__V1__TOP_UP_REQUEST__INIT;
-    svc_arena_t *arena = svc_arena_create();
-    int64_t user = atomic_fetch_add(&next_user, 1);
-    ProtobufCMessage *out;
-    char key[32];
-    svc_err_t err;
-
-    snprintf(key, sizeof(key), "fund-%" PRId64, user);
-    req.user_id = user;
-    req.amount = amount;
-    req.idempotency_key = key;
-    assert_int_equal(svc_client_unary(balance, "/balance.v1.BalanceService/TopUp", &req.base,
-                                      &balance__v1__top_up_response__descriptor, arena, &out, NULL,
-                                      &err),
-                     0);
-    svc_arena_destroy(arena);
-    return user;
+    return db_int(&rsv_stack.balance_db,
+                  "SELECT count(*) FROM ledger WHERE kind = 2 AND idempotency_key = "
+                  "'reservation:%" PRId64 "'",
+                  reservation_id);
 }
 
 /* A concert of one schedule with n seats at price; returns the schedule id. */
@@ -96,7 +57,7 @@ new_schedule(svc_client_t *c, int n, int64_t price)
     req.title = "crash test";
     req.schedules = specs;
     req.n_schedules = 1;
-    spec.starts_at_ms = 1893456000000;
+    spec.starts_at_ms = svc_now_unix_ms() + FIXTURE_DAY_MS;
     spec.seat_count = n;
     spec.seat_price = price;
     assert_int_equal(svc_client_unary(c, "/reservation.v1.ReservationService/CreateConcert",
@@ -166,18 +127,19 @@ pay(svc_client_t *c, int64_t reservation, int64_t user, int64_t *payment_id, svc
 static int
 reservation_status(int64_t id)
 {
-    char sql[128];
-
-    snprintf(sql, sizeof(sql), "SELECT status FROM reservations WHERE id = %" PRId64, id);
-    return (int)testenv_pg_query_int(&pg, sql);
+    return (int)db_int(&inst_b.db, "SELECT status FROM reservations WHERE id = %" PRId64, id);
 }
 
-/* Killed right after balance-svc charged: the retry confirms without charging again. */
+/*
+ * Killed right after balance-svc captured: the reservation database had
+ * confirmed the reservation before the capture, so it stays confirmed, and
+ * a retry (or the sweeper) records the capture without charging again.
+ */
 static void
 test_crash_after_spend_then_retry(void **state)
 {
-    svc_client_t *dying = client_of(&crashy), *healthy = client_of(&inst_b);
-    int64_t user = fund_user(100000), schedule = new_schedule(healthy, 5, 30000), payment = 0;
+    svc_client_t *dying = crashy.client, *healthy = inst_b.client;
+    int64_t user = rsv_funded_user(100000), schedule = new_schedule(healthy, 5, 30000), payment = 0;
     svc_status_t code;
     int64_t r = hold(dying, user, schedule, 2, &code);
 
@@ -185,83 +147,70 @@ test_crash_after_spend_then_retry(void **state)
     assert_true(r > 0);
     assert_int_equal(pay(dying, r, user, &payment, &code), -1);
     assert_int_equal(code, SVC_UNAVAILABLE); /* the instance died mid-call */
-    for (int i = 0; i < 100 && testenv_proc_alive(&crashy); i++) {
+    for (int i = 0; i < 100 && testenv_proc_alive(&crashy.proc); i++) {
         svc_sleep_ms(20);
     }
-    assert_false(testenv_proc_alive(&crashy));
+    assert_false(testenv_proc_alive(&crashy.proc));
     assert_int_equal(spends_for(r), 1);         /* balance-svc had charged */
-    assert_int_equal(reservation_status(r), 1); /* but nothing was confirmed */
+    assert_int_equal(reservation_status(r), 2); /* confirmed before the capture */
 
     /* Another instance (or the same one restarted) finishes the same payment. */
     assert_int_equal(pay(healthy, r, user, &payment, &code), 0);
     assert_true(payment > 0);
     assert_int_equal(spends_for(r), 1);
     assert_int_equal(reservation_status(r), 2);
-    char sql[200];
-    snprintf(sql, sizeof(sql), "SELECT balance FROM accounts WHERE user_id = %" PRId64, user);
-    assert_int_equal(testenv_pg_query_int(&pg_balance, sql), 100000 - 30000);
-    snprintf(sql, sizeof(sql),
-             "SELECT count(*) FROM seats WHERE schedule_id = %" PRId64 " AND status = 3", schedule);
-    assert_int_equal(testenv_pg_query_int(&pg, sql), 1);
+    assert_int_equal(db_balance_of(user), 100000 - 30000);
+    assert_int_equal(db_net_charge(r), 30000);
+    expect_nothing_authorized(user);
+    db_check_ledger(user);
+    assert_int_equal(db_int(&inst_b.db,
+                            "SELECT count(*) FROM seats WHERE schedule_id = %" PRId64
+                            " AND status = 3",
+                            schedule),
+                     1);
+    assert_int_equal(
+        db_int(&inst_b.db, "SELECT status FROM payments WHERE reservation_id = %" PRId64, r), 2);
 }
 
 /* ---------- 1000 users, one seat, two instances ---------- */
-
-typedef struct {
-    svc_client_t *client;
-    int64_t user, schedule;
-    svc_status_t code;
-} storm_job_t;
-
-static void *
-storm_thread(void *arg)
-{
-    storm_job_t *j = arg;
-
-    (void)hold(j->client, j->user, j->schedule, 1, &j->code);
-    return NULL;
-}
 
 static void
 test_storm_on_two_instances(void **state)
 {
     enum { N = 1000 };
-    storm_job_t *jobs = calloc(N, sizeof(*jobs));
-    pthread_t *t = calloc(N, sizeof(*t));
-    svc_client_t *b = client_of(&inst_b), *c = client_of(&inst_c);
-    int64_t schedule = new_schedule(b, 3, 1000), t0 = svc_now_mono_ms();
-    pthread_attr_t attr;
+    static hold_op_t ops[N];
+    static int64_t users[N];
+    int64_t schedule = new_schedule(inst_b.client, 3, 1000), t0;
     int ok = 0;
-    char sql[300];
 
     (void)state;
-    pthread_attr_init(&attr);
-    pthread_attr_setstacksize(&attr, 256 * 1024);
+    rsv_funded_users(users, N, 1); /* a hold needs a balance account */
+    memset(ops, 0, sizeof(ops));
     for (int i = 0; i < N; i++) {
-        jobs[i] = (storm_job_t){i % 2 ? b : c, 100000 + i, schedule, SVC_UNKNOWN};
-        assert_int_equal(pthread_create(&t[i], &attr, storm_thread, &jobs[i]), 0);
+        ops[i].inst = i % 2 ? &inst_b : &inst_c;
+        ops[i].user = users[i];
+        ops[i].schedule_id = schedule;
+        ops[i].seats[0] = 1;
+        ops[i].n = 1;
     }
+    t0 = svc_now_mono_ms();
+    run_holds(ops, N);
     for (int i = 0; i < N; i++) {
-        pthread_join(t[i], NULL);
-    }
-    pthread_attr_destroy(&attr);
-    for (int i = 0; i < N; i++) {
-        if (jobs[i].code == SVC_OK) {
+        if (ops[i].rc == 0) {
             ok++;
-        } else if (jobs[i].code != SVC_FAILED_PRECONDITION && jobs[i].code != SVC_ABORTED) {
-            fail_msg("hold %d answered %s", i, svc_status_name(jobs[i].code));
+        } else {
+            expect_refusal(&ops[i], i);
         }
     }
     fprintf(stderr, "1000 holds of one seat over two instances: %d OK in %lld ms\n", ok,
             (long long)(svc_now_mono_ms() - t0));
     assert_int_equal(ok, 1);
-    snprintf(sql, sizeof(sql),
-             "SELECT count(*) FROM reservation_seats rs JOIN reservations r ON r.id ="
-             " rs.reservation_id WHERE rs.schedule_id = %" PRId64 " AND rs.live AND r.status = 1",
-             schedule);
-    assert_int_equal(testenv_pg_query_int(&pg, sql), 1);
-    free(jobs);
-    free(t);
+    assert_int_equal(
+        db_int(&inst_b.db,
+               "SELECT count(*) FROM reservation_seats rs JOIN reservations r ON r.id ="
+               " rs.reservation_id WHERE rs.schedule_id = %" PRId64 " AND rs.live AND r.status = 1",
+               schedule),
+        1);
 }
 
 /* ---------- paying while the hold runs out ---------- */
@@ -270,7 +219,7 @@ typedef struct {
     svc_client_t *client;
     int64_t user, reservation, payment;
     svc_status_t code;
-    int delay_ms;
+    int64_t pay_at_ms; /* unix ms */
 } race_job_t;
 
 static void *
@@ -278,7 +227,9 @@ race_thread(void *arg)
 {
     race_job_t *j = arg;
 
-    svc_sleep_ms(j->delay_ms);
+    while (svc_now_unix_ms() < j->pay_at_ms) {
+        svc_sleep_ms(2);
+    }
     (void)pay(j->client, j->reservation, j->user, &j->payment, &j->code);
     return NULL;
 }
@@ -288,20 +239,23 @@ static void
 test_payment_racing_expiry(void **state)
 {
     enum { N = 30 };
-    svc_client_t *q = client_of(&quick);
+    svc_client_t *q = quick.client;
     int64_t schedule = new_schedule(q, N, 1000);
     race_job_t jobs[N];
     pthread_t t[N];
+    int64_t users[N];
     int confirmed = 0, refused = 0;
 
     (void)state;
+    rsv_funded_users(users, N, 5000);
     for (int i = 0; i < N; i++) {
         svc_status_t code;
         jobs[i].client = q;
-        jobs[i].user = fund_user(5000);
+        jobs[i].user = users[i];
         jobs[i].reservation = hold(q, jobs[i].user, schedule, i + 1, &code);
         assert_true(jobs[i].reservation > 0);
-        jobs[i].delay_ms = 1300 + 20 * i; /* the hold lasts 1500 ms: some pay before, some after */
+        /* the hold lasts 1500 ms: the first pay 200 ms before its end, the last 380 ms after */
+        jobs[i].pay_at_ms = svc_now_unix_ms() + 1300 + 20 * i;
     }
     for (int i = 0; i < N; i++) {
         assert_int_equal(pthread_create(&t[i], NULL, race_thread, &jobs[i]), 0);
@@ -316,62 +270,34 @@ test_payment_racing_expiry(void **state)
             confirmed++;
             assert_int_equal(status, 2);
             assert_int_equal(spends, 1);
+            assert_int_equal(db_net_charge(jobs[i].reservation), 1000);
         } else {
             refused++;
             assert_int_equal(jobs[i].code, SVC_FAILED_PRECONDITION);
             assert_int_not_equal(status, 2);
             assert_int_equal(spends, 0);
         }
+        expect_nothing_authorized(jobs[i].user);
+        db_check_ledger(jobs[i].user);
     }
     fprintf(stderr, "payments racing a 1500 ms hold: %d confirmed and charged, %d refused\n",
             confirmed, refused);
+    assert_true(confirmed >= 1); /* the race was run: some paid in time */
+    assert_true(refused >= 1);   /* and some too late */
 }
 
 static int
 setup(void **state)
 {
-    char url[128], redis_env[160], lock_env[96], bal_env[96], db_env[600], bdb_env[600];
-    const char *lock_envs[] = {redis_env, "LOG_LEVEL=warn", NULL};
-    const char *bal_envs[] = {bdb_env, lock_env, "LOG_LEVEL=warn", NULL};
-    const char *crash_envs[] = {db_env,
-                                lock_env,
-                                bal_env,
-                                "ADMIN_TOKEN=crash-test-token",
-                                "LOG_LEVEL=warn",
-                                "SVC_FAILPOINT=pay_after_spend",
-                                NULL};
-    const char *envs[] = {db_env,           lock_env, bal_env, "ADMIN_TOKEN=crash-test-token",
-                          "LOG_LEVEL=warn", NULL};
-    const char *quick_envs[] = {
-        db_env,           lock_env, bal_env, "ADMIN_TOKEN=crash-test-token", "HOLD_TTL_MS=1500",
-        "LOG_LEVEL=warn", NULL};
+    const char *crash_env[] = {"SVC_FAILPOINT=pay_after_spend", NULL};
+    const char *quick_env[] = {"HOLD_TTL_MS=1500", NULL};
 
     (void)state;
-    testenv_cleanup_on_exit();
-    if (testenv_pg_start(&pg, "reservation") != 0 || testenv_redis_start(&redis) != 0 ||
-        testenv_pg_exec(&pg, "CREATE DATABASE balance") != 0) {
-        return -1;
-    }
-    pg_balance = pg;
-    snprintf(pg_balance.conninfo, sizeof(pg_balance.conninfo),
-             "host=127.0.0.1 port=%d user=postgres dbname=balance", pg.port);
-    testenv_redis_url(&redis, url, sizeof(url));
-    snprintf(redis_env, sizeof(redis_env), "REDIS_URL=%s", url);
-    if (testenv_proc_start(&lock_proc, lock_path, NULL, lock_envs) != 0) {
-        return -1;
-    }
-    snprintf(lock_env, sizeof(lock_env), "LOCK_SVC_ADDR=%s", lock_proc.addr);
-    snprintf(bdb_env, sizeof(bdb_env), "DATABASE_URL=%s", pg_balance.conninfo);
-    if (testenv_proc_start(&bal_proc, bal_path, NULL, bal_envs) != 0) {
-        return -1;
-    }
-    balance = client_of(&bal_proc);
-    snprintf(bal_env, sizeof(bal_env), "BALANCE_SVC_ADDR=%s", bal_proc.addr);
-    snprintf(db_env, sizeof(db_env), "DATABASE_URL=%s", pg.conninfo);
-    return testenv_proc_start(&inst_b, rsv_path, NULL, envs) != 0 ||
-                   testenv_proc_start(&inst_c, rsv_path, NULL, envs) != 0 ||
-                   testenv_proc_start(&crashy, rsv_path, NULL, crash_envs) != 0 ||
-                   testenv_proc_start(&quick, rsv_path, NULL, quick_envs) != 0
+    return rsv_fixture_start() != 0 ||
+                   rsv_fixture_start_instance(&inst_b, "reservation", NULL) != 0 ||
+                   rsv_fixture_start_instance(&inst_c, "reservation", NULL) != 0 ||
+                   rsv_fixture_start_instance(&crashy, "reservation", crash_env) != 0 ||
+                   rsv_fixture_start_instance(&quick, "reservation", quick_env) != 0
                ? -1
                : 0;
 }
@@ -379,19 +305,11 @@ setup(void **state)
 static int
 teardown(void **state)
 {
-    int bad = 0;
+    rsv_instance_t *all[] = {&inst_b, &inst_c, &quick};
 
     (void)state;
-    (void)testenv_proc_stop(&crashy); /* killed by its failpoint */
-    bad |= testenv_proc_stop(&inst_b) != 0;
-    bad |= testenv_proc_stop(&inst_c) != 0;
-    bad |= testenv_proc_stop(&quick) != 0;
-    bad |= testenv_proc_stop(&bal_proc) != 0;
-    bad |= testenv_proc_stop(&lock_proc) != 0;
-    testenv_redis_stop(&redis);
-    testenv_pg_stop(&pg);
-    svc_client_release_all();
-    return bad ? -1 : 0;
+    (void)testenv_proc_stop(&crashy.proc); /* killed by its failpoint */
+    return rsv_fixture_stop(all, 3);
 }
 
 int
@@ -403,13 +321,9 @@ main(int argc, char **argv)
         cmocka_unit_test(test_payment_racing_expiry),
     };
 
-    if (argc < 4) {
-        fprintf(stderr, "usage: %s reservation-svc balance-svc lock-svc\n", argv[0]);
+    if (rsv_fixture_main_args(argc, argv) != 0) {
         return 2;
     }
-    rsv_path = argv[1];
-    bal_path = argv[2];
-    lock_path = argv[3];
     return testenv_group_result(
         cmocka_run_group_tests(tests, setup, testenv_group_teardown(teardown)));
 }
