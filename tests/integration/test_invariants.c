@@ -152,7 +152,7 @@ static void
 reset(void)
 {
     sql(&pg, "TRUNCATE payments, reservation_seats, seats, reservations, schedules, concerts");
-    sql(&pg_balance, "TRUNCATE ledger, accounts");
+    sql(&pg_balance, "TRUNCATE ledger, accounts CASCADE");
 }
 
 /* The ledger of two-phase funds: a REFUND kind (3) linked to its spend by refund_of. */
@@ -195,6 +195,7 @@ test_authorizations(void **state)
     (void)state;
     reset();
     /* Before two-phase funds there is no table, and nothing can stay authorized. */
+    sql(&pg_balance, "DROP TABLE IF EXISTS authorizations CASCADE");
     assert_int_equal(inv_check_authorizations(pg_balance.conninfo, NOW, stderr), 0);
     sql(&pg_balance,
         "CREATE TABLE authorizations (id bigserial PRIMARY KEY, user_id bigint NOT NULL,"
