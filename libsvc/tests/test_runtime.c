@@ -401,6 +401,73 @@ test_round_robin_over_two_addresses(void **state)
     assert_int_equal(server_stop(&other), 0);
 }
 
+/* Sends SIGCONT to *pid 400 ms from now. */
+static void *
+continue_later(void *arg)
+{
+    svc_sleep_ms(400);
+    kill(*(pid_t *)arg, SIGCONT);
+    return NULL;
+}
+
+/*
+ * A peer slow to finish its handshake (busy, or a loaded machine; here
+ * stopped for 400 ms) is not a peer that is down: the first call on a new
+ * channel waits for the connection within its deadline instead of failing
+ * UNAVAILABLE. A port nobody listens on still fails fast.
+ */
+static void
+test_slow_handshake_is_not_a_down_peer(void **state)
+{
+    test_server_t other;
+    char target[160];
+    svc_client_t *fresh, *dead;
+    svc_arena_t *arena = svc_arena_create();
+    Svctest__V1__EchoResponse *resp;
+    svc_call_opts_t opts = {.timeout_ms = 5000};
+    Svctest__V1__EchoRequest req = SVCTEST__V1__ECHO_REQUEST__INIT;
+    int64_t started;
+    pthread_t waker;
+    svc_err_t err;
+    int rc;
+
+    (void)state;
+    server_start(&other, NULL);
+    /* Another spelling of the address: a channel of its own, not yet connected. */
+    snprintf(target, sizeof(target), "ipv4:%s", other.target);
+    assert_int_equal(kill(other.pid, SIGSTOP), 0);
+    assert_int_equal(pthread_create(&waker, NULL, continue_later, &other.pid), 0);
+    fresh = svc_client_get(target, &err);
+    assert_non_null(fresh);
+    req.message = "slow handshake";
+    rc = svc_client_unary(fresh, "/svctest.v1.TestService/Echo", &req.base,
+                          &svctest__v1__echo_response__descriptor, arena,
+                          (ProtobufCMessage **)&resp, &opts, &err);
+    pthread_join(waker, NULL);
+    assert_int_equal(server_stop(&other), 0);
+    if (rc != 0) {
+        fail_msg("first call after a 400 ms handshake stall: %s (%s)", svc_status_name(err.code),
+                 err.msg);
+    }
+
+    /* Nobody listens there any more: refused at once, UNAVAILABLE well before the deadline. */
+    snprintf(target, sizeof(target), "ipv4:%s,%s", other.target, other.target);
+    dead = svc_client_get(target, &err);
+    assert_non_null(dead);
+    started = svc_now_mono_ms();
+    assert_int_equal(svc_client_unary(dead, "/svctest.v1.TestService/Echo", &req.base,
+                                      &svctest__v1__echo_response__descriptor, arena,
+                                      (ProtobufCMessage **)&resp, &opts, &err),
+                     -1);
+    assert_int_equal(err.code, SVC_UNAVAILABLE);
+    assert_true(svc_now_mono_ms() - started < 2000);
+    /* What a service waits on at start: a reachable peer is ready, a dead one is not. */
+    assert_int_equal(svc_client_wait_ready(main_server.client, 5000, &err), 0);
+    assert_int_equal(svc_client_wait_ready(dead, 300, &err), -1);
+    assert_int_equal(err.code, SVC_UNAVAILABLE);
+    svc_arena_destroy(arena);
+}
+
 static void
 test_metadata_reaches_the_handler(void **state)
 {
@@ -671,6 +738,7 @@ main(int argc, char **argv)
         cmocka_unit_test(test_garbage_bytes_are_invalid_argument),
         cmocka_unit_test(test_request_id_and_deadline_propagate),
         cmocka_unit_test(test_round_robin_over_two_addresses),
+        cmocka_unit_test(test_slow_handshake_is_not_a_down_peer),
         cmocka_unit_test(test_metadata_reaches_the_handler),
         cmocka_unit_test(test_server_stream),
         cmocka_unit_test(test_bidi_stream),
