@@ -20,6 +20,17 @@
 #include "svc/client.h"
 
 #define DEFAULT_TIMEOUT_MS 10000
+/*
+ * How long one connection attempt (TCP connect and the HTTP/2 SETTINGS
+ * exchange) may take. C core reads GRPC_ARG_MIN_RECONNECT_BACKOFF_MS as this
+ * minimum connect timeout, not as a backoff: at 100 ms a peer busy serving a
+ * storm (or a loaded machine) had its handshake cut off ("tcp handshaker
+ * shutdown", "timed out before receiving SETTINGS frame"), every address went
+ * to TRANSIENT_FAILURE and the calls queued on the channel failed UNAVAILABLE.
+ * A peer that is really down refuses the connection at once, so this does not
+ * slow the fail-fast answer.
+ */
+#define CONNECT_TIMEOUT_MS 5000
 #define MAX_METADATA 16
 #define ROUND_ROBIN_CONFIG "{\"loadBalancingConfig\":[{\"round_robin\":{}}]}"
 
@@ -38,6 +49,8 @@ struct svc_client_stream {
     bool got_md, finished;
     char request_id[65];
 };
+
+static void client__drain_destroy(grpc_completion_queue *cq);
 
 static pthread_mutex_t clients_mu = PTHREAD_MUTEX_INITIALIZER;
 static svc_client_t *clients;
@@ -81,8 +94,8 @@ svc_channel_create(const char *target)
     args[2].key = GRPC_ARG_MAX_RECONNECT_BACKOFF_MS;
     args[2].value.integer = 1000;
     args[3].type = GRPC_ARG_INTEGER;
-    args[3].key = GRPC_ARG_MIN_RECONNECT_BACKOFF_MS;
-    args[3].value.integer = 100;
+    args[3].key = GRPC_ARG_MIN_RECONNECT_BACKOFF_MS; /* the connect timeout, see above */
+    args[3].value.integer = CONNECT_TIMEOUT_MS;
     /* Re-resolve soon after a peer went away (the default waits 30 s). */
     args[4].type = GRPC_ARG_INTEGER;
     args[4].key = GRPC_ARG_DNS_MIN_TIME_BETWEEN_RESOLUTIONS_MS;
@@ -127,10 +140,37 @@ svc_client_get(const char *target, svc_err_t *err)
         svc_err_set(err, SVC_RESOURCE_EXHAUSTED, "out of memory");
         return NULL;
     }
+    /* Connect now, not when the first storm of calls arrives. */
+    (void)grpc_channel_check_connectivity_state(c->channel, 1);
     c->next = clients;
     clients = c;
     pthread_mutex_unlock(&clients_mu);
     return c;
+}
+
+int
+svc_client_wait_ready(svc_client_t *c, int64_t timeout_ms, svc_err_t *err)
+{
+    gpr_timespec deadline =
+        gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_millis(timeout_ms, GPR_TIMESPAN));
+    grpc_completion_queue *cq = grpc_completion_queue_create_for_pluck(NULL);
+    grpc_connectivity_state state;
+    int tag;
+
+    while ((state = grpc_channel_check_connectivity_state(c->channel, 1)) != GRPC_CHANNEL_READY) {
+        grpc_channel_watch_connectivity_state(c->channel, state, deadline, cq, &tag);
+        if (!grpc_completion_queue_pluck(cq, &tag, gpr_inf_future(GPR_CLOCK_REALTIME), NULL)
+                 .success) {
+            break; /* the deadline passed before the state changed */
+        }
+    }
+    client__drain_destroy(cq);
+    if (state != GRPC_CHANNEL_READY) {
+        svc_err_set(err, SVC_UNAVAILABLE, "%s is not reachable", c->target);
+        return -1;
+    }
+    svc_err_clear(err);
+    return 0;
 }
 
 void

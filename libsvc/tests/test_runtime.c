@@ -367,6 +367,26 @@ test_request_id_and_deadline_propagate(void **state)
 }
 
 /* One target listing two servers: calls are spread over both (round_robin). */
+/* One Echo on c (waiting for a connection); counts who served it. */
+static void
+rr_call(svc_client_t *c, const test_server_t *a, const test_server_t *b, int *on_a, int *on_b)
+{
+    Svctest__V1__EchoRequest req = SVCTEST__V1__ECHO_REQUEST__INIT;
+    Svctest__V1__EchoResponse *resp;
+    svc_arena_t *arena = svc_arena_create();
+    svc_call_opts_t opts = {.wait_for_ready = 1};
+    svc_err_t err;
+
+    req.message = "rr";
+    assert_int_equal(svc_client_unary(c, "/svctest.v1.TestService/Echo", &req.base,
+                                      &svctest__v1__echo_response__descriptor, arena,
+                                      (ProtobufCMessage **)&resp, &opts, &err),
+                     0);
+    *on_a += strcmp(resp->served_by, a->target) == 0;
+    *on_b += strcmp(resp->served_by, b->target) == 0;
+    svc_arena_destroy(arena);
+}
+
 static void
 test_round_robin_over_two_addresses(void **state)
 {
@@ -381,24 +401,93 @@ test_round_robin_over_two_addresses(void **state)
     snprintf(target, sizeof(target), "%s,%s", main_server.target, other.target);
     both = svc_client_get(target, &err);
     assert_non_null(both);
-    for (int i = 0; i < 20; i++) {
-        Svctest__V1__EchoRequest req = SVCTEST__V1__ECHO_REQUEST__INIT;
-        Svctest__V1__EchoResponse *resp;
-        svc_arena_t *arena = svc_arena_create();
-        svc_call_opts_t opts = {.wait_for_ready = 1};
-        req.message = "rr";
-        assert_int_equal(svc_client_unary(both, "/svctest.v1.TestService/Echo", &req.base,
-                                          &svctest__v1__echo_response__descriptor, arena,
-                                          (ProtobufCMessage **)&resp, &opts, &err),
-                         0);
-        on_main += strcmp(resp->served_by, main_server.target) == 0;
-        on_other += strcmp(resp->served_by, other.target) == 0;
-        svc_arena_destroy(arena);
+    /*
+     * round_robin picks among connected addresses only: until the slower of
+     * the two connections is up, the faster one takes every call. Count once
+     * both have answered.
+     */
+    for (int i = 0; i < 200 && (on_main == 0 || on_other == 0); i++) {
+        rr_call(both, &main_server, &other, &on_main, &on_other);
+        if (on_main == 0 || on_other == 0) {
+            svc_sleep_ms(5);
+        }
     }
+    assert_true(on_main > 0 && on_other > 0);
+    on_main = on_other = 0;
+    for (int i = 0; i < 20; i++) {
+        rr_call(both, &main_server, &other, &on_main, &on_other);
+    }
+    assert_int_equal(server_stop(&other), 0);
     assert_int_equal(on_main + on_other, 20);
     assert_true(on_main >= 5);
     assert_true(on_other >= 5);
+}
+
+/* Sends SIGCONT to *pid 400 ms from now. */
+static void *
+continue_later(void *arg)
+{
+    svc_sleep_ms(400);
+    kill(*(pid_t *)arg, SIGCONT);
+    return NULL;
+}
+
+/*
+ * A peer slow to finish its handshake (busy, or a loaded machine; here
+ * stopped for 400 ms) is not a peer that is down: the first call on a new
+ * channel waits for the connection within its deadline instead of failing
+ * UNAVAILABLE. A port nobody listens on still fails fast.
+ */
+static void
+test_slow_handshake_is_not_a_down_peer(void **state)
+{
+    test_server_t other;
+    char target[160];
+    svc_client_t *fresh, *dead;
+    svc_arena_t *arena = svc_arena_create();
+    Svctest__V1__EchoResponse *resp;
+    svc_call_opts_t opts = {.timeout_ms = 5000};
+    Svctest__V1__EchoRequest req = SVCTEST__V1__ECHO_REQUEST__INIT;
+    int64_t started;
+    pthread_t waker;
+    svc_err_t err;
+    int rc;
+
+    (void)state;
+    server_start(&other, NULL);
+    /* Another spelling of the address: a channel of its own, not yet connected. */
+    snprintf(target, sizeof(target), "ipv4:%s", other.target);
+    assert_int_equal(kill(other.pid, SIGSTOP), 0);
+    assert_int_equal(pthread_create(&waker, NULL, continue_later, &other.pid), 0);
+    fresh = svc_client_get(target, &err);
+    assert_non_null(fresh);
+    req.message = "slow handshake";
+    rc = svc_client_unary(fresh, "/svctest.v1.TestService/Echo", &req.base,
+                          &svctest__v1__echo_response__descriptor, arena,
+                          (ProtobufCMessage **)&resp, &opts, &err);
+    pthread_join(waker, NULL);
     assert_int_equal(server_stop(&other), 0);
+    if (rc != 0) {
+        fail_msg("first call after a 400 ms handshake stall: %s (%s)", svc_status_name(err.code),
+                 err.msg);
+    }
+
+    /* Nobody listens there any more: refused at once, UNAVAILABLE well before the deadline. */
+    snprintf(target, sizeof(target), "ipv4:%s,%s", other.target, other.target);
+    dead = svc_client_get(target, &err);
+    assert_non_null(dead);
+    started = svc_now_mono_ms();
+    assert_int_equal(svc_client_unary(dead, "/svctest.v1.TestService/Echo", &req.base,
+                                      &svctest__v1__echo_response__descriptor, arena,
+                                      (ProtobufCMessage **)&resp, &opts, &err),
+                     -1);
+    assert_int_equal(err.code, SVC_UNAVAILABLE);
+    assert_true(svc_now_mono_ms() - started < 2000);
+    /* What a service waits on at start: a reachable peer is ready, a dead one is not. */
+    assert_int_equal(svc_client_wait_ready(main_server.client, 5000, &err), 0);
+    assert_int_equal(svc_client_wait_ready(dead, 300, &err), -1);
+    assert_int_equal(err.code, SVC_UNAVAILABLE);
+    svc_arena_destroy(arena);
 }
 
 static void
@@ -715,6 +804,7 @@ main(int argc, char **argv)
         cmocka_unit_test(test_garbage_bytes_are_invalid_argument),
         cmocka_unit_test(test_request_id_and_deadline_propagate),
         cmocka_unit_test(test_round_robin_over_two_addresses),
+        cmocka_unit_test(test_slow_handshake_is_not_a_down_peer),
         cmocka_unit_test(test_metadata_reaches_the_handler),
         cmocka_unit_test(test_server_stream),
         cmocka_unit_test(test_bidi_stream),

@@ -26,6 +26,7 @@
 #define MAX_ARGS 16
 #define RECONNECT_PAUSE_MS 100
 #define MAX_SCRIPTS 8
+#define TICK_MS 100
 
 typedef struct {
     struct lock_redis *r;
@@ -43,6 +44,7 @@ typedef struct rcmd {
     int64_t sent_ms;
     bool as_eval;  /* EVAL with the script's text (after NOSCRIPT, or before its SHA is known) */
     bool internal; /* part of setting up a connection */
+    bool handed;   /* given to a connection: without a reply, Redis may still have run it */
 } rcmd_t;
 
 struct lock_redis {
@@ -69,6 +71,7 @@ struct lock_redis {
     char shas[MAX_SCRIPTS][41];
     sha_arg_t sha_args[MAX_SCRIPTS];
     int64_t last_fail_ms;
+    int64_t last_tick_ms;
 };
 
 static void
@@ -85,7 +88,7 @@ static void
 rcmd_finish(rcmd_t *c, redisReply *reply)
 {
     if (c->cb != NULL) {
-        c->cb(reply, c->arg);
+        c->cb(reply, reply == NULL && c->handed, c->arg);
     }
     rcmd_free(c);
 }
@@ -228,6 +231,7 @@ send_cmd(lock_redis_t *r, rcmd_t *c)
         rcmd_finish(c, NULL);
         return;
     }
+    c->handed = true;
     if (r->flight_tail != NULL) {
         r->flight_tail->next = c;
     } else {
@@ -264,20 +268,22 @@ rcmd_new(int script, int argc, const char *const *argv, lock_redis_cb cb, void *
 }
 
 static void
-on_setup_reply(redisReply *reply, void *arg)
+on_setup_reply(redisReply *reply, bool lost, void *arg)
 {
     lock_redis_t *r = arg;
 
+    (void)lost; /* the setup is sent again on the next connection */
     if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
         r->drop = true;
     }
 }
 
 static void
-on_role(redisReply *reply, void *arg)
+on_role(redisReply *reply, bool lost, void *arg)
 {
     lock_redis_t *r = arg;
 
+    (void)lost;
     if (reply == NULL) { /* the connection failed: already said where it drops */
         r->drop = true;
     } else if (reply->type != REDIS_REPLY_ARRAY || reply->elements == 0 ||
@@ -293,10 +299,11 @@ on_role(redisReply *reply, void *arg)
 }
 
 static void
-on_script_loaded(redisReply *reply, void *arg)
+on_script_loaded(redisReply *reply, bool lost, void *arg)
 {
     sha_arg_t *sa = arg;
 
+    (void)lost;
     if (reply != NULL && reply->type == REDIS_REPLY_STRING && reply->len == 40) {
         memcpy(sa->r->shas[sa->script], reply->str, 41);
     } else {
@@ -496,6 +503,10 @@ loop_thread(void *arg)
             svc_now_mono_ms() - r->flight_head->sent_ms > r->opts.timeout_ms) {
             drop_connection(r, "no reply in time");
         }
+        if (r->opts.tick != NULL && svc_now_mono_ms() - r->last_tick_ms >= TICK_MS) {
+            r->last_tick_ms = svc_now_mono_ms();
+            r->opts.tick(r->opts.tick_arg);
+        }
     }
     if (r->ac != NULL) {
         r->up = false; /* closed by us: nothing to report */
@@ -619,7 +630,7 @@ lock_redis_script(lock_redis_t *r, int script, int n_keys, const char *const *ke
     c = rcmd_new(script, argc, argv, cb, arg);
     if (c == NULL) {
         if (cb != NULL) {
-            cb(NULL, arg);
+            cb(NULL, false, arg);
         }
         return;
     }
@@ -633,7 +644,7 @@ lock_redis_command(lock_redis_t *r, int argc, const char *const *argv, lock_redi
 
     if (c == NULL) {
         if (cb != NULL) {
-            cb(NULL, arg);
+            cb(NULL, false, arg);
         }
         return;
     }

@@ -8,6 +8,8 @@
 #ifndef LOCK_REDIS_H
 #define LOCK_REDIS_H
 
+#include <stdbool.h>
+
 #include <hiredis/hiredis.h>
 
 #include "svc/err.h"
@@ -26,14 +28,21 @@ typedef struct {
     const char *const *scripts; /* loaded on each connection; run by index */
     int n_scripts;
     int timeout_ms; /* a reply later than this drops the connection */
+    /* Called on the I/O thread every 100 to 200 ms (may be NULL); must not block. */
+    void (*tick)(void *arg);
+    void *tick_arg;
 } lock_redis_opts_t;
 
 /*
  * The reply (NULL when Redis could not be reached, the connection broke, or
  * the reply took longer than the timeout) is freed after the callback
- * returns. Runs on the I/O thread: must not block; may queue more commands.
+ * returns. lost is true when the reply is NULL but the command had been
+ * handed to a connection: Redis may have run it (or may still run it, once
+ * it reads what a stalled connection left behind). Runs on the I/O thread
+ * (or, with reply NULL and lost false, on the caller's): must not block; may
+ * queue more commands.
  */
-typedef void (*lock_redis_cb)(redisReply *reply, void *arg);
+typedef void (*lock_redis_cb)(redisReply *reply, bool lost, void *arg);
 
 lock_redis_t *lock_redis_create(const lock_redis_opts_t *opts, svc_err_t *err);
 /* Stops the thread; commands still queued get NULL. NULL is a no-op. */

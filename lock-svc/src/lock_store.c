@@ -30,6 +30,11 @@
 #define SUB_PONG_WITHIN_MS 2000
 #define SVC_LOCK_MESSAGE_MAX 256
 #define SVC_LOCK_KEY_MAX 200
+#define MAX_ORPHANS 4096      /* lost acquires remembered at once */
+#define ORPHANS_PER_TICK 256  /* releases queued per tick */
+#define ORPHAN_RETRY_MS 200   /* between release attempts while Redis does not answer */
+#define ORPHAN_SETTLE_MS 1000 /* how long "not held" is asked again (see orphan_released) */
+#define MAX_LEASE_MS 300000
 
 enum { SCRIPT_ACQUIRE, SCRIPT_RELEASE, SCRIPT_EXTEND, SCRIPT_GET, SCRIPT_WAITER, SCRIPT_COUNT };
 
@@ -98,6 +103,26 @@ typedef struct {
     int port;
 } endpoint_t;
 
+/*
+ * An acquire whose reply was lost (Redis stalled past the reply timeout, or
+ * the connection broke with the script in flight). Its caller was told
+ * UNAVAILABLE, but Redis may have run the script, or may still run it when it
+ * reads what the dropped connection left behind; nobody else has the token,
+ * so the key would stay locked for the whole lease. It is released by
+ * compare-and-delete as soon as Redis answers again. Touched on the Redis
+ * I/O thread only.
+ */
+typedef struct orphan {
+    struct orphan *next;
+    struct lock_store *s;
+    char key[SVC_LOCK_KEY_MAX + 1];
+    char token[LOCK_TOKEN_LEN + 1];
+    int64_t until_ms;  /* monotonic: the lease is over by then anyway */
+    int64_t retry_ms;  /* monotonic: the next release attempt */
+    int64_t settle_ms; /* monotonic: 0, or until when "not held" is asked again */
+    bool in_flight;
+} orphan_t;
+
 typedef struct {
     redisContext *ctx;
     char shas[SCRIPT_COUNT][41]; /* this connection's SCRIPT LOAD answers */
@@ -124,6 +149,8 @@ struct lock_store {
 
     char instance[LOCK_TOKEN_LEN + 1]; /* tells our own releases apart on the channel */
     lock_redis_t *async;               /* the pipelined connection of lock-svc's path */
+    orphan_t *orphans;                 /* lost acquires to release (Redis I/O thread) */
+    int n_orphans;
 
     /* subscriber */
     pthread_t sub_thread;
@@ -481,6 +508,8 @@ store_locate(void *arg, char *host, size_t len, int *port)
     return 0;
 }
 
+static void orphans_tick(void *arg);
+
 /* ---------- public ---------- */
 
 lock_store_t *
@@ -523,6 +552,8 @@ lock_store_create(const char *url, int pool_size, svc_err_t *err)
         .scripts = scripts,
         .n_scripts = SCRIPT_COUNT,
         .timeout_ms = COMMAND_TIMEOUT_MS,
+        .tick = orphans_tick,
+        .tick_arg = s,
     };
     s->async = lock_redis_create(&ropts, err);
     if (s->async == NULL) {
@@ -560,6 +591,11 @@ lock_store_destroy(lock_store_t *s)
     }
     lock_store_unsubscribe(s);
     lock_redis_destroy(s->async);
+    while (s->orphans != NULL) { /* left to their leases */
+        orphan_t *o = s->orphans;
+        s->orphans = o->next;
+        free(o);
+    }
     for (int i = 0; i < s->n_slots; i++) {
         if (s->slots[i].ctx != NULL) {
             redisFree(s->slots[i].ctx);
@@ -735,16 +771,127 @@ typedef struct {
     void *arg;
     int kind; /* SCRIPT_* */
     char key[SVC_LOCK_KEY_MAX + 1];
+    lock_store_t *s;                /* acquire: where a lost reply is remembered */
+    char token[LOCK_TOKEN_LEN + 1]; /* acquire */
+    int64_t lease_ms;               /* acquire */
 } async_ctx_t;
 
+/* ---------- acquires whose reply was lost (Redis I/O thread) ---------- */
+
 static void
-async_done(redisReply *reply, void *arg)
+orphan_add(lock_store_t *s, const char *key, const char *token, int64_t lease_ms)
+{
+    static svc_log_limit_t limit = SVC_LOG_LIMIT_INIT(5);
+    int64_t now = svc_now_mono_ms();
+    orphan_t *o;
+
+    if (s->n_orphans >= MAX_ORPHANS || (o = calloc(1, sizeof(*o))) == NULL) {
+        svc_logf_limited(&limit, SVC_LOG_WARN,
+                         "reply to an acquire of %s lost; too many to track, its lease frees it",
+                         key);
+        return;
+    }
+    o->s = s;
+    snprintf(o->key, sizeof(o->key), "%s", key);
+    snprintf(o->token, sizeof(o->token), "%s", token);
+    o->until_ms = now + (lease_ms > 0 && lease_ms <= MAX_LEASE_MS ? lease_ms : MAX_LEASE_MS);
+    o->retry_ms = now;
+    o->next = s->orphans;
+    s->orphans = o;
+    s->n_orphans++;
+    svc_logf_limited(&limit, SVC_LOG_WARN,
+                     "reply to an acquire of %s lost; releasing it once redis answers", key);
+}
+
+static void
+orphan_remove(orphan_t *o)
+{
+    lock_store_t *s = o->s;
+
+    for (orphan_t **pp = &s->orphans; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == o) {
+            *pp = o->next;
+            s->n_orphans--;
+            free(o);
+            return;
+        }
+    }
+}
+
+/*
+ * The release's answer. 1: it was ours and is free now. -1: someone else
+ * holds the key, so ours never ran or is gone. 0 (not held) is believed only
+ * after ORPHAN_SETTLE_MS: the dropped connection's bytes (holding the
+ * acquire) may be read by Redis after the new connection's release.
+ */
+static void
+orphan_released(redisReply *reply, bool lost, void *arg)
+{
+    orphan_t *o = arg;
+    int64_t now = svc_now_mono_ms();
+
+    (void)lost; /* a release may be repeated */
+    o->in_flight = false;
+    if (reply == NULL || reply->type != REDIS_REPLY_INTEGER) {
+        o->retry_ms = now + ORPHAN_RETRY_MS;
+        return;
+    }
+    if (reply->integer == 1) {
+        svc_logf(SVC_LOG_INFO, "released %s, taken by an acquire whose reply was lost", o->key);
+        orphan_remove(o);
+    } else if (reply->integer == 0 && (o->settle_ms == 0 || now < o->settle_ms)) {
+        if (o->settle_ms == 0) {
+            o->settle_ms = now + ORPHAN_SETTLE_MS;
+        }
+        o->retry_ms = now + ORPHAN_RETRY_MS;
+    } else {
+        orphan_remove(o);
+    }
+}
+
+/* Queues a compare-and-delete for each lost acquire that is due. */
+static void
+orphans_tick(void *arg)
+{
+    lock_store_t *s = arg;
+    int64_t now = svc_now_mono_ms();
+    orphan_t *o = s->orphans, *next;
+    int queued = 0;
+
+    for (; o != NULL && queued < ORPHANS_PER_TICK; o = next) {
+        next = o->next;
+        if (o->in_flight) {
+            continue;
+        }
+        if (now >= o->until_ms) {
+            orphan_remove(o); /* its lease has freed it */
+            continue;
+        }
+        if (now >= o->retry_ms) {
+            script_args_t a;
+            const char *keys[] = {a.lock_key};
+            const char *args[] = {o->token, RELEASE_CHANNEL, a.message};
+
+            /* Published without woken_here: this instance's waiters hear it too. */
+            release_args(s, &a, o->key, false);
+            o->in_flight = true;
+            queued++;
+            lock_redis_script(s->async, SCRIPT_RELEASE, 1, keys, 3, args, orphan_released, o);
+        }
+    }
+}
+
+static void
+async_done(redisReply *reply, bool lost, void *arg)
 {
     async_ctx_t *ctx = arg;
     lock_store_result_t res;
     svc_err_t err;
     int rc = -1;
 
+    if (lost && ctx->kind == SCRIPT_ACQUIRE && ctx->s != NULL) {
+        orphan_add(ctx->s, ctx->key, ctx->token, ctx->lease_ms);
+    }
     memset(&res, 0, sizeof(res));
     if (reply_ok(reply, &err)) {
         switch (ctx->kind) {
@@ -782,6 +929,9 @@ async_ctx(lock_store_cb cb, void *arg, int kind, const char *key)
     ctx->arg = arg;
     ctx->kind = kind;
     snprintf(ctx->key, sizeof(ctx->key), "%s", key);
+    ctx->s = NULL;
+    ctx->token[0] = '\0';
+    ctx->lease_ms = 0;
     return ctx;
 }
 
@@ -796,6 +946,9 @@ lock_store_acquire_async(lock_store_t *s, const char *key, const char *token, co
     async_ctx_t *ctx = async_ctx(cb, arg, SCRIPT_ACQUIRE, key);
 
     if (ctx != NULL) {
+        ctx->s = s;
+        snprintf(ctx->token, sizeof(ctx->token), "%s", token);
+        ctx->lease_ms = lease_ms;
         acquire_args(&a, key, lease_ms, fence_floor, wait_until_ms);
         lock_redis_script(s->async, SCRIPT_ACQUIRE, 3, keys, 6, args, async_done, ctx);
     }

@@ -552,6 +552,52 @@ test_redis_down_then_back_empty(void **state)
     assert_true(after.fence > before.fence);
 }
 
+/*
+ * Redis stalls past lock-svc's reply timeout while it holds an acquire:
+ * lock-svc answers UNAVAILABLE and drops the connection, but Redis runs the
+ * acquire when it wakes up. Nobody has that token; the lock must come free
+ * soon after Redis is back, not when its 60 s lease ends.
+ */
+static void
+test_lost_acquire_reply_is_released(void **state)
+{
+    svc_lock_opts_t opts = {.owner = "lost", .lease_ms = 60000};
+    Lock__V1__GetLockResponse info = LOCK__V1__GET_LOCK_RESPONSE__INIT;
+    svc_lock_t lock;
+    svc_err_t err;
+    int64_t back;
+    int rc = -1;
+
+    (void)state;
+    assert_int_equal(testenv_redis_pause(&redis), 0);
+    rc = svc_lock_acquire(client[0], "lost:reply", &opts, &lock, &err);
+    svc_sleep_ms(300); /* past the drop: the acquire waits in a closed connection's bytes */
+    assert_int_equal(testenv_redis_resume(&redis), 0);
+    assert_int_equal(rc, -1);
+    assert_int_equal(err.code, SVC_UNAVAILABLE);
+    back = svc_now_mono_ms();
+    for (rc = -1; rc != 0 && svc_now_mono_ms() - back < 5000;) {
+        rc = svc_lock_acquire(client[1], "lost:reply", &opts, &lock, &err);
+        if (rc != 0) {
+            svc_sleep_ms(100);
+        }
+    }
+    if (rc != 0) {
+        assert_int_equal(get_lock(1, "lost:reply", &info, &err), 0);
+        fail_msg("lock still held 5 s after redis came back (held=%d, fence %lld, %lld ms "
+                 "of its lease left)",
+                 (int)info.held, (long long)info.fence,
+                 (long long)(info.expires_at_ms - svc_now_unix_ms()));
+    }
+    fprintf(stderr, "free again %lld ms after redis came back\n",
+            (long long)(svc_now_mono_ms() - back));
+    assert_int_equal(svc_lock_release(client[1], &lock, NULL, &err), 0);
+    /* Whatever order Redis ran the stalled acquire in, it does not come back. */
+    svc_sleep_ms(1500);
+    assert_int_equal(get_lock(0, "lost:reply", &info, &err), 0);
+    assert_false(info.held);
+}
+
 static int
 setup(void **state)
 {
@@ -594,6 +640,7 @@ main(int argc, char **argv)
         cmocka_unit_test(test_scoped_lock_always_releases),
         cmocka_unit_test(test_storm_one_instance),
         cmocka_unit_test(test_storm_two_instances),
+        cmocka_unit_test(test_lost_acquire_reply_is_released),
         cmocka_unit_test(test_redis_down_then_back_empty),
     };
 

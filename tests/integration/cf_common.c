@@ -59,17 +59,30 @@ cf_record(cf_tally_t *t, svc_status_t code, int64_t elapsed_ms, int64_t deadline
     }
 }
 
+bool
+cf_is_refusal_in(svc_status_t code, bool fault)
+{
+    /* Without a fault every dependency is up: UNAVAILABLE is a fault of ours. */
+    return cf_is_refusal(code) && (fault || code != SVC_UNAVAILABLE);
+}
+
 long
-cf_other_errors(const cf_tally_t *t)
+cf_faults(const cf_tally_t *t, bool fault)
 {
     long n = atomic_load(&t->hangs);
 
     for (int c = 1; c < CF_CODES; c++) {
-        if (!cf_is_refusal((svc_status_t)c)) {
+        if (!cf_is_refusal_in((svc_status_t)c, fault)) {
             n += atomic_load(&t->by_code[c]);
         }
     }
     return n;
+}
+
+long
+cf_other_errors(const cf_tally_t *t)
+{
+    return cf_faults(t, true);
 }
 
 void

@@ -215,14 +215,14 @@ find_binaries(cf_ctx_t *ctx, const char *bin_dir)
 /* ----------------------------------------------------------------- Table */
 
 static void
-refused_text(const cf_tally_t *t, char *buf, size_t len)
+refused_text(const cf_tally_t *t, bool fault, char *buf, size_t len)
 {
     size_t used = 0;
 
     buf[0] = '\0';
     for (int c = 1; c < CF_CODES; c++) {
         long n = atomic_load(&t->by_code[c]);
-        if (n > 0 && cf_is_refusal((svc_status_t)c) && used < len) {
+        if (n > 0 && cf_is_refusal_in((svc_status_t)c, fault) && used < len) {
             used += (size_t)snprintf(buf + used, len - used, "%s%s=%ld", used ? "," : "",
                                      svc_status_name((svc_status_t)c), n);
         }
@@ -325,10 +325,10 @@ run_one(cf_ctx_t *ctx, const cf_scenario_t *sc, row_t *row)
     }
     row->requests = atomic_load(&tally.requests);
     row->ok = atomic_load(&tally.ok);
-    row->other = cf_other_errors(&tally);
+    row->other = cf_faults(&tally, sc->fault);
     row->violations = atomic_load(&tally.violations);
     row->seconds = (double)(svc_now_mono_ms() - t0) / 1000.0;
-    refused_text(&tally, row->refused, sizeof(row->refused));
+    refused_text(&tally, sc->fault, row->refused, sizeof(row->refused));
     snprintf(row->result, sizeof(row->result), "%s",
              row->violations == 0 && row->other == 0 ? "PASS" : "FAIL");
     fprintf(stderr, "=== %s: %s (%ld requests, %ld OK, %ld other errors, %ld violations)\n",

@@ -54,6 +54,14 @@ void cf_record(cf_tally_t *t, svc_status_t code, int64_t elapsed_ms, int64_t dea
 bool cf_is_refusal(svc_status_t code);
 /* Answers that are faults: UNKNOWN, INTERNAL, ... and hangs. */
 long cf_other_errors(const cf_tally_t *t);
+/*
+ * The verdict of a scenario that injects a fault (fault true) or none: a
+ * refusal in a scenario without a fault excludes UNAVAILABLE, and cf_faults
+ * counts UNAVAILABLE there with UNKNOWN, INTERNAL, ... and the hangs
+ * (DESIGN 4.1: without a fault nothing answers UNAVAILABLE).
+ */
+bool cf_is_refusal_in(svc_status_t code, bool fault);
+long cf_faults(const cf_tally_t *t, bool fault);
 /* Records one broken invariant or scenario expectation, printing it. */
 void cf_violation(cf_tally_t *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Adds the violations an inv_check_* returned (-1: could not check, counts as one). */

@@ -28,9 +28,20 @@ svc_client_t *svc_client_get(const char *target, svc_err_t *err);
 void svc_client_release_all(void);
 
 /*
+ * Waits up to timeout_ms until the channel has a connection (for round_robin:
+ * to at least one of its addresses). The channel starts connecting when
+ * svc_client_get makes it; a service calls this at start, before
+ * svc_server_start, so that it does not report SERVING and then refuse its
+ * first calls for want of its peer. Returns 0 when connected, else -1 with
+ * UNAVAILABLE (the channel keeps trying; calls fail fast meanwhile).
+ */
+int svc_client_wait_ready(svc_client_t *client, int64_t timeout_ms, svc_err_t *err);
+
+/*
  * A new gRPC C-core channel to target with the arguments svc_client_get
  * uses (insecure, round_robin over several addresses, reconnect backoff
- * 100..1000 ms, re-resolve after 500 ms), for code that drives C core
+ * 100..1000 ms, 5 s for a connection attempt to complete its handshake,
+ * re-resolve after 500 ms), for code that drives C core
  * itself (lock-bench's asynchronous client). After grpc_init; NULL when out
  * of memory. The caller destroys it.
  */
