@@ -22,6 +22,7 @@ extern const svc_migration_t balance_migrations[];
 extern const int balance_migrations_count;
 
 #define MIGRATE_PATIENCE_S 60 /* the database may still be starting */
+#define PEER_PATIENCE_MS 5000 /* how long start-up waits for a peer's channel */
 
 int
 main(int argc, char **argv)
@@ -84,6 +85,11 @@ main(int argc, char **argv)
         svc_log_kv(SVC_LOG_ERROR, "migrations failed", "error", err.msg, NULL);
         svc_pg_pool_destroy(db);
         return 1;
+    }
+    /* A service that serves before its channel to lock-svc is up refuses its first calls. */
+    if (svc_client_wait_ready(lock_svc, PEER_PATIENCE_MS, &err) != 0) {
+        svc_log_kv(SVC_LOG_WARN, "lock-svc not reachable yet, starting anyway", "error", err.msg,
+                   NULL);
     }
     sopts.service_name = "balance-svc";
     sopts.listen_addr = listen_addr;

@@ -21,6 +21,7 @@ extern const svc_migration_t reservation_migrations[];
 extern const int reservation_migrations_count;
 
 #define MIGRATE_PATIENCE_S 60 /* the database may still be starting */
+#define PEER_PATIENCE_MS 5000 /* how long start-up waits for a peer's channel */
 
 int
 main(int argc, char **argv)
@@ -46,8 +47,8 @@ main(int argc, char **argv)
         {"sweep-ms", "SWEEP_MS", SVC_OPT_INT, "1000", "how often expired holds are swept", 10,
          600000, &ropts.sweep_ms, 0},
         {"pay-grace-ms", "PAY_GRACE_MS", SVC_OPT_INT, "300000",
-         "how long past its hold a payment's authorization can still be captured", 1000,
-         3600000, &ropts.pay_grace_ms, 0},
+         "how long past its hold a payment's authorization can still be captured", 1000, 3600000,
+         &ropts.pay_grace_ms, 0},
         {"lock-wait-ms", "LOCK_WAIT_MS", SVC_OPT_INT, "2000", "how long to wait for a seat's lock",
          0, 60000, &ropts.lock_wait_ms, 0},
         {"lock-lease-ms", "LOCK_LEASE_MS", SVC_OPT_INT, "10000", "lease of a seat's lock", 100,
@@ -88,6 +89,13 @@ main(int argc, char **argv)
         svc_log_kv(SVC_LOG_ERROR, "migrations failed", "error", err.msg, NULL);
         svc_pg_pool_destroy(db);
         return 1;
+    }
+    /* A service that serves before its channels to its peers are up refuses its first calls. */
+    for (int i = 0; i < 2; i++) {
+        if (svc_client_wait_ready(i == 0 ? lock_svc : balance_svc, PEER_PATIENCE_MS, &err) != 0) {
+            svc_log_kv(SVC_LOG_WARN, "peer not reachable yet, starting anyway", "peer",
+                       i == 0 ? lock_addr : balance_addr, "error", err.msg, NULL);
+        }
     }
     sopts.service_name = "reservation-svc";
     sopts.listen_addr = listen_addr;
