@@ -315,7 +315,15 @@ static int
 expire_old_holds(PGconn *conn, const char *sched, const char *list, const char *old, svc_err_t *err)
 {
     const char *p1[] = {old};
-    const char *p3[] = {old, sched, list};
+    const char *p3[] = {old,
+                        sched,
+                        list,
+                        RSV_STR(RSV_HELD),
+                        RSV_STR(RSV_EXPIRED),
+                        RSV_STR(RSV_PAY_PENDING),
+                        RSV_STR(RSV_PAY_VOIDING),
+                        RSV_STR(RSV_SEAT_HELD),
+                        RSV_STR(RSV_SEAT_AVAILABLE)};
     PGresult *res = svc_pg_exec(conn,
                                 "SELECT id FROM reservations WHERE id = ANY($1::bigint[])"
                                 " ORDER BY id FOR UPDATE",
@@ -325,29 +333,17 @@ expire_old_holds(PGconn *conn, const char *sched, const char *list, const char *
         return -1;
     }
     PQclear(res);
-    res = svc_pg_exec(
-        conn,
-        "WITH r AS (UPDATE reservations SET status = " RSV_STR(
-            RSV_EXPIRED) ", updated_at = now()"
-                         " WHERE id = ANY($1::bigint[]) AND status = " RSV_STR(
-                             RSV_HELD) "),"
-                                       " rs AS (UPDATE reservation_seats SET live = false WHERE "
-                                       "reservation_id = ANY($1::bigint[])"
-                                       " AND live),"
-                                       " p AS (UPDATE payments SET status = " RSV_STR(
-                                           RSV_PAY_VOIDING) ", updated_at = now()"
-                                                            " WHERE reservation_id = "
-                                                            "ANY($1::bigint[]) AND status "
-                                                            "= " RSV_STR(
-                                                                RSV_PAY_PENDING) ")"
-                                                                                 " UPDATE seats "
-                                                                                 "SET status "
-                                                                                 "= " RSV_STR(
-                                                                                     RSV_SEAT_AVAILABLE) ", hold_reservation_id = NULL,"
-                                                                                                         " hold_user_id = NULL, hold_expires_at_ms = NULL WHERE schedule_id = $2"
-                                                                                                         " AND number = ANY($3::int[]) AND status = " RSV_STR(
-                                                                                                             RSV_SEAT_HELD),
-        3, p3, PGRES_COMMAND_OK, "expire old holds", err);
+    res = svc_pg_exec(conn,
+                      "WITH r AS (UPDATE reservations SET status = $5, updated_at = now()"
+                      " WHERE id = ANY($1::bigint[]) AND status = $4),"
+                      " rs AS (UPDATE reservation_seats SET live = false"
+                      " WHERE reservation_id = ANY($1::bigint[]) AND live),"
+                      " p AS (UPDATE payments SET status = $7, updated_at = now()"
+                      " WHERE reservation_id = ANY($1::bigint[]) AND status = $6)"
+                      " UPDATE seats SET status = $9, hold_reservation_id = NULL,"
+                      " hold_user_id = NULL, hold_expires_at_ms = NULL WHERE schedule_id = $2"
+                      " AND number = ANY($3::int[]) AND status = $8",
+                      9, p3, PGRES_COMMAND_OK, "expire old holds", err);
     PQclear(res);
     return res == NULL ? -1 : 0;
 }
@@ -413,14 +409,12 @@ hold_tx(PGconn *conn, void *arg, svc_err_t *err)
         return -1;
     }
     I64(amt, amount);
-    const char *pr[] = {user, sched, amt, expires};
-    res =
-        svc_pg_exec(conn,
-                    "INSERT INTO reservations (user_id, schedule_id, status, amount,"
-                    " expires_at_ms) VALUES ($1, $2, " RSV_STR(
-                        RSV_HELD) ", $3, $4)"
-                                  " RETURNING id, (extract(epoch FROM created_at) * 1000)::bigint",
-                    4, pr, PGRES_TUPLES_OK, "write reservation", err);
+    const char *pr[] = {user, sched, amt, expires, RSV_STR(RSV_HELD)};
+    res = svc_pg_exec(conn,
+                      "INSERT INTO reservations (user_id, schedule_id, status, amount,"
+                      " expires_at_ms) VALUES ($1, $2, $5, $3, $4)"
+                      " RETURNING id, (extract(epoch FROM created_at) * 1000)::bigint",
+                      5, pr, PGRES_TUPLES_OK, "write reservation", err);
     if (res == NULL) {
         return -1;
     }
@@ -430,19 +424,16 @@ hold_tx(PGconn *conn, void *arg, svc_err_t *err)
     I64(rid, h->out->id);
     for (int i = 0; i < h->n; i++) {
         char number[16], fence[24];
-        const char *ps[] = {rid, sched, number, user, expires, fence};
+        const char *ps[] = {rid, sched, number, user, expires, fence, RSV_STR(RSV_SEAT_HELD)};
         I64(number, h->seats[i]);
         I64(fence, h->fences[i]);
-        res = svc_pg_exec(
-            conn,
-            "WITH rs AS (INSERT INTO reservation_seats (reservation_id, schedule_id,"
-            " number) VALUES ($1, $2, $3))"
-            " UPDATE seats SET status = " RSV_STR(
-                RSV_SEAT_HELD) ","
-                               " hold_reservation_id = $1, hold_user_id = $4, hold_expires_at_ms = "
-                               "$5,"
-                               " last_fence = $6 WHERE schedule_id = $2 AND number = $3",
-            6, ps, PGRES_COMMAND_OK, "hold seat", err);
+        res = svc_pg_exec(conn,
+                          "WITH rs AS (INSERT INTO reservation_seats (reservation_id, schedule_id,"
+                          " number) VALUES ($1, $2, $3))"
+                          " UPDATE seats SET status = $7, hold_reservation_id = $1,"
+                          " hold_user_id = $4, hold_expires_at_ms = $5, last_fence = $6"
+                          " WHERE schedule_id = $2 AND number = $3",
+                          7, ps, PGRES_COMMAND_OK, "hold seat", err);
         if (res == NULL) {
             return -1;
         }
@@ -566,28 +557,27 @@ sweep_tx(PGconn *conn, void *arg, svc_err_t *err)
 {
     int64_t *now_and_count = arg;
     char now[24], lim[16];
-    const char *p[] = {now, lim};
+    const char *p[] = {now,
+                       lim,
+                       RSV_STR(RSV_HELD),
+                       RSV_STR(RSV_EXPIRED),
+                       RSV_STR(RSV_PAY_PENDING),
+                       RSV_STR(RSV_PAY_VOIDING)};
     PGresult *res;
 
     I64(now, now_and_count[0]);
     I64(lim, RSV_SWEEP_BATCH);
-    res = svc_pg_exec(
-        conn,
-        "WITH exp AS (SELECT id FROM reservations WHERE status = " RSV_STR(
-            RSV_HELD) " AND expires_at_ms <= $1 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED),"
-                      " r AS (UPDATE reservations SET status = " RSV_STR(
-                          RSV_EXPIRED) ", updated_at = now()"
-                                       " WHERE id IN (SELECT id FROM exp) RETURNING id),"
-                                       " rs AS (UPDATE reservation_seats SET live = false"
-                                       " WHERE reservation_id IN (SELECT id FROM r) AND live),"
-                                       " p AS (UPDATE payments SET status = " RSV_STR(
-                                           RSV_PAY_VOIDING) ", updated_at = now()"
-                                                            " WHERE reservation_id IN (SELECT id "
-                                                            "FROM r) AND status = " RSV_STR(
-                                                                RSV_PAY_PENDING) ")"
-                                                                                 " SELECT count(*) "
-                                                                                 "FROM r",
-        2, p, PGRES_TUPLES_OK, "sweep expired holds", err);
+    res = svc_pg_exec(conn,
+                      "WITH exp AS (SELECT id FROM reservations WHERE status = $3"
+                      " AND expires_at_ms <= $1 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED),"
+                      " r AS (UPDATE reservations SET status = $4, updated_at = now()"
+                      " WHERE id IN (SELECT id FROM exp) RETURNING id),"
+                      " rs AS (UPDATE reservation_seats SET live = false"
+                      " WHERE reservation_id IN (SELECT id FROM r) AND live),"
+                      " p AS (UPDATE payments SET status = $6, updated_at = now()"
+                      " WHERE reservation_id IN (SELECT id FROM r) AND status = $5)"
+                      " SELECT count(*) FROM r",
+                      6, p, PGRES_TUPLES_OK, "sweep expired holds", err);
     if (res == NULL) {
         return -1;
     }
@@ -599,56 +589,18 @@ sweep_tx(PGconn *conn, void *arg, svc_err_t *err)
 static int
 free_stale_seats_tx(PGconn *conn, void *arg, svc_err_t *err)
 {
-    const char *p[] = {arg};
-    PGresult
-        *res =
-            svc_pg_exec(conn,
-                        "WITH s AS (SELECT s.schedule_id, s.number FROM seats s JOIN reservations r"
-                        " ON r.id = s.hold_reservation_id WHERE s.status = " RSV_STR(RSV_SEAT_HELD) " AND r.status IN (" RSV_STR(
-                            RSV_CANCELLED) ", " RSV_STR(RSV_EXPIRED) ")"
-                                                                     " ORDER BY s.schedule_id, "
-                                                                     "s.number LIMIT $1 FOR UPDATE "
-                                                                     "OF s SKIP LOCKED)"
-                                                                     " UPDATE seats x SET status "
-                                                                     "= " RSV_STR(
-                                                                         RSV_SEAT_AVAILABLE) ", "
-                                                                                             "hold_"
-                                                                                             "reser"
-                                                                                             "vatio"
-                                                                                             "n_id "
-                                                                                             "= "
-                                                                                             "NULL,"
-                                                                                             " hold"
-                                                                                             "_user"
-                                                                                             "_id "
-                                                                                             "= "
-                                                                                             "NULL,"
-                                                                                             " hold"
-                                                                                             "_expi"
-                                                                                             "res_"
-                                                                                             "at_"
-                                                                                             "ms = "
-                                                                                             "NULL "
-                                                                                             "FROM "
-                                                                                             "s"
-                                                                                             " WHER"
-                                                                                             "E "
-                                                                                             "x."
-                                                                                             "sched"
-                                                                                             "ule_"
-                                                                                             "id = "
-                                                                                             "s."
-                                                                                             "sched"
-                                                                                             "ule_"
-                                                                                             "id "
-                                                                                             "AND "
-                                                                                             "x."
-                                                                                             "numbe"
-                                                                                             "r = "
-                                                                                             "s."
-                                                                                             "numbe"
-                                                                                             "r",
-                        1, p, PGRES_COMMAND_OK, "free stale seats", err);
+    const char *p[] = {arg, RSV_STR(RSV_SEAT_HELD), RSV_STR(RSV_SEAT_AVAILABLE),
+                       RSV_STR(RSV_CANCELLED), RSV_STR(RSV_EXPIRED)};
+    PGresult *res =
+        svc_pg_exec(conn,
+                    "WITH s AS (SELECT s.schedule_id, s.number FROM seats s JOIN reservations r"
+                    " ON r.id = s.hold_reservation_id WHERE s.status = $2"
+                    " AND r.status IN ($4, $5) ORDER BY s.schedule_id, s.number LIMIT $1"
+                    " FOR UPDATE OF s SKIP LOCKED)"
+                    " UPDATE seats x SET status = $3, hold_reservation_id = NULL,"
+                    " hold_user_id = NULL, hold_expires_at_ms = NULL FROM s"
+                    " WHERE x.schedule_id = s.schedule_id AND x.number = s.number",
+                    5, p, PGRES_COMMAND_OK, "free stale seats", err);
 
     PQclear(res);
     return res == NULL ? -1 : 0;

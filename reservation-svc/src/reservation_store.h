@@ -12,7 +12,7 @@
 #include "svc/err.h"
 #include "svc/pg.h"
 
-/* Stored values (seats.status, reservations.status); the SQL names them through RSV_STR. */
+/* Stored values (seats.status, reservations.status); the SQL gets them as parameters (RSV_STR). */
 #define RSV_SEAT_AVAILABLE 1
 #define RSV_SEAT_HELD 2
 #define RSV_SEAT_SOLD 3
@@ -96,7 +96,7 @@ int rsv_store_get(svc_pg_pool_t *db, int64_t reservation_id, int64_t now_ms, int
  * A payment of a reservation, one per reservation. Its status is the state
  * of the money, the reservation's status the state of the seats; the two
  * change together in one transaction. RSV_PAY_* are the values stored in
- * payments.status (migration 003); the SQL names them through RSV_STR.
+ * payments.status (migration 003); the SQL gets them as parameters.
  *
  *   PENDING    intent recorded; balance-svc may hold an authorization
  *   CHARGED    reservation confirmed, authorization captured (final)

@@ -130,7 +130,7 @@ static int
 end_reservation(PGconn *conn, int64_t id, int status, svc_err_t *err)
 {
     char rid[24], st[24];
-    const char *p[] = {rid, st};
+    const char *p[] = {rid, st, RSV_STR(RSV_SEAT_AVAILABLE)};
     PGresult *res;
 
     I64(rid, id);
@@ -139,12 +139,10 @@ end_reservation(PGconn *conn, int64_t id, int status, svc_err_t *err)
                       "WITH r AS (UPDATE reservations SET status = $2, updated_at = now()"
                       " WHERE id = $1),"
                       " rs AS (UPDATE reservation_seats SET live = false WHERE reservation_id = $1)"
-                      " UPDATE seats SET status = " RSV_STR(
-                          RSV_SEAT_AVAILABLE) ","
-                                              " hold_reservation_id = NULL, hold_user_id = NULL, "
-                                              "hold_expires_at_ms = NULL"
-                                              " WHERE hold_reservation_id = $1",
-                      2, p, PGRES_COMMAND_OK, "end reservation", err);
+                      " UPDATE seats SET status = $3, hold_reservation_id = NULL,"
+                      " hold_user_id = NULL, hold_expires_at_ms = NULL"
+                      " WHERE hold_reservation_id = $1",
+                      3, p, PGRES_COMMAND_OK, "end reservation", err);
     PQclear(res);
     return res == NULL ? -1 : 0;
 }
@@ -178,7 +176,7 @@ pay_begin_tx(PGconn *conn, void *arg, svc_err_t *err)
 {
     begin_ctx_t *c = arg;
     char rid[24], user[24], amount[24], key[48];
-    const char *p[] = {rid, user, amount, key};
+    const char *p[] = {rid, user, amount, key, RSV_STR(RSV_PAY_PENDING)};
     PGresult *res;
     int found;
 
@@ -209,8 +207,8 @@ pay_begin_tx(PGconn *conn, void *arg, svc_err_t *err)
     res = svc_pg_exec(conn,
                       "INSERT INTO payments (reservation_id, user_id, amount, idempotency_key)"
                       " VALUES ($1, $2, $3, $4) ON CONFLICT (reservation_id)"
-                      " DO UPDATE SET status = " RSV_STR(RSV_PAY_PENDING) ", updated_at = now()",
-                      4, p, PGRES_COMMAND_OK, "record payment", err);
+                      " DO UPDATE SET status = $5, updated_at = now()",
+                      5, p, PGRES_COMMAND_OK, "record payment", err);
     if (res == NULL) {
         return -1;
     }
@@ -265,15 +263,14 @@ pay_decide_tx(PGconn *conn, void *arg, svc_err_t *err)
     }
     if (r.status == RSV_HELD && owned) {
         char rid[24];
-        const char *p[] = {rid};
+        const char *p[] = {rid, RSV_STR(RSV_CONFIRMED), RSV_STR(RSV_SEAT_SOLD)};
         PGresult *res;
         I64(rid, r.id);
         res = svc_pg_exec(conn,
-                          "WITH r AS (UPDATE reservations SET status = " RSV_STR(
-                              RSV_CONFIRMED) ", updated_at = now() WHERE id = $1)"
-                                             " UPDATE seats SET status = " RSV_STR(
-                                                 RSV_SEAT_SOLD) " WHERE hold_reservation_id = $1",
-                          1, p, PGRES_COMMAND_OK, "confirm reservation", err);
+                          "WITH r AS (UPDATE reservations SET status = $2, updated_at = now()"
+                          " WHERE id = $1)"
+                          " UPDATE seats SET status = $3 WHERE hold_reservation_id = $1",
+                          3, p, PGRES_COMMAND_OK, "confirm reservation", err);
         if (res == NULL) {
             goto out;
         }
@@ -322,25 +319,34 @@ pay_update(svc_pg_pool_t *db, const char *sql, int n, const char *const *p, int6
     return res == NULL ? -1 : 0;
 }
 
+/* One payment from status from to status to, in a statement of its own. */
+static int
+pay_transition(svc_pg_pool_t *db, int64_t payment_id, int from, int to, int64_t deadline_ms,
+               svc_err_t *err)
+{
+    char pid[24], f[24], t[24];
+    const char *p[] = {pid, f, t};
+
+    I64(pid, payment_id);
+    I64(f, from);
+    I64(t, to);
+    return pay_update(db,
+                      "UPDATE payments SET status = $3, updated_at = now()"
+                      " WHERE id = $1 AND status = $2",
+                      3, p, deadline_ms, err);
+}
+
 int
 rsv_store_pay_refused(svc_pg_pool_t *db, int64_t payment_id, int64_t deadline_ms, svc_err_t *err)
 {
-    char pid[24];
-    const char *p[] = {pid};
-
-    I64(pid, payment_id);
-    return pay_update(db,
-                      "UPDATE payments SET status = " RSV_STR(
-                          RSV_PAY_FAILED) ", updated_at = now()"
-                                          " WHERE id = $1 AND status = " RSV_STR(RSV_PAY_PENDING),
-                      1, p, deadline_ms, err);
+    return pay_transition(db, payment_id, RSV_PAY_PENDING, RSV_PAY_FAILED, deadline_ms, err);
 }
 
-/* CAPTURING becomes CHARGED; REFUNDING stays, now knowing the spend to refund. */
+/* $4 CAPTURING becomes $5 CHARGED; $6 REFUNDING stays, now knowing the spend to refund. */
 #define SQL_CAPTURED                                                                               \
     "UPDATE payments SET balance_txn_id = $2, balance_after = $3, updated_at = now(),"             \
-    " status = CASE status WHEN " RSV_STR(RSV_PAY_CAPTURING) " THEN " RSV_STR(                     \
-        RSV_PAY_CHARGED) " ELSE status END WHERE id = $1 AND status IN (" RSV_STR(RSV_PAY_CAPTURING) ", " RSV_STR(RSV_PAY_REFUNDING) ")"
+    " status = CASE status WHEN $4::smallint THEN $5::smallint ELSE status END"                    \
+    " WHERE id = $1 AND status IN ($4, $6)"
 
 int
 rsv_store_pay_captured(svc_pg_pool_t *db, int64_t payment_id, int64_t balance_txn_id,
@@ -348,14 +354,19 @@ rsv_store_pay_captured(svc_pg_pool_t *db, int64_t payment_id, int64_t balance_tx
                        svc_err_t *err)
 {
     char pid[24], txn[24], after[24];
-    const char *p[] = {pid, txn, after};
+    const char *p[] = {pid,
+                       txn,
+                       after,
+                       RSV_STR(RSV_PAY_CAPTURING),
+                       RSV_STR(RSV_PAY_CHARGED),
+                       RSV_STR(RSV_PAY_REFUNDING)};
     PGconn *conn;
     int rc;
 
     I64(pid, payment_id);
     I64(txn, balance_txn_id);
     I64(after, balance_after);
-    if (pay_update(db, SQL_CAPTURED, 3, p, deadline_ms, err) != 0 ||
+    if (pay_update(db, SQL_CAPTURED, 6, p, deadline_ms, err) != 0 ||
         (conn = svc_pg_acquire(db, deadline_ms, err)) == NULL) {
         return -1;
     }
@@ -367,15 +378,7 @@ rsv_store_pay_captured(svc_pg_pool_t *db, int64_t payment_id, int64_t balance_tx
 int
 rsv_store_pay_voided(svc_pg_pool_t *db, int64_t payment_id, int64_t deadline_ms, svc_err_t *err)
 {
-    char pid[24];
-    const char *p[] = {pid};
-
-    I64(pid, payment_id);
-    return pay_update(db,
-                      "UPDATE payments SET status = " RSV_STR(
-                          RSV_PAY_FAILED) ", updated_at = now()"
-                                          " WHERE id = $1 AND status = " RSV_STR(RSV_PAY_VOIDING),
-                      1, p, deadline_ms, err);
+    return pay_transition(db, payment_id, RSV_PAY_VOIDING, RSV_PAY_FAILED, deadline_ms, err);
 }
 
 int
@@ -383,40 +386,34 @@ rsv_store_pay_refunded(svc_pg_pool_t *db, int64_t payment_id, int64_t refund_txn
                        int64_t deadline_ms, svc_err_t *err)
 {
     char pid[24], txn[24];
-    const char *p[] = {pid, txn};
+    const char *p[] = {pid, txn, RSV_STR(RSV_PAY_REFUNDING), RSV_STR(RSV_PAY_REFUNDED)};
 
     I64(pid, payment_id);
     I64(txn, refund_txn_id);
-    return pay_update(
-        db,
-        "UPDATE payments SET status = " RSV_STR(
-            RSV_PAY_REFUNDED) ","
-                              " refund_txn_id = nullif($2::bigint, 0), updated_at = now()"
-                              " WHERE id = $1 AND status = " RSV_STR(RSV_PAY_REFUNDING),
-        2, p, deadline_ms, err);
+    return pay_update(db,
+                      "UPDATE payments SET status = $4, updated_at = now(),"
+                      " refund_txn_id = nullif($2::bigint, 0) WHERE id = $1 AND status = $3",
+                      4, p, deadline_ms, err);
 }
 
-/* $1: how old a PENDING payment must be, $2: any other; $3: how many. */
+/* $1: how old a PENDING ($4) payment must be, $2: any other; $3: how many; $4-$7: unsettled. */
 #define SQL_UNSETTLED                                                                              \
-    "SELECT " PAYMENT_COLUMNS PAYMENT_FROM                                                         \
-    " WHERE p.status IN (" RSV_STR(RSV_PAY_PENDING) ", " RSV_STR(RSV_PAY_CAPTURING) ", " RSV_STR(  \
-        RSV_PAY_VOIDING) ", " RSV_STR(RSV_PAY_REFUNDING) ")"                                       \
-                                                         " AND p.updated_at < now() - (CASE "      \
-                                                         "p.status WHEN " RSV_STR(                 \
-                                                             RSV_PAY_PENDING) " THEN $1::bigint"   \
-                                                                              " ELSE $2::bigint "  \
-                                                                              "END) * interval "   \
-                                                                              "'1 millisecond' "   \
-                                                                              "ORDER BY "          \
-                                                                              "p.updated_at "      \
-                                                                              "LIMIT $3"
+    "SELECT " PAYMENT_COLUMNS PAYMENT_FROM " WHERE p.status IN ($4, $5, $6, $7)"                   \
+    " AND p.updated_at < now() - (CASE WHEN p.status = $4 THEN $1::bigint ELSE $2::bigint END)"    \
+    " * interval '1 millisecond' ORDER BY p.updated_at LIMIT $3"
 
 int
 rsv_store_unsettled_payments(svc_pg_pool_t *db, int64_t pending_age_ms, int64_t other_age_ms,
                              int max, rsv_payment_t *out, int *n, svc_err_t *err)
 {
     char pending_age[24], other_age[24], lim[16];
-    const char *p[] = {pending_age, other_age, lim};
+    const char *p[] = {pending_age,
+                       other_age,
+                       lim,
+                       RSV_STR(RSV_PAY_PENDING),
+                       RSV_STR(RSV_PAY_CAPTURING),
+                       RSV_STR(RSV_PAY_VOIDING),
+                       RSV_STR(RSV_PAY_REFUNDING)};
     PGconn *conn = svc_pg_acquire(db, svc_now_unix_ms() + 5000, err);
     PGresult *res;
 
@@ -427,7 +424,7 @@ rsv_store_unsettled_payments(svc_pg_pool_t *db, int64_t pending_age_ms, int64_t 
     I64(pending_age, pending_age_ms);
     I64(other_age, other_age_ms);
     I64(lim, max);
-    res = svc_pg_exec(conn, SQL_UNSETTLED, 3, p, PGRES_TUPLES_OK, "read unsettled payments", err);
+    res = svc_pg_exec(conn, SQL_UNSETTLED, 7, p, PGRES_TUPLES_OK, "read unsettled payments", err);
     svc_pg_release(db, conn, res == NULL && err->code == SVC_UNAVAILABLE);
     if (res == NULL) {
         return -1;

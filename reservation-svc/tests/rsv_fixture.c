@@ -109,6 +109,31 @@ rsv_fixture_start_instance(rsv_instance_t *inst, const char *dbname, const char 
 }
 
 int
+rsv_fixture_start_with(const rsv_instance_spec_t *specs, int n)
+{
+    if (rsv_fixture_start() != 0) {
+        return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        if (rsv_fixture_start_instance(specs[i].inst, specs[i].dbname, specs[i].env_kv) != 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int
+rsv_fixture_stop_with(const rsv_instance_spec_t *specs, int n)
+{
+    rsv_instance_t *all[8];
+
+    for (int i = 0; i < n && i < 8; i++) {
+        all[i] = specs[i].inst;
+    }
+    return rsv_fixture_stop(all, n < 8 ? n : 8);
+}
+
+int
 rsv_fixture_stop(rsv_instance_t *const *instances, int n)
 {
     int bad = 0, st;

@@ -80,6 +80,20 @@ int rsv_fixture_start_instance(rsv_instance_t *inst, const char *dbname, const c
  * -1 when a process did not exit cleanly (a sanitizer report, say).
  */
 int rsv_fixture_stop(rsv_instance_t *const *instances, int n);
+/* One reservation-svc instance of a test program: its handle, database and settings. */
+typedef struct {
+    rsv_instance_t *inst;
+    const char *dbname;
+    const char *const *env_kv; /* may be NULL */
+} rsv_instance_spec_t;
+/* A group setup: rsv_fixture_start, then each instance of specs. 0 or -1. */
+int rsv_fixture_start_with(const rsv_instance_spec_t *specs, int n);
+/* The matching group teardown: rsv_fixture_stop of the instances of specs. */
+int rsv_fixture_stop_with(const rsv_instance_spec_t *specs, int n);
+/* A test with its own arena. */
+#define RSV_ARENA_TEST(f)                                                                          \
+    cmocka_unit_test_setup_teardown(f, rsv_fixture_arena_setup, rsv_fixture_arena_teardown)
+
 /* Each test's arena in *state, freed after the test even when it failed; the teardown
  * also resumes balance-svc, which a failed test may have left paused. */
 int rsv_fixture_arena_setup(void **state);

@@ -275,37 +275,30 @@ test_create_concert_and_list(void **state)
     }
 }
 
+static const rsv_instance_spec_t instances[] = {{&main_rsv, "reservation", NULL}};
+
 static int
 setup(void **state)
 {
     (void)state;
-    return rsv_fixture_start() != 0 ||
-                   rsv_fixture_start_instance(&main_rsv, "reservation", NULL) != 0
-               ? -1
-               : 0;
+    return rsv_fixture_start_with(instances, 1);
 }
 
 static int
 teardown(void **state)
 {
-    rsv_instance_t *all[] = {&main_rsv};
-
     (void)state;
-    return rsv_fixture_stop(all, 1);
+    return rsv_fixture_stop_with(instances, 1);
 }
 
 int
 main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_create_concert_needs_admin_token,
-                                        rsv_fixture_arena_setup, rsv_fixture_arena_teardown),
-        cmocka_unit_test_setup_teardown(test_create_concert_invalid_inputs, rsv_fixture_arena_setup,
-                                        rsv_fixture_arena_teardown),
-        cmocka_unit_test_setup_teardown(test_create_concert_refuses_past_schedule,
-                                        rsv_fixture_arena_setup, rsv_fixture_arena_teardown),
-        cmocka_unit_test_setup_teardown(test_create_concert_and_list, rsv_fixture_arena_setup,
-                                        rsv_fixture_arena_teardown),
+        RSV_ARENA_TEST(test_create_concert_needs_admin_token),
+        RSV_ARENA_TEST(test_create_concert_invalid_inputs),
+        RSV_ARENA_TEST(test_create_concert_refuses_past_schedule),
+        RSV_ARENA_TEST(test_create_concert_and_list),
     };
 
     if (rsv_fixture_main_args(argc, argv) != 0) {

@@ -654,41 +654,40 @@ test_cancel_reservation(void **state)
     db_check_schedule(&main_rsv.db, sched);
 }
 
+static const char *const ttl_env[] = {"HOLD_TTL_MS=2000", NULL};
+static const char *const sweep_env[] = {"HOLD_TTL_MS=100", "SWEEP_MS=10", NULL};
+static const rsv_instance_spec_t instances[] = {
+    {&main_rsv, "reservation", NULL},
+    {&ttl_rsv, "reservation_ttl", ttl_env},
+    {&sweep_rsv, "reservation_sweep", sweep_env},
+};
+
 static int
 setup(void **state)
 {
-    const char *ttl_env[] = {"HOLD_TTL_MS=2000", NULL};
-    const char *sweep_env[] = {"HOLD_TTL_MS=100", "SWEEP_MS=10", NULL};
-
     (void)state;
-    return rsv_fixture_start() != 0 ||
-                   rsv_fixture_start_instance(&main_rsv, "reservation", NULL) != 0 ||
-                   rsv_fixture_start_instance(&ttl_rsv, "reservation_ttl", ttl_env) != 0 ||
-                   rsv_fixture_start_instance(&sweep_rsv, "reservation_sweep", sweep_env) != 0
-               ? -1
-               : 0;
+    return rsv_fixture_start_with(instances, 3);
 }
 
 static int
 teardown(void **state)
 {
-    rsv_instance_t *all[] = {&main_rsv, &ttl_rsv, &sweep_rsv};
-
     (void)state;
-    return rsv_fixture_stop(all, 3);
+    return rsv_fixture_stop_with(instances, 3);
 }
-
-#define ARENA_TEST(f)                                                                              \
-    cmocka_unit_test_setup_teardown(f, rsv_fixture_arena_setup, rsv_fixture_arena_teardown)
 
 int
 main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
-        ARENA_TEST(test_hold_invalid_inputs), ARENA_TEST(test_hold_needs_account),
-        ARENA_TEST(test_one_seat_storm),      ARENA_TEST(test_overlapping_holds_storm),
-        ARENA_TEST(test_hold_expires),        ARENA_TEST(test_expired_seat_storm),
-        ARENA_TEST(test_cancel_reservation),  ARENA_TEST(test_holds_racing_sweeper_do_not_deadlock),
+        RSV_ARENA_TEST(test_hold_invalid_inputs),
+        RSV_ARENA_TEST(test_hold_needs_account),
+        RSV_ARENA_TEST(test_one_seat_storm),
+        RSV_ARENA_TEST(test_overlapping_holds_storm),
+        RSV_ARENA_TEST(test_hold_expires),
+        RSV_ARENA_TEST(test_expired_seat_storm),
+        RSV_ARENA_TEST(test_cancel_reservation),
+        RSV_ARENA_TEST(test_holds_racing_sweeper_do_not_deadlock),
     };
 
     if (rsv_fixture_main_args(argc, argv) != 0) {

@@ -495,44 +495,39 @@ test_cancel_after_show_started(void **state)
     db_check_schedule(&main_rsv.db, sched);
 }
 
+static const char *const ttl_env[] = {"HOLD_TTL_MS=2000", NULL};
+static const rsv_instance_spec_t instances[] = {
+    {&main_rsv, "reservation", NULL},
+    {&ttl_rsv, "reservation_ttl", ttl_env},
+};
+
 static int
 setup(void **state)
 {
-    const char *ttl_env[] = {"HOLD_TTL_MS=2000", NULL};
-
     (void)state;
-    return rsv_fixture_start() != 0 ||
-                   rsv_fixture_start_instance(&main_rsv, "reservation", NULL) != 0 ||
-                   rsv_fixture_start_instance(&ttl_rsv, "reservation_ttl", ttl_env) != 0
-               ? -1
-               : 0;
+    return rsv_fixture_start_with(instances, 2);
 }
 
 static int
 teardown(void **state)
 {
-    rsv_instance_t *all[] = {&main_rsv, &ttl_rsv};
-
     (void)state;
-    return rsv_fixture_stop(all, 2);
+    return rsv_fixture_stop_with(instances, 2);
 }
-
-#define ARENA_TEST(f)                                                                              \
-    cmocka_unit_test_setup_teardown(f, rsv_fixture_arena_setup, rsv_fixture_arena_teardown)
 
 int
 main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
-        ARENA_TEST(test_pay_reservation),
-        ARENA_TEST(test_pay_refused),
-        ARENA_TEST(test_pay_expired_hold),
-        ARENA_TEST(test_pay_storm),
-        ARENA_TEST(test_pay_retries_do_not_extend_hold),
-        ARENA_TEST(test_pay_free_seats),
-        ARENA_TEST(test_pay_ten_seats_at_top_price),
-        ARENA_TEST(test_cancel_confirmed_refunds),
-        ARENA_TEST(test_cancel_after_show_started),
+        RSV_ARENA_TEST(test_pay_reservation),
+        RSV_ARENA_TEST(test_pay_refused),
+        RSV_ARENA_TEST(test_pay_expired_hold),
+        RSV_ARENA_TEST(test_pay_storm),
+        RSV_ARENA_TEST(test_pay_retries_do_not_extend_hold),
+        RSV_ARENA_TEST(test_pay_free_seats),
+        RSV_ARENA_TEST(test_pay_ten_seats_at_top_price),
+        RSV_ARENA_TEST(test_cancel_confirmed_refunds),
+        RSV_ARENA_TEST(test_cancel_after_show_started),
     };
 
     if (rsv_fixture_main_args(argc, argv) != 0) {
