@@ -7,61 +7,17 @@
  * invariants. argv[1] is balance-svc, argv[2] lock-svc.
  */
 #define _GNU_SOURCE
-#include <inttypes.h>
 #include <pthread.h>
-#include <setjmp.h>
-#include <stdarg.h>
-#include <stdatomic.h>
-#include <stddef.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
-#include <cmocka.h>
-
-#include "balance/v1/balance.pb-c.h"
 #include "balance_stack.h"
-#include "svc/balance_client.h"
 #include "svc/timer.h"
 
-static const char *balance_path, *lock_path;
 static balance_stack_t stack;
-static atomic_llong next_user = 20000;
 
 #define C0 (stack.client[0])
 #define C1 (stack.client[1])
-
-static int64_t
-funded_user(int64_t amount)
-{
-    int64_t user = atomic_fetch_add(&next_user, 1);
-    svc_err_t err;
-
-    if (svc_balance_top_up(C0, user, amount, "fund", NULL, NULL, &err) != 0) {
-        fail_msg("top-up failed: %s", err.msg);
-    }
-    return user;
-}
-
-static svc_balance_result_t
-ok(int rc, const svc_balance_result_t *res, const svc_err_t *err)
-{
-    if (rc != 0) {
-        fail_msg("expected OK, got %s (%s)", svc_status_name(err->code), err->msg);
-    }
-    return *res;
-}
-
-#define OK(call) (rc = (call), ok(rc, &res, &err))
-#define EXPECT(want, call)                                                                         \
-    do {                                                                                           \
-        rc = (call);                                                                               \
-        if (rc == 0 || err.code != (want)) {                                                       \
-            fail_msg("%s: expected %s, got %s (%s)", #call, svc_status_name(want),                 \
-                     rc == 0 ? "OK" : svc_status_name(err.code), rc == 0 ? "" : err.msg);          \
-        }                                                                                          \
-    } while (0)
-
 static int64_t
 available(int64_t user)
 {
@@ -69,7 +25,7 @@ available(int64_t user)
     svc_err_t err;
     int rc;
 
-    return OK(svc_balance_get(C0, user, NULL, &res, &err)).available;
+    return BALANCE_OK(svc_balance_get(C0, user, NULL, &res, &err)).available;
 }
 
 static int64_t
@@ -83,26 +39,26 @@ auth_status(int64_t id)
 static void
 test_authorize_then_capture(void **state)
 {
-    int64_t user = funded_user(1000);
+    int64_t user = balance_stack_funded_user(&stack, 1000);
     svc_balance_result_t res, auth, cap;
     svc_err_t err;
     int rc;
 
     (void)state;
-    auth =
-        OK(svc_balance_authorize(C0, user, 300, "order-1", "concert 7", 60000, NULL, &res, &err));
+    auth = BALANCE_OK(
+        svc_balance_authorize(C0, user, 300, "order-1", "concert 7", 60000, NULL, &res, &err));
     assert_true(auth.authorization_id > 0);
     assert_int_equal(auth.balance, 1000);
     assert_int_equal(auth.available, 700);
     assert_false(auth.replayed);
     assert_int_equal(available(user), 700);
     /* Held money cannot be spent, nor held twice. */
-    EXPECT(SVC_FAILED_PRECONDITION,
-           svc_balance_spend(C0, user, 701, "too-much", "", NULL, &res, &err));
+    BALANCE_EXPECT(SVC_FAILED_PRECONDITION,
+                   svc_balance_spend(C0, user, 701, "too-much", "", NULL, &res, &err));
     assert_non_null(strstr(err.msg, "insufficient balance"));
-    EXPECT(SVC_FAILED_PRECONDITION,
-           svc_balance_authorize(C0, user, 701, "order-2", "", 0, NULL, &res, &err));
-    cap = OK(svc_balance_capture(C1, auth.authorization_id, NULL, &res, &err));
+    BALANCE_EXPECT(SVC_FAILED_PRECONDITION,
+                   svc_balance_authorize(C0, user, 701, "order-2", "", 0, NULL, &res, &err));
+    cap = BALANCE_OK(svc_balance_capture(C1, auth.authorization_id, NULL, &res, &err));
     assert_int_equal(cap.balance, 700);
     assert_false(cap.replayed);
     assert_int_equal(available(user), 700);
@@ -119,40 +75,41 @@ test_authorize_then_capture(void **state)
             &stack, "SELECT capture_txn_id FROM authorizations WHERE id =", auth.authorization_id),
         cap.transaction_id);
     /* Again: the same row, replayed, nothing more spent. */
-    res = OK(svc_balance_capture(C0, auth.authorization_id, NULL, &res, &err));
+    res = BALANCE_OK(svc_balance_capture(C0, auth.authorization_id, NULL, &res, &err));
     assert_int_equal(res.transaction_id, cap.transaction_id);
     assert_int_equal(res.balance, 700);
     assert_true(res.replayed);
-    assert_int_equal(
-        balance_stack_query(&stack, "SELECT balance FROM accounts WHERE user_id =", user), 700);
+    assert_int_equal(balance_stack_stored_balance(&stack, user), 700);
     /* A captured one cannot be voided. */
-    EXPECT(SVC_FAILED_PRECONDITION, svc_balance_void(C0, auth.authorization_id, NULL, &res, &err));
+    BALANCE_EXPECT(SVC_FAILED_PRECONDITION,
+                   svc_balance_void(C0, auth.authorization_id, NULL, &res, &err));
     assert_int_equal(balance_stack_broken(&stack), 0);
 }
 
 static void
 test_void_gives_the_money_back(void **state)
 {
-    int64_t user = funded_user(500);
+    int64_t user = balance_stack_funded_user(&stack, 500);
     svc_balance_result_t res, auth;
     svc_err_t err;
     int rc;
 
     (void)state;
-    auth = OK(svc_balance_authorize(C0, user, 200, "hold", "", 0, NULL, &res, &err));
+    auth = BALANCE_OK(svc_balance_authorize(C0, user, 200, "hold", "", 0, NULL, &res, &err));
     assert_int_equal(auth.available, 300);
-    res = OK(svc_balance_void(C1, auth.authorization_id, NULL, &res, &err));
+    res = BALANCE_OK(svc_balance_void(C1, auth.authorization_id, NULL, &res, &err));
     assert_int_equal(res.balance, 500);
     assert_int_equal(res.available, 500);
     assert_int_equal(auth_status(auth.authorization_id), 3);
-    res = OK(svc_balance_void(C0, auth.authorization_id, NULL, &res, &err)); /* idempotent */
+    res =
+        BALANCE_OK(svc_balance_void(C0, auth.authorization_id, NULL, &res, &err)); /* idempotent */
     assert_int_equal(res.available, 500);
-    EXPECT(SVC_FAILED_PRECONDITION,
-           svc_balance_capture(C0, auth.authorization_id, NULL, &res, &err));
+    BALANCE_EXPECT(SVC_FAILED_PRECONDITION,
+                   svc_balance_capture(C0, auth.authorization_id, NULL, &res, &err));
     assert_non_null(strstr(err.msg, "voided"));
-    EXPECT(SVC_NOT_FOUND, svc_balance_capture(C0, INT64_MAX - 1, NULL, &res, &err));
-    EXPECT(SVC_NOT_FOUND, svc_balance_void(C0, INT64_MAX - 1, NULL, &res, &err));
-    EXPECT(SVC_INVALID_ARGUMENT, svc_balance_void(C0, 0, NULL, &res, &err));
+    BALANCE_EXPECT(SVC_NOT_FOUND, svc_balance_capture(C0, INT64_MAX - 1, NULL, &res, &err));
+    BALANCE_EXPECT(SVC_NOT_FOUND, svc_balance_void(C0, INT64_MAX - 1, NULL, &res, &err));
+    BALANCE_EXPECT(SVC_INVALID_ARGUMENT, svc_balance_void(C0, 0, NULL, &res, &err));
     assert_int_equal(
         balance_stack_query(&stack, "SELECT count(*) FROM ledger WHERE user_id =", user), 1);
     assert_int_equal(balance_stack_broken(&stack), 0);
@@ -161,7 +118,7 @@ test_void_gives_the_money_back(void **state)
 static void
 test_authorize_inputs_and_replays(void **state)
 {
-    int64_t user = funded_user(2000), now = svc_now_unix_ms();
+    int64_t user = balance_stack_funded_user(&stack, 2000), now = svc_now_unix_ms();
     svc_balance_result_t res, auth;
     char long_key[130];
     svc_err_t err;
@@ -170,37 +127,43 @@ test_authorize_inputs_and_replays(void **state)
     (void)state;
     memset(long_key, 'k', 129);
     long_key[129] = '\0';
-    EXPECT(SVC_INVALID_ARGUMENT, svc_balance_authorize(C0, user, 0, "a", "", 0, NULL, &res, &err));
-    EXPECT(SVC_INVALID_ARGUMENT,
-           svc_balance_authorize(C0, user, 1000000001, "a", "", 0, NULL, &res, &err));
-    EXPECT(SVC_INVALID_ARGUMENT, svc_balance_authorize(C0, user, 1, "", "", 0, NULL, &res, &err));
-    EXPECT(SVC_INVALID_ARGUMENT,
-           svc_balance_authorize(C0, user, 1, long_key, "", 0, NULL, &res, &err));
-    EXPECT(SVC_INVALID_ARGUMENT, svc_balance_authorize(C0, user, 1, "a", "", -1, NULL, &res, &err));
-    EXPECT(SVC_INVALID_ARGUMENT,
-           svc_balance_authorize(C0, user, 1, "a", "", 86400001, NULL, &res, &err));
-    EXPECT(SVC_INVALID_ARGUMENT, svc_balance_authorize(C0, 0, 1, "a", "", 0, NULL, &res, &err));
-    EXPECT(SVC_NOT_FOUND, svc_balance_authorize(C0, atomic_fetch_add(&next_user, 1), 1, "a", "", 0,
-                                                NULL, &res, &err));
+    BALANCE_EXPECT(SVC_INVALID_ARGUMENT,
+                   svc_balance_authorize(C0, user, 0, "a", "", 0, NULL, &res, &err));
+    BALANCE_EXPECT(SVC_INVALID_ARGUMENT,
+                   svc_balance_authorize(C0, user, 1000000001, "a", "", 0, NULL, &res, &err));
+    BALANCE_EXPECT(SVC_INVALID_ARGUMENT,
+                   svc_balance_authorize(C0, user, 1, "", "", 0, NULL, &res, &err));
+    BALANCE_EXPECT(SVC_INVALID_ARGUMENT,
+                   svc_balance_authorize(C0, user, 1, long_key, "", 0, NULL, &res, &err));
+    BALANCE_EXPECT(SVC_INVALID_ARGUMENT,
+                   svc_balance_authorize(C0, user, 1, "a", "", -1, NULL, &res, &err));
+    BALANCE_EXPECT(SVC_INVALID_ARGUMENT,
+                   svc_balance_authorize(C0, user, 1, "a", "", 86400001, NULL, &res, &err));
+    BALANCE_EXPECT(SVC_INVALID_ARGUMENT,
+                   svc_balance_authorize(C0, 0, 1, "a", "", 0, NULL, &res, &err));
+    BALANCE_EXPECT(SVC_NOT_FOUND, svc_balance_authorize(C0, balance_stack_new_user(), 1, "a", "", 0,
+                                                        NULL, &res, &err));
 
     /* expires_in_ms 0 is ten minutes. */
-    auth = OK(svc_balance_authorize(C0, user, 100, "a", "r", 0, NULL, &res, &err));
+    auth = BALANCE_OK(svc_balance_authorize(C0, user, 100, "a", "r", 0, NULL, &res, &err));
     assert_in_range(auth.expires_at_ms - now, 600000 - 5000, 600000 + 5000);
-    res = OK(svc_balance_authorize(C1, user, 100, "a", "r", 0, NULL, &res, &err));
+    res = BALANCE_OK(svc_balance_authorize(C1, user, 100, "a", "r", 0, NULL, &res, &err));
     assert_int_equal(res.authorization_id, auth.authorization_id);
     assert_int_equal(res.expires_at_ms, auth.expires_at_ms);
     assert_true(res.replayed);
-    EXPECT(SVC_INVALID_ARGUMENT,
-           svc_balance_authorize(C0, user, 101, "a", "r", 0, NULL, &res, &err));
+    BALANCE_EXPECT(SVC_INVALID_ARGUMENT,
+                   svc_balance_authorize(C0, user, 101, "a", "r", 0, NULL, &res, &err));
     /* One namespace: a ledger key is not an authorization key, and the other way round. */
-    EXPECT(SVC_INVALID_ARGUMENT,
-           svc_balance_authorize(C0, user, 100, "fund", "", 0, NULL, &res, &err));
-    EXPECT(SVC_INVALID_ARGUMENT, svc_balance_spend(C0, user, 100, "a", "r", NULL, &res, &err));
-    EXPECT(SVC_INVALID_ARGUMENT, svc_balance_top_up(C0, user, 100, "a", NULL, &res, &err));
+    BALANCE_EXPECT(SVC_INVALID_ARGUMENT,
+                   svc_balance_authorize(C0, user, 100, "fund", "", 0, NULL, &res, &err));
+    BALANCE_EXPECT(SVC_INVALID_ARGUMENT,
+                   svc_balance_spend(C0, user, 100, "a", "r", NULL, &res, &err));
+    BALANCE_EXPECT(SVC_INVALID_ARGUMENT, svc_balance_top_up(C0, user, 100, "a", NULL, &res, &err));
     /* After the capture too (its SPEND row carries the key). */
-    OK(svc_balance_capture(C0, auth.authorization_id, NULL, &res, &err));
-    EXPECT(SVC_INVALID_ARGUMENT, svc_balance_spend(C0, user, 100, "a", "r", NULL, &res, &err));
-    res = OK(svc_balance_authorize(C0, user, 100, "a", "r", 0, NULL, &res, &err));
+    BALANCE_OK(svc_balance_capture(C0, auth.authorization_id, NULL, &res, &err));
+    BALANCE_EXPECT(SVC_INVALID_ARGUMENT,
+                   svc_balance_spend(C0, user, 100, "a", "r", NULL, &res, &err));
+    res = BALANCE_OK(svc_balance_authorize(C0, user, 100, "a", "r", 0, NULL, &res, &err));
     assert_int_equal(res.authorization_id, auth.authorization_id);
     assert_true(res.replayed);
     assert_int_equal(
@@ -214,31 +177,31 @@ test_authorize_inputs_and_replays(void **state)
 static void
 test_expired_authorization(void **state)
 {
-    int64_t user = funded_user(1000);
+    int64_t user = balance_stack_funded_user(&stack, 1000);
     svc_balance_result_t res, a1, a2;
     svc_err_t err;
     int rc;
 
     (void)state;
     /* Expired but not yet swept, money still there: the capture goes through. */
-    a1 = OK(svc_balance_authorize(C0, user, 400, "short-1", "", 300, NULL, &res, &err));
+    a1 = BALANCE_OK(svc_balance_authorize(C0, user, 400, "short-1", "", 300, NULL, &res, &err));
     assert_int_equal(available(user), 600);
     svc_sleep_ms(400);
     assert_int_equal(available(user), 1000); /* it no longer holds anything */
-    res = OK(svc_balance_capture(C0, a1.authorization_id, NULL, &res, &err));
+    res = BALANCE_OK(svc_balance_capture(C0, a1.authorization_id, NULL, &res, &err));
     assert_int_equal(res.balance, 600);
 
     /* Expired, and its money spent meanwhile (that spend's transaction voids it). */
-    a2 = OK(svc_balance_authorize(C0, user, 500, "short-2", "", 300, NULL, &res, &err));
-    EXPECT(SVC_FAILED_PRECONDITION,
-           svc_balance_spend(C0, user, 200, "while-held", "", NULL, &res, &err));
+    a2 = BALANCE_OK(svc_balance_authorize(C0, user, 500, "short-2", "", 300, NULL, &res, &err));
+    BALANCE_EXPECT(SVC_FAILED_PRECONDITION,
+                   svc_balance_spend(C0, user, 200, "while-held", "", NULL, &res, &err));
     svc_sleep_ms(400);
-    OK(svc_balance_spend(C0, user, 200, "after-expiry", "", NULL, &res, &err));
+    BALANCE_OK(svc_balance_spend(C0, user, 200, "after-expiry", "", NULL, &res, &err));
     assert_int_equal(auth_status(a2.authorization_id), 3);
-    EXPECT(SVC_FAILED_PRECONDITION, svc_balance_capture(C0, a2.authorization_id, NULL, &res, &err));
+    BALANCE_EXPECT(SVC_FAILED_PRECONDITION,
+                   svc_balance_capture(C0, a2.authorization_id, NULL, &res, &err));
     assert_non_null(strstr(err.msg, "expired"));
-    assert_int_equal(
-        balance_stack_query(&stack, "SELECT balance FROM accounts WHERE user_id =", user), 400);
+    assert_int_equal(balance_stack_stored_balance(&stack, user), 400);
     assert_int_equal(balance_stack_broken(&stack), 0);
 }
 
@@ -246,21 +209,18 @@ test_expired_authorization(void **state)
 static void
 test_sweeper_voids_what_expired(void **state)
 {
-    int64_t user = funded_user(100);
+    int64_t user = balance_stack_funded_user(&stack, 100);
     svc_balance_result_t res, auth;
-    char db_env[600], lock_env[96];
-    const char *envs[] = {db_env, lock_env, "LOG_LEVEL=warn", "SWEEP_INTERVAL_MS=100", NULL};
+    const char *env[] = {"SWEEP_INTERVAL_MS=100", NULL};
     testenv_proc_t sweeper = {0};
     svc_err_t err;
     int rc;
 
     (void)state;
-    snprintf(db_env, sizeof(db_env), "DATABASE_URL=%s", stack.pg.conninfo);
-    snprintf(lock_env, sizeof(lock_env), "LOCK_SVC_ADDR=%s", stack.lock.addr);
-    auth = OK(svc_balance_authorize(C1, user, 100, "forgotten", "", 200, NULL, &res, &err));
+    auth = BALANCE_OK(svc_balance_authorize(C1, user, 100, "forgotten", "", 200, NULL, &res, &err));
     svc_sleep_ms(1000);
     assert_int_equal(auth_status(auth.authorization_id), 1); /* nobody swept yet */
-    assert_int_equal(testenv_proc_start(&sweeper, balance_path, NULL, envs), 0);
+    assert_int_equal(balance_stack_start_instance(&stack, &sweeper, env), 0);
     for (int i = 0; i < 100 && auth_status(auth.authorization_id) != 3; i++) {
         svc_sleep_ms(50);
     }
@@ -300,7 +260,7 @@ static void
 test_concurrent_captures_and_voids(void **state)
 {
     enum { ROUNDS = 8, N = 16 };
-    int64_t user = funded_user(100000);
+    int64_t user = balance_stack_funded_user(&stack, 100000);
     int captured_rounds = 0;
 
     (void)state;
@@ -313,7 +273,7 @@ test_concurrent_captures_and_voids(void **state)
         int rc, cap_ok = 0, void_ok = 0, fresh = 0;
 
         snprintf(key, sizeof(key), "race-%d", round);
-        auth = OK(svc_balance_authorize(C0, user, 1000, key, "", 0, NULL, &res, &err));
+        auth = BALANCE_OK(svc_balance_authorize(C0, user, 1000, key, "", 0, NULL, &res, &err));
         for (int i = 0; i < N; i++) {
             s[i] = (settle_t){
                 .client = stack.client[i % 2], .capture = i % 2, .id = auth.authorization_id};
@@ -341,9 +301,7 @@ test_concurrent_captures_and_voids(void **state)
                                 "SELECT count(*) FROM ledger WHERE kind = 2 AND user_id =", user),
             captured_rounds);
     }
-    assert_int_equal(
-        balance_stack_query(&stack, "SELECT balance FROM accounts WHERE user_id =", user),
-        100000 - 1000 * captured_rounds);
+    assert_int_equal(balance_stack_stored_balance(&stack, user), 100000 - 1000 * captured_rounds);
     assert_int_equal(available(user), 100000 - 1000 * captured_rounds);
     assert_int_equal(balance_stack_broken(&stack), 0);
 }
@@ -372,15 +330,17 @@ refund_thread(void *arg)
 static void
 test_refunds(void **state)
 {
-    int64_t user = funded_user(1000), other = funded_user(1000);
+    int64_t user = balance_stack_funded_user(&stack, 1000),
+            other = balance_stack_funded_user(&stack, 1000);
     svc_balance_result_t res, spend, spend2, r1, fund;
     svc_err_t err;
     int rc;
 
     (void)state;
-    spend = OK(svc_balance_spend(C0, user, 500, "buy", "reservation 9", NULL, &res, &err));
-    fund = OK(svc_balance_top_up(C0, user, 1000, "fund", NULL, &res, &err)); /* replay */
-    r1 = OK(svc_balance_refund(C1, user, spend.transaction_id, 200, "back-1", NULL, &res, &err));
+    spend = BALANCE_OK(svc_balance_spend(C0, user, 500, "buy", "reservation 9", NULL, &res, &err));
+    fund = BALANCE_OK(svc_balance_top_up(C0, user, 1000, "fund", NULL, &res, &err)); /* replay */
+    r1 = BALANCE_OK(
+        svc_balance_refund(C1, user, spend.transaction_id, 200, "back-1", NULL, &res, &err));
     assert_int_equal(r1.balance, 700);
     assert_false(r1.replayed);
     assert_int_equal(balance_stack_query(&stack,
@@ -389,33 +349,34 @@ test_refunds(void **state)
                                          spend.transaction_id),
                      1);
     /* Replays, and the key with another amount or spend. */
-    res = OK(svc_balance_refund(C0, user, spend.transaction_id, 200, "back-1", NULL, &res, &err));
+    res = BALANCE_OK(
+        svc_balance_refund(C0, user, spend.transaction_id, 200, "back-1", NULL, &res, &err));
     assert_int_equal(res.transaction_id, r1.transaction_id);
     assert_true(res.replayed);
-    EXPECT(SVC_INVALID_ARGUMENT,
-           svc_balance_refund(C0, user, spend.transaction_id, 201, "back-1", NULL, &res, &err));
-    spend2 = OK(svc_balance_spend(C0, user, 100, "buy-2", "", NULL, &res, &err));
-    EXPECT(SVC_INVALID_ARGUMENT,
-           svc_balance_refund(C0, user, spend2.transaction_id, 200, "back-1", NULL, &res, &err));
-    EXPECT(SVC_INVALID_ARGUMENT,
-           svc_balance_refund(C0, user, spend.transaction_id, 200, "buy", NULL, &res, &err));
+    BALANCE_EXPECT(SVC_INVALID_ARGUMENT, svc_balance_refund(C0, user, spend.transaction_id, 201,
+                                                            "back-1", NULL, &res, &err));
+    spend2 = BALANCE_OK(svc_balance_spend(C0, user, 100, "buy-2", "", NULL, &res, &err));
+    BALANCE_EXPECT(SVC_INVALID_ARGUMENT, svc_balance_refund(C0, user, spend2.transaction_id, 200,
+                                                            "back-1", NULL, &res, &err));
+    BALANCE_EXPECT(SVC_INVALID_ARGUMENT, svc_balance_refund(C0, user, spend.transaction_id, 200,
+                                                            "buy", NULL, &res, &err));
     /* Not a spend of this user. */
-    EXPECT(SVC_NOT_FOUND,
-           svc_balance_refund(C0, user, fund.transaction_id, 1, "of-top-up", NULL, &res, &err));
-    EXPECT(SVC_NOT_FOUND,
-           svc_balance_refund(C0, other, spend.transaction_id, 1, "not-mine", NULL, &res, &err));
-    EXPECT(SVC_INVALID_ARGUMENT,
-           svc_balance_refund(C0, user, spend.transaction_id, 0, "zero", NULL, &res, &err));
+    BALANCE_EXPECT(SVC_NOT_FOUND, svc_balance_refund(C0, user, fund.transaction_id, 1, "of-top-up",
+                                                     NULL, &res, &err));
+    BALANCE_EXPECT(SVC_NOT_FOUND, svc_balance_refund(C0, other, spend.transaction_id, 1, "not-mine",
+                                                     NULL, &res, &err));
+    BALANCE_EXPECT(SVC_INVALID_ARGUMENT,
+                   svc_balance_refund(C0, user, spend.transaction_id, 0, "zero", NULL, &res, &err));
     /* The cap: 300 more is fine, 1 more is not. */
-    EXPECT(SVC_FAILED_PRECONDITION,
-           svc_balance_refund(C0, user, spend.transaction_id, 301, "back-2", NULL, &res, &err));
-    OK(svc_balance_refund(C0, user, spend.transaction_id, 300, "back-2", NULL, &res, &err));
-    EXPECT(SVC_FAILED_PRECONDITION,
-           svc_balance_refund(C0, user, spend.transaction_id, 1, "back-3", NULL, &res, &err));
-    res = OK(svc_balance_refund(C0, user, spend.transaction_id, 300, "back-2", NULL, &res, &err));
+    BALANCE_EXPECT(SVC_FAILED_PRECONDITION, svc_balance_refund(C0, user, spend.transaction_id, 301,
+                                                               "back-2", NULL, &res, &err));
+    BALANCE_OK(svc_balance_refund(C0, user, spend.transaction_id, 300, "back-2", NULL, &res, &err));
+    BALANCE_EXPECT(SVC_FAILED_PRECONDITION, svc_balance_refund(C0, user, spend.transaction_id, 1,
+                                                               "back-3", NULL, &res, &err));
+    res = BALANCE_OK(
+        svc_balance_refund(C0, user, spend.transaction_id, 300, "back-2", NULL, &res, &err));
     assert_true(res.replayed); /* a replay is answered as then, even past the cap */
-    assert_int_equal(
-        balance_stack_query(&stack, "SELECT balance FROM accounts WHERE user_id =", user), 900);
+    assert_int_equal(balance_stack_stored_balance(&stack, user), 900);
     assert_int_equal(balance_stack_broken(&stack), 0);
 }
 
@@ -424,7 +385,7 @@ static void
 test_concurrent_refunds_never_exceed_the_spend(void **state)
 {
     enum { N = 10 };
-    int64_t user = funded_user(1000);
+    int64_t user = balance_stack_funded_user(&stack, 1000);
     svc_balance_result_t res, spend, auth;
     refund_t r[N];
     pthread_t t[N];
@@ -432,8 +393,8 @@ test_concurrent_refunds_never_exceed_the_spend(void **state)
     int rc, n_ok = 0;
 
     (void)state;
-    auth = OK(svc_balance_authorize(C0, user, 500, "pay", "seat 1", 0, NULL, &res, &err));
-    spend = OK(svc_balance_capture(C0, auth.authorization_id, NULL, &res, &err));
+    auth = BALANCE_OK(svc_balance_authorize(C0, user, 500, "pay", "seat 1", 0, NULL, &res, &err));
+    spend = BALANCE_OK(svc_balance_capture(C0, auth.authorization_id, NULL, &res, &err));
     for (int i = 0; i < N; i++) {
         r[i] = (refund_t){.client = stack.client[i % 2],
                           .user = user,
@@ -451,8 +412,7 @@ test_concurrent_refunds_never_exceed_the_spend(void **state)
         }
     }
     assert_int_equal(n_ok, 5);
-    assert_int_equal(
-        balance_stack_query(&stack, "SELECT balance FROM accounts WHERE user_id =", user), 1000);
+    assert_int_equal(balance_stack_stored_balance(&stack, user), 1000);
     assert_int_equal(balance_stack_broken(&stack), 0);
 }
 
@@ -460,24 +420,18 @@ test_concurrent_refunds_never_exceed_the_spend(void **state)
 static void
 test_history_shows_refunds(void **state)
 {
-    Balance__V1__ListTransactionsRequest req = BALANCE__V1__LIST_TRANSACTIONS_REQUEST__INIT;
     Balance__V1__ListTransactionsResponse *page;
-    int64_t user = funded_user(100);
+    int64_t user = balance_stack_funded_user(&stack, 100);
     svc_arena_t *arena = svc_arena_create();
     svc_balance_result_t res, spend, refund;
-    ProtobufCMessage *out;
     svc_err_t err;
     int rc;
 
     (void)state;
-    spend = OK(svc_balance_spend(C0, user, 60, "s", "ref", NULL, &res, &err));
-    refund = OK(svc_balance_refund(C0, user, spend.transaction_id, 60, "r", NULL, &res, &err));
-    req.user_id = user;
-    assert_int_equal(svc_client_unary(C0, "/balance.v1.BalanceService/ListTransactions", &req.base,
-                                      &balance__v1__list_transactions_response__descriptor, arena,
-                                      &out, NULL, &err),
-                     0);
-    page = (void *)out;
+    spend = BALANCE_OK(svc_balance_spend(C0, user, 60, "s", "ref", NULL, &res, &err));
+    refund =
+        BALANCE_OK(svc_balance_refund(C0, user, spend.transaction_id, 60, "r", NULL, &res, &err));
+    assert_int_equal(balance_stack_list(C0, arena, user, 0, NULL, &page, &err), 0);
     assert_int_equal(page->n_transactions, 3);
     assert_int_equal(page->transactions[0]->id, refund.transaction_id);
     assert_int_equal(page->transactions[0]->kind,
@@ -489,25 +443,6 @@ test_history_shows_refunds(void **state)
                      BALANCE__V1__TRANSACTION_KIND__TRANSACTION_KIND_SPEND);
     assert_int_equal(page->transactions[1]->refund_of, 0);
     svc_arena_destroy(arena);
-}
-
-/* ---------- setup ---------- */
-
-static int
-setup(void **state)
-{
-    /* No periodic sweep (but the one at start-up): expiry tests need unswept holds. */
-    const char *env[] = {"SWEEP_INTERVAL_MS=3600000", "SWEEP_INTERVAL_MS=3600000"};
-
-    (void)state;
-    return balance_stack_start(&stack, balance_path, lock_path, 2, env);
-}
-
-static int
-teardown(void **state)
-{
-    (void)state;
-    return balance_stack_stop(&stack);
 }
 
 int
@@ -524,13 +459,9 @@ main(int argc, char **argv)
         cmocka_unit_test(test_concurrent_refunds_never_exceed_the_spend),
         cmocka_unit_test(test_history_shows_refunds),
     };
+    /* No periodic sweep (but the one at start-up): expiry tests need unswept holds. */
+    const char *balance_env[] = {"SWEEP_INTERVAL_MS=3600000", NULL};
+    const balance_stack_config_t config = {.instances = 2, .balance_env = balance_env};
 
-    if (argc < 3) {
-        fprintf(stderr, "usage: %s path/to/balance-svc path/to/lock-svc\n", argv[0]);
-        return 2;
-    }
-    balance_path = argv[1];
-    lock_path = argv[2];
-    return testenv_group_result(
-        cmocka_run_group_tests(tests, setup, testenv_group_teardown(teardown)));
+    return balance_stack_main(&stack, &config, argc, argv, tests, sizeof(tests) / sizeof(tests[0]));
 }
