@@ -43,7 +43,7 @@ main(int argc, char **argv)
         {"admin-token", "ADMIN_TOKEN", SVC_OPT_STRING, NULL,
          "secret for CreateConcert (authorization: Bearer <token>)", 0, 0, &ropts.admin_token, 1},
         {"hold-ttl-ms", "HOLD_TTL_MS", SVC_OPT_INT, "300000", "how long a hold lasts", 100,
-         86400000, &ropts.hold_ttl_ms, 0},
+         82800000, &ropts.hold_ttl_ms, 0}, /* + PAY_GRACE_MS: within Authorize's 24 h */
         {"sweep-ms", "SWEEP_MS", SVC_OPT_INT, "1000", "how often expired holds are swept", 10,
          600000, &ropts.sweep_ms, 0},
         {"pay-grace-ms", "PAY_GRACE_MS", SVC_OPT_INT, "300000",

@@ -69,6 +69,7 @@ answer(balance_req_t *r)
         resp.available = op->available;
         resp.expires_at_ms = op->expires_at_ms;
         resp.replayed = op->replayed;
+        resp.status = (Balance__V1__AuthorizationStatus)op->auth_status; /* same numbering */
         svc_call_reply(r->call, &resp.base);
         return;
     }

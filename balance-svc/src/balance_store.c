@@ -67,14 +67,22 @@ find_earlier(acct_t *a, balance_op_t *op, svc_err_t *err)
         [BALANCE_OP_SPEND] = BALANCE_SPEND,
         [BALANCE_OP_REFUND] = BALANCE_REFUND,
     };
-    const char *params[] = {a->user, op->key};
-    PGresult *res = svc_pg_exec(
+    char now[NUM], pending[NUM], voided[NUM];
+    const char *params[] = {a->user, op->key, now, pending, voided};
+    PGresult *res;
+
+    num(now, a->now_ms);
+    num(pending, BALANCE_AUTH_PENDING);
+    num(voided, BALANCE_AUTH_VOIDED);
+    /* For an authorization, column 3 is its status now: a pending one past its expiry is void. */
+    res = svc_pg_exec(
         a->conn,
-        "SELECT true, id, 0, amount, 0, 0, expires_at_ms FROM authorizations"
+        "SELECT true, id, CASE WHEN status = $4 AND expires_at_ms <= $3 THEN $5 ELSE status END,"
+        " amount, 0, 0, expires_at_ms FROM authorizations"
         " WHERE user_id = $1 AND idempotency_key = $2"
         " UNION ALL SELECT false, id, kind, amount, balance_after, coalesce(refund_of, 0), 0"
         " FROM ledger WHERE user_id = $1 AND idempotency_key = $2 ORDER BY 1 DESC LIMIT 1",
-        2, params, PGRES_TUPLES_OK, "read earlier operation", err);
+        5, params, PGRES_TUPLES_OK, "read earlier operation", err);
     bool is_auth, same;
 
     if (res == NULL) {
@@ -99,6 +107,7 @@ find_earlier(acct_t *a, balance_op_t *op, svc_err_t *err)
         svc_err_clear(&op->err);
         op->authorization_id = svc_pg_i64(res, 0, 1);
         op->expires_at_ms = svc_pg_i64(res, 0, 6);
+        op->auth_status = (int)svc_pg_i64(res, 0, 2);
         op->balance = a->balance;
         op->available = a->balance - a->held;
         op->replayed = true;
@@ -284,6 +293,7 @@ apply_authorize(acct_t *a, balance_op_t *op, svc_err_t *err)
     svc_err_clear(&op->err);
     op->authorization_id = svc_pg_i64(res, 0, 0);
     op->expires_at_ms = expires_at;
+    op->auth_status = BALANCE_AUTH_PENDING;
     op->balance = a->balance;
     op->available = a->balance - a->held;
     op->replayed = false;

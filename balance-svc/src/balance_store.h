@@ -56,6 +56,7 @@ typedef struct {
     int64_t transaction_id;   /* top-up, spend, refund, capture: the ledger row */
     int64_t authorization_id; /* authorize */
     int64_t expires_at_ms;    /* authorize */
+    int auth_status;          /* authorize: BALANCE_AUTH_*, an expired pending one VOIDED */
     bool replayed;
 } balance_op_t;
 

@@ -97,6 +97,7 @@ test_void_gives_the_money_back(void **state)
     (void)state;
     auth = BALANCE_OK(svc_balance_authorize(C0, user, 200, "hold", "", 0, NULL, &res, &err));
     assert_int_equal(auth.available, 300);
+    assert_int_equal(auth.status, SVC_BALANCE_AUTH_PENDING);
     res = BALANCE_OK(svc_balance_void(C1, auth.authorization_id, NULL, &res, &err));
     assert_int_equal(res.balance, 500);
     assert_int_equal(res.available, 500);
@@ -107,6 +108,12 @@ test_void_gives_the_money_back(void **state)
     BALANCE_EXPECT(SVC_FAILED_PRECONDITION,
                    svc_balance_capture(C0, auth.authorization_id, NULL, &res, &err));
     assert_non_null(strstr(err.msg, "voided"));
+    /* Authorize again with its key: the same authorization, and it says it is dead. */
+    res = BALANCE_OK(svc_balance_authorize(C0, user, 200, "hold", "", 0, NULL, &res, &err));
+    assert_true(res.replayed);
+    assert_int_equal(res.authorization_id, auth.authorization_id);
+    assert_int_equal(res.status, SVC_BALANCE_AUTH_VOIDED);
+    assert_int_equal(res.available, 500);
     BALANCE_EXPECT(SVC_NOT_FOUND, svc_balance_capture(C0, INT64_MAX - 1, NULL, &res, &err));
     BALANCE_EXPECT(SVC_NOT_FOUND, svc_balance_void(C0, INT64_MAX - 1, NULL, &res, &err));
     BALANCE_EXPECT(SVC_INVALID_ARGUMENT, svc_balance_void(C0, 0, NULL, &res, &err));

@@ -73,6 +73,7 @@ fill_authorize(svc_balance_result_t *out, const ProtobufCMessage *msg)
     out->balance = r->balance;
     out->available = r->available;
     out->expires_at_ms = r->expires_at_ms;
+    out->status = (int)r->status;
     out->replayed = r->replayed;
 }
 

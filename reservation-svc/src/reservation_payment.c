@@ -17,6 +17,7 @@
  */
 #define _GNU_SOURCE
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,11 +30,15 @@
 #define MAX_STEPS 8           /* transitions of one drive; a payment has at most 4 */
 #define CANCEL_SETTLE_MS 2000 /* how long a cancel waits for balance-svc before answering */
 
-/* Maps a balance-svc transport failure to what our caller sees. */
+/* Maps a balance-svc failure that may pass (down, slow, busy) to what our caller sees. */
 static void
 balance_unavailable(svc_err_t *err, const rsv_payment_t *pay)
 {
     if (err->code == SVC_DEADLINE_EXCEEDED || err->code == SVC_CANCELLED) {
+        return;
+    }
+    if (err->code == SVC_ABORTED) { /* the account's lock stayed busy: a refusal, not a fault */
+        svc_err_set(err, SVC_ABORTED, "the account is busy, retry the payment");
         return;
     }
     static svc_log_limit_t limit = SVC_LOG_LIMIT_INIT(5);
@@ -49,50 +54,110 @@ refused_for_good(svc_status_t code)
     return code == SVC_FAILED_PRECONDITION || code == SVC_NOT_FOUND || code == SVC_INVALID_ARGUMENT;
 }
 
+/* The payment cannot be made: PENDING -> FAILED, and err says why to the caller. */
+static int refuse(reservation_service_t *svc, rsv_payment_t *pay, svc_err_t *err, const char *fmt,
+                  ...) __attribute__((format(printf, 4, 5)));
+
+static int
+refuse(reservation_service_t *svc, rsv_payment_t *pay, svc_err_t *err, const char *fmt, ...)
+{
+    char why[SVC_ERR_MSG_MAX];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof(why), fmt, ap);
+    va_end(ap);
+    if (rsv_store_pay_refused(svc->db, pay->id, svc_now_unix_ms() + 5000, err) != 0) {
+        return -1;
+    }
+    svc_err_set(err, SVC_FAILED_PRECONDITION, "%s", why);
+    pay->status = RSV_PAY_FAILED;
+    return -1;
+}
+
+/*
+ * Before two-phase funds a payment spent at once under the same key, so
+ * Authorize finds the key taken. Spend with that key and amount replays the
+ * old spend (it cannot charge again: the key is taken); the payment then
+ * goes on as one already paid.
+ */
+static int
+step_legacy_spend(reservation_service_t *svc, rsv_payment_t *pay, const svc_call_opts_t *opts,
+                  const char *reference, svc_err_t *err)
+{
+    svc_balance_result_t res;
+
+    if (svc_balance_spend(svc->balance_svc, pay->user_id, pay->amount, pay->key, reference, opts,
+                          &res, err) != 0) {
+        if (refused_for_good(err->code)) {
+            return refuse(svc, pay, err, "payment of reservation %" PRId64 " refused",
+                          pay->reservation_id);
+        }
+        balance_unavailable(err, pay);
+        return -1;
+    }
+    svc_logf(SVC_LOG_INFO,
+             "payment %" PRId64 " was spent before two-phase funds: ledger row %" PRId64, pay->id,
+             res.transaction_id);
+    return rsv_store_pay_decide(svc->db, pay->id, 0, res.transaction_id, res.balance,
+                                svc_now_unix_ms(), svc_now_unix_ms() + 5000, pay, err);
+}
+
 /*
  * PENDING: authorize (or find the authorization an earlier attempt made,
- * by its key), then decide. known_auth keeps an id learnt here for a void
- * when someone else decided first.
+ * by its key), then decide.
  */
 static int
 step_pending(reservation_service_t *svc, rsv_payment_t *pay, const svc_call_opts_t *opts,
-             int64_t *known_auth, svc_err_t *err)
+             svc_err_t *err)
 {
     svc_balance_result_t res = {0};
     char reference[64];
     int64_t left = pay->hold_expires_at_ms - svc_now_unix_ms();
 
+    snprintf(reference, sizeof(reference), "reservation %" PRId64, pay->reservation_id);
     if (pay->amount > 0) {
-        snprintf(reference, sizeof(reference), "reservation %" PRId64, pay->reservation_id);
         /* The money must stay held from now until a decision taken before the hold ends has
          * been carried out: the rest of the hold, plus the grace for the capture. */
         if (svc_balance_authorize(svc->balance_svc, pay->user_id, pay->amount, pay->key, reference,
                                   (left > 0 ? left : 0) + svc->opts.pay_grace_ms, opts, &res,
                                   err) != 0) {
+            if (err->code == SVC_INVALID_ARGUMENT) {
+                return step_legacy_spend(svc, pay, opts, reference, err);
+            }
+            if (err->code == SVC_NOT_FOUND) {
+                return refuse(svc, pay, err, "user %" PRId64 " has no account to pay from",
+                              pay->user_id);
+            }
             if (refused_for_good(err->code)) {
-                svc_err_t why = *err;
-                if (rsv_store_pay_refused(svc->db, pay->id, svc_now_unix_ms() + 5000, err) != 0) {
-                    return -1;
-                }
-                *err = why;
-                if (err->code == SVC_NOT_FOUND) {
-                    svc_err_set(err, SVC_FAILED_PRECONDITION,
-                                "user %" PRId64 " has no account to pay from", pay->user_id);
-                } else if (err->code == SVC_INVALID_ARGUMENT) {
-                    svc_err_set(err, SVC_FAILED_PRECONDITION, "payment refused: %s", why.msg);
-                }
-                pay->status = RSV_PAY_FAILED;
-                return -1;
+                return refuse(svc, pay, err, "%s", err->msg); /* too little money */
             }
             balance_unavailable(err, pay);
             return -1;
         }
-        *known_auth = res.authorization_id;
+        if (res.status != SVC_BALANCE_AUTH_PENDING || res.expires_at_ms < pay->hold_expires_at_ms) {
+            /* Under our key, yet dead or not made for this hold: it cannot pay for it. */
+            return refuse(
+                svc, pay, err,
+                "payment of reservation %" PRId64 " refused: its authorization %" PRId64 " is %s",
+                pay->reservation_id, res.authorization_id,
+                res.status == SVC_BALANCE_AUTH_PENDING ? "too short-lived" : "no longer live");
+        }
     }
     /* A crash here leaves money authorized and nothing decided: the sweeper decides. */
     svc_failpoint_crash("pay_after_authorize");
-    return rsv_store_pay_decide(svc->db, pay->id, res.authorization_id, svc_now_unix_ms(),
-                                svc_now_unix_ms() + 5000, pay, err);
+    if (rsv_store_pay_decide(svc->db, pay->id, res.authorization_id, 0, 0, svc_now_unix_ms(),
+                             svc_now_unix_ms() + 5000, pay, err) != 0) {
+        return -1;
+    }
+    if (pay->status == RSV_PAY_FAILED && res.authorization_id != 0) {
+        /* Someone else ended the payment (a refusal raced our authorization): let it go. */
+        svc_err_t ignored;
+        (void)svc_balance_void(svc->balance_svc, res.authorization_id, opts, NULL, &ignored);
+    } else if (pay->status == RSV_PAY_VOIDING && pay->authorization_id == 0) {
+        pay->authorization_id = res.authorization_id; /* decided before us: we know the id */
+    }
+    return 0;
 }
 
 /* CAPTURING or REFUNDING without its spend: capture, and record the ledger row. */
@@ -104,13 +169,14 @@ step_capture(reservation_service_t *svc, rsv_payment_t *pay, const svc_call_opts
 
     if (svc_balance_capture(svc->balance_svc, pay->authorization_id, opts, &res, err) != 0) {
         if (refused_for_good(err->code)) {
-            /* The decision outlived its authorization: only a stall past the grace does that. */
+            /* The decision outlived its authorization: only a stall past the grace does that.
+             * Nothing was spent and no OK was answered: undo the confirmation. */
             svc_logf(SVC_LOG_ERROR,
-                     "payment %" PRId64 " of reservation %" PRId64 " cannot be captured: %s",
+                     "payment %" PRId64 " of reservation %" PRId64 " cannot be captured (%s):"
+                     " the reservation is released unpaid",
                      pay->id, pay->reservation_id, err->msg);
-            svc_err_set(err, SVC_UNAVAILABLE, "payment of reservation %" PRId64 " is stuck",
-                        pay->reservation_id);
-            return -1;
+            return rsv_store_pay_uncapturable(svc->db, pay->id, svc_now_unix_ms(),
+                                              svc_now_unix_ms() + 5000, pay, err);
         }
         balance_unavailable(err, pay);
         return -1;
@@ -124,9 +190,9 @@ step_capture(reservation_service_t *svc, rsv_payment_t *pay, const svc_call_opts
 /* VOIDING: void the authorization (finding it by its key when its id was not recorded). */
 static int
 step_void(reservation_service_t *svc, rsv_payment_t *pay, const svc_call_opts_t *opts,
-          int64_t known_auth, svc_err_t *err)
+          svc_err_t *err)
 {
-    int64_t auth = pay->authorization_id != 0 ? pay->authorization_id : known_auth;
+    int64_t auth = pay->authorization_id;
     svc_balance_result_t res;
 
     if (auth == 0) {
@@ -134,15 +200,23 @@ step_void(reservation_service_t *svc, rsv_payment_t *pay, const svc_call_opts_t 
          * made (or makes one, to be voided at once). Refused: there is nothing to void. */
         if (svc_balance_authorize(svc->balance_svc, pay->user_id, pay->amount, pay->key, "",
                                   svc->opts.pay_grace_ms, opts, &res, err) == 0) {
-            auth = res.authorization_id;
+            auth = res.status == SVC_BALANCE_AUTH_PENDING ? res.authorization_id : 0;
         } else if (!refused_for_good(err->code)) {
             balance_unavailable(err, pay);
             return -1;
         }
     }
     if (auth != 0 && svc_balance_void(svc->balance_svc, auth, opts, &res, err) != 0) {
-        balance_unavailable(err, pay);
-        return -1;
+        if (!refused_for_good(err->code)) {
+            balance_unavailable(err, pay);
+            return -1;
+        }
+        /* Gone or voided already: done. Captured outside this protocol: say so loudly. */
+        svc_logf(err->code == SVC_FAILED_PRECONDITION && strstr(err->msg, "captured") != NULL
+                     ? SVC_LOG_ERROR
+                     : SVC_LOG_INFO,
+                 "payment %" PRId64 ": void of authorization %" PRId64 ": %s", pay->id, auth,
+                 err->msg);
     }
     if (rsv_store_pay_voided(svc->db, pay->id, svc_now_unix_ms() + 5000, err) != 0) {
         return -1;
@@ -162,6 +236,17 @@ step_refund(reservation_service_t *svc, rsv_payment_t *pay, const svc_call_opts_
     snprintf(key, sizeof(key), "refund:%s", pay->key);
     if (svc_balance_refund(svc->balance_svc, pay->user_id, pay->balance_txn_id, pay->amount, key,
                            opts, &res, err) != 0) {
+        if (refused_for_good(err->code)) {
+            /* Say so and keep it for later (the balance cap may leave room again). */
+            static svc_log_limit_t limit = SVC_LOG_LIMIT_INIT(5);
+            svc_err_t touch;
+            svc_logf_limited(&limit, SVC_LOG_ERROR, "refund of payment %" PRId64 " refused: %s",
+                             pay->id, err->msg);
+            (void)rsv_store_pay_touch(svc->db, pay->id, svc_now_unix_ms() + 5000, &touch);
+            svc_err_set(err, SVC_FAILED_PRECONDITION, "refund of reservation %" PRId64 " refused",
+                        pay->reservation_id);
+            return -1;
+        }
         balance_unavailable(err, pay);
         return -1;
     }
@@ -179,19 +264,18 @@ reservation_payment_drive(reservation_service_t *svc, rsv_payment_t *pay, svc_ca
                           int64_t timeout_ms, svc_err_t *err)
 {
     svc_call_opts_t opts = {.parent = parent, .timeout_ms = timeout_ms};
-    int64_t known_auth = 0;
 
     for (int step = 0; step < MAX_STEPS; step++) {
         int rc;
         switch (pay->status) {
         case RSV_PAY_PENDING:
-            rc = step_pending(svc, pay, &opts, &known_auth, err);
+            rc = step_pending(svc, pay, &opts, err);
             break;
         case RSV_PAY_CAPTURING:
             rc = step_capture(svc, pay, &opts, err);
             break;
         case RSV_PAY_VOIDING:
-            rc = step_void(svc, pay, &opts, known_auth, err);
+            rc = step_void(svc, pay, &opts, err);
             break;
         case RSV_PAY_REFUNDING:
             if (pay->amount == 0) {

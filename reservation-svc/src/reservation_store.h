@@ -153,9 +153,13 @@ int rsv_store_pay_begin(svc_pg_pool_t *db, int64_t reservation_id, int64_t user_
  * still held, unexpired and owns its seats confirms it (seats SOLD) and
  * becomes CAPTURING (CHARGED when amount is 0); otherwise it becomes VOIDING
  * (FAILED without an authorization) and an expired hold is marked EXPIRED.
- * A payment that is no longer PENDING is left as it is. *pay is re-read.
+ * spent_txn_id (else 0) is a spend the money already went to (a payment
+ * begun by a version before two-phase funds): CHARGED if confirmed, else
+ * REFUNDING. A payment that is no longer PENDING is left as it is. *pay is
+ * re-read.
  */
 int rsv_store_pay_decide(svc_pg_pool_t *db, int64_t payment_id, int64_t authorization_id,
+                         int64_t spent_txn_id, int64_t balance_after,
                          int64_t now_ms, int64_t deadline_ms, rsv_payment_t *pay, svc_err_t *err);
 
 /* balance-svc refused the authorization for good: PENDING -> FAILED. */
@@ -169,6 +173,20 @@ int rsv_store_pay_refused(svc_pg_pool_t *db, int64_t payment_id, int64_t deadlin
 int rsv_store_pay_captured(svc_pg_pool_t *db, int64_t payment_id, int64_t balance_txn_id,
                            int64_t balance_after, int64_t deadline_ms, rsv_payment_t *pay,
                            svc_err_t *err);
+
+/*
+ * balance-svc refused the capture for good (the authorization expired or was
+ * voided: only a stall far past PAY_GRACE_MS does that): a CAPTURING
+ * payment's reservation, confirmed but never answered OK, ends EXPIRED with
+ * its seats free; a REFUNDING one that never spent anything ends FAILED.
+ * Either way the payment is FAILED; *pay is re-read.
+ */
+int rsv_store_pay_uncapturable(svc_pg_pool_t *db, int64_t payment_id, int64_t now_ms,
+                               int64_t deadline_ms, rsv_payment_t *pay, svc_err_t *err);
+
+/* Puts a payment at the back of the recovery pass's line (a step failed for now). */
+int rsv_store_pay_touch(svc_pg_pool_t *db, int64_t payment_id, int64_t deadline_ms,
+                        svc_err_t *err);
 
 /* The authorization is voided: VOIDING -> FAILED. */
 int rsv_store_pay_voided(svc_pg_pool_t *db, int64_t payment_id, int64_t deadline_ms,

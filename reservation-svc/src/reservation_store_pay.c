@@ -176,7 +176,7 @@ pay_begin_tx(PGconn *conn, void *arg, svc_err_t *err)
 {
     begin_ctx_t *c = arg;
     char rid[24], user[24], amount[24], key[48];
-    const char *p[] = {rid, user, amount, key, RSV_STR(RSV_PAY_PENDING)};
+    const char *p[] = {rid, user, amount, key, RSV_STR(RSV_PAY_PENDING), RSV_STR(RSV_PAY_FAILED)};
     PGresult *res;
     int found;
 
@@ -191,8 +191,7 @@ pay_begin_tx(PGconn *conn, void *arg, svc_err_t *err)
     if (found < 0) {
         return -1;
     }
-    if (found && c->pay->status != RSV_PAY_FAILED &&
-        (c->r->status == RSV_CONFIRMED || c->pay->status == RSV_PAY_PENDING)) {
+    if (found && c->pay->status != RSV_PAY_FAILED) {
         return 0; /* carry on with it (or answer as the first time) */
     }
     if (c->r->status != RSV_HELD) {
@@ -207,8 +206,8 @@ pay_begin_tx(PGconn *conn, void *arg, svc_err_t *err)
     res = svc_pg_exec(conn,
                       "INSERT INTO payments (reservation_id, user_id, amount, idempotency_key)"
                       " VALUES ($1, $2, $3, $4) ON CONFLICT (reservation_id)"
-                      " DO UPDATE SET status = $5, updated_at = now()",
-                      5, p, PGRES_COMMAND_OK, "record payment", err);
+                      " DO UPDATE SET status = $5, updated_at = now() WHERE payments.status = $6",
+                      6, p, PGRES_COMMAND_OK, "record payment", err);
     if (res == NULL) {
         return -1;
     }
@@ -228,9 +227,27 @@ rsv_store_pay_begin(svc_pg_pool_t *db, int64_t reservation_id, int64_t user_id, 
 }
 
 typedef struct {
-    int64_t payment_id, authorization_id, now_ms;
+    int64_t payment_id, authorization_id, spent_txn_id, balance_after, now_ms;
     rsv_payment_t *pay;
 } decide_ctx_t;
+
+/* A payment whose money is already spent (spent_txn_id): records the spend. */
+static int
+record_spend(PGconn *conn, const decide_ctx_t *c, svc_err_t *err)
+{
+    char pid[24], txn[24], after[24];
+    const char *p[] = {pid, txn, after};
+    PGresult *res;
+
+    I64(pid, c->payment_id);
+    I64(txn, c->spent_txn_id);
+    I64(after, c->balance_after);
+    res = svc_pg_exec(conn,
+                      "UPDATE payments SET balance_txn_id = $2, balance_after = $3 WHERE id = $1",
+                      3, p, PGRES_COMMAND_OK, "record payment", err);
+    PQclear(res);
+    return res == NULL ? -1 : 0;
+}
 
 static int
 pay_decide_tx(PGconn *conn, void *arg, svc_err_t *err)
@@ -275,18 +292,27 @@ pay_decide_tx(PGconn *conn, void *arg, svc_err_t *err)
             goto out;
         }
         PQclear(res);
-        to = c->pay->amount == 0 ? RSV_PAY_CHARGED : RSV_PAY_CAPTURING;
+        to = c->pay->amount == 0 || c->spent_txn_id != 0 ? RSV_PAY_CHARGED : RSV_PAY_CAPTURING;
     } else {
         if (r.status == RSV_EXPIRED && end_reservation(conn, r.id, RSV_EXPIRED, err) != 0) {
             goto out;
         }
-        to = c->authorization_id != 0 ? RSV_PAY_VOIDING : RSV_PAY_FAILED;
+        to = c->spent_txn_id != 0       ? RSV_PAY_REFUNDING
+             : c->authorization_id != 0 ? RSV_PAY_VOIDING
+                                        : RSV_PAY_FAILED;
+    }
+    if (c->spent_txn_id != 0 && record_spend(conn, c, err) != 0) {
+        goto out;
     }
     if (set_payment(conn, c->payment_id, RSV_PAY_PENDING, to, c->authorization_id, err) != 0) {
         goto out;
     }
     c->pay->status = to;
     c->pay->authorization_id = c->authorization_id;
+    if (c->spent_txn_id != 0) {
+        c->pay->balance_txn_id = c->spent_txn_id;
+        c->pay->balance_after = c->balance_after;
+    }
     rc = 0;
 out:
     svc_arena_destroy(arena);
@@ -295,9 +321,10 @@ out:
 
 int
 rsv_store_pay_decide(svc_pg_pool_t *db, int64_t payment_id, int64_t authorization_id,
-                     int64_t now_ms, int64_t deadline_ms, rsv_payment_t *pay, svc_err_t *err)
+                     int64_t spent_txn_id, int64_t balance_after, int64_t now_ms,
+                     int64_t deadline_ms, rsv_payment_t *pay, svc_err_t *err)
 {
-    decide_ctx_t c = {payment_id, authorization_id, now_ms, pay};
+    decide_ctx_t c = {payment_id, authorization_id, spent_txn_id, balance_after, now_ms, pay};
 
     return svc_pg_tx(db, deadline_ms, pay_decide_tx, &c, err);
 }
@@ -435,6 +462,71 @@ rsv_store_unsettled_payments(svc_pg_pool_t *db, int64_t pending_age_ms, int64_t 
     }
     PQclear(res);
     return 0;
+}
+
+typedef struct {
+    int64_t payment_id, now_ms;
+    rsv_payment_t *pay;
+} uncapturable_ctx_t;
+
+static int
+pay_uncapturable_tx(PGconn *conn, void *arg, svc_err_t *err)
+{
+    uncapturable_ctx_t *c = arg;
+    svc_arena_t *arena = svc_arena_create();
+    rsv_payment_t peek;
+    rsv_reservation_t r;
+    bool owned;
+    int rc = -1, to = 0;
+
+    if (arena == NULL) {
+        svc_err_set(err, SVC_RESOURCE_EXHAUSTED, "out of memory");
+        return -1;
+    }
+    if (load_payment(conn, c->payment_id, false, false, &peek, err) != 1 ||
+        lock_reservation(conn, peek.reservation_id, c->now_ms, arena, &r, &owned, err) != 0 ||
+        load_payment(conn, c->payment_id, false, true, c->pay, err) != 1) {
+        goto out;
+    }
+    if (c->pay->status == RSV_PAY_CAPTURING && r.status == RSV_CONFIRMED) {
+        /* Confirmed, never answered OK (that waits for the capture): the hold ends unpaid. */
+        if (end_reservation(conn, r.id, RSV_EXPIRED, err) != 0) {
+            goto out;
+        }
+        to = RSV_PAY_FAILED;
+    } else if (c->pay->status == RSV_PAY_REFUNDING && c->pay->balance_txn_id == 0) {
+        to = RSV_PAY_FAILED; /* cancelled, and nothing was ever spent */
+    }
+    if (to != 0 && set_payment(conn, c->payment_id, c->pay->status, to, 0, err) != 0) {
+        goto out;
+    }
+    if (to != 0) {
+        c->pay->status = to;
+    }
+    rc = 0;
+out:
+    svc_arena_destroy(arena);
+    return rc;
+}
+
+int
+rsv_store_pay_uncapturable(svc_pg_pool_t *db, int64_t payment_id, int64_t now_ms,
+                           int64_t deadline_ms, rsv_payment_t *pay, svc_err_t *err)
+{
+    uncapturable_ctx_t c = {payment_id, now_ms, pay};
+
+    return svc_pg_tx(db, deadline_ms, pay_uncapturable_tx, &c, err);
+}
+
+int
+rsv_store_pay_touch(svc_pg_pool_t *db, int64_t payment_id, int64_t deadline_ms, svc_err_t *err)
+{
+    char pid[24];
+    const char *p[] = {pid};
+
+    I64(pid, payment_id);
+    return pay_update(db, "UPDATE payments SET updated_at = now() WHERE id = $1", 1, p, deadline_ms,
+                      err);
 }
 
 /* ---------- CancelReservation ---------- */

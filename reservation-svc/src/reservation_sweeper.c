@@ -40,6 +40,11 @@ recover_payments(reservation_service_t *svc)
                      pending[i].id, pending[i].reservation_id, from, pending[i].status);
         } else if (err.code == SVC_UNAVAILABLE || err.code == SVC_DEADLINE_EXCEEDED) {
             return; /* balance-svc or the database is away: try again next round */
+        } else {
+            /* This one is stuck for now (a refund refused, a busy account): the others
+             * must not wait behind it, so it goes to the back of the line. */
+            svc_err_t ignored;
+            (void)rsv_store_pay_touch(svc->db, pending[i].id, svc_now_unix_ms() + 5000, &ignored);
         }
     }
 }

@@ -25,6 +25,7 @@
 #include <cmocka.h>
 
 #include "rsv_fixture.h"
+#include "svc/balance_client.h"
 #include "svc/timer.h"
 
 #define SHORT_TTL_MS 2000
@@ -495,6 +496,46 @@ test_cancel_after_show_started(void **state)
     db_check_schedule(&main_rsv.db, sched);
 }
 
+/*
+ * A payment the version before two-phase funds began: its intent is
+ * PENDING and balance-svc already spent the money under the same key
+ * (reservation:<id>), so Authorize finds the key taken. Upgraded, the
+ * service must take that spend as the payment: confirmed, charged once.
+ */
+static void
+test_payment_spent_before_the_upgrade(void **state)
+{
+    static const int32_t one[1] = {1};
+    svc_arena_t *arena = *state;
+    int64_t sched = rsv_new_schedule(&main_rsv, arena, 3, 100), a = rsv_funded_user(1000);
+    svc_call_opts_t opts = {.timeout_ms = 5000};
+    reservation_t *a_res = NULL;
+    pay_response_t *paid = NULL;
+    svc_err_t err;
+    char key[64], sql[256], reference[64];
+
+    expect_ok("HoldSeats", rsv_hold(&main_rsv, arena, a, sched, one, 1, &a_res, &err), &err);
+    snprintf(key, sizeof(key), "reservation:%" PRId64, a_res->id);
+    snprintf(reference, sizeof(reference), "reservation %" PRId64, a_res->id);
+    snprintf(sql, sizeof(sql),
+             "INSERT INTO payments (reservation_id, user_id, amount, idempotency_key)"
+             " VALUES (%" PRId64 ", %" PRId64 ", 100, '%s')",
+             a_res->id, a, key);
+    assert_int_equal(testenv_pg_exec(&main_rsv.db, sql), 0);
+    expect_ok(
+        "Spend as the old version did",
+        svc_balance_spend(rsv_stack.balance_client, a, 100, key, reference, &opts, NULL, &err),
+        &err);
+    expect_ok("PayReservation after the upgrade",
+              rsv_pay(&main_rsv, arena, a_res->id, a, "k", &paid, &err), &err);
+    assert_int_equal(paid->reservation->status, RES_CONFIRMED);
+    assert_int_equal(db_net_charge(a_res->id), 100);
+    assert_int_equal(db_balance_of(a), 900);
+    expect_nothing_authorized(a);
+    db_check_ledger(a);
+    db_check_schedule(&main_rsv.db, sched);
+}
+
 static const char *const ttl_env[] = {"HOLD_TTL_MS=2000", NULL};
 static const rsv_instance_spec_t instances[] = {
     {&main_rsv, "reservation", NULL},
@@ -528,6 +569,7 @@ main(int argc, char **argv)
         RSV_ARENA_TEST(test_pay_ten_seats_at_top_price),
         RSV_ARENA_TEST(test_cancel_confirmed_refunds),
         RSV_ARENA_TEST(test_cancel_after_show_started),
+        RSV_ARENA_TEST(test_payment_spent_before_the_upgrade),
     };
 
     if (rsv_fixture_main_args(argc, argv) != 0) {

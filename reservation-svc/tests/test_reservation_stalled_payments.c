@@ -23,6 +23,7 @@
 #include <cmocka.h>
 
 #include "rsv_fixture.h"
+#include "svc/balance_client.h"
 #include "svc/timer.h"
 
 #define STALLED_PAY_MS 1500 /* the caller's deadline for a payment that cannot finish */
@@ -210,6 +211,102 @@ test_hold_expired_during_stalled_payment(void **state)
     db_check_schedule(&ttl_rsv.db, sched);
 }
 
+/*
+ * A dead authorization under the payment's key (balance.v1 is public: the
+ * user authorized reservation:<id> and voided it) must not pass for a live
+ * one. The version before the review's fix confirmed the reservation, could
+ * then never capture, answered UNAVAILABLE and left it CONFIRMED, unpaid
+ * and stuck in CAPTURING. Now the payment is refused, the hold stays.
+ */
+static void
+test_dead_authorization_is_no_payment(void **state)
+{
+    static const int32_t one[1] = {1};
+    svc_arena_t *arena = *state;
+    int64_t sched = rsv_new_schedule(&main_rsv, arena, 3, 100), a = rsv_funded_user(1000);
+    svc_call_opts_t opts = {.timeout_ms = 5000};
+    reservation_t *a_res = NULL;
+    pay_response_t *paid = NULL;
+    svc_balance_result_t auth;
+    svc_err_t err;
+    char key[64];
+
+    expect_ok("HoldSeats", rsv_hold(&main_rsv, arena, a, sched, one, 1, &a_res, &err), &err);
+    snprintf(key, sizeof(key), "reservation:%" PRId64, a_res->id);
+    expect_ok("Authorize under the payment's key",
+              svc_balance_authorize(rsv_stack.balance_client, a, 100, key, "", 600000, &opts, &auth,
+                                    &err),
+              &err);
+    expect_ok("Void it",
+              svc_balance_void(rsv_stack.balance_client, auth.authorization_id, &opts, NULL, &err),
+              &err);
+    expect_code("PayReservation over a voided authorization",
+                rsv_pay(&main_rsv, arena, a_res->id, a, "k", &paid, &err), &err,
+                SVC_FAILED_PRECONDITION);
+    settle(&main_rsv, a, a_res->id);
+    assert_int_equal(rsv_status_of(&main_rsv, a_res->id), RES_HELD);
+    db_expect_seat_held_by(&main_rsv, sched, 1, a_res->id, a);
+    assert_int_equal(db_net_charge(a_res->id), 0);
+    assert_int_equal(db_int(&main_rsv.db,
+                            "SELECT count(*) FROM payments WHERE reservation_id = %" PRId64
+                            " AND status IN (1, 4, 5, 6)",
+                            a_res->id),
+                     0);
+    expect_nothing_authorized(a);
+    db_check_schedule(&main_rsv.db, sched);
+}
+
+/*
+ * A payment that cannot settle for now (its refund refused: the user took
+ * the refund's key refund:reservation:<id> for a top-up) must not hold up
+ * the sweeper's recovery of every other payment. The version before the
+ * review's fix stopped each pass at it, so B's refund below never came.
+ */
+static void
+test_stuck_payment_does_not_block_recovery(void **state)
+{
+    static const int32_t two[1] = {2}, three[1] = {3};
+    svc_arena_t *arena = *state;
+    int64_t sched = rsv_new_schedule(&main_rsv, arena, 3, 100), a = rsv_funded_user(1000),
+            b = rsv_funded_user(1000);
+    svc_call_opts_t opts = {.timeout_ms = 5000};
+    reservation_t *a_res = NULL, *b_res = NULL, *res = NULL;
+    pay_response_t *paid = NULL;
+    svc_err_t err;
+    char key[64];
+
+    /* A's payment: paid, its refund key taken, cancelled: the refund is refused for good. */
+    expect_ok("HoldSeats by A", rsv_hold(&main_rsv, arena, a, sched, two, 1, &a_res, &err), &err);
+    expect_ok("PayReservation by A", rsv_pay(&main_rsv, arena, a_res->id, a, "k", &paid, &err),
+              &err);
+    snprintf(key, sizeof(key), "refund:reservation:%" PRId64, a_res->id);
+    expect_ok("TopUp under A's refund key",
+              svc_balance_top_up(rsv_stack.balance_client, a, 1, key, &opts, NULL, &err), &err);
+    expect_ok("CancelReservation by A", rsv_cancel(&main_rsv, arena, a_res->id, a, &res, &err),
+              &err);
+    assert_int_equal(db_int(&main_rsv.db,
+                            "SELECT status FROM payments WHERE reservation_id = %" PRId64,
+                            a_res->id),
+                     6); /* REFUNDING, and stays so */
+
+    /* B's payment: paid, cancelled while balance-svc is paused: the sweeper must refund it. */
+    expect_ok("HoldSeats by B", rsv_hold(&main_rsv, arena, b, sched, three, 1, &b_res, &err), &err);
+    expect_ok("PayReservation by B", rsv_pay(&main_rsv, arena, b_res->id, b, "k", &paid, &err),
+              &err);
+    pause_balance_svc();
+    expect_ok("CancelReservation by B (balance-svc paused)",
+              rsv_cancel(&main_rsv, arena, b_res->id, b, &res, &err), &err);
+    resume_balance_svc();
+    settle(&main_rsv, b, b_res->id);
+    assert_int_equal(db_int(&main_rsv.db,
+                            "SELECT status FROM payments WHERE reservation_id = %" PRId64,
+                            b_res->id),
+                     7); /* REFUNDED */
+    assert_int_equal(db_net_charge(b_res->id), 0);
+    assert_int_equal(db_balance_of(b), 1000);
+    db_check_ledger(b);
+}
+
 static const char *const ttl_env[] = {"HOLD_TTL_MS=2000", "PAY_GRACE_MS=1000", NULL};
 static const rsv_instance_spec_t instances[] = {
     {&main_rsv, "reservation", NULL},
@@ -236,6 +333,8 @@ main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         RSV_ARENA_TEST(test_cancel_during_stalled_payment),
         RSV_ARENA_TEST(test_hold_expired_during_stalled_payment),
+        RSV_ARENA_TEST(test_dead_authorization_is_no_payment),
+        RSV_ARENA_TEST(test_stuck_payment_does_not_block_recovery),
     };
 
     if (rsv_fixture_main_args(argc, argv) != 0) {

@@ -12,6 +12,11 @@
 #include "svc/client.h"
 #include "svc/err.h"
 
+/* An authorization's status (balance.v1.AuthorizationStatus). */
+#define SVC_BALANCE_AUTH_PENDING 1
+#define SVC_BALANCE_AUTH_CAPTURED 2
+#define SVC_BALANCE_AUTH_VOIDED 3
+
 /* What an answer carried; fields a method does not return are 0. */
 typedef struct {
     int64_t balance;
@@ -19,6 +24,7 @@ typedef struct {
     int64_t authorization_id; /* Authorize */
     int64_t transaction_id;   /* TopUp, Spend, Capture, Refund: the ledger row */
     int64_t expires_at_ms;    /* Authorize */
+    int status;               /* Authorize: SVC_BALANCE_AUTH_*, where it stands now */
     bool replayed;
 } svc_balance_result_t;
 
