@@ -164,17 +164,18 @@ status_word(int status)
 
 /* ---------- PayReservation ---------- */
 
+/* A user's call on one of their reservations (pay_begin_tx, cancel_tx). */
 typedef struct {
     int64_t id, user_id, now_ms;
     svc_arena_t *arena;
     rsv_reservation_t *r;
     rsv_payment_t *pay;
-} begin_ctx_t;
+} user_call_ctx_t;
 
 static int
 pay_begin_tx(PGconn *conn, void *arg, svc_err_t *err)
 {
-    begin_ctx_t *c = arg;
+    user_call_ctx_t *c = arg;
     char rid[24], user[24], amount[24], key[48];
     const char *p[] = {rid, user, amount, key, RSV_STR(RSV_PAY_PENDING), RSV_STR(RSV_PAY_FAILED)};
     PGresult *res;
@@ -220,7 +221,7 @@ rsv_store_pay_begin(svc_pg_pool_t *db, int64_t reservation_id, int64_t user_id, 
                     int64_t deadline_ms, svc_arena_t *arena, rsv_reservation_t *r,
                     rsv_payment_t *pay, svc_err_t *err)
 {
-    begin_ctx_t c = {reservation_id, user_id, now_ms, arena, r, pay};
+    user_call_ctx_t c = {reservation_id, user_id, now_ms, arena, r, pay};
 
     memset(pay, 0, sizeof(*pay));
     return svc_pg_tx(db, deadline_ms, pay_begin_tx, &c, err);
@@ -531,36 +532,29 @@ rsv_store_pay_touch(svc_pg_pool_t *db, int64_t payment_id, int64_t deadline_ms, 
 
 /* ---------- CancelReservation ---------- */
 
-typedef struct {
-    int64_t id, user_id, now_ms;
-    svc_arena_t *arena;
-    rsv_reservation_t *out;
-    rsv_payment_t *pay;
-} cancel_ctx_t;
-
 static int
 cancel_tx(PGconn *conn, void *arg, svc_err_t *err)
 {
-    cancel_ctx_t *c = arg;
+    user_call_ctx_t *c = arg;
     bool owned;
     int found, to = 0;
 
     memset(c->pay, 0, sizeof(*c->pay));
-    if (lock_reservation(conn, c->id, c->now_ms, c->arena, c->out, &owned, err) != 0) {
+    if (lock_reservation(conn, c->id, c->now_ms, c->arena, c->r, &owned, err) != 0) {
         return -1;
     }
-    if (c->out->user_id != c->user_id) {
+    if (c->r->user_id != c->user_id) {
         svc_err_set(err, SVC_PERMISSION_DENIED, "reservation %" PRId64 " is not yours", c->id);
         return -1;
     }
-    if (c->out->status == RSV_CONFIRMED && c->out->starts_at_ms <= c->now_ms) {
+    if (c->r->status == RSV_CONFIRMED && c->r->starts_at_ms <= c->now_ms) {
         svc_err_set(err, SVC_FAILED_PRECONDITION,
                     "reservation %" PRId64 " is for a show that has started", c->id);
         return -1;
     }
-    if (c->out->status != RSV_HELD && c->out->status != RSV_CONFIRMED) {
+    if (c->r->status != RSV_HELD && c->r->status != RSV_CONFIRMED) {
         svc_err_set(err, SVC_FAILED_PRECONDITION, "reservation %" PRId64 " is %s", c->id,
-                    status_word(c->out->status));
+                    status_word(c->r->status));
         return -1;
     }
     if ((found = load_payment(conn, c->id, true, true, c->pay, err)) < 0 ||
@@ -579,7 +573,7 @@ cancel_tx(PGconn *conn, void *arg, svc_err_t *err)
         }
         c->pay->status = to;
     }
-    c->out->status = RSV_CANCELLED;
+    c->r->status = RSV_CANCELLED;
     return 0;
 }
 
@@ -588,7 +582,7 @@ rsv_store_cancel(svc_pg_pool_t *db, int64_t reservation_id, int64_t user_id, int
                  int64_t deadline_ms, svc_arena_t *arena, rsv_reservation_t *out,
                  rsv_payment_t *pay, svc_err_t *err)
 {
-    cancel_ctx_t c = {reservation_id, user_id, now_ms, arena, out, pay};
+    user_call_ctx_t c = {reservation_id, user_id, now_ms, arena, out, pay};
 
     return svc_pg_tx(db, deadline_ms, cancel_tx, &c, err);
 }
