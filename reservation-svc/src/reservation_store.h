@@ -159,8 +159,8 @@ int rsv_store_pay_begin(svc_pg_pool_t *db, int64_t reservation_id, int64_t user_
  * re-read.
  */
 int rsv_store_pay_decide(svc_pg_pool_t *db, int64_t payment_id, int64_t authorization_id,
-                         int64_t spent_txn_id, int64_t balance_after,
-                         int64_t now_ms, int64_t deadline_ms, rsv_payment_t *pay, svc_err_t *err);
+                         int64_t spent_txn_id, int64_t balance_after, int64_t now_ms,
+                         int64_t deadline_ms, rsv_payment_t *pay, svc_err_t *err);
 
 /* balance-svc refused the authorization for good: PENDING -> FAILED. */
 int rsv_store_pay_refused(svc_pg_pool_t *db, int64_t payment_id, int64_t deadline_ms,
@@ -185,8 +185,7 @@ int rsv_store_pay_uncapturable(svc_pg_pool_t *db, int64_t payment_id, int64_t no
                                int64_t deadline_ms, rsv_payment_t *pay, svc_err_t *err);
 
 /* Puts a payment at the back of the recovery pass's line (a step failed for now). */
-int rsv_store_pay_touch(svc_pg_pool_t *db, int64_t payment_id, int64_t deadline_ms,
-                        svc_err_t *err);
+int rsv_store_pay_touch(svc_pg_pool_t *db, int64_t payment_id, int64_t deadline_ms, svc_err_t *err);
 
 /* The authorization is voided: VOIDING -> FAILED. */
 int rsv_store_pay_voided(svc_pg_pool_t *db, int64_t payment_id, int64_t deadline_ms,
