@@ -2,7 +2,7 @@
  * test_reservation_stalled_payments.c: payments whose balance-svc call
  * stalls (balance-svc paused with SIGSTOP) while the user cancels or the
  * hold runs out, and what is left once balance-svc is back and everything
- * has settled (DESIGN.md §4.1): one outcome per reservation, charged net 0
+ * has settled (README.md, "One outcome only"): one outcome per reservation, charged net 0
  * unless confirmed, no authorization left live, seats with their one live
  * holder. argv: reservation-svc, balance-svc, lock-svc.
  *

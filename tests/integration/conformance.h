@@ -58,7 +58,7 @@ long cf_other_errors(const cf_tally_t *t);
  * The verdict of a scenario that injects a fault (fault true) or none: a
  * refusal in a scenario without a fault excludes UNAVAILABLE, and cf_faults
  * counts UNAVAILABLE there with UNKNOWN, INTERNAL, ... and the hangs
- * (DESIGN 4.1: without a fault nothing answers UNAVAILABLE).
+ * (invariant 6 of README.md's "One outcome only": without a fault nothing answers UNAVAILABLE).
  */
 bool cf_is_refusal_in(svc_status_t code, bool fault);
 long cf_faults(const cf_tally_t *t, bool fault);

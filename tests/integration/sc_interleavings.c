@@ -2,7 +2,7 @@
  * sc_interleavings.c: a seeded random schedule of users holding, paying,
  * cancelling, topping up, reading and letting holds expire, while a fault
  * thread pauses, kills and restarts every process and store in turn. Once all
- * is healed and no payment is pending, the invariants of DESIGN.md §4.1 are
+ * is healed and no payment is pending, the invariants of README.md's "One outcome only" are
  * read from both databases: one outcome per hold, paid once or not at all,
  * no seat with two owners, and every OK answer in the data.
  *

@@ -53,7 +53,7 @@ test_faults_and_hangs(void **state)
     assert_true(cf_is_refusal(SVC_RESOURCE_EXHAUSTED));
 }
 
-/* DESIGN 4.1, invariant 6: without a fault nothing answers UNAVAILABLE. */
+/* Invariant 6 of README.md's "One outcome only": without a fault nothing answers UNAVAILABLE. */
 static void
 test_unavailable_fails_only_a_fault_free_scenario(void **state)
 {
