@@ -229,6 +229,7 @@ rsv_store_pay_begin(svc_pg_pool_t *db, int64_t reservation_id, int64_t user_id, 
 
 typedef struct {
     int64_t payment_id, authorization_id, spent_txn_id, balance_after, now_ms;
+    svc_arena_t *arena;
     rsv_payment_t *pay;
 } decide_ctx_t;
 
@@ -250,34 +251,42 @@ record_spend(PGconn *conn, const decide_ctx_t *c, svc_err_t *err)
     return res == NULL ? -1 : 0;
 }
 
+/*
+ * Locks payment_id with what it pays for, in the lock order: the seats of
+ * its reservation, the reservation (into *r, its seats in arena), then the
+ * payment (into *pay). NOT_FOUND when there is no such payment.
+ */
+static int
+lock_payment(PGconn *conn, int64_t payment_id, int64_t now_ms, svc_arena_t *arena,
+             rsv_reservation_t *r, bool *owned, rsv_payment_t *pay, svc_err_t *err)
+{
+    rsv_payment_t peek; /* the reservation id, read unlocked: seats come first */
+    int found = load_payment(conn, payment_id, false, false, &peek, err);
+
+    if (found == 0) {
+        svc_err_set(err, SVC_NOT_FOUND, "payment %" PRId64 " not found", payment_id);
+    }
+    if (found != 1 ||
+        lock_reservation(conn, peek.reservation_id, now_ms, arena, r, owned, err) != 0 ||
+        load_payment(conn, payment_id, false, true, pay, err) != 1) {
+        return -1;
+    }
+    return 0;
+}
+
 static int
 pay_decide_tx(PGconn *conn, void *arg, svc_err_t *err)
 {
     decide_ctx_t *c = arg;
-    svc_arena_t *arena = svc_arena_create();
-    rsv_payment_t peek;
     rsv_reservation_t r;
     bool owned;
-    int found, rc = -1, to;
+    int to;
 
-    if (arena == NULL) {
-        svc_err_set(err, SVC_RESOURCE_EXHAUSTED, "out of memory");
+    if (lock_payment(conn, c->payment_id, c->now_ms, c->arena, &r, &owned, c->pay, err) != 0) {
         return -1;
     }
-    /* The reservation id, unlocked: its seats must be locked before the payment. */
-    if ((found = load_payment(conn, c->payment_id, false, false, &peek, err)) != 1) {
-        if (found == 0) {
-            svc_err_set(err, SVC_NOT_FOUND, "payment %" PRId64 " not found", c->payment_id);
-        }
-        goto out;
-    }
-    if (lock_reservation(conn, peek.reservation_id, c->now_ms, arena, &r, &owned, err) != 0 ||
-        load_payment(conn, c->payment_id, false, true, c->pay, err) != 1) {
-        goto out;
-    }
     if (c->pay->status != RSV_PAY_PENDING) {
-        rc = 0; /* decided already, by another call, the sweeper or a cancel */
-        goto out;
+        return 0; /* decided already, by another call, the sweeper or a cancel */
     }
     if (r.status == RSV_HELD && owned) {
         char rid[24];
@@ -290,23 +299,21 @@ pay_decide_tx(PGconn *conn, void *arg, svc_err_t *err)
                           " UPDATE seats SET status = $3 WHERE hold_reservation_id = $1",
                           3, p, PGRES_COMMAND_OK, "confirm reservation", err);
         if (res == NULL) {
-            goto out;
+            return -1;
         }
         PQclear(res);
         to = c->pay->amount == 0 || c->spent_txn_id != 0 ? RSV_PAY_CHARGED : RSV_PAY_CAPTURING;
     } else {
         if (r.status == RSV_EXPIRED && end_reservation(conn, r.id, RSV_EXPIRED, err) != 0) {
-            goto out;
+            return -1;
         }
         to = c->spent_txn_id != 0       ? RSV_PAY_REFUNDING
              : c->authorization_id != 0 ? RSV_PAY_VOIDING
                                         : RSV_PAY_FAILED;
     }
-    if (c->spent_txn_id != 0 && record_spend(conn, c, err) != 0) {
-        goto out;
-    }
-    if (set_payment(conn, c->payment_id, RSV_PAY_PENDING, to, c->authorization_id, err) != 0) {
-        goto out;
+    if ((c->spent_txn_id != 0 && record_spend(conn, c, err) != 0) ||
+        set_payment(conn, c->payment_id, RSV_PAY_PENDING, to, c->authorization_id, err) != 0) {
+        return -1;
     }
     c->pay->status = to;
     c->pay->authorization_id = c->authorization_id;
@@ -314,10 +321,7 @@ pay_decide_tx(PGconn *conn, void *arg, svc_err_t *err)
         c->pay->balance_txn_id = c->spent_txn_id;
         c->pay->balance_after = c->balance_after;
     }
-    rc = 0;
-out:
-    svc_arena_destroy(arena);
-    return rc;
+    return 0;
 }
 
 int
@@ -325,9 +329,17 @@ rsv_store_pay_decide(svc_pg_pool_t *db, int64_t payment_id, int64_t authorizatio
                      int64_t spent_txn_id, int64_t balance_after, int64_t now_ms,
                      int64_t deadline_ms, rsv_payment_t *pay, svc_err_t *err)
 {
-    decide_ctx_t c = {payment_id, authorization_id, spent_txn_id, balance_after, now_ms, pay};
+    decide_ctx_t c = {payment_id, authorization_id,   spent_txn_id, balance_after,
+                      now_ms,     svc_arena_create(), pay};
+    int rc;
 
-    return svc_pg_tx(db, deadline_ms, pay_decide_tx, &c, err);
+    if (c.arena == NULL) {
+        svc_err_set(err, SVC_RESOURCE_EXHAUSTED, "out of memory");
+        return -1;
+    }
+    rc = svc_pg_tx(db, deadline_ms, pay_decide_tx, &c, err);
+    svc_arena_destroy(c.arena);
+    return rc;
 }
 
 /* One statement on one payment, outside any other transaction. */
@@ -388,17 +400,21 @@ rsv_store_pay_captured(svc_pg_pool_t *db, int64_t payment_id, int64_t balance_tx
                        RSV_STR(RSV_PAY_CAPTURING),
                        RSV_STR(RSV_PAY_CHARGED),
                        RSV_STR(RSV_PAY_REFUNDING)};
-    PGconn *conn;
-    int rc;
+    PGconn *conn = svc_pg_acquire(db, deadline_ms, err);
+    PGresult *res;
+    int rc = -1;
 
+    if (conn == NULL) {
+        return -1;
+    }
     I64(pid, payment_id);
     I64(txn, balance_txn_id);
     I64(after, balance_after);
-    if (pay_update(db, SQL_CAPTURED, 6, p, deadline_ms, err) != 0 ||
-        (conn = svc_pg_acquire(db, deadline_ms, err)) == NULL) {
-        return -1;
+    res = svc_pg_exec(conn, SQL_CAPTURED, 6, p, PGRES_COMMAND_OK, "record payment outcome", err);
+    if (res != NULL && load_payment(conn, payment_id, false, false, pay, err) == 1) {
+        rc = 0;
     }
-    rc = load_payment(conn, payment_id, false, false, pay, err) == 1 ? 0 : -1;
+    PQclear(res);
     svc_pg_release(db, conn, rc != 0 && err->code == SVC_UNAVAILABLE);
     return rc;
 }
@@ -467,6 +483,7 @@ rsv_store_unsettled_payments(svc_pg_pool_t *db, int64_t pending_age_ms, int64_t 
 
 typedef struct {
     int64_t payment_id, now_ms;
+    svc_arena_t *arena;
     rsv_payment_t *pay;
 } uncapturable_ctx_t;
 
@@ -474,49 +491,45 @@ static int
 pay_uncapturable_tx(PGconn *conn, void *arg, svc_err_t *err)
 {
     uncapturable_ctx_t *c = arg;
-    svc_arena_t *arena = svc_arena_create();
-    rsv_payment_t peek;
     rsv_reservation_t r;
     bool owned;
-    int rc = -1, to = 0;
+    int to = 0;
 
-    if (arena == NULL) {
-        svc_err_set(err, SVC_RESOURCE_EXHAUSTED, "out of memory");
+    if (lock_payment(conn, c->payment_id, c->now_ms, c->arena, &r, &owned, c->pay, err) != 0) {
         return -1;
-    }
-    if (load_payment(conn, c->payment_id, false, false, &peek, err) != 1 ||
-        lock_reservation(conn, peek.reservation_id, c->now_ms, arena, &r, &owned, err) != 0 ||
-        load_payment(conn, c->payment_id, false, true, c->pay, err) != 1) {
-        goto out;
     }
     if (c->pay->status == RSV_PAY_CAPTURING && r.status == RSV_CONFIRMED) {
         /* Confirmed, never answered OK (that waits for the capture): the hold ends unpaid. */
         if (end_reservation(conn, r.id, RSV_EXPIRED, err) != 0) {
-            goto out;
+            return -1;
         }
         to = RSV_PAY_FAILED;
     } else if (c->pay->status == RSV_PAY_REFUNDING && c->pay->balance_txn_id == 0) {
         to = RSV_PAY_FAILED; /* cancelled, and nothing was ever spent */
     }
-    if (to != 0 && set_payment(conn, c->payment_id, c->pay->status, to, 0, err) != 0) {
-        goto out;
-    }
     if (to != 0) {
+        if (set_payment(conn, c->payment_id, c->pay->status, to, 0, err) != 0) {
+            return -1;
+        }
         c->pay->status = to;
     }
-    rc = 0;
-out:
-    svc_arena_destroy(arena);
-    return rc;
+    return 0;
 }
 
 int
 rsv_store_pay_uncapturable(svc_pg_pool_t *db, int64_t payment_id, int64_t now_ms,
                            int64_t deadline_ms, rsv_payment_t *pay, svc_err_t *err)
 {
-    uncapturable_ctx_t c = {payment_id, now_ms, pay};
+    uncapturable_ctx_t c = {payment_id, now_ms, svc_arena_create(), pay};
+    int rc;
 
-    return svc_pg_tx(db, deadline_ms, pay_uncapturable_tx, &c, err);
+    if (c.arena == NULL) {
+        svc_err_set(err, SVC_RESOURCE_EXHAUSTED, "out of memory");
+        return -1;
+    }
+    rc = svc_pg_tx(db, deadline_ms, pay_uncapturable_tx, &c, err);
+    svc_arena_destroy(c.arena);
+    return rc;
 }
 
 int

@@ -243,6 +243,18 @@ call_run(call_t *c, svc_client_t *client, cf_tally_t *t, const char *method,
     return code;
 }
 
+svc_status_t
+cf_call(svc_client_t *client, cf_tally_t *t, const char *method, const ProtobufCMessage *req,
+        const ProtobufCMessageDescriptor *desc, svc_arena_t *arena, ProtobufCMessage **resp)
+{
+    call_t c = {.timeout_ms = CF_TIMEOUT_MS,
+                .t0 = svc_now_mono_ms(),
+                .opts = {.timeout_ms = CF_TIMEOUT_MS},
+                .arena = arena};
+
+    return call_run(&c, client, t, method, req, desc, resp);
+}
+
 static void
 call_end(call_t *c)
 {

@@ -111,6 +111,11 @@ svc_status_t cf_lock_acquire(svc_client_t *c, cf_tally_t *t, const char *key, in
                              int64_t wait_ms, svc_lock_t *out);
 svc_status_t cf_lock_release(svc_client_t *c, cf_tally_t *t, const svc_lock_t *lock);
 
+/* Any other call, recorded like the typed ones; *resp lives in arena. */
+svc_status_t cf_call(svc_client_t *c, cf_tally_t *t, const char *method,
+                     const ProtobufCMessage *req, const ProtobufCMessageDescriptor *desc,
+                     svc_arena_t *arena, ProtobufCMessage **resp);
+
 /* A concert of one schedule with seats seats at price; returns the schedule id, or -1. */
 int64_t cf_new_schedule(svc_client_t *c, const char *admin_token, const char *title, int seats,
                         int64_t price);

@@ -160,27 +160,6 @@ fate_unknown(svc_status_t code)
 
 /* ---------------------------------------------------------------- Calls */
 
-/* One call not typed in cf_common.c; records its answer. *resp lives in arena. */
-static svc_status_t
-rpc(il_run_t *run, const char *method, const ProtobufCMessage *req,
-    const ProtobufCMessageDescriptor *desc, svc_arena_t *arena, ProtobufCMessage **resp)
-{
-    svc_call_opts_t opts = {.timeout_ms = CF_TIMEOUT_MS};
-    int64_t t0 = svc_now_mono_ms();
-    svc_err_t err;
-    svc_status_t code =
-        svc_client_unary(run->reservation, method, req, desc, arena, resp, &opts, &err) == 0
-            ? SVC_OK
-            : err.code;
-
-    cf_record(run->tally, code, svc_now_mono_ms() - t0, CF_TIMEOUT_MS);
-    if (code != SVC_OK && !cf_is_refusal(code)) {
-        fprintf(stderr, "interleavings: %s answered %s: %s\n", method, svc_status_name(code),
-                err.msg);
-    }
-    return code;
-}
-
 /* A copy of answer i, read under the lock. */
 static inv_answer_t
 answer_of(il_run_t *run, int i)
@@ -216,8 +195,9 @@ get_reservation(il_run_t *run, int i)
         abort();
     }
     req.reservation_id = before.id;
-    code = rpc(run, "/reservation.v1.ReservationService/GetReservation", &req.base,
-               &reservation__v1__get_reservation_response__descriptor, arena, &resp);
+    code =
+        cf_call(run->reservation, run->tally, "/reservation.v1.ReservationService/GetReservation",
+                &req.base, &reservation__v1__get_reservation_response__descriptor, arena, &resp);
     count_op(run, OP_GET, code);
     if (code == SVC_OK && before.cancelled) {
         Reservation__V1__Reservation *r =
@@ -286,8 +266,8 @@ list_seats(il_run_t *run, int k)
         abort();
     }
     req.schedule_id = schedule_of(run, k).id;
-    code = rpc(run, "/reservation.v1.ReservationService/ListSeats", &req.base,
-               &reservation__v1__list_seats_response__descriptor, arena, &resp);
+    code = cf_call(run->reservation, run->tally, "/reservation.v1.ReservationService/ListSeats",
+                   &req.base, &reservation__v1__list_seats_response__descriptor, arena, &resp);
     count_op(run, OP_LIST_SEATS, code);
     if (code == SVC_OK) {
         Reservation__V1__ListSeatsResponse *r = (void *)resp;
