@@ -22,6 +22,9 @@ extern const unsigned char svctest_descriptor_set[];
 extern const size_t svctest_descriptor_set_len;
 
 static atomic_llong slow_started, slow_finished, slow_cancelled;
+static atomic_bool gate_open = true;
+
+#define GATE_POLL_MS 20
 static char self_target[128];
 
 static void
@@ -65,8 +68,16 @@ echo(svc_call_t *call, const ProtobufCMessage *msg, void *user)
 typedef struct {
     svc_call_t *call;
     svc_timer_t timer;
-    int64_t started_ms;
+    int64_t started_ms, delay_ms;
+    bool gated;
 } parked_slow_t;
+
+/* A Slow call is over once its delay passed or, gated, once the gate is open. */
+static bool
+slow_done(int64_t started_ms, int64_t delay_ms, bool gated)
+{
+    return svc_now_mono_ms() - started_ms >= delay_ms || (gated && atomic_load(&gate_open));
+}
 
 static void
 slow_reply(svc_call_t *call, int64_t started_ms)
@@ -93,6 +104,11 @@ slow_fire(void *arg)
 {
     parked_slow_t *p = arg;
 
+    if (!slow_done(p->started_ms, p->delay_ms, p->gated)) {
+        svc_timer_start(svc_server_timers(svc_call_server(p->call)), &p->timer, GATE_POLL_MS,
+                        slow_fire, p);
+        return;
+    }
     slow_reply(p->call, p->started_ms);
 }
 
@@ -125,15 +141,18 @@ slow(svc_call_t *call, const ProtobufCMessage *msg, void *user)
         }
         p->call = call;
         p->started_ms = started;
+        p->delay_ms = req->delay_ms;
+        p->gated = req->gated;
         p->timer.heap_index = -1;
         /* Cancel callback first: once the timer runs, the call may be gone. */
         svc_call_on_cancel(call, slow_on_cancel, p);
-        svc_timer_start(svc_server_timers(svc_call_server(call)), &p->timer, req->delay_ms,
+        svc_timer_start(svc_server_timers(svc_call_server(call)), &p->timer,
+                        req->gated && req->delay_ms > GATE_POLL_MS ? GATE_POLL_MS : req->delay_ms,
                         slow_fire, p);
         return;
     }
     /* Blocking, like a handler waiting on a database, but watching for cancellation. */
-    while (svc_now_mono_ms() - started < req->delay_ms) {
+    while (!slow_done(started, req->delay_ms, req->gated)) {
         if (svc_call_cancelled(call)) {
             slow_cancelled_end(call);
             return;
@@ -193,6 +212,17 @@ stats(svc_call_t *call, const ProtobufCMessage *msg, void *user)
     svc_call_reply(call, &resp.base);
 }
 
+static void
+set_gate(svc_call_t *call, const ProtobufCMessage *msg, void *user)
+{
+    const Svctest__V1__SetGateRequest *req = (const void *)msg;
+    Svctest__V1__SetGateResponse resp = SVCTEST__V1__SET_GATE_RESPONSE__INIT;
+
+    (void)user;
+    atomic_store(&gate_open, req->open);
+    svc_call_reply(call, &resp.base);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -202,6 +232,7 @@ main(int argc, char **argv)
         {"Count", SVC_METHOD_SERVER_STREAM, count, NULL, 0},
         {"Chat", SVC_METHOD_BIDI_STREAM, chat, NULL, 0},
         {"Stats", SVC_METHOD_UNARY, stats, NULL, 0},
+        {"SetGate", SVC_METHOD_UNARY, set_gate, NULL, 0},
     };
     const char *listen_addr = NULL;
     int64_t workers = 0, max_workers = 0, grace_ms = 0;

@@ -159,6 +159,25 @@ stats(test_server_t *ts)
     return copy;
 }
 
+/* Opens or closes the gate gated Slow calls wait for. */
+static void
+set_gate(test_server_t *ts, bool open)
+{
+    Svctest__V1__SetGateRequest req = SVCTEST__V1__SET_GATE_REQUEST__INIT;
+    svc_arena_t *arena = svc_arena_create();
+    svc_call_opts_t opts = {.timeout_ms = 60000};
+    ProtobufCMessage *out;
+    svc_err_t err;
+
+    req.open = open;
+    if (svc_client_unary(ts->client, "/svctest.v1.TestService/SetGate", &req.base,
+                         &svctest__v1__set_gate_response__descriptor, arena, &out, &opts,
+                         &err) != 0) {
+        fail_msg("SetGate failed: %s", err.msg);
+    }
+    svc_arena_destroy(arena);
+}
+
 static int
 echo(test_server_t *ts, const char *message, int hops, const svc_call_opts_t *opts,
      svc_arena_t *arena, Svctest__V1__EchoResponse **resp, svc_err_t *err)
@@ -175,7 +194,7 @@ echo(test_server_t *ts, const char *message, int hops, const svc_call_opts_t *op
 typedef struct {
     test_server_t *ts;
     int64_t delay_ms;
-    int park;
+    int park, gated;
     svc_err_t err;
     int rc;
 } slow_job_t;
@@ -191,6 +210,7 @@ slow_thread(void *arg)
 
     req.delay_ms = job->delay_ms;
     req.park = job->park;
+    req.gated = job->gated;
     job->rc =
         svc_client_unary(job->ts->client, "/svctest.v1.TestService/Slow", &req.base,
                          &svctest__v1__slow_response__descriptor, arena, &out, &opts, &job->err);
@@ -230,8 +250,9 @@ wait_started(test_server_t *ts, int64_t target)
 
 /*
  * 500 slow calls in flight at once; fast calls are answered while they all
- * still wait. The slow calls last 15 s so that even a ThreadSanitizer build on
- * a busy machine has them all started (6 s seen) before the first one ends.
+ * still wait. The slow calls wait for a gate the test opens once the fast
+ * ones are in, not for a time: a ThreadSanitizer build on a busy machine
+ * took 15 s to start them all, and timed ones began to end before that.
  */
 static void
 test_slow_calls_do_not_block_fast_ones(void **state)
@@ -243,8 +264,12 @@ test_slow_calls_do_not_block_fast_ones(void **state)
     pthread_t *threads;
 
     (void)state;
+    set_gate(ts, false);
+    for (int i = 0; i < N; i++) {
+        jobs[i].gated = 1;
+    }
     int64_t t0 = svc_now_mono_ms();
-    threads = start_slow_jobs(ts, jobs, N, 15000);
+    threads = start_slow_jobs(ts, jobs, N, 55000); /* the gate opens long before */
     wait_started(ts, before.slow_started + N);
     int64_t t_started = svc_now_mono_ms() - t0;
     for (int i = 0; i < 50; i++) {
@@ -260,6 +285,7 @@ test_slow_calls_do_not_block_fast_ones(void **state)
             (long long)t_started, (long long)(svc_now_mono_ms() - t0));
     /* The fast calls were all answered before any slow call finished. */
     assert_int_equal(mid.slow_finished, before.slow_finished);
+    set_gate(ts, true);
     for (int i = 0; i < N; i++) {
         pthread_join(threads[i], NULL);
         assert_int_equal(jobs[i].rc, 0);

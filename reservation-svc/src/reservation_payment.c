@@ -54,7 +54,12 @@ refused_for_good(svc_status_t code)
     return code == SVC_FAILED_PRECONDITION || code == SVC_NOT_FOUND || code == SVC_INVALID_ARGUMENT;
 }
 
-/* The payment cannot be made: PENDING -> FAILED, and err says why to the caller. */
+/*
+ * The payment cannot be made: PENDING -> FAILED, and err says why to the
+ * caller. Unless a concurrent attempt decided it first (its capture is why
+ * our authorization replays as no longer live): then 0, and the drive goes
+ * on from where that attempt left the payment.
+ */
 static int refuse(reservation_service_t *svc, rsv_payment_t *pay, svc_err_t *err, const char *fmt,
                   ...) __attribute__((format(printf, 4, 5)));
 
@@ -67,11 +72,15 @@ refuse(reservation_service_t *svc, rsv_payment_t *pay, svc_err_t *err, const cha
     va_start(ap, fmt);
     vsnprintf(why, sizeof(why), fmt, ap);
     va_end(ap);
-    if (rsv_store_pay_refused(svc->db, pay->id, svc_now_unix_ms() + 5000, err) != 0) {
+    if (rsv_store_pay_refused(svc->db, pay->id, svc_now_unix_ms() + 5000, pay, err) != 0) {
         return -1;
     }
+    if (pay->status != RSV_PAY_FAILED) {
+        svc_logf(SVC_LOG_DEBUG, "payment %" PRId64 " was decided by another attempt (%s)", pay->id,
+                 why);
+        return 0;
+    }
     svc_err_set(err, SVC_FAILED_PRECONDITION, "%s", why);
-    pay->status = RSV_PAY_FAILED;
     return -1;
 }
 
@@ -116,6 +125,8 @@ step_pending(reservation_service_t *svc, rsv_payment_t *pay, const svc_call_opts
     int64_t left = pay->hold_expires_at_ms - svc_now_unix_ms();
 
     snprintf(reference, sizeof(reference), "reservation %" PRId64, pay->reservation_id);
+    /* A slow attempt: another may authorize, decide and capture the payment meanwhile. */
+    svc_failpoint_pause("pay_before_authorize");
     if (pay->amount > 0) {
         /* The money must stay held from now until a decision taken before the hold ends has
          * been carried out: the rest of the hold, plus the grace for the capture. */

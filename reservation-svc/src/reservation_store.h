@@ -162,9 +162,13 @@ int rsv_store_pay_decide(svc_pg_pool_t *db, int64_t payment_id, int64_t authoriz
                          int64_t spent_txn_id, int64_t balance_after, int64_t now_ms,
                          int64_t deadline_ms, rsv_payment_t *pay, svc_err_t *err);
 
-/* balance-svc refused the authorization for good: PENDING -> FAILED. */
+/*
+ * balance-svc refused the authorization for good: PENDING -> FAILED. *pay is
+ * the payment afterwards: another attempt may have moved it on first (its
+ * authorization captured, so ours replays as no longer live).
+ */
 int rsv_store_pay_refused(svc_pg_pool_t *db, int64_t payment_id, int64_t deadline_ms,
-                          svc_err_t *err);
+                          rsv_payment_t *pay, svc_err_t *err);
 
 /*
  * The capture is done: records its ledger row; CAPTURING -> CHARGED

@@ -377,9 +377,31 @@ pay_transition(svc_pg_pool_t *db, int64_t payment_id, int from, int to, int64_t 
 }
 
 int
-rsv_store_pay_refused(svc_pg_pool_t *db, int64_t payment_id, int64_t deadline_ms, svc_err_t *err)
+rsv_store_pay_refused(svc_pg_pool_t *db, int64_t payment_id, int64_t deadline_ms,
+                      rsv_payment_t *pay, svc_err_t *err)
 {
-    return pay_transition(db, payment_id, RSV_PAY_PENDING, RSV_PAY_FAILED, deadline_ms, err);
+    char pid[24], f[24], t[24];
+    const char *p[] = {pid, f, t};
+    PGconn *conn = svc_pg_acquire(db, deadline_ms, err);
+    PGresult *res;
+    int rc = -1;
+
+    if (conn == NULL) {
+        return -1;
+    }
+    I64(pid, payment_id);
+    I64(f, RSV_PAY_PENDING);
+    I64(t, RSV_PAY_FAILED);
+    res = svc_pg_exec(conn,
+                      "UPDATE payments SET status = $3, updated_at = now()"
+                      " WHERE id = $1 AND status = $2",
+                      3, p, PGRES_COMMAND_OK, "record payment refusal", err);
+    if (res != NULL && load_payment(conn, payment_id, false, false, pay, err) == 1) {
+        rc = 0;
+    }
+    PQclear(res);
+    svc_pg_release(db, conn, rc != 0 && err->code == SVC_UNAVAILABLE);
+    return rc;
 }
 
 /* $4 CAPTURING becomes $5 CHARGED; $6 REFUNDING stays, now knowing the spend to refund. */

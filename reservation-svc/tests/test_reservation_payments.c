@@ -10,11 +10,14 @@
  * reservation, live authorizations, payments and seats.
  * argv: reservation-svc, balance-svc, lock-svc.
  *
- * Two reservation-svc instances, each on its own database: main_rsv
- * (HOLD_TTL_MS 300 000) and ttl_rsv (2 000) for holds that must expire.
+ * Three reservation-svc instances: main_rsv (HOLD_TTL_MS 300 000) and
+ * ttl_rsv (2 000) for holds that must expire, each on its own database, and
+ * slow_rsv on main_rsv's database, which stops before each authorization
+ * (failpoint pay_before_authorize).
  */
 #define _GNU_SOURCE
 #include <inttypes.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -35,7 +38,7 @@
 #define PAY_FAILED 3
 #define PAY_REFUNDED 7
 
-static rsv_instance_t main_rsv, ttl_rsv;
+static rsv_instance_t main_rsv, ttl_rsv, slow_rsv;
 
 /* Spends (ledger kind 2) of user in balance-svc's database. */
 static int64_t
@@ -268,6 +271,54 @@ test_pay_storm(void **state)
         db_int(&main_rsv.db,
                "SELECT count(*) FROM seats WHERE schedule_id = %" PRId64 " AND status = 3", sched),
         3);
+    db_check_schedule(&main_rsv.db, sched);
+}
+
+/*
+ * Two attempts at one payment, the first slow: it loaded the payment as
+ * PENDING, then stopped (failpoint pay_before_authorize on slow_rsv, which
+ * shares main_rsv's database) while the second authorized, confirmed and
+ * captured it. The first's Authorize then replays an authorization already
+ * captured. It used to take that as a refusal and answer
+ * FAILED_PRECONDITION for a reservation the user had paid (seen in CI's
+ * double_pay); it must answer OK with the same payment, charged once.
+ */
+static void
+test_pay_overtaken_by_another_attempt(void **state)
+{
+    svc_arena_t *arena = *state;
+    int64_t sched = rsv_new_schedule(&main_rsv, arena, 4, 700), fan = rsv_new_user();
+    int32_t seat = 2;
+    reservation_t *held = NULL;
+    pay_response_t *paid = NULL;
+    pay_op_t slow = {0};
+    pthread_t t;
+    svc_err_t err;
+
+    rsv_top_up(fan, 1000);
+    expect_ok("HoldSeats", rsv_hold(&main_rsv, arena, fan, sched, &seat, 1, &held, &err), &err);
+    slow = (pay_op_t){.inst = &slow_rsv, .reservation_id = held->id, .user = fan};
+    snprintf(slow.key, sizeof(slow.key), "tab-1");
+    assert_int_equal(pthread_create(&t, NULL, pay_thread, &slow), 0);
+    assert_int_equal(testenv_proc_wait_stopped(&slow_rsv.proc, 10000), 0);
+    expect_ok("PayReservation from the second tab",
+              rsv_pay(&main_rsv, arena, held->id, fan, "tab-2", &paid, &err), &err);
+    assert_int_equal(paid->reservation->status, RES_CONFIRMED);
+    assert_int_equal(testenv_proc_signal(&slow_rsv.proc, SIGCONT), 0);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    if (slow.rc != 0) {
+        fail_msg("the slow attempt: %s (%s), expected OK", svc_status_name(slow.err.code),
+                 slow.err.msg);
+    }
+    assert_int_equal(slow.status, RES_CONFIRMED);
+    assert_int_equal(slow.payment_id, paid->payment_id);
+    assert_int_equal(slow.balance, 300);
+    assert_int_equal(db_payment_status(&main_rsv, held->id), PAY_CHARGED);
+    assert_int_equal(db_balance_of(fan), 300);
+    assert_int_equal(db_spends_of(fan), 1);
+    assert_int_equal(db_net_charge(held->id), 700);
+    expect_nothing_authorized(fan);
+    db_check_ledger(fan);
     db_check_schedule(&main_rsv.db, sched);
 }
 
@@ -537,23 +588,27 @@ test_payment_spent_before_the_upgrade(void **state)
 }
 
 static const char *const ttl_env[] = {"HOLD_TTL_MS=2000", NULL};
+/* Its sweeper stays out of the way: it would stop at the failpoint too. */
+static const char *const slow_env[] = {"SVC_FAILPOINT=pay_before_authorize", "SWEEP_MS=600000",
+                                       NULL};
 static const rsv_instance_spec_t instances[] = {
     {&main_rsv, "reservation", NULL},
     {&ttl_rsv, "reservation_ttl", ttl_env},
+    {&slow_rsv, "reservation", slow_env},
 };
 
 static int
 setup(void **state)
 {
     (void)state;
-    return rsv_fixture_start_with(instances, 2);
+    return rsv_fixture_start_with(instances, 3);
 }
 
 static int
 teardown(void **state)
 {
     (void)state;
-    return rsv_fixture_stop_with(instances, 2);
+    return rsv_fixture_stop_with(instances, 3);
 }
 
 int
@@ -564,6 +619,7 @@ main(int argc, char **argv)
         RSV_ARENA_TEST(test_pay_refused),
         RSV_ARENA_TEST(test_pay_expired_hold),
         RSV_ARENA_TEST(test_pay_storm),
+        RSV_ARENA_TEST(test_pay_overtaken_by_another_attempt),
         RSV_ARENA_TEST(test_pay_retries_do_not_extend_hold),
         RSV_ARENA_TEST(test_pay_free_seats),
         RSV_ARENA_TEST(test_pay_ten_seats_at_top_price),
