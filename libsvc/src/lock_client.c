@@ -1,7 +1,13 @@
 /*
- * lock_client.c: lock.v1.LockService calls for the services built on libsvc.
+ * lock_client.c: lock.v1.LockService calls for the services built on libsvc,
+ * and the lock protocol they share: several keys taken in ascending order
+ * without a thread waiting, given back last first with a warning when that
+ * fails, and lock-svc's unreachability reported as one clear UNAVAILABLE.
  */
 #define _GNU_SOURCE
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -12,51 +18,81 @@
 
 #define CALL_MARGIN_MS 2000 /* beyond wait_ms, for the round trip */
 
-int
-svc_lock_acquire(svc_client_t *lock_svc, const char *key, const svc_lock_opts_t *opts,
-                 svc_lock_t *out, svc_err_t *err)
+/*
+ * The Acquire request for key and its call options: the wait plus a margin
+ * for the round trip, cut to opts->deadline_ms (then *caller_deadline).
+ * -1 with DEADLINE_EXCEEDED when that deadline has passed already.
+ */
+static int
+acquire_prepare(const char *key, const svc_lock_opts_t *opts, Lock__V1__AcquireRequest *req,
+                svc_call_opts_t *copts, bool *caller_deadline, svc_err_t *err)
 {
-    Lock__V1__AcquireRequest req = LOCK__V1__ACQUIRE_REQUEST__INIT;
-    Lock__V1__AcquireResponse *resp;
-    svc_arena_t *arena = svc_arena_create();
-    svc_call_opts_t copts = {0};
-    bool caller_deadline = false;
-    int rc;
-
-    if (arena == NULL) {
-        svc_err_set(err, SVC_RESOURCE_EXHAUSTED, "out of memory");
-        return -1;
-    }
-    req.key = (char *)key;
-    req.owner = (char *)(opts->owner != NULL ? opts->owner : "");
-    req.lease_ms = opts->lease_ms;
-    req.wait_ms = opts->wait_ms;
-    copts.parent = opts->parent;
-    copts.request_id = opts->request_id;
-    copts.timeout_ms = opts->wait_ms + CALL_MARGIN_MS;
+    lock__v1__acquire_request__init(req);
+    req->key = (char *)key;
+    req->owner = (char *)(opts->owner != NULL ? opts->owner : "");
+    req->lease_ms = opts->lease_ms;
+    req->wait_ms = opts->wait_ms;
+    memset(copts, 0, sizeof(*copts));
+    copts->parent = opts->parent;
+    copts->request_id = opts->request_id;
+    copts->timeout_ms = opts->wait_ms + CALL_MARGIN_MS;
+    *caller_deadline = false;
     if (opts->deadline_ms > 0) {
         int64_t left = opts->deadline_ms - svc_now_unix_ms();
         if (left <= 0) {
-            svc_arena_destroy(arena);
             svc_err_set(err, SVC_DEADLINE_EXCEEDED,
                         "deadline exceeded before lock %s was asked for", key);
             return -1;
         }
-        caller_deadline = left < copts.timeout_ms;
-        copts.timeout_ms = caller_deadline ? left : copts.timeout_ms;
+        *caller_deadline = left < copts->timeout_ms;
+        copts->timeout_ms = *caller_deadline ? left : copts->timeout_ms;
     }
-    rc = svc_client_unary(lock_svc, "/lock.v1.LockService/Acquire", &req.base,
-                          &lock__v1__acquire_response__descriptor, arena,
-                          (ProtobufCMessage **)&resp, &copts, err);
-    if (rc == 0) {
-        snprintf(out->key, sizeof(out->key), "%s", key);
+    return 0;
+}
+
+/* Fills out from Acquire's answer, or turns our own margin running out into ABORTED. */
+static int
+acquire_result(const char *key, const svc_lock_opts_t *opts, bool caller_deadline,
+               const Lock__V1__AcquireResponse *resp, svc_lock_t *out, svc_err_t *err)
+{
+    if (err->code == SVC_OK) {
+        if (key != out->key) { /* the asynchronous path keeps the key there already */
+            snprintf(out->key, sizeof(out->key), "%s", key);
+        }
         snprintf(out->token, sizeof(out->token), "%s", resp->token);
         out->fence = resp->fence;
         out->expires_at_ms = resp->expires_at_ms;
-    } else if (err->code == SVC_DEADLINE_EXCEEDED && opts->parent == NULL && !caller_deadline) {
+        return 0;
+    }
+    if (err->code == SVC_DEADLINE_EXCEEDED && opts->parent == NULL && !caller_deadline) {
         /* Our own margin ran out: to the caller this is a lock that did not come. */
         svc_err_set(err, SVC_ABORTED, "lock %s not obtained in time", key);
     }
+    return -1;
+}
+
+int
+svc_lock_acquire(svc_client_t *lock_svc, const char *key, const svc_lock_opts_t *opts,
+                 svc_lock_t *out, svc_err_t *err)
+{
+    Lock__V1__AcquireRequest req;
+    Lock__V1__AcquireResponse *resp = NULL;
+    svc_arena_t *arena;
+    svc_call_opts_t copts;
+    bool caller_deadline;
+    int rc;
+
+    if (acquire_prepare(key, opts, &req, &copts, &caller_deadline, err) != 0) {
+        return -1;
+    }
+    if ((arena = svc_arena_create()) == NULL) {
+        svc_err_set(err, SVC_RESOURCE_EXHAUSTED, "out of memory");
+        return -1;
+    }
+    (void)svc_client_unary(lock_svc, "/lock.v1.LockService/Acquire", &req.base,
+                           &lock__v1__acquire_response__descriptor, arena,
+                           (ProtobufCMessage **)&resp, &copts, err);
+    rc = acquire_result(key, opts, caller_deadline, resp, out, err);
     svc_arena_destroy(arena);
     return rc;
 }
@@ -126,4 +162,240 @@ svc_lock_with(svc_client_t *lock_svc, const char *key, const svc_lock_opts_t *op
                  release_err.msg);
     }
     return rc;
+}
+
+/* ---------- several keys, asynchronously ---------- */
+
+#define OWNER_MAX 200
+
+/* One svc_lock_acquire_many_async, from its start until done has run. */
+typedef struct {
+    svc_client_t *lock_svc;
+    svc_lock_opts_t opts;
+    char owner[OWNER_MAX + 1], request_id[65];
+    svc_lock_t *locks;
+    int order[SVC_LOCK_MANY_MAX]; /* indexes into locks, by ascending key */
+    int n, next;                  /* next: position in order being taken */
+    bool caller_deadline;
+    svc_arena_t *arena; /* the answer of the Acquire in flight */
+    svc_lock_many_fn done;
+    void *arg;
+} many_t;
+
+static void many_step(many_t *m);
+
+static void
+many_finish(many_t *m, const svc_err_t *err, int failed)
+{
+    svc_lock_t taken[SVC_LOCK_MANY_MAX];
+    svc_err_t out = *err;
+
+    if (out.code != SVC_OK) {
+        for (int i = 0; i < m->next; i++) {
+            taken[i] = m->locks[m->order[i]];
+        }
+        svc_lock_release_many(m->lock_svc, taken, m->next,
+                              m->request_id[0] != '\0' ? m->request_id : NULL);
+        if (out.code == SVC_UNAVAILABLE) {
+            static svc_log_limit_t limit = SVC_LOG_LIMIT_INIT(5);
+            svc_logf_limited(&limit, SVC_LOG_WARN, "lock-svc unreachable: %s", out.msg);
+            svc_err_set(&out, SVC_UNAVAILABLE, "lock service unavailable");
+        }
+    }
+    m->done(&out, out.code == SVC_OK ? -1 : failed, m->arg);
+    free(m);
+}
+
+static void
+many_step_done(ProtobufCMessage *resp, const svc_err_t *err, void *arg)
+{
+    many_t *m = arg;
+    int i = m->order[m->next];
+    svc_err_t e = *err;
+    int rc = acquire_result(m->locks[i].key, &m->opts, m->caller_deadline,
+                            (const Lock__V1__AcquireResponse *)resp, &m->locks[i], &e);
+
+    svc_arena_destroy(m->arena);
+    m->arena = NULL;
+    if (rc != 0) {
+        many_finish(m, &e, i);
+        return;
+    }
+    if (++m->next == m->n) {
+        many_finish(m, &e, -1);
+        return;
+    }
+    many_step(m);
+}
+
+static void
+many_step(many_t *m)
+{
+    int i = m->order[m->next];
+    Lock__V1__AcquireRequest req;
+    svc_call_opts_t copts;
+    svc_err_t err;
+
+    if (acquire_prepare(m->locks[i].key, &m->opts, &req, &copts, &m->caller_deadline, &err) != 0) {
+        many_finish(m, &err, i);
+        return;
+    }
+    if ((m->arena = svc_arena_create()) == NULL) {
+        svc_err_set(&err, SVC_RESOURCE_EXHAUSTED, "out of memory");
+        many_finish(m, &err, i);
+        return;
+    }
+    svc_client_unary_async(m->lock_svc, "/lock.v1.LockService/Acquire", &req.base,
+                           &lock__v1__acquire_response__descriptor, m->arena, &copts,
+                           many_step_done, m);
+}
+
+void
+svc_lock_acquire_many_async(svc_client_t *lock_svc, const char *const *keys, int n,
+                            const svc_lock_opts_t *opts, svc_lock_t *locks, svc_lock_many_fn done,
+                            void *arg)
+{
+    many_t *m = calloc(1, sizeof(*m));
+    svc_err_t err;
+
+    if (m == NULL) {
+        svc_err_set(&err, SVC_RESOURCE_EXHAUSTED, "out of memory");
+        done(&err, -1, arg);
+        return;
+    }
+    m->lock_svc = lock_svc;
+    m->opts = *opts;
+    m->locks = locks;
+    m->n = n;
+    m->done = done;
+    m->arg = arg;
+    if (opts->owner != NULL) {
+        snprintf(m->owner, sizeof(m->owner), "%s", opts->owner);
+        m->opts.owner = m->owner;
+    }
+    if (opts->parent != NULL || opts->request_id != NULL) {
+        snprintf(m->request_id, sizeof(m->request_id), "%s",
+                 opts->parent != NULL ? svc_call_request_id(opts->parent) : opts->request_id);
+        m->opts.request_id = m->request_id;
+    }
+    if (n < 1 || n > SVC_LOCK_MANY_MAX) {
+        svc_err_set(&err, SVC_INVALID_ARGUMENT, "between 1 and %d keys at once", SVC_LOCK_MANY_MAX);
+        many_finish(m, &err, -1);
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        int j = i;
+        if (keys[i] == NULL || strlen(keys[i]) > SVC_LOCK_KEY_MAX) {
+            svc_err_set(&err, SVC_INVALID_ARGUMENT, "lock key %d is missing or too long", i);
+            many_finish(m, &err, -1);
+            return;
+        }
+        snprintf(locks[i].key, sizeof(locks[i].key), "%s", keys[i]);
+        /* Insertion sort by key: n is small. */
+        while (j > 0 && strcmp(locks[m->order[j - 1]].key, keys[i]) > 0) {
+            m->order[j] = m->order[j - 1];
+            j--;
+        }
+        if (j > 0 && strcmp(locks[m->order[j - 1]].key, keys[i]) == 0) {
+            svc_err_set(&err, SVC_INVALID_ARGUMENT, "lock key %s given twice", keys[i]);
+            many_finish(m, &err, -1);
+            return;
+        }
+        m->order[j] = i;
+    }
+    many_step(m);
+}
+
+/* Waits for svc_lock_acquire_many_async. */
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool done;
+    svc_err_t err;
+    int failed;
+} many_wait_t;
+
+static void
+many_wait_done(const svc_err_t *err, int failed, void *arg)
+{
+    many_wait_t *w = arg;
+
+    pthread_mutex_lock(&w->mu);
+    w->err = *err;
+    w->failed = failed;
+    w->done = true;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+int
+svc_lock_acquire_many(svc_client_t *lock_svc, const char *const *keys, int n,
+                      const svc_lock_opts_t *opts, svc_lock_t *locks, int *failed, svc_err_t *err)
+{
+    many_wait_t w = {.done = false};
+
+    pthread_mutex_init(&w.mu, NULL);
+    pthread_cond_init(&w.cv, NULL);
+    svc_lock_acquire_many_async(lock_svc, keys, n, opts, locks, many_wait_done, &w);
+    pthread_mutex_lock(&w.mu);
+    while (!w.done) {
+        pthread_cond_wait(&w.cv, &w.mu);
+    }
+    pthread_mutex_unlock(&w.mu);
+    pthread_cond_destroy(&w.cv);
+    pthread_mutex_destroy(&w.mu);
+    *err = w.err;
+    if (failed != NULL) {
+        *failed = w.failed;
+    }
+    return err->code == SVC_OK ? 0 : -1;
+}
+
+/* One release in flight: what its warning needs. */
+typedef struct {
+    char key[SVC_LOCK_KEY_MAX + 1];
+    int64_t fence;
+    svc_arena_t *arena;
+} release_t;
+
+static void
+release_done(ProtobufCMessage *resp, const svc_err_t *err, void *arg)
+{
+    release_t *r = arg;
+
+    (void)resp;
+    if (err->code != SVC_OK) {
+        static svc_log_limit_t limit = SVC_LOG_LIMIT_INIT(5);
+        svc_logf_limited(&limit, SVC_LOG_WARN,
+                         "release of %s (fence %lld) failed, its lease frees it: %s", r->key,
+                         (long long)r->fence, err->msg);
+    }
+    svc_arena_destroy(r->arena);
+    free(r);
+}
+
+void
+svc_lock_release_many(svc_client_t *lock_svc, const svc_lock_t *locks, int n,
+                      const char *request_id)
+{
+    svc_call_opts_t copts = {.timeout_ms = CALL_MARGIN_MS, .request_id = request_id};
+
+    for (int i = n - 1; i >= 0; i--) {
+        Lock__V1__ReleaseRequest req = LOCK__V1__RELEASE_REQUEST__INIT;
+        release_t *r = calloc(1, sizeof(*r));
+
+        if (r == NULL || (r->arena = svc_arena_create()) == NULL) {
+            free(r);
+            svc_logf(SVC_LOG_WARN, "release of %s: out of memory, its lease frees it",
+                     locks[i].key);
+            continue;
+        }
+        snprintf(r->key, sizeof(r->key), "%s", locks[i].key);
+        r->fence = locks[i].fence;
+        req.key = (char *)locks[i].key;
+        req.token = (char *)locks[i].token;
+        svc_client_unary_async(lock_svc, "/lock.v1.LockService/Release", &req.base,
+                               &lock__v1__release_response__descriptor, r->arena, &copts,
+                               release_done, r);
+    }
 }

@@ -825,6 +825,96 @@ teardown(void **state)
     return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -1;
 }
 
+/* Calls started asynchronously from one thread, and what their callbacks saw. */
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int done, ok, unavailable, wrong;
+} async_tally_t;
+
+typedef struct {
+    async_tally_t *tally;
+    char message[32];
+    svc_arena_t *arena;
+    int calls; /* how often its callback ran */
+} async_job_t;
+
+static void
+async_done(ProtobufCMessage *resp, const svc_err_t *err, void *arg)
+{
+    async_job_t *job = arg;
+    async_tally_t *t = job->tally;
+    const Svctest__V1__EchoResponse *echo = (const void *)resp;
+
+    pthread_mutex_lock(&t->mu);
+    job->calls++;
+    if (err->code == SVC_OK && strcmp(echo->message, job->message) == 0) {
+        t->ok++;
+    } else if (err->code == SVC_UNAVAILABLE) {
+        t->unavailable++;
+    } else {
+        t->wrong++;
+    }
+    t->done++;
+    pthread_cond_signal(&t->cv);
+    pthread_mutex_unlock(&t->mu);
+}
+
+/*
+ * 300 Echo calls started asynchronously from this one thread: none of them needs a thread of ours
+ * while in flight. Each callback runs exactly once with its own answer; a call to a port nobody
+ * listens on ends UNAVAILABLE through its callback too.
+ */
+static void
+test_async_calls_need_no_thread(void **state)
+{
+    enum { N = 300 };
+    test_server_t *ts = &main_server;
+    async_job_t *jobs = calloc(N + 1, sizeof(*jobs));
+    async_tally_t t = {.done = 0};
+    Svctest__V1__EchoRequest req = SVCTEST__V1__ECHO_REQUEST__INIT;
+    svc_call_opts_t opts = {.timeout_ms = 60000};
+    char nowhere[32];
+    svc_client_t *down;
+    svc_err_t err;
+
+    (void)state;
+    pthread_mutex_init(&t.mu, NULL);
+    pthread_cond_init(&t.cv, NULL);
+    for (int i = 0; i < N; i++) {
+        jobs[i].tally = &t;
+        jobs[i].arena = svc_arena_create();
+        snprintf(jobs[i].message, sizeof(jobs[i].message), "async %d", i);
+        req.message = jobs[i].message;
+        svc_client_unary_async(ts->client, "/svctest.v1.TestService/Echo", &req.base,
+                               &svctest__v1__echo_response__descriptor, jobs[i].arena, &opts,
+                               async_done, &jobs[i]);
+    }
+    snprintf(nowhere, sizeof(nowhere), "127.0.0.1:%d", testenv_free_port());
+    assert_non_null(down = svc_client_get(nowhere, &err));
+    jobs[N].tally = &t;
+    jobs[N].arena = svc_arena_create();
+    req.message = "nobody listens";
+    svc_client_unary_async(down, "/svctest.v1.TestService/Echo", &req.base,
+                           &svctest__v1__echo_response__descriptor, jobs[N].arena, &opts,
+                           async_done, &jobs[N]);
+    pthread_mutex_lock(&t.mu);
+    while (t.done < N + 1) {
+        pthread_cond_wait(&t.cv, &t.mu);
+    }
+    pthread_mutex_unlock(&t.mu);
+    assert_int_equal(t.ok, N);
+    assert_int_equal(t.unavailable, 1);
+    assert_int_equal(t.wrong, 0);
+    for (int i = 0; i <= N; i++) {
+        assert_int_equal(jobs[i].calls, 1);
+        svc_arena_destroy(jobs[i].arena);
+    }
+    pthread_cond_destroy(&t.cv);
+    pthread_mutex_destroy(&t.mu);
+    free(jobs);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -841,6 +931,7 @@ main(int argc, char **argv)
         cmocka_unit_test(test_reflection_lists_and_describes),
         cmocka_unit_test(test_deadline_is_seen_as_cancellation),
         cmocka_unit_test(test_slow_calls_do_not_block_fast_ones),
+        cmocka_unit_test(test_async_calls_need_no_thread),
         cmocka_unit_test(test_expired_call_never_reaches_its_handler),
         cmocka_unit_test(test_sigterm_lets_calls_finish),
         cmocka_unit_test(test_bad_setting_exits_2_and_help_exits_0),

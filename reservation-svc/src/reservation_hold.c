@@ -2,8 +2,27 @@
  * reservation_hold.c: HoldSeats. A seat already held or sold is refused
  * before anyone queues for its lock; a user without a balance account is
  * refused before any seat is locked (the hold could never be paid); then the
- * seats' lock tokens seat:<schedule>:<number> are taken in ascending order,
- * one short transaction writes the hold (fenced), and the tokens go back.
+ * seats' lock tokens seat:<schedule>:<number> are taken (ascending, without
+ * a thread waiting), one short transaction writes the hold (fenced), and the
+ * tokens go back.
+ *
+ * The seat gate: in a storm, a thousand calls want the same seat at once.
+ * Only one of them per instance goes on (the leader); a call that wants a
+ * seat a leader of this instance is working on is parked on that seat, with
+ * no thread and no lock-svc call, until the leader is done. If the leader
+ * got the seat, or found it taken, every call parked on it is refused at
+ * once: the seat was taken while each of them was waiting, so the answer is
+ * as true as a database read would be. Otherwise (the leader's user has no
+ * account, its deadline passed, a fault) they enter the gate again and the
+ * first becomes the next leader. So a loser costs a gate lookup instead of
+ * a lock hand-off and a transaction, and the seat's lock sees one waiter per
+ * instance instead of hundreds. Calls on other seats never wait for each
+ * other here. Nothing is cached past the leader's call: a seat freed a
+ * moment later is found free by the next call.
+ *
+ * A call is ended by exactly one party: the leader path for a leader, the
+ * leader's finish for a parked call it refuses, or the cancellation (deadline
+ * or client) for a parked call, all decided under gate_mu.
  */
 #define _GNU_SOURCE
 #include <inttypes.h>
@@ -91,58 +110,318 @@ check_account(reservation_service_t *svc, svc_call_t *call, int64_t user_id, svc
     return -1;
 }
 
-/* ---------- seat locks ---------- */
+/* ---------- the seat gate ---------- */
 
-/* Takes the seats' lock tokens in ascending order; on failure releases those taken. */
-static int
-lock_seats(reservation_service_t *svc, svc_call_t *call, int64_t schedule_id, const int32_t *seats,
-           int n, svc_lock_t *locks, svc_err_t *err)
+typedef enum { H_NEW, H_PARKED, H_LEADING, H_DONE } hold_state_t;
+
+/* One HoldSeats in progress; it lives in its call's arena. */
+struct rsv_hold {
+    struct rsv_hold *prev, *next; /* among the calls parked on entry */
+    struct rsv_seat_entry *entry;
+    reservation_service_t *svc;
+    svc_call_t *call;
+    int64_t user_id, schedule_id;
+    int32_t seats[RSV_MAX_SEATS];
+    int n;
+    hold_state_t state; /* under gate_mu */
+    svc_lock_t locks[RSV_MAX_SEATS];
+    rsv_reservation_t result;
+    int32_t taken; /* the seat found held or sold, 0 when none */
+    svc_err_t err;
+};
+
+/* A seat a leader of this instance is working on, and the calls parked on it. */
+struct rsv_seat_entry {
+    struct rsv_seat_entry *next; /* hash chain */
+    int64_t schedule_id;
+    int32_t number;
+    rsv_hold_t *leader;
+    rsv_hold_t *head, *tail; /* parked, first come first */
+};
+
+static size_t
+seat_bucket(int64_t schedule_id, int32_t number)
 {
+    uint64_t h = ((uint64_t)schedule_id * 0x9E3779B97F4A7C15ull) ^ (uint32_t)number;
+
+    return (size_t)((h * 0xBF58476D1CE4E5B9ull) >> 40) % RSV_GATE_BUCKETS;
+}
+
+static rsv_seat_entry_t *
+seat_find(reservation_service_t *svc, int64_t schedule_id, int32_t number)
+{
+    for (rsv_seat_entry_t *e = svc->gate[seat_bucket(schedule_id, number)]; e != NULL;
+         e = e->next) {
+        if (e->schedule_id == schedule_id && e->number == number) {
+            return e;
+        }
+    }
+    return NULL;
+}
+
+static void
+seat_unlink(reservation_service_t *svc, rsv_seat_entry_t *e)
+{
+    rsv_seat_entry_t **pp = &svc->gate[seat_bucket(e->schedule_id, e->number)];
+
+    while (*pp != e) {
+        pp = &(*pp)->next;
+    }
+    *pp = e->next;
+}
+
+static void
+park_on(rsv_seat_entry_t *e, rsv_hold_t *h)
+{
+    h->state = H_PARKED;
+    h->entry = e;
+    h->next = NULL;
+    h->prev = e->tail;
+    if (e->tail != NULL) {
+        e->tail->next = h;
+    } else {
+        e->head = h;
+    }
+    e->tail = h;
+}
+
+static void
+unpark(rsv_seat_entry_t *e, rsv_hold_t *h)
+{
+    if (h->prev != NULL) {
+        h->prev->next = h->next;
+    } else {
+        e->head = h->next;
+    }
+    if (h->next != NULL) {
+        h->next->prev = h->prev;
+    } else {
+        e->tail = h->prev;
+    }
+    h->prev = h->next = NULL;
+    h->entry = NULL;
+}
+
+static bool
+wants_seat(const rsv_hold_t *h, int32_t number)
+{
+    for (int i = 0; i < h->n; i++) {
+        if (h->seats[i] == number) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static void lead(void *arg);
+
+/*
+ * Lets h through the gate: parked behind the leader of one of its seats, or
+ * leader of all of them. A new leader's path runs here when on_worker, else
+ * on the pool (the caller may be the client thread, which must not block).
+ */
+static void
+gate_enter(rsv_hold_t *h, bool on_worker)
+{
+    reservation_service_t *svc = h->svc;
+    rsv_seat_entry_t *entries[RSV_MAX_SEATS];
+    svc_err_t err;
+    int made = 0;
+
+    pthread_mutex_lock(&svc->gate_mu);
+    if (svc_call_cancelled(h->call)) {
+        /* Its cancellation may have come while it was between leaders, unseen: end it now. */
+        h->state = H_DONE;
+        pthread_mutex_unlock(&svc->gate_mu);
+        svc_err_set(&err,
+                    svc_call_deadline_ms(h->call) <= svc_now_unix_ms() ? SVC_DEADLINE_EXCEEDED
+                                                                       : SVC_CANCELLED,
+                    "the call ended while the seat was busy");
+        svc_call_fail(h->call, &err);
+        return;
+    }
+    for (int i = 0; i < h->n; i++) {
+        rsv_seat_entry_t *e = seat_find(svc, h->schedule_id, h->seats[i]);
+        if (e != NULL) {
+            park_on(e, h);
+            pthread_mutex_unlock(&svc->gate_mu);
+            return;
+        }
+    }
+    for (; made < h->n; made++) {
+        rsv_seat_entry_t *e = calloc(1, sizeof(*e));
+        if (e == NULL) {
+            break;
+        }
+        e->schedule_id = h->schedule_id;
+        e->number = h->seats[made];
+        e->leader = h;
+        e->next = svc->gate[seat_bucket(e->schedule_id, e->number)];
+        svc->gate[seat_bucket(e->schedule_id, e->number)] = e;
+        entries[made] = e;
+    }
+    if (made < h->n) { /* out of memory: nobody can be parked on these yet */
+        for (int i = 0; i < made; i++) {
+            seat_unlink(svc, entries[i]);
+            free(entries[i]);
+        }
+        h->state = H_DONE;
+        pthread_mutex_unlock(&svc->gate_mu);
+        svc_err_set(&err, SVC_RESOURCE_EXHAUSTED, "out of memory");
+        svc_call_fail(h->call, &err);
+        return;
+    }
+    h->state = H_LEADING;
+    pthread_mutex_unlock(&svc->gate_mu);
+    if (on_worker) {
+        lead(h);
+    } else if (svc_pool_submit(svc_server_pool(svc->server), lead, h) != 0) {
+        lead(h); /* the pool is gone (shutdown): finish here */
+    }
+}
+
+/*
+ * The leader h is done (h->err, h->result, h->taken): its call is answered,
+ * and so is every call parked on its seats that wants a seat now known to
+ * be taken; the others enter the gate again.
+ */
+static void
+gate_leave(rsv_hold_t *h)
+{
+    reservation_service_t *svc = h->svc;
+    rsv_hold_t *refused = NULL, *again = NULL, **again_tail = &again;
+    int32_t taken = h->err.code == SVC_FAILED_PRECONDITION ? h->taken : 0;
+    int64_t schedule_id = h->schedule_id;
+
+    pthread_mutex_lock(&svc->gate_mu);
+    for (int i = 0; i < h->n; i++) {
+        rsv_seat_entry_t *e = seat_find(svc, h->schedule_id, h->seats[i]);
+        seat_unlink(svc, e);
+        while (e->head != NULL) {
+            rsv_hold_t *p = e->head;
+            bool lost = h->err.code == SVC_OK || (taken != 0 && wants_seat(p, taken));
+            unpark(e, p);
+            if (lost) {
+                p->state = H_DONE;
+                p->taken = h->err.code == SVC_OK ? h->seats[i] : taken;
+                p->next = refused;
+                refused = p;
+            } else {
+                p->state = H_NEW;
+                *again_tail = p;
+                again_tail = &p->next;
+            }
+        }
+        free(e);
+    }
+    h->state = H_DONE;
+    pthread_mutex_unlock(&svc->gate_mu);
+
+    if (h->err.code == SVC_OK) {
+        reservation_reply_held(h->call, &h->result);
+    } else {
+        svc_call_fail(h->call, &h->err);
+    }
+    while (refused != NULL) {
+        rsv_hold_t *p = refused;
+        svc_err_t err;
+        refused = p->next;
+        svc_err_set(&err, SVC_FAILED_PRECONDITION,
+                    "seat %d of schedule %" PRId64 " is not available", (int)p->taken, schedule_id);
+        svc_call_fail(p->call, &err);
+    }
+    while (again != NULL) {
+        rsv_hold_t *p = again;
+        again = p->next;
+        gate_enter(p, false);
+    }
+}
+
+/* A parked call's deadline passed or its client went away: it leaves the gate. */
+static void
+hold_cancelled(svc_call_t *call, void *arg)
+{
+    rsv_hold_t *h = arg;
+    reservation_service_t *svc = h->svc;
+    svc_err_t err;
+
+    pthread_mutex_lock(&svc->gate_mu);
+    if (h->state != H_PARKED) { /* a leader ends by its own path, which sees the cancellation */
+        pthread_mutex_unlock(&svc->gate_mu);
+        return;
+    }
+    unpark(h->entry, h);
+    h->state = H_DONE;
+    pthread_mutex_unlock(&svc->gate_mu);
+    if (svc_call_deadline_ms(call) <= svc_now_unix_ms()) {
+        svc_err_set(&err, SVC_DEADLINE_EXCEEDED, "deadline exceeded while the seat was busy");
+    } else {
+        svc_err_set(&err, SVC_CANCELLED, "cancelled while the seat was busy");
+    }
+    svc_call_fail(call, &err);
+}
+
+/* ---------- the leader's path ---------- */
+
+static void write_hold(void *arg);
+
+/* The seats' tokens came (or not); runs on the client thread, so the write goes to the pool. */
+static void
+locked(const svc_err_t *err, int failed, void *arg)
+{
+    rsv_hold_t *h = arg;
+
+    if (err->code == SVC_OK) {
+        if (svc_pool_submit(svc_server_pool(h->svc->server), write_hold, h) != 0) {
+            write_hold(h);
+        }
+        return;
+    }
+    h->err = *err;
+    if (err->code == SVC_ABORTED && failed >= 0) {
+        svc_err_set(&h->err, SVC_ABORTED, "seat %d of schedule %" PRId64 " is busy, try again",
+                    (int)h->seats[failed], h->schedule_id);
+    }
+    gate_leave(h);
+}
+
+/* Fail fast, then ask for the seats' tokens. On a worker. */
+static void
+lead(void *arg)
+{
+    rsv_hold_t *h = arg;
+    reservation_service_t *svc = h->svc;
+    char keys[RSV_MAX_SEATS][48];
+    const char *key_ptrs[RSV_MAX_SEATS];
     svc_lock_opts_t lopts = {.owner = "reservation-svc",
                              .lease_ms = svc->opts.lock_lease_ms,
                              .wait_ms = svc->opts.lock_wait_ms,
-                             .parent = call};
-
-    for (int i = 0; i < n; i++) {
-        char key[64];
-        snprintf(key, sizeof(key), "seat:%" PRId64 ":%d", schedule_id, (int)seats[i]);
-        if (svc_lock_acquire(svc->lock_svc, key, &lopts, &locks[i], err) != 0) {
-            if (err->code == SVC_UNAVAILABLE) {
-                static svc_log_limit_t limit = SVC_LOG_LIMIT_INIT(5);
-                svc_logf_limited(&limit, SVC_LOG_WARN, "lock-svc unreachable: %s", err->msg);
-                svc_err_set(err, SVC_UNAVAILABLE, "lock service unavailable");
-            } else if (err->code == SVC_ABORTED) {
-                svc_err_set(err, SVC_ABORTED, "seat %d of schedule %" PRId64 " is busy, try again",
-                            (int)seats[i], schedule_id);
-            }
-            for (int j = i - 1; j >= 0; j--) {
-                svc_err_t ignored;
-                (void)svc_lock_release(svc->lock_svc, &locks[j], NULL, &ignored);
-            }
-            return -1;
-        }
-    }
-    return 0;
-}
-
-int
-reservation_hold(reservation_service_t *svc, svc_call_t *call, int64_t user_id, int64_t schedule_id,
-                 const int32_t *seats, int n, svc_arena_t *arena, rsv_reservation_t *out,
-                 svc_err_t *err)
-{
-    int64_t fences[RSV_MAX_SEATS];
-    svc_lock_t locks[RSV_MAX_SEATS];
-    int rc;
+                             .parent = h->call};
 
     /* Fail fast: a seat already held or sold is refused before anyone queues for its lock. */
-    if (rsv_store_precheck(svc->db, schedule_id, seats, n, svc_now_unix_ms(),
-                           reservation_db_deadline(call), err) != 0 ||
-        check_account(svc, call, user_id, err) != 0 ||
-        lock_seats(svc, call, schedule_id, seats, n, locks, err) != 0) {
-        return -1;
+    if (rsv_store_precheck(svc->db, h->schedule_id, h->seats, h->n, svc_now_unix_ms(),
+                           reservation_db_deadline(h->call), &h->taken, &h->err) != 0 ||
+        check_account(svc, h->call, h->user_id, &h->err) != 0) {
+        gate_leave(h);
+        return;
     }
-    for (int i = 0; i < n; i++) {
-        fences[i] = locks[i].fence;
+    for (int i = 0; i < h->n; i++) {
+        snprintf(keys[i], sizeof(keys[i]), "seat:%" PRId64 ":%d", h->schedule_id, (int)h->seats[i]);
+        key_ptrs[i] = keys[i];
+    }
+    svc_lock_acquire_many_async(svc->lock_svc, key_ptrs, h->n, &lopts, h->locks, locked, h);
+}
+
+/* The tokens are ours: the transaction, then the tokens go back. On a worker. */
+static void
+write_hold(void *arg)
+{
+    rsv_hold_t *h = arg;
+    reservation_service_t *svc = h->svc;
+    int64_t fences[RSV_MAX_SEATS];
+
+    for (int i = 0; i < h->n; i++) {
+        fences[i] = h->locks[i].fence;
     }
     /*
      * The worst moment to stall: the locks are ours but nothing is written
@@ -150,13 +429,39 @@ reservation_hold(reservation_service_t *svc, svc_call_t *call, int64_t user_id, 
      * seat; the fence and the row check must refuse our write when we resume.
      */
     svc_failpoint_pause("hold_after_lock");
-    rc = rsv_store_hold(svc->db, user_id, schedule_id, seats, fences, n, svc_now_unix_ms(),
-                        svc->opts.hold_ttl_ms, reservation_db_deadline(call), arena, out, err);
-    for (int i = n - 1; i >= 0; i--) { /* after the commit: no other call inside a transaction */
-        svc_err_t rel;
-        if (svc_lock_release(svc->lock_svc, &locks[i], NULL, &rel) != 0) {
-            svc_logf(SVC_LOG_WARN, "release of %s failed: %s", locks[i].key, rel.msg);
-        }
+    (void)rsv_store_hold(svc->db, h->user_id, h->schedule_id, h->seats, fences, h->n,
+                         svc_now_unix_ms(), svc->opts.hold_ttl_ms, reservation_db_deadline(h->call),
+                         svc_call_arena(h->call), &h->result, &h->taken, &h->err);
+    /* After the commit: no other call inside a transaction. */
+    svc_lock_release_many(svc->lock_svc, h->locks, h->n, svc_call_request_id(h->call));
+    gate_leave(h);
+}
+
+void
+reservation_hold_start(reservation_service_t *svc, svc_call_t *call, int64_t user_id,
+                       int64_t schedule_id, const int32_t *seats, int n)
+{
+    rsv_hold_t *h = svc_call_alloc(call, sizeof(*h));
+
+    if (h == NULL) {
+        return;
     }
-    return rc;
+    h->svc = svc;
+    h->call = call;
+    h->user_id = user_id;
+    h->schedule_id = schedule_id;
+    memcpy(h->seats, seats, (size_t)n * sizeof(*seats));
+    h->n = n;
+    h->state = H_NEW;
+    svc_err_clear(&h->err);
+    svc_call_on_cancel(call, hold_cancelled, h);
+    gate_enter(h, true);
+}
+
+void
+reservation_gate_destroy(reservation_service_t *svc)
+{
+    /* Every call has ended by now, and each took its entries with it. */
+    free(svc->gate);
+    svc->gate = NULL;
 }

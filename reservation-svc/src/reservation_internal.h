@@ -18,6 +18,10 @@
 #include "svc/err.h"
 
 #define RSV_KNOWN_USERS 65536 /* slots of the cache of users known to have an account */
+#define RSV_GATE_BUCKETS 4096 /* hash buckets of the seat gate (reservation_hold.c) */
+
+typedef struct rsv_hold rsv_hold_t;
+typedef struct rsv_seat_entry rsv_seat_entry_t;
 
 struct reservation_service {
     svc_server_t *server;
@@ -34,20 +38,31 @@ struct reservation_service {
     pthread_mutex_t users_mu;
     int64_t *users;
     int n_users;
+    /* The seat gate: seats a HoldSeats of this instance is working on, and who waits for it. */
+    pthread_mutex_t gate_mu;
+    rsv_seat_entry_t **gate; /* RSV_GATE_BUCKETS chains */
 };
 
 /* The deadline of a database step of call: its own, at most 5 s from now. */
 int64_t reservation_db_deadline(svc_call_t *call);
 
 /*
- * HoldSeats after validation: seats are 1..RSV_MAX_SEATS distinct numbers,
- * ascending. Refuses a taken seat before any lock, a user without a balance
- * account (NOT_FOUND), then takes the seats' lock tokens in ascending order
- * and writes the hold in one transaction. out is allocated in arena.
+ * HoldSeats after validation (on a worker): seats are 1..RSV_MAX_SEATS
+ * distinct numbers, ascending. Passes the seat gate (a call wanting a seat
+ * another call of this instance is working on waits for that one's
+ * outcome, without a thread), refuses a taken seat before any lock, a user
+ * without a balance account (NOT_FOUND), then takes the seats' lock tokens
+ * and writes the hold in one transaction. Ends the call itself, now or
+ * later, with reservation_reply_held or an error.
  */
-int reservation_hold(reservation_service_t *svc, svc_call_t *call, int64_t user_id,
-                     int64_t schedule_id, const int32_t *seats, int n, svc_arena_t *arena,
-                     rsv_reservation_t *out, svc_err_t *err);
+void reservation_hold_start(reservation_service_t *svc, svc_call_t *call, int64_t user_id,
+                            int64_t schedule_id, const int32_t *seats, int n);
+
+/* Answers a HoldSeats with the reservation made. */
+void reservation_reply_held(svc_call_t *call, const rsv_reservation_t *r);
+
+/* Frees the seat gate, once no call is left. */
+void reservation_gate_destroy(reservation_service_t *svc);
 
 /*
  * PayReservation: the outcome of one payment protocol run (see the

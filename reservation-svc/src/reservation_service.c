@@ -292,18 +292,22 @@ handle_hold_seats(svc_call_t *call, const ProtobufCMessage *msg, void *user)
     const Reservation__V1__HoldSeatsRequest *req = (const void *)msg;
     reservation_service_t *svc = user;
     int32_t seats[RSV_MAX_SEATS];
-    rsv_reservation_t r;
     svc_err_t err;
 
     if (!svc_validate_range("user_id", req->user_id, 1, INT64_MAX, &err) ||
         !svc_validate_range("schedule_id", req->schedule_id, 1, INT64_MAX, &err) ||
-        !check_seat_list(req->seat_numbers, req->n_seat_numbers, seats, &err) ||
-        reservation_hold(svc, call, req->user_id, req->schedule_id, seats, (int)req->n_seat_numbers,
-                         svc_call_arena(call), &r, &err) != 0) {
+        !check_seat_list(req->seat_numbers, req->n_seat_numbers, seats, &err)) {
         svc_call_fail(call, &err);
         return;
     }
-    reply_reservation(call, &r, 0);
+    reservation_hold_start(svc, call, req->user_id, req->schedule_id, seats,
+                           (int)req->n_seat_numbers);
+}
+
+void
+reservation_reply_held(svc_call_t *call, const rsv_reservation_t *r)
+{
+    reply_reservation(call, r, 0);
 }
 
 static void
@@ -391,8 +395,10 @@ reservation_service_create(svc_server_t *server, svc_pg_pool_t *db, svc_client_t
     pthread_mutex_init(&svc->mu, NULL);
     pthread_cond_init(&svc->cv, NULL);
     pthread_mutex_init(&svc->users_mu, NULL);
+    pthread_mutex_init(&svc->gate_mu, NULL);
     svc->users = calloc(RSV_KNOWN_USERS, sizeof(*svc->users));
-    if (svc->users == NULL) {
+    svc->gate = calloc(RSV_GATE_BUCKETS, sizeof(*svc->gate));
+    if (svc->users == NULL || svc->gate == NULL) {
         reservation_service_destroy(svc);
         svc_err_set(err, SVC_RESOURCE_EXHAUSTED, "out of memory");
         return NULL;
@@ -431,6 +437,8 @@ reservation_service_destroy(reservation_service_t *svc)
     pthread_cond_destroy(&svc->cv);
     pthread_mutex_destroy(&svc->users_mu);
     free(svc->users);
+    reservation_gate_destroy(svc);
+    pthread_mutex_destroy(&svc->gate_mu);
     pthread_mutex_destroy(&svc->mu);
     free(svc);
 }

@@ -220,7 +220,7 @@ rsv_store_list_seats(svc_pg_pool_t *db, int64_t schedule_id, int64_t now_ms, int
  */
 static int
 check_seats(const PGresult *res, int64_t schedule_id, const int32_t *seats, int n, int64_t now_ms,
-            svc_err_t *err)
+            int32_t *taken, svc_err_t *err)
 {
     int rows = PQntuples(res);
 
@@ -237,6 +237,9 @@ check_seats(const PGresult *res, int64_t schedule_id, const int32_t *seats, int 
     }
     for (int r = 0; r < rows; r++) {
         if (seat_status(res, r, 1, 2, now_ms) != RSV_SEAT_AVAILABLE) {
+            if (taken != NULL) {
+                *taken = (int32_t)svc_pg_i64(res, r, 0);
+            }
             svc_err_set(err, SVC_FAILED_PRECONDITION,
                         "seat %d of schedule %" PRId64 " is not available",
                         (int)svc_pg_i64(res, r, 0), schedule_id);
@@ -248,7 +251,7 @@ check_seats(const PGresult *res, int64_t schedule_id, const int32_t *seats, int 
 
 int
 rsv_store_precheck(svc_pg_pool_t *db, int64_t schedule_id, const int32_t *seats, int n,
-                   int64_t now_ms, int64_t deadline_ms, svc_err_t *err)
+                   int64_t now_ms, int64_t deadline_ms, int32_t *taken, svc_err_t *err)
 {
     char sched[24], list[128];
     const char *p[] = {sched, list};
@@ -279,7 +282,7 @@ rsv_store_precheck(svc_pg_pool_t *db, int64_t schedule_id, const int32_t *seats,
                     (int)seats[0], schedule_id);
         rc = -1;
     } else {
-        rc = check_seats(res, schedule_id, seats, n, now_ms, err);
+        rc = check_seats(res, schedule_id, seats, n, now_ms, taken, err);
     }
     PQclear(res);
     return rc;
@@ -293,6 +296,7 @@ typedef struct {
     const int64_t *fences;
     int n;
     rsv_reservation_t *out;
+    int32_t *taken;
 } hold_ctx_t;
 
 /*
@@ -356,7 +360,7 @@ hold_check(hold_ctx_t *h, const PGresult *res, char *old, size_t old_len, int64_
     int64_t prev[RSV_MAX_SEATS];
     int n_old = 0;
 
-    if (check_seats(res, h->schedule_id, h->seats, h->n, h->now_ms, err) != 0) {
+    if (check_seats(res, h->schedule_id, h->seats, h->n, h->now_ms, h->taken, err) != 0) {
         return -1;
     }
     *amount = 0;
@@ -450,9 +454,9 @@ hold_tx(PGconn *conn, void *arg, svc_err_t *err)
 int
 rsv_store_hold(svc_pg_pool_t *db, int64_t user_id, int64_t schedule_id, const int32_t *seats,
                const int64_t *fences, int n, int64_t now_ms, int64_t ttl_ms, int64_t deadline_ms,
-               svc_arena_t *arena, rsv_reservation_t *out, svc_err_t *err)
+               svc_arena_t *arena, rsv_reservation_t *out, int32_t *taken, svc_err_t *err)
 {
-    hold_ctx_t h = {user_id, schedule_id, now_ms, ttl_ms, seats, fences, n, out};
+    hold_ctx_t h = {user_id, schedule_id, now_ms, ttl_ms, seats, fences, n, out, taken};
 
     if (n < 1 || n > RSV_MAX_SEATS) {
         svc_err_set(err, SVC_INVALID_ARGUMENT, "1 to %d seats per hold", RSV_MAX_SEATS);

@@ -74,20 +74,23 @@ int rsv_store_list_seats(svc_pg_pool_t *db, int64_t schedule_id, int64_t now_ms,
 /*
  * The fail-fast check before any lock, without locking anything: NOT_FOUND
  * for an unknown schedule, INVALID_ARGUMENT for a seat it does not have,
- * FAILED_PRECONDITION naming the first seat that is held or sold.
+ * FAILED_PRECONDITION naming the first seat that is held or sold (also in
+ * *taken, when taken is not NULL).
  */
 int rsv_store_precheck(svc_pg_pool_t *db, int64_t schedule_id, const int32_t *seats, int n,
-                       int64_t now_ms, int64_t deadline_ms, svc_err_t *err);
+                       int64_t now_ms, int64_t deadline_ms, int32_t *taken, svc_err_t *err);
 
 /*
  * The hold, in one transaction: locks the seats (FOR UPDATE, ascending),
  * checks again that they are free (an expired hold counts as free, and is
  * marked expired here), refuses a fence older than a seat's (ABORTED), and
  * writes the reservation. seats are ascending; fences[i] belongs to seats[i].
+ * A seat found held or sold is named in *taken as for rsv_store_precheck.
  */
 int rsv_store_hold(svc_pg_pool_t *db, int64_t user_id, int64_t schedule_id, const int32_t *seats,
                    const int64_t *fences, int n, int64_t now_ms, int64_t ttl_ms,
-                   int64_t deadline_ms, svc_arena_t *arena, rsv_reservation_t *out, svc_err_t *err);
+                   int64_t deadline_ms, svc_arena_t *arena, rsv_reservation_t *out, int32_t *taken,
+                   svc_err_t *err);
 
 int rsv_store_get(svc_pg_pool_t *db, int64_t reservation_id, int64_t now_ms, int64_t deadline_ms,
                   svc_arena_t *arena, rsv_reservation_t *out, svc_err_t *err);

@@ -90,6 +90,12 @@ int testenv_redis_pause(testenv_redis_t *r);
 int testenv_redis_resume(testenv_redis_t *r);
 /* Writes "redis://127.0.0.1:PORT/0" into buf; -1 when len is too small. */
 int testenv_redis_url(const testenv_redis_t *r, char *buf, size_t len);
+/*
+ * Commands Redis has processed since it started (INFO stats'
+ * total_commands_processed, counting the INFO that asks); -1 when it cannot
+ * be read. How much a storm cost Redis, whoever sent it.
+ */
+int64_t testenv_redis_commands(const testenv_redis_t *r);
 
 /* ------------------------------------------------------------- PostgreSQL */
 

@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
 #include <sys/wait.h>
@@ -202,4 +203,33 @@ testenv_redis_url(const testenv_redis_t *r, char *buf, size_t len)
         return -1;
     }
     return 0;
+}
+
+int64_t
+testenv_redis_commands(const testenv_redis_t *r)
+{
+    struct timeval tv = {2, 0};
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", r->port, tv);
+    redisReply *reply = NULL;
+    int64_t n = -1;
+
+    if (c != NULL && c->err == 0 && redisSetTimeout(c, tv) == REDIS_OK) {
+        reply = redisCommand(c, "INFO stats");
+    }
+    if (reply != NULL && reply->type == REDIS_REPLY_STRING) {
+        const char *line = strstr(reply->str, "total_commands_processed:");
+        if (line != NULL) {
+            n = strtoll(line + strlen("total_commands_processed:"), NULL, 10);
+        }
+    }
+    if (reply != NULL) {
+        freeReplyObject(reply);
+    }
+    if (c != NULL) {
+        redisFree(c);
+    }
+    if (n < 0) {
+        testenv__fail("cannot read total_commands_processed from redis on port %d", r->port);
+    }
+    return n;
 }

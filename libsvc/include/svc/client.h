@@ -65,6 +65,26 @@ int svc_client_unary(svc_client_t *client, const char *method, const ProtobufCMe
                      const ProtobufCMessageDescriptor *resp_desc, svc_arena_t *arena,
                      ProtobufCMessage **resp, const svc_call_opts_t *opts, svc_err_t *err);
 
+/*
+ * The answer of an asynchronous unary call: resp (in the call's arena) when
+ * err is OK. Runs on the client thread, which serves every asynchronous
+ * call of the process: it must not block (hand blocking work to a pool),
+ * and it may start more asynchronous calls.
+ */
+typedef void (*svc_client_done_fn)(ProtobufCMessage *resp, const svc_err_t *err, void *arg);
+
+/*
+ * Starts one unary call and returns without waiting: done(arg) runs exactly
+ * once, when the answer is in (or, when the call cannot even start, before
+ * this returns). The request is copied; arena, which receives the answer,
+ * must live until done has returned. The deadline, parent and request id
+ * work as for svc_client_unary. svc_client_release_all waits for calls in
+ * flight.
+ */
+void svc_client_unary_async(svc_client_t *client, const char *method, const ProtobufCMessage *req,
+                            const ProtobufCMessageDescriptor *resp_desc, svc_arena_t *arena,
+                            const svc_call_opts_t *opts, svc_client_done_fn done, void *arg);
+
 /* The same with a request given as raw bytes (a proxy, or a test of bad input). */
 int svc_client_unary_bytes(svc_client_t *client, const char *method, const void *bytes, size_t len,
                            const ProtobufCMessageDescriptor *resp_desc, svc_arena_t *arena,

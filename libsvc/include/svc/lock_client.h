@@ -54,6 +54,47 @@ int svc_lock_release(svc_client_t *lock_svc, const svc_lock_t *lock, svc_call_t 
 int svc_lock_extend(svc_client_t *lock_svc, svc_lock_t *lock, int64_t lease_ms, svc_call_t *parent,
                     svc_err_t *err);
 
+/* ---------- several keys, without a thread waiting ---------- */
+
+#define SVC_LOCK_MANY_MAX 16
+
+/* What svc_lock_acquire_many_async reports; see there. */
+typedef void (*svc_lock_many_fn)(const svc_err_t *err, int failed, void *arg);
+
+/*
+ * Takes the locks of n keys (1..SVC_LOCK_MANY_MAX, no key twice), one after
+ * another in ascending strcmp order of the keys, which every user of this
+ * library follows, so two callers wanting overlapping sets never deadlock.
+ * Each waits up to opts->wait_ms; no thread waits meanwhile. done runs once,
+ * on the client thread (see svc_client_unary_async: it must not block):
+ * with err OK, locks[i] holds the lock of keys[i]; otherwise the locks
+ * already taken have been given back, failed is the index in keys of the
+ * key not obtained (-1 for bad arguments), and err is ABORTED (it stayed
+ * held), UNAVAILABLE "lock service unavailable" (lock-svc or its Redis
+ * cannot be reached: fail closed; logged, at most a few lines a second),
+ * DEADLINE_EXCEEDED or CANCELLED (the parent's deadline or cancellation, or
+ * opts->deadline_ms), or INVALID_ARGUMENT. opts and keys are copied; locks
+ * must live until done runs.
+ */
+void svc_lock_acquire_many_async(svc_client_t *lock_svc, const char *const *keys, int n,
+                                 const svc_lock_opts_t *opts, svc_lock_t *locks,
+                                 svc_lock_many_fn done, void *arg);
+
+/* The same, waiting for the outcome; not from a client-thread callback. failed may be NULL. */
+int svc_lock_acquire_many(svc_client_t *lock_svc, const char *const *keys, int n,
+                          const svc_lock_opts_t *opts, svc_lock_t *locks, int *failed,
+                          svc_err_t *err);
+
+/*
+ * Gives n locks back, last first, without waiting for the answers. A
+ * release that fails is logged as a warning (key, fence, why), not
+ * reported: the lease frees the lock anyway, and the work done under it was
+ * fenced. request_id is the x-request-id to send (NULL: a new one). The
+ * locks are copied.
+ */
+void svc_lock_release_many(svc_client_t *lock_svc, const svc_lock_t *locks, int n,
+                           const char *request_id);
+
 /* Work done while holding a lock; returns 0 or -1 with err set. */
 typedef int (*svc_locked_fn)(const svc_lock_t *lock, void *arg, svc_err_t *err);
 
