@@ -5,8 +5,10 @@
  * any answer is read), timed from the first start to the last answer, R
  * times. Distinct seats: C calls in flight, each holding a seat never held
  * before. The twins run a copy of hold_tx's statements with libpq
- * against the same database. It prints numbers and passes or fails nothing;
- * tests/bench/reservation_bench.sh starts the stack around it.
+ * against the same database. reservation-svc refuses users without a
+ * balance-svc account, so every user gets one (TopUp) before the timed part.
+ * It prints numbers and passes or fails nothing; tests/bench/reservation_bench.sh
+ * starts the stack around it.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -26,6 +28,7 @@
 #include <libpq-fe.h>
 #include <sys/epoll.h>
 
+#include "balance/v1/balance.pb-c.h"
 #include "bench_common.h"
 #include "svc/timer.h"
 #include "reservation/v1/reservation.pb-c.h"
@@ -37,6 +40,7 @@
 
 #define METHOD_CREATE "/reservation.v1.ReservationService/CreateConcert"
 #define METHOD_HOLD "/reservation.v1.ReservationService/HoldSeats"
+#define METHOD_TOP_UP "/balance.v1.BalanceService/TopUp"
 #define SEATS_PER_SCHEDULE 10000 /* the most CreateConcert allows */
 #define SCHEDULES_PER_CONCERT 5  /* 50 000 seats per CreateConcert: well inside its 5 s budget */
 #define SEAT_PRICE 15000
@@ -44,6 +48,9 @@
 #define MAX_CONC 1024
 #define MAX_CHANNELS 64
 #define CONNECT_THREADS 8
+#define ACCOUNT_FUNDS 100000 /* each user's TopUp: a few seats' worth, in won */
+#define TOP_UP_CONC 128      /* TopUp calls in flight while accounts are made */
+#define TOP_UP_ROUNDS 10     /* tries per account (a retry replays its key) */
 
 /* ---------------------------------------------------------------- hold_tx's SQL */
 
@@ -78,9 +85,9 @@ static const char SQL_HOLD_SEAT[] =
 
 /* ---------------------------------------------------------------- CPU accounting */
 
-enum { PROC_BENCH, PROC_RSV, PROC_LOCK, PROC_REDIS, PROC_PG, N_PROCS };
+enum { PROC_BENCH, PROC_RSV, PROC_LOCK, PROC_BAL, PROC_REDIS, PROC_PG, N_PROCS };
 enum { CPU_MACHINE = N_PROCS, CPU_IRQ, N_CPU };
-static const char *const proc_names[N_PROCS] = {"bench", "rsv", "lock", "redis", "pg"};
+static const char *const proc_names[N_PROCS] = {"bench", "rsv", "lock", "bal", "redis", "pg"};
 
 /* out: ticks of each of cfg->pids, then of the machine and of irq (bench_cpu_snapshot). */
 static void
@@ -133,12 +140,14 @@ xcalloc(size_t n, size_t size)
 /* ---------------------------------------------------------------- configuration */
 
 typedef struct {
-    const char *rsv_addr, *database_url, *admin_token;
+    const char *rsv_addr, *balance_addr, *database_url, *admin_token;
     int64_t seconds, conc, users, storms, channels, sql_storm_conns, sql_pool, max_rate;
+    int64_t distinct_users;
     int64_t pids[N_PROCS];
     svc_client_t *client; /* CreateConcert */
     grpc_channel *channels_v[MAX_CHANNELS];
-    int64_t next_user; /* user ids are never reused in one run */
+    grpc_channel *balance_ch; /* TopUp, to make accounts */
+    int64_t next_user;        /* user ids are never reused in one run */
 } bench_cfg_t;
 
 /* ---------------------------------------------------------------- seats */
@@ -214,6 +223,130 @@ create_seats(bench_cfg_t *cfg, const char *title, int n_schedules, int seat_coun
         svc_arena_destroy(arena);
     }
     return pool;
+}
+
+/* ---------------------------------------------------------------- balance-svc accounts */
+
+/* One TopUp in flight and the user it makes an account for. */
+typedef struct {
+    bench_call_t call;
+    int64_t user;
+} top_up_call_t;
+
+/*
+ * Starts TopUp(ACCOUNT_FUNDS) for user on c. The key is fixed per user, so
+ * a second try after a failed call replays it and never tops up twice.
+ */
+static void
+top_up_start(bench_cfg_t *cfg, top_up_call_t *c, grpc_completion_queue *cq, int64_t user)
+{
+    Balance__V1__TopUpRequest req = BALANCE__V1__TOP_UP_REQUEST__INIT;
+    char key[64];
+
+    snprintf(key, sizeof(key), "reservation-bench:account:%" PRId64, user);
+    req.user_id = user;
+    req.amount = ACCOUNT_FUNDS;
+    req.idempotency_key = key;
+    c->user = user;
+    if (bench_call_init(&c->call, cfg->balance_ch, cq, METHOD_TOP_UP, CALL_TIMEOUT_MS, &req.base) !=
+            0 ||
+        bench_call_start(&c->call, NULL, 0, c) != GRPC_CALL_OK) {
+        fprintf(stderr, "reservation-bench: cannot start a TopUp call\n");
+        exit(1);
+    }
+}
+
+/*
+ * TopUp for users[0..n-1], TOP_UP_CONC calls in flight on one completion
+ * queue. Moves the users whose call failed to the front of users and
+ * returns their count; *first gets the first failure.
+ */
+static int64_t
+top_up_round(bench_cfg_t *cfg, int64_t *users, int64_t n, svc_err_t *first)
+{
+    grpc_completion_queue *cq = grpc_completion_queue_create_for_next(NULL);
+    top_up_call_t *calls = xcalloc(TOP_UP_CONC, sizeof(*calls));
+    int64_t next = 0, failed = 0;
+    int active = 0;
+
+    for (; active < TOP_UP_CONC && next < n; active++) {
+        top_up_start(cfg, &calls[active], cq, users[next++]);
+    }
+    while (active > 0) {
+        grpc_event ev = grpc_completion_queue_next(cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
+        top_up_call_t *c = ev.tag;
+        char msg[sizeof(first->msg)];
+        svc_status_t code;
+
+        if (ev.type != GRPC_OP_COMPLETE) {
+            continue;
+        }
+        code = bench_call_status(&c->call, ev.success != 0, msg, sizeof(msg));
+        bench_call_cleanup(&c->call);
+        if (code != SVC_OK) {
+            if (failed == 0) {
+                svc_err_set(first, code, "%s", msg);
+            }
+            users[failed++] = c->user; /* failed < next: that slot was read already */
+        }
+        if (next < n) {
+            top_up_start(cfg, c, cq, users[next++]);
+        } else {
+            active--;
+        }
+    }
+    bench_cq_drain_destroy(cq);
+    free(calls);
+    return failed;
+}
+
+/*
+ * Gives users first..first+n-1 a balance-svc account through its public
+ * TopUp (which creates the account on first use), retrying the failed ones
+ * a few times. Exits when some cannot be made.
+ */
+static void
+accounts_create(bench_cfg_t *cfg, int64_t first, int64_t n)
+{
+    int64_t *users = xcalloc((size_t)n, sizeof(*users)), left = n;
+    svc_err_t err = {0};
+
+    for (int64_t i = 0; i < n; i++) {
+        users[i] = first + i;
+    }
+    for (int round = 1; left > 0; round++) {
+        if (round > TOP_UP_ROUNDS) {
+            fprintf(stderr,
+                    "reservation-bench: %" PRId64 " of %" PRId64 " accounts not made through "
+                    "balance-svc TopUp (%s): %s\n",
+                    left, n, svc_status_name(err.code), err.msg);
+            exit(1);
+        }
+        if (round > 1) {
+            svc_sleep_ms(200);
+        }
+        left = top_up_round(cfg, users, left, &err);
+    }
+    free(users);
+}
+
+/*
+ * Takes the next n user ids and gives each a balance-svc account, outside
+ * any timed part; returns the first. reservation-svc has not seen them yet,
+ * so each one's first HoldSeats still asks balance-svc (GetBalance), as in a
+ * real on-sale. *secs (may be NULL) gets the time it took.
+ */
+static int64_t
+users_with_accounts(bench_cfg_t *cfg, int64_t n, double *secs)
+{
+    int64_t first = cfg->next_user, t0 = bench_now_ns();
+
+    cfg->next_user += n;
+    accounts_create(cfg, first, n);
+    if (secs != NULL) {
+        *secs = (double)(bench_now_ns() - t0) / 1e9;
+    }
+    return first;
 }
 
 /* ---------------------------------------------------------------- async HoldSeats */
@@ -292,21 +425,20 @@ typedef struct {
 /* ---------------------------------------------------------------- storm through reservation-svc */
 
 /*
- * Starts users HoldSeats of one seat (all calls created first, then all
- * started from this thread before any completion is read) and waits for
- * every answer.
+ * Users user0.. (cfg->users of them, with accounts) HoldSeats one seat: all
+ * calls created first, then all started from this thread before any
+ * completion is read; waits for every answer.
  */
 static void
-storm_svc(bench_cfg_t *cfg, int64_t schedule_id, int32_t seat, storm_t *st)
+storm_svc(bench_cfg_t *cfg, int64_t user0, int64_t schedule_id, int32_t seat, storm_t *st)
 {
     int n = (int)cfg->users;
     hold_call_t *calls = xcalloc((size_t)n, sizeof(*calls));
     grpc_completion_queue *cq = grpc_completion_queue_create_for_next(NULL);
-    int64_t t0, first = 0, last = 0, user0 = cfg->next_user;
+    int64_t t0, first = 0, last = 0;
     char msg[256];
 
     memset(st, 0, sizeof(*st));
-    cfg->next_user += n;
     for (int i = 0; i < n; i++) {
         hold_prepare(&calls[i], cfg->channels_v[i % cfg->channels], cq, user0 + i, schedule_id,
                      seat);
@@ -699,6 +831,7 @@ sampler_start(sampler_t *s, pthread_t *th)
 typedef struct {
     bench_cfg_t *cfg;
     seat_pool_t *seats;
+    int64_t user0, n_users, next; /* holds cycle over users user0.. (with accounts) */
     grpc_completion_queue *cq;
     hold_call_t *calls;
     bench_window_t win;
@@ -720,8 +853,8 @@ svc_load_start(svc_load_t *l, int i)
         l->ran_out = true;
         return false;
     }
-    hold_prepare(&l->calls[i], l->cfg->channels_v[i % l->cfg->channels], l->cq, l->cfg->next_user++,
-                 sched, seat);
+    hold_prepare(&l->calls[i], l->cfg->channels_v[i % l->cfg->channels], l->cq,
+                 l->user0 + l->next++ % l->n_users, sched, seat);
     hold_start(&l->calls[i], &l->calls[i]);
     return true;
 }
@@ -740,12 +873,13 @@ svc_load_sample(svc_load_t *l, int64_t t0, int64_t t1)
 
 /*
  * Distinct seats through reservation-svc: conc calls in flight from this
- * thread, each on a fresh seat, for the warm-up and then seconds.
+ * thread, each on a fresh seat, for the warm-up and then seconds; the holds
+ * cycle over n_users users from user0 (with accounts).
  */
 static void
-distinct_svc(bench_cfg_t *cfg, seat_pool_t *seats, distinct_t *d)
+distinct_svc(bench_cfg_t *cfg, int64_t user0, int64_t n_users, seat_pool_t *seats, distinct_t *d)
 {
-    svc_load_t l = {.cfg = cfg, .seats = seats};
+    svc_load_t l = {.cfg = cfg, .seats = seats, .user0 = user0, .n_users = n_users};
     sampler_t s = {.pids = cfg->pids};
     int conc = (int)cfg->conc, active = 0;
     char msg[256];
@@ -893,10 +1027,11 @@ run_storms(bench_cfg_t *cfg, storm_path_t paths[N_PATHS], int *n_paths)
                           : users;
     int pool = cfg->sql_pool < storm_conns ? (int)cfg->sql_pool : storm_conns;
     seat_pool_t seats = create_seats(cfg, "reservation-bench storm", N_PATHS, reps);
+    double accounts_s;
+    int64_t user0 = users_with_accounts(cfg, (int64_t)reps * users, &accounts_s);
     int64_t t = bench_now_ns();
     sql_conn_t *conns = sql_connect(cfg->database_url, storm_conns);
     static char sql_name[64], pool_name[64];
-
     storm_t warm;
 
     /* Each backend's first transaction loads its caches: not part of any storm. */
@@ -913,9 +1048,11 @@ run_storms(bench_cfg_t *cfg, storm_path_t paths[N_PATHS], int *n_paths)
     printf("\n== storm: %d users HoldSeats the same fresh seat at once, %d times; one seat per "
            "storm and path ==\n",
            users, reps);
-    printf("(direct SQL: %d connections opened beforehand and warmed with one hold transaction "
-           "each on a seat that does not exist, in %.1f s; idle between storms)\n",
-           storm_conns, (double)(bench_now_ns() - t) / 1e9);
+    printf("(reservation-svc: %d users, each with a balance-svc account made by TopUp beforehand "
+           "in %.1f s, unseen by reservation-svc, so each one's hold first asks balance-svc "
+           "GetBalance; direct SQL: %d connections opened beforehand and warmed with one hold "
+           "transaction each on a seat that does not exist, in %.1f s; idle between storms)\n",
+           reps * users, accounts_s, storm_conns, (double)(bench_now_ns() - t) / 1e9);
     printf("%-26s %3s %7s %8s %11s  %s\n", "path", "run", "sent ms", "first ms", "resolved ms",
            "answers by status");
     for (int r = 0; r < reps; r++) {
@@ -924,7 +1061,8 @@ run_storms(bench_cfg_t *cfg, storm_path_t paths[N_PATHS], int *n_paths)
             storm_t st;
             cpu_snapshot(cfg->pids, c0);
             if (p == PATH_SVC) {
-                storm_svc(cfg, seats.ids[PATH_SVC], (int32_t)(r + 1), &st);
+                storm_svc(cfg, user0 + (int64_t)r * users, seats.ids[PATH_SVC], (int32_t)(r + 1),
+                          &st);
             } else {
                 storm_sql(cfg, conns, p == PATH_SQL ? storm_conns : pool, seats.ids[p],
                           (int32_t)(r + 1), &st);
@@ -964,6 +1102,10 @@ load_config(bench_cfg_t *cfg, int argc, char **argv)
     svc_opt_t opts[] = {
         {"rsv-addr", "RESERVATION_ADDR", SVC_OPT_STRING, "127.0.0.1:50053",
          "reservation-svc host:port", 0, 0, &cfg->rsv_addr, 1},
+        {"balance-addr", "BALANCE_ADDR", SVC_OPT_STRING, "127.0.0.1:50052",
+         "balance-svc host:port (the one reservation-svc uses), to make each user's account with "
+         "TopUp before the timed part",
+         0, 0, &cfg->balance_addr, 1},
         {"database-url", "DATABASE_URL", SVC_OPT_STRING,
          "postgresql://postgres@127.0.0.1:55432/reservation",
          "the database reservation-svc uses (libpq conninfo or URI), for the direct-SQL twins", 0,
@@ -990,6 +1132,10 @@ load_config(bench_cfg_t *cfg, int argc, char **argv)
          "(reservation-svc's "
          "DB_POOL default); 0: skip",
          0, 10000, &cfg->sql_pool, 0},
+        {"distinct-users", "BENCH_DISTINCT_USERS", SVC_OPT_INT, "1000",
+         "distinct seats through reservation-svc: the holds cycle over this many users (each "
+         "with an account; reservation-svc asks balance-svc about each once, then knows it)",
+         1, 1000000, &cfg->distinct_users, 0},
         {"max-rate", "BENCH_MAX_RATE", SVC_OPT_INT, "10000",
          "distinct seats: holds/s to make seats for (10 000 per schedule)", 100, 1000000,
          &cfg->max_rate, 0},
@@ -998,6 +1144,8 @@ load_config(bench_cfg_t *cfg, int argc, char **argv)
          &cfg->pids[PROC_RSV], 0},
         {"lock-pid", "LOCK_SVC_PID", SVC_OPT_INT, "0", "lock-svc's process id (0: not reported)", 0,
          1 << 30, &cfg->pids[PROC_LOCK], 0},
+        {"balance-pid", "BALANCE_SVC_PID", SVC_OPT_INT, "0",
+         "balance-svc's process id (0: not reported)", 0, 1 << 30, &cfg->pids[PROC_BAL], 0},
         {"redis-pid", "REDIS_PID", SVC_OPT_INT, "0", "redis-server's process id (0: not reported)",
          0, 1 << 30, &cfg->pids[PROC_REDIS], 0},
         {"pg-pid", "PG_PID", SVC_OPT_INT, "0",
@@ -1068,7 +1216,8 @@ main(int argc, char **argv)
     grpc_channel_credentials *creds;
     svc_err_t err;
     int n_paths, schedules;
-    double mn, svc_med, sql_med, storm_ratio, distinct_ratio;
+    int64_t distinct_user0;
+    double mn, svc_med, sql_med, storm_ratio, distinct_ratio, accounts_s;
 
     load_config(&cfg, argc, argv);
     svc_log_init("reservation-bench", SVC_LOG_WARN);
@@ -1086,11 +1235,12 @@ main(int argc, char **argv)
         grpc_channel_args args = {1, &arg};
         cfg.channels_v[i] = grpc_channel_create(cfg.rsv_addr, creds, &args);
     }
+    cfg.balance_ch = grpc_channel_create(cfg.balance_addr, creds, NULL);
     grpc_channel_credentials_release(creds);
     printf("reservation-bench: reservation-svc %s, async client (one completion queue on one "
            "thread, %" PRId64 " channel%s), direct SQL through libpq (one thread, epoll, "
-           "statements one at a time like svc_pg_tx)\n",
-           cfg.rsv_addr, cfg.channels, cfg.channels == 1 ? "" : "s");
+           "statements one at a time like svc_pg_tx); accounts through balance-svc %s\n",
+           cfg.rsv_addr, cfg.channels, cfg.channels == 1 ? "" : "s", cfg.balance_addr);
     warm_channels(&cfg);
 
     run_storms(&cfg, paths, &n_paths);
@@ -1100,13 +1250,18 @@ main(int argc, char **argv)
         (int)(((cfg.seconds + 1) * cfg.max_rate + SEATS_PER_SCHEDULE - 1) / SEATS_PER_SCHEDULE);
     svc_seats = create_seats(&cfg, "reservation-bench distinct svc", schedules, SEATS_PER_SCHEDULE);
     sql_seats = create_seats(&cfg, "reservation-bench distinct sql", schedules, SEATS_PER_SCHEDULE);
+    distinct_user0 = users_with_accounts(&cfg, cfg.distinct_users, &accounts_s);
     printf("\n== distinct seats: concurrency %" PRId64 ", each hold on a seat never held before "
            "(%d schedules of %d seats per path), %.1f s warm-up then %" PRId64 " s ==\n",
            cfg.conc, schedules, SEATS_PER_SCHEDULE, (double)BENCH_WARMUP_NS / 1e9, cfg.seconds);
+    printf("(reservation-svc: the holds cycle over %" PRId64 " users whose accounts TopUp made "
+           "beforehand in %.1f s; reservation-svc asks balance-svc about each on its first hold "
+           "and knows it after; direct SQL: a new user id per hold, no account check)\n",
+           cfg.distinct_users, accounts_s);
     printf("%-26s %5s %8s %9s %8s %8s %6s", "path", "conc", "holds", "holds/s", "p50 ms", "p99 ms",
            "errors");
     print_cpu_header();
-    distinct_svc(&cfg, &svc_seats, &dsvc);
+    distinct_svc(&cfg, distinct_user0, cfg.distinct_users, &svc_seats, &dsvc);
     distinct_row("reservation-svc", &cfg, &dsvc);
     distinct_sql(&cfg, &sql_seats, &dsql);
     distinct_row("direct SQL", &cfg, &dsql);
@@ -1142,6 +1297,7 @@ main(int argc, char **argv)
     for (int i = 0; i < cfg.channels; i++) {
         grpc_channel_destroy(cfg.channels_v[i]);
     }
+    grpc_channel_destroy(cfg.balance_ch);
     grpc_shutdown();
     svc_client_release_all();
     return 0;

@@ -5,15 +5,16 @@
 # loopback ports in a temp dir, runs reservation-bench (a storm of --users
 # holding one seat at once, --storms times; then distinct seats at
 # --concurrency for --seconds), each next to the same SQL run directly
-# against the same database in the same run, prints one table per scenario,
+# against the same database in the same run (every user gets its balance-svc
+# account through TopUp first, untimed), prints one table per scenario,
 # the ratios and targets, checks that no seat is in two live holds, and stops
 # everything.
 #
 #   tests/bench/reservation_bench.sh [flags]   e.g. --seconds 5 --users 1000 --storms 5
 #   tests/bench/reservation_bench.sh --help    this text and reservation-bench's flags
 #
-# Flags go to reservation-bench (this script sets --rsv-addr, --database-url,
-# --admin-token and the --*-pid ones). BUILD_DIR (default build/release) must
+# Flags go to reservation-bench (this script sets --rsv-addr, --balance-addr,
+# --database-url, --admin-token and the --*-pid ones). BUILD_DIR (default build/release) must
 # hold lock-svc/lock-svc, balance-svc/balance-svc,
 # reservation-svc/reservation-svc and tests/bench/reservation-bench; when one
 # is missing, they are built there (Release). PostgreSQL runs with fsync=off
@@ -52,7 +53,7 @@ for ((i = 0; i < ${#args[@]}; i++)); do
     --users=*) users=${arg#*=} ;;
     --sql-storm-conns) sql_conns=$next ;;
     --sql-storm-conns=*) sql_conns=${arg#*=} ;;
-    --rsv-addr* | --database-url* | --admin-token* | --*-pid*)
+    --rsv-addr* | --balance-addr* | --database-url* | --admin-token* | --*-pid*)
         echo "reservation_bench.sh: ${arg%%=*} is set by this script" >&2
         exit 2
         ;;
@@ -137,14 +138,17 @@ echo "direct SQL: reservation-bench runs hold_tx's statements from reservation_s
     "per user, opened beforehand (pgbench cannot start N clients once each at the same moment)," \
     "every BEGIN sent before any answer is read; also over a pool of DB_POOL's size," \
     "as reservation-svc itself can only use that many. reservation-svc additionally runs a" \
-    "lock-free precheck (2 statements) and takes/gives back a lock-svc token per hold."
+    "lock-free precheck (2 statements), asks balance-svc whether a user it has not seen has an" \
+    "account (GetBalance), and takes/gives back a lock-svc token per hold."
 echo
 echo "cpu: CPUs busy: machine = all CPUs, irq = interrupts and softirqs (loopback TCP)," \
-    "other = processes not named (balance-svc is idle); bench = reservation-bench (client and" \
-    "libpq driver), rsv = reservation-svc, lock = lock-svc, redis, pg = PostgreSQL (all" \
+    "other = processes not named; bench = reservation-bench (client and libpq driver), rsv =" \
+    "reservation-svc, lock = lock-svc, bal = balance-svc, redis, pg = PostgreSQL (all" \
     "backends); then CPU us per request (all = machine)."
 ADMIN_TOKEN="$admin_token" "$reservation_bench" --rsv-addr "127.0.0.1:$reservation_port" \
-    --database-url "postgresql://postgres@127.0.0.1:$pg_port/reservation" --rsv-pid "$reservation_pid" --lock-pid "$lock_pid" \
+    --balance-addr "127.0.0.1:$balance_port" \
+    --database-url "postgresql://postgres@127.0.0.1:$pg_port/reservation" \
+    --rsv-pid "$reservation_pid" --lock-pid "$lock_pid" --balance-pid "$balance_pid" \
     --redis-pid "$redis_pid" --pg-pid "$pg_pid" "$@"
 db_check
 # A service that died mid-run shows up above as UNAVAILABLE errors; say why.
