@@ -947,7 +947,7 @@ typedef struct {
     double *resolved_ms; /* one per repetition */
     cpu_acc_t cpu;
     int64_t not_one_ok; /* storms whose answers were not exactly one OK */
-    int64_t unexpected; /* answers neither OK nor FAILED_PRECONDITION */
+    int64_t unexpected; /* answers neither OK, FAILED_PRECONDITION nor ABORTED */
 } storm_path_t;
 
 static void
@@ -970,7 +970,8 @@ storm_account(storm_path_t *p, int rep, const storm_t *st, const int64_t c0[RBEN
     p->resolved_ms[rep] = st->resolved_ms;
     cpu_acc_add(&p->cpu, c0, c1, st->resolved_ms / 1e3);
     p->not_one_ok += st->out.codes[SVC_OK] != 1;
-    p->unexpected += st->out.n - st->out.codes[SVC_OK] - st->out.codes[SVC_FAILED_PRECONDITION];
+    p->unexpected += st->out.n - st->out.codes[SVC_OK] - st->out.codes[SVC_FAILED_PRECONDITION] -
+                     st->out.codes[SVC_ABORTED];
 }
 
 /* Median of the storms' resolve times into *med, with min and max. */
@@ -1316,7 +1317,7 @@ print_summary(const rbench_cfg_t *cfg, const storm_path_t *paths, int n_paths,
     for (int p = 0; p < n_paths; p++) {
         if (paths[p].not_one_ok > 0 || paths[p].unexpected > 0) {
             printf("NOTE: %s: %" PRId64 " storms without exactly one OK, %" PRId64
-                   " answers neither OK nor FAILED_PRECONDITION\n",
+                   " answers neither OK, FAILED_PRECONDITION nor ABORTED\n",
                    paths[p].name, paths[p].not_one_ok, paths[p].unexpected);
         }
     }
