@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # deps.sh: installs what the build and the local stack need and is missing:
-# Debian packages (apt-get) and buf (npm, into the repo-local, git-ignored .tools/).
+# Debian packages (apt-get) and buf (npm, into the repo-local, git-ignored .tools/);
+# with --bench also what the load tools in tests/bench use (gnuplot for charts).
 # Safe to re-run; silent when nothing is missing.
 set -euo pipefail
 
@@ -24,14 +25,18 @@ PACKAGES=(
     nodejs
 )
 
+# With --bench: what tests/bench adds (reservation_bench.sh draws its scale curve with gnuplot).
+BENCH_PACKAGES=(gnuplot-nox)
+
 usage() {
     cat <<EOF
-Usage: deploy/local/deps.sh [--help]
+Usage: deploy/local/deps.sh [--bench] [--help]
 
 Installs the missing ones of these Debian packages (apt-get update once, then
 apt-get install; through sudo when not root):
   ${PACKAGES[*]}
   npm (only when no npm command is found; some nodejs builds bring their own)
+  with --bench also: ${BENCH_PACKAGES[*]} (for the load tools in tests/bench)
 
 Then installs buf $BUF_VERSION with npm into $ROOT/.tools/
 when $BUF_BIN is missing.
@@ -62,8 +67,10 @@ is_installed() {
 }
 
 main() {
+    local wanted=("${PACKAGES[@]}")
     case "${1:-}" in
     "") ;;
+    --bench) wanted+=("${BENCH_PACKAGES[@]}") ;;
     -h | --help)
         usage
         return 0
@@ -77,7 +84,7 @@ main() {
     command -v dpkg-query >/dev/null 2>&1 || die "dpkg-query not found: this script needs Debian or Ubuntu"
 
     local missing=() pkg
-    for pkg in "${PACKAGES[@]}"; do
+    for pkg in "${wanted[@]}"; do
         is_installed "$pkg" || missing+=("$pkg")
     done
     # The nodejs package from other sources (e.g. NodeSource) already ships npm

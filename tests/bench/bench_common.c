@@ -1,7 +1,7 @@
 /*
  * bench_common.c: what the load tools under tests/bench share (bench_common.h):
- * time, samples, errors by status, CPU time from /proc, table printing and
- * one unary call on a gRPC C-core completion queue.
+ * time, samples, errors by status, CPU time and memory from /proc, table
+ * printing and one unary call on a gRPC C-core completion queue.
  */
 #define _GNU_SOURCE
 #include "bench_common.h"
@@ -9,6 +9,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -321,6 +322,143 @@ bench_other_cores(const double *cores, int n_procs)
     }
     other -= cores[n_procs + 1] > 0 ? cores[n_procs + 1] : 0.0;
     return cores[n_procs] < 0 ? -1.0 : (other > 0 ? other : 0.0);
+}
+
+/* ---------- memory of processes from /proc ---------- */
+
+void
+bench_mem_read(int64_t pid, int64_t *rss_kb, int64_t *hwm_kb)
+{
+    char path[64], line[256];
+    long long v;
+    FILE *f;
+
+    *rss_kb = *hwm_kb = -1;
+    snprintf(path, sizeof(path), "/proc/%" PRId64 "/status", pid);
+    if (pid <= 0 || (f = fopen(path, "r")) == NULL) {
+        return;
+    }
+    while (fgets(line, sizeof(line), f) != NULL) {
+        if (sscanf(line, "VmHWM: %lld kB", &v) == 1) {
+            *hwm_kb = v;
+        } else if (sscanf(line, "VmRSS: %lld kB", &v) == 1) {
+            *rss_kb = v;
+            break; /* VmHWM comes first */
+        }
+    }
+    fclose(f);
+}
+
+int
+bench_mem_reset_peak(int64_t pid)
+{
+    char path[64];
+    FILE *f;
+    int rc;
+
+    snprintf(path, sizeof(path), "/proc/%" PRId64 "/clear_refs", pid);
+    if (pid <= 0 || (f = fopen(path, "w")) == NULL) {
+        return -1;
+    }
+    rc = fputs("5", f) < 0 ? -1 : 0;
+    return fclose(f) != 0 ? -1 : rc; /* the kernel refuses the write when it is flushed */
+}
+
+#define MEM_MAX_PIDS 8
+
+struct bench_mem_sampler {
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool stop, joined;
+    int n, interval_ms;
+    int64_t pids[MEM_MAX_PIDS], max_kb[MEM_MAX_PIDS];
+};
+
+static void
+mem_sample(bench_mem_sampler_t *s)
+{
+    for (int i = 0; i < s->n; i++) {
+        int64_t rss, hwm;
+        bench_mem_read(s->pids[i], &rss, &hwm);
+        if (rss > s->max_kb[i]) {
+            s->max_kb[i] = rss;
+        }
+    }
+}
+
+static void *
+mem_sampler_main(void *arg)
+{
+    bench_mem_sampler_t *s = arg;
+    struct timespec until;
+
+    clock_gettime(CLOCK_REALTIME, &until);
+    pthread_mutex_lock(&s->mu);
+    while (!s->stop) {
+        mem_sample(s); /* a few /proc reads: short enough to do under the lock */
+        until.tv_nsec += (long)s->interval_ms * 1000000L;
+        until.tv_sec += until.tv_nsec / 1000000000L;
+        until.tv_nsec %= 1000000000L;
+        while (!s->stop && pthread_cond_timedwait(&s->cv, &s->mu, &until) == 0) {
+        }
+    }
+    mem_sample(s);
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}
+
+bench_mem_sampler_t *
+bench_mem_sampler_create(const int64_t *pids, int n, int interval_ms)
+{
+    bench_mem_sampler_t *s = calloc(1, sizeof(*s));
+
+    if (s == NULL) {
+        return NULL;
+    }
+    s->n = n < MEM_MAX_PIDS ? n : MEM_MAX_PIDS;
+    s->interval_ms = interval_ms > 0 ? interval_ms : 1;
+    for (int i = 0; i < s->n; i++) {
+        s->pids[i] = pids[i];
+        s->max_kb[i] = -1;
+    }
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cv, NULL);
+    if (pthread_create(&s->thread, NULL, mem_sampler_main, s) != 0) {
+        pthread_cond_destroy(&s->cv);
+        pthread_mutex_destroy(&s->mu);
+        free(s);
+        return NULL;
+    }
+    return s;
+}
+
+void
+bench_mem_sampler_stop(bench_mem_sampler_t *s, int64_t *max_rss_kb)
+{
+    if (!s->joined) {
+        pthread_mutex_lock(&s->mu);
+        s->stop = true;
+        pthread_cond_signal(&s->cv);
+        pthread_mutex_unlock(&s->mu);
+        pthread_join(s->thread, NULL);
+        s->joined = true;
+    }
+    if (max_rss_kb != NULL) {
+        memcpy(max_rss_kb, s->max_kb, (size_t)s->n * sizeof(*max_rss_kb));
+    }
+}
+
+void
+bench_mem_sampler_destroy(bench_mem_sampler_t *s)
+{
+    if (s == NULL) {
+        return;
+    }
+    bench_mem_sampler_stop(s, NULL);
+    pthread_cond_destroy(&s->cv);
+    pthread_mutex_destroy(&s->mu);
+    free(s);
 }
 
 /* ---------- printing ---------- */

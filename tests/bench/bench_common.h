@@ -1,9 +1,10 @@
 /*
  * bench_common.h: pieces the load tools under tests/bench share: the clock and
  * the measured window, latency samples and their percentiles, errors counted
- * by status, CPU time of processes and of the machine from /proc, table
- * printing, and one unary call on a gRPC C-core completion queue. Each tool
- * keeps its own scenarios; nothing here is thread-safe unless it says so.
+ * by status, CPU time of processes and of the machine from /proc, their
+ * memory (resident set and its peak), table printing, and one unary call on
+ * a gRPC C-core completion queue. Each tool keeps its own scenarios; nothing
+ * here is thread-safe unless it says so.
  */
 #ifndef BENCH_COMMON_H
 #define BENCH_COMMON_H
@@ -123,6 +124,39 @@ void bench_cpu_rates(const int64_t *ticks, int n, double window_s, double units,
  * machine is unknown.
  */
 double bench_other_cores(const double *cores, int n_procs);
+
+/* ---------- memory of processes from /proc ---------- */
+
+/* VmRSS and VmHWM (its peak) of pid from /proc/<pid>/status, in kB; -1 each when unreadable. */
+void bench_mem_read(int64_t pid, int64_t *rss_kb, int64_t *hwm_kb);
+
+/*
+ * Resets pid's VmHWM to its VmRSS now (writes 5 to /proc/<pid>/clear_refs,
+ * Linux 4.0 and later), so a later VmHWM is the peak since this call.
+ * Returns 0, or -1 when that is not allowed (VmHWM stays the peak since the
+ * process started).
+ */
+int bench_mem_reset_peak(int64_t pid);
+
+/* Samples the VmRSS of a few processes from a thread of its own. */
+typedef struct bench_mem_sampler bench_mem_sampler_t;
+
+/*
+ * Starts a thread that reads the VmRSS of pids[0..n-1] (<= 0: skipped) at
+ * once and then every interval_ms, keeping each one's largest. Returns NULL
+ * when out of memory or threads. REQUIRES: n <= 8.
+ */
+bench_mem_sampler_t *bench_mem_sampler_create(const int64_t *pids, int n, int interval_ms);
+
+/*
+ * Stops the sampling after one last read and gives each process's largest
+ * VmRSS seen in max_rss_kb[0..n-1] (-1: never read). The sampler is stopped
+ * after the first call; later ones give the same numbers.
+ */
+void bench_mem_sampler_stop(bench_mem_sampler_t *s, int64_t *max_rss_kb);
+
+/* Stops s if it still samples and frees it; NULL is a no-op. */
+void bench_mem_sampler_destroy(bench_mem_sampler_t *s);
 
 /* ---------- printing ---------- */
 

@@ -5,8 +5,10 @@
  * any answer is read), timed from the first start to the last answer, R
  * times. Distinct seats: C calls in flight, each holding a seat never held
  * before. The twins run a copy of hold_tx's statements with libpq
- * against the same database. It prints numbers and passes or fails nothing;
- * tests/bench/reservation_bench.sh starts the stack around it.
+ * against the same database. reservation-svc refuses users without a
+ * balance-svc account, so every user gets one (TopUp) before the timed part.
+ * It prints numbers and passes or fails nothing; tests/bench/reservation_bench.sh
+ * starts the stack around it.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -26,24 +28,29 @@
 #include <libpq-fe.h>
 #include <sys/epoll.h>
 
+#include "balance/v1/balance.pb-c.h"
 #include "bench_common.h"
-#include "svc/timer.h"
 #include "reservation/v1/reservation.pb-c.h"
+#include "reservation_bench.h"
 #include "svc/arena.h"
 #include "svc/client.h"
 #include "svc/config.h"
 #include "svc/err.h"
 #include "svc/log.h"
+#include "svc/timer.h"
 
 #define METHOD_CREATE "/reservation.v1.ReservationService/CreateConcert"
 #define METHOD_HOLD "/reservation.v1.ReservationService/HoldSeats"
+#define METHOD_TOP_UP "/balance.v1.BalanceService/TopUp"
 #define SEATS_PER_SCHEDULE 10000 /* the most CreateConcert allows */
 #define SCHEDULES_PER_CONCERT 5  /* 50 000 seats per CreateConcert: well inside its 5 s budget */
 #define SEAT_PRICE 15000
 #define CALL_TIMEOUT_MS 30000
 #define MAX_CONC 1024
-#define MAX_CHANNELS 64
 #define CONNECT_THREADS 8
+#define ACCOUNT_FUNDS 100000 /* each user's TopUp: a few seats' worth, in won */
+#define TOP_UP_CONC 128      /* TopUp calls in flight while accounts are made */
+#define TOP_UP_ROUNDS 10     /* tries per account (a retry replays its key) */
 
 /* ---------------------------------------------------------------- hold_tx's SQL */
 
@@ -78,30 +85,30 @@ static const char SQL_HOLD_SEAT[] =
 
 /* ---------------------------------------------------------------- CPU accounting */
 
-enum { PROC_BENCH, PROC_RSV, PROC_LOCK, PROC_REDIS, PROC_PG, N_PROCS };
-enum { CPU_MACHINE = N_PROCS, CPU_IRQ, N_CPU };
-static const char *const proc_names[N_PROCS] = {"bench", "rsv", "lock", "redis", "pg"};
+static const char *const proc_names[] = {"bench", "rsv", "lock", "bal", "redis", "pg"};
+_Static_assert(sizeof(proc_names) / sizeof(proc_names[0]) == RBENCH_N_PROCS, "a name per process");
 
 /* out: ticks of each of cfg->pids, then of the machine and of irq (bench_cpu_snapshot). */
 static void
-cpu_snapshot(const int64_t pids[N_PROCS], int64_t out[N_CPU])
+cpu_snapshot(const int64_t pids[RBENCH_N_PROCS], int64_t out[RBENCH_N_CPU])
 {
-    bench_cpu_snapshot(pids, N_PROCS, PROC_PG, out);
+    bench_cpu_snapshot(pids, RBENCH_N_PROCS, RBENCH_PROC_PG, out);
 }
 
 /* CPU ticks summed over one or more windows (-1: unknown). */
 typedef struct {
-    int64_t ticks[N_CPU];
+    int64_t ticks[RBENCH_N_CPU];
     double window_s;
 } cpu_acc_t;
 
 static void
-cpu_acc_add(cpu_acc_t *acc, const int64_t before[N_CPU], const int64_t after[N_CPU], double secs)
+cpu_acc_add(cpu_acc_t *acc, const int64_t before[RBENCH_N_CPU], const int64_t after[RBENCH_N_CPU],
+            double secs)
 {
-    int64_t ticks[N_CPU];
+    int64_t ticks[RBENCH_N_CPU];
 
-    bench_cpu_delta(before, after, N_CPU, ticks);
-    for (int i = 0; i < N_CPU; i++) {
+    bench_cpu_delta(before, after, RBENCH_N_CPU, ticks);
+    for (int i = 0; i < RBENCH_N_CPU; i++) {
         acc->ticks[i] = ticks[i] < 0 || acc->ticks[i] < 0 ? -1 : acc->ticks[i] + ticks[i];
     }
     acc->window_s += secs;
@@ -118,8 +125,8 @@ unix_us(void)
     return (int64_t)ts.tv_sec * 1000000LL + ts.tv_nsec / 1000;
 }
 
-static void *
-xcalloc(size_t n, size_t size)
+void *
+rbench_xcalloc(size_t n, size_t size)
 {
     void *p = calloc(n ? n : 1, size);
 
@@ -130,29 +137,10 @@ xcalloc(size_t n, size_t size)
     return p;
 }
 
-/* ---------------------------------------------------------------- configuration */
-
-typedef struct {
-    const char *rsv_addr, *database_url, *admin_token;
-    int64_t seconds, conc, users, storms, channels, sql_storm_conns, sql_pool, max_rate;
-    int64_t pids[N_PROCS];
-    svc_client_t *client; /* CreateConcert */
-    grpc_channel *channels_v[MAX_CHANNELS];
-    int64_t next_user; /* user ids are never reused in one run */
-} bench_cfg_t;
-
 /* ---------------------------------------------------------------- seats */
 
-/* Seats 1..seat_count of schedules ids[0..n-1], handed out once each, in order. */
-typedef struct {
-    int64_t *ids;
-    int n;
-    int seat_count;
-    int64_t next;
-} seat_pool_t;
-
 static bool
-seat_pool_next(seat_pool_t *p, int64_t *schedule_id, int32_t *number)
+seat_pool_next(rbench_seat_pool_t *p, int64_t *schedule_id, int32_t *number)
 {
     int64_t i = p->next;
 
@@ -170,10 +158,11 @@ seat_pool_next(seat_pool_t *p, int64_t *schedule_id, int32_t *number)
  * (several concerts when there are many) and returns them as a pool.
  * Exits when reservation-svc refuses.
  */
-static seat_pool_t
-create_seats(bench_cfg_t *cfg, const char *title, int n_schedules, int seat_count)
+rbench_seat_pool_t
+rbench_create_seats(rbench_cfg_t *cfg, const char *title, int n_schedules, int seat_count)
 {
-    seat_pool_t pool = {xcalloc((size_t)n_schedules, sizeof(int64_t)), 0, seat_count, 0};
+    rbench_seat_pool_t pool = {rbench_xcalloc((size_t)n_schedules, sizeof(int64_t)), 0, seat_count,
+                               0};
     char auth[300];
     const char *md[] = {"authorization", auth};
     svc_call_opts_t opts = {.timeout_ms = 60000, .metadata = md, .n_metadata = 1};
@@ -216,18 +205,136 @@ create_seats(bench_cfg_t *cfg, const char *title, int n_schedules, int seat_coun
     return pool;
 }
 
-/* ---------------------------------------------------------------- async HoldSeats */
+/* ---------------------------------------------------------------- balance-svc accounts */
 
-/* One HoldSeats call in flight on a completion queue. */
+/* One TopUp in flight and the user it makes an account for. */
 typedef struct {
     bench_call_t call;
-    int64_t t0;
-} hold_call_t;
+    int64_t user;
+} top_up_call_t;
 
-/* Creates the call and packs its request; hold_start sends it. Exits when gRPC refuses. */
+/*
+ * Starts TopUp(ACCOUNT_FUNDS) for user on c. The key is fixed per user, so
+ * a second try after a failed call replays it and never tops up twice.
+ */
 static void
-hold_prepare(hold_call_t *h, grpc_channel *ch, grpc_completion_queue *cq, int64_t user,
-             int64_t schedule_id, int32_t seat)
+top_up_start(rbench_cfg_t *cfg, top_up_call_t *c, grpc_completion_queue *cq, int64_t user)
+{
+    Balance__V1__TopUpRequest req = BALANCE__V1__TOP_UP_REQUEST__INIT;
+    char key[64];
+
+    snprintf(key, sizeof(key), "reservation-bench:account:%" PRId64, user);
+    req.user_id = user;
+    req.amount = ACCOUNT_FUNDS;
+    req.idempotency_key = key;
+    c->user = user;
+    if (bench_call_init(&c->call, cfg->balance_ch, cq, METHOD_TOP_UP, CALL_TIMEOUT_MS, &req.base) !=
+            0 ||
+        bench_call_start(&c->call, NULL, 0, c) != GRPC_CALL_OK) {
+        fprintf(stderr, "reservation-bench: cannot start a TopUp call\n");
+        exit(1);
+    }
+}
+
+/*
+ * TopUp for users[0..n-1], TOP_UP_CONC calls in flight on one completion
+ * queue. Moves the users whose call failed to the front of users and
+ * returns their count; *first gets the first failure.
+ */
+static int64_t
+top_up_round(rbench_cfg_t *cfg, int64_t *users, int64_t n, svc_err_t *first)
+{
+    grpc_completion_queue *cq = grpc_completion_queue_create_for_next(NULL);
+    top_up_call_t *calls = rbench_xcalloc(TOP_UP_CONC, sizeof(*calls));
+    int64_t next = 0, failed = 0;
+    int active = 0;
+
+    for (; active < TOP_UP_CONC && next < n; active++) {
+        top_up_start(cfg, &calls[active], cq, users[next++]);
+    }
+    while (active > 0) {
+        grpc_event ev = grpc_completion_queue_next(cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
+        top_up_call_t *c = ev.tag;
+        char msg[sizeof(first->msg)];
+        svc_status_t code;
+
+        if (ev.type != GRPC_OP_COMPLETE) {
+            continue;
+        }
+        code = bench_call_status(&c->call, ev.success != 0, msg, sizeof(msg));
+        bench_call_cleanup(&c->call);
+        if (code != SVC_OK) {
+            if (failed == 0) {
+                svc_err_set(first, code, "%s", msg);
+            }
+            users[failed++] = c->user; /* failed < next: that slot was read already */
+        }
+        if (next < n) {
+            top_up_start(cfg, c, cq, users[next++]);
+        } else {
+            active--;
+        }
+    }
+    bench_cq_drain_destroy(cq);
+    free(calls);
+    return failed;
+}
+
+/*
+ * Gives users first..first+n-1 a balance-svc account through its public
+ * TopUp (which creates the account on first use), retrying the failed ones
+ * a few times. Exits when some cannot be made.
+ */
+static void
+accounts_create(rbench_cfg_t *cfg, int64_t first, int64_t n)
+{
+    int64_t *users = rbench_xcalloc((size_t)n, sizeof(*users)), left = n;
+    svc_err_t err = {0};
+
+    for (int64_t i = 0; i < n; i++) {
+        users[i] = first + i;
+    }
+    for (int round = 1; left > 0; round++) {
+        if (round > TOP_UP_ROUNDS) {
+            fprintf(stderr,
+                    "reservation-bench: %" PRId64 " of %" PRId64 " accounts not made through "
+                    "balance-svc TopUp (%s): %s\n",
+                    left, n, svc_status_name(err.code), err.msg);
+            exit(1);
+        }
+        if (round > 1) {
+            svc_sleep_ms(200);
+        }
+        left = top_up_round(cfg, users, left, &err);
+    }
+    free(users);
+}
+
+/*
+ * Takes the next n user ids and gives each a balance-svc account, outside
+ * any timed part; returns the first. reservation-svc has not seen them yet,
+ * so each one's first HoldSeats still asks balance-svc (GetBalance), as in a
+ * real on-sale. *secs (may be NULL) gets the time it took.
+ */
+int64_t
+rbench_users_with_accounts(rbench_cfg_t *cfg, int64_t n, double *secs)
+{
+    int64_t first = cfg->next_user, t0 = bench_now_ns();
+
+    cfg->next_user += n;
+    accounts_create(cfg, first, n);
+    if (secs != NULL) {
+        *secs = (double)(bench_now_ns() - t0) / 1e9;
+    }
+    return first;
+}
+
+/* ---------------------------------------------------------------- async HoldSeats */
+
+/* Creates the call and packs its request; rbench_hold_start sends it. Exits when gRPC refuses. */
+void
+rbench_hold_prepare(rbench_hold_t *h, grpc_channel *ch, grpc_completion_queue *cq, int64_t user,
+                    int64_t schedule_id, int32_t seat)
 {
     Reservation__V1__HoldSeatsRequest req = RESERVATION__V1__HOLD_SEATS_REQUEST__INIT;
 
@@ -241,8 +348,8 @@ hold_prepare(hold_call_t *h, grpc_channel *ch, grpc_completion_queue *cq, int64_
     }
 }
 
-static void
-hold_start(hold_call_t *h, void *tag)
+void
+rbench_hold_start(rbench_hold_t *h, void *tag)
 {
     h->t0 = bench_now_ns();
     if (bench_call_start(&h->call, NULL, 0, tag) != GRPC_CALL_OK) {
@@ -252,8 +359,8 @@ hold_start(hold_call_t *h, void *tag)
 }
 
 /* Frees what the finished call held; returns its status (UNAVAILABLE when the batch failed). */
-static svc_status_t
-hold_finish(hold_call_t *h, bool success, char *msg, size_t msg_len)
+svc_status_t
+rbench_hold_finish(rbench_hold_t *h, bool success, char *msg, size_t msg_len)
 {
     svc_status_t code = bench_call_status(&h->call, success, msg, msg_len);
 
@@ -263,15 +370,8 @@ hold_finish(hold_call_t *h, bool success, char *msg, size_t msg_len)
 
 /* ---------------------------------------------------------------- results */
 
-/* Outcome classes of a hold, for both paths (direct SQL maps onto the same codes). */
-typedef struct {
-    int64_t n;
-    int64_t codes[BENCH_N_CODES];
-    char first_err[256];
-} outcome_t;
-
-static void
-outcome_add(outcome_t *o, svc_status_t code, const char *msg)
+void
+rbench_outcome_add(rbench_outcome_t *o, svc_status_t code, const char *msg)
 {
     int k =
         (int)code > 0 && (int)code < BENCH_N_CODES ? (int)code : (code == SVC_OK ? 0 : SVC_UNKNOWN);
@@ -286,34 +386,33 @@ outcome_add(outcome_t *o, svc_status_t code, const char *msg)
 /* One storm: times from the first start, in ms. */
 typedef struct {
     double resolved_ms, started_ms, first_ms;
-    outcome_t out;
+    rbench_outcome_t out;
 } storm_t;
 
 /* ---------------------------------------------------------------- storm through reservation-svc */
 
 /*
- * Starts users HoldSeats of one seat (all calls created first, then all
- * started from this thread before any completion is read) and waits for
- * every answer.
+ * Users user0.. (cfg->users of them, with accounts) HoldSeats one seat: all
+ * calls created first, then all started from this thread before any
+ * completion is read; waits for every answer.
  */
 static void
-storm_svc(bench_cfg_t *cfg, int64_t schedule_id, int32_t seat, storm_t *st)
+storm_svc(rbench_cfg_t *cfg, int64_t user0, int64_t schedule_id, int32_t seat, storm_t *st)
 {
     int n = (int)cfg->users;
-    hold_call_t *calls = xcalloc((size_t)n, sizeof(*calls));
+    rbench_hold_t *calls = rbench_xcalloc((size_t)n, sizeof(*calls));
     grpc_completion_queue *cq = grpc_completion_queue_create_for_next(NULL);
-    int64_t t0, first = 0, last = 0, user0 = cfg->next_user;
+    int64_t t0, first = 0, last = 0;
     char msg[256];
 
     memset(st, 0, sizeof(*st));
-    cfg->next_user += n;
     for (int i = 0; i < n; i++) {
-        hold_prepare(&calls[i], cfg->channels_v[i % cfg->channels], cq, user0 + i, schedule_id,
-                     seat);
+        rbench_hold_prepare(&calls[i], cfg->channels_v[i % cfg->channels], cq, user0 + i,
+                            schedule_id, seat);
     }
     t0 = bench_now_ns();
     for (int i = 0; i < n; i++) {
-        hold_start(&calls[i], &calls[i]);
+        rbench_hold_start(&calls[i], &calls[i]);
     }
     st->started_ms = (double)(bench_now_ns() - t0) / 1e6;
     for (int done = 0; done < n;) {
@@ -324,7 +423,8 @@ storm_svc(bench_cfg_t *cfg, int64_t schedule_id, int32_t seat, storm_t *st)
         last = bench_now_ns();
         first = first ? first : last;
         msg[0] = '\0';
-        outcome_add(&st->out, hold_finish(ev.tag, ev.success != 0, msg, sizeof(msg)), msg);
+        rbench_outcome_add(&st->out, rbench_hold_finish(ev.tag, ev.success != 0, msg, sizeof(msg)),
+                           msg);
         done++;
     }
     st->first_ms = (double)(first - t0) / 1e6;
@@ -351,14 +451,14 @@ typedef struct {
 typedef struct {
     sql_conn_t *conns;
     int n_conns;
-    seat_pool_t *seats; /* distinct: a fresh seat per transaction */
+    rbench_seat_pool_t *seats; /* distinct: a fresh seat per transaction */
     int64_t storm_schedule;
     int32_t storm_seat;
     int64_t left;    /* storm: logical clients not yet started */
     int64_t t_storm; /* storm: all logical clients arrive at once, at this time */
     int64_t warm_end_ns, end_ns;
-    bench_cfg_t *cfg;
-    outcome_t out;
+    rbench_cfg_t *cfg;
+    rbench_outcome_t out;
     bench_samples_t lat;
     int64_t done_in_window, first_done, last_done;
     bool ran_out;
@@ -412,7 +512,7 @@ sql_record(sql_run_t *run, sql_conn_t *c)
 {
     int64_t t1 = bench_now_ns();
 
-    outcome_add(&run->out, c->outcome, c->msg);
+    rbench_outcome_add(&run->out, c->outcome, c->msg);
     run->last_done = t1;
     run->first_done = run->first_done ? run->first_done : t1;
     if (c->outcome != SVC_OK ||
@@ -595,7 +695,7 @@ connect_main(void *arg)
 static sql_conn_t *
 sql_connect(const char *url, int n)
 {
-    sql_conn_t *conns = xcalloc((size_t)n, sizeof(*conns));
+    sql_conn_t *conns = rbench_xcalloc((size_t)n, sizeof(*conns));
     pthread_t th[CONNECT_THREADS];
     connect_job_t jobs[CONNECT_THREADS];
 
@@ -629,7 +729,7 @@ sql_disconnect(sql_conn_t *conns, int n)
  * next client when its transaction ends).
  */
 static void
-storm_sql(bench_cfg_t *cfg, sql_conn_t *conns, int n_conns, int64_t schedule_id, int32_t seat,
+storm_sql(rbench_cfg_t *cfg, sql_conn_t *conns, int n_conns, int64_t schedule_id, int32_t seat,
           storm_t *st)
 {
     sql_run_t run = {.conns = conns,
@@ -657,7 +757,7 @@ storm_sql(bench_cfg_t *cfg, sql_conn_t *conns, int n_conns, int64_t schedule_id,
 typedef struct {
     double rate, p50_ms, p99_ms;
     int64_t done;
-    outcome_t out;
+    rbench_outcome_t out;
     cpu_acc_t cpu;
     bool ran_out;
 } distinct_t;
@@ -675,7 +775,7 @@ distinct_finish(distinct_t *d, bench_samples_t *lat, double seconds)
 typedef struct {
     const int64_t *pids;
     bench_window_t win;
-    int64_t before[N_CPU], after[N_CPU];
+    int64_t before[RBENCH_N_CPU], after[RBENCH_N_CPU];
 } sampler_t;
 
 static void *
@@ -683,7 +783,7 @@ sampler_main(void *arg)
 {
     sampler_t *s = arg;
 
-    bench_cpu_window(&s->win, s->pids, N_PROCS, PROC_PG, s->before, s->after);
+    bench_cpu_window(&s->win, s->pids, RBENCH_N_PROCS, RBENCH_PROC_PG, s->before, s->after);
     return NULL;
 }
 
@@ -697,13 +797,14 @@ sampler_start(sampler_t *s, pthread_t *th)
 }
 
 typedef struct {
-    bench_cfg_t *cfg;
-    seat_pool_t *seats;
+    rbench_cfg_t *cfg;
+    rbench_seat_pool_t *seats;
+    int64_t user0, n_users, next; /* holds cycle over users user0.. (with accounts) */
     grpc_completion_queue *cq;
-    hold_call_t *calls;
+    rbench_hold_t *calls;
     bench_window_t win;
     bench_samples_t lat;
-    outcome_t out;
+    rbench_outcome_t out;
     bool ran_out;
 } svc_load_t;
 
@@ -720,9 +821,9 @@ svc_load_start(svc_load_t *l, int i)
         l->ran_out = true;
         return false;
     }
-    hold_prepare(&l->calls[i], l->cfg->channels_v[i % l->cfg->channels], l->cq, l->cfg->next_user++,
-                 sched, seat);
-    hold_start(&l->calls[i], &l->calls[i]);
+    rbench_hold_prepare(&l->calls[i], l->cfg->channels_v[i % l->cfg->channels], l->cq,
+                        l->user0 + l->next++ % l->n_users, sched, seat);
+    rbench_hold_start(&l->calls[i], &l->calls[i]);
     return true;
 }
 
@@ -740,12 +841,14 @@ svc_load_sample(svc_load_t *l, int64_t t0, int64_t t1)
 
 /*
  * Distinct seats through reservation-svc: conc calls in flight from this
- * thread, each on a fresh seat, for the warm-up and then seconds.
+ * thread, each on a fresh seat, for the warm-up and then seconds; the holds
+ * cycle over n_users users from user0 (with accounts).
  */
 static void
-distinct_svc(bench_cfg_t *cfg, seat_pool_t *seats, distinct_t *d)
+distinct_svc(rbench_cfg_t *cfg, int64_t user0, int64_t n_users, rbench_seat_pool_t *seats,
+             distinct_t *d)
 {
-    svc_load_t l = {.cfg = cfg, .seats = seats};
+    svc_load_t l = {.cfg = cfg, .seats = seats, .user0 = user0, .n_users = n_users};
     sampler_t s = {.pids = cfg->pids};
     int conc = (int)cfg->conc, active = 0;
     char msg[256];
@@ -753,7 +856,7 @@ distinct_svc(bench_cfg_t *cfg, seat_pool_t *seats, distinct_t *d)
 
     memset(d, 0, sizeof(*d));
     l.cq = grpc_completion_queue_create_for_next(NULL);
-    l.calls = xcalloc((size_t)conc, sizeof(*l.calls));
+    l.calls = rbench_xcalloc((size_t)conc, sizeof(*l.calls));
     s.win = l.win = bench_window_from_now(cfg->seconds);
     sampler_start(&s, &th);
     for (int i = 0; i < conc; i++) {
@@ -761,7 +864,7 @@ distinct_svc(bench_cfg_t *cfg, seat_pool_t *seats, distinct_t *d)
     }
     while (active > 0) {
         grpc_event ev = grpc_completion_queue_next(l.cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
-        hold_call_t *h = ev.tag;
+        rbench_hold_t *h = ev.tag;
         int64_t t0, t1 = bench_now_ns();
         svc_status_t code;
 
@@ -770,8 +873,8 @@ distinct_svc(bench_cfg_t *cfg, seat_pool_t *seats, distinct_t *d)
         }
         t0 = h->t0;
         msg[0] = '\0';
-        code = hold_finish(h, ev.success != 0, msg, sizeof(msg));
-        outcome_add(&l.out, code, msg);
+        code = rbench_hold_finish(h, ev.success != 0, msg, sizeof(msg));
+        rbench_outcome_add(&l.out, code, msg);
         if (code == SVC_OK) {
             svc_load_sample(&l, t0, t1);
         }
@@ -791,7 +894,7 @@ distinct_svc(bench_cfg_t *cfg, seat_pool_t *seats, distinct_t *d)
 
 /* The distinct-seat twin: conc connections, each running hold transactions back to back. */
 static void
-distinct_sql(bench_cfg_t *cfg, seat_pool_t *seats, distinct_t *d)
+distinct_sql(rbench_cfg_t *cfg, rbench_seat_pool_t *seats, distinct_t *d)
 {
     int n = (int)cfg->conc;
     sql_conn_t *conns = sql_connect(cfg->database_url, n);
@@ -822,17 +925,17 @@ distinct_sql(bench_cfg_t *cfg, seat_pool_t *seats, distinct_t *d)
 static void
 print_cpu_header(void)
 {
-    bench_print_cpu_header(proc_names, N_PROCS);
+    bench_print_cpu_header(proc_names, RBENCH_N_PROCS);
 }
 
 /* CPUs busy over the windows, then CPU us per unit (a hold, or a whole storm: per_unit). */
 static void
 print_cpu(const cpu_acc_t *acc, double units)
 {
-    double cores[N_CPU], us_per[N_CPU];
+    double cores[RBENCH_N_CPU], us_per[RBENCH_N_CPU];
 
-    bench_cpu_rates(acc->ticks, N_CPU, acc->window_s, units, cores, us_per);
-    bench_print_cpu_row(cores, us_per, N_PROCS);
+    bench_cpu_rates(acc->ticks, RBENCH_N_CPU, acc->window_s, units, cores, us_per);
+    bench_print_cpu_row(cores, us_per, RBENCH_N_PROCS);
 }
 
 /* ---------------------------------------------------------------- the storm scenario */
@@ -844,7 +947,7 @@ typedef struct {
     double *resolved_ms; /* one per repetition */
     cpu_acc_t cpu;
     int64_t not_one_ok; /* storms whose answers were not exactly one OK */
-    int64_t unexpected; /* answers neither OK nor FAILED_PRECONDITION */
+    int64_t unexpected; /* answers neither OK, FAILED_PRECONDITION nor ABORTED */
 } storm_path_t;
 
 static void
@@ -861,20 +964,21 @@ storm_row(const char *path, int rep, const storm_t *st)
 }
 
 static void
-storm_account(storm_path_t *p, int rep, const storm_t *st, const int64_t c0[N_CPU],
-              const int64_t c1[N_CPU])
+storm_account(storm_path_t *p, int rep, const storm_t *st, const int64_t c0[RBENCH_N_CPU],
+              const int64_t c1[RBENCH_N_CPU])
 {
     p->resolved_ms[rep] = st->resolved_ms;
     cpu_acc_add(&p->cpu, c0, c1, st->resolved_ms / 1e3);
     p->not_one_ok += st->out.codes[SVC_OK] != 1;
-    p->unexpected += st->out.n - st->out.codes[SVC_OK] - st->out.codes[SVC_FAILED_PRECONDITION];
+    p->unexpected += st->out.n - st->out.codes[SVC_OK] - st->out.codes[SVC_FAILED_PRECONDITION] -
+                     st->out.codes[SVC_ABORTED];
 }
 
 /* Median of the storms' resolve times into *med, with min and max. */
 static void
 storm_stats(const storm_path_t *p, int n, double *min, double *med, double *max)
 {
-    double *v = xcalloc((size_t)n, sizeof(*v));
+    double *v = rbench_xcalloc((size_t)n, sizeof(*v));
 
     memcpy(v, p->resolved_ms, (size_t)n * sizeof(*v));
     qsort(v, (size_t)n, sizeof(*v), bench_cmp_double);
@@ -885,18 +989,19 @@ storm_stats(const storm_path_t *p, int n, double *min, double *med, double *max)
 }
 
 static void
-run_storms(bench_cfg_t *cfg, storm_path_t paths[N_PATHS], int *n_paths)
+run_storms(rbench_cfg_t *cfg, storm_path_t paths[N_PATHS], int *n_paths)
 {
     int reps = (int)cfg->storms, users = (int)cfg->users;
     int storm_conns = cfg->sql_storm_conns > 0 && cfg->sql_storm_conns < users
                           ? (int)cfg->sql_storm_conns
                           : users;
     int pool = cfg->sql_pool < storm_conns ? (int)cfg->sql_pool : storm_conns;
-    seat_pool_t seats = create_seats(cfg, "reservation-bench storm", N_PATHS, reps);
+    rbench_seat_pool_t seats = rbench_create_seats(cfg, "reservation-bench storm", N_PATHS, reps);
+    double accounts_s;
+    int64_t user0 = rbench_users_with_accounts(cfg, (int64_t)reps * users, &accounts_s);
     int64_t t = bench_now_ns();
     sql_conn_t *conns = sql_connect(cfg->database_url, storm_conns);
     static char sql_name[64], pool_name[64];
-
     storm_t warm;
 
     /* Each backend's first transaction loads its caches: not part of any storm. */
@@ -908,23 +1013,26 @@ run_storms(bench_cfg_t *cfg, storm_path_t paths[N_PATHS], int *n_paths)
     paths[PATH_SQL].name = sql_name;
     paths[PATH_POOL].name = pool_name;
     for (int p = 0; p < N_PATHS; p++) {
-        paths[p].resolved_ms = xcalloc((size_t)reps, sizeof(double));
+        paths[p].resolved_ms = rbench_xcalloc((size_t)reps, sizeof(double));
     }
     printf("\n== storm: %d users HoldSeats the same fresh seat at once, %d times; one seat per "
            "storm and path ==\n",
            users, reps);
-    printf("(direct SQL: %d connections opened beforehand and warmed with one hold transaction "
-           "each on a seat that does not exist, in %.1f s; idle between storms)\n",
-           storm_conns, (double)(bench_now_ns() - t) / 1e9);
+    printf("(reservation-svc: %d users, each with a balance-svc account made by TopUp beforehand "
+           "in %.1f s, unseen by reservation-svc, so each one's hold first asks balance-svc "
+           "GetBalance; direct SQL: %d connections opened beforehand and warmed with one hold "
+           "transaction each on a seat that does not exist, in %.1f s; idle between storms)\n",
+           reps * users, accounts_s, storm_conns, (double)(bench_now_ns() - t) / 1e9);
     printf("%-26s %3s %7s %8s %11s  %s\n", "path", "run", "sent ms", "first ms", "resolved ms",
            "answers by status");
     for (int r = 0; r < reps; r++) {
         for (int p = 0; p < *n_paths; p++) {
-            int64_t c0[N_CPU], c1[N_CPU];
+            int64_t c0[RBENCH_N_CPU], c1[RBENCH_N_CPU];
             storm_t st;
             cpu_snapshot(cfg->pids, c0);
             if (p == PATH_SVC) {
-                storm_svc(cfg, seats.ids[PATH_SVC], (int32_t)(r + 1), &st);
+                storm_svc(cfg, user0 + (int64_t)r * users, seats.ids[PATH_SVC], (int32_t)(r + 1),
+                          &st);
             } else {
                 storm_sql(cfg, conns, p == PATH_SQL ? storm_conns : pool, seats.ids[p],
                           (int32_t)(r + 1), &st);
@@ -940,7 +1048,7 @@ run_storms(bench_cfg_t *cfg, storm_path_t paths[N_PATHS], int *n_paths)
 }
 
 static void
-print_storm_summary(const bench_cfg_t *cfg, const storm_path_t *paths, int n_paths)
+print_storm_summary(const rbench_cfg_t *cfg, const storm_path_t *paths, int n_paths)
 {
     printf("\n%-26s %8s %8s %8s %16s", "storm, resolved in", "min ms", "med ms", "max ms",
            "storms not 1 OK");
@@ -958,12 +1066,76 @@ print_storm_summary(const bench_cfg_t *cfg, const storm_path_t *paths, int n_pat
 
 /* ---------------------------------------------------------------- main */
 
+/* --parts: a comma-separated list of storm, distinct and curve into cfg->parts; exits 2 when bad.
+ */
 static void
-load_config(bench_cfg_t *cfg, int argc, char **argv)
+parse_parts(rbench_cfg_t *cfg, const char *text)
 {
+    static const char *const names[] = {"storm", "distinct", "curve"};
+    const char *p = text;
+
+    cfg->parts = 0;
+    while (*p != '\0') {
+        size_t len = strcspn(p, ",");
+        int k = 0;
+        while (k < 3 && (strlen(names[k]) != len || strncmp(p, names[k], len) != 0)) {
+            k++;
+        }
+        if (k == 3) {
+            fprintf(stderr,
+                    "reservation-bench: --parts (BENCH_PARTS) takes storm, distinct and curve, "
+                    "comma-separated: %s\n",
+                    text);
+            exit(2);
+        }
+        cfg->parts |= 1 << k;
+        p += len + (p[len] == ',');
+    }
+}
+
+/*
+ * --scale: storm sizes, comma-separated, into cfg->scale (sorted, at most
+ * RBENCH_MAX_SCALE of 1..100000); "" or "0" is none. Exits 2 when bad.
+ */
+static void
+parse_scale(rbench_cfg_t *cfg, const char *text)
+{
+    const char *p = text;
+
+    cfg->n_scale = 0;
+    if (strcmp(text, "0") == 0) {
+        return;
+    }
+    while (*p != '\0') {
+        char *end;
+        long long v;
+        errno = 0;
+        v = strtoll(p, &end, 10);
+        if (errno != 0 || end == p || (*end != ',' && *end != '\0') || v < 1 || v > 100000 ||
+            cfg->n_scale == RBENCH_MAX_SCALE) {
+            fprintf(stderr,
+                    "reservation-bench: --scale (BENCH_SCALE) takes up to %d storm sizes of "
+                    "1..100000, comma-separated (0: none): %s\n",
+                    RBENCH_MAX_SCALE, text);
+            exit(2);
+        }
+        cfg->scale[cfg->n_scale++] = v;
+        p = end + (*end == ',');
+    }
+    qsort(cfg->scale, (size_t)cfg->n_scale, sizeof(cfg->scale[0]), bench_cmp_i64);
+}
+
+static void
+load_config(rbench_cfg_t *cfg, int argc, char **argv)
+{
+    const char *parts = NULL, *scale = NULL;
     svc_opt_t opts[] = {
         {"rsv-addr", "RESERVATION_ADDR", SVC_OPT_STRING, "127.0.0.1:50053",
          "reservation-svc host:port", 0, 0, &cfg->rsv_addr, 1},
+        {"balance-addr", "BALANCE_ADDR", SVC_OPT_STRING, "127.0.0.1:50052",
+         "balance-svc host:port (the one reservation-svc uses), to make each user's account with "
+         "TopUp before the timed part",
+         0, 0, &cfg->balance_addr, 1},
         {"database-url", "DATABASE_URL", SVC_OPT_STRING,
          "postgresql://postgres@127.0.0.1:55432/reservation",
          "the database reservation-svc uses (libpq conninfo or URI), for the direct-SQL twins", 0,
@@ -980,7 +1152,7 @@ load_config(bench_cfg_t *cfg, int argc, char **argv)
         {"storms", "BENCH_STORMS", SVC_OPT_INT, "5", "storm: repetitions per path, fresh seat each",
          1, 1000, &cfg->storms, 0},
         {"channels", "BENCH_CHANNELS", SVC_OPT_INT, "1",
-         "gRPC channels (HTTP/2 connections) the calls are spread over", 1, MAX_CHANNELS,
+         "gRPC channels (HTTP/2 connections) the calls are spread over", 1, RBENCH_MAX_CHANNELS,
          &cfg->channels, 0},
         {"sql-storm-conns", "BENCH_SQL_STORM_CONNS", SVC_OPT_INT, "0",
          "storm twin: connections (0: one per user; PostgreSQL's max_connections must allow it)", 0,
@@ -990,44 +1162,67 @@ load_config(bench_cfg_t *cfg, int argc, char **argv)
          "(reservation-svc's "
          "DB_POOL default); 0: skip",
          0, 10000, &cfg->sql_pool, 0},
+        {"parts", "BENCH_PARTS", SVC_OPT_STRING, "storm,distinct,curve",
+         "what to run, comma-separated: storm (one seat, against direct SQL), distinct (distinct "
+         "seats at --concurrency, against direct SQL), curve (storms of --scale users)",
+         0, 0, &parts, 1},
+        {"scale", "BENCH_SCALE", SVC_OPT_STRING, "1000,5000,10000",
+         "curve: storm sizes, comma-separated; each is fired at once on one seat and on a hall "
+         "(0: no curve)",
+         0, 0, &scale, 1},
+        {"hall-seats", "BENCH_HALL_SEATS", SVC_OPT_INT, "1000",
+         "curve: seats of the hall; each user holds one seat drawn at random from it", 1, 10000,
+         &cfg->hall_seats, 0},
+        {"curve-file", "BENCH_CURVE_FILE", SVC_OPT_STRING, NULL,
+         "curve: write one line per storm here (whitespace-separated, for gnuplot)", 0, 0,
+         &cfg->curve_file, 0},
+        {"distinct-users", "BENCH_DISTINCT_USERS", SVC_OPT_INT, "1000",
+         "distinct seats through reservation-svc: the holds cycle over this many users (each "
+         "with an account; reservation-svc asks balance-svc about each once, then knows it)",
+         1, 1000000, &cfg->distinct_users, 0},
         {"max-rate", "BENCH_MAX_RATE", SVC_OPT_INT, "10000",
          "distinct seats: holds/s to make seats for (10 000 per schedule)", 100, 1000000,
          &cfg->max_rate, 0},
         {"rsv-pid", "RESERVATION_SVC_PID", SVC_OPT_INT, "0",
          "reservation-svc's process id, to report its CPU time (0: not reported)", 0, 1 << 30,
-         &cfg->pids[PROC_RSV], 0},
+         &cfg->pids[RBENCH_PROC_RSV], 0},
         {"lock-pid", "LOCK_SVC_PID", SVC_OPT_INT, "0", "lock-svc's process id (0: not reported)", 0,
-         1 << 30, &cfg->pids[PROC_LOCK], 0},
+         1 << 30, &cfg->pids[RBENCH_PROC_LOCK], 0},
+        {"balance-pid", "BALANCE_SVC_PID", SVC_OPT_INT, "0",
+         "balance-svc's process id (0: not reported)", 0, 1 << 30, &cfg->pids[RBENCH_PROC_BAL], 0},
         {"redis-pid", "REDIS_PID", SVC_OPT_INT, "0", "redis-server's process id (0: not reported)",
-         0, 1 << 30, &cfg->pids[PROC_REDIS], 0},
+         0, 1 << 30, &cfg->pids[RBENCH_PROC_REDIS], 0},
         {"pg-pid", "PG_PID", SVC_OPT_INT, "0",
          "the postmaster's process id; its children are counted too (0: not reported)", 0, 1 << 30,
-         &cfg->pids[PROC_PG], 0},
+         &cfg->pids[RBENCH_PROC_PG], 0},
     };
 
     svc_config_load_or_exit(opts, (int)(sizeof(opts) / sizeof(opts[0])), argc, argv,
                             "reservation-bench: HoldSeats through reservation-svc (a storm of "
                             "users on one seat; distinct seats at a concurrency) next to the same "
-                            "SQL run directly against PostgreSQL. Prints numbers; exits 0 unless "
-                            "it cannot start.");
+                            "SQL run directly against PostgreSQL, and storms of growing size on "
+                            "one seat and on a hall (the scale curve). Prints numbers; exits 0 "
+                            "unless it cannot start.");
+    parse_parts(cfg, parts);
+    parse_scale(cfg, scale);
 }
 
 /* Connects every channel with one cheap call each (an unknown schedule: NOT_FOUND). */
 static void
-warm_channels(bench_cfg_t *cfg)
+warm_channels(rbench_cfg_t *cfg)
 {
     grpc_completion_queue *cq = grpc_completion_queue_create_for_next(NULL);
-    hold_call_t *calls = xcalloc((size_t)cfg->channels, sizeof(*calls));
+    rbench_hold_t *calls = rbench_xcalloc((size_t)cfg->channels, sizeof(*calls));
 
     for (int i = 0; i < cfg->channels; i++) {
-        hold_prepare(&calls[i], cfg->channels_v[i], cq, 1, INT64_MAX / 2, 1);
-        hold_start(&calls[i], &calls[i]);
+        rbench_hold_prepare(&calls[i], cfg->channels_v[i], cq, 1, INT64_MAX / 2, 1);
+        rbench_hold_start(&calls[i], &calls[i]);
     }
     for (int done = 0; done < cfg->channels;) {
         grpc_event ev = grpc_completion_queue_next(cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
         if (ev.type == GRPC_OP_COMPLETE) {
             char msg[256] = "";
-            svc_status_t code = hold_finish(ev.tag, ev.success != 0, msg, sizeof(msg));
+            svc_status_t code = rbench_hold_finish(ev.tag, ev.success != 0, msg, sizeof(msg));
             if (code != SVC_NOT_FOUND) {
                 fprintf(stderr, "reservation-bench: first call answered %s: %s\n",
                         svc_status_name(code), msg);
@@ -1041,7 +1236,7 @@ warm_channels(bench_cfg_t *cfg)
 }
 
 static void
-distinct_row(const char *path, const bench_cfg_t *cfg, const distinct_t *d)
+distinct_row(const char *path, const rbench_cfg_t *cfg, const distinct_t *d)
 {
     printf("%-26s %5" PRId64 " %8" PRId64 " %9.1f %8.3f %8.3f %6" PRId64, path, cfg->conc, d->done,
            d->rate, d->p50_ms, d->p99_ms, d->out.n - d->out.codes[SVC_OK]);
@@ -1058,17 +1253,101 @@ distinct_row(const char *path, const bench_cfg_t *cfg, const distinct_t *d)
     fflush(stdout);
 }
 
+/*
+ * Distinct seats through reservation-svc and through direct SQL, each on
+ * schedules of its own; prints the table.
+ */
+static void
+run_distinct(rbench_cfg_t *cfg, distinct_t *dsvc, distinct_t *dsql)
+{
+    int schedules =
+        (int)(((cfg->seconds + 1) * cfg->max_rate + SEATS_PER_SCHEDULE - 1) / SEATS_PER_SCHEDULE);
+    rbench_seat_pool_t svc_seats =
+        rbench_create_seats(cfg, "reservation-bench distinct svc", schedules, SEATS_PER_SCHEDULE);
+    rbench_seat_pool_t sql_seats =
+        rbench_create_seats(cfg, "reservation-bench distinct sql", schedules, SEATS_PER_SCHEDULE);
+    double accounts_s;
+    int64_t user0 = rbench_users_with_accounts(cfg, cfg->distinct_users, &accounts_s);
+
+    printf("\n== distinct seats: concurrency %" PRId64 ", each hold on a seat never held before "
+           "(%d schedules of %d seats per path), %.1f s warm-up then %" PRId64 " s ==\n",
+           cfg->conc, schedules, SEATS_PER_SCHEDULE, (double)BENCH_WARMUP_NS / 1e9, cfg->seconds);
+    printf("(reservation-svc: the holds cycle over %" PRId64 " users whose accounts TopUp made "
+           "beforehand in %.1f s; reservation-svc asks balance-svc about each on its first hold "
+           "and knows it after; direct SQL: a new user id per hold, no account check)\n",
+           cfg->distinct_users, accounts_s);
+    printf("%-26s %5s %8s %9s %8s %8s %6s", "path", "conc", "holds", "holds/s", "p50 ms", "p99 ms",
+           "errors");
+    print_cpu_header();
+    distinct_svc(cfg, user0, cfg->distinct_users, &svc_seats, dsvc);
+    distinct_row("reservation-svc", cfg, dsvc);
+    distinct_sql(cfg, &sql_seats, dsql);
+    distinct_row("direct SQL", cfg, dsql);
+    free(svc_seats.ids);
+    free(sql_seats.ids);
+}
+
+/* The storm's and the distinct seats' ratios against direct SQL, and the storms' NOTE lines. */
+static void
+print_summary(const rbench_cfg_t *cfg, const storm_path_t *paths, int n_paths,
+              const distinct_t *dsvc, const distinct_t *dsql)
+{
+    double mn, svc_med, sql_med, pool_med;
+
+    printf("\n== summary ==\n");
+    if (cfg->parts & RBENCH_PART_STORM) {
+        storm_stats(&paths[PATH_SVC], (int)cfg->storms, &mn, &svc_med, &mn);
+        storm_stats(&paths[PATH_SQL], (int)cfg->storms, &mn, &sql_med, &mn);
+        printf("storm of %" PRId64 " on one seat, median resolve time: reservation-svc %.1f ms, %s "
+               "%.1f ms: ratio svc/direct %.2f (target <= 1.50); reservation-svc under 300 ms: "
+               "%s\n",
+               cfg->users, svc_med, paths[PATH_SQL].name, sql_med,
+               sql_med > 0 ? svc_med / sql_med : 0.0, svc_med < 300.0 ? "yes" : "no");
+        if (n_paths == N_PATHS) {
+            storm_stats(&paths[PATH_POOL], (int)cfg->storms, &mn, &pool_med, &mn);
+            printf("  (against %s: %.1f ms, ratio %.2f)\n", paths[PATH_POOL].name, pool_med,
+                   pool_med > 0 ? svc_med / pool_med : 0.0);
+        }
+    }
+    if (cfg->parts & RBENCH_PART_DISTINCT) {
+        printf("distinct seats at concurrency %" PRId64 ": reservation-svc %.1f holds/s, direct "
+               "SQL %.1f holds/s: ratio svc/direct %.2f (target >= 0.50)\n",
+               cfg->conc, dsvc->rate, dsql->rate, dsql->rate > 0 ? dsvc->rate / dsql->rate : 0.0);
+    }
+    for (int p = 0; p < n_paths; p++) {
+        if (paths[p].not_one_ok > 0 || paths[p].unexpected > 0) {
+            printf("NOTE: %s: %" PRId64 " storms without exactly one OK, %" PRId64
+                   " answers neither OK, FAILED_PRECONDITION nor ABORTED\n",
+                   paths[p].name, paths[p].not_one_ok, paths[p].unexpected);
+        }
+    }
+}
+
+/* Channels to reservation-svc (distinct, so each is a connection of its own) and balance-svc. */
+static void
+connect_channels(rbench_cfg_t *cfg)
+{
+    grpc_channel_credentials *creds = grpc_insecure_credentials_create();
+
+    for (int i = 0; i < cfg->channels; i++) {
+        /* Distinct args, so gRPC does not share one subchannel (connection) among them. */
+        grpc_arg arg = {.type = GRPC_ARG_INTEGER, .key = "reservation-bench.channel"};
+        arg.value.integer = i;
+        grpc_channel_args args = {1, &arg};
+        cfg->channels_v[i] = grpc_channel_create(cfg->rsv_addr, creds, &args);
+    }
+    cfg->balance_ch = grpc_channel_create(cfg->balance_addr, creds, NULL);
+    grpc_channel_credentials_release(creds);
+}
+
 int
 main(int argc, char **argv)
 {
-    bench_cfg_t cfg = {0};
+    rbench_cfg_t cfg = {0};
     storm_path_t paths[N_PATHS] = {0};
-    distinct_t dsvc, dsql;
-    seat_pool_t svc_seats, sql_seats;
-    grpc_channel_credentials *creds;
+    distinct_t dsvc = {0}, dsql = {0};
     svc_err_t err;
-    int n_paths, schedules;
-    double mn, svc_med, sql_med, storm_ratio, distinct_ratio;
+    int n_paths = 0;
 
     load_config(&cfg, argc, argv);
     svc_log_init("reservation-bench", SVC_LOG_WARN);
@@ -1078,70 +1357,33 @@ main(int argc, char **argv)
         return 2;
     }
     grpc_init();
-    creds = grpc_insecure_credentials_create();
-    for (int i = 0; i < cfg.channels; i++) {
-        /* Distinct args, so gRPC does not share one subchannel (connection) among them. */
-        grpc_arg arg = {.type = GRPC_ARG_INTEGER, .key = "reservation-bench.channel"};
-        arg.value.integer = i;
-        grpc_channel_args args = {1, &arg};
-        cfg.channels_v[i] = grpc_channel_create(cfg.rsv_addr, creds, &args);
-    }
-    grpc_channel_credentials_release(creds);
+    connect_channels(&cfg);
     printf("reservation-bench: reservation-svc %s, async client (one completion queue on one "
            "thread, %" PRId64 " channel%s), direct SQL through libpq (one thread, epoll, "
-           "statements one at a time like svc_pg_tx)\n",
-           cfg.rsv_addr, cfg.channels, cfg.channels == 1 ? "" : "s");
+           "statements one at a time like svc_pg_tx); accounts through balance-svc %s\n",
+           cfg.rsv_addr, cfg.channels, cfg.channels == 1 ? "" : "s", cfg.balance_addr);
     warm_channels(&cfg);
 
-    run_storms(&cfg, paths, &n_paths);
-    print_storm_summary(&cfg, paths, n_paths);
-
-    schedules =
-        (int)(((cfg.seconds + 1) * cfg.max_rate + SEATS_PER_SCHEDULE - 1) / SEATS_PER_SCHEDULE);
-    svc_seats = create_seats(&cfg, "reservation-bench distinct svc", schedules, SEATS_PER_SCHEDULE);
-    sql_seats = create_seats(&cfg, "reservation-bench distinct sql", schedules, SEATS_PER_SCHEDULE);
-    printf("\n== distinct seats: concurrency %" PRId64 ", each hold on a seat never held before "
-           "(%d schedules of %d seats per path), %.1f s warm-up then %" PRId64 " s ==\n",
-           cfg.conc, schedules, SEATS_PER_SCHEDULE, (double)BENCH_WARMUP_NS / 1e9, cfg.seconds);
-    printf("%-26s %5s %8s %9s %8s %8s %6s", "path", "conc", "holds", "holds/s", "p50 ms", "p99 ms",
-           "errors");
-    print_cpu_header();
-    distinct_svc(&cfg, &svc_seats, &dsvc);
-    distinct_row("reservation-svc", &cfg, &dsvc);
-    distinct_sql(&cfg, &sql_seats, &dsql);
-    distinct_row("direct SQL", &cfg, &dsql);
-
-    storm_stats(&paths[PATH_SVC], (int)cfg.storms, &mn, &svc_med, &mn);
-    storm_stats(&paths[PATH_SQL], (int)cfg.storms, &mn, &sql_med, &mn);
-    storm_ratio = sql_med > 0 ? svc_med / sql_med : 0.0;
-    distinct_ratio = dsql.rate > 0 ? dsvc.rate / dsql.rate : 0.0;
-    printf("\n== summary ==\n");
-    printf("storm of %" PRId64 " on one seat, median resolve time: reservation-svc %.1f ms, %s "
-           "%.1f ms: ratio svc/direct %.2f (target <= 1.50); reservation-svc under 300 ms: %s\n",
-           cfg.users, svc_med, paths[PATH_SQL].name, sql_med, storm_ratio,
-           svc_med < 300.0 ? "yes" : "no");
-    if (n_paths == N_PATHS) {
-        double pool_med;
-        storm_stats(&paths[PATH_POOL], (int)cfg.storms, &mn, &pool_med, &mn);
-        printf("  (against %s: %.1f ms, ratio %.2f)\n", paths[PATH_POOL].name, pool_med,
-               pool_med > 0 ? svc_med / pool_med : 0.0);
+    if (cfg.parts & RBENCH_PART_STORM) {
+        run_storms(&cfg, paths, &n_paths);
+        print_storm_summary(&cfg, paths, n_paths);
     }
-    printf("distinct seats at concurrency %" PRId64 ": reservation-svc %.1f holds/s, direct SQL "
-           "%.1f holds/s: ratio svc/direct %.2f (target >= 0.50)\n",
-           cfg.conc, dsvc.rate, dsql.rate, distinct_ratio);
+    if (cfg.parts & RBENCH_PART_DISTINCT) {
+        run_distinct(&cfg, &dsvc, &dsql);
+    }
+    if (cfg.parts & RBENCH_PART_CURVE && cfg.n_scale > 0) {
+        rbench_curve_run(&cfg);
+    }
+    if (cfg.parts & (RBENCH_PART_STORM | RBENCH_PART_DISTINCT)) {
+        print_summary(&cfg, paths, n_paths, &dsvc, &dsql);
+    }
     for (int p = 0; p < n_paths; p++) {
-        if (paths[p].not_one_ok > 0 || paths[p].unexpected > 0) {
-            printf("NOTE: %s: %" PRId64 " storms without exactly one OK, %" PRId64
-                   " answers neither OK nor FAILED_PRECONDITION\n",
-                   paths[p].name, paths[p].not_one_ok, paths[p].unexpected);
-        }
         free(paths[p].resolved_ms);
     }
-    free(svc_seats.ids);
-    free(sql_seats.ids);
     for (int i = 0; i < cfg.channels; i++) {
         grpc_channel_destroy(cfg.channels_v[i]);
     }
+    grpc_channel_destroy(cfg.balance_ch);
     grpc_shutdown();
     svc_client_release_all();
     return 0;
