@@ -1,10 +1,12 @@
 /*
- * balance_batcher.c: per-account queues and batches. One worker at a time
- * serves an account: it takes the lock token account:<user_id> from lock-svc,
- * runs the queued operations in one transaction (balance_store), releases
- * the token, answers every caller, and goes on while more arrived. A hot
- * account thus costs one lock hand-off and one commit per batch instead of
- * per request. No call to another service happens while a transaction is open.
+ * balance_batcher.c: per-account queues and batches. One party at a time
+ * serves an account: it asks lock-svc for the token account:<user_id>
+ * without a thread waiting for it; once the token is there a worker runs
+ * the queued operations in one transaction (balance_store), gives the token
+ * back, answers every caller, and goes on while more arrived. A hot account
+ * thus costs one lock hand-off and one commit per batch instead of per
+ * request, and a thousand busy accounts waiting for their tokens hold no
+ * thread. No call to another service happens while a transaction is open.
  *
  * Deadlines: the lock call carries the latest deadline of the batch (the
  * token is worth waiting for while any caller waits) and the x-request-id of
@@ -30,9 +32,14 @@ typedef struct account_q {
     struct account_q *next; /* hash chain */
     int64_t user_id;
     balance_req_t *head, *tail;
+    /* The batch being served (by one party at a time: a worker, or the token's callback). */
+    struct balance_batcher *b;
+    balance_req_t *batch;
+    svc_lock_t lock;
 } account_q_t;
 
 struct balance_batcher {
+    svc_server_t *server; /* its worker pool runs what must not run on the client thread */
     svc_pg_pool_t *db;
     svc_client_t *lock_svc;
     balance_limits_t limits;
@@ -170,36 +177,58 @@ count(const balance_req_t *list, int64_t *earliest, int64_t *latest)
     return n;
 }
 
-/* Takes account:<user_id> for the batch, bounded by its callers' deadlines. */
-static int
-lock_account(balance_batcher_t *b, int64_t user_id, balance_req_t *batch, svc_lock_t *lock,
-             svc_err_t *err)
+static void serve_next(void *arg);
+static void apply_batch(void *arg);
+
+/* Runs fn(q) on a worker. */
+static void
+on_worker(account_q_t *q, svc_task_fn fn)
+{
+    if (svc_pool_submit(svc_server_pool(q->b->server), fn, q) != 0) {
+        fn(q); /* the pool is gone (shutdown): here, then */
+    }
+}
+
+/* The token came (or not); on the client thread, so the transaction goes to a worker. */
+static void
+account_locked(const svc_err_t *err, int failed, void *arg)
+{
+    account_q_t *q = arg;
+
+    (void)failed;
+    if (err->code != SVC_OK) {
+        fail_all(q->batch, err);
+        q->batch = NULL;
+        on_worker(q, serve_next);
+        return;
+    }
+    on_worker(q, apply_batch);
+}
+
+/*
+ * Asks for account:<user_id> for q's batch, bounded by its callers'
+ * deadlines, without waiting for it: account_locked goes on.
+ */
+static void
+lock_account(account_q_t *q)
 {
     int64_t earliest, latest, now = svc_now_unix_ms();
+    balance_batcher_t *b = q->b;
     svc_lock_opts_t lopts = {.owner = "balance-svc",
                              .lease_ms = b->limits.lock_lease_ms,
                              .wait_ms = b->limits.lock_wait_ms,
-                             .request_id = svc_call_request_id(batch->call)};
+                             .request_id = svc_call_request_id(q->batch->call)};
     char key[48];
+    const char *keys[] = {key};
 
-    (void)count(batch, &earliest, &latest);
+    (void)count(q->batch, &earliest, &latest);
     if (latest != INT64_MAX) {
         lopts.deadline_ms = latest;
         lopts.wait_ms = latest - now < lopts.wait_ms ? latest - now : lopts.wait_ms;
         lopts.wait_ms = lopts.wait_ms > 0 ? lopts.wait_ms : 0;
     }
-    snprintf(key, sizeof(key), "account:%" PRId64, user_id);
-    if (svc_lock_acquire(b->lock_svc, key, &lopts, lock, err) == 0) {
-        return 0;
-    }
-    if (err->code == SVC_UNAVAILABLE) {
-        static svc_log_limit_t limit = SVC_LOG_LIMIT_INIT(5);
-        svc_logf_limited(&limit, SVC_LOG_WARN,
-                         "lock-svc unreachable, refusing account %" PRId64 ": %s", user_id,
-                         err->msg);
-        svc_err_set(err, SVC_UNAVAILABLE, "lock service unavailable");
-    }
-    return -1;
+    snprintf(key, sizeof(key), "account:%" PRId64, q->user_id);
+    svc_lock_acquire_many_async(b->lock_svc, keys, 1, &lopts, &q->lock, account_locked, q);
 }
 
 /*
@@ -225,24 +254,22 @@ answer_failed(balance_req_t *batch, const svc_err_t *err, int dropped)
     return batch;
 }
 
-/* Runs one batch: lock token, one transaction, release, answers. Returns requests to rerun. */
-static balance_req_t *
-serve_batch(balance_batcher_t *b, int64_t user_id, balance_req_t *batch)
+/*
+ * The token is held: one transaction for q's batch, the token back, the
+ * answers. Requests to run again go back to the queue's head. On a worker.
+ */
+static void
+apply_batch(void *arg)
 {
+    account_q_t *q = arg;
+    balance_batcher_t *b = q->b;
+    balance_req_t *batch = q->batch;
     int64_t earliest, latest, deadline;
     balance_op_t *ops;
-    svc_lock_t lock;
-    svc_err_t err, rel_err;
+    svc_err_t err;
     int i = 0, n, rc, dropped;
 
-    (void)drop_gone(&batch, svc_now_unix_ms());
-    if (batch == NULL) {
-        return NULL;
-    }
-    if (lock_account(b, user_id, batch, &lock, &err) != 0) {
-        fail_all(batch, &err);
-        return NULL;
-    }
+    q->batch = NULL;
     /* The budget starts now that the token is held; gone callers leave the batch. */
     deadline = svc_now_unix_ms();
     dropped = drop_gone(&batch, deadline);
@@ -256,17 +283,23 @@ serve_batch(balance_batcher_t *b, int64_t user_id, balance_req_t *batch)
         for (balance_req_t *r = batch; r != NULL; r = r->next) {
             ops[i++] = r->op;
         }
-        rc = balance_store_apply(b->db, user_id, lock.fence, ops, n, deadline, &err);
+        rc = balance_store_apply(b->db, q->user_id, q->lock.fence, ops, n, deadline, &err);
     } else {
         rc = 0;
     }
-    if (svc_lock_release(b->lock_svc, &lock, NULL, &rel_err) != 0) {
-        svc_logf(SVC_LOG_WARN, "release of %s failed: %s", lock.key, rel_err.msg);
-    }
+    svc_lock_release_many(b->lock_svc, &q->lock, 1,
+                          batch != NULL ? svc_call_request_id(batch->call) : NULL);
     if (rc != 0) {
         free(ops);
         dropped += drop_gone(&batch, svc_now_unix_ms());
-        return batch != NULL ? answer_failed(batch, &err, dropped) : NULL;
+        batch = batch != NULL ? answer_failed(batch, &err, dropped) : NULL;
+        if (batch != NULL) {
+            pthread_mutex_lock(&b->mu);
+            queue_push_front(q, batch);
+            pthread_mutex_unlock(&b->mu);
+        }
+        serve_next(q);
+        return;
     }
     i = 0;
     for (balance_req_t *r = batch, *next; r != NULL; r = next) {
@@ -275,24 +308,23 @@ serve_batch(balance_batcher_t *b, int64_t user_id, balance_req_t *batch)
         r->done(r);
     }
     free(ops);
-    return NULL;
+    serve_next(q);
 }
 
-/* Serves user_id's queue until it is empty. Called by the worker that made it busy. */
+/*
+ * Serves q's next batch: asks for the account's token (the rest follows in
+ * account_locked, no thread waiting), or, with nothing queued, lets the
+ * queue go. On a worker; one party serves a queue at a time.
+ */
 static void
-serve_account(balance_batcher_t *b, int64_t user_id)
+serve_next(void *arg)
 {
-    balance_req_t *again = NULL;
+    account_q_t *q = arg;
+    balance_batcher_t *b = q->b;
+    balance_req_t *batch;
 
     for (;;) {
-        balance_req_t *batch;
-        account_q_t *q;
-
         pthread_mutex_lock(&b->mu);
-        q = queue_find(b, user_id);
-        if (again != NULL) {
-            queue_push_front(q, again);
-        }
         batch = queue_take(q, b->limits.max_batch);
         if (batch == NULL) {
             queue_drop(b, q); /* idle: the next request makes a new one */
@@ -300,7 +332,12 @@ serve_account(balance_batcher_t *b, int64_t user_id)
             return;
         }
         pthread_mutex_unlock(&b->mu);
-        again = serve_batch(b, user_id, batch);
+        (void)drop_gone(&batch, svc_now_unix_ms());
+        if (batch != NULL) {
+            q->batch = batch;
+            lock_account(q);
+            return;
+        }
     }
 }
 
@@ -322,6 +359,7 @@ balance_batcher_submit(balance_batcher_t *b, int64_t user_id, balance_req_t *r)
             return;
         }
         q->user_id = user_id;
+        q->b = b;
         q->next = *bucket_of(b, user_id);
         *bucket_of(b, user_id) = q;
         serve = true; /* a queue exists exactly while one worker serves it */
@@ -334,13 +372,13 @@ balance_batcher_submit(balance_batcher_t *b, int64_t user_id, balance_req_t *r)
     q->tail = r;
     pthread_mutex_unlock(&b->mu);
     if (serve) {
-        serve_account(b, user_id);
+        serve_next(q);
     }
 }
 
 balance_batcher_t *
-balance_batcher_create(svc_pg_pool_t *db, svc_client_t *lock_svc, const balance_limits_t *limits,
-                       svc_err_t *err)
+balance_batcher_create(svc_server_t *server, svc_pg_pool_t *db, svc_client_t *lock_svc,
+                       const balance_limits_t *limits, svc_err_t *err)
 {
     balance_batcher_t *b = calloc(1, sizeof(*b));
 
@@ -348,6 +386,7 @@ balance_batcher_create(svc_pg_pool_t *db, svc_client_t *lock_svc, const balance_
         svc_err_set(err, SVC_RESOURCE_EXHAUSTED, "out of memory");
         return NULL;
     }
+    b->server = server;
     b->db = db;
     b->lock_svc = lock_svc;
     b->limits = *limits;

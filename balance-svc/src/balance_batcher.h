@@ -37,8 +37,9 @@ struct balance_req {
 };
 
 /* Takes no ownership; db and lock_svc must outlive the batcher. */
-balance_batcher_t *balance_batcher_create(svc_pg_pool_t *db, svc_client_t *lock_svc,
-                                          const balance_limits_t *limits, svc_err_t *err);
+balance_batcher_t *balance_batcher_create(svc_server_t *server, svc_pg_pool_t *db,
+                                          svc_client_t *lock_svc, const balance_limits_t *limits,
+                                          svc_err_t *err);
 
 /*
  * Queues req for user_id's account. When no worker serves that account, the

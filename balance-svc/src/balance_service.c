@@ -346,7 +346,7 @@ balance_service_create(svc_server_t *server, svc_pg_pool_t *db, svc_client_t *lo
     }
     svc->server = server;
     svc->db = db;
-    svc->batcher = balance_batcher_create(db, lock_svc, limits, err);
+    svc->batcher = balance_batcher_create(server, db, lock_svc, limits, err);
     if (svc->batcher == NULL) {
         free(svc);
         return NULL;

@@ -124,7 +124,7 @@ struct rsv_hold {
     int32_t seats[RSV_MAX_SEATS];
     int n;
     hold_state_t state; /* under gate_mu */
-    svc_lock_t locks[RSV_MAX_SEATS];
+    svc_lock_t *locks;  /* a leader's, in the call's arena: a parked call stays small */
     rsv_reservation_t result;
     int32_t taken; /* the seat found held or sold, 0 when none */
     svc_err_t err;
@@ -402,6 +402,12 @@ lead(void *arg)
     if (rsv_store_precheck(svc->db, h->schedule_id, h->seats, h->n, svc_now_unix_ms(),
                            reservation_db_deadline(h->call), &h->taken, &h->err) != 0 ||
         check_account(svc, h->call, h->user_id, &h->err) != 0) {
+        gate_leave(h);
+        return;
+    }
+    h->locks = svc_arena_alloc(svc_call_arena(h->call), (size_t)h->n * sizeof(*h->locks));
+    if (h->locks == NULL) {
+        svc_err_set(&h->err, SVC_RESOURCE_EXHAUSTED, "out of memory");
         gate_leave(h);
         return;
     }
