@@ -4,14 +4,17 @@
  * account's lock token itself to make balance-svc wait for it, then checks
  * that a lock that came late does not cost callers who still had time, that
  * lock-svc sees the callers' deadline and x-request-id, and that a request
- * whose caller gave up is never applied. argv[1] is balance-svc, argv[2] lock-svc.
+ * whose caller gave up is never applied; and that accounts waiting for their
+ * tokens hold no thread each. argv[1] is balance-svc, argv[2] lock-svc.
  */
 #define _GNU_SOURCE
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 #include "balance_stack.h"
+#include "balance/v1/balance.pb-c.h"
 #include "lock/v1/lock.pb-c.h"
 #include "svc/lock_client.h"
 #include "svc/timer.h"
@@ -22,11 +25,15 @@ static balance_stack_t stack;
 
 #define C0 (stack.client[0])
 
-/* Takes account:<user>'s lock token as balance-svc would, so balance-svc must wait. */
+/*
+ * Takes account:<user>'s lock token as balance-svc would, so balance-svc must
+ * wait. Waiting for it a little: balance-svc gives its own token back just
+ * after it answered, without waiting for lock-svc.
+ */
 static void
 hold_account(int64_t user, svc_lock_t *lock)
 {
-    svc_lock_opts_t lopts = {.owner = "test", .lease_ms = 30000, .wait_ms = 0};
+    svc_lock_opts_t lopts = {.owner = "test", .lease_ms = 30000, .wait_ms = 2000};
     char key[48];
     svc_err_t err;
 
@@ -181,6 +188,120 @@ test_expired_request_in_a_batch_is_not_applied(void **state)
     assert_int_equal(balance_stack_stored_balance(&stack, user), 1009);
 }
 
+/* Threads of process pid, from /proc; fails the test when it cannot be read. */
+static int
+threads_of(pid_t pid)
+{
+    char path[64], line[128];
+    int n = -1;
+    FILE *f;
+
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+    if ((f = fopen(path, "r")) == NULL) {
+        fail_msg("cannot read %s", path);
+    }
+    while (fgets(line, sizeof(line), f) != NULL) {
+        if (sscanf(line, "Threads: %d", &n) == 1) {
+            break;
+        }
+    }
+    fclose(f);
+    assert_true(n > 0);
+    return n;
+}
+
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int done, ok;
+} tally_t;
+
+typedef struct {
+    tally_t *tally;
+    svc_arena_t *arena;
+} top_up_job_t;
+
+static void
+top_up_done(ProtobufCMessage *resp, const svc_err_t *err, void *arg)
+{
+    top_up_job_t *job = arg;
+
+    (void)resp;
+    pthread_mutex_lock(&job->tally->mu);
+    job->tally->ok += err->code == SVC_OK;
+    job->tally->done++;
+    pthread_cond_signal(&job->tally->cv);
+    pthread_mutex_unlock(&job->tally->mu);
+}
+
+/*
+ * 200 accounts whose tokens someone else holds, a top-up waiting on each:
+ * balance-svc waits for 200 tokens at once without a thread for each (it
+ * used to block a worker per waiting account, up to its 256). Then the
+ * tokens go back and every top-up goes through, once.
+ */
+static void
+test_waiting_accounts_hold_no_thread(void **state)
+{
+    enum { N = 200 };
+    int64_t *users = calloc(N, sizeof(*users));
+    svc_lock_t *locks = calloc(N, sizeof(*locks));
+    top_up_job_t *jobs = calloc(N, sizeof(*jobs));
+    tally_t t = {.done = 0};
+    svc_call_opts_t opts = {.timeout_ms = 30000};
+    int threads_before, threads_waiting;
+
+    (void)state;
+    pthread_mutex_init(&t.mu, NULL);
+    pthread_cond_init(&t.cv, NULL);
+    for (int i = 0; i < N; i++) {
+        users[i] = balance_stack_funded_user(&stack, 100);
+        hold_account(users[i], &locks[i]);
+    }
+    threads_before = threads_of(stack.inst[0].pid);
+    for (int i = 0; i < N; i++) {
+        Balance__V1__TopUpRequest req = BALANCE__V1__TOP_UP_REQUEST__INIT;
+        char key[32];
+        snprintf(key, sizeof(key), "waiting-%d", i);
+        req.user_id = users[i];
+        req.amount = 7;
+        req.idempotency_key = key;
+        jobs[i].tally = &t;
+        jobs[i].arena = svc_arena_create();
+        svc_client_unary_async(C0, "/balance.v1.BalanceService/TopUp", &req.base,
+                               &balance__v1__top_up_response__descriptor, jobs[i].arena, &opts,
+                               top_up_done, &jobs[i]);
+    }
+    for (int i = 0; i < N; i++) {
+        wait_for_waiters(users[i], 1);
+    }
+    threads_waiting = threads_of(stack.inst[0].pid);
+    fprintf(stderr, "balance-svc threads: %d before, %d with %d accounts waiting for tokens\n",
+            threads_before, threads_waiting, N);
+    if (threads_waiting > threads_before + N / 4) {
+        fail_msg("%d threads while %d accounts waited (%d before)", threads_waiting, N,
+                 threads_before);
+    }
+    for (int i = 0; i < N; i++) {
+        release_account(&locks[i]);
+    }
+    pthread_mutex_lock(&t.mu);
+    while (t.done < N) {
+        pthread_cond_wait(&t.cv, &t.mu);
+    }
+    pthread_mutex_unlock(&t.mu);
+    assert_int_equal(t.ok, N);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(balance_stack_stored_balance(&stack, users[i]), 107);
+        svc_arena_destroy(jobs[i].arena);
+    }
+    pthread_cond_destroy(&t.cv);
+    pthread_mutex_destroy(&t.mu);
+    free(users);
+    free(locks);
+    free(jobs);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -188,6 +309,7 @@ main(int argc, char **argv)
         cmocka_unit_test(test_late_lock_leaves_the_full_budget),
         cmocka_unit_test(test_lock_call_carries_deadline_and_request_id),
         cmocka_unit_test(test_expired_request_in_a_batch_is_not_applied),
+        cmocka_unit_test(test_waiting_accounts_hold_no_thread),
     };
     const char *balance_env[] = {"LOCK_WAIT_MS=" LOCK_WAIT_MS, NULL};
     const char *lock_env[] = {"LOG_LEVEL=info", NULL}; /* its log names each request id */
