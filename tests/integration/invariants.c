@@ -426,7 +426,8 @@ check_answer(const inv_answer_t *a, const PGresult *res, const charges_t *charge
                     "reservation %" PRId64 ": CancelReservation answered OK%s, but it is %s and"
                     " cost its user %" PRId64,
                     a->id, a->paid ? " (and PayReservation OK)" : "", status_name(status), cost);
-    } else if (!a->cancelled && a->paid && (status != 2 || cost != amount)) {
+    } else if (!a->cancelled && a->paid && (status != 2 || cost != amount) &&
+               !(a->cancel_lost && status == 3 && cost == 0)) {
         report_line(report, found,
                     "reservation %" PRId64 ": PayReservation answered OK, but it is %s and cost"
                     " its user %" PRId64 " of %" PRId64,

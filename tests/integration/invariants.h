@@ -53,13 +53,15 @@ typedef struct {
     int32_t seats[INV_MAX_SEATS]; /* ascending */
     int n_seats;
     bool paid, cancelled;
+    bool cancel_lost; /* a CancelReservation whose answer was lost: it may have happened */
 } inv_answer_t;
 
 /*
  * Every answer is in the data: the reservation exists for its user and
  * schedule with exactly its seats; when a cancel answered OK it is CANCELLED
  * and cost 0 (whatever a payment answered), else when a payment answered OK
- * it is CONFIRMED and cost its amount.
+ * it is CONFIRMED and cost its amount (or, after a cancel whose answer was
+ * lost, CANCELLED and cost 0).
  */
 int64_t inv_check_answers(const char *reservation_conninfo, const char *balance_conninfo,
                           const inv_answer_t *answers, int n, FILE *report);

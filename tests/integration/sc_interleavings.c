@@ -181,6 +181,19 @@ mark(il_run_t *run, int i, bool paid, bool cancelled)
     pthread_mutex_unlock(&run->mu);
 }
 
+/* A cancel of answer i whose answer was lost: the reservation may be cancelled. */
+static void
+mark_cancel(il_run_t *run, int i, svc_status_t code)
+{
+    if (code == SVC_OK) {
+        mark(run, i, false, true);
+    } else if (fate_unknown(code)) {
+        pthread_mutex_lock(&run->mu);
+        run->answers[i].cancel_lost = true;
+        pthread_mutex_unlock(&run->mu);
+    }
+}
+
 /* GetReservation: a reservation whose cancel answered OK must read CANCELLED from then on. */
 static void
 get_reservation(il_run_t *run, int i)
@@ -453,11 +466,11 @@ pay(il_worker_t *w, int u, int i)
         }
         code = cf_cancel(run->reservation, run->tally, a.id, a.user_id);
         count_op(run, OP_CANCEL, code);
+        mark_cancel(run, i, code);
     }
     if (code != SVC_OK) {
         return;
     }
-    mark(run, i, false, true);
     forget(w, u, i);
     atomic_fetch_add(&run->gave_up, 1);
     if (hold(w, 1 - u, a.schedule_id, a.seats, a.n_seats) >= 0) {
@@ -473,9 +486,7 @@ cancel(il_worker_t *w, int u, int i)
     svc_status_t code = cf_cancel(run->reservation, run->tally, a.id, a.user_id);
 
     count_op(run, OP_CANCEL, code);
-    if (code == SVC_OK) {
-        mark(run, i, false, true);
-    }
+    mark_cancel(run, i, code);
     if (code == SVC_OK || code == SVC_FAILED_PRECONDITION) {
         forget(w, u, i);
     }

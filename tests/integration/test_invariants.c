@@ -320,6 +320,11 @@ test_answers(void **state)
     /* A payment answered OK: cancelled instead, or confirmed and never charged. */
     bad.cancelled = false;
     assert_int_equal(inv_check_answers(pg.conninfo, pg_balance.conninfo, &bad, 1, stderr), 1);
+    /* Unless a cancel was tried and its answer lost (a kill, a deadline): it may have run. */
+    bad.cancel_lost = true;
+    assert_int_equal(inv_check_answers(pg.conninfo, pg_balance.conninfo, &bad, 1, stderr), 0);
+    sql(&pg_balance, "DELETE FROM ledger WHERE id = 24"); /* but not without its refund */
+    assert_int_equal(inv_check_answers(pg.conninfo, pg_balance.conninfo, &bad, 1, stderr), 1);
     bad = (inv_answer_t){
         .id = 24, .user_id = 11, .schedule_id = 3, .seats = {3}, .n_seats = 1, .paid = true};
     sql(&pg, "UPDATE reservations SET status = 2 WHERE id = 24");
