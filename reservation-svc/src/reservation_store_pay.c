@@ -359,6 +359,10 @@ pay_update(svc_pg_pool_t *db, const char *sql, int n, const char *const *p, int6
     return res == NULL ? -1 : 0;
 }
 
+/* $1's status from $2 to $3. */
+#define SQL_TRANSITION                                                                             \
+    "UPDATE payments SET status = $3, updated_at = now() WHERE id = $1 AND status = $2"
+
 /* One payment from status from to status to, in a statement of its own. */
 static int
 pay_transition(svc_pg_pool_t *db, int64_t payment_id, int from, int to, int64_t deadline_ms,
@@ -370,18 +374,14 @@ pay_transition(svc_pg_pool_t *db, int64_t payment_id, int from, int to, int64_t 
     I64(pid, payment_id);
     I64(f, from);
     I64(t, to);
-    return pay_update(db,
-                      "UPDATE payments SET status = $3, updated_at = now()"
-                      " WHERE id = $1 AND status = $2",
-                      3, p, deadline_ms, err);
+    return pay_update(db, SQL_TRANSITION, 3, p, deadline_ms, err);
 }
 
-int
-rsv_store_pay_refused(svc_pg_pool_t *db, int64_t payment_id, int64_t deadline_ms,
-                      rsv_payment_t *pay, svc_err_t *err)
+/* One statement on one payment, then the payment as it stands, on the same connection. */
+static int
+pay_update_load(svc_pg_pool_t *db, const char *sql, int n, const char *const *p, int64_t payment_id,
+                int64_t deadline_ms, rsv_payment_t *pay, svc_err_t *err)
 {
-    char pid[24], f[24], t[24];
-    const char *p[] = {pid, f, t};
     PGconn *conn = svc_pg_acquire(db, deadline_ms, err);
     PGresult *res;
     int rc = -1;
@@ -389,19 +389,24 @@ rsv_store_pay_refused(svc_pg_pool_t *db, int64_t payment_id, int64_t deadline_ms
     if (conn == NULL) {
         return -1;
     }
-    I64(pid, payment_id);
-    I64(f, RSV_PAY_PENDING);
-    I64(t, RSV_PAY_FAILED);
-    res = svc_pg_exec(conn,
-                      "UPDATE payments SET status = $3, updated_at = now()"
-                      " WHERE id = $1 AND status = $2",
-                      3, p, PGRES_COMMAND_OK, "record payment refusal", err);
+    res = svc_pg_exec(conn, sql, n, p, PGRES_COMMAND_OK, "record payment outcome", err);
     if (res != NULL && load_payment(conn, payment_id, false, false, pay, err) == 1) {
         rc = 0;
     }
     PQclear(res);
     svc_pg_release(db, conn, rc != 0 && err->code == SVC_UNAVAILABLE);
     return rc;
+}
+
+int
+rsv_store_pay_refused(svc_pg_pool_t *db, int64_t payment_id, int64_t deadline_ms,
+                      rsv_payment_t *pay, svc_err_t *err)
+{
+    char pid[24];
+    const char *p[] = {pid, RSV_STR(RSV_PAY_PENDING), RSV_STR(RSV_PAY_FAILED)};
+
+    I64(pid, payment_id);
+    return pay_update_load(db, SQL_TRANSITION, 3, p, payment_id, deadline_ms, pay, err);
 }
 
 /* $4 CAPTURING becomes $5 CHARGED; $6 REFUNDING stays, now knowing the spend to refund. */
@@ -422,23 +427,11 @@ rsv_store_pay_captured(svc_pg_pool_t *db, int64_t payment_id, int64_t balance_tx
                        RSV_STR(RSV_PAY_CAPTURING),
                        RSV_STR(RSV_PAY_CHARGED),
                        RSV_STR(RSV_PAY_REFUNDING)};
-    PGconn *conn = svc_pg_acquire(db, deadline_ms, err);
-    PGresult *res;
-    int rc = -1;
 
-    if (conn == NULL) {
-        return -1;
-    }
     I64(pid, payment_id);
     I64(txn, balance_txn_id);
     I64(after, balance_after);
-    res = svc_pg_exec(conn, SQL_CAPTURED, 6, p, PGRES_COMMAND_OK, "record payment outcome", err);
-    if (res != NULL && load_payment(conn, payment_id, false, false, pay, err) == 1) {
-        rc = 0;
-    }
-    PQclear(res);
-    svc_pg_release(db, conn, rc != 0 && err->code == SVC_UNAVAILABLE);
-    return rc;
+    return pay_update_load(db, SQL_CAPTURED, 6, p, payment_id, deadline_ms, pay, err);
 }
 
 int
