@@ -27,8 +27,9 @@ main(int argc, char **argv)
          0, &listen_addr, 1},
         {"redis-url", "REDIS_URL", SVC_OPT_STRING, "redis://127.0.0.1:6379/0",
          "redis://host:port[/db] or redis-sentinel://h1:p1,h2:p2/mastername", 0, 0, &redis_url, 1},
-        {"redis-pool", "REDIS_POOL", SVC_OPT_INT, "64", "Redis connections at most", 1, 1024,
-         &redis_pool, 0},
+        {"redis-pool", "REDIS_POOL", SVC_OPT_INT, "64",
+         "Redis connections at most (one pipelined connection and thread per CPU, up to this)", 1,
+         1024, &redis_pool, 0},
         {"default-lease-ms", "DEFAULT_LEASE_MS", SVC_OPT_INT, "10000", "lease when lease_ms is 0",
          1, 3600000, &limits.default_lease_ms, 0},
         {"max-lease-ms", "MAX_LEASE_MS", SVC_OPT_INT, "300000", "longest lease granted", 1,
@@ -77,15 +78,14 @@ main(int argc, char **argv)
     svc_server_wait_for_signal(server);
     rc = 0;
 out:
-    if (svc != NULL) {
-        lock_service_stop(svc);
-    }
+    /* Calls first (parked ones end with the server), then timers, then Redis. */
     if (server != NULL) {
         svc_server_shutdown(server);
     }
+    lock_service_stop(svc);
+    lock_store_destroy(store);
     lock_service_destroy(svc);
     svc_server_destroy(server);
-    lock_store_destroy(store);
     svc_client_release_all();
     return rc;
 }
