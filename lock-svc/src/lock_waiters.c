@@ -57,7 +57,8 @@ typedef struct lock_waiter {
     svc_call_t *call;
     const char *key, *owner; /* in the call's arena */
     int64_t lease_ms, wait_ms;
-    int64_t until_ms; /* monotonic: the end of the wait */
+    int64_t until_ms;      /* monotonic: the end of the wait */
+    int64_t line_until_ms; /* monotonic: the end of its place in the line (the call's deadline) */
     char token[LOCK_TOKEN_LEN + 1];
     svc_timer_t timer;
     bool timer_live;
@@ -367,7 +368,7 @@ waiter_ask(lock_waiter_t *w, after_t *a)
     snprintf(a->token, sizeof(a->token), "%s", w->token);
     snprintf(a->owner, sizeof(a->owner), "%s", w->owner);
     a->lease_ms = w->lease_ms;
-    a->wait_ms = w->until_ms - svc_now_mono_ms();
+    a->wait_ms = w->line_until_ms - svc_now_mono_ms();
 }
 
 /*
@@ -689,7 +690,7 @@ lock_waiters_park(lock_waiters_t *ws, svc_call_t *call, const char *key, const c
                   int64_t lease_ms, int64_t wait_ms)
 {
     lock_waiter_t *w = svc_call_alloc(call, sizeof(*w));
-    int64_t left = svc_call_deadline_ms(call) - svc_now_unix_ms();
+    int64_t left = svc_call_deadline_ms(call) - svc_now_unix_ms(), in_line = wait_ms;
     after_t a = {0};
     ask_ctx_t *ctx;
     unsigned b;
@@ -699,10 +700,15 @@ lock_waiters_park(lock_waiters_t *ws, svc_call_t *call, const char *key, const c
     if (w == NULL) {
         return;
     }
-    if (left < wait_ms) { /* the caller gives up earlier: so does the waiter in the line */
-        wait_ms = left;
+    /*
+     * A caller that gives up before wait_ms (its deadline) leaves the line
+     * then: a hand-off skips it instead of waiting for its cancellation. Its
+     * call is still ended by that cancellation, or by wait_ms.
+     */
+    if (left < in_line) {
+        in_line = left;
     }
-    if (wait_ms <= 0) {
+    if (in_line <= 0) {
         svc_err_set(&err, SVC_DEADLINE_EXCEEDED, "deadline exceeded before lock %s was free", key);
         svc_call_fail(call, &err);
         return;
@@ -714,6 +720,7 @@ lock_waiters_park(lock_waiters_t *ws, svc_call_t *call, const char *key, const c
     w->lease_ms = lease_ms;
     w->wait_ms = wait_ms;
     w->until_ms = svc_now_mono_ms() + wait_ms;
+    w->line_until_ms = svc_now_mono_ms() + in_line;
     w->timer.heap_index = -1;
     w->shard = shard_of(ws, key, &b);
     lock_store_new_token(w->token);
@@ -739,7 +746,7 @@ lock_waiters_park(lock_waiters_t *ws, svc_call_t *call, const char *key, const c
     pthread_mutex_unlock(&w->shard->mu);
 
     /* Registered first: a hand-off reported before this answer finds the waiter. */
-    lock_store_acquire_async(ws->store, key, w->token, owner, lease_ms, wait_ms, true, acquire_done,
+    lock_store_acquire_async(ws->store, key, w->token, owner, lease_ms, in_line, true, acquire_done,
                              ctx);
 
     pthread_mutex_lock(&w->shard->mu);
