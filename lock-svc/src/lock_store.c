@@ -20,10 +20,10 @@
  *   every 500 ms by lane 0's tick). A waiter of the instance running the
  *   script is answered from the script's reply (LOCK_EV_HANDED_HERE). A
  *   waiter of another instance is told on that instance's channel
- *   `lock.v1:grant:<id>` and holds the lock for GRANT_MS (2 s) only, until
+ *   `lock.v1:grant:<id>` and holds the lock for 2 s only, until
  *   its instance confirms with acquire (same token), which renews the whole
  *   lease: a grant to an instance that died just before cannot keep the key
- *   for a whole lease. The granting instance checks back after GRANT_MS
+ *   for a whole lease. The granting instance checks back after 2 s
  *   (LOCK_EV_HANDED_AWAY) and hands on an unconfirmed grant.
  * - Acquire gives a free lock to the line first, so a lease that ran out is
  *   handed in FIFO order; a waiter's instance arms a timer for the holder's
@@ -96,22 +96,13 @@ enum {
 /*
  * Shared by the scripts that may hand the lock over. KEYS: lock, fence,
  * line, waiting. A lock is "token\nfence\nowner"; a line entry is
- * "instance\ndeadline\nlease\nowner". Every script answers
- * {code, n, handed token, its fence, its px, handed here (1/0), holder,
- * holder's fence}: reply() keeps that shape (no nil inside a table).
+ * "instance\ndeadline\nlease\nowner" (deadline: unix ms, Redis's clock).
+ * These scripts answer {code, n} and, when they handed the lock to the head
+ * of the line, {code, n, token, fence, px, here (1/0)}. They run on every
+ * acquire and release: they define no more than they use, and a line that
+ * does not exist costs one EXISTS.
  */
 static const char lua_prelude[] =
-    "local GRANT_MS = 2000\n"
-    "local function now_ms()\n"
-    "  local t = redis.call('TIME')\n"
-    "  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
-    "end\n"
-    "local function token_of(v) return string.match(v, '^([^\\n]*)\\n') end\n"
-    "local function fence_of(v) return tonumber(string.match(v, '^[^\\n]*\\n([^\\n]*)')) end\n"
-    "local function reply(code, n, h, holder, holder_fence)\n"
-    "  h = h or {'', 0, 0, 0}\n"
-    "  return {code, n, h[1], h[2], h[3], h[4], holder or '', holder_fence or 0}\n"
-    "end\n"
     /* The fence floor (ARGV, wall clock in us) keeps fences growing if Redis lost the last one;
        the fence key outlives the lock by an hour, after that the floor alone does. */
     "local function grant(token, owner, px, floor)\n"
@@ -126,13 +117,15 @@ static const char lua_prelude[] =
     "  return fence\n"
     "end\n"
     /* Gives the free lock to the first live entry of the line: {token, fence, px, here} or nil.
+       An entry of another instance holds it 2 s until that instance confirms.
        me: the calling instance (alive: it runs this); name: the key as clients know it. */
     "local function hand_off(me, floor, name)\n"
-    "  local now = nil\n"
+    "  if redis.call('EXISTS', KEYS[3]) == 0 then return nil end\n"
+    "  local t = redis.call('TIME')\n"
+    "  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
     "  while true do\n"
     "    local head = redis.call('ZRANGE', KEYS[3], 0, 0)[1]\n"
     "    if not head then return nil end\n"
-    "    now = now or now_ms()\n"
     "    local e = redis.call('HGET', KEYS[4], head)\n"
     "    redis.call('ZREM', KEYS[3], head)\n"
     "    redis.call('HDEL', KEYS[4], head)\n"
@@ -142,7 +135,7 @@ static const char lua_prelude[] =
     "      if inst and tonumber(deadline) > now and (inst == me or"
     " redis.call('EXISTS', 'lock-svc:instance:' .. inst) == 1) then\n"
     "        local px = tonumber(lease)\n"
-    "        if inst ~= me and px > GRANT_MS then px = GRANT_MS end\n"
+    "        if inst ~= me and px > 2000 then px = 2000 end\n"
     "        local fence = grant(head, owner, px, floor)\n"
     "        if inst ~= me then\n"
     "          redis.call('PUBLISH', 'lock.v1:grant:' .. inst,"
@@ -157,25 +150,27 @@ static const char lua_prelude[] =
 /*
  * ARGV: token, owner, lease_ms, fence floor, instance, wait_ms, name.
  * {1, fence}: granted; {2, holder's pttl}: queued; {0, holder's pttl}: refused.
- * The line's keys outlive the longest wait in them by a minute.
+ * The same token again: holding, granted with its whole lease from now;
+ * queued, queued. The line's keys outlive the longest wait in them by a
+ * minute.
  */
 static const char lua_acquire[] =
     "local token, lease, wait = ARGV[1], ARGV[3], tonumber(ARGV[6])\n"
     "local v = redis.call('GET', KEYS[1])\n"
-    "if v and token_of(v) == token then\n"
+    "if v and string.sub(v, 1, #token + 1) == token .. '\\n' then\n"
     "  redis.call('PEXPIRE', KEYS[1], lease)\n"
-    "  return reply(1, fence_of(v))\n"
+    "  return {1, tonumber(string.match(v, '^[^\\n]*\\n([^\\n]*)'))}\n"
     "end\n"
     "local h = nil\n"
     "if not v then\n"
     "  h = hand_off(ARGV[5], ARGV[4], ARGV[7])\n"
-    "  if not h then return reply(1, grant(token, ARGV[2], lease, ARGV[4])) end\n"
-    "  if h[1] == token then return reply(1, h[2]) end\n"
+    "  if not h then return {1, grant(token, ARGV[2], lease, ARGV[4])} end\n"
+    "  if h[1] == token then return {1, h[2]} end\n"
     "end\n"
     "local pttl = redis.call('PTTL', KEYS[1])\n"
-    "if wait <= 0 then return reply(0, pttl, h) end\n"
-    "if not redis.call('ZSCORE', KEYS[3], token) then\n"
-    "  local now = now_ms()\n"
+    "if wait > 0 and not redis.call('ZSCORE', KEYS[3], token) then\n"
+    "  local t = redis.call('TIME')\n"
+    "  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
     "  local last = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')\n"
     "  redis.call('ZADD', KEYS[3], last[2] and tonumber(last[2]) + 1 or 1, token)\n"
     "  redis.call('HSET', KEYS[4], token, ARGV[5] .. '\\n' .. string.format('%d', now + wait) .."
@@ -184,15 +179,20 @@ static const char lua_acquire[] =
     "  redis.call('PEXPIRE', KEYS[3], keep)\n"
     "  redis.call('PEXPIRE', KEYS[4], keep)\n"
     "end\n"
-    "return reply(2, pttl, h)\n";
+    "local code = wait > 0 and 2 or 0\n"
+    "if h then return {code, pttl, h[1], h[2], h[3], h[4]} end\n"
+    "return {code, pttl}\n";
 
 /* ARGV: token, instance, fence floor, name. 1 released (and maybe handed on), 0 not held, -1
  * another token. */
-static const char lua_release[] = "local v = redis.call('GET', KEYS[1])\n"
-                                  "if not v then return reply(0, 0) end\n"
-                                  "if token_of(v) ~= ARGV[1] then return reply(-1, 0) end\n"
-                                  "redis.call('DEL', KEYS[1])\n"
-                                  "return reply(1, 0, hand_off(ARGV[2], ARGV[3], ARGV[4]))\n";
+static const char lua_release[] =
+    "local v = redis.call('GET', KEYS[1])\n"
+    "if not v then return {0, 0} end\n"
+    "if string.sub(v, 1, #ARGV[1] + 1) ~= ARGV[1] .. '\\n' then return {-1, 0} end\n"
+    "redis.call('DEL', KEYS[1])\n"
+    "local h = hand_off(ARGV[2], ARGV[3], ARGV[4])\n"
+    "if h then return {1, 0, h[1], h[2], h[3], h[4]} end\n"
+    "return {1, 0}\n";
 
 /* KEYS: lock. ARGV: token, lease_ms. Returns 1 extended, 0 not held, -1 other token. */
 static const char lua_extend[] =
@@ -202,12 +202,19 @@ static const char lua_extend[] =
     "redis.call('PEXPIRE', KEYS[1], ARGV[2])\n"
     "return 1\n";
 
-/* ARGV: instance, fence floor, name. {3, pttl, .., holder, fence}: held; else 1 handed, 0 not. */
+/*
+ * ARGV: instance, fence floor, name. Held: {3, pttl, '', 0, 0, 0, holder's
+ * token, its fence}; free: handed to the head of the line (1) or not (0).
+ */
 static const char lua_promote[] =
     "local v = redis.call('GET', KEYS[1])\n"
-    "if v then return reply(3, redis.call('PTTL', KEYS[1]), nil, token_of(v), fence_of(v)) end\n"
+    "if v then\n"
+    "  local holder, fence = string.match(v, '^([^\\n]*)\\n([^\\n]*)')\n"
+    "  return {3, redis.call('PTTL', KEYS[1]), '', 0, 0, 0, holder, tonumber(fence)}\n"
+    "end\n"
     "local h = hand_off(ARGV[1], ARGV[2], ARGV[3])\n"
-    "return reply(h and 1 or 0, 0, h)\n";
+    "if h then return {1, 0, h[1], h[2], h[3], h[4]} end\n"
+    "return {0, 0}\n";
 
 /*
  * ARGV: token, instance, fence floor, name. 1: token was in the line or held
@@ -217,13 +224,15 @@ static const char lua_promote[] =
 static const char lua_leave[] = "local found = redis.call('ZREM', KEYS[3], ARGV[1])\n"
                                 "redis.call('HDEL', KEYS[4], ARGV[1])\n"
                                 "local v = redis.call('GET', KEYS[1])\n"
-                                "if v and token_of(v) == ARGV[1] then\n"
+                                "if v and string.sub(v, 1, #ARGV[1] + 1) == ARGV[1] .. '\\n' then\n"
                                 "  redis.call('DEL', KEYS[1])\n"
                                 "  v = false\n"
                                 "  found = 1\n"
                                 "end\n"
-                                "if v then return reply(found == 1 and 1 or -1, 0) end\n"
-                                "return reply(found, 0, hand_off(ARGV[2], ARGV[3], ARGV[4]))\n";
+                                "if v then return {found == 1 and 1 or -1, 0} end\n"
+                                "local h = hand_off(ARGV[2], ARGV[3], ARGV[4])\n"
+                                "if h then return {found, 0, h[1], h[2], h[3], h[4]} end\n"
+                                "return {found, 0}\n";
 
 /* KEYS: lock, waiting. Returns {value or nil, pttl, live waiters}. */
 static const char lua_get[] =
@@ -639,8 +648,8 @@ static void orphan_add(lock_store_t *s, int lane, const char *key, const char *t
                        int64_t lease_ms);
 
 /*
- * The reply of a hand-off script: {code, n, handed token, fence, px, here,
- * holder, holder's fence}. Reports the hand-off, then fills res.
+ * The reply of a hand-off script: {code, n[, handed token, fence, px, here[,
+ * holder, holder's fence]]}. Reports the hand-off, then fills res.
  */
 static int
 parse_script(call_ctx_t *ctx, const redisReply *r, lock_store_result_t *res, svc_err_t *err)
@@ -648,7 +657,7 @@ parse_script(call_ctx_t *ctx, const redisReply *r, lock_store_result_t *res, svc
     const char *handed;
     long long code;
 
-    if (r->type != REDIS_REPLY_ARRAY || r->elements < 6) {
+    if (r->type != REDIS_REPLY_ARRAY || r->elements < 2) {
         svc_err_set(err, SVC_UNAVAILABLE, "unexpected reply from redis");
         return -1;
     }
@@ -914,7 +923,7 @@ orphan_left(redisReply *reply, bool lost, void *arg)
 
     (void)lost; /* a leave may be repeated */
     o->in_flight = false;
-    if (reply == NULL || reply->type != REDIS_REPLY_ARRAY || reply->elements < 6) {
+    if (reply == NULL || reply->type != REDIS_REPLY_ARRAY || reply->elements < 2) {
         o->retry_ms = now + ORPHAN_RETRY_MS;
         return;
     }
