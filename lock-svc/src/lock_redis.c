@@ -397,8 +397,8 @@ submit(lane_t *l, rcmd_t *c)
     bool fail = false;
 
     pthread_mutex_lock(&l->mu);
-    if (l->stopping || l->state == LANE_DOWN) {
-        fail = true; /* Redis is down: answer at once, not after a timeout */
+    if (l->stopping || l->state == LANE_DOWN || l->broken) {
+        fail = true; /* Redis is down (or the socket just failed): answer at once */
     } else if (l->state == LANE_CONNECTING) {
         if (l->wait_tail != NULL) {
             l->wait_tail->next = c;
