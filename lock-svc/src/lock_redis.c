@@ -2,9 +2,11 @@
  * lock_redis.c: Redis lanes. A lane is one TCP connection speaking RESP
  * directly: a caller formats its command once, appends it to the lane's
  * output under the lane's mutex and writes it to the socket itself, so a
- * command costs no wake-up of another thread. The lane's thread only reads:
- * it parses replies with hiredis's reader and runs the callbacks in order
- * (Redis answers a connection's commands in the order it got them, so
+ * command costs no wake-up of another thread (unless the lane's thread is
+ * answering replies just then: it writes all that was queued meanwhile in
+ * one go when it is done). The lane's thread reads: it parses replies with
+ * hiredis's reader and runs the callbacks in order (Redis answers a
+ * connection's commands in the order it got them, so
  * in-flight commands form a FIFO, and the oldest one tells whether Redis
  * stopped answering). The same thread (re)connects, with a blocking hiredis
  * context for the set-up (AUTH, SELECT, ROLE, SCRIPT LOAD) whose socket it
@@ -67,6 +69,7 @@ typedef struct lane {
     char *out;                         /* bytes not yet written: out[out_off..out_len) */
     size_t out_off, out_len, out_cap;
     bool out_armed; /* EPOLLOUT asked for */
+    bool reading;   /* the lane's thread is answering replies: it writes the output after */
     bool broken;    /* a writer saw the socket fail; the lane's thread drops it */
 
     /* the lane's thread only (and create/destroy) */
@@ -384,7 +387,7 @@ send_locked(lane_t *l, rcmd_t *c, bool flush)
         l->flight_head = c;
     }
     l->flight_tail = c;
-    if (flush && was_idle) {
+    if (flush && was_idle && !l->reading) {
         out_flush(l);
     }
     return true;
@@ -706,10 +709,28 @@ lane_thread(void *arg)
             if (fd < 0) {
                 continue;
             }
-            if ((events[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP)) && !lane_read(l, fd)) {
-                lane_drop(l, "");
-                fd = -1;
-                continue;
+            if (events[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP)) {
+                bool alive;
+                /*
+                 * Commands queued while we answer replies (by callers and by
+                 * the callbacks) go out together afterwards: one write for
+                 * many under load.
+                 */
+                pthread_mutex_lock(&l->mu);
+                l->reading = true;
+                pthread_mutex_unlock(&l->mu);
+                alive = lane_read(l, fd);
+                pthread_mutex_lock(&l->mu);
+                l->reading = false;
+                if (alive) {
+                    out_flush(l);
+                }
+                pthread_mutex_unlock(&l->mu);
+                if (!alive) {
+                    lane_drop(l, "");
+                    fd = -1;
+                    continue;
+                }
             }
             if (events[i].events & EPOLLOUT) {
                 pthread_mutex_lock(&l->mu);

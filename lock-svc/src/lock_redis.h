@@ -2,7 +2,8 @@
  * lock_redis.h: lock-svc's pipelined Redis connections ("lanes"). Each lane
  * is one non-blocking connection with its own I/O thread: callers on any
  * thread write their command straight into the lane's socket (no hand-off to
- * another thread), the lane's thread reads the replies and runs their
+ * another thread; while the lane's thread answers replies, it writes what
+ * was queued after them), the lane's thread reads the replies and runs their
  * callbacks. Replies come back in order per lane, so commands sent to one
  * lane run in Redis in the order they were queued. Used by lock_store.
  */
