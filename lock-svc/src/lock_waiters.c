@@ -217,13 +217,30 @@ keyq_remove(keyq_t *q, lock_waiter_t *w)
     w->next = w->prev = NULL;
 }
 
+/*
+ * The waiter with token, looked for from both ends: a hand-off goes to the
+ * oldest waiter, an acquire's answer mostly concerns the newest.
+ */
 static lock_waiter_t *
 keyq_find(const keyq_t *q, const char *token)
 {
-    for (lock_waiter_t *w = q != NULL ? q->head : NULL; w != NULL; w = w->next) {
-        if (strcmp(w->token, token) == 0) {
-            return w;
+    lock_waiter_t *a = q != NULL ? q->head : NULL, *z = q != NULL ? q->tail : NULL;
+
+    while (a != NULL) {
+        if (strcmp(a->token, token) == 0) {
+            return a;
         }
+        if (a == z) {
+            break;
+        }
+        if (strcmp(z->token, token) == 0) {
+            return z;
+        }
+        if (a->next == z) {
+            break;
+        }
+        a = a->next;
+        z = z->prev;
     }
     return NULL;
 }
