@@ -41,7 +41,7 @@ typedef struct {
     int instances; /* balance-svc instances, 1..BALANCE_STACK_MAX */
     /*
      * More NAME=value for every balance-svc instance (SWEEP_INTERVAL_MS,
-     * LOCK_WAIT_MS, LOG_LEVEL=info...) and for lock-svc; NULL-terminated, may
+     * LOCK_WAIT_MS, LOG_LEVEL=debug...) and for lock-svc; NULL-terminated, may
      * be NULL. They come before the stack's own settings, so they win.
      */
     const char *const *balance_env;

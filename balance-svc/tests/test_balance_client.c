@@ -86,7 +86,7 @@ main(int argc, char **argv)
         cmocka_unit_test(test_each_call_fills_its_fields),
         cmocka_unit_test(test_errors_and_call_options),
     };
-    const char *balance_env[] = {"LOG_LEVEL=info", NULL}; /* each call logged, with its id */
+    const char *balance_env[] = {"LOG_LEVEL=debug", NULL}; /* each call logged, with its id */
     const balance_stack_config_t config = {.instances = 1, .balance_env = balance_env};
 
     return balance_stack_main(&stack, &config, argc, argv, tests, sizeof(tests) / sizeof(tests[0]));

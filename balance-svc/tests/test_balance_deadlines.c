@@ -312,7 +312,7 @@ main(int argc, char **argv)
         cmocka_unit_test(test_waiting_accounts_hold_no_thread),
     };
     const char *balance_env[] = {"LOCK_WAIT_MS=" LOCK_WAIT_MS, NULL};
-    const char *lock_env[] = {"LOG_LEVEL=info", NULL}; /* its log names each request id */
+    const char *lock_env[] = {"LOG_LEVEL=debug", NULL}; /* its access lines name request ids */
     const balance_stack_config_t config = {
         .instances = 1, .balance_env = balance_env, .lock_env = lock_env};
 

@@ -446,10 +446,15 @@ call__pump(svc_call_t *call)
     }
 }
 
+/*
+ * The access line of a call: at debug level (LOG_LEVEL=debug), so that a busy
+ * service at info pays nothing per call; calls that fail for a reason the
+ * operator must see still log at warn (UNAVAILABLE) or error.
+ */
 static void
 call__log_end(svc_call_t *call, svc_status_t code, const char *msg)
 {
-    svc_log_level_t level = SVC_LOG_INFO;
+    svc_log_level_t level = SVC_LOG_DEBUG;
 
     if (code == SVC_INTERNAL || code == SVC_UNKNOWN || code == SVC_DATA_LOSS) {
         level = SVC_LOG_ERROR;
@@ -924,8 +929,8 @@ unknown__done(svc_tag_t *tag, bool ok)
     }
     unknown__arm(u->scq);
     method = grpc_slice_to_c_string(u->details.method);
-    if (svc_log_enabled(SVC_LOG_INFO)) {
-        svc_log_call(SVC_LOG_INFO, method, NULL, "UNIMPLEMENTED", "unknown method", 0.0);
+    if (svc_log_enabled(SVC_LOG_DEBUG)) { /* an access line, like call__log_end's */
+        svc_log_call(SVC_LOG_DEBUG, method, NULL, "UNIMPLEMENTED", "unknown method", 0.0);
     }
     u->status_msg = grpc_slice_from_copied_string("unknown method");
     gpr_free(method);

@@ -1,11 +1,20 @@
 /*
- * lock_redis.c: a pipelined hiredis async connection driven by an epoll loop
- * on one thread. Commands arrive through a mutex-guarded queue and an
- * eventfd; replies come back in order, so in-flight commands form a FIFO and
- * the oldest one tells whether Redis stopped answering.
+ * lock_redis.c: Redis lanes. A lane is one TCP connection speaking RESP
+ * directly: a caller formats its command once, appends it to the lane's
+ * output under the lane's mutex and writes it to the socket itself, so a
+ * command costs no wake-up of another thread (unless the lane's thread is
+ * answering replies just then: it writes all that was queued meanwhile in
+ * one go when it is done). The lane's thread reads: it parses replies with
+ * hiredis's reader and runs the callbacks in order (Redis answers a
+ * connection's commands in the order it got them, so
+ * in-flight commands form a FIFO, and the oldest one tells whether Redis
+ * stopped answering). The same thread (re)connects, with a blocking hiredis
+ * context for the set-up (AUTH, SELECT, ROLE, SCRIPT LOAD) whose socket it
+ * then keeps.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -14,518 +23,784 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
-#include <time.h>
+#include <sys/socket.h>
 #include <unistd.h>
-
-#include <hiredis/async.h>
 
 #include "lock_redis.h"
 #include "svc/log.h"
 #include "svc/timer.h"
 
 #define MAX_ARGS 16
-#define RECONNECT_PAUSE_MS 100
 #define MAX_SCRIPTS 8
+#define MAX_LANES 64
+#define RECONNECT_PAUSE_MS 100
+#define CONNECT_TIMEOUT_MS 500
 #define TICK_MS 100
+#define READ_CHUNK 65536
 
-typedef struct {
-    struct lock_redis *r;
-    int script;
-} sha_arg_t;
-
+/* A command on its way: the RESP of its arguments; a script's head is added when it is written. */
 typedef struct rcmd {
     struct rcmd *next;
-    int script; /* -1: a plain command */
-    int argc;
-    char *argv[MAX_ARGS];
-    size_t lens[MAX_ARGS];
     lock_redis_cb cb;
     void *arg;
+    int script;  /* -1: a plain command, whose `resp` is all of it */
+    int n_elems; /* script: the RESP array's length, EVALSHA and the SHA included */
+    bool as_eval;
+    bool handed; /* put in a connection's output: without a reply, Redis may have run it */
     int64_t sent_ms;
-    bool as_eval;  /* EVAL with the script's text (after NOSCRIPT, or before its SHA is known) */
-    bool internal; /* part of setting up a connection */
-    bool handed;   /* given to a connection: without a reply, Redis may still have run it */
+    size_t len;
+    char resp[];
 } rcmd_t;
+
+typedef enum { LANE_DOWN, LANE_CONNECTING, LANE_UP } lane_state_t;
+
+typedef struct lane {
+    struct lock_redis *r;
+    int index;
+    pthread_t thread;
+    int epfd, evfd;
+
+    pthread_mutex_t mu; /* guards everything up to `reader` */
+    lane_state_t state;
+    bool stopping;
+    int fd;                            /* LANE_UP: the connection */
+    rcmd_t *wait_head, *wait_tail;     /* LANE_CONNECTING: not written yet */
+    rcmd_t *flight_head, *flight_tail; /* written or in `out`, awaiting replies, in order */
+    char *out;                         /* bytes not yet written: out[out_off..out_len) */
+    size_t out_off, out_len, out_cap;
+    bool out_armed; /* EPOLLOUT asked for */
+    bool reading;   /* the lane's thread is answering replies: it writes the output after */
+    bool broken;    /* a writer saw the socket fail; the lane's thread drops it */
+
+    /* the lane's thread only (and create/destroy) */
+    bool running;
+    int64_t last_fail_ms;
+    redisReader *reader;
+    bool drop; /* a reply said this is not (or no longer) the master */
+    /* Lane 0 says when Redis is lost and when it is back, once each. */
+    bool ever_up, said_down;
+    char host[256];
+    int port;
+    int64_t last_tick_ms;
+} lane_t;
 
 struct lock_redis {
     lock_redis_opts_t opts;
     char *password;
     char *scripts[MAX_SCRIPTS];
-
-    pthread_t thread;
-    int epfd, evfd;
-    pthread_mutex_t mu; /* guards the queue and stopping */
-    rcmd_t *queue_head, *queue_tail;
-    bool stopping;
-
-    /* loop thread only */
-    redisAsyncContext *ac;
-    bool want_read, want_write, registered;
-    bool drop; /* set by a callback: free the connection from the loop */
-    /* Where the current connection goes, and whether the last one got through:
-     * the log says when Redis is lost and where it was found again, once each. */
-    char host[256];
-    int port;
-    bool up, ever_up;
-    rcmd_t *flight_head, *flight_tail;
+    size_t script_lens[MAX_SCRIPTS];
     char shas[MAX_SCRIPTS][41];
-    sha_arg_t sha_args[MAX_SCRIPTS];
-    int64_t last_fail_ms;
-    int64_t last_tick_ms;
+    lane_t *lanes;
+    int n_lanes;
 };
 
-static void
-rcmd_free(rcmd_t *c)
+/* ---------- SHA-1 (FIPS 180-4), for EVALSHA without asking Redis first ---------- */
+
+static uint32_t
+rol32(uint32_t x, int n)
 {
-    for (int i = 0; i < c->argc; i++) {
-        free(c->argv[i]);
-    }
-    free(c);
+    return (x << n) | (x >> (32 - n));
 }
 
-/* Runs the command's callback with reply and frees it. */
+static void
+sha1_block(uint32_t h[5], const unsigned char *p)
+{
+    uint32_t w[80], a = h[0], b = h[1], c = h[2], d = h[3], e = h[4];
+
+    for (int i = 0; i < 16; i++) {
+        w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 |
+               (uint32_t)p[4 * i + 2] << 8 | (uint32_t)p[4 * i + 3];
+    }
+    for (int i = 16; i < 80; i++) {
+        w[i] = rol32(w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16], 1);
+    }
+    for (int i = 0; i < 80; i++) {
+        uint32_t f, k, t;
+        if (i < 20) {
+            f = (b & c) | (~b & d);
+            k = 0x5a827999;
+        } else if (i < 40) {
+            f = b ^ c ^ d;
+            k = 0x6ed9eba1;
+        } else if (i < 60) {
+            f = (b & c) | (b & d) | (c & d);
+            k = 0x8f1bbcdc;
+        } else {
+            f = b ^ c ^ d;
+            k = 0xca62c1d6;
+        }
+        t = rol32(a, 5) + f + e + k + w[i];
+        e = d;
+        d = c;
+        c = rol32(b, 30);
+        b = a;
+        a = t;
+    }
+    h[0] += a;
+    h[1] += b;
+    h[2] += c;
+    h[3] += d;
+    h[4] += e;
+}
+
+void
+lock_redis_sha1_hex(const char *text, size_t len, char out[41])
+{
+    static const char hex[] = "0123456789abcdef";
+    uint32_t h[5] = {0x67452301, 0xefcdab89, 0x98badcfe, 0x10325476, 0xc3d2e1f0};
+    const unsigned char *p = (const unsigned char *)text;
+    unsigned char block[64];
+    uint64_t bits = (uint64_t)len * 8;
+    size_t rest;
+
+    for (; len >= 64; len -= 64, p += 64) {
+        sha1_block(h, p);
+    }
+    rest = len;
+    memset(block, 0, sizeof(block));
+    memcpy(block, p, rest);
+    block[rest] = 0x80;
+    if (rest >= 56) {
+        sha1_block(h, block);
+        memset(block, 0, sizeof(block));
+    }
+    for (int i = 0; i < 8; i++) {
+        block[63 - i] = (unsigned char)(bits >> (8 * i));
+    }
+    sha1_block(h, block);
+    for (int i = 0; i < 20; i++) {
+        unsigned char byte = (unsigned char)(h[i / 4] >> (24 - 8 * (i % 4)));
+        out[2 * i] = hex[byte >> 4];
+        out[2 * i + 1] = hex[byte & 15];
+    }
+    out[40] = '\0';
+}
+
+/* ---------- formatting ---------- */
+
+static size_t
+digits(size_t n)
+{
+    size_t d = 1;
+
+    while (n >= 10) {
+        n /= 10;
+        d++;
+    }
+    return d;
+}
+
+/* Writes "<prefix><n>\r\n" at p; returns the end. */
+static char *
+put_len(char *p, char prefix, size_t n)
+{
+    size_t d = digits(n);
+
+    *p++ = prefix;
+    for (size_t i = d; i > 0; i--) {
+        p[i - 1] = (char)('0' + n % 10);
+        n /= 10;
+    }
+    p += d;
+    *p++ = '\r';
+    *p++ = '\n';
+    return p;
+}
+
+/*
+ * A command holding argv as RESP bulk strings, preceded by the array header
+ * when `array` (plain commands; a script's header is written with its head).
+ */
+static rcmd_t *
+rcmd_new(bool array, int argc, const char *const *argv, lock_redis_cb cb, void *arg)
+{
+    size_t lens[MAX_ARGS + 1], total = array ? 1 + digits((size_t)argc) + 2 : 0;
+    rcmd_t *c;
+    char *p;
+
+    if (argc > MAX_ARGS) {
+        return NULL;
+    }
+    for (int i = 0; i < argc; i++) {
+        lens[i] = strlen(argv[i]);
+        total += 1 + digits(lens[i]) + 2 + lens[i] + 2;
+    }
+    c = malloc(sizeof(*c) + total);
+    if (c == NULL) {
+        return NULL;
+    }
+    c->next = NULL;
+    c->cb = cb;
+    c->arg = arg;
+    c->script = -1;
+    c->n_elems = argc;
+    c->as_eval = c->handed = false;
+    c->sent_ms = 0;
+    c->len = total;
+    p = c->resp;
+    if (array) {
+        p = put_len(p, '*', (size_t)argc);
+    }
+    for (int i = 0; i < argc; i++) {
+        p = put_len(p, '$', lens[i]);
+        memcpy(p, argv[i], lens[i]);
+        p += lens[i];
+        *p++ = '\r';
+        *p++ = '\n';
+    }
+    return c;
+}
+
 static void
 rcmd_finish(rcmd_t *c, redisReply *reply)
 {
     if (c->cb != NULL) {
         c->cb(reply, reply == NULL && c->handed, c->arg);
     }
-    rcmd_free(c);
+    free(c);
 }
 
-/* ---------- the epoll adapter for hiredis (loop thread) ---------- */
-
+/* Fails every command of a list (outside the lane's mutex). */
 static void
-ev_update(lock_redis_t *r)
+fail_list(rcmd_t *list)
 {
-    struct epoll_event ev = {0};
-
-    if (r->ac == NULL) {
-        return;
-    }
-    ev.events = (r->want_read ? EPOLLIN : 0) | (r->want_write ? EPOLLOUT : 0);
-    ev.data.ptr = r->ac;
-    if (!r->registered) {
-        if (epoll_ctl(r->epfd, EPOLL_CTL_ADD, r->ac->c.fd, &ev) == 0) {
-            r->registered = true;
-        }
-    } else {
-        epoll_ctl(r->epfd, EPOLL_CTL_MOD, r->ac->c.fd, &ev);
-    }
-}
-
-static void
-ev_add_read(void *p)
-{
-    lock_redis_t *r = p;
-    r->want_read = true;
-    ev_update(r);
-}
-
-static void
-ev_del_read(void *p)
-{
-    lock_redis_t *r = p;
-    r->want_read = false;
-    ev_update(r);
-}
-
-static void
-ev_add_write(void *p)
-{
-    lock_redis_t *r = p;
-    r->want_write = true;
-    ev_update(r);
-}
-
-static void
-ev_del_write(void *p)
-{
-    lock_redis_t *r = p;
-    r->want_write = false;
-    ev_update(r);
-}
-
-static void
-ev_cleanup(void *p)
-{
-    lock_redis_t *r = p;
-
-    if (r->registered && r->ac != NULL) {
-        epoll_ctl(r->epfd, EPOLL_CTL_DEL, r->ac->c.fd, NULL);
-    }
-    r->registered = r->want_read = r->want_write = false;
-}
-
-/* ---------- sending ---------- */
-
-static void send_cmd(lock_redis_t *r, rcmd_t *c);
-
-static void
-flight_remove(lock_redis_t *r, rcmd_t *c)
-{
-    rcmd_t **pp = &r->flight_head, *prev = NULL;
-
-    while (*pp != NULL && *pp != c) {
-        prev = *pp;
-        pp = &(*pp)->next;
-    }
-    if (*pp == NULL) {
-        return;
-    }
-    *pp = c->next;
-    if (r->flight_tail == c) {
-        r->flight_tail = prev;
-    }
-    c->next = NULL;
-}
-
-static void
-on_reply(redisAsyncContext *ac, void *reply_ptr, void *privdata)
-{
-    lock_redis_t *r = ac->ev.data;
-    redisReply *reply = reply_ptr;
-    rcmd_t *c = privdata;
-
-    flight_remove(r, c);
-    if (reply != NULL && reply->type == REDIS_REPLY_ERROR && c->script >= 0 && !c->as_eval &&
-        strncmp(reply->str, "NOSCRIPT", 8) == 0) {
-        c->as_eval = true; /* the server lost its script cache: send the text */
-        send_cmd(r, c);
-        return;
-    }
-    if (reply != NULL && reply->type == REDIS_REPLY_ERROR &&
-        (strncmp(reply->str, "READONLY", 8) == 0 || strncmp(reply->str, "LOADING", 7) == 0)) {
-        r->drop = true; /* a demoted master or one still loading: find the master again */
-    }
-    rcmd_finish(c, reply);
-}
-
-/* Hands c to hiredis (loop thread, connection up or connecting). */
-static void
-send_cmd(lock_redis_t *r, rcmd_t *c)
-{
-    const char *argv[MAX_ARGS + 2];
-    size_t lens[MAX_ARGS + 2];
-    int argc = 0;
-
-    if (c == NULL) {
-        return;
-    }
-    if (c->script >= 0) { /* c->argv holds {numkeys, keys..., args...} */
-        bool sha = !c->as_eval && r->shas[c->script][0] != '\0';
-        argv[argc] = sha ? "EVALSHA" : "EVAL";
-        lens[argc] = strlen(argv[argc]);
-        argc++;
-        argv[argc] = sha ? r->shas[c->script] : r->scripts[c->script];
-        lens[argc] = strlen(argv[argc]);
-        argc++;
-    }
-    for (int i = 0; i < c->argc; i++) {
-        argv[argc] = c->argv[i];
-        lens[argc] = c->lens[i];
-        argc++;
-    }
-    c->sent_ms = svc_now_mono_ms();
-    if (r->ac == NULL || redisAsyncCommandArgv(r->ac, on_reply, c, argc, argv, lens) != REDIS_OK) {
+    while (list != NULL) {
+        rcmd_t *c = list;
+        list = c->next;
         rcmd_finish(c, NULL);
-        return;
+    }
+}
+
+/* ---------- output (caller holds the lane's mutex) ---------- */
+
+static int
+out_reserve(lane_t *l, size_t more)
+{
+    size_t need;
+
+    if (l->out_off > 0 && l->out_off == l->out_len) {
+        l->out_off = l->out_len = 0;
+    }
+    need = l->out_len + more;
+    if (need > l->out_cap) {
+        size_t cap = l->out_cap > 0 ? l->out_cap : 4096;
+        char *p;
+        while (cap < need) {
+            cap *= 2;
+        }
+        if ((p = realloc(l->out, cap)) == NULL) {
+            return -1;
+        }
+        l->out = p;
+        l->out_cap = cap;
+    }
+    return 0;
+}
+
+/* Appends c's bytes (a script's head first) to the output. */
+static int
+out_append(lane_t *l, const rcmd_t *c)
+{
+    const lock_redis_t *r = l->r;
+    size_t head = 0;
+    const char *body = NULL;
+    size_t body_len = 0;
+    char *p;
+
+    if (c->script >= 0) {
+        body = c->as_eval ? r->scripts[c->script] : r->shas[c->script];
+        body_len = c->as_eval ? r->script_lens[c->script] : 40;
+        /* *N \r\n $7 \r\n EVALSHA \r\n (or $4 EVAL) $len \r\n body \r\n */
+        head = 1 + digits((size_t)c->n_elems) + 2 + (c->as_eval ? 10 : 13) + 1 + digits(body_len) +
+               2 + body_len + 2;
+    }
+    if (out_reserve(l, head + c->len) != 0) {
+        return -1;
+    }
+    p = l->out + l->out_len;
+    if (c->script >= 0) {
+        p = put_len(p, '*', (size_t)c->n_elems);
+        memcpy(p, c->as_eval ? "$4\r\nEVAL\r\n" : "$7\r\nEVALSHA\r\n", c->as_eval ? 10 : 13);
+        p += c->as_eval ? 10 : 13;
+        p = put_len(p, '$', body_len);
+        memcpy(p, body, body_len);
+        p += body_len;
+        *p++ = '\r';
+        *p++ = '\n';
+    }
+    memcpy(p, c->resp, c->len);
+    l->out_len += head + c->len;
+    return 0;
+}
+
+static void
+out_arm(lane_t *l, bool on)
+{
+    struct epoll_event ev = {.events = EPOLLIN | (on ? EPOLLOUT : 0), .data.ptr = l};
+
+    if (l->out_armed != on && l->fd >= 0 && epoll_ctl(l->epfd, EPOLL_CTL_MOD, l->fd, &ev) == 0) {
+        l->out_armed = on;
+    }
+}
+
+/* Writes what the socket takes now; the rest waits for EPOLLOUT. */
+static void
+out_flush(lane_t *l)
+{
+    while (l->out_off < l->out_len && !l->broken) {
+        ssize_t n = send(l->fd, l->out + l->out_off, l->out_len - l->out_off, MSG_NOSIGNAL);
+        if (n > 0) {
+            l->out_off += (size_t)n;
+        } else if (n < 0 && errno == EINTR) {
+            continue;
+        } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            out_arm(l, true);
+            return;
+        } else {
+            /* The lane's thread drops the connection: wake it with the socket's end. */
+            l->broken = true;
+            shutdown(l->fd, SHUT_RDWR);
+            return;
+        }
+    }
+    if (l->out_off == l->out_len) {
+        l->out_off = l->out_len = 0;
+        out_arm(l, false);
+    }
+}
+
+/* Puts c in flight on the connection (state LANE_UP); false when out of memory. */
+static bool
+send_locked(lane_t *l, rcmd_t *c, bool flush)
+{
+    bool was_idle = l->out_off == l->out_len;
+
+    if (out_append(l, c) != 0) {
+        return false;
     }
     c->handed = true;
-    if (r->flight_tail != NULL) {
-        r->flight_tail->next = c;
+    c->sent_ms = svc_now_mono_ms();
+    c->next = NULL;
+    if (l->flight_tail != NULL) {
+        l->flight_tail->next = c;
     } else {
-        r->flight_head = c;
+        l->flight_head = c;
     }
-    r->flight_tail = c;
+    l->flight_tail = c;
+    if (flush && was_idle && !l->reading) {
+        out_flush(l);
+    }
+    return true;
 }
 
-/* ---------- connecting ---------- */
-
-static rcmd_t *
-rcmd_new(int script, int argc, const char *const *argv, lock_redis_cb cb, void *arg)
+/* Queues c on lane l: written now when connected, failed at once when Redis is down. */
+static void
+submit(lane_t *l, rcmd_t *c)
 {
-    rcmd_t *c = calloc(1, sizeof(*c));
+    bool fail = false;
 
-    if (c == NULL || argc > MAX_ARGS) {
-        free(c);
-        return NULL;
-    }
-    c->script = script;
-    c->cb = cb;
-    c->arg = arg;
-    for (int i = 0; i < argc; i++) {
-        c->lens[i] = strlen(argv[i]);
-        c->argv[i] = strndup(argv[i], c->lens[i]);
-        if (c->argv[i] == NULL) {
-            c->argc = i;
-            rcmd_free(c);
-            return NULL;
+    pthread_mutex_lock(&l->mu);
+    if (l->stopping || l->state == LANE_DOWN || l->broken) {
+        fail = true; /* Redis is down (or the socket just failed): answer at once */
+    } else if (l->state == LANE_CONNECTING) {
+        if (l->wait_tail != NULL) {
+            l->wait_tail->next = c;
+        } else {
+            l->wait_head = c;
         }
+        l->wait_tail = c;
+    } else {
+        fail = !send_locked(l, c, true);
     }
-    c->argc = argc;
-    return c;
-}
-
-static void
-on_setup_reply(redisReply *reply, bool lost, void *arg)
-{
-    lock_redis_t *r = arg;
-
-    (void)lost; /* the setup is sent again on the next connection */
-    if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
-        r->drop = true;
+    pthread_mutex_unlock(&l->mu);
+    if (fail) {
+        rcmd_finish(c, NULL);
     }
 }
 
-static void
-on_role(redisReply *reply, bool lost, void *arg)
-{
-    lock_redis_t *r = arg;
+/* ---------- connecting (the lane's thread) ---------- */
 
-    (void)lost;
-    if (reply == NULL) { /* the connection failed: already said where it drops */
-        r->drop = true;
-    } else if (reply->type != REDIS_REPLY_ARRAY || reply->elements == 0 ||
-               reply->element[0]->type != REDIS_REPLY_STRING ||
-               strcmp(reply->element[0]->str, "master") != 0) {
+static bool
+setup_ok(redisContext *c, const char *what, int argc, const char **argv, size_t want_len)
+{
+    redisReply *reply = redisCommandArgv(c, argc, argv, NULL);
+    bool ok = reply != NULL && reply->type != REDIS_REPLY_ERROR &&
+              (want_len == 0 || (reply->type == REDIS_REPLY_STRING && reply->len == want_len));
+
+    if (reply != NULL && reply->type == REDIS_REPLY_ERROR) {
+        svc_logf(SVC_LOG_WARN, "redis refused %s: %.200s", what, reply->str);
+    }
+    freeReplyObject(reply);
+    return ok;
+}
+
+static bool
+is_master(redisContext *c)
+{
+    redisReply *reply = redisCommand(c, "ROLE");
+    bool master = reply != NULL && reply->type == REDIS_REPLY_ARRAY && reply->elements > 0 &&
+                  reply->element[0]->type == REDIS_REPLY_STRING &&
+                  strcmp(reply->element[0]->str, "master") == 0;
+
+    if (reply != NULL && !master) {
         svc_logf(SVC_LOG_WARN, "redis at the located address is not the master (ROLE says %s)",
                  reply->type == REDIS_REPLY_ARRAY && reply->elements > 0 &&
                          reply->element[0]->type == REDIS_REPLY_STRING
                      ? reply->element[0]->str
                      : "something else");
-        r->drop = true;
     }
+    freeReplyObject(reply);
+    return master;
 }
 
-static void
-on_script_loaded(redisReply *reply, bool lost, void *arg)
+/* A set-up connection's socket, non-blocking; -1 when Redis cannot be reached or refuses. */
+static int
+lane_open(lane_t *l, const char *host, int port)
 {
-    sha_arg_t *sa = arg;
+    lock_redis_t *r = l->r;
+    struct timeval ct = {0, CONNECT_TIMEOUT_MS * 1000};
+    struct timeval rt = {r->opts.timeout_ms / 1000, (r->opts.timeout_ms % 1000) * 1000};
+    redisContext *c = redisConnectWithTimeout(host, port, ct);
+    bool ok;
+    int fd;
 
-    (void)lost;
-    if (reply != NULL && reply->type == REDIS_REPLY_STRING && reply->len == 40) {
-        memcpy(sa->r->shas[sa->script], reply->str, 41);
-    } else {
-        sa->r->drop = true;
+    if (c == NULL) {
+        return -1;
     }
-}
-
-static void
-on_connect(const redisAsyncContext *ac, int status)
-{
-    lock_redis_t *r = ac->ev.data;
-
-    if (status != REDIS_OK) {
-        if (r->up || !r->ever_up) {
-            svc_logf(SVC_LOG_WARN, "redis at %s:%d unreachable: %s", r->host, r->port, ac->errstr);
-        }
-        r->up = false;
-        r->ever_up = true; /* said once; the next line is the recovery */
-        r->ac = NULL;      /* hiredis frees it */
-        r->registered = false;
-        r->last_fail_ms = svc_now_mono_ms();
-        return;
-    }
-    if (!r->up) { /* the recovery is as loud as the loss it ends */
-        svc_logf(r->ever_up ? SVC_LOG_WARN : SVC_LOG_INFO, "redis connected%s at %s:%d",
-                 r->ever_up ? " again" : "", r->host, r->port);
-    }
-    r->up = r->ever_up = true;
-}
-
-static void
-on_disconnect(const redisAsyncContext *ac, int status)
-{
-    lock_redis_t *r = ac->ev.data;
-
-    (void)status;
-    if (r->up) {
-        svc_logf(SVC_LOG_WARN, "redis connection to %s:%d lost: %s", r->host, r->port,
-                 ac->errstr[0] != '\0' ? ac->errstr : "closed");
-    }
-    r->up = false;
-    r->ac = NULL;
-    r->registered = false;
-}
-
-static void
-queue_setup(lock_redis_t *r)
-{
-    if (r->password[0] != '\0') {
+    ok = c->err == 0 && redisSetTimeout(c, rt) == REDIS_OK;
+    if (ok && r->password[0] != '\0') {
         const char *argv[] = {"AUTH", r->password};
-        send_cmd(r, rcmd_new(-1, 2, argv, on_setup_reply, r));
+        ok = setup_ok(c, "AUTH", 2, argv, 0);
     }
-    if (r->opts.db != 0) {
+    if (ok && r->opts.db != 0) {
         char db[16];
-        snprintf(db, sizeof(db), "%d", r->opts.db);
         const char *argv[] = {"SELECT", db};
-        send_cmd(r, rcmd_new(-1, 2, argv, on_setup_reply, r));
+        snprintf(db, sizeof(db), "%d", r->opts.db);
+        ok = setup_ok(c, "SELECT", 2, argv, 0);
     }
-    if (r->opts.check_master) {
-        const char *argv[] = {"ROLE"};
-        send_cmd(r, rcmd_new(-1, 1, argv, on_role, r));
+    if (ok && r->opts.check_master) {
+        ok = is_master(c);
     }
-    for (int i = 0; i < r->opts.n_scripts; i++) {
+    for (int i = 0; ok && i < r->opts.n_scripts; i++) {
         const char *argv[] = {"SCRIPT", "LOAD", r->scripts[i]};
-        r->sha_args[i].r = r;
-        r->sha_args[i].script = i;
-        send_cmd(r, rcmd_new(-1, 3, argv, on_script_loaded, &r->sha_args[i]));
+        ok = setup_ok(c, "SCRIPT LOAD", 3, argv, 40);
     }
-}
-
-/* Starts a connection unless one exists or the last attempt failed just now. */
-static bool
-ensure_connection(lock_redis_t *r)
-{
-    char host[256];
-    int port = 0;
-
-    if (r->ac != NULL) {
-        return true;
-    }
-    if (svc_now_mono_ms() - r->last_fail_ms < RECONNECT_PAUSE_MS) {
-        return false;
-    }
-    if (r->opts.locate(r->opts.locate_arg, host, sizeof(host), &port) != 0) {
-        r->last_fail_ms = svc_now_mono_ms();
-        return false;
-    }
-    snprintf(r->host, sizeof(r->host), "%s", host);
-    r->port = port;
-    r->ac = redisAsyncConnect(host, port);
-    if (r->ac == NULL || r->ac->err != 0) {
-        if (r->ac != NULL) {
-            redisAsyncFree(r->ac);
+    if (!ok) {
+        if (l->index == 0 && !l->said_down) {
+            svc_logf(SVC_LOG_WARN, "redis at %s:%d unreachable: %s", host, port,
+                     c->err != 0 ? c->errstr : "set-up failed");
+            l->said_down = true;
         }
-        r->ac = NULL;
-        r->last_fail_ms = svc_now_mono_ms();
-        return false;
+        redisFree(c);
+        return -1;
     }
-    r->ac->ev.data = r;
-    r->ac->ev.addRead = ev_add_read;
-    r->ac->ev.delRead = ev_del_read;
-    r->ac->ev.addWrite = ev_add_write;
-    r->ac->ev.delWrite = ev_del_write;
-    r->ac->ev.cleanup = ev_cleanup;
-    redisAsyncSetConnectCallback(r->ac, on_connect);
-    redisAsyncSetDisconnectCallback(r->ac, on_disconnect);
-    for (int i = 0; i < MAX_SCRIPTS; i++) {
-        r->shas[i][0] = '\0';
+    redisEnableKeepAlive(c);
+    fd = redisFreeKeepFd(c);
+    if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) != 0) {
+        close(fd);
+        return -1;
     }
-    queue_setup(r);
-    return r->ac != NULL;
+    return fd;
 }
 
-/* Frees the connection; hiredis answers every command in flight with NULL. */
+/* Connects (blocking this lane's thread only); commands queued meanwhile go out after. */
 static void
-drop_connection(lock_redis_t *r, const char *why)
+lane_connect(lane_t *l)
 {
-    if (r->ac == NULL) {
-        return;
+    lock_redis_t *r = l->r;
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = l};
+    char host[256];
+    rcmd_t *failed = NULL;
+    int port = 0, fd = -1;
+
+    pthread_mutex_lock(&l->mu);
+    l->state = LANE_CONNECTING;
+    pthread_mutex_unlock(&l->mu);
+    if (r->opts.locate(r->opts.arg, host, sizeof(host), &port) == 0) {
+        snprintf(l->host, sizeof(l->host), "%s", host);
+        l->port = port;
+        fd = lane_open(l, host, port);
     }
-    svc_logf(SVC_LOG_WARN, "redis connection dropped: %s", why);
-    redisAsyncContext *ac = r->ac;
-    redisAsyncFree(ac);
-    r->ac = NULL;
-    r->registered = false;
-    r->last_fail_ms = svc_now_mono_ms();
-    /* Anything hiredis did not answer (it should have) is answered here. */
-    while (r->flight_head != NULL) {
-        rcmd_t *c = r->flight_head;
-        r->flight_head = c->next;
-        rcmd_finish(c, NULL);
+    if (fd >= 0 && epoll_ctl(l->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
+        close(fd);
+        fd = -1;
     }
-    r->flight_tail = NULL;
+    pthread_mutex_lock(&l->mu);
+    if (fd < 0) {
+        l->state = LANE_DOWN;
+        l->last_fail_ms = svc_now_mono_ms();
+        failed = l->wait_head;
+    } else {
+        l->state = LANE_UP;
+        l->fd = fd;
+        l->broken = l->out_armed = false;
+        for (rcmd_t *c = l->wait_head, *next; c != NULL; c = next) {
+            next = c->next;
+            if (!send_locked(l, c, false)) {
+                c->next = failed;
+                failed = c;
+            }
+        }
+        out_flush(l);
+    }
+    l->wait_head = l->wait_tail = NULL;
+    pthread_mutex_unlock(&l->mu);
+    if (fd >= 0) {
+        if (l->index == 0 && (!l->ever_up || l->said_down)) { /* as loud as the loss it ends */
+            svc_logf(l->ever_up ? SVC_LOG_WARN : SVC_LOG_INFO, "redis connected%s at %s:%d",
+                     l->ever_up ? " again" : "", l->host, l->port);
+        }
+        l->ever_up = true;
+        l->said_down = false;
+    }
+    fail_list(failed);
+    if (fd >= 0 && r->opts.on_up != NULL) {
+        r->opts.on_up(r->opts.arg, l->index);
+    }
 }
 
-/* ---------- the loop ---------- */
+/*
+ * Closes the connection; everything in flight is answered with NULL (lost).
+ * why: the reason to log, "" for a connection that ended, NULL for ours.
+ */
+static void
+lane_drop(lane_t *l, const char *why)
+{
+    static svc_log_limit_t limit = SVC_LOG_LIMIT_INIT(4);
+    bool was_up;
+    rcmd_t *flight;
+
+    pthread_mutex_lock(&l->mu);
+    was_up = l->fd >= 0;
+    if (l->fd >= 0) {
+        epoll_ctl(l->epfd, EPOLL_CTL_DEL, l->fd, NULL);
+        close(l->fd);
+    }
+    l->fd = -1;
+    l->state = LANE_DOWN;
+    l->last_fail_ms = svc_now_mono_ms();
+    l->out_off = l->out_len = 0;
+    l->out_armed = l->broken = false;
+    flight = l->flight_head;
+    l->flight_head = l->flight_tail = NULL;
+    pthread_mutex_unlock(&l->mu);
+    if (was_up && why != NULL && why[0] != '\0') {
+        svc_logf_limited(&limit, SVC_LOG_WARN, "redis connection to %s:%d dropped: %s", l->host,
+                         l->port, why);
+        l->said_down = l->said_down || l->index == 0;
+    } else if (was_up && why != NULL && l->index == 0 && !l->said_down) {
+        svc_logf(SVC_LOG_WARN, "redis connection to %s:%d lost", l->host, l->port);
+        l->said_down = true;
+    }
+    redisReaderFree(l->reader);
+    l->reader = redisReaderCreate();
+    l->drop = false;
+    fail_list(flight);
+}
+
+/* ---------- reading (the lane's thread) ---------- */
 
 static void
-drain_queue(lock_redis_t *r)
+on_reply(lane_t *l, redisReply *reply)
 {
-    rcmd_t *list;
-    uint64_t n;
+    rcmd_t *c;
 
-    if (read(r->evfd, &n, sizeof(n)) < 0 && errno != EAGAIN) {
+    pthread_mutex_lock(&l->mu);
+    c = l->flight_head;
+    if (c != NULL) {
+        l->flight_head = c->next;
+        if (l->flight_head == NULL) {
+            l->flight_tail = NULL;
+        }
+    }
+    if (c != NULL && reply->type == REDIS_REPLY_ERROR && c->script >= 0 && !c->as_eval &&
+        strncmp(reply->str, "NOSCRIPT", 8) == 0) {
+        c->as_eval = true; /* the server lost its script cache: send the text */
+        if (send_locked(l, c, true)) {
+            c = NULL;
+        }
+    }
+    pthread_mutex_unlock(&l->mu);
+    if (c == NULL) {
+        freeReplyObject(reply);
         return;
     }
-    pthread_mutex_lock(&r->mu);
-    list = r->queue_head;
-    r->queue_head = r->queue_tail = NULL;
-    pthread_mutex_unlock(&r->mu);
-    while (list != NULL) {
-        rcmd_t *c = list;
-        list = c->next;
-        c->next = NULL;
-        if (ensure_connection(r)) {
-            send_cmd(r, c);
-        } else {
-            rcmd_finish(c, NULL); /* Redis is down: answer at once, not after a timeout */
+    if (reply->type == REDIS_REPLY_ERROR &&
+        (strncmp(reply->str, "READONLY", 8) == 0 || strncmp(reply->str, "LOADING", 7) == 0)) {
+        l->drop = true; /* a demoted master or one still loading: find the master again */
+    }
+    rcmd_finish(c, reply);
+    freeReplyObject(reply);
+}
+
+/* Reads what arrived and answers the commands it completes; false when the connection ended. */
+static bool
+lane_read(lane_t *l, int fd)
+{
+    char buf[READ_CHUNK];
+
+    for (;;) {
+        ssize_t n = recv(fd, buf, sizeof(buf), 0);
+        void *reply;
+
+        if (n == 0) {
+            return false;
+        }
+        if (n < 0) {
+            return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
+        }
+        if (redisReaderFeed(l->reader, buf, (size_t)n) != REDIS_OK) {
+            return false;
+        }
+        for (;;) {
+            if (redisReaderGetReply(l->reader, &reply) != REDIS_OK) {
+                return false;
+            }
+            if (reply == NULL) {
+                break;
+            }
+            on_reply(l, reply);
+        }
+        if ((size_t)n < sizeof(buf)) {
+            return true;
         }
     }
 }
 
 static void *
-loop_thread(void *arg)
+lane_thread(void *arg)
 {
-    lock_redis_t *r = arg;
-    struct epoll_event events[16];
+    lane_t *l = arg;
+    lock_redis_t *r = l->r;
+    struct epoll_event events[8];
 
     for (;;) {
-        int timeout = 200, n;
+        int64_t now = svc_now_mono_ms();
+        bool stopping, overdue;
+        lane_state_t state;
+        int n, fd;
 
-        pthread_mutex_lock(&r->mu);
-        bool stopping = r->stopping;
-        pthread_mutex_unlock(&r->mu);
+        pthread_mutex_lock(&l->mu);
+        stopping = l->stopping;
+        state = l->state;
+        fd = l->fd;
+        overdue = l->flight_head != NULL && now - l->flight_head->sent_ms > r->opts.timeout_ms;
+        pthread_mutex_unlock(&l->mu);
         if (stopping) {
             break;
         }
-        n = epoll_wait(r->epfd, events, 16, timeout);
+        if (state == LANE_UP && overdue) {
+            lane_drop(l, "no reply in time");
+            continue;
+        }
+        if (state == LANE_DOWN && now - l->last_fail_ms >= RECONNECT_PAUSE_MS) {
+            lane_connect(l);
+            continue;
+        }
+        n = epoll_wait(l->epfd, events, 8, TICK_MS);
         for (int i = 0; i < n; i++) {
             if (events[i].data.ptr == NULL) {
-                drain_queue(r);
-            } else if (r->ac != NULL && events[i].data.ptr == r->ac) {
-                redisAsyncContext *ac = r->ac;
-                if (events[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP)) {
-                    redisAsyncHandleRead(ac);
+                uint64_t v;
+                if (read(l->evfd, &v, sizeof(v)) < 0) {
+                    /* nothing to do: the loop re-reads `stopping` */
                 }
-                if (r->ac == ac && (events[i].events & EPOLLOUT)) {
-                    redisAsyncHandleWrite(ac);
+                continue;
+            }
+            if (fd < 0) {
+                continue;
+            }
+            if (events[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP)) {
+                bool alive;
+                /*
+                 * Commands queued while we answer replies (by callers and by
+                 * the callbacks) go out together afterwards: one write for
+                 * many under load.
+                 */
+                pthread_mutex_lock(&l->mu);
+                l->reading = true;
+                pthread_mutex_unlock(&l->mu);
+                alive = lane_read(l, fd);
+                pthread_mutex_lock(&l->mu);
+                l->reading = false;
+                if (alive) {
+                    out_flush(l);
+                }
+                pthread_mutex_unlock(&l->mu);
+                if (!alive) {
+                    lane_drop(l, "");
+                    fd = -1;
+                    continue;
                 }
             }
+            if (events[i].events & EPOLLOUT) {
+                pthread_mutex_lock(&l->mu);
+                out_flush(l);
+                pthread_mutex_unlock(&l->mu);
+            }
         }
-        if (r->drop) {
-            r->drop = false;
-            drop_connection(r, "redis refused the connection setup or is not the master");
+        if (l->drop) {
+            lane_drop(l, "redis is not the master or is still loading");
         }
-        if (r->flight_head != NULL &&
-            svc_now_mono_ms() - r->flight_head->sent_ms > r->opts.timeout_ms) {
-            drop_connection(r, "no reply in time");
-        }
-        if (r->opts.tick != NULL && svc_now_mono_ms() - r->last_tick_ms >= TICK_MS) {
-            r->last_tick_ms = svc_now_mono_ms();
-            r->opts.tick(r->opts.tick_arg);
+        now = svc_now_mono_ms();
+        if (r->opts.tick != NULL && now - l->last_tick_ms >= TICK_MS) {
+            l->last_tick_ms = now;
+            r->opts.tick(r->opts.arg, l->index);
         }
     }
-    if (r->ac != NULL) {
-        r->up = false; /* closed by us: nothing to report */
-        redisAsyncFree(r->ac);
-        r->ac = NULL;
-    }
-    drain_queue(r); /* stopping: everything left is answered with NULL */
+    lane_drop(l, NULL);
     return NULL;
 }
 
 /* ---------- public ---------- */
 
+static void
+lane_fini(lane_t *l)
+{
+    if (l->epfd >= 0) {
+        close(l->epfd);
+    }
+    if (l->evfd >= 0) {
+        close(l->evfd);
+    }
+    if (l->reader != NULL) {
+        redisReaderFree(l->reader);
+    }
+    free(l->out);
+    pthread_mutex_destroy(&l->mu);
+}
+
+static int
+lane_init(lock_redis_t *r, lane_t *l, int index)
+{
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
+
+    l->r = r;
+    l->index = index;
+    l->fd = -1;
+    l->state = LANE_DOWN;
+    l->last_fail_ms = -RECONNECT_PAUSE_MS;
+    pthread_mutex_init(&l->mu, NULL);
+    l->reader = redisReaderCreate();
+    l->epfd = epoll_create1(EPOLL_CLOEXEC);
+    l->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (l->reader == NULL || l->epfd < 0 || l->evfd < 0 ||
+        epoll_ctl(l->epfd, EPOLL_CTL_ADD, l->evfd, &ev) != 0) {
+        return -1;
+    }
+    return 0;
+}
+
 lock_redis_t *
 lock_redis_create(const lock_redis_opts_t *opts, svc_err_t *err)
 {
-    lock_redis_t *r = calloc(1, sizeof(*r));
-    struct epoll_event ev = {0};
+    lock_redis_t *r;
 
-    if (r == NULL || opts->n_scripts > MAX_SCRIPTS) {
+    if (opts->n_scripts > MAX_SCRIPTS || opts->lanes < 1 || opts->lanes > MAX_LANES) {
+        svc_err_set(err, SVC_INVALID_ARGUMENT, "bad redis connection settings");
+        return NULL;
+    }
+    if ((r = calloc(1, sizeof(*r))) == NULL ||
+        (r->lanes = calloc((size_t)opts->lanes, sizeof(*r->lanes))) == NULL) {
         free(r);
         svc_err_set(err, SVC_RESOURCE_EXHAUSTED, "out of memory");
         return NULL;
@@ -534,91 +809,86 @@ lock_redis_create(const lock_redis_opts_t *opts, svc_err_t *err)
     r->password = strdup(opts->password != NULL ? opts->password : "");
     for (int i = 0; i < opts->n_scripts; i++) {
         r->scripts[i] = strdup(opts->scripts[i]);
+        r->script_lens[i] = strlen(opts->scripts[i]);
+        lock_redis_sha1_hex(opts->scripts[i], r->script_lens[i], r->shas[i]);
     }
-    r->last_fail_ms = -RECONNECT_PAUSE_MS;
-    pthread_mutex_init(&r->mu, NULL);
-    r->epfd = epoll_create1(EPOLL_CLOEXEC);
-    r->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    ev.events = EPOLLIN;
-    ev.data.ptr = NULL; /* the eventfd */
-    if (r->epfd < 0 || r->evfd < 0 || epoll_ctl(r->epfd, EPOLL_CTL_ADD, r->evfd, &ev) != 0 ||
-        pthread_create(&r->thread, NULL, loop_thread, r) != 0) {
-        svc_err_set(err, SVC_RESOURCE_EXHAUSTED, "cannot start the redis thread");
-        if (r->epfd >= 0) {
-            close(r->epfd);
+    for (r->n_lanes = 0; r->n_lanes < opts->lanes; r->n_lanes++) {
+        lane_t *l = &r->lanes[r->n_lanes];
+        l->epfd = l->evfd = -1;
+        if (lane_init(r, l, r->n_lanes) != 0) {
+            r->n_lanes++; /* initialised in part: freed with the others */
+            goto fail;
         }
-        if (r->evfd >= 0) {
-            close(r->evfd);
-        }
-        free(r);
-        return NULL;
     }
     return r;
+
+fail:
+    svc_err_set(err, SVC_RESOURCE_EXHAUSTED, "cannot set up the redis connections");
+    lock_redis_destroy(r);
+    return NULL;
+}
+
+int
+lock_redis_start(lock_redis_t *r, svc_err_t *err)
+{
+    for (int i = 0; i < r->n_lanes; i++) {
+        if (pthread_create(&r->lanes[i].thread, NULL, lane_thread, &r->lanes[i]) != 0) {
+            svc_err_set(err, SVC_RESOURCE_EXHAUSTED, "cannot start the redis threads");
+            return -1;
+        }
+        r->lanes[i].running = true;
+    }
+    return 0;
 }
 
 void
 lock_redis_destroy(lock_redis_t *r)
 {
-    uint64_t one = 1;
-
     if (r == NULL) {
         return;
     }
-    pthread_mutex_lock(&r->mu);
-    r->stopping = true;
-    pthread_mutex_unlock(&r->mu);
-    if (write(r->evfd, &one, sizeof(one)) < 0) {
-        /* the loop also wakes on its own every 200 ms */
+    for (int i = 0; i < r->n_lanes; i++) {
+        lane_t *l = &r->lanes[i];
+        uint64_t one = 1;
+        if (!l->running) {
+            continue;
+        }
+        pthread_mutex_lock(&l->mu);
+        l->stopping = true;
+        pthread_mutex_unlock(&l->mu);
+        if (write(l->evfd, &one, sizeof(one)) < 0) {
+            /* the thread also wakes on its own every TICK_MS */
+        }
+        pthread_join(l->thread, NULL);
     }
-    pthread_join(r->thread, NULL);
-    close(r->epfd);
-    close(r->evfd);
+    for (int i = 0; i < r->n_lanes; i++) {
+        fail_list(r->lanes[i].wait_head);
+        fail_list(r->lanes[i].flight_head);
+        lane_fini(&r->lanes[i]);
+    }
     for (int i = 0; i < r->opts.n_scripts; i++) {
         free(r->scripts[i]);
     }
+    free(r->lanes);
     free(r->password);
-    pthread_mutex_destroy(&r->mu);
     free(r);
 }
-
-static void
-enqueue(lock_redis_t *r, rcmd_t *c)
+int
+lock_redis_lanes(const lock_redis_t *r)
 {
-    uint64_t one = 1;
-    bool was_empty, stopping;
-
-    pthread_mutex_lock(&r->mu);
-    stopping = r->stopping;
-    if (!stopping) {
-        was_empty = r->queue_head == NULL;
-        if (r->queue_tail != NULL) {
-            r->queue_tail->next = c;
-        } else {
-            r->queue_head = c;
-        }
-        r->queue_tail = c;
-    }
-    pthread_mutex_unlock(&r->mu);
-    if (stopping) {
-        rcmd_finish(c, NULL);
-        return;
-    }
-    /* One wake-up per burst: the loop drains the whole queue at once. */
-    if (was_empty && write(r->evfd, &one, sizeof(one)) < 0) {
-        /* the counter cannot overflow here; the loop still polls every 200 ms */
-    }
+    return r->n_lanes;
 }
 
 void
-lock_redis_script(lock_redis_t *r, int script, int n_keys, const char *const *keys, int n_args,
-                  const char *const *args, lock_redis_cb cb, void *arg)
+lock_redis_script(lock_redis_t *r, int lane, int script, int n_keys, const char *const *keys,
+                  int n_args, const char *const *args, lock_redis_cb cb, void *arg)
 {
     const char *argv[MAX_ARGS];
-    char numkeys[8];
+    char numkeys[12];
     int argc = 0;
     rcmd_t *c;
 
-    /* Stored as {numkeys, keys..., args...}; send_cmd puts EVALSHA sha in front. */
+    /* {numkeys, keys..., args...}; EVALSHA and the SHA go in front when it is written. */
     snprintf(numkeys, sizeof(numkeys), "%d", n_keys);
     argv[argc++] = numkeys;
     for (int i = 0; i < n_keys && argc < MAX_ARGS; i++) {
@@ -627,20 +897,23 @@ lock_redis_script(lock_redis_t *r, int script, int n_keys, const char *const *ke
     for (int i = 0; i < n_args && argc < MAX_ARGS; i++) {
         argv[argc++] = args[i];
     }
-    c = rcmd_new(script, argc, argv, cb, arg);
+    c = rcmd_new(false, argc, argv, cb, arg);
     if (c == NULL) {
         if (cb != NULL) {
             cb(NULL, false, arg);
         }
         return;
     }
-    enqueue(r, c);
+    c->script = script;
+    c->n_elems = argc + 2;
+    submit(&r->lanes[lane], c);
 }
 
 void
-lock_redis_command(lock_redis_t *r, int argc, const char *const *argv, lock_redis_cb cb, void *arg)
+lock_redis_command(lock_redis_t *r, int lane, int argc, const char *const *argv, lock_redis_cb cb,
+                   void *arg)
 {
-    rcmd_t *c = rcmd_new(-1, argc, argv, cb, arg);
+    rcmd_t *c = rcmd_new(true, argc, argv, cb, arg);
 
     if (c == NULL) {
         if (cb != NULL) {
@@ -648,5 +921,5 @@ lock_redis_command(lock_redis_t *r, int argc, const char *const *argv, lock_redi
         }
         return;
     }
-    enqueue(r, c);
+    submit(&r->lanes[lane], c);
 }

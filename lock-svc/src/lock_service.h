@@ -1,6 +1,6 @@
 /*
- * lock_service.h: lock.v1.LockService handlers and the per-key FIFO of parked
- * waiters. Transport and domain only; Redis lives in lock_store.
+ * lock_service.h: lock.v1.LockService's handlers. Transport only: parked
+ * waiters live in lock_waiters, Redis in lock_store.
  */
 #ifndef LOCK_SERVICE_H
 #define LOCK_SERVICE_H
@@ -21,11 +21,14 @@ typedef struct {
 /* The service takes no ownership of store or server; both must outlive it. */
 lock_service_t *lock_service_create(svc_server_t *server, lock_store_t *store,
                                     const lock_limits_t *limits, svc_err_t *err);
-/* Registers lock.v1.LockService on the server and subscribes to releases. Before start. */
+/* Registers lock.v1.LockService on the server and starts the store. Before the server starts. */
 int lock_service_register(lock_service_t *svc, svc_err_t *err);
-/* Stops following releases (before the server shuts down: its pool goes away). */
+/*
+ * Stops the waiters' timers; hand-offs are ignored from now on. After the
+ * server has shut down, before the store is destroyed. NULL is a no-op.
+ */
 void lock_service_stop(lock_service_t *svc);
-/* After the server stopped. NULL is a no-op. */
+/* After lock_service_stop and lock_store_destroy. NULL is a no-op. */
 void lock_service_destroy(lock_service_t *svc);
 
 #endif

@@ -1,12 +1,55 @@
 /*
- * lock_store.c: Redis commands and Lua scripts of lock-svc, over a small pool
- * of blocking hiredis connections (callers are worker threads). Every failure
- * to reach Redis becomes UNAVAILABLE within about a second.
+ * lock_store.c: lock-svc's Redis side: the Lua scripts, the calls that run
+ * them over lock_redis's lanes, lost answers, this instance's liveness key
+ * and its grant channel, and Sentinel.
+ *
+ * The design in one place (lock_waiters.c holds the in-process half):
+ *
+ * - Every key K has, in Redis, its lock `lock:{K}` ("token\nfence\nowner",
+ *   PX lease), its fence counter `lock:{K}:fence`, and its line of waiters:
+ *   `lock:{K}:line`, a sorted set of tokens by arrival, and
+ *   `lock:{K}:waiting`, a hash token -> "instance\ndeadline\nlease\nowner"
+ *   (deadline in Redis's clock, unix ms). The line is the one FIFO of the key
+ *   across all lock-svc instances; a waiter's token is made by its instance
+ *   when it queues, before its Acquire is answered.
+ * - Hand-off in one round trip: release deletes the lock and, in the same
+ *   script, gives it to the first live entry of the line (hand_off below):
+ *   SET with the entry's token, the next fence, and the entry leaves the
+ *   line. An entry is skipped (and dropped) when its deadline has passed or
+ *   its instance is not alive (`lock-svc:instance:<id>`, PX 2 s, refreshed
+ *   every 500 ms by lane 0's tick). A waiter of the instance running the
+ *   script is answered from the script's reply (LOCK_EV_HANDED_HERE). A
+ *   waiter of another instance is told on that instance's channel
+ *   `lock.v1:grant:<id>` and holds the lock for 2 s only, until
+ *   its instance confirms with acquire (same token), which renews the whole
+ *   lease: a grant to an instance that died just before cannot keep the key
+ *   for a whole lease. The granting instance checks back after 2 s
+ *   (LOCK_EV_HANDED_AWAY) and hands on an unconfirmed grant.
+ * - Acquire gives a free lock to the line first, so a lease that ran out is
+ *   handed in FIFO order; a waiter's instance arms a timer for the holder's
+ *   lease and runs promote when it is due (every instance with waiters on a
+ *   key does; the scripts are atomic, the first one hands over).
+ * - A waiter that stops waiting (its wait_ms, its call's deadline or
+ *   cancellation) leaves the line with leave, which also gives the lock on
+ *   if the waiter got it meanwhile. A hand-off to a token nobody here waits
+ *   for any more is given back the same way, at once.
+ * - Lost answers: an acquire whose reply was lost (Redis stalled past 800 ms
+ *   or the connection broke with the script in flight) is undone with leave
+ *   once Redis answers again (see orphan_t); any other script on a key whose
+ *   answer was lost makes the key's waiters ask again (LOCK_EV_LOST), as do
+ *   a new connection, a new subscription, and finding this instance's
+ *   liveness key gone (LOCK_EV_RESYNC): acquire with the same token is
+ *   idempotent, puts a waiter back in a line that Redis lost, and reports a
+ *   hand-off it missed.
+ *
+ * Per key, all commands go through one lane, so they run in Redis in the
+ * order lock-svc sent them.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,79 +67,196 @@
 #define CONNECT_TIMEOUT_MS 500
 #define COMMAND_TIMEOUT_MS 800
 #define MAX_SENTINELS 8
-#define FENCE_TTL_MS "3600000"
-#define RELEASE_CHANNEL "lock.v1:released"
+#define MAX_LANES 64
 #define SUB_PING_AFTER_MS 2000
 #define SUB_PONG_WITHIN_MS 2000
-#define SVC_LOCK_MESSAGE_MAX 256
-#define SVC_LOCK_KEY_MAX 200
-#define MAX_ORPHANS 4096      /* lost acquires remembered at once */
-#define ORPHANS_PER_TICK 256  /* releases queued per tick */
-#define ORPHAN_RETRY_MS 200   /* between release attempts while Redis does not answer */
-#define ORPHAN_SETTLE_MS 1000 /* how long "not held" is asked again (see orphan_released) */
+#define MAX_ORPHANS 4096      /* lost acquires remembered at once, per lane */
+#define ORPHANS_PER_TICK 256  /* leaves queued per tick */
+#define ORPHAN_RETRY_MS 200   /* between leave attempts while Redis does not answer */
+#define ORPHAN_SETTLE_MS 1000 /* how long "not there" is asked again (see orphan_left) */
 #define MAX_LEASE_MS 300000
+#define LIVE_TTL_MS "2000"  /* an instance is alive while its key lives ... */
+#define LIVE_REFRESH_MS 500 /* ... and it renews it this often */
+/* Spelt out in the scripts too (lua_prelude, lua_get): change them together. */
+#define INSTANCE_PREFIX "lock-svc:instance:"
+#define GRANT_CHANNEL_PREFIX "lock.v1:grant:"
+#define NAME_MAX_LEN (LOCK_KEY_MAX + 16)
 
-enum { SCRIPT_ACQUIRE, SCRIPT_RELEASE, SCRIPT_EXTEND, SCRIPT_GET, SCRIPT_WAITER, SCRIPT_COUNT };
+enum {
+    SCRIPT_ACQUIRE,
+    SCRIPT_RELEASE,
+    SCRIPT_EXTEND,
+    SCRIPT_PROMOTE,
+    SCRIPT_LEAVE,
+    SCRIPT_GET,
+    SCRIPT_LIVE,
+    SCRIPT_COUNT
+};
 
 /*
- * KEYS: lock, fence, waiters. ARGV: token, owner, lease_ms, fence floor,
- * waiter id ("" for none), waiter's wait deadline (unix ms).
- * Returns {1, fence} when granted, {0, remaining lease ms} when held.
- * A waiter is registered while it waits and removed when granted, in the same
- * script, so counting waiters costs no extra round trip. The fence key
- * outlives the lock by an hour; after that the floor (the wall clock in
- * microseconds) alone keeps fences growing.
+ * Shared by the scripts that may hand the lock over. KEYS: lock, fence,
+ * line, waiting. A lock is "token\nfence\nowner"; a line entry is
+ * "instance\ndeadline\nlease\nowner" (deadline: unix ms, Redis's clock).
+ * These scripts answer {code, n} and, when they handed the lock to the head
+ * of the line, {code, n, token, fence, px, here (1/0)}. They run on every
+ * acquire and release: they define no more than they use, and a line that
+ * does not exist costs one EXISTS.
  */
-static const char script_acquire[] =
-    "if redis.call('EXISTS', KEYS[1]) == 1 then\n"
-    "  if ARGV[5] ~= '' then\n"
-    "    redis.call('ZADD', KEYS[3], ARGV[6], ARGV[5])\n"
-    "    redis.call('PEXPIRE', KEYS[3], 120000)\n"
+static const char lua_prelude[] =
+    /* The fence floor (ARGV, wall clock in us) keeps fences growing if Redis lost the last one;
+       the fence key outlives the lock by an hour, after that the floor alone does. */
+    "local function grant(token, owner, px, floor)\n"
+    "  local fence = redis.call('INCR', KEYS[2])\n"
+    "  if fence < tonumber(floor) then\n"
+    "    redis.call('SET', KEYS[2], floor)\n"
+    "    fence = tonumber(floor)\n"
     "  end\n"
-    "  return {0, redis.call('PTTL', KEYS[1])}\n"
+    "  redis.call('PEXPIRE', KEYS[2], 3600000)\n"
+    "  redis.call('SET', KEYS[1], token .. '\\n' .. string.format('%d', fence) .. '\\n' .. owner,"
+    " 'PX', px)\n"
+    "  return fence\n"
     "end\n"
-    "if ARGV[5] ~= '' then redis.call('ZREM', KEYS[3], ARGV[5]) end\n"
-    "local fence = redis.call('INCR', KEYS[2])\n"
-    "if fence < tonumber(ARGV[4]) then\n"
-    "  redis.call('SET', KEYS[2], ARGV[4])\n"
-    "  fence = tonumber(ARGV[4])\n"
-    "end\n"
-    "redis.call('PEXPIRE', KEYS[2], " FENCE_TTL_MS ")\n"
-    "redis.call('SET', KEYS[1], ARGV[1] .. '\\n' .. string.format('%d', fence) .. '\\n' .. "
-    "ARGV[2], 'NX', 'PX', ARGV[3])\n"
-    "return {1, fence}\n";
+    /* Gives the free lock to the first live entry of the line: {token, fence, px, here} or nil.
+       An entry of another instance holds it 2 s until that instance confirms.
+       me: the calling instance (alive: it runs this); name: the key as clients know it. */
+    "local function hand_off(me, floor, name)\n"
+    "  if redis.call('EXISTS', KEYS[3]) == 0 then return nil end\n"
+    "  local t = redis.call('TIME')\n"
+    "  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "  while true do\n"
+    "    local head = redis.call('ZRANGE', KEYS[3], 0, 0)[1]\n"
+    "    if not head then return nil end\n"
+    "    local e = redis.call('HGET', KEYS[4], head)\n"
+    "    redis.call('ZREM', KEYS[3], head)\n"
+    "    redis.call('HDEL', KEYS[4], head)\n"
+    "    if e then\n"
+    "      local inst, deadline, lease, owner ="
+    " string.match(e, '^([^\\n]*)\\n([^\\n]*)\\n([^\\n]*)\\n(.*)$')\n"
+    "      if inst and tonumber(deadline) > now and (inst == me or"
+    " redis.call('EXISTS', 'lock-svc:instance:' .. inst) == 1) then\n"
+    "        local px = tonumber(lease)\n"
+    "        if inst ~= me and px > 2000 then px = 2000 end\n"
+    "        local fence = grant(head, owner, px, floor)\n"
+    "        if inst ~= me then\n"
+    "          redis.call('PUBLISH', 'lock.v1:grant:' .. inst,"
+    " string.format('%d', fence) .. '\\n' .. px .. '\\n' .. head .. '\\n' .. name)\n"
+    "        end\n"
+    "        return {head, fence, px, inst == me and 1 or 0}\n"
+    "      end\n"
+    "    end\n"
+    "  end\n"
+    "end\n";
 
-/* KEYS: lock. ARGV: token, channel, key. Returns 1 released, 0 not held, -1 other token. */
-static const char script_release[] =
+/*
+ * ARGV: token, owner, lease_ms, fence floor, instance, wait_ms, name.
+ * {1, fence}: granted; {2, holder's pttl}: queued; {0, holder's pttl}: refused.
+ * The same token again: holding, granted with its whole lease from now;
+ * queued, queued. The line's keys outlive the longest wait in them by a
+ * minute.
+ */
+static const char lua_acquire[] =
+    "local token, lease, wait = ARGV[1], ARGV[3], tonumber(ARGV[6])\n"
     "local v = redis.call('GET', KEYS[1])\n"
-    "if not v then return 0 end\n"
-    "if string.sub(v, 1, #ARGV[1] + 1) ~= ARGV[1] .. '\\n' then return -1 end\n"
+    "if v and string.sub(v, 1, #token + 1) == token .. '\\n' then\n"
+    "  redis.call('PEXPIRE', KEYS[1], lease)\n"
+    "  return {1, tonumber(string.match(v, '^[^\\n]*\\n([^\\n]*)'))}\n"
+    "end\n"
+    "local h = nil\n"
+    "if not v then\n"
+    "  h = hand_off(ARGV[5], ARGV[4], ARGV[7])\n"
+    "  if not h then return {1, grant(token, ARGV[2], lease, ARGV[4])} end\n"
+    "  if h[1] == token then return {1, h[2]} end\n"
+    "end\n"
+    "local pttl = redis.call('PTTL', KEYS[1])\n"
+    "if wait > 0 and not redis.call('ZSCORE', KEYS[3], token) then\n"
+    "  local t = redis.call('TIME')\n"
+    "  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "  local last = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')\n"
+    "  redis.call('ZADD', KEYS[3], last[2] and tonumber(last[2]) + 1 or 1, token)\n"
+    "  redis.call('HSET', KEYS[4], token, ARGV[5] .. '\\n' .. string.format('%d', now + wait) .."
+    " '\\n' .. lease .. '\\n' .. ARGV[2])\n"
+    "  local keep = math.max(wait + 60000, redis.call('PTTL', KEYS[3]))\n"
+    "  redis.call('PEXPIRE', KEYS[3], keep)\n"
+    "  redis.call('PEXPIRE', KEYS[4], keep)\n"
+    "end\n"
+    "local code = wait > 0 and 2 or 0\n"
+    "if h then return {code, pttl, h[1], h[2], h[3], h[4]} end\n"
+    "return {code, pttl}\n";
+
+/* ARGV: token, instance, fence floor, name. 1 released (and maybe handed on), 0 not held, -1
+ * another token. */
+static const char lua_release[] =
+    "local v = redis.call('GET', KEYS[1])\n"
+    "if not v then return {0, 0} end\n"
+    "if string.sub(v, 1, #ARGV[1] + 1) ~= ARGV[1] .. '\\n' then return {-1, 0} end\n"
     "redis.call('DEL', KEYS[1])\n"
-    "redis.call('PUBLISH', ARGV[2], ARGV[3])\n"
-    "return 1\n";
+    "local h = hand_off(ARGV[2], ARGV[3], ARGV[4])\n"
+    "if h then return {1, 0, h[1], h[2], h[3], h[4]} end\n"
+    "return {1, 0}\n";
 
 /* KEYS: lock. ARGV: token, lease_ms. Returns 1 extended, 0 not held, -1 other token. */
-static const char script_extend[] =
+static const char lua_extend[] =
     "local v = redis.call('GET', KEYS[1])\n"
     "if not v then return 0 end\n"
     "if string.sub(v, 1, #ARGV[1] + 1) ~= ARGV[1] .. '\\n' then return -1 end\n"
     "redis.call('PEXPIRE', KEYS[1], ARGV[2])\n"
     "return 1\n";
 
-/* KEYS: lock, waiters. ARGV: now (unix ms). Returns {value or nil, pttl, live waiters}. */
-static const char script_get[] = "local v = redis.call('GET', KEYS[1])\n"
-                                 "local ttl = redis.call('PTTL', KEYS[1])\n"
-                                 "redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])\n"
-                                 "return {v, ttl, redis.call('ZCARD', KEYS[2])}\n";
-
-/* KEYS: waiters. ARGV: wait deadline (unix ms), waiter id. Registers a waiter queued behind others.
+/*
+ * ARGV: instance, fence floor, name. Held: {3, pttl, '', 0, 0, 0, holder's
+ * token, its fence}; free: handed to the head of the line (1) or not (0).
  */
-static const char script_waiter[] = "redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])\n"
-                                    "redis.call('PEXPIRE', KEYS[1], 120000)\n"
-                                    "return 1\n";
+static const char lua_promote[] =
+    "local v = redis.call('GET', KEYS[1])\n"
+    "if v then\n"
+    "  local holder, fence = string.match(v, '^([^\\n]*)\\n([^\\n]*)')\n"
+    "  return {3, redis.call('PTTL', KEYS[1]), '', 0, 0, 0, holder, tonumber(fence)}\n"
+    "end\n"
+    "local h = hand_off(ARGV[1], ARGV[2], ARGV[3])\n"
+    "if h then return {1, 0, h[1], h[2], h[3], h[4]} end\n"
+    "return {0, 0}\n";
 
-static const char *const scripts[SCRIPT_COUNT] = {script_acquire, script_release, script_extend,
-                                                  script_get, script_waiter};
+/*
+ * ARGV: token, instance, fence floor, name. 1: token was in the line or held
+ * the lock (given on); 0: neither, and the lock is free; -1: neither, and
+ * another token holds it.
+ */
+static const char lua_leave[] = "local found = redis.call('ZREM', KEYS[3], ARGV[1])\n"
+                                "redis.call('HDEL', KEYS[4], ARGV[1])\n"
+                                "local v = redis.call('GET', KEYS[1])\n"
+                                "if v and string.sub(v, 1, #ARGV[1] + 1) == ARGV[1] .. '\\n' then\n"
+                                "  redis.call('DEL', KEYS[1])\n"
+                                "  v = false\n"
+                                "  found = 1\n"
+                                "end\n"
+                                "if v then return {found == 1 and 1 or -1, 0} end\n"
+                                "local h = hand_off(ARGV[2], ARGV[3], ARGV[4])\n"
+                                "if h then return {found, 0, h[1], h[2], h[3], h[4]} end\n"
+                                "return {found, 0}\n";
+
+/* KEYS: lock, waiting. Returns {value or nil, pttl, live waiters}. */
+static const char lua_get[] =
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "local v = redis.call('GET', KEYS[1])\n"
+    "local ttl = redis.call('PTTL', KEYS[1])\n"
+    "local all = redis.call('HGETALL', KEYS[2])\n"
+    "local n, alive = 0, {}\n"
+    "for i = 2, #all, 2 do\n"
+    "  local inst, deadline = string.match(all[i], '^([^\\n]*)\\n([^\\n]*)\\n')\n"
+    "  if inst and tonumber(deadline) > now then\n"
+    "    if alive[inst] == nil then\n"
+    "      alive[inst] = redis.call('EXISTS', 'lock-svc:instance:' .. inst) == 1\n"
+    "    end\n"
+    "    if alive[inst] then n = n + 1 end\n"
+    "  end\n"
+    "end\n"
+    "return {v, ttl, n}\n";
+
+/* KEYS: this instance's liveness key. ARGV: ttl. Returns whether it was still there. */
+static const char lua_live[] = "local e = redis.call('EXISTS', KEYS[1])\n"
+                               "redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])\n"
+                               "return e\n";
 
 typedef struct {
     char host[256];
@@ -104,29 +264,30 @@ typedef struct {
 } endpoint_t;
 
 /*
- * An acquire whose reply was lost (Redis stalled past the reply timeout, or
- * the connection broke with the script in flight). Its caller was told
- * UNAVAILABLE, but Redis may have run the script, or may still run it when it
- * reads what the dropped connection left behind; nobody else has the token,
- * so the key would stay locked for the whole lease. It is released by
- * compare-and-delete as soon as Redis answers again. Touched on the Redis
- * I/O thread only.
+ * A token left behind in a key (an acquire whose reply was lost, or a leave
+ * that did not get through). Its caller was told UNAVAILABLE, but Redis may
+ * have run the script, or may still run it when it reads what the dropped
+ * connection left behind; nobody else has the token, so the key would stay
+ * locked for the whole lease, or the line would keep a waiter nobody
+ * answers. It leaves as soon as Redis answers again. Touched on its lane's
+ * thread only.
  */
 typedef struct orphan {
     struct orphan *next;
     struct lock_store *s;
-    char key[SVC_LOCK_KEY_MAX + 1];
+    int lane;
+    char key[LOCK_KEY_MAX + 1];
     char token[LOCK_TOKEN_LEN + 1];
     int64_t until_ms;  /* monotonic: the lease is over by then anyway */
-    int64_t retry_ms;  /* monotonic: the next release attempt */
-    int64_t settle_ms; /* monotonic: 0, or until when "not held" is asked again */
+    int64_t retry_ms;  /* monotonic: the next attempt */
+    int64_t settle_ms; /* monotonic: 0, or until when "not there" is asked again */
     bool in_flight;
 } orphan_t;
 
 typedef struct {
-    redisContext *ctx;
-    char shas[SCRIPT_COUNT][41]; /* this connection's SCRIPT LOAD answers */
-} conn_slot_t;
+    orphan_t *head;
+    int n;
+} orphan_list_t;
 
 struct lock_store {
     /* from the URL */
@@ -138,27 +299,30 @@ struct lock_store {
     char password[128];
     int db;
 
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    conn_slot_t *slots;
-    int n_slots;
-    endpoint_t master; /* Sentinel mode: the last master found */
-    bool have_master;
-    int *free_slots; /* a stack of idle slot numbers */
-    int n_free;
+    char *scripts[SCRIPT_COUNT];
+    lock_redis_t *redis;
+    int n_lanes;
+    orphan_list_t orphans[MAX_LANES]; /* per lane, on its thread */
+    char instance[LOCK_TOKEN_LEN + 1];
+    char live_key[64];
+    lock_event_fn events;
+    void *events_arg;
 
-    char instance[LOCK_TOKEN_LEN + 1]; /* tells our own releases apart on the channel */
-    lock_redis_t *async;               /* the pipelined connection of lock-svc's path */
-    orphan_t *orphans;                 /* lost acquires to release (Redis I/O thread) */
-    int n_orphans;
+    /* lane 0's thread only */
+    int64_t live_due_ms;
+    bool live_in_flight;
 
     /* subscriber */
+    pthread_mutex_t mu;
     pthread_t sub_thread;
     bool sub_running, stopping;
     int sub_fd; /* to wake the subscriber at shutdown; -1 when none */
-    lock_release_fn sub_fn;
-    void *sub_arg;
 };
+
+static void orphans_tick(void *arg, int lane);
+static void store_on_up(void *arg, int lane);
+static void live_refresh(lock_store_t *s);
+static void *sub_thread(void *arg);
 
 /* ---------- URL ---------- */
 
@@ -249,7 +413,7 @@ bad:
     return -1;
 }
 
-/* ---------- connections ---------- */
+/* ---------- finding the master ---------- */
 
 static redisContext *
 connect_to(const endpoint_t *ep)
@@ -267,12 +431,6 @@ connect_to(const endpoint_t *ep)
     }
     redisEnableKeepAlive(c);
     return c;
-}
-
-static redisReply *
-command_argv(redisContext *c, int argc, const char **argv)
-{
-    return redisCommandArgv(c, argc, argv, NULL);
 }
 
 /* Asks the Sentinels, in order, where the master is. */
@@ -304,194 +462,7 @@ discover_master(lock_store_t *s, endpoint_t *out)
     return -1;
 }
 
-/* Runs a command expecting a status or any non-error reply. */
-static int
-simple_command(redisContext *c, int argc, const char **argv)
-{
-    redisReply *r = command_argv(c, argc, argv);
-    int ok = r != NULL && r->type != REDIS_REPLY_ERROR;
-
-    freeReplyObject(r);
-    return ok ? 0 : -1;
-}
-
-/*
- * A ready connection to the master: authenticated, on the right db, scripts
- * loaded. In Sentinel mode the server must say it is the master.
- */
-static redisContext *
-store_connect(lock_store_t *s, char (*shas)[41], svc_err_t *err)
-{
-    endpoint_t ep;
-    redisContext *c;
-
-    if (s->sentinel) {
-        pthread_mutex_lock(&s->mu);
-        bool have = s->have_master;
-        ep = s->master;
-        pthread_mutex_unlock(&s->mu);
-        if (!have) {
-            if (discover_master(s, &ep) != 0) {
-                svc_err_set(err, SVC_UNAVAILABLE, "no sentinel knows master %s", s->master_name);
-                return NULL;
-            }
-            pthread_mutex_lock(&s->mu);
-            s->master = ep;
-            s->have_master = true;
-            pthread_mutex_unlock(&s->mu);
-        }
-    } else {
-        ep = s->direct;
-    }
-    c = connect_to(&ep);
-    if (c == NULL) {
-        goto unavailable;
-    }
-    if (s->password[0] != '\0') {
-        const char *argv[] = {"AUTH", s->password};
-        if (simple_command(c, 2, argv) != 0) {
-            goto unavailable;
-        }
-    }
-    if (s->db != 0) {
-        char db[16];
-        snprintf(db, sizeof(db), "%d", s->db);
-        const char *argv[] = {"SELECT", db};
-        if (simple_command(c, 2, argv) != 0) {
-            goto unavailable;
-        }
-    }
-    if (s->sentinel) {
-        redisReply *r = redisCommand(c, "ROLE");
-        bool master = r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements > 0 &&
-                      r->element[0]->type == REDIS_REPLY_STRING &&
-                      strcmp(r->element[0]->str, "master") == 0;
-        freeReplyObject(r);
-        if (!master) {
-            goto unavailable;
-        }
-    }
-    for (int i = 0; i < SCRIPT_COUNT; i++) {
-        redisReply *r = redisCommand(c, "SCRIPT LOAD %s", scripts[i]);
-        if (r == NULL || r->type != REDIS_REPLY_STRING || r->len != 40) {
-            freeReplyObject(r);
-            goto unavailable;
-        }
-        if (shas != NULL) {
-            memcpy(shas[i], r->str, 41);
-        }
-        freeReplyObject(r);
-    }
-    return c;
-
-unavailable:
-    if (c != NULL) {
-        redisFree(c);
-    }
-    if (s->sentinel) { /* ask the Sentinels again next time */
-        pthread_mutex_lock(&s->mu);
-        s->have_master = false;
-        pthread_mutex_unlock(&s->mu);
-    }
-    svc_err_set(err, SVC_UNAVAILABLE, "redis unavailable at %s:%d", ep.host, ep.port);
-    return NULL;
-}
-
-static void
-store_give(lock_store_t *s, int slot, bool broken)
-{
-    bool forget_master = false;
-
-    if (broken && s->slots[slot].ctx != NULL) {
-        redisFree(s->slots[slot].ctx);
-        s->slots[slot].ctx = NULL;
-        forget_master = s->sentinel;
-    }
-    pthread_mutex_lock(&s->mu);
-    if (forget_master) {
-        s->have_master = false;
-    }
-    s->free_slots[s->n_free++] = slot;
-    if (s->n_free == 1) {
-        pthread_cond_signal(&s->cv); /* only a taker that found none can be waiting */
-    }
-    pthread_mutex_unlock(&s->mu);
-}
-
-/* A connection slot, connected; -1 with err UNAVAILABLE when Redis cannot be reached. */
-static int
-store_take(lock_store_t *s, svc_err_t *err)
-{
-    int slot;
-
-    pthread_mutex_lock(&s->mu);
-    while (s->n_free == 0) {
-        pthread_cond_wait(&s->cv, &s->mu);
-    }
-    slot = s->free_slots[--s->n_free];
-    pthread_mutex_unlock(&s->mu);
-    if (s->slots[slot].ctx == NULL) {
-        s->slots[slot].ctx = store_connect(s, s->slots[slot].shas, err);
-        if (s->slots[slot].ctx == NULL) {
-            store_give(s, slot, false);
-            return -1;
-        }
-    }
-    return slot;
-}
-
-/*
- * Runs script `which` with the keys and args; returns the reply (caller frees)
- * or NULL with err UNAVAILABLE. Falls back to EVAL when Redis lost its script cache.
- */
-static redisReply *
-run_script(lock_store_t *s, int which, int n_keys, const char **keys, int n_args, const char **args,
-           svc_err_t *err)
-{
-    const char *argv[16];
-    char numkeys[8];
-    redisReply *r;
-    int slot, argc = 0;
-    bool broken = false;
-
-    slot = store_take(s, err);
-    if (slot < 0) {
-        return NULL;
-    }
-    snprintf(numkeys, sizeof(numkeys), "%d", n_keys);
-    argv[argc++] = "EVALSHA";
-    argv[argc++] = s->slots[slot].shas[which];
-    argv[argc++] = numkeys;
-    for (int i = 0; i < n_keys; i++) {
-        argv[argc++] = keys[i];
-    }
-    for (int i = 0; i < n_args; i++) {
-        argv[argc++] = args[i];
-    }
-    r = command_argv(s->slots[slot].ctx, argc, argv);
-    if (r != NULL && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOSCRIPT", 8) == 0) {
-        freeReplyObject(r);
-        argv[0] = "EVAL";
-        argv[1] = scripts[which];
-        r = command_argv(s->slots[slot].ctx, argc, argv);
-    }
-    if (r == NULL) {
-        svc_err_set(err, SVC_UNAVAILABLE, "redis unavailable: %s",
-                    s->slots[slot].ctx->errstr[0] ? s->slots[slot].ctx->errstr : "no reply");
-        broken = true;
-    } else if (r->type == REDIS_REPLY_ERROR) {
-        /* READONLY (a demoted master), LOADING, OOM...: not the client's fault. */
-        svc_logf(SVC_LOG_WARN, "redis error: %.200s", r->str);
-        svc_err_set(err, SVC_UNAVAILABLE, "redis refused the command");
-        broken = strncmp(r->str, "READONLY", 8) == 0 || strncmp(r->str, "LOADING", 7) == 0;
-        freeReplyObject(r);
-        r = NULL;
-    }
-    store_give(s, slot, broken);
-    return r;
-}
-
-/* Where the master is, for the async engine's (re)connections. */
+/* Where the master is, for each (re)connection of a lane or the subscriber. */
 static int
 store_locate(void *arg, char *host, size_t len, int *port)
 {
@@ -508,159 +479,125 @@ store_locate(void *arg, char *host, size_t len, int *port)
     return 0;
 }
 
-static void orphans_tick(void *arg);
+/* ---------- names and numbers ---------- */
 
-/* ---------- public ---------- */
+/* The names of a key's lock, fence, line and waiting hash; {key} keeps them in one slot. */
+typedef struct {
+    char lock[NAME_MAX_LEN], fence[NAME_MAX_LEN], line[NAME_MAX_LEN], waiting[NAME_MAX_LEN];
+} key_names_t;
 
-lock_store_t *
-lock_store_create(const char *url, int pool_size, svc_err_t *err)
+static void
+key_names(key_names_t *n, const char *key)
 {
-    lock_store_t *s = calloc(1, sizeof(*s));
+    size_t len = strnlen(key, LOCK_KEY_MAX);
 
-    if (s == NULL) {
-        svc_err_set(err, SVC_RESOURCE_EXHAUSTED, "out of memory");
-        return NULL;
-    }
-    if (url == NULL || parse_url(s, url, err) != 0) {
-        if (url == NULL) {
-            svc_err_set(err, SVC_INVALID_ARGUMENT, "REDIS_URL is not set");
-        }
-        free(s);
-        return NULL;
-    }
-    s->n_slots = pool_size > 0 ? pool_size : 16;
-    s->slots = calloc((size_t)s->n_slots, sizeof(*s->slots));
-    s->free_slots = calloc((size_t)s->n_slots, sizeof(*s->free_slots));
-    if (s->slots == NULL || s->free_slots == NULL) {
-        free(s->slots);
-        free(s->free_slots);
-        free(s);
-        svc_err_set(err, SVC_RESOURCE_EXHAUSTED, "out of memory");
-        return NULL;
-    }
-    for (int i = 0; i < s->n_slots; i++) {
-        s->free_slots[i] = s->n_slots - 1 - i;
-    }
-    s->n_free = s->n_slots;
-    lock_store_new_token(s->instance);
-    lock_redis_opts_t ropts = {
-        .locate = store_locate,
-        .locate_arg = s,
-        .password = s->password,
-        .db = s->db,
-        .check_master = s->sentinel,
-        .scripts = scripts,
-        .n_scripts = SCRIPT_COUNT,
-        .timeout_ms = COMMAND_TIMEOUT_MS,
-        .tick = orphans_tick,
-        .tick_arg = s,
-    };
-    s->async = lock_redis_create(&ropts, err);
-    if (s->async == NULL) {
-        free(s->slots);
-        free(s->free_slots);
-        free(s);
-        return NULL;
-    }
-    s->sub_fd = -1;
-    pthread_mutex_init(&s->mu, NULL);
-    pthread_cond_init(&s->cv, NULL);
-    return s;
+    /* lock:{key} is the lock; the others add a suffix after the brace. */
+    memcpy(n->lock, "lock:{", 6);
+    memcpy(n->lock + 6, key, len);
+    n->lock[6 + len] = '}';
+    n->lock[7 + len] = '\0';
+    memcpy(n->fence, n->lock, 7 + len);
+    memcpy(n->fence + 7 + len, ":fence", 7);
+    memcpy(n->line, n->lock, 7 + len);
+    memcpy(n->line + 7 + len, ":line", 6);
+    memcpy(n->waiting, n->lock, 7 + len);
+    memcpy(n->waiting + 7 + len, ":waiting", 9);
 }
 
-void
-lock_store_unsubscribe(lock_store_t *s)
+/* Decimal of v into buf (at least 21 bytes). */
+static const char *
+fmt_i64(char *buf, int64_t v)
 {
-    pthread_mutex_lock(&s->mu);
-    s->stopping = true;
-    if (s->sub_fd >= 0) {
-        shutdown(s->sub_fd, SHUT_RDWR); /* wakes the subscriber from its read */
+    char tmp[24];
+    int n = 0, i = 0;
+    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+
+    do {
+        tmp[n++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u > 0);
+    if (v < 0) {
+        buf[i++] = '-';
     }
-    pthread_mutex_unlock(&s->mu);
-    if (s->sub_running) {
-        pthread_join(s->sub_thread, NULL);
-        s->sub_running = false;
+    while (n > 0) {
+        buf[i++] = tmp[--n];
     }
+    buf[i] = '\0';
+    return buf;
 }
 
-void
-lock_store_destroy(lock_store_t *s)
+static unsigned
+key_hash(const char *key)
 {
-    if (s == NULL) {
-        return;
+    unsigned h = 2166136261u;
+
+    for (; *key; key++) {
+        h = (h ^ (unsigned char)*key) * 16777619u;
     }
-    lock_store_unsubscribe(s);
-    lock_redis_destroy(s->async);
-    while (s->orphans != NULL) { /* left to their leases */
-        orphan_t *o = s->orphans;
-        s->orphans = o->next;
-        free(o);
-    }
-    for (int i = 0; i < s->n_slots; i++) {
-        if (s->slots[i].ctx != NULL) {
-            redisFree(s->slots[i].ctx);
-        }
-    }
-    free(s->slots);
-    free(s->free_slots);
-    pthread_cond_destroy(&s->cv);
-    pthread_mutex_destroy(&s->mu);
-    free(s);
+    return h;
+}
+
+int
+lock_store_lane(const lock_store_t *s, const char *key)
+{
+    return (int)(key_hash(key) % (unsigned)s->n_lanes);
 }
 
 static void
-key_name(char *buf, size_t len, const char *key, const char *suffix)
+emit(lock_store_t *s, lock_event_kind_t kind, const char *key, const char *token, int64_t fence,
+     int64_t px, int lane)
 {
-    /* {key} is a hash tag: the lock, its fence and its waiters share a cluster slot. */
-    snprintf(buf, len, "lock:{%s}%s", key, suffix);
+    lock_event_t ev = {kind, key, token, fence, px, lane};
+
+    if (s->events != NULL) {
+        s->events(&ev, s->events_arg);
+    }
 }
 
-/* ---------- replies (shared by the blocking and the async calls) ---------- */
+/* ---------- replies ---------- */
 
-/* A reply the async engine got: NULL means Redis is unreachable; an error reply is logged. */
+/* A reply a lane got: NULL means Redis is unreachable; an error reply is logged. */
 static bool
 reply_ok(const redisReply *r, svc_err_t *err)
 {
+    static svc_log_limit_t limit = SVC_LOG_LIMIT_INIT(5);
+
     if (r == NULL) {
         svc_err_set(err, SVC_UNAVAILABLE, "redis unavailable");
         return false;
     }
     if (r->type == REDIS_REPLY_ERROR) {
-        svc_logf(SVC_LOG_WARN, "redis error: %.200s", r->str);
+        svc_logf_limited(&limit, SVC_LOG_WARN, "redis error: %.200s", r->str);
         svc_err_set(err, SVC_UNAVAILABLE, "redis refused the command");
         return false;
     }
     return true;
 }
 
-static int
-parse_acquire(const redisReply *r, lock_acquire_result_t *out, svc_err_t *err)
+static long long
+elem_int(const redisReply *r, size_t i)
 {
-    if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
-        r->element[0]->type != REDIS_REPLY_INTEGER || r->element[1]->type != REDIS_REPLY_INTEGER) {
-        svc_err_set(err, SVC_UNAVAILABLE, "unexpected reply from redis");
-        return -1;
-    }
-    out->granted = r->element[0]->integer == 1;
-    out->fence = out->granted ? r->element[1]->integer : 0;
-    out->holder_ms = out->granted ? 0 : r->element[1]->integer;
-    svc_err_clear(err);
-    return 0;
+    return i < r->elements && r->element[i]->type == REDIS_REPLY_INTEGER ? r->element[i]->integer
+                                                                         : 0;
 }
 
-/* Release and extend answer 1 done, 0 not held, -1 another token. */
-static int
-parse_compare(const redisReply *r, const char *key, svc_err_t *err)
+static const char *
+elem_str(const redisReply *r, size_t i)
 {
-    long long result = r->type == REDIS_REPLY_INTEGER ? r->integer : -2;
+    return i < r->elements && r->element[i]->type == REDIS_REPLY_STRING ? r->element[i]->str : "";
+}
 
-    if (result == 1) {
+/* Release, extend and leave: 1 done, 0 not held, -1 another token. */
+static int
+code_to_err(long long code, const char *key, svc_err_t *err)
+{
+    if (code == 1) {
         svc_err_clear(err);
         return 0;
     }
-    if (result == 0) {
+    if (code == 0) {
         svc_err_set(err, SVC_NOT_FOUND, "no lock is held on %s", key);
-    } else if (result == -1) {
+    } else if (code == -1) {
         svc_err_set(err, SVC_FAILED_PRECONDITION, "lock %s is held with another token", key);
     } else {
         svc_err_set(err, SVC_UNAVAILABLE, "unexpected reply from redis");
@@ -687,235 +624,107 @@ parse_get(const redisReply *r, lock_info_t *out, svc_err_t *err)
             snprintf(out->owner, sizeof(out->owner), "%s", nl2 + 1);
         }
     }
-    out->ttl_ms = r->element[1]->type == REDIS_REPLY_INTEGER ? r->element[1]->integer : -1;
-    out->waiters = r->element[2]->type == REDIS_REPLY_INTEGER ? (int)r->element[2]->integer : 0;
+    out->ttl_ms = elem_int(r, 1);
+    out->waiters = (int)elem_int(r, 2);
     svc_err_clear(err);
     return 0;
 }
 
-/* ---------- script arguments ---------- */
+/* ---------- calls ---------- */
 
 typedef struct {
-    char lock_key[256], fence_key[256], waiters_key[256];
-    char n1[24], n2[24], n3[24];
-    char message[SVC_LOCK_MESSAGE_MAX];
-} script_args_t;
-
-static void
-acquire_args(script_args_t *a, const char *key, int64_t lease_ms, int64_t floor, int64_t until)
-{
-    key_name(a->lock_key, sizeof(a->lock_key), key, "");
-    key_name(a->fence_key, sizeof(a->fence_key), key, ":fence");
-    key_name(a->waiters_key, sizeof(a->waiters_key), key, ":waiters");
-    snprintf(a->n1, sizeof(a->n1), "%lld", (long long)lease_ms);
-    snprintf(a->n2, sizeof(a->n2), "%lld", (long long)floor);
-    snprintf(a->n3, sizeof(a->n3), "%lld", (long long)until);
-}
-
-/* "key\ninstance": this instance skips its own echo when it wakes its waiters itself. */
-static void
-release_args(lock_store_t *s, script_args_t *a, const char *key, bool woken_here)
-{
-    key_name(a->lock_key, sizeof(a->lock_key), key, "");
-    snprintf(a->message, sizeof(a->message), "%s%s%s", key, woken_here ? "\n" : "",
-             woken_here ? s->instance : "");
-}
-
-/* ---------- blocking calls (the benchmark's raw path) ---------- */
-
-int
-lock_store_acquire(lock_store_t *s, const char *key, const char *token, const char *owner,
-                   int64_t lease_ms, int64_t fence_floor, const char *waiter_id,
-                   int64_t wait_until_ms, lock_acquire_result_t *out, svc_err_t *err)
-{
-    script_args_t a;
-    const char *keys[] = {a.lock_key, a.fence_key, a.waiters_key};
-    const char *args[] = {token, owner, a.n1, a.n2, waiter_id != NULL ? waiter_id : "", a.n3};
-    redisReply *r;
-    int rc;
-
-    acquire_args(&a, key, lease_ms, fence_floor, wait_until_ms);
-    r = run_script(s, SCRIPT_ACQUIRE, 3, keys, 6, args, err);
-    if (r == NULL) {
-        return -1;
-    }
-    rc = parse_acquire(r, out, err);
-    freeReplyObject(r);
-    return rc;
-}
-
-int
-lock_store_release(lock_store_t *s, const char *key, const char *token, bool woken_here,
-                   svc_err_t *err)
-{
-    script_args_t a;
-    const char *keys[] = {a.lock_key};
-    const char *args[] = {token, RELEASE_CHANNEL, a.message};
-    redisReply *r;
-    int rc;
-
-    release_args(s, &a, key, woken_here);
-    r = run_script(s, SCRIPT_RELEASE, 1, keys, 3, args, err);
-    if (r == NULL) {
-        return -1;
-    }
-    rc = parse_compare(r, key, err);
-    freeReplyObject(r);
-    return rc;
-}
-
-/* ---------- async calls (lock-svc's path): callbacks run on the Redis thread ---------- */
-
-typedef struct {
+    lock_store_t *s;
     lock_store_cb cb;
     void *arg;
     int kind; /* SCRIPT_* */
-    char key[SVC_LOCK_KEY_MAX + 1];
-    lock_store_t *s;                /* acquire: where a lost reply is remembered */
-    char token[LOCK_TOKEN_LEN + 1]; /* acquire */
-    int64_t lease_ms;               /* acquire */
-} async_ctx_t;
+    int lane;
+    bool orphan_if_lost;
+    int64_t lease_ms;
+    char token[LOCK_TOKEN_LEN + 1];
+    char key[LOCK_KEY_MAX + 1];
+} call_ctx_t;
 
-/* ---------- acquires whose reply was lost (Redis I/O thread) ---------- */
-
-static void
-orphan_add(lock_store_t *s, const char *key, const char *token, int64_t lease_ms)
-{
-    static svc_log_limit_t limit = SVC_LOG_LIMIT_INIT(5);
-    int64_t now = svc_now_mono_ms();
-    orphan_t *o;
-
-    if (s->n_orphans >= MAX_ORPHANS || (o = calloc(1, sizeof(*o))) == NULL) {
-        svc_logf_limited(&limit, SVC_LOG_WARN,
-                         "reply to an acquire of %s lost; too many to track, its lease frees it",
-                         key);
-        return;
-    }
-    o->s = s;
-    snprintf(o->key, sizeof(o->key), "%s", key);
-    snprintf(o->token, sizeof(o->token), "%s", token);
-    o->until_ms = now + (lease_ms > 0 && lease_ms <= MAX_LEASE_MS ? lease_ms : MAX_LEASE_MS);
-    o->retry_ms = now;
-    o->next = s->orphans;
-    s->orphans = o;
-    s->n_orphans++;
-    svc_logf_limited(&limit, SVC_LOG_WARN,
-                     "reply to an acquire of %s lost; releasing it once redis answers", key);
-}
-
-static void
-orphan_remove(orphan_t *o)
-{
-    lock_store_t *s = o->s;
-
-    for (orphan_t **pp = &s->orphans; *pp != NULL; pp = &(*pp)->next) {
-        if (*pp == o) {
-            *pp = o->next;
-            s->n_orphans--;
-            free(o);
-            return;
-        }
-    }
-}
+static void orphan_add(lock_store_t *s, int lane, const char *key, const char *token,
+                       int64_t lease_ms);
 
 /*
- * The release's answer. 1: it was ours and is free now. -1: someone else
- * holds the key, so ours never ran or is gone. 0 (not held) is believed only
- * after ORPHAN_SETTLE_MS: the dropped connection's bytes (holding the
- * acquire) may be read by Redis after the new connection's release.
+ * The reply of a hand-off script: {code, n[, handed token, fence, px, here[,
+ * holder, holder's fence]]}. Reports the hand-off, then fills res.
  */
-static void
-orphan_released(redisReply *reply, bool lost, void *arg)
+static int
+parse_script(call_ctx_t *ctx, const redisReply *r, lock_store_result_t *res, svc_err_t *err)
 {
-    orphan_t *o = arg;
-    int64_t now = svc_now_mono_ms();
+    const char *handed;
+    long long code;
 
-    (void)lost; /* a release may be repeated */
-    o->in_flight = false;
-    if (reply == NULL || reply->type != REDIS_REPLY_INTEGER) {
-        o->retry_ms = now + ORPHAN_RETRY_MS;
-        return;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements < 2) {
+        svc_err_set(err, SVC_UNAVAILABLE, "unexpected reply from redis");
+        return -1;
     }
-    if (reply->integer == 1) {
-        svc_logf(SVC_LOG_INFO, "released %s, taken by an acquire whose reply was lost", o->key);
-        orphan_remove(o);
-    } else if (reply->integer == 0 && (o->settle_ms == 0 || now < o->settle_ms)) {
-        if (o->settle_ms == 0) {
-            o->settle_ms = now + ORPHAN_SETTLE_MS;
-        }
-        o->retry_ms = now + ORPHAN_RETRY_MS;
-    } else {
-        orphan_remove(o);
+    handed = elem_str(r, 2);
+    if (handed[0] != '\0') {
+        emit(ctx->s, elem_int(r, 5) ? LOCK_EV_HANDED_HERE : LOCK_EV_HANDED_AWAY, ctx->key, handed,
+             elem_int(r, 3), elem_int(r, 4), ctx->lane);
     }
-}
-
-/* Queues a compare-and-delete for each lost acquire that is due. */
-static void
-orphans_tick(void *arg)
-{
-    lock_store_t *s = arg;
-    int64_t now = svc_now_mono_ms();
-    orphan_t *o = s->orphans, *next;
-    int queued = 0;
-
-    for (; o != NULL && queued < ORPHANS_PER_TICK; o = next) {
-        next = o->next;
-        if (o->in_flight) {
-            continue;
-        }
-        if (now >= o->until_ms) {
-            orphan_remove(o); /* its lease has freed it */
-            continue;
-        }
-        if (now >= o->retry_ms) {
-            script_args_t a;
-            const char *keys[] = {a.lock_key};
-            const char *args[] = {o->token, RELEASE_CHANNEL, a.message};
-
-            /* Published without woken_here: this instance's waiters hear it too. */
-            release_args(s, &a, o->key, false);
-            o->in_flight = true;
-            queued++;
-            lock_redis_script(s->async, SCRIPT_RELEASE, 1, keys, 3, args, orphan_released, o);
-        }
+    code = elem_int(r, 0);
+    svc_err_clear(err);
+    switch (ctx->kind) {
+    case SCRIPT_ACQUIRE:
+        res->outcome = code == 1 ? LOCK_GRANTED : code == 2 ? LOCK_QUEUED : LOCK_REFUSED;
+        res->fence = code == 1 ? elem_int(r, 1) : 0;
+        res->holder_ms = code == 1 ? 0 : elem_int(r, 1);
+        return 0;
+    case SCRIPT_PROMOTE:
+        res->outcome = code == 3 ? LOCK_HELD : code == 1 ? LOCK_GRANTED : LOCK_REFUSED;
+        res->holder_ms = code == 3 ? elem_int(r, 1) : 0;
+        snprintf(res->holder, sizeof(res->holder), "%s", elem_str(r, 6));
+        res->holder_fence = elem_int(r, 7);
+        return 0;
+    case SCRIPT_LEAVE:
+        res->outcome = code == 1 ? LOCK_GRANTED : LOCK_REFUSED;
+        return 0;
+    default: /* release */
+        res->outcome = code == 1 ? LOCK_GRANTED : LOCK_REFUSED;
+        return code_to_err(code, ctx->key, err);
     }
 }
 
 static void
-async_done(redisReply *reply, bool lost, void *arg)
+call_done(redisReply *reply, bool lost, void *arg)
 {
-    async_ctx_t *ctx = arg;
+    call_ctx_t *ctx = arg;
     lock_store_result_t res;
     svc_err_t err;
-    int rc = -1;
 
-    if (lost && ctx->kind == SCRIPT_ACQUIRE && ctx->s != NULL) {
-        orphan_add(ctx->s, ctx->key, ctx->token, ctx->lease_ms);
-    }
     memset(&res, 0, sizeof(res));
+    if (lost && ctx->orphan_if_lost) {
+        orphan_add(ctx->s, ctx->lane, ctx->key, ctx->token, ctx->lease_ms);
+    }
+    if (lost) {
+        emit(ctx->s, LOCK_EV_LOST, ctx->key, NULL, 0, 0, ctx->lane);
+    }
     if (reply_ok(reply, &err)) {
         switch (ctx->kind) {
-        case SCRIPT_ACQUIRE:
-            rc = parse_acquire(reply, &res.acquire, &err);
-            break;
         case SCRIPT_GET:
-            rc = parse_get(reply, &res.info, &err);
+            parse_get(reply, &res.info, &err);
+            break;
+        case SCRIPT_EXTEND:
+            code_to_err(reply->type == REDIS_REPLY_INTEGER ? reply->integer : -2, ctx->key, &err);
             break;
         default:
-            rc = parse_compare(reply, ctx->key, &err);
+            parse_script(ctx, reply, &res, &err);
         }
     }
-    (void)rc;
     if (ctx->cb != NULL) {
         ctx->cb(&res, &err, ctx->arg);
     }
     free(ctx);
 }
 
-static async_ctx_t *
-async_ctx(lock_store_cb cb, void *arg, int kind, const char *key)
+static call_ctx_t *
+call_ctx(lock_store_t *s, int kind, const char *key, const char *token, lock_store_cb cb, void *arg)
 {
-    async_ctx_t *ctx = malloc(sizeof(*ctx));
+    call_ctx_t *ctx = malloc(sizeof(*ctx));
 
     if (ctx == NULL) {
         svc_err_t err;
@@ -925,47 +734,88 @@ async_ctx(lock_store_cb cb, void *arg, int kind, const char *key)
         }
         return NULL;
     }
+    ctx->s = s;
     ctx->cb = cb;
     ctx->arg = arg;
     ctx->kind = kind;
-    snprintf(ctx->key, sizeof(ctx->key), "%s", key);
-    ctx->s = NULL;
-    ctx->token[0] = '\0';
+    ctx->lane = lock_store_lane(s, key);
+    ctx->orphan_if_lost = false;
     ctx->lease_ms = 0;
+    snprintf(ctx->token, sizeof(ctx->token), "%s", token != NULL ? token : "");
+    snprintf(ctx->key, sizeof(ctx->key), "%s", key);
     return ctx;
+}
+
+/* Runs a hand-off script (KEYS: lock, fence, line, waiting) for ctx. */
+static void
+run_keyed(call_ctx_t *ctx, int n_args, const char *const *args)
+{
+    key_names_t n;
+    const char *keys[] = {n.lock, n.fence, n.line, n.waiting};
+
+    key_names(&n, ctx->key);
+    lock_redis_script(ctx->s->redis, ctx->lane, ctx->kind, 4, keys, n_args, args, call_done, ctx);
 }
 
 void
 lock_store_acquire_async(lock_store_t *s, const char *key, const char *token, const char *owner,
-                         int64_t lease_ms, int64_t fence_floor, const char *waiter_id,
-                         int64_t wait_until_ms, lock_store_cb cb, void *arg)
+                         int64_t lease_ms, int64_t wait_ms, bool orphan_if_lost, lock_store_cb cb,
+                         void *arg)
 {
-    script_args_t a;
-    const char *keys[] = {a.lock_key, a.fence_key, a.waiters_key};
-    const char *args[] = {token, owner, a.n1, a.n2, waiter_id != NULL ? waiter_id : "", a.n3};
-    async_ctx_t *ctx = async_ctx(cb, arg, SCRIPT_ACQUIRE, key);
+    call_ctx_t *ctx = call_ctx(s, SCRIPT_ACQUIRE, key, token, cb, arg);
+    char lease[24], floor[24], wait[24];
+    const char *args[] = {token,
+                          owner,
+                          fmt_i64(lease, lease_ms),
+                          fmt_i64(floor, svc_now_unix_ms() * 1000),
+                          s->instance,
+                          fmt_i64(wait, wait_ms),
+                          key};
 
     if (ctx != NULL) {
-        ctx->s = s;
-        snprintf(ctx->token, sizeof(ctx->token), "%s", token);
+        ctx->orphan_if_lost = orphan_if_lost;
         ctx->lease_ms = lease_ms;
-        acquire_args(&a, key, lease_ms, fence_floor, wait_until_ms);
-        lock_redis_script(s->async, SCRIPT_ACQUIRE, 3, keys, 6, args, async_done, ctx);
+        run_keyed(ctx, 7, args);
     }
 }
 
 void
-lock_store_release_async(lock_store_t *s, const char *key, const char *token, bool woken_here,
-                         lock_store_cb cb, void *arg)
+lock_store_release_async(lock_store_t *s, const char *key, const char *token, lock_store_cb cb,
+                         void *arg)
 {
-    script_args_t a;
-    const char *keys[] = {a.lock_key};
-    const char *args[] = {token, RELEASE_CHANNEL, a.message};
-    async_ctx_t *ctx = async_ctx(cb, arg, SCRIPT_RELEASE, key);
+    call_ctx_t *ctx = call_ctx(s, SCRIPT_RELEASE, key, token, cb, arg);
+    char floor[24];
+    const char *args[] = {token, s->instance, fmt_i64(floor, svc_now_unix_ms() * 1000), key};
 
     if (ctx != NULL) {
-        release_args(s, &a, key, woken_here);
-        lock_redis_script(s->async, SCRIPT_RELEASE, 1, keys, 3, args, async_done, ctx);
+        run_keyed(ctx, 4, args);
+    }
+}
+
+void
+lock_store_promote_async(lock_store_t *s, const char *key, lock_store_cb cb, void *arg)
+{
+    call_ctx_t *ctx = call_ctx(s, SCRIPT_PROMOTE, key, NULL, cb, arg);
+    char floor[24];
+    const char *args[] = {s->instance, fmt_i64(floor, svc_now_unix_ms() * 1000), key};
+
+    if (ctx != NULL) {
+        run_keyed(ctx, 3, args);
+    }
+}
+
+void
+lock_store_leave_async(lock_store_t *s, const char *key, const char *token, lock_store_cb cb,
+                       void *arg)
+{
+    call_ctx_t *ctx = call_ctx(s, SCRIPT_LEAVE, key, token, cb, arg);
+    char floor[24];
+    const char *args[] = {token, s->instance, fmt_i64(floor, svc_now_unix_ms() * 1000), key};
+
+    if (ctx != NULL) {
+        ctx->orphan_if_lost = true; /* until Redis says it is out, it may hold the key */
+        ctx->lease_ms = MAX_LEASE_MS;
+        run_keyed(ctx, 4, args);
     }
 }
 
@@ -973,55 +823,29 @@ void
 lock_store_extend_async(lock_store_t *s, const char *key, const char *token, int64_t lease_ms,
                         lock_store_cb cb, void *arg)
 {
-    script_args_t a;
-    const char *keys[] = {a.lock_key};
-    const char *args[] = {token, a.n1};
-    async_ctx_t *ctx = async_ctx(cb, arg, SCRIPT_EXTEND, key);
+    call_ctx_t *ctx = call_ctx(s, SCRIPT_EXTEND, key, token, cb, arg);
+    key_names_t n;
+    char lease[24];
+    const char *keys[] = {n.lock};
+    const char *args[] = {token, fmt_i64(lease, lease_ms)};
 
     if (ctx != NULL) {
-        key_name(a.lock_key, sizeof(a.lock_key), key, "");
-        snprintf(a.n1, sizeof(a.n1), "%lld", (long long)lease_ms);
-        lock_redis_script(s->async, SCRIPT_EXTEND, 1, keys, 2, args, async_done, ctx);
+        key_names(&n, key);
+        lock_redis_script(s->redis, ctx->lane, SCRIPT_EXTEND, 1, keys, 2, args, call_done, ctx);
     }
 }
 
 void
-lock_store_get_async(lock_store_t *s, const char *key, int64_t now_ms, lock_store_cb cb, void *arg)
+lock_store_get_async(lock_store_t *s, const char *key, lock_store_cb cb, void *arg)
 {
-    script_args_t a;
-    const char *keys[] = {a.lock_key, a.waiters_key};
-    const char *args[] = {a.n1};
-    async_ctx_t *ctx = async_ctx(cb, arg, SCRIPT_GET, key);
+    call_ctx_t *ctx = call_ctx(s, SCRIPT_GET, key, NULL, cb, arg);
+    key_names_t n;
+    const char *keys[] = {n.lock, n.waiting};
 
     if (ctx != NULL) {
-        key_name(a.lock_key, sizeof(a.lock_key), key, "");
-        key_name(a.waiters_key, sizeof(a.waiters_key), key, ":waiters");
-        snprintf(a.n1, sizeof(a.n1), "%lld", (long long)now_ms);
-        lock_redis_script(s->async, SCRIPT_GET, 2, keys, 1, args, async_done, ctx);
+        key_names(&n, key);
+        lock_redis_script(s->redis, ctx->lane, SCRIPT_GET, 2, keys, 0, NULL, call_done, ctx);
     }
-}
-
-void
-lock_store_waiter_add_async(lock_store_t *s, const char *key, const char *waiter_id,
-                            int64_t until_ms)
-{
-    script_args_t a;
-    const char *keys[] = {a.waiters_key};
-    const char *args[] = {a.n1, waiter_id};
-
-    key_name(a.waiters_key, sizeof(a.waiters_key), key, ":waiters");
-    snprintf(a.n1, sizeof(a.n1), "%lld", (long long)until_ms);
-    lock_redis_script(s->async, SCRIPT_WAITER, 1, keys, 2, args, NULL, NULL);
-}
-
-void
-lock_store_waiter_remove_async(lock_store_t *s, const char *key, const char *waiter_id)
-{
-    char waiters_key[256];
-    const char *argv[] = {"ZREM", waiters_key, waiter_id};
-
-    key_name(waiters_key, sizeof(waiters_key), key, ":waiters");
-    lock_redis_command(s->async, 3, argv, NULL, NULL);
 }
 
 void
@@ -1040,7 +864,323 @@ lock_store_new_token(char *buf)
     buf[LOCK_TOKEN_LEN] = '\0';
 }
 
-/* ---------- the release channel ---------- */
+/* ---------- tokens left behind (each lane's thread) ---------- */
+
+static void
+orphan_add(lock_store_t *s, int lane, const char *key, const char *token, int64_t lease_ms)
+{
+    static svc_log_limit_t limit = SVC_LOG_LIMIT_INIT(5);
+    orphan_list_t *list = &s->orphans[lane];
+    int64_t now = svc_now_mono_ms();
+    orphan_t *o;
+
+    if (list->n >= MAX_ORPHANS || (o = calloc(1, sizeof(*o))) == NULL) {
+        svc_logf_limited(&limit, SVC_LOG_WARN,
+                         "reply about %s lost; too many to track, its lease frees it", key);
+        return;
+    }
+    o->s = s;
+    o->lane = lane;
+    snprintf(o->key, sizeof(o->key), "%s", key);
+    snprintf(o->token, sizeof(o->token), "%s", token);
+    o->until_ms = now + (lease_ms > 0 && lease_ms <= MAX_LEASE_MS ? lease_ms : MAX_LEASE_MS);
+    o->retry_ms = now;
+    o->next = list->head;
+    list->head = o;
+    list->n++;
+    svc_logf_limited(&limit, SVC_LOG_WARN,
+                     "reply about %s lost; taking its token out once redis answers", key);
+}
+
+static void
+orphan_remove(orphan_t *o)
+{
+    orphan_list_t *list = &o->s->orphans[o->lane];
+
+    for (orphan_t **pp = &list->head; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == o) {
+            *pp = o->next;
+            list->n--;
+            free(o);
+            return;
+        }
+    }
+}
+
+/*
+ * The leave's answer. 1: the token was there (lock or line) and is out now.
+ * -1: someone else holds the key and the token was nowhere, so ours never
+ * ran or is gone. 0 (nowhere, the lock free) is believed only after
+ * ORPHAN_SETTLE_MS: the dropped connection's bytes may be read by Redis
+ * after the new connection's leave.
+ */
+static void
+orphan_left(redisReply *reply, bool lost, void *arg)
+{
+    orphan_t *o = arg;
+    int64_t now = svc_now_mono_ms();
+    long long code;
+
+    (void)lost; /* a leave may be repeated */
+    o->in_flight = false;
+    if (reply == NULL || reply->type != REDIS_REPLY_ARRAY || reply->elements < 2) {
+        o->retry_ms = now + ORPHAN_RETRY_MS;
+        return;
+    }
+    if (elem_str(reply, 2)[0] != '\0') { /* it handed the lock on */
+        emit(o->s, elem_int(reply, 5) ? LOCK_EV_HANDED_HERE : LOCK_EV_HANDED_AWAY, o->key,
+             elem_str(reply, 2), elem_int(reply, 3), elem_int(reply, 4), o->lane);
+    }
+    code = elem_int(reply, 0);
+    if (code == 1) {
+        svc_logf(SVC_LOG_INFO, "took a token whose reply was lost out of %s", o->key);
+        orphan_remove(o);
+    } else if (code == 0 && (o->settle_ms == 0 || now < o->settle_ms)) {
+        if (o->settle_ms == 0) {
+            o->settle_ms = now + ORPHAN_SETTLE_MS;
+        }
+        o->retry_ms = now + ORPHAN_RETRY_MS;
+    } else {
+        orphan_remove(o);
+    }
+}
+
+/* Queues a leave for each token left behind that is due; lane 0 also renews our liveness. */
+static void
+orphans_tick(void *arg, int lane)
+{
+    lock_store_t *s = arg;
+    int64_t now = svc_now_mono_ms();
+    orphan_t *o = s->orphans[lane].head, *next;
+    int queued = 0;
+
+    if (lane == 0 && now >= s->live_due_ms) {
+        live_refresh(s);
+    }
+    for (; o != NULL && queued < ORPHANS_PER_TICK; o = next) {
+        next = o->next;
+        if (o->in_flight) {
+            continue;
+        }
+        if (now >= o->until_ms) {
+            orphan_remove(o); /* its lease has freed it */
+            continue;
+        }
+        if (now >= o->retry_ms) {
+            key_names_t n;
+            char floor[24];
+            const char *keys[] = {n.lock, n.fence, n.line, n.waiting};
+            const char *args[] = {o->token, s->instance, fmt_i64(floor, svc_now_unix_ms() * 1000),
+                                  o->key};
+
+            key_names(&n, o->key);
+            o->in_flight = true;
+            queued++;
+            lock_redis_script(s->redis, lane, SCRIPT_LEAVE, 4, keys, 4, args, orphan_left, o);
+        }
+    }
+}
+
+/* ---------- liveness (lane 0's thread) ---------- */
+
+static void
+live_done(redisReply *reply, bool lost, void *arg)
+{
+    lock_store_t *s = arg;
+
+    (void)lost;
+    s->live_in_flight = false;
+    if (reply != NULL && reply->type == REDIS_REPLY_INTEGER && reply->integer == 0) {
+        /* Taken for dead (or Redis lost its data): our waiters may be out of their lines. */
+        emit(s, LOCK_EV_RESYNC, NULL, NULL, 0, 0, -1);
+    }
+}
+
+/* Renews this instance's liveness key (lane 0's thread), unless a renewal is on its way. */
+static void
+live_refresh(lock_store_t *s)
+{
+    const char *keys[] = {s->live_key};
+    const char *args[] = {LIVE_TTL_MS};
+
+    if (s->live_in_flight) {
+        return;
+    }
+    s->live_in_flight = true;
+    s->live_due_ms = svc_now_mono_ms() + LIVE_REFRESH_MS;
+    lock_redis_script(s->redis, 0, SCRIPT_LIVE, 1, keys, 1, args, live_done, s);
+}
+
+/*
+ * A lane (re)connected: hand-offs on its keys may have been missed and Redis
+ * may have lost their lines, so their waiters ask again. Lane 0 renews the
+ * liveness key first, so that the lines see this instance alive.
+ */
+static void
+store_on_up(void *arg, int lane)
+{
+    lock_store_t *s = arg;
+
+    if (lane == 0) {
+        live_refresh(s);
+    }
+    emit(s, LOCK_EV_RESYNC, NULL, NULL, 0, 0, lane);
+}
+
+/* ---------- public ---------- */
+
+static int
+cpus_available(void)
+{
+    cpu_set_t set;
+    long n;
+
+    if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0) {
+        return CPU_COUNT(&set);
+    }
+    n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
+static char *
+compose(const char *prelude, const char *body)
+{
+    size_t a = strlen(prelude), b = strlen(body);
+    char *text = malloc(a + b + 1);
+
+    if (text != NULL) {
+        memcpy(text, prelude, a);
+        memcpy(text + a, body, b + 1);
+    }
+    return text;
+}
+
+lock_store_t *
+lock_store_create(const char *url, int max_conns, svc_err_t *err)
+{
+    lock_store_t *s = calloc(1, sizeof(*s));
+    bool ok = true;
+
+    if (s == NULL) {
+        svc_err_set(err, SVC_RESOURCE_EXHAUSTED, "out of memory");
+        return NULL;
+    }
+    pthread_mutex_init(&s->mu, NULL);
+    s->sub_fd = -1;
+    if (url == NULL || parse_url(s, url, err) != 0) {
+        if (url == NULL) {
+            svc_err_set(err, SVC_INVALID_ARGUMENT, "REDIS_URL is not set");
+        }
+        lock_store_destroy(s);
+        return NULL;
+    }
+    lock_store_new_token(s->instance);
+    snprintf(s->live_key, sizeof(s->live_key), "%s%s", INSTANCE_PREFIX, s->instance);
+    s->scripts[SCRIPT_ACQUIRE] = compose(lua_prelude, lua_acquire);
+    s->scripts[SCRIPT_RELEASE] = compose(lua_prelude, lua_release);
+    s->scripts[SCRIPT_EXTEND] = compose("", lua_extend);
+    s->scripts[SCRIPT_PROMOTE] = compose(lua_prelude, lua_promote);
+    s->scripts[SCRIPT_LEAVE] = compose(lua_prelude, lua_leave);
+    s->scripts[SCRIPT_GET] = compose("", lua_get);
+    s->scripts[SCRIPT_LIVE] = compose("", lua_live);
+    for (int i = 0; i < SCRIPT_COUNT; i++) {
+        ok = ok && s->scripts[i] != NULL;
+    }
+    if (!ok) {
+        svc_err_set(err, SVC_RESOURCE_EXHAUSTED, "out of memory");
+        lock_store_destroy(s);
+        return NULL;
+    }
+    s->n_lanes = cpus_available();
+    if (max_conns > 0 && s->n_lanes > max_conns) {
+        s->n_lanes = max_conns;
+    }
+    if (s->n_lanes > MAX_LANES) {
+        s->n_lanes = MAX_LANES;
+    }
+    return s;
+}
+
+int
+lock_store_start(lock_store_t *s, lock_event_fn events, void *events_arg, svc_err_t *err)
+{
+    lock_redis_opts_t ropts = {
+        .locate = store_locate,
+        .password = s->password,
+        .db = s->db,
+        .check_master = s->sentinel,
+        .scripts = (const char *const *)s->scripts,
+        .n_scripts = SCRIPT_COUNT,
+        .lanes = s->n_lanes,
+        .timeout_ms = COMMAND_TIMEOUT_MS,
+        .tick = orphans_tick,
+        .on_up = store_on_up,
+        .arg = s,
+    };
+
+    s->events = events;
+    s->events_arg = events_arg;
+    /* Created before started: the lanes' callbacks use s->redis. */
+    if ((s->redis = lock_redis_create(&ropts, err)) == NULL ||
+        lock_redis_start(s->redis, err) != 0) {
+        return -1;
+    }
+    if (pthread_create(&s->sub_thread, NULL, sub_thread, s) != 0) {
+        svc_err_set(err, SVC_RESOURCE_EXHAUSTED, "cannot start the subscriber thread");
+        return -1;
+    }
+    s->sub_running = true;
+    return 0;
+}
+
+int
+lock_store_lanes(const lock_store_t *s)
+{
+    return s->n_lanes;
+}
+
+void
+lock_store_destroy(lock_store_t *s)
+{
+    if (s == NULL) {
+        return;
+    }
+    pthread_mutex_lock(&s->mu);
+    s->stopping = true;
+    if (s->sub_fd >= 0) {
+        shutdown(s->sub_fd, SHUT_RDWR); /* wakes the subscriber from its read */
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (s->sub_running) {
+        pthread_join(s->sub_thread, NULL);
+    }
+    lock_redis_destroy(s->redis);
+    for (int i = 0; i < MAX_LANES; i++) {
+        while (s->orphans[i].head != NULL) { /* left to their leases */
+            orphan_t *o = s->orphans[i].head;
+            s->orphans[i].head = o->next;
+            free(o);
+        }
+    }
+    for (int i = 0; i < SCRIPT_COUNT; i++) {
+        free(s->scripts[i]);
+    }
+    pthread_mutex_destroy(&s->mu);
+    free(s);
+}
+
+/* ---------- the grant channel ---------- */
+
+static bool
+store_stopping(lock_store_t *s)
+{
+    bool stopping;
+
+    pthread_mutex_lock(&s->mu);
+    stopping = s->stopping;
+    pthread_mutex_unlock(&s->mu);
+    return stopping;
+}
 
 /* Reads one reply, waiting at most timeout_ms. 1 got one, 0 timed out, -1 broken. */
 static int
@@ -1071,6 +1211,23 @@ sub_read(redisContext *c, int timeout_ms, redisReply **reply)
     return r != NULL ? 1 : 0;
 }
 
+/* "fence\npx\ntoken\nkey": a hand-off to one of our waiters. */
+static void
+sub_message(lock_store_t *s, char *text)
+{
+    char *px = strchr(text, '\n'), *token = px ? strchr(px + 1, '\n') : NULL;
+    char *key = token ? strchr(token + 1, '\n') : NULL;
+
+    if (key == NULL) {
+        return;
+    }
+    *px++ = '\0';
+    *token++ = '\0';
+    *key++ = '\0';
+    emit(s, LOCK_EV_GRANT_MESSAGE, key, token, strtoll(text, NULL, 10), strtoll(px, NULL, 10),
+         lock_store_lane(s, key));
+}
+
 /* Follows one subscription until it breaks or we stop. */
 static void
 sub_follow(lock_store_t *s, redisContext *c)
@@ -1081,17 +1238,14 @@ sub_follow(lock_store_t *s, redisContext *c)
         redisReply *r;
         int rc = sub_read(c, 200, &r);
 
-        pthread_mutex_lock(&s->mu);
-        bool stopping = s->stopping;
-        pthread_mutex_unlock(&s->mu);
-        if (rc < 0 || stopping) {
+        if (rc < 0 || store_stopping(s)) {
             freeReplyObject(r);
             return;
         }
         if (rc == 0) {
             quiet_ms += 200;
             if (ping_sent_ms >= 0 && quiet_ms - ping_sent_ms > SUB_PONG_WITHIN_MS) {
-                svc_logf(SVC_LOG_WARN, "release channel silent, reconnecting");
+                svc_logf(SVC_LOG_WARN, "grant channel silent, reconnecting");
                 return;
             }
             if (ping_sent_ms < 0 && quiet_ms > SUB_PING_AFTER_MS) {
@@ -1110,22 +1264,46 @@ sub_follow(lock_store_t *s, redisContext *c)
         }
         quiet_ms = 0;
         ping_sent_ms = -1;
-        /* ["message", channel, key]; pongs and (un)subscribe confirmations are skipped. */
+        /* ["message", channel, text]; pongs and (un)subscribe confirmations are skipped. */
         if (r->type == REDIS_REPLY_ARRAY && r->elements == 3 &&
             r->element[0]->type == REDIS_REPLY_STRING &&
             strcmp(r->element[0]->str, "message") == 0 &&
             r->element[2]->type == REDIS_REPLY_STRING) {
-            char *key = r->element[2]->str;
-            char *nl = strchr(key, '\n');
-            if (nl != NULL) {
-                *nl = '\0';
-            }
-            if (nl == NULL || strcmp(nl + 1, s->instance) != 0) {
-                s->sub_fn(key, s->sub_arg);
-            }
+            sub_message(s, r->element[2]->str);
         }
         freeReplyObject(r);
     }
+}
+
+/* A connection subscribed to our grant channel, or NULL. */
+static redisContext *
+sub_connect(lock_store_t *s)
+{
+    endpoint_t ep;
+    redisContext *c;
+    redisReply *r;
+    bool ok;
+
+    if (store_locate(s, ep.host, sizeof(ep.host), &ep.port) != 0 || (c = connect_to(&ep)) == NULL) {
+        return NULL;
+    }
+    if (s->password[0] != '\0') {
+        r = redisCommand(c, "AUTH %s", s->password);
+        ok = r != NULL && r->type != REDIS_REPLY_ERROR;
+        freeReplyObject(r);
+        if (!ok) {
+            redisFree(c);
+            return NULL;
+        }
+    }
+    r = redisCommand(c, "SUBSCRIBE %s%s", GRANT_CHANNEL_PREFIX, s->instance);
+    ok = r != NULL && r->type == REDIS_REPLY_ARRAY;
+    freeReplyObject(r);
+    if (!ok) {
+        redisFree(c);
+        return NULL;
+    }
+    return c;
 }
 
 static void *
@@ -1134,63 +1312,34 @@ sub_thread(void *arg)
     lock_store_t *s = arg;
     bool was_down = false;
 
-    for (;;) {
-        svc_err_t err;
-        pthread_mutex_lock(&s->mu);
-        bool stopping = s->stopping;
-        pthread_mutex_unlock(&s->mu);
-        if (stopping) {
-            break;
-        }
-        redisContext *c = store_connect(s, NULL, &err);
+    while (!store_stopping(s)) {
+        redisContext *c = sub_connect(s);
         if (c != NULL) {
-            redisReply *r = redisCommand(c, "SUBSCRIBE %s", RELEASE_CHANNEL);
-            bool ok = r != NULL && r->type == REDIS_REPLY_ARRAY;
-            freeReplyObject(r);
-            if (ok) {
-                if (was_down) {
-                    svc_logf(SVC_LOG_INFO, "release channel back");
-                }
-                was_down = false;
-                pthread_mutex_lock(&s->mu);
-                s->sub_fd = c->fd;
-                stopping = s->stopping;
-                pthread_mutex_unlock(&s->mu);
-                /* Messages may have been missed while we were away: everyone re-checks. */
-                s->sub_fn(NULL, s->sub_arg);
-                if (!stopping) {
-                    sub_follow(s, c);
-                }
-                pthread_mutex_lock(&s->mu);
-                s->sub_fd = -1;
-                pthread_mutex_unlock(&s->mu);
+            if (was_down) {
+                svc_logf(SVC_LOG_INFO, "grant channel back");
             }
+            was_down = false;
+            pthread_mutex_lock(&s->mu);
+            s->sub_fd = c->fd;
+            pthread_mutex_unlock(&s->mu);
+            /* Messages may have been missed while we were away: everyone asks again. */
+            emit(s, LOCK_EV_RESYNC, NULL, NULL, 0, 0, -1);
+            if (!store_stopping(s)) {
+                sub_follow(s, c);
+            }
+            pthread_mutex_lock(&s->mu);
+            s->sub_fd = -1;
+            pthread_mutex_unlock(&s->mu);
             redisFree(c);
         }
-        pthread_mutex_lock(&s->mu);
-        stopping = s->stopping;
-        pthread_mutex_unlock(&s->mu);
-        if (stopping) {
+        if (store_stopping(s)) {
             break;
         }
         if (!was_down) {
-            svc_logf(SVC_LOG_WARN, "release channel lost, reconnecting");
+            svc_logf(SVC_LOG_WARN, "grant channel lost, reconnecting");
             was_down = true;
         }
         svc_sleep_ms(200);
     }
     return NULL;
-}
-
-int
-lock_store_subscribe(lock_store_t *s, lock_release_fn fn, void *arg, svc_err_t *err)
-{
-    s->sub_fn = fn;
-    s->sub_arg = arg;
-    if (pthread_create(&s->sub_thread, NULL, sub_thread, s) != 0) {
-        svc_err_set(err, SVC_RESOURCE_EXHAUSTED, "cannot start the subscriber thread");
-        return -1;
-    }
-    s->sub_running = true;
-    return 0;
 }

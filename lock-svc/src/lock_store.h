@@ -1,7 +1,9 @@
 /*
  * lock_store.h: lock-svc's Redis side. The only place with Redis commands:
- * the atomic Lua scripts (acquire, release, extend, inspect), the waiter
- * registry, the release channel, and finding the master through Sentinel.
+ * the atomic Lua scripts (acquire, release, extend, promote, leave, inspect),
+ * the line of waiters each key keeps in Redis, this instance's grant channel
+ * and liveness key, and finding the master through Sentinel. Everything is
+ * asynchronous: nothing here blocks the caller on Redis.
  */
 #ifndef LOCK_STORE_H
 #define LOCK_STORE_H
@@ -15,93 +17,129 @@ typedef struct lock_store lock_store_t;
 
 #define LOCK_TOKEN_LEN 32 /* hex characters */
 #define LOCK_OWNER_MAX 200
+#define LOCK_KEY_MAX 200
+
+/*
+ * Something happened on a key that the waiters parked here must hear of.
+ * Reported on a Redis thread or the subscriber's; the handler must not block.
+ */
+typedef enum {
+    /* A script of ours handed the lock to the head of the line, a waiter
+     * parked here: token holds it now with fence, for its whole lease. */
+    LOCK_EV_HANDED_HERE,
+    /* ... to a waiter parked on another instance. It holds the lock for px
+     * ms until its instance confirms (px is shorter than its lease then). */
+    LOCK_EV_HANDED_AWAY,
+    /* Another instance handed the lock to token, parked here, for px ms: the
+     * grant is confirmed with lock_store_acquire_async (same token) first
+     * when px is shorter than the waiter's lease. */
+    LOCK_EV_GRANT_MESSAGE,
+    /* A script on key may have run without its answer reaching us. */
+    LOCK_EV_LOST,
+    /* Hand-offs may have been missed or lines lost (a connection or the
+     * subscription was (re)established, or this instance was taken for
+     * dead): every waiter parked here on a key of `lane` (-1: all lanes)
+     * asks again (lock_store_acquire_async with its token). key is NULL. */
+    LOCK_EV_RESYNC,
+} lock_event_kind_t;
+
+typedef struct {
+    lock_event_kind_t kind;
+    const char *key;
+    const char *token;
+    int64_t fence, px;
+    int lane;
+} lock_event_t;
+
+typedef void (*lock_event_fn)(const lock_event_t *ev, void *arg);
 
 /*
  * url: "redis://[:password@]host:port[/db]" or
- * "redis-sentinel://host1:port1,host2:port2/mastername". Connections are made
- * lazily, so Redis need not be up yet. pool_size connections at most.
+ * "redis-sentinel://host1:port1,host2:port2/mastername". max_conns caps the
+ * pipelined connections: one per CPU this process may run on, each with its
+ * own thread (0: no cap). Nothing connects before lock_store_start.
  */
-lock_store_t *lock_store_create(const char *url, int pool_size, svc_err_t *err);
-/* NULL is a no-op. Stops the subscriber thread if one runs. */
+lock_store_t *lock_store_create(const char *url, int max_conns, svc_err_t *err);
+/*
+ * Starts the connections and the subscriber; they connect at once and
+ * reconnect by themselves, so Redis need not be up yet. events (may be NULL)
+ * gets the events above from now on. Calls are only made after this.
+ */
+int lock_store_start(lock_store_t *store, lock_event_fn events, void *events_arg, svc_err_t *err);
+/* NULL is a no-op. Stops the subscriber and the Redis threads first. */
 void lock_store_destroy(lock_store_t *store);
 
-typedef struct {
-    bool granted;
-    int64_t fence;     /* granted: the new fence */
-    int64_t holder_ms; /* not granted: the holder's remaining lease, ms (-1 unknown) */
-} lock_acquire_result_t;
+/* How many connections the store uses (or will, before start). */
+int lock_store_lanes(const lock_store_t *store);
 
-/*
- * Blocking forms (one pooled connection per caller, for the benchmark's raw
- * path). The acquire script: SET NX PX of the lock plus the next fence, atomically.
- * The fence is max(last fence + 1, fence_floor), so it keeps growing even if
- * Redis forgot the last one. With a waiter_id, a refused attempt registers the
- * waiter (until wait_until_ms, unix ms) and a granted one removes it, so
- * lock_store_get can count waiters across instances. Errors: UNAVAILABLE.
- */
-int lock_store_acquire(lock_store_t *store, const char *key, const char *token, const char *owner,
-                       int64_t lease_ms, int64_t fence_floor, const char *waiter_id,
-                       int64_t wait_until_ms, lock_acquire_result_t *out, svc_err_t *err);
+/* The connection ("lane") a key's commands go through, in order: 0 .. lanes - 1. */
+int lock_store_lane(const lock_store_t *store, const char *key);
 
-/*
- * Compare-and-delete, then publishes the key on the release channel. With
- * woken_here, the caller wakes this instance's waiters itself and the
- * subscriber skips the echo. Errors: NOT_FOUND (no lock held),
- * FAILED_PRECONDITION (another token), UNAVAILABLE.
- */
-int lock_store_release(lock_store_t *store, const char *key, const char *token, bool woken_here,
-                       svc_err_t *err);
+typedef enum {
+    LOCK_REFUSED = 0, /* acquire: held (wait_ms 0) */
+    LOCK_GRANTED = 1, /* acquire: token holds it; release/leave/promote: done */
+    LOCK_QUEUED = 2,  /* acquire: held, token waits in the key's line */
+    LOCK_HELD = 3,    /* promote: held (holder, holder_fence, holder_ms) */
+} lock_outcome_t;
 
 typedef struct {
     bool held;
     char owner[LOCK_OWNER_MAX + 1];
     int64_t fence;
     int64_t ttl_ms;
-    int waiters; /* parked on any lock-svc instance, not past their wait */
+    int waiters; /* in the key's line on any live instance, not past their wait */
 } lock_info_t;
 
-/*
- * The non-blocking forms, for lock-svc's path: one pipelined connection with
- * its own thread. The callback runs on that thread and must not block; res
- * holds the answer of the call that was made (acquire or info) when err is
- * OK. Errors as for the blocking forms; a reply later than 800 ms is
- * UNAVAILABLE.
- */
+/* What a call found; valid when its err is OK. */
 typedef struct {
-    lock_acquire_result_t acquire;
-    lock_info_t info; /* lock_store_get_async: the lock without its token, and live waiters */
+    lock_outcome_t outcome;
+    int64_t fence;     /* acquire, granted: the fence */
+    int64_t holder_ms; /* acquire refused or queued, promote held: the holder's lease left (ms) */
+    char holder[LOCK_TOKEN_LEN + 1]; /* promote, held: the holder's token */
+    int64_t holder_fence;
+    lock_info_t info; /* lock_store_get_async */
 } lock_store_result_t;
+
+/*
+ * Callbacks run on a Redis thread and must not block. Errors: UNAVAILABLE
+ * (Redis unreachable, refusing, or later than 800 ms), NOT_FOUND (release or
+ * extend of a lock not held), FAILED_PRECONDITION (another token holds it).
+ */
 typedef void (*lock_store_cb)(const lock_store_result_t *res, const svc_err_t *err, void *arg);
 
+/*
+ * Takes key for token when it is free and nobody live waits in its line;
+ * else, with wait_ms > 0, puts token at the end of the line (for at most
+ * wait_ms) and answers QUEUED, or with wait_ms 0 answers REFUSED. The line
+ * goes first: a free lock with waiters in line is handed to the head. The
+ * same token again is safe: holding, it gets GRANTED (and its whole lease
+ * from now: this is how a hand-off from another instance is confirmed);
+ * queued, QUEUED. A fence is max(last fence + 1, the wall clock in
+ * microseconds), so it keeps growing even if Redis forgot the last one (every
+ * script that grants does this). With orphan_if_lost, an answer
+ * lost on the way makes the store take token out of the key again (lock or
+ * line) once Redis answers.
+ */
 void lock_store_acquire_async(lock_store_t *store, const char *key, const char *token,
-                              const char *owner, int64_t lease_ms, int64_t fence_floor,
-                              const char *waiter_id, int64_t wait_until_ms, lock_store_cb cb,
-                              void *arg);
+                              const char *owner, int64_t lease_ms, int64_t wait_ms,
+                              bool orphan_if_lost, lock_store_cb cb, void *arg);
+/* Compare-and-delete, and the lock goes to the head of the line in the same script. */
 void lock_store_release_async(lock_store_t *store, const char *key, const char *token,
-                              bool woken_here, lock_store_cb cb, void *arg);
+                              lock_store_cb cb, void *arg);
 /* Compare-and-PEXPIRE. */
 void lock_store_extend_async(lock_store_t *store, const char *key, const char *token,
                              int64_t lease_ms, lock_store_cb cb, void *arg);
-/* now_ms: unix ms, to drop waiters past their wait. */
-void lock_store_get_async(lock_store_t *store, const char *key, int64_t now_ms, lock_store_cb cb,
-                          void *arg);
-/* Registers a waiter queued behind another (the acquire script registers the rest). */
-void lock_store_waiter_add_async(lock_store_t *store, const char *key, const char *waiter_id,
-                                 int64_t until_ms);
-/* Forgets a waiter that stopped waiting without a grant (timeout, cancel). */
-void lock_store_waiter_remove_async(lock_store_t *store, const char *key, const char *waiter_id);
-
+/* The lock (without its token) and the live waiters in its line. */
+void lock_store_get_async(lock_store_t *store, const char *key, lock_store_cb cb, void *arg);
+/* A held lock: HELD and who holds it. A free one: handed to the head of the line, if any. */
+void lock_store_promote_async(lock_store_t *store, const char *key, lock_store_cb cb, void *arg);
 /*
- * Called from the subscriber thread: key was released somewhere. key NULL
- * means the subscription was (re)established and messages may have been lost.
+ * token stops waiting: out of the line, and if it holds the lock (a hand-off
+ * that came too late) the lock goes to the next in line. An answer lost on
+ * the way is retried until Redis answers. cb may be NULL.
  */
-typedef void (*lock_release_fn)(const char *key, void *arg);
-
-/* Starts a thread that follows the release channel, reconnecting as needed. */
-int lock_store_subscribe(lock_store_t *store, lock_release_fn fn, void *arg, svc_err_t *err);
-
-/* Stops the subscriber thread, if any; fn is not called after this returns. */
-void lock_store_unsubscribe(lock_store_t *store);
+void lock_store_leave_async(lock_store_t *store, const char *key, const char *token,
+                            lock_store_cb cb, void *arg);
 
 /* Fills buf with LOCK_TOKEN_LEN random hex characters and a NUL. */
 void lock_store_new_token(char *buf);

@@ -1,12 +1,15 @@
 /*
  * test_lock_svc.c: lock-svc over real gRPC against a real Redis started in a
  * temp dir: mutual exclusion storms on one and two instances, cross-instance
- * wake-ups, FIFO, every error code, and Redis dying and coming back empty.
- * argv[1] is the lock-svc binary.
+ * wake-ups, FIFO on one instance and across instances, the hand-off done by
+ * the release script, a waiter's instance dying at the head of the line,
+ * every error code, and Redis dying and coming back empty. argv[1] is the
+ * lock-svc binary.
  */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stddef.h>
@@ -25,8 +28,8 @@
 
 static const char *lock_svc_path;
 static testenv_redis_t redis;
-static testenv_proc_t inst[2];
-static svc_client_t *client[2];
+static testenv_proc_t inst[3]; /* the third is the one killed */
+static svc_client_t *client[3];
 
 static void
 start_instance(int i)
@@ -329,6 +332,206 @@ test_crowd_of_waiters_is_counted(void **state)
     wait_for_waiters(0, "crowd:key", 0);
 }
 
+/* ---------- the hand-off in the release script ---------- */
+
+/* Waiters parked alternately on two instances get the lock in the order they queued. */
+static void
+test_fifo_across_instances(void **state)
+{
+    enum { N = 6 };
+    svc_lock_opts_t opts = {.owner = "holder", .lease_ms = 30000};
+    waiter_job_t jobs[N];
+    pthread_t threads[N];
+    svc_lock_t held;
+    svc_err_t err;
+
+    (void)state;
+    n_granted = 0;
+    assert_int_equal(svc_lock_acquire(client[1], "fifo:across", &opts, &held, &err), 0);
+    for (int i = 0; i < N; i++) {
+        jobs[i] = (waiter_job_t){
+            .instance = i % 2, .key = "fifo:across", .wait_ms = 20000, .order_slot = i};
+        assert_int_equal(pthread_create(&threads[i], NULL, waiter_thread, &jobs[i]), 0);
+        wait_for_waiters(0, "fifo:across", i + 1); /* in the line in this order */
+    }
+    int64_t t0 = svc_now_mono_ms();
+    assert_int_equal(svc_lock_release(client[1], &held, NULL, &err), 0);
+    for (int i = 0; i < N; i++) {
+        pthread_join(threads[i], NULL);
+        assert_int_equal(jobs[i].rc, 0);
+        assert_int_equal(jobs[i].release_rc, 0);
+    }
+    /* Each holds it 20 ms: hand-offs, not leases (30 s), moved it along. */
+    fprintf(stderr, "%d waiters on two instances served in %lld ms\n", N,
+            (long long)(svc_now_mono_ms() - t0));
+    assert_true(svc_now_mono_ms() - t0 < 5000);
+    assert_int_equal(n_granted, N);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(grant_order[i], i);
+    }
+    for (int i = 1; i < N; i++) {
+        assert_true(jobs[i].lock.fence > jobs[i - 1].lock.fence);
+    }
+    assert_true(jobs[0].lock.fence > held.fence);
+}
+
+/*
+ * The release script itself hands the lock over: with the waiter's instance
+ * paused, the lock is held for that waiter the moment Release returns, and
+ * the waiter has it (with that fence) once its instance runs again.
+ */
+static void
+test_release_hands_over_in_redis(void **state)
+{
+    svc_lock_opts_t opts = {.owner = "holder", .lease_ms = 30000};
+    waiter_job_t job = {.instance = 1, .key = "handoff:script", .wait_ms = 20000};
+    Lock__V1__GetLockResponse info = LOCK__V1__GET_LOCK_RESPONSE__INIT;
+    pthread_t t;
+    svc_lock_t held;
+    svc_err_t err;
+
+    (void)state;
+    assert_int_equal(svc_lock_acquire(client[0], "handoff:script", &opts, &held, &err), 0);
+    assert_int_equal(pthread_create(&t, NULL, waiter_thread, &job), 0);
+    wait_for_waiters(0, "handoff:script", 1);
+    assert_int_equal(testenv_proc_pause(&inst[1]), 0);
+    assert_int_equal(svc_lock_release(client[0], &held, NULL, &err), 0);
+    assert_int_equal(get_lock(0, "handoff:script", &info, &err), 0);
+    svc_sleep_ms(300);
+    assert_int_equal(testenv_proc_resume(&inst[1]), 0);
+    assert_true(info.held); /* nobody but the paused instance's waiter could have taken it */
+    assert_int_equal(info.waiters, 0);
+    assert_true(info.fence > held.fence);
+    pthread_join(t, NULL);
+    assert_int_equal(job.rc, 0);
+    assert_int_equal(job.lock.fence, info.fence);
+    assert_int_equal(job.release_rc, 0);
+}
+
+/*
+ * A holder's lease runs out without a release: the head of the line (on the
+ * other instance) gets the lock at the lease's end, the next one after it.
+ */
+static void
+test_lease_end_hands_to_next_in_line(void **state)
+{
+    svc_lock_opts_t opts = {.owner = "vanished", .lease_ms = 500};
+    waiter_job_t jobs[2] = {
+        {.instance = 1, .key = "lease:line", .wait_ms = 10000, .order_slot = 0},
+        {.instance = 0, .key = "lease:line", .wait_ms = 10000, .order_slot = 1},
+    };
+    pthread_t threads[2];
+    svc_lock_t held;
+    svc_err_t err;
+
+    (void)state;
+    n_granted = 0;
+    assert_int_equal(svc_lock_acquire(client[0], "lease:line", &opts, &held, &err), 0);
+    int64_t t0 = svc_now_mono_ms();
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(pthread_create(&threads[i], NULL, waiter_thread, &jobs[i]), 0);
+        wait_for_waiters(0, "lease:line", i + 1);
+    }
+    for (int i = 0; i < 2; i++) {
+        pthread_join(threads[i], NULL);
+        assert_int_equal(jobs[i].rc, 0);
+    }
+    fprintf(stderr, "lease of 500 ms: the head of the line had it after %lld ms\n",
+            (long long)(jobs[0].granted_at - t0));
+    assert_true(jobs[0].granted_at - t0 >= 400);
+    assert_true(jobs[0].granted_at - t0 < 2500);
+    assert_int_equal(grant_order[0], 0);
+    assert_int_equal(grant_order[1], 1);
+    assert_true(jobs[0].lock.fence > held.fence);
+    assert_true(jobs[1].lock.fence > jobs[0].lock.fence);
+}
+
+/* Parks a waiter on instance i for key and waits until GetLock counts n. */
+static void
+park_waiter(waiter_job_t *job, pthread_t *t, int i, const char *key, int n)
+{
+    *job = (waiter_job_t){.instance = i, .key = key, .wait_ms = 20000};
+    assert_int_equal(pthread_create(t, NULL, waiter_thread, job), 0);
+    wait_for_waiters(0, key, n);
+}
+
+static void
+restart_third(void)
+{
+    svc_err_t err;
+
+    assert_int_equal(testenv_proc_restart(&inst[2]), 0);
+    client[2] = svc_client_get(inst[2].addr, &err);
+    assert_non_null(client[2]);
+}
+
+/*
+ * The instance of the waiter at the head of the line is SIGKILLed just
+ * before the release: the release hands the lock to that waiter, which is
+ * never told. The hand-off is not confirmed, so the next waiter gets the
+ * lock within a few seconds, not when the 60 s lease would end.
+ */
+static void
+test_grant_to_a_dead_instance_moves_on(void **state)
+{
+    svc_lock_opts_t opts = {.owner = "holder", .lease_ms = 60000};
+    waiter_job_t dead, live;
+    pthread_t t_dead, t_live;
+    svc_lock_t held;
+    svc_err_t err;
+
+    (void)state;
+    assert_int_equal(svc_lock_acquire(client[0], "dead:head", &opts, &held, &err), 0);
+    park_waiter(&dead, &t_dead, 2, "dead:head", 1);
+    park_waiter(&live, &t_live, 0, "dead:head", 2);
+    assert_int_equal(testenv_proc_kill(&inst[2]), 0);
+    int64_t t0 = svc_now_mono_ms();
+    assert_int_equal(svc_lock_release(client[0], &held, NULL, &err), 0);
+    pthread_join(t_live, NULL);
+    pthread_join(t_dead, NULL);
+    fprintf(stderr, "head of the line's instance killed: the next waiter had it after %lld ms\n",
+            (long long)(live.granted_at - t0));
+    assert_int_equal(dead.rc, -1);
+    assert_int_equal(live.rc, 0);
+    assert_true(live.granted_at - t0 < 5000);
+    assert_true(live.lock.fence > held.fence);
+    wait_for_waiters(0, "dead:head", 0);
+    restart_third();
+}
+
+/*
+ * Once a dead instance's liveness key has run out, GetLock no longer counts
+ * its waiters and a release skips them: the next live waiter gets the lock
+ * at once.
+ */
+static void
+test_dead_instance_waiters_are_skipped(void **state)
+{
+    svc_lock_opts_t opts = {.owner = "holder", .lease_ms = 60000};
+    waiter_job_t dead, live;
+    pthread_t t_dead, t_live;
+    svc_lock_t held;
+    svc_err_t err;
+
+    (void)state;
+    assert_int_equal(svc_lock_acquire(client[0], "dead:skipped", &opts, &held, &err), 0);
+    park_waiter(&dead, &t_dead, 2, "dead:skipped", 1);
+    park_waiter(&live, &t_live, 1, "dead:skipped", 2);
+    assert_int_equal(testenv_proc_kill(&inst[2]), 0);
+    wait_for_waiters(0, "dead:skipped", 1); /* within its liveness key's 2 s */
+    int64_t t0 = svc_now_mono_ms();
+    assert_int_equal(svc_lock_release(client[0], &held, NULL, &err), 0);
+    pthread_join(t_live, NULL);
+    pthread_join(t_dead, NULL);
+    fprintf(stderr, "dead instance's waiter skipped: the live one had it after %lld ms\n",
+            (long long)(live.granted_at - t0));
+    assert_int_equal(live.rc, 0);
+    assert_true(live.granted_at - t0 < 1000);
+    assert_true(live.lock.fence > held.fence);
+    wait_for_waiters(0, "dead:skipped", 0);
+    restart_third();
+}
+
 /* ---------- codes ---------- */
 
 static void
@@ -608,21 +811,23 @@ setup(void **state)
     }
     start_instance(0);
     start_instance(1);
+    start_instance(2);
     return 0;
 }
 
 static int
 teardown(void **state)
 {
-    int s0, s1;
+    int s0, s1, s2;
 
     (void)state;
+    s2 = testenv_proc_stop(&inst[2]); /* killed and restarted by the tests: the last one's */
     s0 = testenv_proc_stop(&inst[0]);
     s1 = testenv_proc_stop(&inst[1]);
     testenv_redis_stop(&redis);
     svc_client_release_all();
-    /* Both instances shut down cleanly (and, under ASan, without leaks). */
-    return s0 == 0 && s1 == 0 ? 0 : -1;
+    /* Every instance shut down cleanly (and, under ASan, without leaks). */
+    return s0 == 0 && s1 == 0 && s2 == 0 ? 0 : -1;
 }
 
 int
@@ -637,6 +842,11 @@ main(int argc, char **argv)
         cmocka_unit_test(test_crowd_of_waiters_is_counted),
         cmocka_unit_test(test_release_on_one_instance_wakes_waiter_on_other),
         cmocka_unit_test(test_waiter_woken_by_lease_expiry),
+        cmocka_unit_test(test_fifo_across_instances),
+        cmocka_unit_test(test_release_hands_over_in_redis),
+        cmocka_unit_test(test_lease_end_hands_to_next_in_line),
+        cmocka_unit_test(test_grant_to_a_dead_instance_moves_on),
+        cmocka_unit_test(test_dead_instance_waiters_are_skipped),
         cmocka_unit_test(test_scoped_lock_always_releases),
         cmocka_unit_test(test_storm_one_instance),
         cmocka_unit_test(test_storm_two_instances),

@@ -1,4 +1,4 @@
-/* test_lock_url.c: REDIS_URL parsing (no Redis needed: connections are lazy). */
+/* test_lock_url.c: REDIS_URL parsing, tokens and script SHA-1s (no Redis needed). */
 #define _GNU_SOURCE
 #include <setjmp.h>
 #include <stdarg.h>
@@ -7,6 +7,7 @@
 
 #include <cmocka.h>
 
+#include "lock_redis.h"
 #include "lock_store.h"
 
 static void
@@ -69,6 +70,26 @@ test_tokens_are_random_hex(void **state)
     assert_string_not_equal(a, b);
 }
 
+/* EVALSHA names a script by this: FIPS 180 test vectors, and the block boundaries. */
+static void
+test_sha1_as_redis_names_scripts(void **state)
+{
+    static const char *abc56 = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
+    char a64[65], out[41];
+
+    (void)state;
+    lock_redis_sha1_hex("", 0, out);
+    assert_string_equal(out, "da39a3ee5e6b4b0d3255bfef95601890afd80709");
+    lock_redis_sha1_hex("abc", 3, out);
+    assert_string_equal(out, "a9993e364706816aba3e25717850c26c9cd0d89d");
+    lock_redis_sha1_hex(abc56, strlen(abc56), out);
+    assert_string_equal(out, "84983e441c3bd26ebaae4aa1f95129e5e54670f1");
+    memset(a64, 'a', 64);
+    a64[64] = '\0';
+    lock_redis_sha1_hex(a64, 64, out);
+    assert_string_equal(out, "0098ba824b5c16427bd7a1122a5a442a25ec644d");
+}
+
 int
 main(void)
 {
@@ -76,6 +97,7 @@ main(void)
         cmocka_unit_test(test_accepted),
         cmocka_unit_test(test_rejected),
         cmocka_unit_test(test_tokens_are_random_hex),
+        cmocka_unit_test(test_sha1_as_redis_names_scripts),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
