@@ -28,7 +28,9 @@
 # and full_page_writes=off (commits stay synchronous); the services run with
 # LOG_LEVEL=warn and otherwise take their settings from the environment
 # (DB_POOL, WORKERS, MAX_WORKERS, LOCK_WAIT_MS, ...). PG_BIN, REDIS_SERVER,
-# BUF name the binaries.
+# BUF name the binaries. RESERVATION_WRAP is a command put before
+# reservation-svc's, for a profile (e.g. "heaptrack -o /tmp/rsv"; the RSS
+# columns then measure the wrapper's process).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -53,7 +55,7 @@ for ((i = 0; i < ${#args[@]}; i++)); do
     next=${args[i + 1]:-}
     case $arg in
     --help | -h)
-        bench_usage "${BASH_SOURCE[0]}" 31
+        bench_usage "${BASH_SOURCE[0]}" 33
         if [[ -x $reservation_bench ]]; then
             echo
             "$reservation_bench" --help
@@ -106,7 +108,7 @@ start_reservation_svc() {
     DATABASE_URL="postgresql://postgres@127.0.0.1:$pg_port/reservation" LOG_LEVEL=warn \
         LOCK_SVC_ADDR="127.0.0.1:$lock_port" BALANCE_SVC_ADDR="127.0.0.1:$balance_port" \
         LISTEN_ADDR="127.0.0.1:$reservation_port" ADMIN_TOKEN="$admin_token" \
-        "$reservation_svc" 2>"$tmp/reservation-svc.log" &
+        ${RESERVATION_WRAP:-} "$reservation_svc" 2>"$tmp/reservation-svc.log" &
     reservation_pid=$!
     bench_wait_serving reservation-svc "$reservation_pid" "$reservation_port" 300
 }
