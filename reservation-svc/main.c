@@ -28,6 +28,7 @@ main(int argc, char **argv)
 {
     const char *listen_addr = NULL, *database_url = NULL, *lock_addr = NULL, *balance_addr = NULL;
     int64_t workers = 0, max_workers = 0, grace_ms = 0, db_pool = 0, stmt_timeout = 0;
+    int64_t max_streams = 0;
     reservation_opts_t ropts = {0};
     svc_log_level_t log_level = SVC_LOG_INFO;
     svc_opt_t opts[] = {
@@ -57,6 +58,9 @@ main(int argc, char **argv)
          0},
         {"statement-timeout-ms", "STATEMENT_TIMEOUT_MS", SVC_OPT_INT, "5000",
          "longest a statement may run", 10, 600000, &stmt_timeout, 0},
+        {"max-streams", "MAX_STREAMS", SVC_OPT_INT, "1000",
+         "calls one client connection may have in flight; more wait in the client (0: no limit)", 0,
+         1000000, &max_streams, 0},
         SVC_OPTS_RUNTIME(&workers, &max_workers, &grace_ms, &log_level),
     };
     svc_server_opts_t sopts = {0};
@@ -102,6 +106,7 @@ main(int argc, char **argv)
     sopts.workers = (int)workers;
     sopts.max_workers = (int)max_workers;
     sopts.grace_ms = (int)grace_ms;
+    sopts.max_streams = (int)max_streams;
     sopts.descriptors = reservation_descriptor_set;
     sopts.descriptors_len = reservation_descriptor_set_len;
     server = svc_server_create(&sopts, &err);

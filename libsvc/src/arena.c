@@ -15,6 +15,7 @@
 
 #define ARENA_ALIGN 16
 #define ARENA_FIRST_BLOCK ((size_t)4096)
+#define ARENA_MIN_FIRST_BLOCK ((size_t)256)
 /* Doubling block sizes stops here; a bigger request gets a block of its own size. */
 #define ARENA_MAX_GROWTH ((size_t)1024 * 1024)
 
@@ -50,8 +51,19 @@ arena_pb_free(void *data, void *ptr)
 svc_arena_t *
 svc_arena_create(void)
 {
-    svc_arena_t *a = malloc(sizeof(*a) + ARENA_FIRST_BLOCK);
+    return svc_arena_create_sized(ARENA_FIRST_BLOCK);
+}
 
+svc_arena_t *
+svc_arena_create_sized(size_t first_block)
+{
+    svc_arena_t *a;
+
+    if (first_block < ARENA_MIN_FIRST_BLOCK)
+        first_block = ARENA_MIN_FIRST_BLOCK;
+    if (first_block > ARENA_MAX_GROWTH)
+        first_block = ARENA_MAX_GROWTH;
+    a = malloc(sizeof(*a) + first_block);
     if (a == NULL)
         return NULL;
     a->pb.alloc = arena_pb_alloc;
@@ -59,10 +71,10 @@ svc_arena_create(void)
     a->pb.allocator_data = a;
     a->first.next = NULL;
     a->first.data = (unsigned char *)(a + 1);
-    a->first.cap = ARENA_FIRST_BLOCK;
+    a->first.cap = first_block;
     a->first.used = 0;
     a->head = &a->first;
-    a->next_cap = 2 * ARENA_FIRST_BLOCK;
+    a->next_cap = 2 * first_block;
     a->used = 0;
     return a;
 }
@@ -98,7 +110,7 @@ svc_arena_reset(svc_arena_t *arena)
     arena->first.next = NULL;
     arena->first.used = 0;
     arena->head = &arena->first;
-    arena->next_cap = 2 * ARENA_FIRST_BLOCK;
+    arena->next_cap = 2 * arena->first.cap;
     arena->used = 0;
 }
 

@@ -28,6 +28,9 @@
 #define REQUESTS_PER_METHOD 16 /* outstanding requests per method per CQ */
 #define REQUESTS_UNKNOWN 4
 #define REQUEST_ID_MAX 64
+/* A call's arena starts this small: thousands may be in flight at once, and most
+ * unary calls (request, answer, handler state) fit; a bigger one grows it. */
+#define CALL_ARENA_FIRST 1024
 
 /* Every completion-queue tag starts with this: the CQ thread calls done(). */
 typedef struct svc_tag {
@@ -839,7 +842,7 @@ call__accept(pending_call_t *p)
     svc_call_t *call = calloc(1, sizeof(*call));
     grpc_op op;
 
-    if (call == NULL || (call->arena = svc_arena_create()) == NULL) {
+    if (call == NULL || (call->arena = svc_arena_create_sized(CALL_ARENA_FIRST)) == NULL) {
         free(call);
         grpc_call_cancel_with_status(p->call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory",
                                      NULL);
@@ -1034,14 +1037,17 @@ svc_server_create(const svc_server_opts_t *opts, svc_err_t *err)
     s->shutdown_tag.done = server__shutdown_done;
     grpc_init();
 
-    grpc_arg args[2];
+    grpc_arg args[3];
     args[0].type = GRPC_ARG_INTEGER;
     args[0].key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
     args[0].value.integer = s->opts.max_recv_bytes;
     args[1].type = GRPC_ARG_INTEGER;
     args[1].key = GRPC_ARG_ALLOW_REUSEPORT; /* a second server on our port must fail, not share */
     args[1].value.integer = 0;
-    grpc_channel_args chargs = {2, args};
+    args[2].type = GRPC_ARG_INTEGER;
+    args[2].key = GRPC_ARG_MAX_CONCURRENT_STREAMS;
+    args[2].value.integer = s->opts.max_streams;
+    grpc_channel_args chargs = {s->opts.max_streams > 0 ? 3 : 2, args};
     s->server = grpc_server_create(&chargs, NULL);
     s->health = svc__health_create();
     /* The pool and timers exist from the start, so services can use them while registering. */

@@ -235,11 +235,13 @@ main(int argc, char **argv)
         {"SetGate", SVC_METHOD_UNARY, set_gate, NULL, 0},
     };
     const char *listen_addr = NULL;
-    int64_t workers = 0, max_workers = 0, grace_ms = 0;
+    int64_t workers = 0, max_workers = 0, grace_ms = 0, max_streams = 0;
     svc_log_level_t log_level = SVC_LOG_INFO;
     svc_opt_t opts[] = {
         {"listen-addr", "LISTEN_ADDR", SVC_OPT_STRING, "127.0.0.1:50099", "address to serve on", 0,
          0, &listen_addr, 1},
+        {"max-streams", "MAX_STREAMS", SVC_OPT_INT, "0", "calls one connection may have in flight",
+         0, 1000000, &max_streams, 0},
         SVC_OPTS_RUNTIME(&workers, &max_workers, &grace_ms, &log_level),
     };
     svc_server_opts_t sopts = {0};
@@ -257,6 +259,7 @@ main(int argc, char **argv)
     sopts.workers = (int)workers;
     sopts.max_workers = (int)max_workers;
     sopts.grace_ms = (int)grace_ms;
+    sopts.max_streams = (int)max_streams;
     sopts.descriptors = svctest_descriptor_set;
     sopts.descriptors_len = svctest_descriptor_set_len;
     server = svc_server_create(&sopts, &err);

@@ -168,6 +168,34 @@ test_reset(void **state)
     assert_int_equal(svc_arena_used(a), 0);
 }
 
+/* A small first block (a unary call's): it grows past it, and a reset keeps only it. */
+static void
+test_sized(void **state)
+{
+    svc_arena_t *a = svc_arena_create_sized(1024), *tiny = svc_arena_create_sized(1);
+    unsigned char *first, *p;
+
+    (void)state;
+    assert_non_null(a);
+    assert_non_null(tiny);
+    first = svc_arena_alloc(a, 1000); /* fits the first block */
+    memset(first, 0xAB, 1000);
+    p = svc_arena_alloc(a, 100); /* does not: a block of its own */
+    assert_non_null(p);
+    assert_true(p >= first + 1000 || p + 100 <= first);
+    for (int i = 0; i < 50; i++)
+        memset(svc_arena_alloc(a, 500), 0xCD, 500);
+    assert_int_equal(svc_arena_used(a), 1000 + 100 + 50 * 500);
+    svc_arena_reset(a);
+    assert_ptr_equal(svc_arena_alloc(a, 1000), first);
+    assert_zero(first, 1000);
+    /* Below the least first block: still usable, growing as needed. */
+    for (int i = 0; i < 20; i++)
+        assert_zero(svc_arena_alloc(tiny, 300), 300);
+    svc_arena_destroy(a);
+    svc_arena_destroy(tiny);
+}
+
 static void
 test_strdup_printf(void **state)
 {
@@ -318,6 +346,7 @@ main(void)
         T(test_size_overflow),
         T(test_zero_size),
         T(test_reset),
+        cmocka_unit_test(test_sized),
         T(test_strdup_printf),
         T(test_allocator_interface),
         T(test_protobuf_unpack),

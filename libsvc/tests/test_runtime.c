@@ -195,6 +195,7 @@ typedef struct {
     test_server_t *ts;
     int64_t delay_ms;
     int park, gated;
+    int64_t timeout_ms; /* 0: 60 s */
     svc_err_t err;
     int rc;
 } slow_job_t;
@@ -204,7 +205,7 @@ slow_thread(void *arg)
 {
     slow_job_t *job = arg;
     Svctest__V1__SlowRequest req = SVCTEST__V1__SLOW_REQUEST__INIT;
-    svc_call_opts_t opts = {.timeout_ms = 60000};
+    svc_call_opts_t opts = {.timeout_ms = job->timeout_ms > 0 ? job->timeout_ms : 60000};
     svc_arena_t *arena = svc_arena_create();
     ProtobufCMessage *out;
 
@@ -797,6 +798,58 @@ test_expired_call_never_reaches_its_handler(void **state)
     assert_int_equal(status, 0);
 }
 
+/*
+ * max_streams bounds the calls one connection has in the server at once
+ * (a storm's memory): with 8, 8 long calls fill the connection, and 12 more
+ * wait in the client until their 1 s deadlines pass, never reaching the
+ * server. Without the bound all 20 would start. (Stats and the 8th call may
+ * swap places, hence one of slack.)
+ */
+static void
+test_max_streams_per_connection(void **state)
+{
+    enum { LONG = 8, SHORT = 12 };
+    test_server_t lim;
+    slow_job_t jobs[LONG + SHORT];
+    pthread_t threads[LONG + SHORT];
+    Svctest__V1__StatsResponse before, after;
+    int status;
+
+    (void)state;
+    memset(jobs, 0, sizeof(jobs));
+    server_start(&lim, "--max-streams=8");
+    before = stats(&lim);
+    for (int i = 0; i < LONG + SHORT; i++) {
+        jobs[i].ts = &lim;
+        jobs[i].park = 1;
+        jobs[i].delay_ms = i < LONG ? 4000 : 10000;
+        jobs[i].timeout_ms = i < LONG ? 60000 : 1000;
+    }
+    for (int i = 0; i < LONG - 1; i++) {
+        assert_int_equal(pthread_create(&threads[i], NULL, slow_thread, &jobs[i]), 0);
+    }
+    wait_started(&lim, before.slow_started + LONG - 1); /* Stats takes the 8th place meanwhile */
+    assert_int_equal(pthread_create(&threads[LONG - 1], NULL, slow_thread, &jobs[LONG - 1]), 0);
+    svc_sleep_ms(200);
+    for (int i = LONG; i < LONG + SHORT; i++) {
+        assert_int_equal(pthread_create(&threads[i], NULL, slow_thread, &jobs[i]), 0);
+    }
+    for (int i = 0; i < LONG + SHORT; i++) {
+        pthread_join(threads[i], NULL);
+    }
+    after = stats(&lim);
+    status = server_stop(&lim);
+    for (int i = 0; i < LONG + SHORT; i++) {
+        if (i < LONG ? jobs[i].rc != 0 : jobs[i].err.code != SVC_DEADLINE_EXCEEDED) {
+            fail_msg("call %d: rc %d %s", i, jobs[i].rc, jobs[i].rc ? jobs[i].err.msg : "");
+        }
+    }
+    fprintf(stderr, "max_streams 8: %lld of %d calls reached the server\n",
+            (long long)(after.slow_started - before.slow_started), LONG + SHORT);
+    assert_in_range(after.slow_started - before.slow_started, LONG, LONG + 1);
+    assert_int_equal(status, 0);
+}
+
 static void
 test_bad_setting_exits_2_and_help_exits_0(void **state)
 {
@@ -934,6 +987,7 @@ main(int argc, char **argv)
         cmocka_unit_test(test_async_calls_need_no_thread),
         cmocka_unit_test(test_expired_call_never_reaches_its_handler),
         cmocka_unit_test(test_sigterm_lets_calls_finish),
+        cmocka_unit_test(test_max_streams_per_connection),
         cmocka_unit_test(test_bad_setting_exits_2_and_help_exits_0),
     };
 

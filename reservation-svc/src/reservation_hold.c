@@ -361,6 +361,76 @@ hold_cancelled(svc_call_t *call, void *arg)
     svc_call_fail(call, &err);
 }
 
+/* ---------- fail-fast checks, shared ---------- */
+
+#define PRECHECK_BATCH 256 /* checks one statement carries at most */
+
+/* A leader waiting for its fail-fast check; on its own stack. */
+typedef struct rsv_precheck_wait {
+    struct rsv_precheck_wait *next;
+    rsv_precheck_t check;
+    int64_t deadline_ms;
+    bool done; /* under precheck_mu */
+} rsv_precheck_wait_t;
+
+/*
+ * The fail-fast check of h's seats. In a storm hundreds of leaders (one per
+ * seat) want one at once; one statement at a time runs, carrying every
+ * check that arrived meanwhile, so the database reads the seats of a whole
+ * wave of leaders in one round trip instead of one each. The waiter whose
+ * turn comes runs the statement for all; the others wait for its outcome.
+ */
+static int
+precheck(reservation_service_t *svc, rsv_hold_t *h)
+{
+    rsv_precheck_wait_t me = {
+        .check = {.schedule_id = h->schedule_id, .seats = h->seats, .n = h->n},
+        .deadline_ms = reservation_db_deadline(h->call)};
+
+    pthread_mutex_lock(&svc->precheck_mu);
+    if (svc->precheck_tail != NULL) {
+        svc->precheck_tail->next = &me;
+    } else {
+        svc->precheck_head = &me;
+    }
+    svc->precheck_tail = &me;
+    while (!me.done) {
+        rsv_precheck_wait_t *batch[PRECHECK_BATCH];
+        rsv_precheck_t *checks[PRECHECK_BATCH];
+        int64_t deadline_ms = 0;
+        svc_err_t err;
+        int n = 0;
+
+        if (svc->precheck_running) {
+            pthread_cond_wait(&svc->precheck_cv, &svc->precheck_mu);
+            continue;
+        }
+        svc->precheck_running = true;
+        while (svc->precheck_head != NULL && n < PRECHECK_BATCH) {
+            rsv_precheck_wait_t *w = svc->precheck_head;
+            svc->precheck_head = w->next;
+            batch[n] = w;
+            checks[n++] = &w->check;
+            deadline_ms = w->deadline_ms > deadline_ms ? w->deadline_ms : deadline_ms;
+        }
+        if (svc->precheck_head == NULL) {
+            svc->precheck_tail = NULL;
+        }
+        pthread_mutex_unlock(&svc->precheck_mu);
+        (void)rsv_store_precheck_many(svc->db, checks, n, svc_now_unix_ms(), deadline_ms, &err);
+        pthread_mutex_lock(&svc->precheck_mu);
+        for (int i = 0; i < n; i++) {
+            batch[i]->done = true;
+        }
+        svc->precheck_running = false;
+        pthread_cond_broadcast(&svc->precheck_cv);
+    }
+    pthread_mutex_unlock(&svc->precheck_mu);
+    h->taken = me.check.taken;
+    h->err = me.check.err;
+    return me.check.rc;
+}
+
 /* ---------- the leader's path ---------- */
 
 static void write_hold(void *arg);
@@ -399,9 +469,7 @@ lead(void *arg)
                              .parent = h->call};
 
     /* Fail fast: a seat already held or sold is refused before anyone queues for its lock. */
-    if (rsv_store_precheck(svc->db, h->schedule_id, h->seats, h->n, svc_now_unix_ms(),
-                           reservation_db_deadline(h->call), &h->taken, &h->err) != 0 ||
-        check_account(svc, h->call, h->user_id, &h->err) != 0) {
+    if (precheck(svc, h) != 0 || check_account(svc, h->call, h->user_id, &h->err) != 0) {
         gate_leave(h);
         return;
     }

@@ -41,6 +41,11 @@ struct reservation_service {
     /* The seat gate: seats a HoldSeats of this instance is working on, and who waits for it. */
     pthread_mutex_t gate_mu;
     rsv_seat_entry_t **gate; /* RSV_GATE_BUCKETS chains */
+    /* Leaders' fail-fast checks waiting to share the next statement (reservation_hold.c). */
+    pthread_mutex_t precheck_mu;
+    pthread_cond_t precheck_cv;
+    struct rsv_precheck_wait *precheck_head, *precheck_tail;
+    bool precheck_running;
 };
 
 /* The deadline of a database step of call: its own, at most 5 s from now. */

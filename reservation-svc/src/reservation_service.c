@@ -396,6 +396,8 @@ reservation_service_create(svc_server_t *server, svc_pg_pool_t *db, svc_client_t
     pthread_cond_init(&svc->cv, NULL);
     pthread_mutex_init(&svc->users_mu, NULL);
     pthread_mutex_init(&svc->gate_mu, NULL);
+    pthread_mutex_init(&svc->precheck_mu, NULL);
+    pthread_cond_init(&svc->precheck_cv, NULL);
     svc->users = calloc(RSV_KNOWN_USERS, sizeof(*svc->users));
     svc->gate = calloc(RSV_GATE_BUCKETS, sizeof(*svc->gate));
     if (svc->users == NULL || svc->gate == NULL) {
@@ -439,6 +441,8 @@ reservation_service_destroy(reservation_service_t *svc)
     free(svc->users);
     reservation_gate_destroy(svc);
     pthread_mutex_destroy(&svc->gate_mu);
+    pthread_mutex_destroy(&svc->precheck_mu);
+    pthread_cond_destroy(&svc->precheck_cv);
     pthread_mutex_destroy(&svc->mu);
     free(svc);
 }

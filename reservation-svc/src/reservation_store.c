@@ -249,43 +249,130 @@ check_seats(const PGresult *res, int64_t schedule_id, const int32_t *seats, int 
     return 0;
 }
 
+/*
+ * Per wanted seat, in check then seat order: the check's index, the seat,
+ * whether the schedule exists, and the seat's status and hold expiry (NULL
+ * when the schedule has no such seat).
+ */
+#define SQL_PRECHECK                                                                               \
+    "SELECT q.i, q.num, sc.id IS NOT NULL, s.status, coalesce(s.hold_expires_at_ms, 0)"            \
+    " FROM unnest($1::int[], $2::bigint[], $3::int[]) AS q(i, sid, num)"                           \
+    " LEFT JOIN schedules sc ON sc.id = q.sid"                                                     \
+    " LEFT JOIN seats s ON s.schedule_id = q.sid AND s.number = q.num ORDER BY q.i, q.num"
+
+/* Check c's outcome from its rows [first, first + c->n) of res. */
+static void
+precheck_one(rsv_precheck_t *c, const PGresult *res, int first, int64_t now_ms)
+{
+    c->rc = -1;
+    c->taken = 0;
+    if (strcmp(PQgetvalue(res, first, 2), "t") != 0) {
+        svc_err_set(&c->err, SVC_NOT_FOUND, "schedule %" PRId64 " not found", c->schedule_id);
+        return;
+    }
+    for (int r = first; r < first + c->n; r++) { /* name the first missing seat */
+        if (PQgetisnull(res, r, 3)) {
+            svc_err_set(&c->err, SVC_INVALID_ARGUMENT,
+                        "seat %d does not exist in schedule %" PRId64, (int)svc_pg_i64(res, r, 1),
+                        c->schedule_id);
+            return;
+        }
+    }
+    for (int r = first; r < first + c->n; r++) {
+        if (seat_status(res, r, 3, 4, now_ms) != RSV_SEAT_AVAILABLE) {
+            c->taken = (int32_t)svc_pg_i64(res, r, 1);
+            svc_err_set(&c->err, SVC_FAILED_PRECONDITION,
+                        "seat %d of schedule %" PRId64 " is not available", (int)c->taken,
+                        c->schedule_id);
+            return;
+        }
+    }
+    c->rc = 0;
+    svc_err_clear(&c->err);
+}
+
+int
+rsv_store_precheck_many(svc_pg_pool_t *db, rsv_precheck_t *const *checks, int n_checks,
+                        int64_t now_ms, int64_t deadline_ms, svc_err_t *err)
+{
+    int rows = 0, rc = -1;
+    size_t cap;
+    char *arr[3];
+    PGresult *res = NULL;
+
+    for (int i = 0; i < n_checks; i++) {
+        rows += checks[i]->n;
+    }
+    cap = (size_t)rows * 22 + 3; /* "{", then each value (at most 20 digits and a sign) and "," */
+    for (int k = 0; k < 3; k++) {
+        arr[k] = malloc(cap);
+    }
+    if (arr[0] == NULL || arr[1] == NULL || arr[2] == NULL) {
+        svc_err_set(err, SVC_RESOURCE_EXHAUSTED, "out of memory");
+    } else {
+        const char *p[] = {arr[0], arr[1], arr[2]};
+        size_t len[3] = {1, 1, 1};
+        PGconn *conn;
+        for (int k = 0; k < 3; k++) {
+            arr[k][0] = '{';
+        }
+        for (int i = 0; i < n_checks; i++) {
+            for (int j = 0; j < checks[i]->n; j++) {
+                const char *sep = len[0] > 1 ? "," : "";
+                len[0] += (size_t)snprintf(arr[0] + len[0], cap - len[0], "%s%d", sep, i);
+                len[1] += (size_t)snprintf(arr[1] + len[1], cap - len[1], "%s%" PRId64, sep,
+                                           checks[i]->schedule_id);
+                len[2] += (size_t)snprintf(arr[2] + len[2], cap - len[2], "%s%d", sep,
+                                           (int)checks[i]->seats[j]);
+            }
+        }
+        for (int k = 0; k < 3; k++) {
+            snprintf(arr[k] + len[k], cap - len[k], "}");
+        }
+        conn = svc_pg_acquire(db, deadline_ms, err);
+        if (conn != NULL) {
+            res = svc_pg_exec(conn, SQL_PRECHECK, 3, p, PGRES_TUPLES_OK, "read seats", err);
+            svc_pg_release(db, conn, res == NULL && err->code == SVC_UNAVAILABLE);
+        }
+        if (res != NULL && PQntuples(res) != rows) {
+            svc_err_set(err, SVC_INTERNAL, "read seats: %d rows for %d seats", PQntuples(res),
+                        rows);
+            PQclear(res);
+            res = NULL;
+        }
+    }
+    for (int k = 0; k < 3; k++) {
+        free(arr[k]);
+    }
+    for (int i = 0, first = 0; i < n_checks; first += checks[i]->n, i++) {
+        if (res != NULL) {
+            precheck_one(checks[i], res, first, now_ms);
+        } else {
+            checks[i]->rc = -1;
+            checks[i]->taken = 0;
+            checks[i]->err = *err;
+        }
+    }
+    if (res != NULL || n_checks == 0) {
+        rc = 0;
+    }
+    PQclear(res);
+    return rc;
+}
+
 int
 rsv_store_precheck(svc_pg_pool_t *db, int64_t schedule_id, const int32_t *seats, int n,
                    int64_t now_ms, int64_t deadline_ms, int32_t *taken, svc_err_t *err)
 {
-    char sched[24], list[128];
-    const char *p[] = {sched, list};
-    PGconn *conn = svc_pg_acquire(db, deadline_ms, err);
-    PGresult *res;
-    int rc;
+    rsv_precheck_t c = {.schedule_id = schedule_id, .seats = seats, .n = n};
+    rsv_precheck_t *one = &c;
 
-    if (conn == NULL) {
-        return -1;
+    (void)rsv_store_precheck_many(db, &one, 1, now_ms, deadline_ms, err);
+    if (taken != NULL && c.taken != 0) {
+        *taken = c.taken;
     }
-    I64(sched, schedule_id);
-    int_array(list, sizeof(list), seats, n);
-    /* One round trip: no row means no schedule; one NULL row, none of the seats exists. */
-    res = svc_pg_exec(conn,
-                      "SELECT s.number, s.status, coalesce(s.hold_expires_at_ms, 0)"
-                      " FROM schedules sc LEFT JOIN seats s ON s.schedule_id = sc.id"
-                      " AND s.number = ANY($2::int[]) WHERE sc.id = $1 ORDER BY s.number",
-                      2, p, PGRES_TUPLES_OK, "read seats", err);
-    svc_pg_release(db, conn, res == NULL && err->code == SVC_UNAVAILABLE);
-    if (res == NULL) {
-        return -1;
-    }
-    if (PQntuples(res) == 0) {
-        svc_err_set(err, SVC_NOT_FOUND, "schedule %" PRId64 " not found", schedule_id);
-        rc = -1;
-    } else if (PQgetisnull(res, 0, 0)) {
-        svc_err_set(err, SVC_INVALID_ARGUMENT, "seat %d does not exist in schedule %" PRId64,
-                    (int)seats[0], schedule_id);
-        rc = -1;
-    } else {
-        rc = check_seats(res, schedule_id, seats, n, now_ms, taken, err);
-    }
-    PQclear(res);
-    return rc;
+    *err = c.err;
+    return c.rc;
 }
 
 /* ---------- holds ---------- */

@@ -80,6 +80,24 @@ int rsv_store_list_seats(svc_pg_pool_t *db, int64_t schedule_id, int64_t now_ms,
 int rsv_store_precheck(svc_pg_pool_t *db, int64_t schedule_id, const int32_t *seats, int n,
                        int64_t now_ms, int64_t deadline_ms, int32_t *taken, svc_err_t *err);
 
+/* One fail-fast check of rsv_store_precheck_many: what to check, and its outcome. */
+typedef struct {
+    int64_t schedule_id;
+    const int32_t *seats; /* ascending */
+    int n;
+    int rc;        /* out: 0 free, -1 refused or failed (err says which) */
+    int32_t taken; /* out: as rsv_store_precheck's *taken, 0 when none */
+    svc_err_t err; /* out */
+} rsv_precheck_t;
+
+/*
+ * Many fail-fast checks in one statement (a storm's leaders arrive
+ * together). Returns -1 only when the statement failed (err; then every
+ * check's rc is -1 with that error too), else 0 with each check's outcome.
+ */
+int rsv_store_precheck_many(svc_pg_pool_t *db, rsv_precheck_t *const *checks, int n_checks,
+                            int64_t now_ms, int64_t deadline_ms, svc_err_t *err);
+
 /*
  * The hold, in one transaction: locks the seats (FOR UPDATE, ascending),
  * checks again that they are free (an expired hold counts as free, and is

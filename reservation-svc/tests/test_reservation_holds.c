@@ -3,9 +3,9 @@
  * a held reservation, over real gRPC: every invalid input, a user without a
  * balance account, 1000 fans storming one seat (the losers refused without
  * taking the seat's lock: Redis counts the commands), overlapping multi-seat
- * holds, holds that expire (read as free before any sweep), and holds that
- * replace expired ones while the sweeper expires them (no deadlock). After
- * each storm the database is read: no seat in two live holds, no taken seat
+ * holds, refusals of every kind at once (each with its own answer), holds that expire (read as free
+ * before any sweep), and holds that replace expired ones while the sweeper expires them (no
+ * deadlock). After each storm the database is read: no seat in two live holds, no taken seat
  * without a live reservation.
  * argv: reservation-svc, balance-svc, lock-svc.
  *
@@ -327,6 +327,76 @@ test_overlapping_holds_storm(void **state)
     }
     assert_int_equal(rsv_listed_schedule(&main_rsv, arena, sched)->available_seats,
                      SEATS - held_seats);
+}
+
+/*
+ * Leaders arriving together share one fail-fast statement; each must still
+ * get its own answer. A hall whose seats are all held, then at once: holds
+ * of its taken seats (FAILED_PRECONDITION naming the seat), of seats it does
+ * not have (INVALID_ARGUMENT naming the seat) and of a schedule that does not
+ * exist (NOT_FOUND), interleaved, so one statement carries all three kinds.
+ */
+static void
+test_mixed_refusals_storm(void **state)
+{
+    enum { N = 600, SEATS = 100 };
+    svc_arena_t *arena = *state;
+    int64_t sched = rsv_new_schedule(&main_rsv, arena, SEATS, 100), owner = rsv_funded_user(100);
+    int64_t unknown = sched + 1000000;
+    hold_op_t *ops = svc_arena_alloc(arena, N * sizeof(*ops));
+    int64_t *users = svc_arena_alloc(arena, N * sizeof(*users));
+    int counts[3] = {0, 0, 0};
+
+    for (int32_t first = 1; first <= SEATS; first += 10) {
+        int32_t ten[10];
+        reservation_t *res = NULL;
+        svc_err_t err;
+        for (int k = 0; k < 10; k++) {
+            ten[k] = first + k;
+        }
+        expect_ok("HoldSeats of ten seats",
+                  rsv_hold(&main_rsv, arena, owner, sched, ten, 10, &res, &err), &err);
+    }
+    rsv_funded_users(users, N, 1);
+    for (int i = 0; i < N; i++) {
+        ops[i].inst = &main_rsv;
+        ops[i].user = users[i];
+        ops[i].schedule_id = i % 3 == 0 ? unknown : sched;
+        ops[i].seats[0] = i % 3 == 1 ? SEATS + 1 + (i % 50) : 1 + (i % SEATS);
+        ops[i].n = 1;
+    }
+    run_holds(ops, N);
+    for (int i = 0; i < N; i++) {
+        static const svc_status_t want_code[3] = {SVC_NOT_FOUND, SVC_INVALID_ARGUMENT,
+                                                  SVC_FAILED_PRECONDITION};
+        char want[96];
+        if (i % 3 == 0) {
+            snprintf(want, sizeof(want), "schedule %" PRId64 " not found", unknown);
+        } else if (i % 3 == 1) {
+            snprintf(want, sizeof(want), "seat %d does not exist", (int)ops[i].seats[0]);
+        } else {
+            snprintf(want, sizeof(want), "seat %d of schedule %" PRId64 " is not available",
+                     (int)ops[i].seats[0], sched);
+        }
+        if (ops[i].rc == 0 || ops[i].err.code != want_code[i % 3] ||
+            strstr(ops[i].err.msg, want) == NULL) {
+            fail_msg("hold %d (schedule %" PRId64 ", seat %d): %s %s, want %s \"%s\"", i,
+                     ops[i].schedule_id, (int)ops[i].seats[0],
+                     ops[i].rc == 0 ? "OK" : svc_status_name(ops[i].err.code),
+                     ops[i].rc == 0 ? "" : ops[i].err.msg, svc_status_name(want_code[i % 3]), want);
+        }
+        counts[i % 3]++;
+    }
+    fprintf(stderr,
+            "%d concurrent holds refused: %d NOT_FOUND, %d INVALID_ARGUMENT, %d "
+            "FAILED_PRECONDITION, each naming its own schedule or seat\n",
+            N, counts[0], counts[1], counts[2]);
+    /* Nothing changed hands. */
+    assert_int_equal(db_int(&main_rsv.db,
+                            "SELECT count(*) FROM reservations WHERE schedule_id = %" PRId64,
+                            sched),
+                     SEATS / 10);
+    db_check_schedule(&main_rsv.db, sched);
 }
 
 /*
@@ -698,6 +768,7 @@ main(int argc, char **argv)
         RSV_ARENA_TEST(test_hold_needs_account),
         RSV_ARENA_TEST(test_one_seat_storm),
         RSV_ARENA_TEST(test_overlapping_holds_storm),
+        RSV_ARENA_TEST(test_mixed_refusals_storm),
         RSV_ARENA_TEST(test_hold_expires),
         RSV_ARENA_TEST(test_expired_seat_storm),
         RSV_ARENA_TEST(test_cancel_reservation),

@@ -153,6 +153,7 @@ as_pg() {
 bench_stop_pid() {
     local pid=$1
     [[ -n $pid ]] || return 0
+    pkill -TERM -P "$pid" 2>/dev/null || true # what a wrapper (RESERVATION_WRAP) started
     kill -TERM "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
 }

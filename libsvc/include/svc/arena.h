@@ -13,6 +13,12 @@ typedef struct svc_arena svc_arena_t;
 
 /* Returns NULL when out of memory. */
 svc_arena_t *svc_arena_create(void);
+/*
+ * With a first block of first_block bytes (at least 256) in the arena's own
+ * malloc; later blocks double from there. For arenas that live in great
+ * numbers at once and mostly stay small, such as a unary call's.
+ */
+svc_arena_t *svc_arena_create_sized(size_t first_block);
 /* NULL is a no-op. */
 void svc_arena_destroy(svc_arena_t *arena);
 /* Frees all but the first block and makes the arena empty again. */

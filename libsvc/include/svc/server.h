@@ -55,13 +55,19 @@ typedef struct {
 } svc_handler_t;
 
 typedef struct {
-    const char *service_name;         /* "lock-svc", for logs */
-    const char *listen_addr;          /* "127.0.0.1:50051"; port 0 picks a free port */
-    int cq_threads;                   /* 0: one per CPU */
-    int workers;                      /* core worker threads; 0: 4 x CPUs */
-    int max_workers;                  /* 0: 256 */
-    int grace_ms;                     /* shutdown grace period; 0: 10 000 */
-    int max_recv_bytes;               /* 0: 1 MiB */
+    const char *service_name; /* "lock-svc", for logs */
+    const char *listen_addr;  /* "127.0.0.1:50051"; port 0 picks a free port */
+    int cq_threads;           /* 0: one per CPU */
+    int workers;              /* core worker threads; 0: 4 x CPUs */
+    int max_workers;          /* 0: 256 */
+    int grace_ms;             /* shutdown grace period; 0: 10 000 */
+    int max_recv_bytes;       /* 0: 1 MiB */
+    /*
+     * HTTP/2 streams (calls) one connection may have open at once; the
+     * client holds further calls until one ends. Bounds a storm's memory per
+     * connection (each call in flight costs gRPC ~12 KB). 0: no limit.
+     */
+    int max_streams;
     const unsigned char *descriptors; /* FileDescriptorSet for reflection; may be NULL */
     size_t descriptors_len;
 } svc_server_opts_t;
