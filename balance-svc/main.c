@@ -68,7 +68,7 @@ main(int argc, char **argv)
                             "balance-svc: prepaid balances and their ledger "
                             "(balance.v1.BalanceService)");
     svc_log_init("balance-svc", log_level);
-    svc_server_block_signals();
+    svc_server_prepare_process();
     limits.max_batch = (int)max_batch;
     dbopts.conninfo = database_url;
     dbopts.size = (int)db_pool;

@@ -79,7 +79,7 @@ main(int argc, char **argv)
         fprintf(stderr, "%s: %s\n", argv[0], err.msg);
         return 2;
     }
-    svc_server_block_signals();
+    svc_server_prepare_process();
     sopts.service_name = "lock-svc";
     sopts.listen_addr = listen_addr;
     sopts.workers = (int)workers;

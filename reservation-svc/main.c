@@ -76,7 +76,7 @@ main(int argc, char **argv)
                             "reservation-svc: concerts, seat holds that expire, payments "
                             "(reservation.v1.ReservationService)");
     svc_log_init("reservation-svc", log_level);
-    svc_server_block_signals();
+    svc_server_prepare_process();
     dbopts.conninfo = database_url;
     dbopts.size = (int)db_pool;
     dbopts.statement_timeout_ms = (int)stmt_timeout;

@@ -4,6 +4,7 @@
  * pool, replies sent from whichever thread ends the call.
  */
 #define _GNU_SOURCE
+#include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -1259,6 +1260,16 @@ void
 svc_server_set_serving(svc_server_t *s, const char *service, bool serving)
 {
     svc__health_set(s->health, service, serving);
+}
+
+void
+svc_server_prepare_process(void)
+{
+    if (getenv("MALLOC_ARENA_MAX") == NULL) {
+        int n = ncpu();
+        (void)mallopt(M_ARENA_MAX, n < 2 ? 2 : n);
+    }
+    svc_server_block_signals();
 }
 
 void

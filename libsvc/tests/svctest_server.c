@@ -251,7 +251,7 @@ main(int argc, char **argv)
     svc_config_load_or_exit(opts, (int)(sizeof(opts) / sizeof(opts[0])), argc, argv,
                             "svctest-server: the libsvc test service (tests only)");
     svc_log_init("svctest", log_level);
-    svc_server_block_signals();
+    svc_server_prepare_process();
     snprintf(self_target, sizeof(self_target), "%s", listen_addr);
 
     sopts.service_name = "svctest";

@@ -595,6 +595,61 @@ test_stale_connection_replaced(void **state)
     svc_pg_pool_destroy(pool);
 }
 
+/* Prepared statements on a session, as pg_prepared_statements lists them. */
+static int64_t
+prepared_count(PGconn *conn)
+{
+    PGresult *res = PQexec(conn, "SELECT count(*) FROM pg_prepared_statements");
+    int64_t n = PQresultStatus(res) == PGRES_TUPLES_OK ? svc_pg_i64(res, 0, 0) : -1;
+
+    PQclear(res);
+    return n;
+}
+
+/*
+ * svc_pg_exec prepares each statement once per pool connection and finds it
+ * again by its text (not its address): a buffer reused with other text runs
+ * the other text. A statement that fails to prepare reports as a failed run
+ * does. A connection the database lost comes back with none prepared.
+ */
+static void
+test_statements_prepared_once(void **state)
+{
+    svc_pg_pool_t *pool = pool_make(1, 0, "pgtest_prepared");
+    char sql[64], n_text[16];
+    const char *p[] = {n_text};
+    svc_err_t err;
+    PGconn *conn;
+    PGresult *res;
+
+    (void)state;
+    assert_non_null(conn = svc_pg_acquire(pool, in_ms(5000), &err));
+    assert_int_equal(prepared_count(conn), 0);
+    for (int i = 0; i < 3; i++) {
+        snprintf(n_text, sizeof(n_text), "%d", i);
+        snprintf(sql, sizeof(sql), "SELECT $1::int + %d", i % 2 == 0 ? 100 : 200);
+        res = svc_pg_exec(conn, sql, 1, p, PGRES_TUPLES_OK, "add", &err);
+        assert_non_null(res);
+        assert_int_equal(svc_pg_i64(res, 0, 0), i + (i % 2 == 0 ? 100 : 200));
+        PQclear(res);
+    }
+    assert_int_equal(prepared_count(conn), 2); /* "+ 100" twice, "+ 200" once */
+    res = svc_pg_exec(conn, "SELEC $1", 1, p, PGRES_TUPLES_OK, "read number", &err);
+    assert_null(res);
+    assert_int_equal(err.code, SVC_INTERNAL);
+    assert_clean_msg(&err, "read number failed");
+    assert_int_equal(prepared_count(conn), 2);
+    PQreset(conn); /* a new session: its statements are gone, and prepared again */
+    assert_int_equal(prepared_count(conn), 0);
+    res = svc_pg_exec(conn, sql, 1, p, PGRES_TUPLES_OK, "add", &err);
+    assert_non_null(res);
+    assert_int_equal(svc_pg_i64(res, 0, 0), 102);
+    PQclear(res);
+    assert_int_equal(prepared_count(conn), 1);
+    svc_pg_release(pool, conn, false);
+    svc_pg_pool_destroy(pool);
+}
+
 /* ------------------------------------------------------------ migrations */
 
 /* Out of version order on purpose; 1 sleeps so that a concurrent migrator waits on the lock. */
@@ -719,6 +774,7 @@ main(void)
         cmocka_unit_test(test_migrate_broken),
         cmocka_unit_test(test_database_killed_and_restarted),
         cmocka_unit_test(test_stale_connection_replaced),
+        cmocka_unit_test(test_statements_prepared_once),
     };
 
     testenv_cleanup_on_exit();

@@ -136,7 +136,7 @@ run_pgbench() {
     p0=$(pg_ticks)
     c0=$(own_children_ticks)
     t0=$(date +%s%N)
-    (cd "$tmp" && "$PG_BIN/pgbench" -n -M extended -c "$conc" -j "$((conc < 2 ? conc : 2))" \
+    (cd "$tmp" && "$PG_BIN/pgbench" -n -M prepared -c "$conc" -j "$((conc < 2 ? conc : 2))" \
         -T "$seconds" -f "$SCRIPT" -D kind=2 -D first="$first" -D n="$n" \
         -D fence="$(date +%s%6N)" -D ref=balance-bench --log --log-prefix="pgbench-$name" \
         -h 127.0.0.1 -p "$pg_port" -U postgres balance >"$out" 2>&1) || {
@@ -281,7 +281,7 @@ echo "started:  postgres pid $pg_pid port $pg_port (fsync=off, full_page_writes=
     "port $lock_port, balance-svc pid $balance_pid port $balance_port" \
     "(DB_POOL=${DB_POOL:-default}, MAX_BATCH=${MAX_BATCH:-default}, WORKERS=${WORKERS:-default})"
 fund_pg_accounts
-echo "pgbench:  pgbench -n -M extended -c $conc -j $((conc < 2 ? conc : 2)) -T $seconds" \
+echo "pgbench:  pgbench -n -M prepared -c $conc -j $((conc < 2 ? conc : 2)) -T $seconds" \
     "-f tests/bench/balance_txn.sql (same statements as balance_store.c, one op per" \
     "transaction; p50/p99 from its per-transaction log; tps without connection time)"
 echo "balance-bench: accounts funded with TopUp($FUND) each first, then 0.5 s warm-up and" \

@@ -1,7 +1,7 @@
 -- balance_txn.sql: pgbench's twin of one balance-svc TopUp or Spend: the
 -- statements balance_store.c (apply_tx, apply_one) runs for a batch of one
--- operation, in one transaction, with parameters (run pgbench -M extended:
--- like PQexecParams, every statement is parsed, bound and run each time).
+-- operation, in one transaction, with parameters (run pgbench -M prepared:
+-- like svc_pg_exec, each statement is parsed once per connection).
 -- Each client alternates top-up (kind 1, +10, opens the account first) and
 -- spend (kind 2, -5), with a fresh random idempotency key per transaction.
 -- Variables from balance_bench.sh (pgbench -D): kind=2 (so the first is a

@@ -464,11 +464,52 @@ typedef struct {
     bool ran_out;
 } sql_run_t;
 
+/* The twin's parameterised statements, prepared once per connection as svc_pg_exec does. */
+static const struct {
+    const char *sql;
+    int n_params;
+} twin_statements[] = {
+    {SQL_LOCK_SEATS, 2},
+    {SQL_EXPIRE_OLD_HOLDS, 3},
+    {SQL_RESERVE, 4},
+    {SQL_HOLD_SEAT, 6},
+};
+#define TWIN_STATEMENTS ((int)(sizeof(twin_statements) / sizeof(twin_statements[0])))
+
+static void
+sql_prepare_all(PGconn *conn)
+{
+    for (int i = 0; i < TWIN_STATEMENTS; i++) {
+        char name[16];
+        PGresult *res;
+        snprintf(name, sizeof(name), "twin_%d", i);
+        res = PQprepare(conn, name, twin_statements[i].sql, twin_statements[i].n_params, NULL);
+        if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+            fprintf(stderr, "reservation-bench: cannot prepare a statement: %s",
+                    PQerrorMessage(conn));
+            exit(1);
+        }
+        PQclear(res);
+    }
+}
+
 static void
 sql_send(sql_conn_t *c, int step, const char *sql, int n, const char *const *params)
 {
+    int sent = -1;
+
     c->step = step;
-    if (!PQsendQueryParams(c->conn, sql, n, NULL, params, NULL, NULL, 0)) {
+    for (int i = 0; i < TWIN_STATEMENTS && sent < 0; i++) {
+        if (twin_statements[i].sql == sql) {
+            char name[16];
+            snprintf(name, sizeof(name), "twin_%d", i);
+            sent = PQsendQueryPrepared(c->conn, name, n, params, NULL, NULL, 0);
+        }
+    }
+    if (sent < 0) {
+        sent = PQsendQueryParams(c->conn, sql, n, NULL, params, NULL, NULL, 0);
+    }
+    if (!sent) {
         fprintf(stderr, "reservation-bench: cannot send a query: %s", PQerrorMessage(c->conn));
         exit(1);
     }
@@ -686,6 +727,7 @@ connect_main(void *arg)
                     PQerrorMessage(conn));
             exit(1);
         }
+        sql_prepare_all(conn);
         j->conns[i].conn = conn;
     }
     return NULL;

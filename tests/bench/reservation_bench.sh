@@ -223,11 +223,12 @@ echo "started:  postgres pid $pg_pid port $pg_port (max_connections=$max_connect
 echo "direct SQL: reservation-bench runs hold_tx's statements from reservation_store.c (BEGIN;" \
     "SELECT ... FOR UPDATE; the seat checked in the client, ROLLBACK when taken; expire old" \
     "holds; INSERT reservation; INSERT reservation_seats + UPDATE seats; COMMIT) with libpq," \
-    "parameters, one statement at a time, on the same database. Storm twin: one connection" \
+    "parameters, one statement at a time, each prepared once per connection (as svc_pg_exec" \
+    "does), on the same database. Storm twin: one connection" \
     "per user, opened beforehand (pgbench cannot start N clients once each at the same moment)," \
     "every BEGIN sent before any answer is read; also over a pool of DB_POOL's size," \
     "as reservation-svc itself can only use that many. reservation-svc additionally runs a" \
-    "lock-free precheck (2 statements), asks balance-svc whether a user it has not seen has an" \
+    "lock-free precheck (1 statement, shared by the leaders that arrive together), asks balance-svc whether a user it has not seen has an" \
     "account (GetBalance), and takes/gives back a lock-svc token per hold."
 echo
 echo "cpu: CPUs busy: machine = all CPUs, irq = interrupts and softirqs (loopback TCP)," \
