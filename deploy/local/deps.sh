@@ -17,7 +17,7 @@ BUF_BIN="$ROOT/.tools/node_modules/.bin/buf"
 PACKAGES=(
     build-essential cmake pkg-config
     libgrpc-dev protobuf-compiler protobuf-c-compiler libprotobuf-c-dev
-    libpq-dev libhiredis-dev
+    libpq-dev libhiredis-dev libssl-dev
     libcmocka-dev
     postgresql redis-server redis-sentinel
     grpc-proto

@@ -1,0 +1,181 @@
+/*
+ * reservation_admission.c: signing and checking admission tokens with
+ * OpenSSL's HMAC-SHA256. Parsing is strict (decimal numbers without signs
+ * or leading zeros, exactly 64 lowercase hex digits), so one token has one
+ * spelling and a token cannot be stretched to carry anything else.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+
+#include "reservation_admission.h"
+
+#define MAC_HEX 64 /* SHA-256: 32 bytes */
+#define PREFIX "v1."
+
+int
+rsv_admission_key_set(rsv_admission_key_t *k, const void *key, size_t len, svc_err_t *err)
+{
+    if (len < RSV_ADMISSION_KEY_MIN || len > RSV_ADMISSION_KEY_MAX) {
+        svc_err_set(err, SVC_INVALID_ARGUMENT, "the admission key must be %d to %d bytes, not %zu",
+                    RSV_ADMISSION_KEY_MIN, RSV_ADMISSION_KEY_MAX, len);
+        return -1;
+    }
+    memcpy(k->key, key, len);
+    k->len = len;
+    return 0;
+}
+
+int
+rsv_admission_key_load(rsv_admission_key_t *k, const char *path, svc_err_t *err)
+{
+    unsigned char buf[RSV_ADMISSION_KEY_MAX + 2];
+    FILE *f = fopen(path, "rb");
+    size_t n;
+    int rc;
+
+    if (f == NULL) {
+        svc_err_set(err, SVC_INVALID_ARGUMENT, "cannot read the admission key file %s: %s", path,
+                    strerror(errno));
+        return -1;
+    }
+    n = fread(buf, 1, sizeof(buf), f);
+    fclose(f);
+    if (n > 0 && buf[n - 1] == '\n') {
+        n--;
+    }
+    rc = rsv_admission_key_set(k, buf, n, err);
+    OPENSSL_cleanse(buf, sizeof(buf));
+    return rc;
+}
+
+int
+rsv_admission_key_random(rsv_admission_key_t *k, svc_err_t *err)
+{
+    if (RAND_bytes(k->key, RSV_ADMISSION_KEY_MIN) != 1) {
+        svc_err_set(err, SVC_INTERNAL, "no random bytes for an admission key");
+        return -1;
+    }
+    k->len = RSV_ADMISSION_KEY_MIN;
+    return 0;
+}
+
+/* Hex of HMAC-SHA256(key, msg[0..len)) into hex (MAC_HEX + 1 bytes). */
+static bool
+mac_hex(const rsv_admission_key_t *k, const char *msg, size_t len, char *hex)
+{
+    unsigned char mac[EVP_MAX_MD_SIZE];
+    unsigned int mac_len = 0;
+
+    if (HMAC(EVP_sha256(), k->key, (int)k->len, (const unsigned char *)msg, len, mac, &mac_len) ==
+            NULL ||
+        mac_len * 2 != MAC_HEX) {
+        return false;
+    }
+    for (unsigned int i = 0; i < mac_len; i++) {
+        snprintf(hex + 2 * i, 3, "%02x", mac[i]);
+    }
+    return true;
+}
+
+int
+rsv_admission_sign(const rsv_admission_key_t *k, int64_t user_id, int64_t schedule_id,
+                   int64_t ticket_seq, int64_t expires_at_ms, char *out, size_t out_len)
+{
+    char hex[MAC_HEX + 1];
+    int n = snprintf(out, out_len, PREFIX "%" PRId64 ".%" PRId64 ".%" PRId64 ".%" PRId64 ".",
+                     user_id, schedule_id, ticket_seq, expires_at_ms);
+
+    if (n < 0 || (size_t)n + MAC_HEX + 1 > out_len || !mac_hex(k, out, (size_t)n, hex)) {
+        return -1;
+    }
+    memcpy(out + n, hex, MAC_HEX + 1);
+    return 0;
+}
+
+/* A non-negative decimal without sign or leading zero, ending at '.'; advances *p past it. */
+static bool
+take_number(const char **p, int64_t *v)
+{
+    const char *s = *p;
+    int64_t x = 0;
+
+    if (*s < '0' || *s > '9' || (s[0] == '0' && s[1] >= '0' && s[1] <= '9')) {
+        return false;
+    }
+    for (; *s >= '0' && *s <= '9'; s++) {
+        if (x > (INT64_MAX - (*s - '0')) / 10) {
+            return false;
+        }
+        x = x * 10 + (*s - '0');
+    }
+    if (*s != '.') {
+        return false;
+    }
+    *v = x;
+    *p = s + 1;
+    return true;
+}
+
+/*
+ * Splits a token into its four numbers (user, schedule, ticket, expiry) and
+ * where its MAC starts; false when it is not spelled exactly as we sign.
+ */
+static bool
+parse(const char *token, int64_t v[4], const char **mac)
+{
+    const char *p = token + strlen(PREFIX);
+
+    if (strlen(token) >= RSV_ADMISSION_TOKEN_MAX || strncmp(token, PREFIX, strlen(PREFIX)) != 0) {
+        return false;
+    }
+    for (int i = 0; i < 4; i++) {
+        if (!take_number(&p, &v[i])) {
+            return false;
+        }
+    }
+    *mac = p;
+    return strlen(p) == MAC_HEX && strspn(p, "0123456789abcdef") == MAC_HEX;
+}
+
+int
+rsv_admission_verify(const rsv_admission_key_t *k, const char *token, int64_t user_id,
+                     int64_t schedule_id, int64_t now_ms, rsv_admission_t *out, svc_err_t *err)
+{
+    int64_t v[4] = {0, 0, 0, 0}; /* user, schedule, ticket, expiry */
+    const char *mac = NULL, *why = NULL;
+    char want[MAC_HEX + 1];
+
+    if (token == NULL || token[0] == '\0') {
+        why = "no admission token; enter the waiting room first";
+    } else if (!parse(token, v, &mac)) {
+        why = "malformed admission token";
+    } else if (!mac_hex(k, token, (size_t)(mac - token), want) ||
+               CRYPTO_memcmp(want, mac, MAC_HEX) != 0) {
+        why = "admission token not signed by this service";
+    } else if (v[0] != user_id) {
+        why = "admission token of another user";
+    } else if (v[1] != schedule_id) {
+        why = "admission token of another schedule";
+    } else if (v[3] <= now_ms) {
+        why = "admission expired; enter the waiting room again";
+    }
+    if (why != NULL) {
+        svc_err_set(err, SVC_FAILED_PRECONDITION, "not admitted to schedule %" PRId64 ": %s",
+                    schedule_id, why);
+        return -1;
+    }
+    if (out != NULL) {
+        out->ticket_seq = v[2];
+        out->expires_at_ms = v[3];
+    }
+    return 0;
+}

@@ -1,0 +1,62 @@
+/*
+ * reservation_admission.h: admission tokens of the waiting room. A token
+ * says "user U may hold seats of schedule S until T (ticket N)", signed with
+ * HMAC-SHA256 under a key every instance shares, so any instance checks it
+ * without asking anyone:
+ *
+ *     v1.<user>.<schedule>.<ticket seq>.<expires_at_ms>.<64 hex digits of the MAC>
+ *
+ * The MAC covers everything before it. Tokens are short (under 140 bytes),
+ * printable, and carry nothing secret.
+ */
+#ifndef RESERVATION_ADMISSION_H
+#define RESERVATION_ADMISSION_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "svc/err.h"
+
+#define RSV_ADMISSION_KEY_MIN 32  /* bytes of key at least */
+#define RSV_ADMISSION_KEY_MAX 256 /* bytes of key at most */
+#define RSV_ADMISSION_TOKEN_MAX 160
+
+typedef struct {
+    unsigned char key[RSV_ADMISSION_KEY_MAX];
+    size_t len;
+} rsv_admission_key_t;
+
+/*
+ * The key: len bytes (RSV_ADMISSION_KEY_MIN..RSV_ADMISSION_KEY_MAX), else
+ * INVALID_ARGUMENT naming the bound.
+ */
+int rsv_admission_key_set(rsv_admission_key_t *k, const void *key, size_t len, svc_err_t *err);
+/*
+ * The key from a file (its bytes, without a trailing newline); INVALID_ARGUMENT
+ * when unreadable, too short or too long. The error never holds key bytes.
+ */
+int rsv_admission_key_load(rsv_admission_key_t *k, const char *path, svc_err_t *err);
+/* A random key, for an instance that shares none (its tokens are its own). */
+int rsv_admission_key_random(rsv_admission_key_t *k, svc_err_t *err);
+
+/* Writes the token into out (RSV_ADMISSION_TOKEN_MAX bytes); 0, or -1 when it does not fit. */
+int rsv_admission_sign(const rsv_admission_key_t *k, int64_t user_id, int64_t schedule_id,
+                       int64_t ticket_seq, int64_t expires_at_ms, char *out, size_t out_len);
+
+/* What a good token says. */
+typedef struct {
+    int64_t ticket_seq;
+    int64_t expires_at_ms;
+} rsv_admission_t;
+
+/*
+ * 0 when token is ours (the MAC matches, compared in constant time), names
+ * user_id and schedule_id, and has not expired at now_ms; *out (may be NULL)
+ * gets its ticket and expiry. Else -1 with FAILED_PRECONDITION: "not
+ * admitted to schedule S: <why>" (missing, malformed, forged, another
+ * user's, another schedule's, expired).
+ */
+int rsv_admission_verify(const rsv_admission_key_t *k, const char *token, int64_t user_id,
+                         int64_t schedule_id, int64_t now_ms, rsv_admission_t *out, svc_err_t *err);
+
+#endif

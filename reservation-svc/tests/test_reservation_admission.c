@@ -1,0 +1,163 @@
+/*
+ * test_reservation_admission.c: admission tokens on their own (no services):
+ * a signed token admits its user to its schedule until it expires, and every
+ * way of bending one is refused with FAILED_PRECONDITION saying why.
+ */
+#define _GNU_SOURCE
+#include <inttypes.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "reservation_admission.h"
+
+static const char KEY[] = "0123456789abcdef0123456789abcdef-test-key";
+static const char OTHER_KEY[] = "fedcba9876543210fedcba9876543210-other-key";
+#define NOW 1800000000000LL
+
+static rsv_admission_key_t
+key_of(const char *k)
+{
+    rsv_admission_key_t key;
+    svc_err_t err;
+
+    assert_int_equal(rsv_admission_key_set(&key, k, strlen(k), &err), 0);
+    return key;
+}
+
+/* Fails unless token is refused for (user, schedule) with a message holding why. */
+static void
+expect_refused(const rsv_admission_key_t *k, const char *token, int64_t user, int64_t schedule,
+               const char *why)
+{
+    svc_err_t err;
+
+    if (rsv_admission_verify(k, token, user, schedule, NOW, NULL, &err) == 0) {
+        fail_msg("token \"%s\" admitted user %" PRId64 " to %" PRId64, token ? token : "(null)",
+                 user, schedule);
+    }
+    assert_int_equal(err.code, SVC_FAILED_PRECONDITION);
+    if (strstr(err.msg, why) == NULL || strstr(err.msg, "not admitted to schedule") == NULL) {
+        fail_msg("token \"%s\": \"%s\", want \"%s\"", token ? token : "(null)", err.msg, why);
+    }
+}
+
+static void
+test_signed_token_admits(void **state)
+{
+    rsv_admission_key_t k = key_of(KEY), same = key_of(KEY);
+    char token[RSV_ADMISSION_TOKEN_MAX];
+    rsv_admission_t a;
+    svc_err_t err;
+
+    (void)state;
+    assert_int_equal(rsv_admission_sign(&k, 42, 7, 1001, NOW + 60000, token, sizeof(token)), 0);
+    assert_true(strncmp(token, "v1.42.7.1001.1800000060000.", 27) == 0);
+    assert_int_equal(strlen(token), 27 + 64);
+    /* Another instance with the same key checks it without asking anyone. */
+    assert_int_equal(rsv_admission_verify(&same, token, 42, 7, NOW, &a, &err), 0);
+    assert_int_equal(a.ticket_seq, 1001);
+    assert_int_equal(a.expires_at_ms, NOW + 60000);
+    /* Deterministic: the same facts sign to the same token. */
+    char again[RSV_ADMISSION_TOKEN_MAX];
+    assert_int_equal(rsv_admission_sign(&k, 42, 7, 1001, NOW + 60000, again, sizeof(again)), 0);
+    assert_string_equal(token, again);
+    /* Too small a buffer is an error, not a cut token. */
+    assert_int_equal(rsv_admission_sign(&k, 42, 7, 1001, NOW + 60000, again, 60), -1);
+}
+
+static void
+test_bent_tokens_refused(void **state)
+{
+    rsv_admission_key_t k = key_of(KEY), other = key_of(OTHER_KEY);
+    char token[RSV_ADMISSION_TOKEN_MAX], bent[RSV_ADMISSION_TOKEN_MAX + 8],
+        forged[RSV_ADMISSION_TOKEN_MAX];
+
+    (void)state;
+    assert_int_equal(rsv_admission_sign(&k, 42, 7, 1001, NOW + 60000, token, sizeof(token)), 0);
+    expect_refused(&k, NULL, 42, 7, "no admission token");
+    expect_refused(&k, "", 42, 7, "no admission token");
+    expect_refused(&k, token, 43, 7, "another user");
+    expect_refused(&k, token, 42, 8, "another schedule");
+    /* Signed by someone with another key. */
+    expect_refused(&other, token, 42, 7, "not signed by this service");
+    assert_int_equal(rsv_admission_sign(&other, 42, 7, 1001, NOW + 60000, forged, sizeof(forged)),
+                     0);
+    expect_refused(&k, forged, 42, 7, "not signed by this service");
+    /* A later expiry written over a good token's: the MAC no longer matches. */
+    snprintf(bent, sizeof(bent), "v1.42.7.1001.1900000060000.%s", token + 27);
+    expect_refused(&k, bent, 42, 7, "not signed by this service");
+    /* One MAC digit changed. */
+    snprintf(bent, sizeof(bent), "%s", token);
+    bent[strlen(bent) - 1] = bent[strlen(bent) - 1] == '0' ? '1' : '0';
+    expect_refused(&k, bent, 42, 7, "not signed by this service");
+    /* Spellings we never sign: leading zero, sign, upper-case hex, short MAC, extra field. */
+    snprintf(bent, sizeof(bent), "v1.042.7.1001.1800000060000.%s", token + 27);
+    expect_refused(&k, bent, 42, 7, "malformed");
+    snprintf(bent, sizeof(bent), "v1.+42.7.1001.1800000060000.%s", token + 27);
+    expect_refused(&k, bent, 42, 7, "malformed");
+    snprintf(bent, sizeof(bent), "%s", token);
+    bent[30] = 'A';
+    expect_refused(&k, bent, 42, 7, "malformed");
+    snprintf(bent, sizeof(bent), "%.*s", (int)strlen(token) - 1, token);
+    expect_refused(&k, bent, 42, 7, "malformed");
+    snprintf(bent, sizeof(bent), "%s.1", token);
+    expect_refused(&k, bent, 42, 7, "malformed");
+    expect_refused(&k, "v2.42.7.1001.1800000060000.00", 42, 7, "malformed");
+    expect_refused(&k, "v1.99999999999999999999.7.1.1.00", 42, 7, "malformed");
+    /* Expired: at its expiry and after. */
+    assert_int_equal(rsv_admission_sign(&k, 42, 7, 1001, NOW, token, sizeof(token)), 0);
+    expect_refused(&k, token, 42, 7, "admission expired");
+}
+
+static void
+test_keys(void **state)
+{
+    rsv_admission_key_t k, r1, r2;
+    char path[] = "/tmp/admission-key-XXXXXX";
+    char t1[RSV_ADMISSION_TOKEN_MAX];
+    svc_err_t err;
+    int fd;
+
+    (void)state;
+    assert_int_equal(rsv_admission_key_set(&k, "short", 5, &err), -1);
+    assert_int_equal(err.code, SVC_INVALID_ARGUMENT);
+    assert_non_null(strstr(err.msg, "32"));
+    fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, KEY, strlen(KEY)), (ssize_t)strlen(KEY));
+    assert_int_equal(write(fd, "\n", 1), 1);
+    close(fd);
+    /* A file's key, trailing newline dropped, is the same key. */
+    assert_int_equal(rsv_admission_key_load(&k, path, &err), 0);
+    assert_int_equal(rsv_admission_sign(&k, 1, 2, 3, NOW + 1, t1, sizeof(t1)), 0);
+    rsv_admission_key_t direct = key_of(KEY);
+    assert_int_equal(rsv_admission_verify(&direct, t1, 1, 2, NOW, NULL, &err), 0);
+    unlink(path);
+    assert_int_equal(rsv_admission_key_load(&k, path, &err), -1);
+    assert_int_equal(err.code, SVC_INVALID_ARGUMENT);
+    assert_null(strstr(err.msg, KEY));
+    /* Random keys differ: one instance's tokens are not another's. */
+    assert_int_equal(rsv_admission_key_random(&r1, &err), 0);
+    assert_int_equal(rsv_admission_key_random(&r2, &err), 0);
+    assert_int_equal(rsv_admission_sign(&r1, 1, 2, 3, NOW + 1, t1, sizeof(t1)), 0);
+    expect_refused(&r2, t1, 1, 2, "not signed by this service");
+}
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_signed_token_admits),
+        cmocka_unit_test(test_bent_tokens_refused),
+        cmocka_unit_test(test_keys),
+    };
+
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
