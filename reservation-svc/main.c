@@ -27,6 +27,7 @@ int
 main(int argc, char **argv)
 {
     const char *listen_addr = NULL, *database_url = NULL, *lock_addr = NULL, *balance_addr = NULL;
+    const char *admission_key_file = NULL;
     int64_t workers = 0, max_workers = 0, grace_ms = 0, db_pool = 0, stmt_timeout = 0;
     int64_t max_streams = 0;
     reservation_opts_t ropts = {0};
@@ -58,6 +59,10 @@ main(int argc, char **argv)
          0},
         {"statement-timeout-ms", "STATEMENT_TIMEOUT_MS", SVC_OPT_INT, "5000",
          "longest a statement may run", 10, 600000, &stmt_timeout, 0},
+        {"admission-key-file", "ADMISSION_KEY_FILE", SVC_OPT_STRING, "",
+         "file with the key (32..256 bytes) that signs waiting-room admissions; the same for"
+         " every instance (unset: a random key, tokens valid on this instance only)",
+         0, 0, &admission_key_file, 0},
         {"max-streams", "MAX_STREAMS", SVC_OPT_INT, "1000",
          "calls one client connection may have in flight; more wait in the client (0: no limit)", 0,
          1000000, &max_streams, 0},
@@ -76,6 +81,20 @@ main(int argc, char **argv)
                             "reservation-svc: concerts, seat holds that expire, payments "
                             "(reservation.v1.ReservationService)");
     svc_log_init("reservation-svc", log_level);
+    if (admission_key_file != NULL && admission_key_file[0] != '\0') {
+        if (rsv_admission_key_load(&ropts.admission_key, admission_key_file, &err) != 0) {
+            fprintf(stderr, "%s: ADMISSION_KEY_FILE: %s\n", argv[0], err.msg);
+            return 2;
+        }
+    } else if (rsv_admission_key_random(&ropts.admission_key, &err) != 0) {
+        fprintf(stderr, "%s: %s\n", argv[0], err.msg);
+        return 1;
+    } else {
+        svc_log_kv(SVC_LOG_WARN,
+                   "ADMISSION_KEY_FILE not set: waiting-room admissions are signed with a random"
+                   " key, so other instances refuse them",
+                   NULL);
+    }
     svc_server_prepare_process();
     dbopts.conninfo = database_url;
     dbopts.size = (int)db_pool;

@@ -87,6 +87,52 @@ user_remember(reservation_service_t *svc, int64_t user_id)
     pthread_mutex_unlock(&svc->users_mu);
 }
 
+/* ---------- schedules' waiting rooms ---------- */
+
+static size_t
+room_slot(int64_t schedule_id)
+{
+    return (size_t)(((uint64_t)schedule_id * 0x9E3779B97F4A7C15ull) >> 48) % RSV_KNOWN_ROOMS;
+}
+
+void
+reservation_room_remember(reservation_service_t *svc, int64_t schedule_id, int32_t limit)
+{
+    pthread_mutex_lock(&svc->rooms_mu);
+    if (svc->n_rooms >= RSV_KNOWN_ROOMS / 2) { /* keep probes short: start over */
+        memset(svc->rooms, 0, RSV_KNOWN_ROOMS * sizeof(*svc->rooms));
+        svc->n_rooms = 0;
+    }
+    for (size_t i = room_slot(schedule_id), k = 0; k < RSV_KNOWN_ROOMS; k++) {
+        struct rsv_room_slot *r = &svc->rooms[(i + k) % RSV_KNOWN_ROOMS];
+        if (r->limit_plus_one == 0 || r->schedule_id == schedule_id) {
+            svc->n_rooms += r->limit_plus_one == 0;
+            r->schedule_id = schedule_id;
+            r->limit_plus_one = limit + 1;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&svc->rooms_mu);
+}
+
+/* The schedule's waiting-room limit (0: none), or -1 when this instance has not seen it. */
+static int32_t
+room_limit(reservation_service_t *svc, int64_t schedule_id)
+{
+    int32_t limit = -1;
+
+    pthread_mutex_lock(&svc->rooms_mu);
+    for (size_t i = room_slot(schedule_id), k = 0; k < RSV_KNOWN_ROOMS; k++) {
+        const struct rsv_room_slot *r = &svc->rooms[(i + k) % RSV_KNOWN_ROOMS];
+        if (r->limit_plus_one == 0 || r->schedule_id == schedule_id) {
+            limit = r->limit_plus_one - 1;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&svc->rooms_mu);
+    return limit;
+}
+
 /* 0 when balance-svc has an account for user_id; NOT_FOUND when it has none. */
 static int
 check_account(reservation_service_t *svc, svc_call_t *call, int64_t user_id, svc_err_t *err)
@@ -128,6 +174,7 @@ struct rsv_hold {
     rsv_reservation_t result;
     int32_t taken; /* the seat found held or sold, 0 when none */
     svc_err_t err;
+    char admission_token[RSV_ADMISSION_TOKEN_MAX]; /* as sent; cut (so refused) when longer */
 };
 
 /* A seat a leader of this instance is working on, and the calls parked on it. */
@@ -216,6 +263,20 @@ wants_seat(const rsv_hold_t *h, int32_t number)
 static void lead(void *arg);
 
 /*
+ * On a schedule with a waiting room (limit > 0), h needs an admission token
+ * of its user for that schedule: 0 when it has one, else -1 with err.
+ */
+static int
+admitted(const rsv_hold_t *h, int32_t limit, svc_err_t *err)
+{
+    if (limit <= 0) {
+        return 0;
+    }
+    return rsv_admission_verify(&h->svc->opts.admission_key, h->admission_token, h->user_id,
+                                h->schedule_id, svc_now_unix_ms(), NULL, err);
+}
+
+/*
  * Lets h through the gate: parked behind the leader of one of its seats, or
  * leader of all of them. A new leader's path runs here when on_worker, else
  * on the pool (the caller may be the client thread, which must not block).
@@ -228,6 +289,12 @@ gate_enter(rsv_hold_t *h, bool on_worker)
     svc_err_t err;
     int made = 0;
 
+    /* A schedule known to have a waiting room: refused here, without waiting for anyone. */
+    if (admitted(h, room_limit(svc, h->schedule_id), &err) != 0) {
+        h->state = H_DONE;
+        svc_call_fail(h->call, &err);
+        return;
+    }
     pthread_mutex_lock(&svc->gate_mu);
     if (svc_call_cancelled(h->call)) {
         /* Its cancellation may have come while it was between leaders, unseen: end it now. */
@@ -426,6 +493,10 @@ precheck(reservation_service_t *svc, rsv_hold_t *h)
         pthread_cond_broadcast(&svc->precheck_cv);
     }
     pthread_mutex_unlock(&svc->precheck_mu);
+    if (me.check.rc == 0 || me.check.err.code == SVC_FAILED_PRECONDITION ||
+        me.check.err.code == SVC_INVALID_ARGUMENT) { /* the schedule exists: its room is known */
+        reservation_room_remember(svc, h->schedule_id, me.check.waiting_room_limit);
+    }
     h->taken = me.check.taken;
     h->err = me.check.err;
     return me.check.rc;
@@ -469,7 +540,8 @@ lead(void *arg)
                              .parent = h->call};
 
     /* Fail fast: a seat already held or sold is refused before anyone queues for its lock. */
-    if (precheck(svc, h) != 0 || check_account(svc, h->call, h->user_id, &h->err) != 0) {
+    if (precheck(svc, h) != 0 || admitted(h, room_limit(svc, h->schedule_id), &h->err) != 0 ||
+        check_account(svc, h->call, h->user_id, &h->err) != 0) {
         gate_leave(h);
         return;
     }
@@ -513,7 +585,8 @@ write_hold(void *arg)
 
 void
 reservation_hold_start(reservation_service_t *svc, svc_call_t *call, int64_t user_id,
-                       int64_t schedule_id, const int32_t *seats, int n)
+                       int64_t schedule_id, const int32_t *seats, int n,
+                       const char *admission_token)
 {
     rsv_hold_t *h = svc_call_alloc(call, sizeof(*h));
 
@@ -526,6 +599,11 @@ reservation_hold_start(reservation_service_t *svc, svc_call_t *call, int64_t use
     h->schedule_id = schedule_id;
     memcpy(h->seats, seats, (size_t)n * sizeof(*seats));
     h->n = n;
+    if (admission_token != NULL && strlen(admission_token) < sizeof(h->admission_token)) {
+        memcpy(h->admission_token, admission_token, strlen(admission_token) + 1);
+    } else if (admission_token != NULL) {
+        memcpy(h->admission_token, "too-long", sizeof("too-long")); /* refused as malformed */
+    }
     h->state = H_NEW;
     svc_err_clear(&h->err);
     svc_call_on_cancel(call, hold_cancelled, h);

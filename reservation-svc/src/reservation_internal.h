@@ -18,10 +18,17 @@
 #include "svc/err.h"
 
 #define RSV_KNOWN_USERS 65536 /* slots of the cache of users known to have an account */
+#define RSV_KNOWN_ROOMS 4096  /* slots of the cache of schedules' waiting-room limits */
 #define RSV_GATE_BUCKETS 4096 /* hash buckets of the seat gate (reservation_hold.c) */
 
 typedef struct rsv_hold rsv_hold_t;
 typedef struct rsv_seat_entry rsv_seat_entry_t;
+
+/* A schedule and its waiting-room limit plus one (0: an empty slot). */
+struct rsv_room_slot {
+    int64_t schedule_id;
+    int32_t limit_plus_one;
+};
 
 struct reservation_service {
     svc_server_t *server;
@@ -38,6 +45,10 @@ struct reservation_service {
     pthread_mutex_t users_mu;
     int64_t *users;
     int n_users;
+    /* Schedules' waiting-room limits (fixed when a schedule is made); a map, reset when full. */
+    pthread_mutex_t rooms_mu;
+    struct rsv_room_slot *rooms;
+    int n_rooms;
     /* The seat gate: seats a HoldSeats of this instance is working on, and who waits for it. */
     pthread_mutex_t gate_mu;
     rsv_seat_entry_t **gate; /* RSV_GATE_BUCKETS chains */
@@ -61,7 +72,11 @@ int64_t reservation_db_deadline(svc_call_t *call);
  * later, with reservation_reply_held or an error.
  */
 void reservation_hold_start(reservation_service_t *svc, svc_call_t *call, int64_t user_id,
-                            int64_t schedule_id, const int32_t *seats, int n);
+                            int64_t schedule_id, const int32_t *seats, int n,
+                            const char *admission_token);
+
+/* Remembers a schedule's waiting-room limit (0: none), as created or read. */
+void reservation_room_remember(reservation_service_t *svc, int64_t schedule_id, int32_t limit);
 
 /* Answers a HoldSeats with the reservation made. */
 void reservation_reply_held(svc_call_t *call, const rsv_reservation_t *r);

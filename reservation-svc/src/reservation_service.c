@@ -17,6 +17,10 @@
 #define MAX_SCHEDULES 100
 #define MAX_SEAT_COUNT 10000
 #define MAX_PRICE 100000000LL
+#define MAX_WAITING_ROOM_LIMIT 1000000
+#define DEFAULT_ADMISSION_TTL_MS 600000LL
+#define MIN_ADMISSION_TTL_MS 1000
+#define MAX_ADMISSION_TTL_MS 86400000LL
 #define DB_BUDGET_MS 5000
 
 int64_t
@@ -73,6 +77,9 @@ to_pb_concert(svc_arena_t *arena, const rsv_concert_t *c)
         s->starts_at_ms = c->schedules[i].starts_at_ms;
         s->seat_count = c->schedules[i].seat_count;
         s->available_seats = c->schedules[i].available;
+        s->waiting_room_limit = c->schedules[i].waiting_room_limit;
+        s->admission_ttl_ms =
+            c->schedules[i].waiting_room_limit > 0 ? c->schedules[i].admission_ttl_ms : 0;
         m->schedules[m->n_schedules++] = s;
     }
     return m->schedules != NULL ? m : NULL;
@@ -163,7 +170,18 @@ handle_create_concert(svc_call_t *call, const ProtobufCMessage *msg, void *user)
         const Reservation__V1__ScheduleSpec *s = req->schedules[i];
         if (!svc_validate_range("seat_count", s->seat_count, 1, MAX_SEAT_COUNT, &err) ||
             !svc_validate_range("seat_price", s->seat_price, 0, MAX_PRICE, &err) ||
-            !svc_validate_range("starts_at_ms", s->starts_at_ms, 1, INT64_MAX, &err)) {
+            !svc_validate_range("starts_at_ms", s->starts_at_ms, 1, INT64_MAX, &err) ||
+            !svc_validate_range("waiting_room_limit", s->waiting_room_limit, 0,
+                                MAX_WAITING_ROOM_LIMIT, &err) ||
+            (s->admission_ttl_ms != 0 &&
+             !svc_validate_range("admission_ttl_ms", s->admission_ttl_ms, MIN_ADMISSION_TTL_MS,
+                                 MAX_ADMISSION_TTL_MS, &err))) {
+            svc_call_fail(call, &err);
+            return;
+        }
+        if (s->admission_ttl_ms != 0 && s->waiting_room_limit == 0) {
+            svc_err_set(&err, SVC_INVALID_ARGUMENT,
+                        "schedule %zu: admission_ttl_ms needs a waiting_room_limit", i + 1);
             svc_call_fail(call, &err);
             return;
         }
@@ -173,7 +191,13 @@ handle_create_concert(svc_call_t *call, const ProtobufCMessage *msg, void *user)
             svc_call_fail(call, &err);
             return;
         }
-        specs[i] = (rsv_schedule_spec_t){s->starts_at_ms, s->seat_count, s->seat_price};
+        specs[i] = (rsv_schedule_spec_t){.starts_at_ms = s->starts_at_ms,
+                                         .seat_count = s->seat_count,
+                                         .seat_price = s->seat_price,
+                                         .waiting_room_limit = s->waiting_room_limit,
+                                         .admission_ttl_ms = s->admission_ttl_ms != 0
+                                                                 ? s->admission_ttl_ms
+                                                                 : DEFAULT_ADMISSION_TTL_MS};
     }
     /* Schedules are kept and shown in starts_at_ms order. */
     qsort(specs, req->n_schedules, sizeof(*specs), cmp_spec);
@@ -181,6 +205,10 @@ handle_create_concert(svc_call_t *call, const ProtobufCMessage *msg, void *user)
                                  reservation_db_deadline(call), arena, &concert, &err) != 0) {
         svc_call_fail(call, &err);
         return;
+    }
+    for (int i = 0; i < concert.n_schedules; i++) {
+        reservation_room_remember(svc, concert.schedules[i].id,
+                                  concert.schedules[i].waiting_room_limit);
     }
     resp.concert = to_pb_concert(arena, &concert);
     if (resp.concert == NULL) {
@@ -301,7 +329,7 @@ handle_hold_seats(svc_call_t *call, const ProtobufCMessage *msg, void *user)
         return;
     }
     reservation_hold_start(svc, call, req->user_id, req->schedule_id, seats,
-                           (int)req->n_seat_numbers);
+                           (int)req->n_seat_numbers, req->admission_token);
 }
 
 void
@@ -399,8 +427,10 @@ reservation_service_create(svc_server_t *server, svc_pg_pool_t *db, svc_client_t
     pthread_mutex_init(&svc->precheck_mu, NULL);
     pthread_cond_init(&svc->precheck_cv, NULL);
     svc->users = calloc(RSV_KNOWN_USERS, sizeof(*svc->users));
+    svc->rooms = calloc(RSV_KNOWN_ROOMS, sizeof(*svc->rooms));
     svc->gate = calloc(RSV_GATE_BUCKETS, sizeof(*svc->gate));
-    if (svc->users == NULL || svc->gate == NULL) {
+    pthread_mutex_init(&svc->rooms_mu, NULL);
+    if (svc->users == NULL || svc->rooms == NULL || svc->gate == NULL) {
         reservation_service_destroy(svc);
         svc_err_set(err, SVC_RESOURCE_EXHAUSTED, "out of memory");
         return NULL;
@@ -439,6 +469,8 @@ reservation_service_destroy(reservation_service_t *svc)
     pthread_cond_destroy(&svc->cv);
     pthread_mutex_destroy(&svc->users_mu);
     free(svc->users);
+    pthread_mutex_destroy(&svc->rooms_mu);
+    free(svc->rooms);
     reservation_gate_destroy(svc);
     pthread_mutex_destroy(&svc->gate_mu);
     pthread_mutex_destroy(&svc->precheck_mu);

@@ -7,6 +7,7 @@
 
 #include <stdint.h>
 
+#include "reservation_admission.h"
 #include "svc/client.h"
 #include "svc/pg.h"
 #include "svc/server.h"
@@ -20,6 +21,7 @@ typedef struct {
     int64_t lock_lease_ms;
     int64_t sweep_ms;     /* how often the sweeper looks for expired holds */
     int64_t pay_grace_ms; /* an authorization outlives its hold by this, for the capture */
+    rsv_admission_key_t admission_key; /* signs and checks waiting-room admissions */
 } reservation_opts_t;
 
 /* Starts the sweeper. Takes no ownership: server, db and lock_svc must outlive it. */

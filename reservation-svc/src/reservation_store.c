@@ -54,20 +54,23 @@ create_tx(PGconn *conn, void *arg, svc_err_t *err)
     c->out->title = (char *)c->title;
     c->out->n_schedules = 0;
     for (int i = 0; i < c->n_specs; i++) {
-        char concert[24], starts[24], count[16], price[24];
-        const char *p[] = {concert, starts, count, price};
+        char concert[24], starts[24], count[16], price[24], limit[16], ttl[24];
+        const char *p[] = {concert, starts, count, price, limit, ttl};
         rsv_schedule_t *s = &c->out->schedules[i];
         I64(concert, c->out->id);
         I64(starts, c->specs[i].starts_at_ms);
         I64(count, c->specs[i].seat_count);
         I64(price, c->specs[i].seat_price);
+        I64(limit, c->specs[i].waiting_room_limit);
+        I64(ttl, c->specs[i].admission_ttl_ms);
         res = svc_pg_exec(
             conn,
             "WITH s AS (INSERT INTO schedules (concert_id, starts_at_ms, seat_count,"
-            " seat_price) VALUES ($1, $2, $3, $4) RETURNING id)"
+            " seat_price, waiting_room_limit, admission_ttl_ms) VALUES ($1, $2, $3, $4, $5, $6)"
+            " RETURNING id)"
             " INSERT INTO seats (schedule_id, number, price)"
             " SELECT s.id, g, $4 FROM s, generate_series(1, $3::int) g RETURNING schedule_id",
-            4, p, PGRES_TUPLES_OK, "create schedule", err);
+            6, p, PGRES_TUPLES_OK, "create schedule", err);
         if (res == NULL) {
             return -1;
         }
@@ -75,6 +78,8 @@ create_tx(PGconn *conn, void *arg, svc_err_t *err)
         s->concert_id = c->out->id;
         s->starts_at_ms = c->specs[i].starts_at_ms;
         s->seat_count = s->available = c->specs[i].seat_count;
+        s->waiting_room_limit = c->specs[i].waiting_room_limit;
+        s->admission_ttl_ms = c->specs[i].admission_ttl_ms;
         c->out->n_schedules++;
         PQclear(res);
     }
@@ -119,7 +124,8 @@ rsv_store_list_concerts(svc_pg_pool_t *db, int64_t now_ms, int64_t deadline_ms, 
                : svc_pg_exec(conn,
                              "SELECT s.id, s.concert_id, s.starts_at_ms, s.seat_count,"
                              " (SELECT count(*) FROM seats x WHERE x.schedule_id = s.id AND"
-                             " (x.status = 1 OR (x.status = 2 AND x.hold_expires_at_ms <= $1)))"
+                             " (x.status = 1 OR (x.status = 2 AND x.hold_expires_at_ms <= $1))),"
+                             " s.waiting_room_limit, s.admission_ttl_ms"
                              " FROM schedules s ORDER BY s.concert_id, s.starts_at_ms, s.id",
                              1, p, PGRES_TUPLES_OK, "list schedules", err);
     svc_pg_release(db, conn, sres == NULL && err->code == SVC_UNAVAILABLE);
@@ -143,6 +149,8 @@ rsv_store_list_concerts(svc_pg_pool_t *db, int64_t now_ms, int64_t deadline_ms, 
             s->starts_at_ms = svc_pg_i64(sres, j - 1, 2);
             s->seat_count = (int32_t)svc_pg_i64(sres, j - 1, 3);
             s->available = (int32_t)svc_pg_i64(sres, j - 1, 4);
+            s->waiting_room_limit = (int32_t)svc_pg_i64(sres, j - 1, 5);
+            s->admission_ttl_ms = svc_pg_i64(sres, j - 1, 6);
             c->n_schedules++;
         }
     }
@@ -255,7 +263,8 @@ check_seats(const PGresult *res, int64_t schedule_id, const int32_t *seats, int 
  * when the schedule has no such seat).
  */
 #define SQL_PRECHECK                                                                               \
-    "SELECT q.i, q.num, sc.id IS NOT NULL, s.status, coalesce(s.hold_expires_at_ms, 0)"            \
+    "SELECT q.i, q.num, sc.id IS NOT NULL, s.status, coalesce(s.hold_expires_at_ms, 0),"           \
+    " coalesce(sc.waiting_room_limit, 0)"                                                          \
     " FROM unnest($1::int[], $2::bigint[], $3::int[]) AS q(i, sid, num)"                           \
     " LEFT JOIN schedules sc ON sc.id = q.sid"                                                     \
     " LEFT JOIN seats s ON s.schedule_id = q.sid AND s.number = q.num ORDER BY q.i, q.num"
@@ -266,6 +275,7 @@ precheck_one(rsv_precheck_t *c, const PGresult *res, int first, int64_t now_ms)
 {
     c->rc = -1;
     c->taken = 0;
+    c->waiting_room_limit = (int32_t)svc_pg_i64(res, first, 5);
     if (strcmp(PQgetvalue(res, first, 2), "t") != 0) {
         svc_err_set(&c->err, SVC_NOT_FOUND, "schedule %" PRId64 " not found", c->schedule_id);
         return;
@@ -350,6 +360,7 @@ rsv_store_precheck_many(svc_pg_pool_t *db, rsv_precheck_t *const *checks, int n_
         } else {
             checks[i]->rc = -1;
             checks[i]->taken = 0;
+            checks[i]->waiting_room_limit = 0;
             checks[i]->err = *err;
         }
     }

@@ -28,6 +28,8 @@
 typedef struct {
     int64_t id, concert_id, starts_at_ms;
     int32_t seat_count, available;
+    int32_t waiting_room_limit; /* 0: no waiting room */
+    int64_t admission_ttl_ms;
 } rsv_schedule_t;
 
 typedef struct {
@@ -41,6 +43,8 @@ typedef struct {
     int64_t starts_at_ms;
     int32_t seat_count;
     int64_t seat_price;
+    int32_t waiting_room_limit; /* 0: none */
+    int64_t admission_ttl_ms;   /* with a waiting room */
 } rsv_schedule_spec_t;
 
 typedef struct {
@@ -85,9 +89,10 @@ typedef struct {
     int64_t schedule_id;
     const int32_t *seats; /* ascending */
     int n;
-    int rc;        /* out: 0 free, -1 refused or failed (err says which) */
-    int32_t taken; /* out: as rsv_store_precheck's *taken, 0 when none */
-    svc_err_t err; /* out */
+    int rc;                     /* out: 0 free, -1 refused or failed (err says which) */
+    int32_t waiting_room_limit; /* out: the schedule's, when it exists (0: none) */
+    int32_t taken;              /* out: as rsv_store_precheck's *taken, 0 when none */
+    svc_err_t err;              /* out */
 } rsv_precheck_t;
 
 /*

@@ -377,10 +377,21 @@ int
 rsv_hold(const rsv_instance_t *inst, svc_arena_t *arena, int64_t user, int64_t schedule_id,
          const int32_t *seats, size_t n, reservation_t **res, svc_err_t *err)
 {
+    return rsv_hold_admitted(inst, arena, user, schedule_id, seats, n, NULL, res, err);
+}
+
+int
+rsv_hold_admitted(const rsv_instance_t *inst, svc_arena_t *arena, int64_t user, int64_t schedule_id,
+                  const int32_t *seats, size_t n, const char *token, reservation_t **res,
+                  svc_err_t *err)
+{
     Reservation__V1__HoldSeatsRequest req = RESERVATION__V1__HOLD_SEATS_REQUEST__INIT;
     ProtobufCMessage *out = NULL;
     int rc;
 
+    if (token != NULL) {
+        req.admission_token = (char *)token;
+    }
     req.user_id = user;
     req.schedule_id = schedule_id;
     req.seat_numbers = (int32_t *)seats;

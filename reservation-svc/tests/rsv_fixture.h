@@ -136,6 +136,10 @@ int rsv_list_seats_call(const rsv_instance_t *inst, svc_arena_t *arena, int64_t 
                         Reservation__V1__ListSeatsResponse **out, svc_err_t *err);
 int rsv_hold(const rsv_instance_t *inst, svc_arena_t *arena, int64_t user, int64_t schedule_id,
              const int32_t *seats, size_t n, reservation_t **res, svc_err_t *err);
+/* HoldSeats with an admission token (NULL: none). */
+int rsv_hold_admitted(const rsv_instance_t *inst, svc_arena_t *arena, int64_t user,
+                      int64_t schedule_id, const int32_t *seats, size_t n, const char *token,
+                      reservation_t **res, svc_err_t *err);
 int rsv_get(const rsv_instance_t *inst, svc_arena_t *arena, int64_t id, reservation_t **res,
             svc_err_t *err);
 int rsv_cancel(const rsv_instance_t *inst, svc_arena_t *arena, int64_t id, int64_t user,

@@ -1,0 +1,5 @@
+-- A schedule may have a waiting room: at most waiting_room_limit users are
+-- admitted to HoldSeats at a time, each for admission_ttl_ms. 0: none.
+ALTER TABLE schedules
+    ADD COLUMN waiting_room_limit integer NOT NULL DEFAULT 0 CHECK (waiting_room_limit >= 0),
+    ADD COLUMN admission_ttl_ms bigint NOT NULL DEFAULT 600000 CHECK (admission_ttl_ms > 0);

@@ -1,0 +1,230 @@
+/*
+ * test_reservation_waiting_room.c: schedules with a waiting room, over real
+ * gRPC. CreateConcert takes and ListConcerts shows waiting_room_limit and
+ * admission_ttl_ms; HoldSeats on such a schedule needs an admission token of
+ * its user for that schedule, signed with the key every instance shares
+ * (ADMISSION_KEY_FILE), and refuses a missing, forged, expired or borrowed
+ * one with FAILED_PRECONDITION and no trace in the database. The tokens here
+ * are signed by the test with the instances' key, as the waiting room will.
+ * argv: reservation-svc, balance-svc, lock-svc.
+ *
+ * Two reservation-svc instances on one database share the key: a token one
+ * would sign, the other honours. Instance b has not seen the schedule when
+ * it is first asked, so its first refusal comes from its database read.
+ */
+#define _GNU_SOURCE
+#include <inttypes.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "reservation_admission.h"
+#include "rsv_fixture.h"
+#include "svc/timer.h"
+
+#define KEY "waiting-room-test-key-0123456789abcdef"
+#define OTHER_KEY "someone-elses-key-0123456789abcdef-0000"
+
+static rsv_instance_t rsv_a, rsv_b;
+static char key_path[] = "/tmp/rsv-admission-key-XXXXXX";
+static char key_env[64];
+
+static rsv_admission_key_t
+key_of(const char *k)
+{
+    rsv_admission_key_t key;
+    svc_err_t err;
+
+    assert_int_equal(rsv_admission_key_set(&key, k, strlen(k), &err), 0);
+    return key;
+}
+
+/* A token for user on schedule, valid for ttl_ms from now, signed with k. */
+static const char *
+token_for(svc_arena_t *arena, const char *k, int64_t user, int64_t schedule, int64_t ttl_ms)
+{
+    rsv_admission_key_t key = key_of(k);
+    char *t = svc_arena_alloc(arena, RSV_ADMISSION_TOKEN_MAX);
+
+    assert_int_equal(rsv_admission_sign(&key, user, schedule, 1, svc_now_unix_ms() + ttl_ms, t,
+                                        RSV_ADMISSION_TOKEN_MAX),
+                     0);
+    return t;
+}
+
+/* A schedule of 10 seats at 100 with a waiting room of limit (ttl 0: the default). */
+static int64_t
+room_schedule(svc_arena_t *arena, int32_t limit, int64_t ttl_ms)
+{
+    Reservation__V1__ScheduleSpec **specs =
+        rsv_specs(arena, 1, svc_now_unix_ms() + FIXTURE_DAY_MS, 10, 100);
+    Reservation__V1__Concert *concert = NULL;
+    svc_err_t err;
+
+    specs[0]->waiting_room_limit = limit;
+    specs[0]->admission_ttl_ms = ttl_ms;
+    expect_ok(
+        "CreateConcert with a waiting room",
+        rsv_create_concert(&rsv_a, arena, "on-sale", specs, 1, FIXTURE_ADMIN_AUTH, &concert, &err),
+        &err);
+    assert_int_equal(concert->schedules[0]->waiting_room_limit, limit);
+    assert_int_equal(concert->schedules[0]->admission_ttl_ms, ttl_ms != 0 ? ttl_ms : 600000);
+    return concert->schedules[0]->id;
+}
+
+static void
+test_schedule_settings(void **state)
+{
+    static const struct {
+        int32_t limit;
+        int64_t ttl;
+        const char *why;
+    } bad[] = {
+        {-1, 0, "waiting_room_limit"},
+        {1000001, 0, "waiting_room_limit"},
+        {10, 999, "admission_ttl_ms"},
+        {10, 86400001, "admission_ttl_ms"},
+        {0, 60000, "needs a waiting_room_limit"},
+    };
+    svc_arena_t *arena = *state;
+    int64_t sched = room_schedule(arena, 50, 0), plain = rsv_new_schedule(&rsv_a, arena, 5, 10);
+    Reservation__V1__Schedule *listed;
+
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        Reservation__V1__ScheduleSpec **specs =
+            rsv_specs(arena, 1, svc_now_unix_ms() + FIXTURE_DAY_MS, 10, 100);
+        Reservation__V1__Concert *concert = NULL;
+        svc_err_t err;
+        specs[0]->waiting_room_limit = bad[i].limit;
+        specs[0]->admission_ttl_ms = bad[i].ttl;
+        expect_code(
+            "CreateConcert with a bad waiting room",
+            rsv_create_concert(&rsv_a, arena, "bad", specs, 1, FIXTURE_ADMIN_AUTH, &concert, &err),
+            &err, SVC_INVALID_ARGUMENT);
+        if (strstr(err.msg, bad[i].why) == NULL) {
+            fail_msg("case %zu: \"%s\" does not name %s", i, err.msg, bad[i].why);
+        }
+    }
+    listed = rsv_listed_schedule(&rsv_b, arena, sched);
+    assert_int_equal(listed->waiting_room_limit, 50);
+    assert_int_equal(listed->admission_ttl_ms, 600000);
+    listed = rsv_listed_schedule(&rsv_b, arena, plain);
+    assert_int_equal(listed->waiting_room_limit, 0);
+    assert_int_equal(listed->admission_ttl_ms, 0);
+}
+
+/* Fails unless the hold is refused as not admitted, saying why. */
+static void
+expect_not_admitted(const rsv_instance_t *inst, svc_arena_t *arena, int64_t user, int64_t sched,
+                    int32_t seat, const char *token, const char *why)
+{
+    reservation_t *res = NULL;
+    svc_err_t err;
+    int rc = rsv_hold_admitted(inst, arena, user, sched, &seat, 1, token, &res, &err);
+
+    expect_code("HoldSeats without a good admission", rc, &err, SVC_FAILED_PRECONDITION);
+    if (strstr(err.msg, "not admitted") == NULL || strstr(err.msg, why) == NULL) {
+        fail_msg("HoldSeats refused with \"%s\", want \"not admitted\" and \"%s\"", err.msg, why);
+    }
+}
+
+static void
+test_hold_needs_admission(void **state)
+{
+    svc_arena_t *arena = *state;
+    int64_t sched = room_schedule(arena, 2, 60000), plain = rsv_new_schedule(&rsv_a, arena, 5, 10);
+    int64_t fan = rsv_funded_user(1000), other = rsv_funded_user(1000);
+    const int32_t one = 1, two = 2, three = 3;
+    reservation_t *res = NULL;
+    svc_err_t err;
+
+    /* Instance b has never seen the schedule: its database read finds the waiting room. */
+    expect_not_admitted(&rsv_b, arena, fan, sched, 1, NULL, "enter the waiting room");
+    expect_not_admitted(&rsv_b, arena, fan, sched, 1, "", "enter the waiting room");
+    expect_not_admitted(&rsv_a, arena, fan, sched, 1, NULL, "enter the waiting room");
+    expect_not_admitted(&rsv_a, arena, fan, sched, 1, token_for(arena, KEY, other, sched, 60000),
+                        "another user");
+    expect_not_admitted(&rsv_a, arena, fan, sched, 1, token_for(arena, KEY, fan, plain, 60000),
+                        "another schedule");
+    expect_not_admitted(&rsv_b, arena, fan, sched, 1,
+                        token_for(arena, OTHER_KEY, fan, sched, 60000), "not signed");
+    expect_not_admitted(&rsv_a, arena, fan, sched, 1, token_for(arena, KEY, fan, sched, -1),
+                        "expired");
+    expect_not_admitted(&rsv_a, arena, fan, sched, 1, "v1.1.2.3.4.deadbeef", "malformed");
+    /* Nothing was written for any of them. */
+    assert_int_equal(
+        db_int(&rsv_a.db, "SELECT count(*) FROM reservations WHERE schedule_id = %" PRId64, sched),
+        0);
+
+    /* Admitted: the same token holds through either instance. */
+    const char *admission = token_for(arena, KEY, fan, sched, 60000);
+    expect_ok("HoldSeats admitted, instance a",
+              rsv_hold_admitted(&rsv_a, arena, fan, sched, &one, 1, admission, &res, &err), &err);
+    expect_ok("HoldSeats admitted, instance b",
+              rsv_hold_admitted(&rsv_b, arena, fan, sched, &two, 1, admission, &res, &err), &err);
+    assert_int_equal(db_int(&rsv_a.db,
+                            "SELECT count(*) FROM reservations WHERE schedule_id = %" PRId64
+                            " AND user_id = %" PRId64 " AND status = 1",
+                            sched, fan),
+                     2);
+    /* A token does not make a taken seat free. */
+    expect_code("HoldSeats of a held seat, admitted",
+                rsv_hold_admitted(&rsv_a, arena, other, sched, &one, 1,
+                                  token_for(arena, KEY, other, sched, 60000), &res, &err),
+                &err, SVC_FAILED_PRECONDITION);
+    assert_null(strstr(err.msg, "not admitted"));
+    /* A schedule without a waiting room ignores tokens, good or bad. */
+    expect_ok("HoldSeats without a waiting room",
+              rsv_hold_admitted(&rsv_b, arena, other, plain, &three, 1, "anything", &res, &err),
+              &err);
+    db_check_schedule(&rsv_a.db, sched);
+}
+
+static const char *const env[] = {key_env, NULL};
+static const rsv_instance_spec_t instances[] = {
+    {&rsv_a, "reservation", env},
+    {&rsv_b, "reservation", env},
+};
+
+static int
+setup(void **state)
+{
+    int fd = mkstemp(key_path);
+
+    (void)state;
+    if (fd < 0 || write(fd, KEY, strlen(KEY)) != (ssize_t)strlen(KEY)) {
+        return -1;
+    }
+    close(fd);
+    snprintf(key_env, sizeof(key_env), "ADMISSION_KEY_FILE=%s", key_path);
+    return rsv_fixture_start_with(instances, 2);
+}
+
+static int
+teardown(void **state)
+{
+    (void)state;
+    unlink(key_path);
+    return rsv_fixture_stop_with(instances, 2);
+}
+
+int
+main(int argc, char **argv)
+{
+    const struct CMUnitTest tests[] = {
+        RSV_ARENA_TEST(test_schedule_settings),
+        RSV_ARENA_TEST(test_hold_needs_admission),
+    };
+
+    if (rsv_fixture_main_args(argc, argv) != 0) {
+        return 2;
+    }
+    return testenv_group_result(
+        cmocka_run_group_tests(tests, setup, testenv_group_teardown(teardown)));
+}
