@@ -21,6 +21,7 @@
 
 #include "lock/v1/lock.pb-c.h"
 #include "svc/client.h"
+#include "svc/lock_client.h"
 #include "svc/timer.h"
 #include "testenv.h"
 
@@ -568,6 +569,116 @@ test_limit_holds_under_a_storm_on_two_instances(void **state)
     assert_int_equal(info.holders + info.waiting, 0);
 }
 
+/* ---------- the C client (svc/lock_client.h) ---------- */
+
+/* Waits for one asynchronous svc_sem_* call. */
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool done;
+    svc_err_t err;
+} waiter_t;
+
+static void
+waiter_done(const svc_err_t *err, void *arg)
+{
+    waiter_t *w = arg;
+
+    pthread_mutex_lock(&w->mu);
+    w->err = *err;
+    w->done = true;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+static svc_err_t
+waiter_wait(waiter_t *w)
+{
+    pthread_mutex_lock(&w->mu);
+    while (!w->done) {
+        pthread_cond_wait(&w->cv, &w->mu);
+    }
+    w->done = false;
+    pthread_mutex_unlock(&w->mu);
+    return w->err;
+}
+
+static void
+test_client_api(void **state)
+{
+    svc_sem_opts_t opts = {
+        .owner = "client-a", .limit = 1, .lease_ms = 30000, .ticket_ttl_ms = 30000};
+    waiter_t w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false, {0}};
+    svc_sem_ticket_t a, b;
+    svc_sem_info_t info;
+    svc_err_t err;
+    int64_t before;
+
+    (void)state;
+    assert_int_equal(svc_sem_enter(client[0], "client:sem", &opts, &a, &err), 0);
+    assert_string_equal(a.name, "client:sem");
+    assert_int_equal(a.position, 0);
+    opts.owner = "client-b";
+    svc_sem_enter_async(client[1], "client:sem", &opts, &b, waiter_done, &w);
+    assert_int_equal(waiter_wait(&w).code, SVC_OK);
+    assert_int_equal(b.position, 1);
+    assert_true(b.seq > a.seq);
+
+    assert_int_equal(svc_sem_get(client[0], "client:sem", b.ticket, NULL, &info, &err), 0);
+    assert_int_equal(info.limit, 1);
+    assert_int_equal(info.holders, 1);
+    assert_int_equal(info.waiting, 1);
+    assert_int_equal(info.position, 1);
+    assert_int_equal(info.expires_at_ms, b.expires_at_ms);
+
+    before = b.expires_at_ms;
+    svc_sem_extend_async(client[0], &b, 60000, NULL, waiter_done, &w);
+    assert_int_equal(waiter_wait(&w).code, SVC_OK);
+    assert_int_equal(b.position, 1);
+    assert_true(b.expires_at_ms > before + 20000);
+
+    /* Fire and forget: the leave admits b, which Get shows soon. */
+    svc_sem_leave_async(client[1], &a, NULL);
+    for (int i = 0; i < 200 && position_of(0, "client:sem", b.ticket) != 0; i++) {
+        svc_sleep_ms(5);
+    }
+    assert_int_equal(position_of(0, "client:sem", b.ticket), 0);
+    svc_sem_get_async(client[1], "client:sem", a.ticket, NULL, &info, waiter_done, &w);
+    assert_int_equal(waiter_wait(&w).code, SVC_NOT_FOUND);
+
+    opts.limit = 2; /* another limit while b holds */
+    opts.owner = "client-c";
+    assert_int_equal(svc_sem_enter(client[0], "client:sem", &opts, &a, &err), -1);
+    assert_int_equal(err.code, SVC_FAILED_PRECONDITION);
+    opts.limit = 0;
+    assert_int_equal(svc_sem_enter(client[0], "client:sem", &opts, &a, &err), -1);
+    assert_int_equal(err.code, SVC_INVALID_ARGUMENT);
+    svc_sem_leave_async(client[0], &b, NULL);
+}
+
+/* Nobody listens: the client says so in the words the lock calls use. */
+static void
+test_client_unavailable(void **state)
+{
+    svc_sem_opts_t opts = {.owner = "x", .limit = 1};
+    char addr[64];
+    svc_client_t *none;
+    svc_sem_ticket_t t;
+    svc_sem_info_t info;
+    svc_err_t err;
+
+    (void)state;
+    snprintf(addr, sizeof(addr), "127.0.0.1:%d", testenv_free_port());
+    none = svc_client_get(addr, &err);
+    assert_non_null(none);
+    assert_int_equal(svc_sem_enter(none, "gone:sem", &opts, &t, &err), -1);
+    assert_int_equal(err.code, SVC_UNAVAILABLE);
+    assert_string_equal(err.msg, "lock service unavailable");
+    assert_int_equal(svc_sem_get(none, "gone:sem", NULL, NULL, &info, &err), -1);
+    assert_int_equal(err.code, SVC_UNAVAILABLE);
+    assert_string_equal(err.msg, "lock service unavailable");
+}
+
 /* ---------- set-up ---------- */
 
 static void
@@ -622,6 +733,8 @@ main(int argc, char **argv)
         cmocka_unit_test(test_lease_end_admits_next_without_a_call),
         cmocka_unit_test(test_waiting_ticket_past_its_ttl_is_skipped),
         cmocka_unit_test(test_limit_holds_under_a_storm_on_two_instances),
+        cmocka_unit_test(test_client_api),
+        cmocka_unit_test(test_client_unavailable),
     };
 
     if (argc < 2) {
