@@ -399,3 +399,253 @@ svc_lock_release_many(svc_client_t *lock_svc, const svc_lock_t *locks, int n,
                                release_done, r);
     }
 }
+
+/* ---------- semaphores ---------- */
+
+typedef enum { SEM_CALL_ENTER, SEM_CALL_LEAVE, SEM_CALL_EXTEND, SEM_CALL_GET } sem_call_kind_t;
+
+/* One semaphore call on its way, from its start until done has run. */
+typedef struct {
+    sem_call_kind_t kind;
+    svc_arena_t *arena; /* the answer */
+    char name[SVC_LOCK_KEY_MAX + 1];
+    void *out; /* enter, extend: svc_sem_ticket_t; get: svc_sem_info_t; leave: NULL */
+    svc_sem_fn done;
+    void *arg;
+} sem_call_t;
+
+static void
+sem_finish(sem_call_t *c, const svc_err_t *err)
+{
+    svc_err_t out = *err;
+
+    if (out.code == SVC_UNAVAILABLE) {
+        static svc_log_limit_t limit = SVC_LOG_LIMIT_INIT(5);
+        svc_logf_limited(&limit, SVC_LOG_WARN, "lock-svc unreachable: %s", out.msg);
+        svc_err_set(&out, SVC_UNAVAILABLE, "lock service unavailable");
+    }
+    if (c->kind == SEM_CALL_LEAVE) {
+        if (out.code != SVC_OK && out.code != SVC_NOT_FOUND) {
+            static svc_log_limit_t limit = SVC_LOG_LIMIT_INIT(5);
+            svc_logf_limited(&limit, SVC_LOG_WARN,
+                             "leave of semaphore %s failed, its lease frees it: %s", c->name,
+                             out.msg);
+        }
+    } else {
+        c->done(&out, c->arg);
+    }
+    svc_arena_destroy(c->arena);
+    free(c);
+}
+
+static void
+sem_answered(ProtobufCMessage *resp, const svc_err_t *err, void *arg)
+{
+    sem_call_t *c = arg;
+
+    if (err->code == SVC_OK && c->kind == SEM_CALL_ENTER) {
+        const Lock__V1__EnterSemaphoreResponse *r = (const void *)resp;
+        svc_sem_ticket_t *t = c->out;
+        snprintf(t->name, sizeof(t->name), "%s", c->name);
+        snprintf(t->ticket, sizeof(t->ticket), "%s", r->ticket);
+        snprintf(t->version, sizeof(t->version), "%s", r->version);
+        t->seq = r->seq;
+        t->position = r->position;
+        t->expires_at_ms = r->expires_at_ms;
+    } else if (err->code == SVC_OK && c->kind == SEM_CALL_EXTEND) {
+        const Lock__V1__ExtendSemaphoreResponse *r = (const void *)resp;
+        svc_sem_ticket_t *t = c->out;
+        t->position = r->position;
+        t->expires_at_ms = r->expires_at_ms;
+    } else if (err->code == SVC_OK && c->kind == SEM_CALL_GET) {
+        const Lock__V1__GetSemaphoreResponse *r = (const void *)resp;
+        svc_sem_info_t *info = c->out;
+        info->limit = r->limit;
+        info->holders = r->holders;
+        info->waiting = r->waiting;
+        info->position = r->position;
+        info->expires_at_ms = r->expires_at_ms;
+        snprintf(info->version, sizeof(info->version), "%s", r->version);
+    }
+    sem_finish(c, err);
+}
+
+/* Starts c's call: the round-trip margin, cut to opts->deadline_ms. */
+static void
+sem_start(svc_client_t *lock_svc, sem_call_t *c, const char *method, const ProtobufCMessage *req,
+          const ProtobufCMessageDescriptor *resp_desc, const svc_sem_opts_t *opts)
+{
+    svc_call_opts_t copts = {.timeout_ms = CALL_MARGIN_MS};
+    svc_err_t err;
+
+    if (opts != NULL) {
+        copts.parent = opts->parent;
+        copts.request_id = opts->request_id;
+        if (opts->deadline_ms > 0) {
+            int64_t left = opts->deadline_ms - svc_now_unix_ms();
+            if (left <= 0) {
+                svc_err_set(&err, SVC_DEADLINE_EXCEEDED,
+                            "deadline exceeded before semaphore %s was asked", c->name);
+                sem_finish(c, &err);
+                return;
+            }
+            copts.timeout_ms = left < copts.timeout_ms ? left : copts.timeout_ms;
+        }
+    }
+    if ((c->arena = svc_arena_create()) == NULL) {
+        svc_err_set(&err, SVC_RESOURCE_EXHAUSTED, "out of memory");
+        sem_finish(c, &err);
+        return;
+    }
+    svc_client_unary_async(lock_svc, method, req, resp_desc, c->arena, &copts, sem_answered, c);
+}
+
+/* A new call of kind for name, or NULL after reporting RESOURCE_EXHAUSTED to done. */
+static sem_call_t *
+sem_call_new(sem_call_kind_t kind, const char *name, void *out, svc_sem_fn done, void *arg)
+{
+    sem_call_t *c = calloc(1, sizeof(*c));
+    svc_err_t err;
+
+    if (c == NULL) {
+        svc_err_set(&err, SVC_RESOURCE_EXHAUSTED, "out of memory");
+        if (done != NULL) {
+            done(&err, arg);
+        }
+        return NULL;
+    }
+    c->kind = kind;
+    snprintf(c->name, sizeof(c->name), "%s", name != NULL ? name : "");
+    c->out = out;
+    c->done = done;
+    c->arg = arg;
+    return c;
+}
+
+void
+svc_sem_enter_async(svc_client_t *lock_svc, const char *name, const svc_sem_opts_t *opts,
+                    svc_sem_ticket_t *out, svc_sem_fn done, void *arg)
+{
+    Lock__V1__EnterSemaphoreRequest req = LOCK__V1__ENTER_SEMAPHORE_REQUEST__INIT;
+    sem_call_t *c = sem_call_new(SEM_CALL_ENTER, name, out, done, arg);
+
+    if (c == NULL) {
+        return;
+    }
+    req.name = (char *)(name != NULL ? name : "");
+    req.owner = (char *)(opts->owner != NULL ? opts->owner : "");
+    req.limit = opts->limit;
+    req.lease_ms = opts->lease_ms;
+    req.ticket_ttl_ms = opts->ticket_ttl_ms;
+    sem_start(lock_svc, c, "/lock.v1.LockService/EnterSemaphore", &req.base,
+              &lock__v1__enter_semaphore_response__descriptor, opts);
+}
+
+void
+svc_sem_leave_async(svc_client_t *lock_svc, const svc_sem_ticket_t *ticket, const char *request_id)
+{
+    Lock__V1__LeaveSemaphoreRequest req = LOCK__V1__LEAVE_SEMAPHORE_REQUEST__INIT;
+    svc_sem_opts_t opts = {.request_id = request_id};
+    sem_call_t *c = sem_call_new(SEM_CALL_LEAVE, ticket->name, NULL, NULL, NULL);
+
+    if (c == NULL) {
+        svc_logf(SVC_LOG_WARN, "leave of semaphore %s: out of memory, its lease frees it",
+                 ticket->name);
+        return;
+    }
+    req.name = (char *)ticket->name;
+    req.ticket = (char *)ticket->ticket;
+    sem_start(lock_svc, c, "/lock.v1.LockService/LeaveSemaphore", &req.base,
+              &lock__v1__leave_semaphore_response__descriptor, &opts);
+}
+
+void
+svc_sem_extend_async(svc_client_t *lock_svc, svc_sem_ticket_t *ticket, int64_t lease_ms,
+                     const svc_sem_opts_t *opts, svc_sem_fn done, void *arg)
+{
+    Lock__V1__ExtendSemaphoreRequest req = LOCK__V1__EXTEND_SEMAPHORE_REQUEST__INIT;
+    sem_call_t *c = sem_call_new(SEM_CALL_EXTEND, ticket->name, ticket, done, arg);
+
+    if (c == NULL) {
+        return;
+    }
+    req.name = ticket->name;
+    req.ticket = ticket->ticket;
+    req.lease_ms = lease_ms;
+    sem_start(lock_svc, c, "/lock.v1.LockService/ExtendSemaphore", &req.base,
+              &lock__v1__extend_semaphore_response__descriptor, opts);
+}
+
+void
+svc_sem_get_async(svc_client_t *lock_svc, const char *name, const char *ticket,
+                  const svc_sem_opts_t *opts, svc_sem_info_t *out, svc_sem_fn done, void *arg)
+{
+    Lock__V1__GetSemaphoreRequest req = LOCK__V1__GET_SEMAPHORE_REQUEST__INIT;
+    sem_call_t *c = sem_call_new(SEM_CALL_GET, name, out, done, arg);
+
+    if (c == NULL) {
+        return;
+    }
+    req.name = (char *)(name != NULL ? name : "");
+    req.ticket = (char *)(ticket != NULL ? ticket : "");
+    sem_start(lock_svc, c, "/lock.v1.LockService/GetSemaphore", &req.base,
+              &lock__v1__get_semaphore_response__descriptor, opts);
+}
+
+/* Waits for one asynchronous semaphore call. */
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool done;
+    svc_err_t err;
+} sem_wait_t;
+
+static void
+sem_wait_done(const svc_err_t *err, void *arg)
+{
+    sem_wait_t *w = arg;
+
+    pthread_mutex_lock(&w->mu);
+    w->err = *err;
+    w->done = true;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+static int
+sem_wait(sem_wait_t *w, svc_err_t *err)
+{
+    pthread_mutex_lock(&w->mu);
+    while (!w->done) {
+        pthread_cond_wait(&w->cv, &w->mu);
+    }
+    pthread_mutex_unlock(&w->mu);
+    pthread_cond_destroy(&w->cv);
+    pthread_mutex_destroy(&w->mu);
+    *err = w->err;
+    return err->code == SVC_OK ? 0 : -1;
+}
+
+int
+svc_sem_enter(svc_client_t *lock_svc, const char *name, const svc_sem_opts_t *opts,
+              svc_sem_ticket_t *out, svc_err_t *err)
+{
+    sem_wait_t w = {.done = false};
+
+    pthread_mutex_init(&w.mu, NULL);
+    pthread_cond_init(&w.cv, NULL);
+    svc_sem_enter_async(lock_svc, name, opts, out, sem_wait_done, &w);
+    return sem_wait(&w, err);
+}
+
+int
+svc_sem_get(svc_client_t *lock_svc, const char *name, const char *ticket,
+            const svc_sem_opts_t *opts, svc_sem_info_t *out, svc_err_t *err)
+{
+    sem_wait_t w = {.done = false};
+
+    pthread_mutex_init(&w.mu, NULL);
+    pthread_cond_init(&w.cv, NULL);
+    svc_sem_get_async(lock_svc, name, ticket, opts, out, sem_wait_done, &w);
+    return sem_wait(&w, err);
+}

@@ -31,7 +31,7 @@
 #include "svc/timer.h"
 
 #define MAX_ARGS 16
-#define MAX_SCRIPTS 8
+#define MAX_SCRIPTS 16
 #define MAX_LANES 64
 #define RECONNECT_PAUSE_MS 100
 #define CONNECT_TIMEOUT_MS 500

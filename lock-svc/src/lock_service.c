@@ -22,6 +22,7 @@
 #include <string.h>
 
 #include "lock/v1/lock.pb-c.h"
+#include "lock_sem.h"
 #include "lock_service.h"
 #include "lock_waiters.h"
 #include "svc/log.h"
@@ -33,6 +34,7 @@ struct lock_service {
     svc_server_t *server;
     lock_store_t *store;
     lock_waiters_t *waiters;
+    lock_sem_t *sem;
     lock_limits_t limits;
 };
 
@@ -267,7 +269,19 @@ lock_service_create(svc_server_t *server, lock_store_t *store, const lock_limits
         free(svc);
         return NULL;
     }
+    if ((svc->sem = lock_sem_create(store, &svc->limits, err)) == NULL) {
+        lock_waiters_stop(svc->waiters);
+        lock_waiters_destroy(svc->waiters);
+        free(svc);
+        return NULL;
+    }
     return svc;
+}
+
+lock_sem_t *
+lock_service_sem(lock_service_t *svc)
+{
+    return svc->sem;
 }
 
 int
@@ -279,6 +293,11 @@ lock_service_register(lock_service_t *svc, svc_err_t *err)
         {"Release", SVC_METHOD_UNARY, handle_release, NULL, 1},
         {"Extend", SVC_METHOD_UNARY, handle_extend, NULL, 1},
         {"GetLock", SVC_METHOD_UNARY, handle_get_lock, NULL, 1},
+        {"EnterSemaphore", SVC_METHOD_UNARY, lock_sem_handle_enter, NULL, 1},
+        {"LeaveSemaphore", SVC_METHOD_UNARY, lock_sem_handle_leave, NULL, 1},
+        {"ExtendSemaphore", SVC_METHOD_UNARY, lock_sem_handle_extend, NULL, 1},
+        {"GetSemaphore", SVC_METHOD_UNARY, lock_sem_handle_get, NULL, 1},
+        {"WatchSemaphore", SVC_METHOD_SERVER_STREAM, lock_sem_handle_watch, NULL, 1},
     };
 
     if (svc_server_add_service(svc->server, &lock__v1__lock_service__descriptor, handlers,
@@ -293,6 +312,7 @@ lock_service_stop(lock_service_t *svc)
 {
     if (svc != NULL) {
         lock_waiters_stop(svc->waiters);
+        lock_sem_stop(svc->sem);
     }
 }
 
@@ -303,5 +323,6 @@ lock_service_destroy(lock_service_t *svc)
         return;
     }
     lock_waiters_destroy(svc->waiters);
+    lock_sem_destroy(svc->sem);
     free(svc);
 }

@@ -21,10 +21,12 @@ typedef struct {
 /* The service takes no ownership of store or server; both must outlive it. */
 lock_service_t *lock_service_create(svc_server_t *server, lock_store_t *store,
                                     const lock_limits_t *limits, svc_err_t *err);
+/* The semaphores' half (lock_sem.c), for their handlers. */
+struct lock_sem *lock_service_sem(lock_service_t *svc);
 /* Registers lock.v1.LockService on the server and starts the store. Before the server starts. */
 int lock_service_register(lock_service_t *svc, svc_err_t *err);
 /*
- * Stops the waiters' timers; hand-offs are ignored from now on. After the
+ * Stops the waiters' and the semaphores' timers; hand-offs are ignored from now on. After the
  * server has shut down, before the store is destroyed. NULL is a no-op.
  */
 void lock_service_stop(lock_service_t *svc);

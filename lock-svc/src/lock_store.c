@@ -60,6 +60,7 @@
 #include <hiredis/hiredis.h>
 
 #include "lock_redis.h"
+#include "lock_sem_store.h"
 #include "lock_store.h"
 #include "svc/log.h"
 #include "svc/timer.h"
@@ -90,7 +91,8 @@ enum {
     SCRIPT_LEAVE,
     SCRIPT_GET,
     SCRIPT_LIVE,
-    SCRIPT_COUNT
+    SCRIPT_SEM_FIRST, /* lock_sem_store's, LOCK_SEM_SCRIPTS of them */
+    SCRIPT_COUNT = SCRIPT_SEM_FIRST + LOCK_SEM_SCRIPTS
 };
 
 /*
@@ -849,6 +851,13 @@ lock_store_get_async(lock_store_t *s, const char *key, lock_store_cb cb, void *a
 }
 
 void
+lock_store_sem_script(lock_store_t *s, int lane, int i, int n_keys, const char *const *keys,
+                      int n_args, const char *const *args, lock_redis_cb cb, void *arg)
+{
+    lock_redis_script(s->redis, lane, SCRIPT_SEM_FIRST + i, n_keys, keys, n_args, args, cb, arg);
+}
+
+void
 lock_store_new_token(char *buf)
 {
     static const char hex[] = "0123456789abcdef";
@@ -1083,6 +1092,9 @@ lock_store_create(const char *url, int max_conns, svc_err_t *err)
     s->scripts[SCRIPT_LEAVE] = compose(lua_prelude, lua_leave);
     s->scripts[SCRIPT_GET] = compose("", lua_get);
     s->scripts[SCRIPT_LIVE] = compose("", lua_live);
+    for (int i = 0; i < LOCK_SEM_SCRIPTS; i++) {
+        s->scripts[SCRIPT_SEM_FIRST + i] = lock_sem_script_text(i);
+    }
     for (int i = 0; i < SCRIPT_COUNT; i++) {
         ok = ok && s->scripts[i] != NULL;
     }

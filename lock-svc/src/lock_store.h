@@ -141,6 +141,15 @@ void lock_store_promote_async(lock_store_t *store, const char *key, lock_store_c
 void lock_store_leave_async(lock_store_t *store, const char *key, const char *token,
                             lock_store_cb cb, void *arg);
 
+/*
+ * For lock_sem_store: sends semaphore script i (0 .. LOCK_SEM_SCRIPTS - 1)
+ * on lane; cb gets the raw reply on the lane's thread (see lock_redis_cb).
+ */
+struct redisReply;
+void lock_store_sem_script(lock_store_t *store, int lane, int i, int n_keys,
+                           const char *const *keys, int n_args, const char *const *args,
+                           void (*cb)(struct redisReply *reply, bool lost, void *arg), void *arg);
+
 /* Fills buf with LOCK_TOKEN_LEN random hex characters and a NUL. */
 void lock_store_new_token(char *buf);
 

@@ -107,4 +107,90 @@ typedef int (*svc_locked_fn)(const svc_lock_t *lock, void *arg, svc_err_t *err);
 int svc_lock_with(svc_client_t *lock_svc, const char *key, const svc_lock_opts_t *opts,
                   svc_locked_fn fn, void *arg, svc_err_t *err);
 
+/* ---------- semaphores: at most `limit` permits, a FIFO line for the rest ---------- */
+
+#define SVC_SEM_VERSION_MAX 48
+
+/* A ticket of a semaphore: a permit (position 0) or a place in its line. Plain data. */
+typedef struct {
+    char name[SVC_LOCK_KEY_MAX + 1];
+    char ticket[SVC_LOCK_TOKEN_MAX + 1];
+    int64_t seq;           /* the line is served in seq order */
+    int position;          /* 0: holds a permit; N >= 1: N-th in line */
+    int64_t expires_at_ms; /* unix ms: the lease's end (holding) or the place's (waiting) */
+    char version[SVC_SEM_VERSION_MAX]; /* the semaphore's version when this was answered */
+} svc_sem_ticket_t;
+
+/* A semaphore as GetSemaphore describes it. */
+typedef struct {
+    int limit; /* 0: nobody entered it */
+    int holders, waiting;
+    int position;          /* with a ticket: 0 holding, N >= 1 N-th in line */
+    int64_t expires_at_ms; /* with a ticket: its lease's or place's end */
+    char version[SVC_SEM_VERSION_MAX];
+} svc_sem_info_t;
+
+typedef struct {
+    const char *owner;      /* enter: required; one live ticket per owner */
+    int limit;              /* enter: 1..1000000; the semaphore's while it has tickets */
+    int64_t lease_ms;       /* enter: the permit's lease (0: the server default) */
+    int64_t ticket_ttl_ms;  /* enter: how long a place is kept unless extended (0: default) */
+    svc_call_t *parent;     /* the call being served: deadline, cancellation, request id */
+    int64_t deadline_ms;    /* unix ms, 0: none (for callers without one parent) */
+    const char *request_id; /* x-request-id when there is no parent; NULL: a new one */
+} svc_sem_opts_t;
+
+/*
+ * What the asynchronous semaphore calls report, once, on the client thread
+ * (see svc_client_unary_async: it must not block). err: OK, or
+ * UNAVAILABLE "lock service unavailable" (lock-svc or its Redis cannot be
+ * reached: fail closed; logged, at most a few lines a second), NOT_FOUND
+ * (the ticket is gone: left, or its lease or place ran out),
+ * FAILED_PRECONDITION (enter with another limit than the semaphore's),
+ * INVALID_ARGUMENT, DEADLINE_EXCEEDED or CANCELLED.
+ */
+typedef void (*svc_sem_fn)(const svc_err_t *err, void *arg);
+
+/*
+ * Enters semaphore name for opts->owner: a permit (out->position 0) or a
+ * place in its line. Entering again with the same owner while its ticket
+ * lives answers the same ticket, so a retry after UNAVAILABLE is safe.
+ * opts is copied; out must live until done runs.
+ */
+void svc_sem_enter_async(svc_client_t *lock_svc, const char *name, const svc_sem_opts_t *opts,
+                         svc_sem_ticket_t *out, svc_sem_fn done, void *arg);
+/* The same, waiting for the answer; not from a client-thread callback. 0 or -1 with err. */
+int svc_sem_enter(svc_client_t *lock_svc, const char *name, const svc_sem_opts_t *opts,
+                  svc_sem_ticket_t *out, svc_err_t *err);
+
+/*
+ * Gives the ticket's permit or place up without waiting for the answer (the
+ * next in line is admitted at once). A failure is logged as a warning, not
+ * reported: the lease or the place's TTL frees it anyway (NOT_FOUND, a
+ * ticket gone already, is not logged). The ticket is copied; request_id
+ * NULL: a new one.
+ */
+void svc_sem_leave_async(svc_client_t *lock_svc, const svc_sem_ticket_t *ticket,
+                         const char *request_id);
+
+/*
+ * Renews the ticket's lease (holding) or place (waiting) to lease_ms from now
+ * (0: the server default) and updates ticket->position and ->expires_at_ms.
+ * opts may be NULL (only parent, deadline_ms and request_id are read);
+ * ticket must live until done runs.
+ */
+void svc_sem_extend_async(svc_client_t *lock_svc, svc_sem_ticket_t *ticket, int64_t lease_ms,
+                          const svc_sem_opts_t *opts, svc_sem_fn done, void *arg);
+
+/*
+ * Describes semaphore name and, with ticket (NULL: none), where that ticket
+ * stands (NOT_FOUND when it is gone). opts as for extend; out must live until
+ * done runs.
+ */
+void svc_sem_get_async(svc_client_t *lock_svc, const char *name, const char *ticket,
+                       const svc_sem_opts_t *opts, svc_sem_info_t *out, svc_sem_fn done, void *arg);
+/* The same, waiting for the answer; not from a client-thread callback. */
+int svc_sem_get(svc_client_t *lock_svc, const char *name, const char *ticket,
+                const svc_sem_opts_t *opts, svc_sem_info_t *out, svc_err_t *err);
+
 #endif

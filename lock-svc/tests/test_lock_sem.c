@@ -1,0 +1,747 @@
+/*
+ * test_lock_sem.c: lock-svc's semaphores over real gRPC, two lock-svc
+ * instances on one real Redis started in a temp dir: the limit under a storm
+ * of enters across both instances, FIFO admission (checked by replaying the
+ * semaphore's event log), leave admitting the next at once, a lease end
+ * admitting the next with nobody calling, idempotent enter, a waiting
+ * ticket's TTL, and the error codes. argv[1] is the lock-svc binary.
+ */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <hiredis/hiredis.h>
+
+#include "lock/v1/lock.pb-c.h"
+#include "svc/client.h"
+#include "svc/lock_client.h"
+#include "svc/timer.h"
+#include "testenv.h"
+
+static const char *lock_svc_path;
+static testenv_redis_t redis;
+static testenv_proc_t inst[2];
+static svc_client_t *client[2];
+
+/* ---------- calls ---------- */
+
+typedef struct {
+    char ticket[65];
+    int64_t seq;
+    int position;
+    int64_t expires_at_ms;
+    char version[48];
+} ticket_t;
+
+static int
+call(int i, const char *method, const ProtobufCMessage *req, const ProtobufCMessageDescriptor *desc,
+     svc_arena_t *arena, ProtobufCMessage **resp, svc_err_t *err)
+{
+    char path[128];
+
+    snprintf(path, sizeof(path), "/lock.v1.LockService/%s", method);
+    return svc_client_unary(client[i], path, req, desc, arena, resp, NULL, err);
+}
+
+static int
+enter(int i, const char *name, const char *owner, int limit, int64_t lease_ms, int64_t ttl_ms,
+      ticket_t *out, svc_err_t *err)
+{
+    Lock__V1__EnterSemaphoreRequest req = LOCK__V1__ENTER_SEMAPHORE_REQUEST__INIT;
+    svc_arena_t *arena = svc_arena_create();
+    ProtobufCMessage *resp;
+    int rc;
+
+    req.name = (char *)name;
+    req.owner = (char *)owner;
+    req.limit = limit;
+    req.lease_ms = lease_ms;
+    req.ticket_ttl_ms = ttl_ms;
+    rc = call(i, "EnterSemaphore", &req.base, &lock__v1__enter_semaphore_response__descriptor,
+              arena, &resp, err);
+    if (rc == 0) {
+        Lock__V1__EnterSemaphoreResponse *r = (void *)resp;
+        snprintf(out->ticket, sizeof(out->ticket), "%s", r->ticket);
+        snprintf(out->version, sizeof(out->version), "%s", r->version);
+        out->seq = r->seq;
+        out->position = r->position;
+        out->expires_at_ms = r->expires_at_ms;
+    }
+    svc_arena_destroy(arena);
+    return rc;
+}
+
+static int
+leave(int i, const char *name, const char *ticket, svc_err_t *err)
+{
+    Lock__V1__LeaveSemaphoreRequest req = LOCK__V1__LEAVE_SEMAPHORE_REQUEST__INIT;
+    svc_arena_t *arena = svc_arena_create();
+    ProtobufCMessage *resp;
+    int rc;
+
+    req.name = (char *)name;
+    req.ticket = (char *)ticket;
+    rc = call(i, "LeaveSemaphore", &req.base, &lock__v1__leave_semaphore_response__descriptor,
+              arena, &resp, err);
+    svc_arena_destroy(arena);
+    return rc;
+}
+
+static int
+extend(int i, const char *name, const char *ticket, int64_t lease_ms, int *position,
+       int64_t *expires, svc_err_t *err)
+{
+    Lock__V1__ExtendSemaphoreRequest req = LOCK__V1__EXTEND_SEMAPHORE_REQUEST__INIT;
+    svc_arena_t *arena = svc_arena_create();
+    ProtobufCMessage *resp;
+    int rc;
+
+    req.name = (char *)name;
+    req.ticket = (char *)ticket;
+    req.lease_ms = lease_ms;
+    rc = call(i, "ExtendSemaphore", &req.base, &lock__v1__extend_semaphore_response__descriptor,
+              arena, &resp, err);
+    if (rc == 0) {
+        *position = ((Lock__V1__ExtendSemaphoreResponse *)resp)->position;
+        *expires = ((Lock__V1__ExtendSemaphoreResponse *)resp)->expires_at_ms;
+    }
+    svc_arena_destroy(arena);
+    return rc;
+}
+
+typedef struct {
+    int limit, holders, waiting, position;
+    int64_t expires_at_ms;
+} sem_info_t;
+
+static int
+get(int i, const char *name, const char *ticket, sem_info_t *out, svc_err_t *err)
+{
+    Lock__V1__GetSemaphoreRequest req = LOCK__V1__GET_SEMAPHORE_REQUEST__INIT;
+    svc_arena_t *arena = svc_arena_create();
+    ProtobufCMessage *resp;
+    int rc;
+
+    req.name = (char *)name;
+    req.ticket = (char *)(ticket != NULL ? ticket : "");
+    rc = call(i, "GetSemaphore", &req.base, &lock__v1__get_semaphore_response__descriptor, arena,
+              &resp, err);
+    if (rc == 0) {
+        Lock__V1__GetSemaphoreResponse *r = (void *)resp;
+        *out = (sem_info_t){r->limit, r->holders, r->waiting, r->position, r->expires_at_ms};
+    }
+    svc_arena_destroy(arena);
+    return rc;
+}
+
+/* The ticket's position, -1 when it is gone (NOT_FOUND); fails the test on anything else. */
+static int
+position_of(int i, const char *name, const char *ticket)
+{
+    sem_info_t info;
+    svc_err_t err;
+
+    if (get(i, name, ticket, &info, &err) != 0) {
+        if (err.code != SVC_NOT_FOUND) {
+            fail_msg("GetSemaphore: %s %s", svc_status_name(err.code), err.msg);
+        }
+        return -1;
+    }
+    return info.position;
+}
+
+/* ---------- Redis, read directly (reading does not settle anything) ---------- */
+
+static redisContext *
+redis_connect(void)
+{
+    redisContext *c = redisConnect("127.0.0.1", redis.port);
+
+    assert_non_null(c);
+    assert_int_equal(c->err, 0);
+    return c;
+}
+
+/* Whether ticket is among name's holders in Redis. */
+static bool
+redis_holds(redisContext *c, const char *name, const char *ticket)
+{
+    redisReply *r = redisCommand(c, "ZSCORE {sem:%s}:holders %s", name, ticket);
+    bool yes;
+
+    assert_non_null(r);
+    yes = r->type == REDIS_REPLY_STRING;
+    freeReplyObject(r);
+    return yes;
+}
+
+static long long
+redis_holders(redisContext *c, const char *name)
+{
+    redisReply *r = redisCommand(c, "ZCARD {sem:%s}:holders", name);
+    long long n;
+
+    assert_non_null(r);
+    assert_int_equal(r->type, REDIS_REPLY_INTEGER);
+    n = r->integer;
+    freeReplyObject(r);
+    return n;
+}
+
+/*
+ * Replays name's event log: every admit takes the lowest seq waiting (nobody
+ * overtaken), never more than limit hold at once, and every ticket that
+ * entered was admitted. Returns the number of admits.
+ */
+static int
+replay_log(const char *name, int limit, int entered)
+{
+    redisContext *c = redis_connect();
+    redisReply *r = redisCommand(c, "XRANGE {sem:%s}:log - +", name);
+    int64_t waiting[4096];
+    int n_waiting = 0, holders = 0, admits = 0, enters = 0;
+
+    assert_non_null(r);
+    assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+    for (size_t e = 0; e < r->elements; e++) {
+        redisReply *f = r->element[e]->element[1];
+        const char *kind = "";
+        int64_t seq = 0;
+
+        for (size_t j = 0; j + 1 < f->elements; j += 2) {
+            if (strcmp(f->element[j]->str, "kind") == 0) {
+                kind = f->element[j + 1]->str;
+            } else if (strcmp(f->element[j]->str, "seq") == 0) {
+                seq = strtoll(f->element[j + 1]->str, NULL, 10);
+            }
+        }
+        if (strcmp(kind, "enter") == 0) {
+            assert_true(n_waiting < 4096);
+            waiting[n_waiting++] = seq;
+            enters++;
+        } else if (strcmp(kind, "admit") == 0) {
+            int lowest = 0;
+            for (int k = 1; k < n_waiting; k++) {
+                if (waiting[k] < waiting[lowest]) {
+                    lowest = k;
+                }
+            }
+            assert_true(n_waiting > 0);
+            if (waiting[lowest] != seq) {
+                fail_msg("seq %lld admitted while %lld waited before it", (long long)seq,
+                         (long long)waiting[lowest]);
+            }
+            waiting[lowest] = waiting[--n_waiting];
+            if (++holders > limit) {
+                fail_msg("%d holders at once, limit %d", holders, limit);
+            }
+            admits++;
+        } else if (strcmp(kind, "leave") == 0 || strcmp(kind, "expire") == 0) {
+            int k;
+            for (k = 0; k < n_waiting && waiting[k] != seq; k++) {
+            }
+            if (k < n_waiting) {
+                waiting[k] = waiting[--n_waiting];
+            } else {
+                holders--;
+            }
+        }
+    }
+    freeReplyObject(r);
+    redisFree(c);
+    assert_int_equal(enters, entered);
+    return admits;
+}
+
+/* ---------- tests ---------- */
+
+static void
+expect_code(int rc, const svc_err_t *err, svc_status_t code)
+{
+    assert_int_equal(rc, -1);
+    if (err->code != code) {
+        fail_msg("wanted %s, got %s: %s", svc_status_name(code), svc_status_name(err->code),
+                 err->msg);
+    }
+}
+
+static void
+test_invalid_arguments(void **state)
+{
+    char long_name[202];
+    ticket_t t;
+    sem_info_t info;
+    svc_err_t err;
+    int pos;
+    int64_t exp;
+
+    (void)state;
+    memset(long_name, 'n', 201);
+    long_name[201] = '\0';
+    expect_code(enter(0, "", "o", 1, 0, 0, &t, &err), &err, SVC_INVALID_ARGUMENT);
+    expect_code(enter(0, long_name, "o", 1, 0, 0, &t, &err), &err, SVC_INVALID_ARGUMENT);
+    expect_code(enter(0, "has space", "o", 1, 0, 0, &t, &err), &err, SVC_INVALID_ARGUMENT);
+    expect_code(enter(0, "inv:a", "", 1, 0, 0, &t, &err), &err, SVC_INVALID_ARGUMENT);
+    expect_code(enter(0, "inv:a", "o", 0, 0, 0, &t, &err), &err, SVC_INVALID_ARGUMENT);
+    expect_code(enter(0, "inv:a", "o", -3, 0, 0, &t, &err), &err, SVC_INVALID_ARGUMENT);
+    expect_code(enter(0, "inv:a", "o", 1000001, 0, 0, &t, &err), &err, SVC_INVALID_ARGUMENT);
+    expect_code(enter(0, "inv:a", "o", 1, -1, 0, &t, &err), &err, SVC_INVALID_ARGUMENT);
+    expect_code(enter(0, "inv:a", "o", 1, 300001, 0, &t, &err), &err, SVC_INVALID_ARGUMENT);
+    expect_code(enter(0, "inv:a", "o", 1, 0, -1, &t, &err), &err, SVC_INVALID_ARGUMENT);
+    expect_code(enter(0, "inv:a", "o", 1, 0, 300001, &t, &err), &err, SVC_INVALID_ARGUMENT);
+    expect_code(leave(0, "inv:a", "", &err), &err, SVC_INVALID_ARGUMENT);
+    expect_code(leave(0, "bad name", "t", &err), &err, SVC_INVALID_ARGUMENT);
+    expect_code(extend(0, "inv:a", "", 1000, &pos, &exp, &err), &err, SVC_INVALID_ARGUMENT);
+    expect_code(extend(0, "inv:a", "t", -5, &pos, &exp, &err), &err, SVC_INVALID_ARGUMENT);
+    expect_code(get(0, "", NULL, &info, &err), &err, SVC_INVALID_ARGUMENT);
+    /* The edges are fine: limit 1000000, a 200-byte name; nothing was entered before. */
+    long_name[200] = '\0';
+    assert_int_equal(enter(0, long_name, "o", 1000000, 0, 0, &t, &err), 0);
+    assert_int_equal(t.position, 0);
+    assert_int_equal(get(1, "inv:a", NULL, &info, &err), 0);
+    assert_int_equal(info.limit, 0); /* never entered: nothing there */
+    assert_int_equal(info.holders + info.waiting, 0);
+}
+
+static void
+test_unknown_tickets_and_limits(void **state)
+{
+    ticket_t a, b;
+    sem_info_t info;
+    svc_err_t err;
+    int pos;
+    int64_t exp;
+
+    (void)state;
+    expect_code(leave(0, "codes:sem", "0123456789abcdef0123456789abcdef", &err), &err,
+                SVC_NOT_FOUND);
+    expect_code(extend(1, "codes:sem", "nope", 1000, &pos, &exp, &err), &err, SVC_NOT_FOUND);
+    expect_code(get(0, "codes:sem", "nope", &info, &err), &err, SVC_NOT_FOUND);
+
+    assert_int_equal(enter(0, "codes:sem", "alice", 2, 30000, 30000, &a, &err), 0);
+    /* The limit is the first Enter's while the semaphore has tickets. */
+    expect_code(enter(1, "codes:sem", "bob", 3, 30000, 30000, &b, &err), &err,
+                SVC_FAILED_PRECONDITION);
+    expect_code(enter(1, "codes:sem", "alice", 1, 30000, 30000, &b, &err), &err,
+                SVC_FAILED_PRECONDITION);
+    assert_int_equal(leave(1, "codes:sem", a.ticket, &err), 0);
+    /* Gone: its ticket is unknown now, and the empty semaphore takes a new limit. */
+    expect_code(leave(0, "codes:sem", a.ticket, &err), &err, SVC_NOT_FOUND);
+    expect_code(get(0, "codes:sem", a.ticket, &info, &err), &err, SVC_NOT_FOUND);
+    assert_int_equal(enter(1, "codes:sem", "bob", 3, 30000, 30000, &b, &err), 0);
+    assert_int_equal(get(0, "codes:sem", NULL, &info, &err), 0);
+    assert_int_equal(info.limit, 3);
+    assert_int_equal(info.holders, 1);
+    assert_int_equal(leave(0, "codes:sem", b.ticket, &err), 0);
+}
+
+static void
+test_enter_is_idempotent_per_owner(void **state)
+{
+    ticket_t h, w1, w2, again;
+    svc_err_t err;
+
+    (void)state;
+    assert_int_equal(enter(0, "idem:sem", "holder", 1, 30000, 30000, &h, &err), 0);
+    assert_int_equal(enter(0, "idem:sem", "waiter", 1, 30000, 30000, &w1, &err), 0);
+    assert_int_equal(w1.position, 1);
+    /* The same owner again, through the other instance: the same ticket, the same place. */
+    assert_int_equal(enter(1, "idem:sem", "waiter", 1, 30000, 30000, &w2, &err), 0);
+    assert_string_equal(w2.ticket, w1.ticket);
+    assert_int_equal(w2.seq, w1.seq);
+    assert_int_equal(w2.position, 1);
+    assert_int_equal(enter(1, "idem:sem", "holder", 1, 30000, 30000, &again, &err), 0);
+    assert_string_equal(again.ticket, h.ticket);
+    assert_int_equal(again.position, 0);
+    assert_string_not_equal(h.ticket, w1.ticket);
+    assert_int_equal(leave(0, "idem:sem", h.ticket, &err), 0);
+    assert_int_equal(leave(0, "idem:sem", w1.ticket, &err), 0);
+    /* Once it left, the owner gets a new ticket. */
+    assert_int_equal(enter(0, "idem:sem", "waiter", 1, 30000, 30000, &w2, &err), 0);
+    assert_string_not_equal(w2.ticket, w1.ticket);
+    assert_true(w2.seq > w1.seq);
+    assert_int_equal(leave(0, "idem:sem", w2.ticket, &err), 0);
+}
+
+/* Leave admits the next in line within its own script: admitted when Leave returns. */
+static void
+test_fifo_and_leave_admits_next_at_once(void **state)
+{
+    enum { N = 8, LIMIT = 2 };
+    ticket_t t[N];
+    char owner[32];
+    svc_err_t err;
+
+    (void)state;
+    for (int i = 0; i < N; i++) {
+        snprintf(owner, sizeof(owner), "fan-%d", i);
+        assert_int_equal(enter(i % 2, "fifo:sem", owner, LIMIT, 30000, 30000, &t[i], &err), 0);
+        assert_int_equal(t[i].position, i < LIMIT ? 0 : i - LIMIT + 1);
+        if (i > 0) {
+            assert_true(t[i].seq > t[i - 1].seq);
+        }
+    }
+    /* Holders leave one by one, alternating instances: each time the lowest waiting is in. */
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(leave((i + 1) % 2, "fifo:sem", t[i].ticket, &err), 0);
+        for (int j = i + 1; j < N; j++) {
+            int want = j <= i + LIMIT ? 0 : j - (i + LIMIT);
+            assert_int_equal(position_of(j % 2, "fifo:sem", t[j].ticket), want);
+        }
+    }
+    assert_int_equal(replay_log("fifo:sem", LIMIT, N), N);
+}
+
+/* Nobody calls lock-svc: the holder's lease ends and the next is admitted by the timer. */
+static void
+test_lease_end_admits_next_without_a_call(void **state)
+{
+    redisContext *c = redis_connect();
+    ticket_t h, w;
+    svc_err_t err;
+    int64_t t0;
+
+    (void)state;
+    assert_int_equal(enter(0, "lease:sem", "short", 1, 400, 30000, &h, &err), 0);
+    assert_int_equal(enter(1, "lease:sem", "next", 1, 30000, 30000, &w, &err), 0);
+    assert_int_equal(w.position, 1);
+    t0 = svc_now_mono_ms();
+    /* Only Redis is read from now on; reading it settles nothing. */
+    while (!redis_holds(c, "lease:sem", w.ticket) && svc_now_mono_ms() - t0 < 3000) {
+        svc_sleep_ms(5);
+    }
+    fprintf(stderr, "400 ms lease: the next was admitted %lld ms after it was taken\n",
+            (long long)(svc_now_mono_ms() - t0));
+    assert_true(redis_holds(c, "lease:sem", w.ticket));
+    assert_false(redis_holds(c, "lease:sem", h.ticket));
+    assert_true(svc_now_mono_ms() - t0 < 1500);
+    assert_int_equal(position_of(0, "lease:sem", h.ticket), -1);
+    assert_int_equal(leave(0, "lease:sem", w.ticket, &err), 0);
+    redisFree(c);
+}
+
+/* A waiting ticket whose place ran out is skipped; Extend keeps a place. */
+static void
+test_waiting_ticket_past_its_ttl_is_skipped(void **state)
+{
+    ticket_t h, gone, kept, last;
+    svc_err_t err;
+    int pos;
+    int64_t exp;
+
+    (void)state;
+    assert_int_equal(enter(0, "ttl:sem", "holder", 1, 30000, 30000, &h, &err), 0);
+    assert_int_equal(enter(1, "ttl:sem", "gone", 1, 30000, 300, &gone, &err), 0);
+    assert_int_equal(enter(0, "ttl:sem", "kept", 1, 30000, 300, &kept, &err), 0);
+    assert_int_equal(enter(1, "ttl:sem", "last", 1, 30000, 30000, &last, &err), 0);
+    assert_int_equal(last.position, 3);
+    assert_true(kept.expires_at_ms <= svc_now_unix_ms() + 300);
+    svc_sleep_ms(150);
+    assert_int_equal(extend(1, "ttl:sem", kept.ticket, 30000, &pos, &exp, &err), 0);
+    assert_int_equal(pos, 2);
+    assert_true(exp > svc_now_unix_ms() + 20000);
+    svc_sleep_ms(300);
+    /* gone's place ran out: it is dropped, everyone behind it moves up. */
+    assert_int_equal(position_of(0, "ttl:sem", gone.ticket), -1);
+    assert_int_equal(position_of(1, "ttl:sem", kept.ticket), 1);
+    assert_int_equal(position_of(1, "ttl:sem", last.ticket), 2);
+    assert_int_equal(leave(1, "ttl:sem", h.ticket, &err), 0);
+    assert_int_equal(position_of(0, "ttl:sem", kept.ticket), 0);
+    assert_int_equal(position_of(0, "ttl:sem", last.ticket), 1);
+    /* The holder's lease is extended with the same call. */
+    assert_int_equal(extend(0, "ttl:sem", kept.ticket, 60000, &pos, &exp, &err), 0);
+    assert_int_equal(pos, 0);
+    assert_true(exp > svc_now_unix_ms() + 50000);
+    assert_int_equal(leave(0, "ttl:sem", kept.ticket, &err), 0);
+    assert_int_equal(leave(0, "ttl:sem", last.ticket, &err), 0);
+    assert_int_equal(replay_log("ttl:sem", 1, 4), 3);
+}
+
+/* ---------- the storm ---------- */
+
+enum { STORM_LIMIT = 3, STORM_FANS = 40 };
+
+typedef struct {
+    atomic_int next_id;
+    atomic_int holding;     /* fans who know they hold a permit and have not left */
+    atomic_int max_holding; /* the most at once */
+    atomic_int over_limit;  /* GetSemaphore answers with more holders than the limit */
+    atomic_int failures;
+    atomic_int served;
+    atomic_bool done;
+} storm_t;
+
+static void *
+storm_fan(void *arg)
+{
+    storm_t *st = arg;
+    int id = atomic_fetch_add(&st->next_id, 1), i = id % 2;
+    char owner[32];
+    ticket_t t;
+    sem_info_t info;
+    svc_err_t err;
+    int64_t t0 = svc_now_mono_ms();
+
+    snprintf(owner, sizeof(owner), "storm-%d", id);
+    if (enter(i, "storm:sem", owner, STORM_LIMIT, 30000, 30000, &t, &err) != 0) {
+        fprintf(stderr, "enter: %s\n", err.msg);
+        atomic_fetch_add(&st->failures, 1);
+        return NULL;
+    }
+    while (t.position != 0 && svc_now_mono_ms() - t0 < 20000) {
+        svc_sleep_ms(3);
+        if (get(i, "storm:sem", t.ticket, &info, &err) != 0) {
+            atomic_fetch_add(&st->failures, 1);
+            return NULL;
+        }
+        if (info.holders > STORM_LIMIT) {
+            atomic_fetch_add(&st->over_limit, 1);
+        }
+        t.position = info.position;
+    }
+    if (t.position != 0) {
+        atomic_fetch_add(&st->failures, 1);
+        return NULL;
+    }
+    int now = atomic_fetch_add(&st->holding, 1) + 1, seen = atomic_load(&st->max_holding);
+    while (now > seen && !atomic_compare_exchange_weak(&st->max_holding, &seen, now)) {
+    }
+    svc_sleep_ms(10);
+    atomic_fetch_sub(&st->holding, 1); /* before Leave: the next may be admitted by it */
+    if (leave(1 - i, "storm:sem", t.ticket, &err) != 0) {
+        atomic_fetch_add(&st->failures, 1);
+    }
+    atomic_fetch_add(&st->served, 1);
+    return NULL;
+}
+
+/* Samples the holders in Redis while the storm runs. */
+static void *
+storm_sampler(void *arg)
+{
+    storm_t *st = arg;
+    redisContext *c = redis_connect();
+
+    while (!atomic_load(&st->done)) {
+        if (redis_holders(c, "storm:sem") > STORM_LIMIT) {
+            atomic_fetch_add(&st->over_limit, 1);
+        }
+        svc_sleep_ms(1);
+    }
+    redisFree(c);
+    return NULL;
+}
+
+static void
+test_limit_holds_under_a_storm_on_two_instances(void **state)
+{
+    storm_t st = {0};
+    pthread_t fans[STORM_FANS], sampler;
+    sem_info_t info;
+    svc_err_t err;
+
+    (void)state;
+    assert_int_equal(pthread_create(&sampler, NULL, storm_sampler, &st), 0);
+    for (int i = 0; i < STORM_FANS; i++) {
+        assert_int_equal(pthread_create(&fans[i], NULL, storm_fan, &st), 0);
+    }
+    for (int i = 0; i < STORM_FANS; i++) {
+        pthread_join(fans[i], NULL);
+    }
+    atomic_store(&st.done, true);
+    pthread_join(sampler, NULL);
+    fprintf(stderr, "storm: %d fans through a limit of %d, at most %d held at once\n",
+            atomic_load(&st.served), STORM_LIMIT, atomic_load(&st.max_holding));
+    assert_int_equal(atomic_load(&st.failures), 0);
+    assert_int_equal(atomic_load(&st.served), STORM_FANS);
+    assert_int_equal(atomic_load(&st.over_limit), 0);
+    assert_true(atomic_load(&st.max_holding) <= STORM_LIMIT);
+    /* Every fan was admitted once, in seq order, never more than the limit at once. */
+    assert_int_equal(replay_log("storm:sem", STORM_LIMIT, STORM_FANS), STORM_FANS);
+    assert_int_equal(get(0, "storm:sem", NULL, &info, &err), 0);
+    assert_int_equal(info.holders + info.waiting, 0);
+}
+
+/* ---------- the C client (svc/lock_client.h) ---------- */
+
+/* Waits for one asynchronous svc_sem_* call. */
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool done;
+    svc_err_t err;
+} waiter_t;
+
+static void
+waiter_done(const svc_err_t *err, void *arg)
+{
+    waiter_t *w = arg;
+
+    pthread_mutex_lock(&w->mu);
+    w->err = *err;
+    w->done = true;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+static svc_err_t
+waiter_wait(waiter_t *w)
+{
+    pthread_mutex_lock(&w->mu);
+    while (!w->done) {
+        pthread_cond_wait(&w->cv, &w->mu);
+    }
+    w->done = false;
+    pthread_mutex_unlock(&w->mu);
+    return w->err;
+}
+
+static void
+test_client_api(void **state)
+{
+    svc_sem_opts_t opts = {
+        .owner = "client-a", .limit = 1, .lease_ms = 30000, .ticket_ttl_ms = 30000};
+    waiter_t w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false, {0}};
+    svc_sem_ticket_t a, b;
+    svc_sem_info_t info;
+    svc_err_t err;
+    int64_t before;
+
+    (void)state;
+    assert_int_equal(svc_sem_enter(client[0], "client:sem", &opts, &a, &err), 0);
+    assert_string_equal(a.name, "client:sem");
+    assert_int_equal(a.position, 0);
+    opts.owner = "client-b";
+    svc_sem_enter_async(client[1], "client:sem", &opts, &b, waiter_done, &w);
+    assert_int_equal(waiter_wait(&w).code, SVC_OK);
+    assert_int_equal(b.position, 1);
+    assert_true(b.seq > a.seq);
+
+    assert_int_equal(svc_sem_get(client[0], "client:sem", b.ticket, NULL, &info, &err), 0);
+    assert_int_equal(info.limit, 1);
+    assert_int_equal(info.holders, 1);
+    assert_int_equal(info.waiting, 1);
+    assert_int_equal(info.position, 1);
+    assert_int_equal(info.expires_at_ms, b.expires_at_ms);
+
+    before = b.expires_at_ms;
+    svc_sem_extend_async(client[0], &b, 60000, NULL, waiter_done, &w);
+    assert_int_equal(waiter_wait(&w).code, SVC_OK);
+    assert_int_equal(b.position, 1);
+    assert_true(b.expires_at_ms > before + 20000);
+
+    /* Fire and forget: the leave admits b, which Get shows soon. */
+    svc_sem_leave_async(client[1], &a, NULL);
+    for (int i = 0; i < 200 && position_of(0, "client:sem", b.ticket) != 0; i++) {
+        svc_sleep_ms(5);
+    }
+    assert_int_equal(position_of(0, "client:sem", b.ticket), 0);
+    svc_sem_get_async(client[1], "client:sem", a.ticket, NULL, &info, waiter_done, &w);
+    assert_int_equal(waiter_wait(&w).code, SVC_NOT_FOUND);
+
+    opts.limit = 2; /* another limit while b holds */
+    opts.owner = "client-c";
+    assert_int_equal(svc_sem_enter(client[0], "client:sem", &opts, &a, &err), -1);
+    assert_int_equal(err.code, SVC_FAILED_PRECONDITION);
+    opts.limit = 0;
+    assert_int_equal(svc_sem_enter(client[0], "client:sem", &opts, &a, &err), -1);
+    assert_int_equal(err.code, SVC_INVALID_ARGUMENT);
+    svc_sem_leave_async(client[0], &b, NULL);
+}
+
+/* Nobody listens: the client says so in the words the lock calls use. */
+static void
+test_client_unavailable(void **state)
+{
+    svc_sem_opts_t opts = {.owner = "x", .limit = 1};
+    char addr[64];
+    svc_client_t *none;
+    svc_sem_ticket_t t;
+    svc_sem_info_t info;
+    svc_err_t err;
+
+    (void)state;
+    snprintf(addr, sizeof(addr), "127.0.0.1:%d", testenv_free_port());
+    none = svc_client_get(addr, &err);
+    assert_non_null(none);
+    assert_int_equal(svc_sem_enter(none, "gone:sem", &opts, &t, &err), -1);
+    assert_int_equal(err.code, SVC_UNAVAILABLE);
+    assert_string_equal(err.msg, "lock service unavailable");
+    assert_int_equal(svc_sem_get(none, "gone:sem", NULL, NULL, &info, &err), -1);
+    assert_int_equal(err.code, SVC_UNAVAILABLE);
+    assert_string_equal(err.msg, "lock service unavailable");
+}
+
+/* ---------- set-up ---------- */
+
+static void
+start_instance(int i)
+{
+    char url[128], env_url[160];
+    const char *env[] = {env_url, "LOG_LEVEL=warn", NULL};
+    svc_err_t err;
+
+    testenv_redis_url(&redis, url, sizeof(url));
+    snprintf(env_url, sizeof(env_url), "REDIS_URL=%s", url);
+    assert_int_equal(testenv_proc_start(&inst[i], lock_svc_path, NULL, env), 0);
+    client[i] = svc_client_get(inst[i].addr, &err);
+    assert_non_null(client[i]);
+}
+
+static int
+setup(void **state)
+{
+    (void)state;
+    testenv_cleanup_on_exit();
+    if (testenv_redis_start(&redis) != 0) {
+        return -1;
+    }
+    start_instance(0);
+    start_instance(1);
+    return 0;
+}
+
+static int
+teardown(void **state)
+{
+    int s0, s1;
+
+    (void)state;
+    s0 = testenv_proc_stop(&inst[0]);
+    s1 = testenv_proc_stop(&inst[1]);
+    testenv_redis_stop(&redis);
+    svc_client_release_all();
+    /* Both instances shut down cleanly (and, under ASan, without leaks). */
+    return s0 == 0 && s1 == 0 ? 0 : -1;
+}
+
+int
+main(int argc, char **argv)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_invalid_arguments),
+        cmocka_unit_test(test_unknown_tickets_and_limits),
+        cmocka_unit_test(test_enter_is_idempotent_per_owner),
+        cmocka_unit_test(test_fifo_and_leave_admits_next_at_once),
+        cmocka_unit_test(test_lease_end_admits_next_without_a_call),
+        cmocka_unit_test(test_waiting_ticket_past_its_ttl_is_skipped),
+        cmocka_unit_test(test_limit_holds_under_a_storm_on_two_instances),
+        cmocka_unit_test(test_client_api),
+        cmocka_unit_test(test_client_unavailable),
+    };
+
+    if (argc < 2) {
+        fprintf(stderr, "usage: %s path/to/lock-svc\n", argv[0]);
+        return 2;
+    }
+    lock_svc_path = argv[1];
+    return testenv_group_result(
+        cmocka_run_group_tests(tests, setup, testenv_group_teardown(teardown)));
+}
