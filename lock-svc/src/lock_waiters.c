@@ -397,10 +397,15 @@ grant_heard(keyq_t *q, const char *token, int64_t fence, int64_t px, after_t *a)
 {
     lock_waiter_t *w = keyq_find(q, token);
 
-    if (w == NULL) { /* nobody here waits for it (any more): give it back */
-        a->leave = true;
-        snprintf(a->key, sizeof(a->key), "%s", q != NULL ? q->key : "");
-        snprintf(a->token, sizeof(a->token), "%s", token);
+    if (w == NULL) {
+        /*
+         * Nobody here waits for it any more. Not given back from here: a
+         * waiter that left gave the lock on by its own leave (on the key's
+         * lane, after any hand-off to it), and a waiter already granted (its
+         * confirmation or a promote found the hand-off before this news came)
+         * holds it now, for a client that was told so. An unconfirmed grant
+         * nobody takes up runs out after its px.
+         */
         return;
     }
     if (px >= w->lease_ms) {
@@ -658,25 +663,17 @@ lock_waiters_event(const lock_event_t *ev, void *arg)
     switch (ev->kind) {
     case LOCK_EV_HANDED_HERE: {
         lock_waiter_t *w = keyq_find(q, ev->token);
-        if (w != NULL) {
+        if (w != NULL) { /* else it left, and its own leave gives the lock on */
             waiter_granted(w, ev->fence, &a);
-        } else { /* nobody here waits for it (any more): give it back */
-            a.leave = true;
-            snprintf(a.key, sizeof(a.key), "%s", ev->key);
-            snprintf(a.token, sizeof(a.token), "%s", ev->token);
         }
         if (q != NULL && q->head != NULL) {
             keyq_arm(q, ev->px); /* the others wait for this lease at most */
         }
         break;
     }
-    case LOCK_EV_GRANT_MESSAGE:
+    case LOCK_EV_GRANT_MESSAGE: /* with no waiter here: see grant_heard */
         if (q != NULL) {
             grant_heard(q, ev->token, ev->fence, ev->px, &a);
-        } else {
-            a.leave = true;
-            snprintf(a.key, sizeof(a.key), "%s", ev->key);
-            snprintf(a.token, sizeof(a.token), "%s", ev->token);
         }
         break;
     case LOCK_EV_HANDED_AWAY:

@@ -19,6 +19,7 @@
 #include <time.h>
 
 #include <cmocka.h>
+#include <hiredis/hiredis.h>
 
 #include "lock/v1/lock.pb-c.h"
 #include "svc/client.h"
@@ -405,6 +406,63 @@ test_release_hands_over_in_redis(void **state)
     pthread_join(t, NULL);
     assert_int_equal(job.rc, 0);
     assert_int_equal(job.lock.fence, info.fence);
+    assert_int_equal(job.release_rc, 0);
+}
+
+/*
+ * News of a hand-off can come late: a promote or the waiter's confirmation
+ * may find the hand-off first, the waiter is granted, and the message on its
+ * instance's grant channel arrives after. Such news must not take the lock
+ * from the client that holds it (lock-svc used to give the token's lock back
+ * when no waiter of its instance knew it, and a storm across two instances
+ * saw "release failed: held with another token"). Here the holder's own
+ * token is announced on every instance's channel, once with no waiter on
+ * the key and once with one waiting on the holder's instance: the lock stays
+ * the holder's, and the waiter gets it only from the release.
+ */
+static void
+test_late_grant_news_keeps_the_holder(void **state)
+{
+    svc_lock_opts_t opts = {.owner = "holder", .lease_ms = 30000};
+    waiter_job_t job = {.instance = 1, .key = "late:news", .wait_ms = 20000};
+    Lock__V1__GetLockResponse info = LOCK__V1__GET_LOCK_RESPONSE__INIT;
+    redisContext *c = redisConnect("127.0.0.1", redis.port);
+    redisReply *ids;
+    pthread_t t;
+    svc_lock_t held;
+    svc_err_t err;
+
+    (void)state;
+    assert_non_null(c);
+    assert_int_equal(c->err, 0);
+    assert_int_equal(svc_lock_acquire(client[1], "late:news", &opts, &held, &err), 0);
+    ids = redisCommand(c, "KEYS lock-svc:instance:*");
+    assert_non_null(ids);
+    assert_true(ids->elements >= 2); /* a killed instance's key may still be there */
+    for (int round = 0; round < 2; round++) {
+        if (round == 1) { /* now with a waiter on the holder's instance */
+            assert_int_equal(pthread_create(&t, NULL, waiter_thread, &job), 0);
+            wait_for_waiters(0, "late:news", 1);
+        }
+        for (size_t i = 0; i < ids->elements; i++) {
+            const char *id = ids->element[i]->str + strlen("lock-svc:instance:");
+            redisReply *r = redisCommand(c, "PUBLISH lock.v1:grant:%s %lld\n2000\n%s\nlate:news",
+                                         id, (long long)held.fence, held.token);
+            assert_non_null(r);
+            freeReplyObject(r);
+        }
+        svc_sleep_ms(300);
+        assert_int_equal(get_lock(0, "late:news", &info, &err), 0);
+        assert_true(info.held);
+        assert_int_equal(info.fence, held.fence);
+        assert_int_equal(info.waiters, round);
+    }
+    freeReplyObject(ids);
+    redisFree(c);
+    assert_int_equal(svc_lock_release(client[1], &held, NULL, &err), 0);
+    pthread_join(t, NULL);
+    assert_int_equal(job.rc, 0);
+    assert_true(job.lock.fence > held.fence);
     assert_int_equal(job.release_rc, 0);
 }
 
@@ -849,6 +907,7 @@ main(int argc, char **argv)
         cmocka_unit_test(test_dead_instance_waiters_are_skipped),
         cmocka_unit_test(test_scoped_lock_always_releases),
         cmocka_unit_test(test_storm_one_instance),
+        cmocka_unit_test(test_late_grant_news_keeps_the_holder),
         cmocka_unit_test(test_storm_two_instances),
         cmocka_unit_test(test_lost_acquire_reply_is_released),
         cmocka_unit_test(test_redis_down_then_back_empty),
