@@ -96,7 +96,8 @@ room_slot(int64_t schedule_id)
 }
 
 void
-reservation_room_remember(reservation_service_t *svc, int64_t schedule_id, int32_t limit)
+reservation_room_remember(reservation_service_t *svc, int64_t schedule_id, int32_t limit,
+                          int64_t ttl_ms)
 {
     pthread_mutex_lock(&svc->rooms_mu);
     if (svc->n_rooms >= RSV_KNOWN_ROOMS / 2) { /* keep probes short: start over */
@@ -109,15 +110,15 @@ reservation_room_remember(reservation_service_t *svc, int64_t schedule_id, int32
             svc->n_rooms += r->limit_plus_one == 0;
             r->schedule_id = schedule_id;
             r->limit_plus_one = limit + 1;
+            r->ttl_ms = ttl_ms;
             break;
         }
     }
     pthread_mutex_unlock(&svc->rooms_mu);
 }
 
-/* The schedule's waiting-room limit (0: none), or -1 when this instance has not seen it. */
-static int32_t
-room_limit(reservation_service_t *svc, int64_t schedule_id)
+int32_t
+reservation_room_limit(reservation_service_t *svc, int64_t schedule_id, int64_t *ttl_ms)
 {
     int32_t limit = -1;
 
@@ -126,6 +127,9 @@ room_limit(reservation_service_t *svc, int64_t schedule_id)
         const struct rsv_room_slot *r = &svc->rooms[(i + k) % RSV_KNOWN_ROOMS];
         if (r->limit_plus_one == 0 || r->schedule_id == schedule_id) {
             limit = r->limit_plus_one - 1;
+            if (ttl_ms != NULL) {
+                *ttl_ms = r->ttl_ms;
+            }
             break;
         }
     }
@@ -290,7 +294,7 @@ gate_enter(rsv_hold_t *h, bool on_worker)
     int made = 0;
 
     /* A schedule known to have a waiting room: refused here, without waiting for anyone. */
-    if (admitted(h, room_limit(svc, h->schedule_id), &err) != 0) {
+    if (admitted(h, reservation_room_limit(svc, h->schedule_id, NULL), &err) != 0) {
         h->state = H_DONE;
         svc_call_fail(h->call, &err);
         return;
@@ -495,7 +499,8 @@ precheck(reservation_service_t *svc, rsv_hold_t *h)
     pthread_mutex_unlock(&svc->precheck_mu);
     if (me.check.rc == 0 || me.check.err.code == SVC_FAILED_PRECONDITION ||
         me.check.err.code == SVC_INVALID_ARGUMENT) { /* the schedule exists: its room is known */
-        reservation_room_remember(svc, h->schedule_id, me.check.waiting_room_limit);
+        reservation_room_remember(svc, h->schedule_id, me.check.waiting_room_limit,
+                                  me.check.admission_ttl_ms);
     }
     h->taken = me.check.taken;
     h->err = me.check.err;
@@ -540,7 +545,8 @@ lead(void *arg)
                              .parent = h->call};
 
     /* Fail fast: a seat already held or sold is refused before anyone queues for its lock. */
-    if (precheck(svc, h) != 0 || admitted(h, room_limit(svc, h->schedule_id), &h->err) != 0 ||
+    if (precheck(svc, h) != 0 ||
+        admitted(h, reservation_room_limit(svc, h->schedule_id, NULL), &h->err) != 0 ||
         check_account(svc, h->call, h->user_id, &h->err) != 0) {
         gate_leave(h);
         return;

@@ -24,10 +24,11 @@
 typedef struct rsv_hold rsv_hold_t;
 typedef struct rsv_seat_entry rsv_seat_entry_t;
 
-/* A schedule and its waiting-room limit plus one (0: an empty slot). */
+/* A schedule, its waiting-room limit plus one (0: an empty slot) and admission TTL. */
 struct rsv_room_slot {
     int64_t schedule_id;
     int32_t limit_plus_one;
+    int64_t ttl_ms;
 };
 
 struct reservation_service {
@@ -75,8 +76,16 @@ void reservation_hold_start(reservation_service_t *svc, svc_call_t *call, int64_
                             int64_t schedule_id, const int32_t *seats, int n,
                             const char *admission_token);
 
-/* Remembers a schedule's waiting-room limit (0: none), as created or read. */
-void reservation_room_remember(reservation_service_t *svc, int64_t schedule_id, int32_t limit);
+/* Remembers a schedule's waiting room (limit 0: none), as created or read. */
+void reservation_room_remember(reservation_service_t *svc, int64_t schedule_id, int32_t limit,
+                               int64_t ttl_ms);
+/* A schedule's waiting-room limit (0: none), or -1 when not known here; *ttl_ms may be NULL. */
+int32_t reservation_room_limit(reservation_service_t *svc, int64_t schedule_id, int64_t *ttl_ms);
+
+/* EnterWaitingRoom, LeaveWaitingRoom, WatchWaitingRoom (reservation_room.c). */
+void reservation_room_enter(svc_call_t *call, const ProtobufCMessage *msg, void *user);
+void reservation_room_leave(svc_call_t *call, const ProtobufCMessage *msg, void *user);
+void reservation_room_watch(svc_call_t *call, const ProtobufCMessage *msg, void *user);
 
 /* Answers a HoldSeats with the reservation made. */
 void reservation_reply_held(svc_call_t *call, const rsv_reservation_t *r);

@@ -208,7 +208,8 @@ handle_create_concert(svc_call_t *call, const ProtobufCMessage *msg, void *user)
     }
     for (int i = 0; i < concert.n_schedules; i++) {
         reservation_room_remember(svc, concert.schedules[i].id,
-                                  concert.schedules[i].waiting_room_limit);
+                                  concert.schedules[i].waiting_room_limit,
+                                  concert.schedules[i].admission_ttl_ms);
     }
     resp.concert = to_pb_concert(arena, &concert);
     if (resp.concert == NULL) {
@@ -453,6 +454,9 @@ reservation_service_register(reservation_service_t *svc, svc_err_t *err)
         {"PayReservation", SVC_METHOD_UNARY, handle_pay, NULL, 0},
         {"CancelReservation", SVC_METHOD_UNARY, handle_cancel, NULL, 0},
         {"GetReservation", SVC_METHOD_UNARY, handle_get, NULL, 0},
+        {"EnterWaitingRoom", SVC_METHOD_UNARY, reservation_room_enter, NULL, 0},
+        {"WatchWaitingRoom", SVC_METHOD_SERVER_STREAM, reservation_room_watch, NULL, 0},
+        {"LeaveWaitingRoom", SVC_METHOD_UNARY, reservation_room_leave, NULL, 0},
     };
 
     return svc_server_add_service(svc->server, &reservation__v1__reservation_service__descriptor,

@@ -264,7 +264,7 @@ check_seats(const PGresult *res, int64_t schedule_id, const int32_t *seats, int 
  */
 #define SQL_PRECHECK                                                                               \
     "SELECT q.i, q.num, sc.id IS NOT NULL, s.status, coalesce(s.hold_expires_at_ms, 0),"           \
-    " coalesce(sc.waiting_room_limit, 0)"                                                          \
+    " coalesce(sc.waiting_room_limit, 0), coalesce(sc.admission_ttl_ms, 0)"                        \
     " FROM unnest($1::int[], $2::bigint[], $3::int[]) AS q(i, sid, num)"                           \
     " LEFT JOIN schedules sc ON sc.id = q.sid"                                                     \
     " LEFT JOIN seats s ON s.schedule_id = q.sid AND s.number = q.num ORDER BY q.i, q.num"
@@ -276,6 +276,7 @@ precheck_one(rsv_precheck_t *c, const PGresult *res, int first, int64_t now_ms)
     c->rc = -1;
     c->taken = 0;
     c->waiting_room_limit = (int32_t)svc_pg_i64(res, first, 5);
+    c->admission_ttl_ms = svc_pg_i64(res, first, 6);
     if (strcmp(PQgetvalue(res, first, 2), "t") != 0) {
         svc_err_set(&c->err, SVC_NOT_FOUND, "schedule %" PRId64 " not found", c->schedule_id);
         return;
@@ -361,6 +362,7 @@ rsv_store_precheck_many(svc_pg_pool_t *db, rsv_precheck_t *const *checks, int n_
             checks[i]->rc = -1;
             checks[i]->taken = 0;
             checks[i]->waiting_room_limit = 0;
+            checks[i]->admission_ttl_ms = 0;
             checks[i]->err = *err;
         }
     }
@@ -384,6 +386,35 @@ rsv_store_precheck(svc_pg_pool_t *db, int64_t schedule_id, const int32_t *seats,
     }
     *err = c.err;
     return c.rc;
+}
+
+int
+rsv_store_schedule_room(svc_pg_pool_t *db, int64_t schedule_id, int64_t deadline_ms, int32_t *limit,
+                        int64_t *ttl_ms, svc_err_t *err)
+{
+    char sched[24];
+    const char *p[] = {sched};
+    PGconn *conn = svc_pg_acquire(db, deadline_ms, err);
+    PGresult *res;
+    int rc = -1;
+
+    if (conn == NULL) {
+        return -1;
+    }
+    I64(sched, schedule_id);
+    res = svc_pg_exec(conn,
+                      "SELECT waiting_room_limit, admission_ttl_ms FROM schedules WHERE id = $1", 1,
+                      p, PGRES_TUPLES_OK, "read schedule", err);
+    svc_pg_release(db, conn, res == NULL && err->code == SVC_UNAVAILABLE);
+    if (res != NULL && PQntuples(res) == 0) {
+        svc_err_set(err, SVC_NOT_FOUND, "schedule %" PRId64 " not found", schedule_id);
+    } else if (res != NULL) {
+        *limit = (int32_t)svc_pg_i64(res, 0, 0);
+        *ttl_ms = svc_pg_i64(res, 0, 1);
+        rc = 0;
+    }
+    PQclear(res);
+    return rc;
 }
 
 /* ---------- holds ---------- */

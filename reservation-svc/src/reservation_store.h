@@ -75,6 +75,10 @@ int rsv_store_list_seats(svc_pg_pool_t *db, int64_t schedule_id, int64_t now_ms,
                          int64_t deadline_ms, svc_arena_t *arena, rsv_seat_t **out, int *n_out,
                          svc_err_t *err);
 
+/* A schedule's waiting room: limit (0: none) and admission TTL. NOT_FOUND when unknown. */
+int rsv_store_schedule_room(svc_pg_pool_t *db, int64_t schedule_id, int64_t deadline_ms,
+                            int32_t *limit, int64_t *ttl_ms, svc_err_t *err);
+
 /*
  * The fail-fast check before any lock, without locking anything: NOT_FOUND
  * for an unknown schedule, INVALID_ARGUMENT for a seat it does not have,
@@ -91,6 +95,7 @@ typedef struct {
     int n;
     int rc;                     /* out: 0 free, -1 refused or failed (err says which) */
     int32_t waiting_room_limit; /* out: the schedule's, when it exists (0: none) */
+    int64_t admission_ttl_ms;   /* out: the schedule's, when it exists */
     int32_t taken;              /* out: as rsv_store_precheck's *taken, 0 when none */
     svc_err_t err;              /* out */
 } rsv_precheck_t;

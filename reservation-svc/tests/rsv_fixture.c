@@ -231,8 +231,7 @@ expect_seat_numbers(const reservation_t *res, const int32_t *want, size_t n)
 
 /* ---------- ReservationService, typed ---------- */
 
-/* One ReservationService call; auth, when not NULL, is the authorization header. */
-static int
+int
 rsv_call(const rsv_instance_t *inst, const char *method, const ProtobufCMessage *req,
          const ProtobufCMessageDescriptor *desc, svc_arena_t *arena, ProtobufCMessage **out,
          const char *auth, int64_t timeout_ms, svc_err_t *err)

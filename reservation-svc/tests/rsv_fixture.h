@@ -112,6 +112,12 @@ void expect_seat_numbers(const reservation_t *res, const int32_t *want, size_t n
 
 /* ---------- ReservationService, typed ---------- */
 
+/* One ReservationService call (method: "HoldSeats"); auth, when not NULL, is the
+ * authorization header. */
+int rsv_call(const rsv_instance_t *inst, const char *method, const ProtobufCMessage *req,
+             const ProtobufCMessageDescriptor *desc, svc_arena_t *arena, ProtobufCMessage **out,
+             const char *auth, int64_t timeout_ms, svc_err_t *err);
+
 /* n schedule specs in arena: schedule i starts at starts0 + i hours. */
 Reservation__V1__ScheduleSpec **rsv_specs(svc_arena_t *arena, size_t n, int64_t starts0,
                                           int32_t seat_count, int64_t price);

@@ -186,6 +186,103 @@ test_hold_needs_admission(void **state)
     db_check_schedule(&rsv_a.db, sched);
 }
 
+/* EnterWaitingRoom for user on schedule through inst; 0 with *out, or -1 with err. */
+static int
+enter(const rsv_instance_t *inst, svc_arena_t *arena, int64_t user, int64_t sched,
+      Reservation__V1__EnterWaitingRoomResponse **out, svc_err_t *err)
+{
+    Reservation__V1__EnterWaitingRoomRequest req =
+        RESERVATION__V1__ENTER_WAITING_ROOM_REQUEST__INIT;
+
+    req.user_id = user;
+    req.schedule_id = sched;
+    return rsv_call(inst, "EnterWaitingRoom", &req.base,
+                    &reservation__v1__enter_waiting_room_response__descriptor, arena,
+                    (ProtobufCMessage **)out, NULL, 10000, err);
+}
+
+static int
+leave(const rsv_instance_t *inst, svc_arena_t *arena, const char *ticket, svc_err_t *err)
+{
+    Reservation__V1__LeaveWaitingRoomRequest req =
+        RESERVATION__V1__LEAVE_WAITING_ROOM_REQUEST__INIT;
+    ProtobufCMessage *out = NULL;
+
+    req.ticket = (char *)ticket;
+    return rsv_call(inst, "LeaveWaitingRoom", &req.base,
+                    &reservation__v1__leave_waiting_room_response__descriptor, arena, &out, NULL,
+                    10000, err);
+}
+
+/*
+ * A room of 2 entered by three users through both instances: two admitted
+ * with tokens that HoldSeats honours, the third in line without one;
+ * entering again returns the same ticket; the first leaving admits the third
+ * at once; bad requests get their codes.
+ */
+static void
+test_enter_and_leave(void **state)
+{
+    svc_arena_t *arena = *state;
+    int64_t sched = room_schedule(arena, 2, 60000), plain = rsv_new_schedule(&rsv_a, arena, 5, 10);
+    int64_t users[3] = {rsv_funded_user(1000), rsv_funded_user(1000), rsv_funded_user(1000)};
+    Reservation__V1__EnterWaitingRoomResponse *got[3], *again;
+    const int32_t seat = 4;
+    reservation_t *res = NULL;
+    svc_err_t err;
+
+    expect_code("EnterWaitingRoom of a schedule without one",
+                enter(&rsv_a, arena, users[0], plain, &again, &err), &err, SVC_FAILED_PRECONDITION);
+    expect_code("EnterWaitingRoom of an unknown schedule",
+                enter(&rsv_b, arena, users[0], sched + 100000, &again, &err), &err, SVC_NOT_FOUND);
+    expect_code("EnterWaitingRoom of user 0", enter(&rsv_a, arena, 0, sched, &again, &err), &err,
+                SVC_INVALID_ARGUMENT);
+    expect_code("LeaveWaitingRoom of a made-up ticket", leave(&rsv_a, arena, "not-a-ticket", &err),
+                &err, SVC_INVALID_ARGUMENT);
+
+    for (int i = 0; i < 3; i++) {
+        expect_ok("EnterWaitingRoom",
+                  enter(i % 2 ? &rsv_b : &rsv_a, arena, users[i], sched, &got[i], &err), &err);
+    }
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(got[i]->position, 0);
+        assert_true(strlen(got[i]->admission_token) > 0);
+        assert_true(got[i]->expires_at_ms > svc_now_unix_ms() + 50000);
+    }
+    assert_int_equal(got[2]->position, 1);
+    assert_string_equal(got[2]->admission_token, "");
+    /* The same user again, through the other instance: the same ticket, still in line. */
+    expect_ok("EnterWaitingRoom again", enter(&rsv_b, arena, users[2], sched, &again, &err), &err);
+    assert_string_equal(again->ticket, got[2]->ticket);
+    assert_int_equal(again->position, 1);
+    /* An admitted user's token holds seats; the one in line cannot. */
+    expect_ok("HoldSeats with the admission from EnterWaitingRoom",
+              rsv_hold_admitted(&rsv_b, arena, users[0], sched, &seat, 1, got[0]->admission_token,
+                                &res, &err),
+              &err);
+    expect_not_admitted(&rsv_a, arena, users[2], sched, 5, got[2]->admission_token,
+                        "enter the waiting room");
+    /* The first leaves: the third is admitted at once. */
+    expect_ok("LeaveWaitingRoom", leave(&rsv_a, arena, got[0]->ticket, &err), &err);
+    for (int i = 0; i < 50; i++) {
+        expect_ok("EnterWaitingRoom again", enter(&rsv_a, arena, users[2], sched, &again, &err),
+                  &err);
+        if (again->position == 0) {
+            break;
+        }
+        svc_sleep_ms(20); /* the leave is not waited for */
+    }
+    assert_string_equal(again->ticket, got[2]->ticket);
+    assert_int_equal(again->position, 0);
+    const int32_t five = 5;
+    expect_ok("HoldSeats once admitted",
+              rsv_hold_admitted(&rsv_a, arena, users[2], sched, &five, 1, again->admission_token,
+                                &res, &err),
+              &err);
+    /* Leaving twice, or a ticket gone, is fine. */
+    expect_ok("LeaveWaitingRoom again", leave(&rsv_b, arena, got[0]->ticket, &err), &err);
+}
+
 static const char *const env[] = {key_env, NULL};
 static const rsv_instance_spec_t instances[] = {
     {&rsv_a, "reservation", env},
@@ -220,6 +317,7 @@ main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         RSV_ARENA_TEST(test_schedule_settings),
         RSV_ARENA_TEST(test_hold_needs_admission),
+        RSV_ARENA_TEST(test_enter_and_leave),
     };
 
     if (rsv_fixture_main_args(argc, argv) != 0) {
