@@ -86,14 +86,25 @@ mac_hex(const rsv_admission_key_t *k, const char *msg, size_t len, char *hex)
     return true;
 }
 
+/* 1..RSV_ADMISSION_TICKET_MAX lowercase hex digits, the whole of s[0..len). */
+static bool
+is_ticket(const char *s, size_t len)
+{
+    return len >= 1 && len <= RSV_ADMISSION_TICKET_MAX && strspn(s, "0123456789abcdef") >= len;
+}
+
 int
 rsv_admission_sign(const rsv_admission_key_t *k, int64_t user_id, int64_t schedule_id,
-                   int64_t ticket_seq, int64_t expires_at_ms, char *out, size_t out_len)
+                   const char *ticket, int64_t expires_at_ms, char *out, size_t out_len)
 {
     char hex[MAC_HEX + 1];
-    int n = snprintf(out, out_len, PREFIX "%" PRId64 ".%" PRId64 ".%" PRId64 ".%" PRId64 ".",
-                     user_id, schedule_id, ticket_seq, expires_at_ms);
+    int n;
 
+    if (ticket == NULL || !is_ticket(ticket, strlen(ticket))) {
+        return -1;
+    }
+    n = snprintf(out, out_len, PREFIX "%" PRId64 ".%" PRId64 ".%s.%" PRId64 ".", user_id,
+                 schedule_id, ticket, expires_at_ms);
     if (n < 0 || (size_t)n + MAC_HEX + 1 > out_len || !mac_hex(k, out, (size_t)n, hex)) {
         return -1;
     }
@@ -126,21 +137,25 @@ take_number(const char **p, int64_t *v)
 }
 
 /*
- * Splits a token into its four numbers (user, schedule, ticket, expiry) and
- * where its MAC starts; false when it is not spelled exactly as we sign.
+ * Splits a token into user, schedule, ticket (copied into ticket) and
+ * expiry, and where its MAC starts; false when it is not spelled exactly as
+ * we sign.
  */
 static bool
-parse(const char *token, int64_t v[4], const char **mac)
+parse(const char *token, int64_t v[3], char *ticket, const char **mac)
 {
-    const char *p = token + strlen(PREFIX);
+    const char *p = token + strlen(PREFIX), *dot;
 
-    if (strlen(token) >= RSV_ADMISSION_TOKEN_MAX || strncmp(token, PREFIX, strlen(PREFIX)) != 0) {
+    if (strlen(token) >= RSV_ADMISSION_TOKEN_MAX || strncmp(token, PREFIX, strlen(PREFIX)) != 0 ||
+        !take_number(&p, &v[0]) || !take_number(&p, &v[1]) || (dot = strchr(p, '.')) == NULL ||
+        !is_ticket(p, (size_t)(dot - p))) {
         return false;
     }
-    for (int i = 0; i < 4; i++) {
-        if (!take_number(&p, &v[i])) {
-            return false;
-        }
+    memcpy(ticket, p, (size_t)(dot - p));
+    ticket[dot - p] = '\0';
+    p = dot + 1;
+    if (!take_number(&p, &v[2])) {
+        return false;
     }
     *mac = p;
     return strlen(p) == MAC_HEX && strspn(p, "0123456789abcdef") == MAC_HEX;
@@ -150,13 +165,14 @@ int
 rsv_admission_verify(const rsv_admission_key_t *k, const char *token, int64_t user_id,
                      int64_t schedule_id, int64_t now_ms, rsv_admission_t *out, svc_err_t *err)
 {
-    int64_t v[4] = {0, 0, 0, 0}; /* user, schedule, ticket, expiry */
+    int64_t v[3] = {0, 0, 0}; /* user, schedule, expiry */
+    char ticket[RSV_ADMISSION_TICKET_MAX + 1];
     const char *mac = NULL, *why = NULL;
     char want[MAC_HEX + 1];
 
     if (token == NULL || token[0] == '\0') {
         why = "no admission token; enter the waiting room first";
-    } else if (!parse(token, v, &mac)) {
+    } else if (!parse(token, v, ticket, &mac)) {
         why = "malformed admission token";
     } else if (!mac_hex(k, token, (size_t)(mac - token), want) ||
                CRYPTO_memcmp(want, mac, MAC_HEX) != 0) {
@@ -165,7 +181,7 @@ rsv_admission_verify(const rsv_admission_key_t *k, const char *token, int64_t us
         why = "admission token of another user";
     } else if (v[1] != schedule_id) {
         why = "admission token of another schedule";
-    } else if (v[3] <= now_ms) {
+    } else if (v[2] <= now_ms) {
         why = "admission expired; enter the waiting room again";
     }
     if (why != NULL) {
@@ -174,8 +190,8 @@ rsv_admission_verify(const rsv_admission_key_t *k, const char *token, int64_t us
         return -1;
     }
     if (out != NULL) {
-        out->ticket_seq = v[2];
-        out->expires_at_ms = v[3];
+        memcpy(out->ticket, ticket, sizeof(out->ticket));
+        out->expires_at_ms = v[2];
     }
     return 0;
 }

@@ -1,13 +1,14 @@
 /*
  * reservation_admission.h: admission tokens of the waiting room. A token
- * says "user U may hold seats of schedule S until T (ticket N)", signed with
+ * says "user U may hold seats of schedule S until T (ticket K)", signed with
  * HMAC-SHA256 under a key every instance shares, so any instance checks it
  * without asking anyone:
  *
- *     v1.<user>.<schedule>.<ticket seq>.<expires_at_ms>.<64 hex digits of the MAC>
+ *     v1.<user>.<schedule>.<ticket>.<expires_at_ms>.<64 hex digits of the MAC>
  *
- * The MAC covers everything before it. Tokens are short (under 140 bytes),
- * printable, and carry nothing secret.
+ * where ticket is the waiting room's ticket (lowercase hex), so that paying
+ * can end the admission. The MAC covers everything before it. Tokens are
+ * printable, under RSV_ADMISSION_TOKEN_MAX bytes, and carry nothing secret.
  */
 #ifndef RESERVATION_ADMISSION_H
 #define RESERVATION_ADMISSION_H
@@ -19,7 +20,8 @@
 
 #define RSV_ADMISSION_KEY_MIN 32  /* bytes of key at least */
 #define RSV_ADMISSION_KEY_MAX 256 /* bytes of key at most */
-#define RSV_ADMISSION_TOKEN_MAX 160
+#define RSV_ADMISSION_TOKEN_MAX 256
+#define RSV_ADMISSION_TICKET_MAX 64 /* hex digits of a ticket at most */
 
 typedef struct {
     unsigned char key[RSV_ADMISSION_KEY_MAX];
@@ -40,12 +42,13 @@ int rsv_admission_key_load(rsv_admission_key_t *k, const char *path, svc_err_t *
 int rsv_admission_key_random(rsv_admission_key_t *k, svc_err_t *err);
 
 /* Writes the token into out (RSV_ADMISSION_TOKEN_MAX bytes); 0, or -1 when it does not fit. */
+/* ticket: 1..RSV_ADMISSION_TICKET_MAX lowercase hex digits, else -1. */
 int rsv_admission_sign(const rsv_admission_key_t *k, int64_t user_id, int64_t schedule_id,
-                       int64_t ticket_seq, int64_t expires_at_ms, char *out, size_t out_len);
+                       const char *ticket, int64_t expires_at_ms, char *out, size_t out_len);
 
 /* What a good token says. */
 typedef struct {
-    int64_t ticket_seq;
+    char ticket[RSV_ADMISSION_TICKET_MAX + 1];
     int64_t expires_at_ms;
 } rsv_admission_t;
 

@@ -179,6 +179,7 @@ struct rsv_hold {
     int32_t taken; /* the seat found held or sold, 0 when none */
     svc_err_t err;
     char admission_token[RSV_ADMISSION_TOKEN_MAX]; /* as sent; cut (so refused) when longer */
+    rsv_admission_t admission; /* what a good token said (ticket "" when none was needed) */
 };
 
 /* A seat a leader of this instance is working on, and the calls parked on it. */
@@ -271,13 +272,13 @@ static void lead(void *arg);
  * of its user for that schedule: 0 when it has one, else -1 with err.
  */
 static int
-admitted(const rsv_hold_t *h, int32_t limit, svc_err_t *err)
+admitted(rsv_hold_t *h, int32_t limit, svc_err_t *err)
 {
     if (limit <= 0) {
         return 0;
     }
     return rsv_admission_verify(&h->svc->opts.admission_key, h->admission_token, h->user_id,
-                                h->schedule_id, svc_now_unix_ms(), NULL, err);
+                                h->schedule_id, svc_now_unix_ms(), &h->admission, err);
 }
 
 /*
@@ -581,9 +582,10 @@ write_hold(void *arg)
      * seat; the fence and the row check must refuse our write when we resume.
      */
     svc_failpoint_pause("hold_after_lock");
-    (void)rsv_store_hold(svc->db, h->user_id, h->schedule_id, h->seats, fences, h->n,
-                         svc_now_unix_ms(), svc->opts.hold_ttl_ms, reservation_db_deadline(h->call),
-                         svc_call_arena(h->call), &h->result, &h->taken, &h->err);
+    (void)rsv_store_hold(
+        svc->db, h->user_id, h->schedule_id, h->seats, fences, h->n, svc_now_unix_ms(),
+        svc->opts.hold_ttl_ms, h->admission.ticket[0] != '\0' ? h->admission.ticket : NULL,
+        reservation_db_deadline(h->call), svc_call_arena(h->call), &h->result, &h->taken, &h->err);
     /* After the commit: no other call inside a transaction. */
     svc_lock_release_many(svc->lock_svc, h->locks, h->n, svc_call_request_id(h->call));
     gate_leave(h);

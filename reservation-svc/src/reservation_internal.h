@@ -82,6 +82,9 @@ void reservation_room_remember(reservation_service_t *svc, int64_t schedule_id, 
 /* A schedule's waiting-room limit (0: none), or -1 when not known here; *ttl_ms may be NULL. */
 int32_t reservation_room_limit(reservation_service_t *svc, int64_t schedule_id, int64_t *ttl_ms);
 
+/* The lock-svc semaphore of schedule_id's waiting room, "room:<schedule>". */
+void reservation_room_name(char *buf, size_t len, int64_t schedule_id);
+
 /* EnterWaitingRoom, LeaveWaitingRoom, WatchWaitingRoom (reservation_room.c). */
 void reservation_room_enter(svc_call_t *call, const ProtobufCMessage *msg, void *user);
 void reservation_room_leave(svc_call_t *call, const ProtobufCMessage *msg, void *user);

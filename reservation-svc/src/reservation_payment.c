@@ -25,6 +25,7 @@
 #include "reservation_internal.h"
 #include "svc/balance_client.h"
 #include "svc/failpoint.h"
+#include "svc/lock_client.h"
 #include "svc/log.h"
 
 #define MAX_STEPS 8           /* transitions of one drive; a payment has at most 4 */
@@ -309,6 +310,27 @@ reservation_payment_drive(reservation_service_t *svc, rsv_payment_t *pay, svc_ca
     return -1;
 }
 
+/*
+ * A paid reservation on a schedule with a waiting room ends the admission
+ * that made its hold, so the next in line is admitted now rather than when
+ * the admission runs out. Best effort: its lease ends it anyway.
+ */
+static void
+end_admission(reservation_service_t *svc, svc_call_t *call, const rsv_reservation_t *r)
+{
+    svc_sem_ticket_t t = {0};
+    svc_err_t err;
+
+    if (reservation_room_limit(svc, r->schedule_id, NULL) == 0 ||
+        rsv_store_admission_ticket(svc->db, r->id, reservation_db_deadline(call), t.ticket,
+                                   sizeof(t.ticket), &err) != 0 ||
+        t.ticket[0] == '\0') {
+        return;
+    }
+    reservation_room_name(t.name, sizeof(t.name), r->schedule_id);
+    svc_sem_leave_async(svc->lock_svc, &t, svc_call_request_id(call));
+}
+
 int
 reservation_pay(reservation_service_t *svc, svc_call_t *call, int64_t reservation_id,
                 int64_t user_id, svc_arena_t *arena, rsv_reservation_t *r, rsv_payment_t *pay,
@@ -337,6 +359,7 @@ reservation_pay(reservation_service_t *svc, svc_call_t *call, int64_t reservatio
         return -1;
     }
     r->status = RSV_CONFIRMED;
+    end_admission(svc, call, r);
     if (pay->amount == 0) { /* nothing was charged: the answer still shows the balance */
         svc_call_opts_t opts = {.parent = call, .timeout_ms = 2000};
         svc_balance_result_t res;

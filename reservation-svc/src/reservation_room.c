@@ -26,9 +26,8 @@
 #define ROOM_PLACE_MS 60000 /* a place in line is kept this long unless renewed */
 #define ROOM_TICKET_MAX (24 + 1 + SVC_LOCK_TOKEN_MAX)
 
-/* The semaphore of schedule_id's waiting room. */
-static void
-room_name(char *buf, size_t len, int64_t schedule_id)
+void
+reservation_room_name(char *buf, size_t len, int64_t schedule_id)
 {
     snprintf(buf, len, "room:%" PRId64, schedule_id);
 }
@@ -52,7 +51,7 @@ ticket_parse(const char *s, int64_t *schedule_id, svc_sem_ticket_t *t, svc_err_t
         return -1;
     }
     memset(t, 0, sizeof(*t));
-    room_name(t->name, sizeof(t->name), id);
+    reservation_room_name(t->name, sizeof(t->name), id);
     snprintf(t->ticket, sizeof(t->ticket), "%s", dot + 1);
     *schedule_id = id;
     return 0;
@@ -115,9 +114,9 @@ entered(const svc_err_t *err, void *arg)
         return;
     }
     snprintf(ticket, ROOM_TICKET_MAX + 1, "%" PRId64 ".%s", e->schedule_id, e->ticket.ticket);
-    if (token != NULL &&
-        rsv_admission_sign(&e->svc->opts.admission_key, e->user_id, e->schedule_id, e->ticket.seq,
-                           e->ticket.expires_at_ms, token, RSV_ADMISSION_TOKEN_MAX) != 0) {
+    if (token != NULL && rsv_admission_sign(&e->svc->opts.admission_key, e->user_id, e->schedule_id,
+                                            e->ticket.ticket, e->ticket.expires_at_ms, token,
+                                            RSV_ADMISSION_TOKEN_MAX) != 0) {
         svc_err_t bad;
         svc_err_set(&bad, SVC_INTERNAL, "cannot sign the admission");
         svc_call_fail(e->call, &bad);
@@ -158,7 +157,7 @@ reservation_room_enter(svc_call_t *call, const ProtobufCMessage *msg, void *user
     e->user_id = req->user_id;
     e->schedule_id = req->schedule_id;
     snprintf(e->owner, sizeof(e->owner), "user:%" PRId64, req->user_id);
-    room_name(name, sizeof(name), req->schedule_id);
+    reservation_room_name(name, sizeof(name), req->schedule_id);
     opts.owner = e->owner;
     opts.limit = limit;
     opts.lease_ms = ttl_ms;

@@ -426,6 +426,7 @@ typedef struct {
     int n;
     rsv_reservation_t *out;
     int32_t *taken;
+    const char *admission_ticket; /* NULL: none */
 } hold_ctx_t;
 
 /*
@@ -542,12 +543,12 @@ hold_tx(PGconn *conn, void *arg, svc_err_t *err)
         return -1;
     }
     I64(amt, amount);
-    const char *pr[] = {user, sched, amt, expires, RSV_STR(RSV_HELD)};
+    const char *pr[] = {user, sched, amt, expires, RSV_STR(RSV_HELD), h->admission_ticket};
     res = svc_pg_exec(conn,
                       "INSERT INTO reservations (user_id, schedule_id, status, amount,"
-                      " expires_at_ms) VALUES ($1, $2, $5, $3, $4)"
+                      " expires_at_ms, admission_ticket) VALUES ($1, $2, $5, $3, $4, $6)"
                       " RETURNING id, (extract(epoch FROM created_at) * 1000)::bigint",
-                      5, pr, PGRES_TUPLES_OK, "write reservation", err);
+                      6, pr, PGRES_TUPLES_OK, "write reservation", err);
     if (res == NULL) {
         return -1;
     }
@@ -582,10 +583,12 @@ hold_tx(PGconn *conn, void *arg, svc_err_t *err)
 
 int
 rsv_store_hold(svc_pg_pool_t *db, int64_t user_id, int64_t schedule_id, const int32_t *seats,
-               const int64_t *fences, int n, int64_t now_ms, int64_t ttl_ms, int64_t deadline_ms,
-               svc_arena_t *arena, rsv_reservation_t *out, int32_t *taken, svc_err_t *err)
+               const int64_t *fences, int n, int64_t now_ms, int64_t ttl_ms,
+               const char *admission_ticket, int64_t deadline_ms, svc_arena_t *arena,
+               rsv_reservation_t *out, int32_t *taken, svc_err_t *err)
 {
-    hold_ctx_t h = {user_id, schedule_id, now_ms, ttl_ms, seats, fences, n, out, taken};
+    hold_ctx_t h = {user_id, schedule_id, now_ms, ttl_ms, seats,
+                    fences,  n,           out,    taken,  admission_ticket};
 
     if (n < 1 || n > RSV_MAX_SEATS) {
         svc_err_set(err, SVC_INVALID_ARGUMENT, "1 to %d seats per hold", RSV_MAX_SEATS);
@@ -599,6 +602,30 @@ rsv_store_hold(svc_pg_pool_t *db, int64_t user_id, int64_t schedule_id, const in
     memcpy(out->seats, seats, (size_t)n * sizeof(*seats));
     out->n_seats = n;
     return svc_pg_tx(db, deadline_ms, hold_tx, &h, err);
+}
+
+int
+rsv_store_admission_ticket(svc_pg_pool_t *db, int64_t reservation_id, int64_t deadline_ms,
+                           char *buf, size_t len, svc_err_t *err)
+{
+    char rid[24];
+    const char *p[] = {rid};
+    PGconn *conn = svc_pg_acquire(db, deadline_ms, err);
+    PGresult *res;
+
+    if (conn == NULL) {
+        return -1;
+    }
+    I64(rid, reservation_id);
+    res = svc_pg_exec(conn, "SELECT coalesce(admission_ticket, '') FROM reservations WHERE id = $1",
+                      1, p, PGRES_TUPLES_OK, "read admission", err);
+    svc_pg_release(db, conn, res == NULL && err->code == SVC_UNAVAILABLE);
+    if (res == NULL) {
+        return -1;
+    }
+    snprintf(buf, len, "%s", PQntuples(res) == 1 ? PQgetvalue(res, 0, 0) : "");
+    PQclear(res);
+    return 0;
 }
 
 /* ---------- reading ---------- */

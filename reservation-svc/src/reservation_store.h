@@ -114,11 +114,19 @@ int rsv_store_precheck_many(svc_pg_pool_t *db, rsv_precheck_t *const *checks, in
  * marked expired here), refuses a fence older than a seat's (ABORTED), and
  * writes the reservation. seats are ascending; fences[i] belongs to seats[i].
  * A seat found held or sold is named in *taken as for rsv_store_precheck.
+ * admission_ticket (NULL: none) is kept with the reservation.
  */
 int rsv_store_hold(svc_pg_pool_t *db, int64_t user_id, int64_t schedule_id, const int32_t *seats,
                    const int64_t *fences, int n, int64_t now_ms, int64_t ttl_ms,
-                   int64_t deadline_ms, svc_arena_t *arena, rsv_reservation_t *out, int32_t *taken,
-                   svc_err_t *err);
+                   const char *admission_ticket, int64_t deadline_ms, svc_arena_t *arena,
+                   rsv_reservation_t *out, int32_t *taken, svc_err_t *err);
+
+/*
+ * The waiting-room ticket that admitted reservation_id's hold into buf
+ * (len bytes; "" when none). 0, or -1 with err.
+ */
+int rsv_store_admission_ticket(svc_pg_pool_t *db, int64_t reservation_id, int64_t deadline_ms,
+                               char *buf, size_t len, svc_err_t *err);
 
 int rsv_store_get(svc_pg_pool_t *db, int64_t reservation_id, int64_t now_ms, int64_t deadline_ms,
                   svc_arena_t *arena, rsv_reservation_t *out, svc_err_t *err);

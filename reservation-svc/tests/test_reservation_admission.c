@@ -57,19 +57,19 @@ test_signed_token_admits(void **state)
     svc_err_t err;
 
     (void)state;
-    assert_int_equal(rsv_admission_sign(&k, 42, 7, 1001, NOW + 60000, token, sizeof(token)), 0);
-    assert_true(strncmp(token, "v1.42.7.1001.1800000060000.", 27) == 0);
+    assert_int_equal(rsv_admission_sign(&k, 42, 7, "ab12", NOW + 60000, token, sizeof(token)), 0);
+    assert_true(strncmp(token, "v1.42.7.ab12.1800000060000.", 27) == 0);
     assert_int_equal(strlen(token), 27 + 64);
     /* Another instance with the same key checks it without asking anyone. */
     assert_int_equal(rsv_admission_verify(&same, token, 42, 7, NOW, &a, &err), 0);
-    assert_int_equal(a.ticket_seq, 1001);
+    assert_string_equal(a.ticket, "ab12");
     assert_int_equal(a.expires_at_ms, NOW + 60000);
     /* Deterministic: the same facts sign to the same token. */
     char again[RSV_ADMISSION_TOKEN_MAX];
-    assert_int_equal(rsv_admission_sign(&k, 42, 7, 1001, NOW + 60000, again, sizeof(again)), 0);
+    assert_int_equal(rsv_admission_sign(&k, 42, 7, "ab12", NOW + 60000, again, sizeof(again)), 0);
     assert_string_equal(token, again);
     /* Too small a buffer is an error, not a cut token. */
-    assert_int_equal(rsv_admission_sign(&k, 42, 7, 1001, NOW + 60000, again, 60), -1);
+    assert_int_equal(rsv_admission_sign(&k, 42, 7, "ab12", NOW + 60000, again, 60), -1);
 }
 
 static void
@@ -80,27 +80,27 @@ test_bent_tokens_refused(void **state)
         forged[RSV_ADMISSION_TOKEN_MAX];
 
     (void)state;
-    assert_int_equal(rsv_admission_sign(&k, 42, 7, 1001, NOW + 60000, token, sizeof(token)), 0);
+    assert_int_equal(rsv_admission_sign(&k, 42, 7, "ab12", NOW + 60000, token, sizeof(token)), 0);
     expect_refused(&k, NULL, 42, 7, "no admission token");
     expect_refused(&k, "", 42, 7, "no admission token");
     expect_refused(&k, token, 43, 7, "another user");
     expect_refused(&k, token, 42, 8, "another schedule");
     /* Signed by someone with another key. */
     expect_refused(&other, token, 42, 7, "not signed by this service");
-    assert_int_equal(rsv_admission_sign(&other, 42, 7, 1001, NOW + 60000, forged, sizeof(forged)),
+    assert_int_equal(rsv_admission_sign(&other, 42, 7, "ab12", NOW + 60000, forged, sizeof(forged)),
                      0);
     expect_refused(&k, forged, 42, 7, "not signed by this service");
     /* A later expiry written over a good token's: the MAC no longer matches. */
-    snprintf(bent, sizeof(bent), "v1.42.7.1001.1900000060000.%s", token + 27);
+    snprintf(bent, sizeof(bent), "v1.42.7.ab12.1900000060000.%s", token + 27);
     expect_refused(&k, bent, 42, 7, "not signed by this service");
     /* One MAC digit changed. */
     snprintf(bent, sizeof(bent), "%s", token);
     bent[strlen(bent) - 1] = bent[strlen(bent) - 1] == '0' ? '1' : '0';
     expect_refused(&k, bent, 42, 7, "not signed by this service");
     /* Spellings we never sign: leading zero, sign, upper-case hex, short MAC, extra field. */
-    snprintf(bent, sizeof(bent), "v1.042.7.1001.1800000060000.%s", token + 27);
+    snprintf(bent, sizeof(bent), "v1.042.7.ab12.1800000060000.%s", token + 27);
     expect_refused(&k, bent, 42, 7, "malformed");
-    snprintf(bent, sizeof(bent), "v1.+42.7.1001.1800000060000.%s", token + 27);
+    snprintf(bent, sizeof(bent), "v1.+42.7.ab12.1800000060000.%s", token + 27);
     expect_refused(&k, bent, 42, 7, "malformed");
     snprintf(bent, sizeof(bent), "%s", token);
     bent[30] = 'A';
@@ -109,10 +109,17 @@ test_bent_tokens_refused(void **state)
     expect_refused(&k, bent, 42, 7, "malformed");
     snprintf(bent, sizeof(bent), "%s.1", token);
     expect_refused(&k, bent, 42, 7, "malformed");
-    expect_refused(&k, "v2.42.7.1001.1800000060000.00", 42, 7, "malformed");
-    expect_refused(&k, "v1.99999999999999999999.7.1.1.00", 42, 7, "malformed");
+    expect_refused(&k, "v2.42.7.ab12.1800000060000.00", 42, 7, "malformed");
+    snprintf(bent, sizeof(bent), "v1.42.7.AB12.1800000060000.%s", token + 27);
+    expect_refused(&k, bent, 42, 7, "malformed");
+    snprintf(bent, sizeof(bent), "v1.42.7..1800000060000.%s", token + 27);
+    expect_refused(&k, bent, 42, 7, "malformed");
+    /* A ticket we would not sign. */
+    assert_int_equal(rsv_admission_sign(&k, 42, 7, "", NOW, forged, sizeof(forged)), -1);
+    assert_int_equal(rsv_admission_sign(&k, 42, 7, "a.b", NOW, forged, sizeof(forged)), -1);
+    expect_refused(&k, "v1.99999999999999999999.7.ab.1.00", 42, 7, "malformed");
     /* Expired: at its expiry and after. */
-    assert_int_equal(rsv_admission_sign(&k, 42, 7, 1001, NOW, token, sizeof(token)), 0);
+    assert_int_equal(rsv_admission_sign(&k, 42, 7, "ab12", NOW, token, sizeof(token)), 0);
     expect_refused(&k, token, 42, 7, "admission expired");
 }
 
@@ -136,7 +143,7 @@ test_keys(void **state)
     close(fd);
     /* A file's key, trailing newline dropped, is the same key. */
     assert_int_equal(rsv_admission_key_load(&k, path, &err), 0);
-    assert_int_equal(rsv_admission_sign(&k, 1, 2, 3, NOW + 1, t1, sizeof(t1)), 0);
+    assert_int_equal(rsv_admission_sign(&k, 1, 2, "c3", NOW + 1, t1, sizeof(t1)), 0);
     rsv_admission_key_t direct = key_of(KEY);
     assert_int_equal(rsv_admission_verify(&direct, t1, 1, 2, NOW, NULL, &err), 0);
     unlink(path);
@@ -146,7 +153,7 @@ test_keys(void **state)
     /* Random keys differ: one instance's tokens are not another's. */
     assert_int_equal(rsv_admission_key_random(&r1, &err), 0);
     assert_int_equal(rsv_admission_key_random(&r2, &err), 0);
-    assert_int_equal(rsv_admission_sign(&r1, 1, 2, 3, NOW + 1, t1, sizeof(t1)), 0);
+    assert_int_equal(rsv_admission_sign(&r1, 1, 2, "c3", NOW + 1, t1, sizeof(t1)), 0);
     expect_refused(&r2, t1, 1, 2, "not signed by this service");
 }
 

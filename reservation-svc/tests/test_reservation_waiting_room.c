@@ -52,8 +52,8 @@ token_for(svc_arena_t *arena, const char *k, int64_t user, int64_t schedule, int
     rsv_admission_key_t key = key_of(k);
     char *t = svc_arena_alloc(arena, RSV_ADMISSION_TOKEN_MAX);
 
-    assert_int_equal(rsv_admission_sign(&key, user, schedule, 1, svc_now_unix_ms() + ttl_ms, t,
-                                        RSV_ADMISSION_TOKEN_MAX),
+    assert_int_equal(rsv_admission_sign(&key, user, schedule, "abc123", svc_now_unix_ms() + ttl_ms,
+                                        t, RSV_ADMISSION_TOKEN_MAX),
                      0);
     return t;
 }
@@ -156,7 +156,7 @@ test_hold_needs_admission(void **state)
                         token_for(arena, OTHER_KEY, fan, sched, 60000), "not signed");
     expect_not_admitted(&rsv_a, arena, fan, sched, 1, token_for(arena, KEY, fan, sched, -1),
                         "expired");
-    expect_not_admitted(&rsv_a, arena, fan, sched, 1, "v1.1.2.3.4.deadbeef", "malformed");
+    expect_not_admitted(&rsv_a, arena, fan, sched, 1, "v1.1.2.ab.4.deadbeef", "malformed");
     /* Nothing was written for any of them. */
     assert_int_equal(
         db_int(&rsv_a.db, "SELECT count(*) FROM reservations WHERE schedule_id = %" PRId64, sched),
@@ -283,6 +283,50 @@ test_enter_and_leave(void **state)
     expect_ok("LeaveWaitingRoom again", leave(&rsv_b, arena, got[0]->ticket, &err), &err);
 }
 
+/*
+ * Paying a reservation ends the admission that made its hold: in a room of
+ * one, the user in line is admitted the moment the first one pays.
+ */
+static void
+test_paying_ends_the_admission(void **state)
+{
+    svc_arena_t *arena = *state;
+    int64_t sched = room_schedule(arena, 1, 60000);
+    int64_t first = rsv_funded_user(1000), second = rsv_funded_user(1000);
+    Reservation__V1__EnterWaitingRoomResponse *a, *b, *again = NULL;
+    const int32_t seat = 7;
+    reservation_t *res = NULL;
+    pay_response_t *paid = NULL;
+    svc_err_t err;
+
+    expect_ok("EnterWaitingRoom", enter(&rsv_a, arena, first, sched, &a, &err), &err);
+    expect_ok("EnterWaitingRoom", enter(&rsv_b, arena, second, sched, &b, &err), &err);
+    assert_int_equal(a->position, 0);
+    assert_int_equal(b->position, 1);
+    expect_ok(
+        "HoldSeats admitted",
+        rsv_hold_admitted(&rsv_a, arena, first, sched, &seat, 1, a->admission_token, &res, &err),
+        &err);
+    assert_int_equal(db_int(&rsv_a.db,
+                            "SELECT count(*) FROM reservations WHERE id = %" PRId64
+                            " AND admission_ticket = '%s'",
+                            res->id, strchr(a->ticket, '.') + 1),
+                     1);
+    /* Not paid yet: the second still waits. */
+    expect_ok("EnterWaitingRoom again", enter(&rsv_b, arena, second, sched, &again, &err), &err);
+    assert_int_equal(again->position, 1);
+    expect_ok("PayReservation", rsv_pay(&rsv_b, arena, res->id, first, "room-pay", &paid, &err),
+              &err);
+    for (int i = 0; i < 50 && again->position != 0; i++) {
+        svc_sleep_ms(20); /* the admission is given up without waiting */
+        expect_ok("EnterWaitingRoom again", enter(&rsv_b, arena, second, sched, &again, &err),
+                  &err);
+    }
+    assert_int_equal(again->position, 0);
+    assert_string_equal(again->ticket, b->ticket);
+    assert_true(strlen(again->admission_token) > 0);
+}
+
 static const char *const env[] = {key_env, NULL};
 static const rsv_instance_spec_t instances[] = {
     {&rsv_a, "reservation", env},
@@ -318,6 +362,7 @@ main(int argc, char **argv)
         RSV_ARENA_TEST(test_schedule_settings),
         RSV_ARENA_TEST(test_hold_needs_admission),
         RSV_ARENA_TEST(test_enter_and_leave),
+        RSV_ARENA_TEST(test_paying_ends_the_admission),
     };
 
     if (rsv_fixture_main_args(argc, argv) != 0) {
