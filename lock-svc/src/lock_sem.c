@@ -187,7 +187,8 @@ lock_sem_create(lock_store_t *store, const lock_limits_t *limits, svc_err_t *err
     sem->limits = limits;
     pthread_mutex_init(&sem->mu, NULL);
     if ((sem->pool = svc_pool_create(1, 2, err)) == NULL ||
-        (sem->timers = svc_timers_create(sem->pool, err)) == NULL) {
+        (sem->timers = svc_timers_create(sem->pool, err)) == NULL ||
+        lock_sem_watch_init(sem, err) != 0) {
         lock_sem_stop(sem);
         lock_sem_destroy(sem);
         return NULL;
@@ -204,6 +205,7 @@ lock_sem_stop(lock_sem_t *sem)
     pthread_mutex_lock(&sem->mu);
     sem->stopping = true;
     pthread_mutex_unlock(&sem->mu);
+    lock_sem_watch_stop(sem);
     svc_timers_destroy(sem->timers); /* pending timers never fire */
     sem->timers = NULL;
     svc_pool_destroy(sem->pool); /* callbacks already queued run, and see stopping */
@@ -216,6 +218,7 @@ lock_sem_destroy(lock_sem_t *sem)
     if (sem == NULL) {
         return;
     }
+    lock_sem_watch_destroy(sem);
     for (int b = 0; sem->timers_by_name != NULL && b < N_BUCKETS; b++) {
         sem_timer_t *e = sem->timers_by_name[b];
         while (e != NULL) {

@@ -13,6 +13,7 @@
 #include "svc/timer.h"
 
 struct sem_timer;
+struct sem_watch;
 
 struct lock_sem {
     lock_store_t *store;
@@ -22,6 +23,12 @@ struct lock_sem {
     struct sem_timer **timers_by_name; /* N_BUCKETS chains */
     svc_pool_t *pool;
     svc_timers_t *timers;
+    struct sem_watch *watch; /* lock_sem_watch.c's */
 };
+
+/* lock_sem_watch.c: starts the log reader; stops it (before the store goes); frees. */
+int lock_sem_watch_init(lock_sem_t *sem, svc_err_t *err);
+void lock_sem_watch_stop(lock_sem_t *sem);
+void lock_sem_watch_destroy(lock_sem_t *sem);
 
 #endif

@@ -3,7 +3,7 @@
  * unpack, validate, call lock_sem_store, map the status. Nothing here
  * blocks: Redis answers on a lane's thread, which ends the call. Every
  * answer also tells lock_sem the semaphore's next lease or place end, for
- * its timer.
+ * its timer. WatchSemaphore is in lock_sem_watch.c.
  */
 #define _GNU_SOURCE
 #include <stdio.h>
@@ -209,17 +209,4 @@ lock_sem_handle_get(svc_call_t *call, const ProtobufCMessage *msg, void *user)
     if ((ctx = sem_ctx(call, user)) != NULL) {
         lock_sem_store_get_async(sem->store, req->name, req->ticket, get_done, ctx);
     }
-}
-
-/* ---------- WatchSemaphore ---------- */
-
-void
-lock_sem_handle_watch(svc_call_t *call, const ProtobufCMessage *msg, void *user)
-{
-    svc_err_t err;
-
-    (void)msg;
-    (void)user;
-    svc_err_set(&err, SVC_UNIMPLEMENTED, "WatchSemaphore is not implemented yet");
-    svc_call_finish(call, &err);
 }

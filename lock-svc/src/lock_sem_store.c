@@ -204,11 +204,36 @@ static const char lua_sem_get[] = "expire()\n"
                                   "end\n"
                                   "return answer(1, ARGV[1])\n";
 
-/* {version, limit, next_due, n holders, ticket, seq, exp, ... (holders, then the line)}. */
+/*
+ * ARGV: after ('' or a version). {version, limit, next_due, n holders,
+ * ticket, seq, exp, ... (holders, then the line)}; or {after, limit,
+ * next_due, -1} when the log still holds every event after `after` (nothing
+ * after it was trimmed, and Redis did not lose it): the watcher resumes.
+ */
 static const char lua_sem_snapshot[] =
+    "local after = ARGV[1]\n"
+    "local function id(v)\n"
+    "  local a, b = string.match(v, '^(%d+)-(%d+)$')\n"
+    "  return tonumber(a), tonumber(b)\n"
+    "end\n"
+    "local function le(x, y)\n"
+    "  local xa, xb = id(x)\n"
+    "  local ya, yb = id(y)\n"
+    "  return xa < ya or (xa == ya and xb <= yb)\n"
+    "end\n"
     "expire()\n"
     "admit()\n"
-    "local out = {current(), tonumber(redis.call('HGET', H, 'limit') or '0'), next_due(), 0}\n"
+    "local limit = tonumber(redis.call('HGET', H, 'limit') or '0')\n"
+    "if id(after) and redis.call('EXISTS', LOG) == 1 then\n"
+    "  local info, f = redis.call('XINFO', 'STREAM', LOG), {}\n"
+    "  for i = 1, #info - 1, 2 do f[info[i]] = info[i + 1] end\n"
+    "  local del, last = f['max-deleted-entry-id'], f['last-generated-id']\n"
+    "  if del and last and le(del, after) and le(after, last) then\n"
+    "    keep()\n"
+    "    return {after, limit, next_due(), -1}\n"
+    "  end\n"
+    "end\n"
+    "local out = {current(), limit, next_due(), 0}\n"
     "local hold = redis.call('ZRANGE', HOLD, 0, -1, 'WITHSCORES')\n"
     "for i = 1, #hold, 2 do\n"
     "  out[#out + 1] = hold[i]\n"
@@ -346,9 +371,14 @@ parse_snapshot(const redisReply *r, lock_sem_result_t *res, svc_err_t *err)
     snprintf(res->version, sizeof(res->version), "%s", item_str(r, 0));
     res->limit = item_int(r, 1);
     res->next_due_ms = item_int(r, 2);
+    res->position = -1;
+    if (item_int(r, 3) < 0) {
+        res->resumed = true;
+        svc_err_clear(err);
+        return;
+    }
     holders = (size_t)item_int(r, 3);
     n = (r->elements - 4) / 3;
-    res->position = -1;
     if (n > 0 && (res->tickets = calloc(n, sizeof(*res->tickets))) == NULL) {
         svc_err_set(err, SVC_RESOURCE_EXHAUSTED, "out of memory");
         return;
@@ -463,7 +493,10 @@ lock_sem_store_get_async(lock_store_t *s, const char *name, const char *ticket,
 }
 
 void
-lock_sem_store_snapshot_async(lock_store_t *s, const char *name, lock_sem_store_cb cb, void *arg)
+lock_sem_store_snapshot_async(lock_store_t *s, const char *name, const char *after,
+                              lock_sem_store_cb cb, void *arg)
 {
-    sem_run(s, SEM_SNAPSHOT, name, 0, NULL, cb, arg);
+    const char *args[] = {after != NULL ? after : ""};
+
+    sem_run(s, SEM_SNAPSHOT, name, 1, args, cb, arg);
 }

@@ -36,7 +36,9 @@ typedef struct {
     int64_t limit; /* 0: unset */
     int holders, waiting;
     int64_t next_due_ms; /* unix ms of the earliest lease or place end; 0: none */
-    /* snapshot only: holders first, then the line in order; freed after the callback */
+    /* snapshot only: resumed (nothing else is set but version = after, limit, next_due), or
+       the live tickets, holders first, then the line in order; freed after the callback */
+    bool resumed;
     lock_sem_ticket_t *tickets;
     int n_tickets;
 } lock_sem_result_t;
@@ -72,9 +74,13 @@ void lock_sem_store_extend_async(lock_store_t *store, const char *name, const ch
  */
 void lock_sem_store_get_async(lock_store_t *store, const char *name, const char *ticket,
                               lock_sem_store_cb cb, void *arg);
-/* Settles the semaphore and lists every live ticket with the version they are as of. */
-void lock_sem_store_snapshot_async(lock_store_t *store, const char *name, lock_sem_store_cb cb,
-                                   void *arg);
+/*
+ * Settles the semaphore and lists every live ticket with the version they
+ * are as of; or, when after (NULL or "": none) is a version after which the
+ * event log still holds every event, answers resumed instead.
+ */
+void lock_sem_store_snapshot_async(lock_store_t *store, const char *name, const char *after,
+                                   lock_sem_store_cb cb, void *arg);
 
 /* The name of a semaphore's event stream, "{sem:<name>}:log", into buf (at least 224 bytes). */
 void lock_sem_log_key(char *buf, size_t len, const char *name);

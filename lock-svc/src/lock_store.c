@@ -858,6 +858,42 @@ lock_store_sem_script(lock_store_t *s, int lane, int i, int n_keys, const char *
 }
 
 void
+lock_store_command(lock_store_t *s, int lane, int argc, const char *const *argv, lock_redis_cb cb,
+                   void *arg)
+{
+    lock_redis_command(s->redis, lane, argc, argv, cb, arg);
+}
+
+redisContext *
+lock_store_connect(lock_store_t *s, int timeout_ms)
+{
+    struct timeval rt = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+    endpoint_t ep;
+    redisContext *c;
+    redisReply *r;
+    bool ok = true;
+
+    if (store_locate(s, ep.host, sizeof(ep.host), &ep.port) != 0 || (c = connect_to(&ep)) == NULL) {
+        return NULL;
+    }
+    if (s->password[0] != '\0') {
+        r = redisCommand(c, "AUTH %s", s->password);
+        ok = r != NULL && r->type != REDIS_REPLY_ERROR;
+        freeReplyObject(r);
+    }
+    if (ok && s->db != 0) {
+        r = redisCommand(c, "SELECT %d", s->db);
+        ok = r != NULL && r->type != REDIS_REPLY_ERROR;
+        freeReplyObject(r);
+    }
+    if (!ok || redisSetTimeout(c, rt) != REDIS_OK) {
+        redisFree(c);
+        return NULL;
+    }
+    return c;
+}
+
+void
 lock_store_new_token(char *buf)
 {
     static const char hex[] = "0123456789abcdef";

@@ -150,6 +150,18 @@ void lock_store_sem_script(lock_store_t *store, int lane, int i, int n_keys,
                            const char *const *keys, int n_args, const char *const *args,
                            void (*cb)(struct redisReply *reply, bool lost, void *arg), void *arg);
 
+/* For lock_sem's watch: sends a plain command on lane (cb as for lock_store_sem_script). */
+void lock_store_command(lock_store_t *store, int lane, int argc, const char *const *argv,
+                        void (*cb)(struct redisReply *reply, bool lost, void *arg), void *arg);
+
+/*
+ * For lock_sem's watch: a new blocking connection to the master (found as
+ * the lanes find it; AUTH and SELECT done) whose replies may take up to
+ * timeout_ms, or NULL. The caller frees it with redisFree. Blocks.
+ */
+struct redisContext;
+struct redisContext *lock_store_connect(lock_store_t *store, int timeout_ms);
+
 /* Fills buf with LOCK_TOKEN_LEN random hex characters and a NUL. */
 void lock_store_new_token(char *buf);
 

@@ -196,20 +196,64 @@ redis_holders(redisContext *c, const char *name)
 }
 
 /*
- * Replays name's event log: every admit takes the lowest seq waiting (nobody
- * overtaken), never more than limit hold at once, and every ticket that
- * entered was admitted. Returns the number of admits.
+ * A semaphore's events, replayed: every admit takes the lowest seq waiting
+ * (nobody overtaken), and never more than limit hold at once.
  */
+typedef struct {
+    int limit;
+    int64_t waiting[4096];
+    int n_waiting, holders, enters, admits, gone;
+} replay_t;
+
+static void
+replay_apply(replay_t *rp, const char *kind, int64_t seq)
+{
+    if (strcmp(kind, "enter") == 0) {
+        assert_true(rp->n_waiting < 4096);
+        rp->waiting[rp->n_waiting++] = seq;
+        rp->enters++;
+    } else if (strcmp(kind, "admit") == 0) {
+        int lowest = 0;
+        for (int k = 1; k < rp->n_waiting; k++) {
+            if (rp->waiting[k] < rp->waiting[lowest]) {
+                lowest = k;
+            }
+        }
+        assert_true(rp->n_waiting > 0);
+        if (rp->waiting[lowest] != seq) {
+            fail_msg("seq %lld admitted while %lld waited before it", (long long)seq,
+                     (long long)rp->waiting[lowest]);
+        }
+        rp->waiting[lowest] = rp->waiting[--rp->n_waiting];
+        if (++rp->holders > rp->limit) {
+            fail_msg("%d holders at once, limit %d", rp->holders, rp->limit);
+        }
+        rp->admits++;
+    } else if (strcmp(kind, "leave") == 0 || strcmp(kind, "expire") == 0) {
+        int k;
+        for (k = 0; k < rp->n_waiting && rp->waiting[k] != seq; k++) {
+        }
+        if (k < rp->n_waiting) {
+            rp->waiting[k] = rp->waiting[--rp->n_waiting];
+        } else {
+            rp->holders--;
+        }
+        rp->gone++;
+    }
+}
+
+/* Replays name's log in Redis (see replay_t); every ticket entered; returns the admits. */
 static int
 replay_log(const char *name, int limit, int entered)
 {
     redisContext *c = redis_connect();
     redisReply *r = redisCommand(c, "XRANGE {sem:%s}:log - +", name);
-    int64_t waiting[4096];
-    int n_waiting = 0, holders = 0, admits = 0, enters = 0;
+    replay_t *rp = calloc(1, sizeof(*rp));
+    int admits;
 
     assert_non_null(r);
     assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+    rp->limit = limit;
     for (size_t e = 0; e < r->elements; e++) {
         redisReply *f = r->element[e]->element[1];
         const char *kind = "";
@@ -222,41 +266,13 @@ replay_log(const char *name, int limit, int entered)
                 seq = strtoll(f->element[j + 1]->str, NULL, 10);
             }
         }
-        if (strcmp(kind, "enter") == 0) {
-            assert_true(n_waiting < 4096);
-            waiting[n_waiting++] = seq;
-            enters++;
-        } else if (strcmp(kind, "admit") == 0) {
-            int lowest = 0;
-            for (int k = 1; k < n_waiting; k++) {
-                if (waiting[k] < waiting[lowest]) {
-                    lowest = k;
-                }
-            }
-            assert_true(n_waiting > 0);
-            if (waiting[lowest] != seq) {
-                fail_msg("seq %lld admitted while %lld waited before it", (long long)seq,
-                         (long long)waiting[lowest]);
-            }
-            waiting[lowest] = waiting[--n_waiting];
-            if (++holders > limit) {
-                fail_msg("%d holders at once, limit %d", holders, limit);
-            }
-            admits++;
-        } else if (strcmp(kind, "leave") == 0 || strcmp(kind, "expire") == 0) {
-            int k;
-            for (k = 0; k < n_waiting && waiting[k] != seq; k++) {
-            }
-            if (k < n_waiting) {
-                waiting[k] = waiting[--n_waiting];
-            } else {
-                holders--;
-            }
-        }
+        replay_apply(rp, kind, seq);
     }
     freeReplyObject(r);
     redisFree(c);
-    assert_int_equal(enters, entered);
+    assert_int_equal(rp->enters, entered);
+    admits = rp->admits;
+    free(rp);
     return admits;
 }
 
@@ -469,6 +485,7 @@ test_waiting_ticket_past_its_ttl_is_skipped(void **state)
 enum { STORM_LIMIT = 3, STORM_FANS = 40 };
 
 typedef struct {
+    const char *name;
     atomic_int next_id;
     atomic_int holding;     /* fans who know they hold a permit and have not left */
     atomic_int max_holding; /* the most at once */
@@ -490,14 +507,14 @@ storm_fan(void *arg)
     int64_t t0 = svc_now_mono_ms();
 
     snprintf(owner, sizeof(owner), "storm-%d", id);
-    if (enter(i, "storm:sem", owner, STORM_LIMIT, 30000, 30000, &t, &err) != 0) {
+    if (enter(i, st->name, owner, STORM_LIMIT, 30000, 30000, &t, &err) != 0) {
         fprintf(stderr, "enter: %s\n", err.msg);
         atomic_fetch_add(&st->failures, 1);
         return NULL;
     }
     while (t.position != 0 && svc_now_mono_ms() - t0 < 20000) {
         svc_sleep_ms(3);
-        if (get(i, "storm:sem", t.ticket, &info, &err) != 0) {
+        if (get(i, st->name, t.ticket, &info, &err) != 0) {
             atomic_fetch_add(&st->failures, 1);
             return NULL;
         }
@@ -515,7 +532,7 @@ storm_fan(void *arg)
     }
     svc_sleep_ms(10);
     atomic_fetch_sub(&st->holding, 1); /* before Leave: the next may be admitted by it */
-    if (leave(1 - i, "storm:sem", t.ticket, &err) != 0) {
+    if (leave(1 - i, st->name, t.ticket, &err) != 0) {
         atomic_fetch_add(&st->failures, 1);
     }
     atomic_fetch_add(&st->served, 1);
@@ -530,7 +547,7 @@ storm_sampler(void *arg)
     redisContext *c = redis_connect();
 
     while (!atomic_load(&st->done)) {
-        if (redis_holders(c, "storm:sem") > STORM_LIMIT) {
+        if (redis_holders(c, st->name) > STORM_LIMIT) {
             atomic_fetch_add(&st->over_limit, 1);
         }
         svc_sleep_ms(1);
@@ -539,15 +556,15 @@ storm_sampler(void *arg)
     return NULL;
 }
 
+/* STORM_FANS fans enter name across both instances, hold a permit 10 ms each, and leave. */
 static void
-test_limit_holds_under_a_storm_on_two_instances(void **state)
+run_storm(const char *name)
 {
-    storm_t st = {0};
+    storm_t st = {.name = name};
     pthread_t fans[STORM_FANS], sampler;
     sem_info_t info;
     svc_err_t err;
 
-    (void)state;
     assert_int_equal(pthread_create(&sampler, NULL, storm_sampler, &st), 0);
     for (int i = 0; i < STORM_FANS; i++) {
         assert_int_equal(pthread_create(&fans[i], NULL, storm_fan, &st), 0);
@@ -564,9 +581,235 @@ test_limit_holds_under_a_storm_on_two_instances(void **state)
     assert_int_equal(atomic_load(&st.over_limit), 0);
     assert_true(atomic_load(&st.max_holding) <= STORM_LIMIT);
     /* Every fan was admitted once, in seq order, never more than the limit at once. */
-    assert_int_equal(replay_log("storm:sem", STORM_LIMIT, STORM_FANS), STORM_FANS);
-    assert_int_equal(get(0, "storm:sem", NULL, &info, &err), 0);
+    assert_int_equal(replay_log(name, STORM_LIMIT, STORM_FANS), STORM_FANS);
+    assert_int_equal(get(0, name, NULL, &info, &err), 0);
     assert_int_equal(info.holders + info.waiting, 0);
+}
+
+static void
+test_limit_holds_under_a_storm_on_two_instances(void **state)
+{
+    (void)state;
+    run_storm("storm:sem");
+}
+
+/* ---------- Watch ---------- */
+
+typedef struct {
+    svc_client_stream_t *s;
+    svc_arena_t *arena;
+} watch_t;
+
+static void
+watch_open(watch_t *w, int i, const char *name, const char *after)
+{
+    Lock__V1__WatchSemaphoreRequest req = LOCK__V1__WATCH_SEMAPHORE_REQUEST__INIT;
+    svc_call_opts_t opts = {.timeout_ms = 20000};
+    svc_err_t err;
+
+    req.name = (char *)name;
+    req.after_version = (char *)after;
+    w->arena = svc_arena_create();
+    w->s = svc_client_stream_open(client[i], "/lock.v1.LockService/WatchSemaphore", &opts, &err);
+    assert_non_null(w->s);
+    assert_int_equal(svc_client_stream_send(w->s, &req.base, &err), 0);
+    assert_int_equal(svc_client_stream_close_send(w->s, &err), 0);
+}
+
+/* The next message (in w's arena); fails the test when the stream ends or breaks. */
+static Lock__V1__WatchSemaphoreResponse *
+watch_next(watch_t *w)
+{
+    ProtobufCMessage *msg;
+    svc_err_t err;
+    int rc = svc_client_stream_recv(w->s, &lock__v1__watch_semaphore_response__descriptor, w->arena,
+                                    &msg, &err);
+
+    if (rc != 1) {
+        fail_msg("watch ended: %d %s", rc, err.msg);
+    }
+    return (Lock__V1__WatchSemaphoreResponse *)msg;
+}
+
+static void
+watch_close(watch_t *w)
+{
+    svc_client_stream_destroy(w->s);
+    svc_arena_destroy(w->arena);
+}
+
+/* a < b as versions ("<ms>-<n>"). */
+static bool
+version_less(const char *a, const char *b)
+{
+    unsigned long long am, an, bm, bn;
+
+    assert_int_equal(sscanf(a, "%llu-%llu", &am, &an), 2);
+    assert_int_equal(sscanf(b, "%llu-%llu", &bm, &bn), 2);
+    return am < bm || (am == bm && an < bn);
+}
+
+/* The next event is kind for ticket, after *version (which it advances). */
+static Lock__V1__WatchSemaphoreResponse *
+expect_event(watch_t *w, Lock__V1__SemaphoreEventKind kind, const ticket_t *t, char *version)
+{
+    Lock__V1__WatchSemaphoreResponse *m = watch_next(w);
+
+    if (m->kind != kind || strcmp(m->ticket, t->ticket) != 0) {
+        fail_msg("wanted event %d for seq %lld, got %d for seq %lld", kind, (long long)t->seq,
+                 m->kind, (long long)m->seq);
+    }
+    assert_int_equal(m->seq, t->seq);
+    assert_true(version_less(version, m->version));
+    snprintf(version, 48, "%s", m->version);
+    return m;
+}
+
+#define EV(k) LOCK__V1__SEMAPHORE_EVENT_KIND__SEMAPHORE_EVENT_KIND_##k
+
+/*
+ * A watcher on instance 1 gets the snapshot, then the events caused on
+ * instance 0 in order, including the admissions a lease end makes with
+ * nobody calling; a second watcher joining later (behind the reader) misses
+ * nothing either; and a watcher resuming from a version gets what came after.
+ */
+static void
+test_watch_snapshot_then_events(void **state)
+{
+    ticket_t a, b, c, d;
+    watch_t w1, w2, w3;
+    Lock__V1__WatchSemaphoreResponse *m;
+    char v1[48], v2[48];
+    svc_err_t err;
+
+    (void)state;
+    assert_int_equal(enter(0, "watch:sem", "a", 1, 30000, 30000, &a, &err), 0);
+    assert_int_equal(enter(0, "watch:sem", "b", 1, 400, 30000, &b, &err), 0);
+    watch_open(&w1, 1, "watch:sem", "");
+    m = watch_next(&w1);
+    assert_int_equal(m->kind, EV(SNAPSHOT));
+    assert_int_equal(m->limit, 1);
+    assert_false(m->more);
+    assert_int_equal(m->n_tickets, 2);
+    assert_string_equal(m->tickets[0]->ticket, a.ticket);
+    assert_true(m->tickets[0]->holding);
+    assert_int_equal(m->tickets[0]->seq, a.seq);
+    assert_string_equal(m->tickets[1]->ticket, b.ticket);
+    assert_false(m->tickets[1]->holding);
+    assert_int_equal(m->tickets[1]->expires_at_ms, b.expires_at_ms);
+    assert_string_equal(m->version, b.version);
+    snprintf(v1, sizeof(v1), "%s", m->version);
+
+    assert_int_equal(enter(0, "watch:sem", "c", 1, 30000, 30000, &c, &err), 0);
+    m = expect_event(&w1, EV(ENTER), &c, v1);
+    assert_int_equal(m->expires_at_ms, c.expires_at_ms);
+
+    /* A second watcher joins on the same instance: its snapshot has c already. */
+    watch_open(&w2, 1, "watch:sem", "");
+    m = watch_next(&w2);
+    assert_int_equal(m->kind, EV(SNAPSHOT));
+    assert_int_equal(m->n_tickets, 3);
+    assert_string_equal(m->tickets[2]->ticket, c.ticket);
+    snprintf(v2, sizeof(v2), "%s", m->version);
+    assert_string_equal(v2, v1);
+
+    /* a leaves on instance 0: b is admitted in the same script; both watchers hear it. */
+    assert_int_equal(leave(0, "watch:sem", a.ticket, &err), 0);
+    expect_event(&w1, EV(LEAVE), &a, v1);
+    m = expect_event(&w1, EV(ADMIT), &b, v1);
+    assert_true(m->expires_at_ms > svc_now_unix_ms() + 100);
+    expect_event(&w2, EV(LEAVE), &a, v2);
+    expect_event(&w2, EV(ADMIT), &b, v2);
+    /* b's 400 ms lease runs out, nobody calls: its end and c's admission are pushed. */
+    int64_t t0 = svc_now_mono_ms();
+    expect_event(&w1, EV(EXPIRE), &b, v1);
+    expect_event(&w1, EV(ADMIT), &c, v1);
+    fprintf(stderr, "watch: lease end and next admission pushed %lld ms after the admit\n",
+            (long long)(svc_now_mono_ms() - t0));
+    expect_event(&w2, EV(EXPIRE), &b, v2);
+    expect_event(&w2, EV(ADMIT), &c, v2);
+    assert_string_equal(v1, v2);
+    watch_close(&w2);
+
+    /* Resume from v2 (before d and e): what came after, without a snapshot. */
+    assert_int_equal(enter(1, "watch:sem", "d", 1, 30000, 30000, &d, &err), 0);
+    expect_event(&w1, EV(ENTER), &d, v1);
+    assert_int_equal(enter(1, "watch:sem", "e", 1, 30000, 30000, &a, &err), 0);
+    int64_t opened = svc_now_mono_ms();
+    watch_open(&w3, 1, "watch:sem", v2); /* behind w1, whose XREAD is blocked: woken */
+    expect_event(&w3, EV(ENTER), &d, v2);
+    /* The reader was woken for it, not left to its 1 s XREAD. */
+    fprintf(stderr, "watch: resumed watcher had its first event after %lld ms\n",
+            (long long)(svc_now_mono_ms() - opened));
+    assert_true(svc_now_mono_ms() - opened < 700);
+    expect_event(&w3, EV(ENTER), &a, v2);
+    expect_event(&w1, EV(ENTER), &a, v1);
+    watch_close(&w3);
+    watch_close(&w1);
+    assert_int_equal(leave(0, "watch:sem", c.ticket, &err), 0);
+    assert_int_equal(leave(0, "watch:sem", d.ticket, &err), 0);
+    assert_int_equal(leave(0, "watch:sem", a.ticket, &err), 0);
+}
+
+static void
+test_watch_bad_arguments(void **state)
+{
+    watch_t w;
+    ProtobufCMessage *msg;
+    svc_err_t err;
+
+    (void)state;
+    watch_open(&w, 0, "watch:bad", "not-a-version");
+    assert_int_equal(svc_client_stream_recv(w.s, &lock__v1__watch_semaphore_response__descriptor,
+                                            w.arena, &msg, &err),
+                     0);
+    assert_int_equal(svc_client_stream_finish(w.s, &err), -1);
+    assert_int_equal(err.code, SVC_INVALID_ARGUMENT);
+    watch_close(&w);
+    watch_open(&w, 0, "bad name", "");
+    assert_int_equal(svc_client_stream_recv(w.s, &lock__v1__watch_semaphore_response__descriptor,
+                                            w.arena, &msg, &err),
+                     0);
+    assert_int_equal(svc_client_stream_finish(w.s, &err), -1);
+    assert_int_equal(err.code, SVC_INVALID_ARGUMENT);
+    watch_close(&w);
+}
+
+/*
+ * A watcher mirrors a storm on both instances from its events alone: every
+ * fan enters, is admitted in seq order, never more than the limit at once,
+ * and leaves; nothing is missing or doubled.
+ */
+static void
+test_watch_mirrors_a_storm(void **state)
+{
+    static const char *kinds[] = {"", "", "enter", "admit", "leave", "expire", "extend"};
+    replay_t *rp = calloc(1, sizeof(*rp));
+    Lock__V1__WatchSemaphoreResponse *m;
+    char version[48];
+    watch_t w;
+
+    (void)state;
+    rp->limit = STORM_LIMIT;
+    watch_open(&w, 1, "storm:watched", "");
+    m = watch_next(&w);
+    assert_int_equal(m->kind, EV(SNAPSHOT));
+    assert_int_equal(m->n_tickets, 0);
+    snprintf(version, sizeof(version), "%s", m->version);
+    run_storm("storm:watched");
+    while (rp->gone < STORM_FANS) {
+        m = watch_next(&w);
+        assert_true(m->kind >= EV(ENTER) && m->kind <= EV(EXTEND));
+        assert_true(version_less(version, m->version));
+        snprintf(version, sizeof(version), "%s", m->version);
+        replay_apply(rp, kinds[m->kind], m->seq);
+    }
+    assert_int_equal(rp->enters, STORM_FANS);
+    assert_int_equal(rp->admits, STORM_FANS);
+    assert_int_equal(rp->holders, 0);
+    assert_int_equal(rp->n_waiting, 0);
+    watch_close(&w);
+    free(rp);
 }
 
 /* ---------- the C client (svc/lock_client.h) ---------- */
@@ -733,6 +976,9 @@ main(int argc, char **argv)
         cmocka_unit_test(test_lease_end_admits_next_without_a_call),
         cmocka_unit_test(test_waiting_ticket_past_its_ttl_is_skipped),
         cmocka_unit_test(test_limit_holds_under_a_storm_on_two_instances),
+        cmocka_unit_test(test_watch_snapshot_then_events),
+        cmocka_unit_test(test_watch_bad_arguments),
+        cmocka_unit_test(test_watch_mirrors_a_storm),
         cmocka_unit_test(test_client_api),
         cmocka_unit_test(test_client_unavailable),
     };
