@@ -542,6 +542,14 @@ svc_client_stream_finish(svc_client_stream_t *s, svc_err_t *err)
 }
 
 void
+svc_client_stream_cancel(svc_client_stream_t *s)
+{
+    if (s != NULL && s->call != NULL) {
+        grpc_call_cancel(s->call, NULL); /* thread-safe in C core */
+    }
+}
+
+void
 svc_client_stream_destroy(svc_client_stream_t *s)
 {
     if (s == NULL) {

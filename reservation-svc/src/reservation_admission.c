@@ -195,3 +195,61 @@ rsv_admission_verify(const rsv_admission_key_t *k, const char *token, int64_t us
     }
     return 0;
 }
+
+/* ---------- room tickets ---------- */
+
+#define ROOM_MAC_HEX 32 /* 128 bits of the MAC are plenty for a ticket */
+
+/* The MAC of "room-ticket:<body>" (body: "<schedule>.<user>.<ticket>."), first ROOM_MAC_HEX. */
+static bool
+room_mac(const rsv_admission_key_t *k, const char *body, size_t len, char *hex)
+{
+    char msg[RSV_ROOM_TICKET_MAX + 16];
+    char full[MAC_HEX + 1];
+    int n = snprintf(msg, sizeof(msg), "room-ticket:%.*s", (int)len, body);
+
+    if (n < 0 || (size_t)n >= sizeof(msg) || !mac_hex(k, msg, (size_t)n, full)) {
+        return false;
+    }
+    memcpy(hex, full, ROOM_MAC_HEX);
+    hex[ROOM_MAC_HEX] = '\0';
+    return true;
+}
+
+int
+rsv_room_ticket_sign(const rsv_admission_key_t *k, int64_t schedule_id, int64_t user_id,
+                     const char *ticket, char *out, size_t out_len)
+{
+    char hex[ROOM_MAC_HEX + 1];
+    int n;
+
+    if (ticket == NULL || !is_ticket(ticket, strlen(ticket))) {
+        return -1;
+    }
+    n = snprintf(out, out_len, "%" PRId64 ".%" PRId64 ".%s.", schedule_id, user_id, ticket);
+    if (n < 0 || (size_t)n + ROOM_MAC_HEX + 1 > out_len || !room_mac(k, out, (size_t)n, hex)) {
+        return -1;
+    }
+    memcpy(out + n, hex, ROOM_MAC_HEX + 1);
+    return 0;
+}
+
+int
+rsv_room_ticket_parse(const rsv_admission_key_t *k, const char *s, int64_t *schedule_id,
+                      int64_t *user_id, char *ticket, svc_err_t *err)
+{
+    const char *p = s, *dot;
+    char want[ROOM_MAC_HEX + 1];
+
+    if (s == NULL || strlen(s) >= RSV_ROOM_TICKET_MAX || !take_number(&p, schedule_id) ||
+        !take_number(&p, user_id) || (dot = strchr(p, '.')) == NULL ||
+        !is_ticket(p, (size_t)(dot - p)) || strlen(dot + 1) != ROOM_MAC_HEX ||
+        !room_mac(k, s, (size_t)(dot + 1 - s), want) ||
+        CRYPTO_memcmp(want, dot + 1, ROOM_MAC_HEX) != 0 || *schedule_id < 1 || *user_id < 1) {
+        svc_err_set(err, SVC_INVALID_ARGUMENT, "ticket: not a waiting-room ticket");
+        return -1;
+    }
+    memcpy(ticket, p, (size_t)(dot - p));
+    ticket[dot - p] = '\0';
+    return 0;
+}

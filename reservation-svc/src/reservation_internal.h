@@ -16,6 +16,7 @@
 #include "reservation_store.h"
 #include "svc/arena.h"
 #include "svc/err.h"
+#include "svc/lock_client.h"
 
 #define RSV_KNOWN_USERS 65536 /* slots of the cache of users known to have an account */
 #define RSV_KNOWN_ROOMS 4096  /* slots of the cache of schedules' waiting-room limits */
@@ -58,6 +59,8 @@ struct reservation_service {
     pthread_cond_t precheck_cv;
     struct rsv_precheck_wait *precheck_head, *precheck_tail;
     bool precheck_running;
+    /* Rooms mirrored here for their watchers (reservation_room_watch.c), under rooms_mu. */
+    struct room *watched;
 };
 
 /* The deadline of a database step of call: its own, at most 5 s from now. */
@@ -85,7 +88,13 @@ int32_t reservation_room_limit(reservation_service_t *svc, int64_t schedule_id, 
 /* The lock-svc semaphore of schedule_id's waiting room, "room:<schedule>". */
 void reservation_room_name(char *buf, size_t len, int64_t schedule_id);
 
-/* EnterWaitingRoom, LeaveWaitingRoom, WatchWaitingRoom (reservation_room.c). */
+/* A client's ticket into its schedule, user and semaphore ticket; INVALID_ARGUMENT when not. */
+int reservation_room_ticket_parse(reservation_service_t *svc, const char *s, int64_t *schedule_id,
+                                  int64_t *user_id, svc_sem_ticket_t *t, svc_err_t *err);
+/* Stops every room's mirror (reservation_room_watch.c); at shutdown, once no call is left. */
+void reservation_rooms_stop(reservation_service_t *svc);
+
+/* EnterWaitingRoom, LeaveWaitingRoom (reservation_room.c), WatchWaitingRoom (..._watch.c). */
 void reservation_room_enter(svc_call_t *call, const ProtobufCMessage *msg, void *user);
 void reservation_room_leave(svc_call_t *call, const ProtobufCMessage *msg, void *user);
 void reservation_room_watch(svc_call_t *call, const ProtobufCMessage *msg, void *user);

@@ -9,8 +9,9 @@
  * script. An admitted user gets a signed admission token
  * (reservation_admission.h) that HoldSeats checks without asking anyone.
  *
- * A ticket, as clients see it, is "<schedule>.<semaphore ticket>": it names
- * its room, so Watch and Leave need nothing else.
+ * A ticket, as clients see it, names its schedule, user and semaphore ticket
+ * under a MAC (reservation_admission.h), so Watch and Leave need nothing
+ * else and can trust what it says.
  */
 #define _GNU_SOURCE
 #include <inttypes.h>
@@ -24,7 +25,6 @@
 #include "svc/validate.h"
 
 #define ROOM_PLACE_MS 60000 /* a place in line is kept this long unless renewed */
-#define ROOM_TICKET_MAX (24 + 1 + SVC_LOCK_TOKEN_MAX)
 
 void
 reservation_room_name(char *buf, size_t len, int64_t schedule_id)
@@ -32,28 +32,16 @@ reservation_room_name(char *buf, size_t len, int64_t schedule_id)
     snprintf(buf, len, "room:%" PRId64, schedule_id);
 }
 
-/* "<schedule>.<ticket>" into its schedule and semaphore ticket; INVALID_ARGUMENT when not. */
-static int
-ticket_parse(const char *s, int64_t *schedule_id, svc_sem_ticket_t *t, svc_err_t *err)
+int
+reservation_room_ticket_parse(reservation_service_t *svc, const char *s, int64_t *schedule_id,
+                              int64_t *user_id, svc_sem_ticket_t *t, svc_err_t *err)
 {
-    const char *dot = s != NULL ? strchr(s, '.') : NULL;
-    char *end = NULL;
-    long long id;
-
-    if (dot == NULL || dot == s || strlen(dot + 1) == 0 || strlen(dot + 1) > SVC_LOCK_TOKEN_MAX ||
-        strspn(dot + 1, "0123456789abcdef") != strlen(dot + 1)) {
-        svc_err_set(err, SVC_INVALID_ARGUMENT, "ticket: not a waiting-room ticket");
-        return -1;
-    }
-    id = strtoll(s, &end, 10);
-    if (end != dot || id < 1) {
-        svc_err_set(err, SVC_INVALID_ARGUMENT, "ticket: not a waiting-room ticket");
-        return -1;
-    }
     memset(t, 0, sizeof(*t));
-    reservation_room_name(t->name, sizeof(t->name), id);
-    snprintf(t->ticket, sizeof(t->ticket), "%s", dot + 1);
-    *schedule_id = id;
+    if (rsv_room_ticket_parse(&svc->opts.admission_key, s, schedule_id, user_id, t->ticket, err) !=
+        0) {
+        return -1;
+    }
+    reservation_room_name(t->name, sizeof(t->name), *schedule_id);
     return 0;
 }
 
@@ -105,7 +93,7 @@ entered(const svc_err_t *err, void *arg)
         svc_call_fail(e->call, err);
         return;
     }
-    ticket = svc_call_alloc(e->call, ROOM_TICKET_MAX + 1);
+    ticket = svc_call_alloc(e->call, RSV_ROOM_TICKET_MAX);
     if (e->ticket.position == 0) {
         token = svc_call_alloc(e->call, RSV_ADMISSION_TOKEN_MAX);
     }
@@ -113,12 +101,14 @@ entered(const svc_err_t *err, void *arg)
         svc_call_fail_oom(e->call);
         return;
     }
-    snprintf(ticket, ROOM_TICKET_MAX + 1, "%" PRId64 ".%s", e->schedule_id, e->ticket.ticket);
-    if (token != NULL && rsv_admission_sign(&e->svc->opts.admission_key, e->user_id, e->schedule_id,
-                                            e->ticket.ticket, e->ticket.expires_at_ms, token,
-                                            RSV_ADMISSION_TOKEN_MAX) != 0) {
+    if (rsv_room_ticket_sign(&e->svc->opts.admission_key, e->schedule_id, e->user_id,
+                             e->ticket.ticket, ticket, RSV_ROOM_TICKET_MAX) != 0 ||
+        (token != NULL &&
+         rsv_admission_sign(&e->svc->opts.admission_key, e->user_id, e->schedule_id,
+                            e->ticket.ticket, e->ticket.expires_at_ms, token,
+                            RSV_ADMISSION_TOKEN_MAX) != 0)) {
         svc_err_t bad;
-        svc_err_set(&bad, SVC_INTERNAL, "cannot sign the admission");
+        svc_err_set(&bad, SVC_INTERNAL, "cannot sign the ticket or the admission");
         svc_call_fail(e->call, &bad);
         return;
     }
@@ -176,32 +166,14 @@ reservation_room_leave(svc_call_t *call, const ProtobufCMessage *msg, void *user
         RESERVATION__V1__LEAVE_WAITING_ROOM_RESPONSE__INIT;
     reservation_service_t *svc = user;
     svc_sem_ticket_t t;
-    int64_t schedule_id;
+    int64_t schedule_id, user_id;
     svc_err_t err;
 
-    if (ticket_parse(req->ticket, &schedule_id, &t, &err) != 0) {
+    if (reservation_room_ticket_parse(svc, req->ticket, &schedule_id, &user_id, &t, &err) != 0) {
         svc_call_fail(call, &err);
         return;
     }
     /* Given up without waiting: lock-svc admits the next at once; a ticket gone already is OK. */
     svc_sem_leave_async(svc->lock_svc, &t, svc_call_request_id(call));
     svc_call_reply(call, &resp.base);
-}
-
-/* ---------- WatchWaitingRoom ---------- */
-
-void
-reservation_room_watch(svc_call_t *call, const ProtobufCMessage *msg, void *user)
-{
-    const Reservation__V1__WatchWaitingRoomRequest *req = (const void *)msg;
-    svc_sem_ticket_t t;
-    int64_t schedule_id;
-    svc_err_t err;
-
-    (void)user;
-    if (ticket_parse(req->ticket, &schedule_id, &t, &err) == 0) {
-        svc_err_set(&err, SVC_UNIMPLEMENTED,
-                    "WatchWaitingRoom comes with the room's mirror of lock-svc's events");
-    }
-    svc_call_fail(call, &err);
 }

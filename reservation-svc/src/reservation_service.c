@@ -470,6 +470,7 @@ reservation_service_destroy(reservation_service_t *svc)
         return;
     }
     reservation_sweeper_stop(svc);
+    reservation_rooms_stop(svc);
     pthread_cond_destroy(&svc->cv);
     pthread_mutex_destroy(&svc->users_mu);
     free(svc->users);

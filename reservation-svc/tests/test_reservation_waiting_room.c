@@ -58,6 +58,16 @@ token_for(svc_arena_t *arena, const char *k, int64_t user, int64_t schedule, int
     return t;
 }
 
+/* lock-svc's ticket inside a waiting-room ticket "<schedule>.<user>.<ticket>.<mac>". */
+static const char *
+ticket_of(svc_arena_t *arena, const char *room_ticket)
+{
+    char *t = svc_arena_strdup(arena, strchr(strchr(room_ticket, '.') + 1, '.') + 1);
+
+    *strchr(t, '.') = '\0';
+    return t;
+}
+
 /* A schedule of 10 seats at 100 with a waiting room of limit (ttl 0: the default). */
 static int64_t
 room_schedule(svc_arena_t *arena, int32_t limit, int64_t ttl_ms)
@@ -310,7 +320,7 @@ test_paying_ends_the_admission(void **state)
     assert_int_equal(db_int(&rsv_a.db,
                             "SELECT count(*) FROM reservations WHERE id = %" PRId64
                             " AND admission_ticket = '%s'",
-                            res->id, strchr(a->ticket, '.') + 1),
+                            res->id, ticket_of(arena, a->ticket)),
                      1);
     /* Not paid yet: the second still waits. */
     expect_ok("EnterWaitingRoom again", enter(&rsv_b, arena, second, sched, &again, &err), &err);
@@ -325,6 +335,113 @@ test_paying_ends_the_admission(void **state)
     assert_int_equal(again->position, 0);
     assert_string_equal(again->ticket, b->ticket);
     assert_true(strlen(again->admission_token) > 0);
+}
+
+/* WatchWaitingRoom of ticket through inst, opened; the caller reads and destroys it. */
+static svc_client_stream_t *
+watch_open(const rsv_instance_t *inst, const char *ticket)
+{
+    Reservation__V1__WatchWaitingRoomRequest req =
+        RESERVATION__V1__WATCH_WAITING_ROOM_REQUEST__INIT;
+    svc_call_opts_t opts = {.timeout_ms = 30000};
+    svc_client_stream_t *st;
+    svc_err_t err;
+
+    req.ticket = (char *)ticket;
+    st = svc_client_stream_open(inst->client, "/reservation.v1.ReservationService/WatchWaitingRoom",
+                                &opts, &err);
+    assert_non_null(st);
+    assert_int_equal(svc_client_stream_send(st, &req.base, &err), 0);
+    assert_int_equal(svc_client_stream_close_send(st, &err), 0);
+    return st;
+}
+
+/* The next update of a watch; fails when the stream ends first. */
+static Reservation__V1__WaitingRoomUpdate *
+watch_next(svc_client_stream_t *st, svc_arena_t *arena)
+{
+    ProtobufCMessage *msg = NULL;
+    svc_err_t err = {0};
+    int rc = svc_client_stream_recv(st, &reservation__v1__watch_waiting_room_response__descriptor,
+                                    arena, &msg, &err);
+
+    if (rc != 1) {
+        (void)svc_client_stream_finish(st, &err);
+        fail_msg("WatchWaitingRoom ended early (%d): %s %s", rc, svc_status_name(err.code),
+                 err.msg);
+    }
+    assert_non_null(((Reservation__V1__WatchWaitingRoomResponse *)msg)->update);
+    return ((Reservation__V1__WatchWaitingRoomResponse *)msg)->update;
+}
+
+/* The watch ends with code (OK after an admission). */
+static void
+watch_ends(svc_client_stream_t *st, svc_arena_t *arena, svc_status_t code)
+{
+    ProtobufCMessage *msg = NULL;
+    svc_err_t err = {0};
+    int rc = svc_client_stream_recv(st, &reservation__v1__watch_waiting_room_response__descriptor,
+                                    arena, &msg, &err);
+
+    assert_true(rc <= 0); /* no message after the last */
+    rc = svc_client_stream_finish(st, &err);
+    assert_int_equal(rc == 0 ? SVC_OK : err.code, code);
+    svc_client_stream_destroy(st);
+}
+
+/*
+ * Positions are pushed: a room of one with three users; the two in line
+ * watch through different instances and hear each change without asking:
+ * the first leaving admits the second (its stream brings the admission
+ * token and ends) and moves the third up; a tampered ticket is refused and
+ * a ticket gone ends its watch with NOT_FOUND.
+ */
+static void
+test_watch_pushes_positions(void **state)
+{
+    svc_arena_t *arena = *state;
+    int64_t sched = room_schedule(arena, 1, 60000);
+    int64_t users[3] = {rsv_funded_user(1000), rsv_funded_user(1000), rsv_funded_user(1000)};
+    Reservation__V1__EnterWaitingRoomResponse *got[3];
+    Reservation__V1__WaitingRoomUpdate *u;
+    svc_client_stream_t *w2, *w3;
+    const int32_t seat = 3;
+    reservation_t *res = NULL;
+    int64_t t0;
+    char *bad;
+    svc_err_t err;
+
+    for (int i = 0; i < 3; i++) {
+        expect_ok("EnterWaitingRoom", enter(&rsv_a, arena, users[i], sched, &got[i], &err), &err);
+        assert_int_equal(got[i]->position, i);
+    }
+    w3 = watch_open(&rsv_b, got[2]->ticket);
+    assert_int_equal(watch_next(w3, arena)->position, 2);
+    w2 = watch_open(&rsv_a, got[1]->ticket);
+    assert_int_equal(watch_next(w2, arena)->position, 1);
+
+    t0 = svc_now_mono_ms();
+    expect_ok("LeaveWaitingRoom", leave(&rsv_a, arena, got[0]->ticket, &err), &err);
+    u = watch_next(w2, arena);
+    assert_int_equal(u->position, 0);
+    assert_true(strlen(u->admission_token) > 0);
+    assert_true(u->expires_at_ms > svc_now_unix_ms() + 50000);
+    watch_ends(w2, arena, SVC_OK);
+    assert_int_equal(watch_next(w3, arena)->position, 1);
+    fprintf(stderr, "a leave reached both watchers in %" PRId64 " ms\n", svc_now_mono_ms() - t0);
+    expect_ok(
+        "HoldSeats with the token the watch brought",
+        rsv_hold_admitted(&rsv_b, arena, users[1], sched, &seat, 1, u->admission_token, &res, &err),
+        &err);
+
+    /* Another user's name written into a ticket breaks its MAC. */
+    bad = svc_arena_strdup(arena, got[2]->ticket);
+    bad[strlen(bad) - 1] = bad[strlen(bad) - 1] == '0' ? '1' : '0';
+    svc_client_stream_t *forged = watch_open(&rsv_a, bad);
+    watch_ends(forged, arena, SVC_INVALID_ARGUMENT);
+    /* The third leaves while watching: its watch ends, NOT_FOUND. */
+    expect_ok("LeaveWaitingRoom", leave(&rsv_b, arena, got[2]->ticket, &err), &err);
+    watch_ends(w3, arena, SVC_NOT_FOUND);
 }
 
 static const char *const env[] = {key_env, NULL};
@@ -359,10 +476,9 @@ int
 main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
-        RSV_ARENA_TEST(test_schedule_settings),
-        RSV_ARENA_TEST(test_hold_needs_admission),
-        RSV_ARENA_TEST(test_enter_and_leave),
-        RSV_ARENA_TEST(test_paying_ends_the_admission),
+        RSV_ARENA_TEST(test_schedule_settings),      RSV_ARENA_TEST(test_hold_needs_admission),
+        RSV_ARENA_TEST(test_enter_and_leave),        RSV_ARENA_TEST(test_paying_ends_the_admission),
+        RSV_ARENA_TEST(test_watch_pushes_positions),
     };
 
     if (rsv_fixture_main_args(argc, argv) != 0) {

@@ -102,5 +102,10 @@ int svc_client_stream_recv(svc_client_stream_t *s, const ProtobufCMessageDescrip
 int svc_client_stream_finish(svc_client_stream_t *s, svc_err_t *err);
 /* Cancels the call if it has not finished, and frees. NULL is a no-op. */
 void svc_client_stream_destroy(svc_client_stream_t *s);
+/*
+ * Cancels the call from any thread: a recv blocked on it returns -1. The
+ * stream's owner still finishes or destroys it.
+ */
+void svc_client_stream_cancel(svc_client_stream_t *s);
 
 #endif

@@ -1,0 +1,599 @@
+/*
+ * reservation_room_watch.c: WatchWaitingRoom, pushed, not polled.
+ *
+ * Each room with watchers on this instance is mirrored here from lock-svc's
+ * WatchSemaphore stream (a snapshot, then every enter, admission, leave and
+ * expiry, in order), by one thread per room. The mirror knows which tickets
+ * hold a permit and the line's order, so a watcher's position is computed
+ * here, in O(log n), without a call per watcher: a Fenwick tree over the
+ * line's sequence numbers counts the waiting tickets ahead of a ticket.
+ *
+ * Changes are pushed in rounds: a change marks the room dirty, and a timer
+ * sends every watcher whose position changed one message, at most every
+ * ROUND_MS, so a burst of admissions costs each watcher one message, not one
+ * per admission. The round that finds a ticket admitted sends the admission
+ * token and ends the call; a ticket that is gone (left, ran out) ends it with
+ * NOT_FOUND. A watcher also keeps its place alive: its ticket's place is
+ * renewed when watching starts and every PLACE_RENEW_MS after.
+ */
+#define _GNU_SOURCE
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lock/v1/lock.pb-c.h"
+#include "reservation/v1/reservation.pb-c.h"
+#include "reservation_internal.h"
+#include "svc/log.h"
+
+#define ROUND_MS 20          /* how often watchers hear of changes, at most */
+#define PLACE_MS 60000       /* as reservation_room.c's ROOM_PLACE_MS */
+#define PLACE_RENEW_MS 20000 /* a watched place is renewed this often */
+#define RECONNECT_MS 200     /* after the stream broke */
+#define STREAM_MS 3600000    /* a stream is opened again (from its version) after this long */
+#define TICKET_BUCKETS 4096
+
+/* A live ticket of the mirror. */
+typedef struct tick {
+    struct tick *next; /* hash chain */
+    char ticket[SVC_LOCK_TOKEN_MAX + 1];
+    int64_t seq, expires_at_ms;
+    bool holding;
+} tick_t;
+
+typedef struct room_watcher room_watcher_t;
+
+/* One room mirrored here. Lives until shutdown. */
+struct room {
+    struct room *next; /* svc->watched */
+    reservation_service_t *svc;
+    int64_t schedule_id;
+    char name[SVC_LOCK_KEY_MAX + 1];
+    pthread_t thread;
+    svc_timer_t round;
+
+    pthread_mutex_t mu; /* everything below */
+    bool stop, round_armed, synced;
+    int rounds_running; /* a round past its unlock still touches the room */
+    svc_client_stream_t *stream;
+    char version[SVC_LOCK_TOKEN_MAX + 1];
+    tick_t *buckets[TICKET_BUCKETS];
+    int64_t base;  /* the seq of tree slot 0 */
+    int64_t *tree; /* Fenwick tree of waiting tickets by seq - base */
+    int64_t cap;   /* slots of tree */
+    room_watcher_t *watchers;
+};
+
+/* One WatchWaitingRoom call; in its call's arena. */
+struct room_watcher {
+    room_watcher_t *next, *prev;
+    struct room *room;
+    svc_call_t *call;
+    int64_t user_id, last_position, renewed_ms;
+    svc_sem_ticket_t ticket;
+    bool done; /* under room->mu: whoever sets it ends the call */
+    /* How a round ended it: admitted (until end_expires_ms) or gone. */
+    bool end_admitted;
+    int64_t end_expires_ms;
+};
+
+/* ---------- the mirror ---------- */
+
+static size_t
+bucket_of(const char *ticket)
+{
+    uint64_t h = 1469598103934665603ull;
+
+    for (; *ticket != '\0'; ticket++) {
+        h = (h ^ (unsigned char)*ticket) * 1099511628211ull;
+    }
+    return (size_t)(h % TICKET_BUCKETS);
+}
+
+static tick_t *
+tick_find(struct room *r, const char *ticket)
+{
+    for (tick_t *t = r->buckets[bucket_of(ticket)]; t != NULL; t = t->next) {
+        if (strcmp(t->ticket, ticket) == 0) {
+            return t;
+        }
+    }
+    return NULL;
+}
+
+/* Adds d at seq in the tree, growing it (by doubling) to hold seq. */
+static void
+tree_add(struct room *r, int64_t seq, int64_t d)
+{
+    if (r->tree == NULL || seq < r->base) {
+        return; /* before the snapshot's first: nothing counts it */
+    }
+    if (seq - r->base >= r->cap) {
+        int64_t ncap = r->cap;
+        int64_t *old = r->tree, *nt;
+        while (seq - r->base >= ncap) {
+            ncap *= 2;
+        }
+        nt = calloc((size_t)ncap + 1, sizeof(*nt));
+        if (nt == NULL) {
+            return;
+        }
+        /* Rebuild: recover each slot's own count from the old tree, then add it again. */
+        r->tree = nt;
+        r->cap = ncap;
+        for (int64_t i = 1; i <= ncap / 2 && old != NULL; i++) {
+            int64_t own = old[i];
+            for (int64_t j = i - 1, stop = i - (i & -i); j > stop; j -= j & -j) {
+                own -= old[j];
+            }
+            for (int64_t j = i; own != 0 && j <= ncap; j += j & -j) {
+                nt[j] += own;
+            }
+        }
+        free(old);
+    }
+    for (int64_t i = seq - r->base + 1; i <= r->cap; i += i & -i) {
+        r->tree[i] += d;
+    }
+}
+
+/* Waiting tickets with a seq below seq. */
+static int64_t
+tree_before(const struct room *r, int64_t seq)
+{
+    int64_t n = 0;
+
+    if (r->tree == NULL || seq <= r->base) {
+        return 0;
+    }
+    for (int64_t i = seq - r->base < r->cap ? seq - r->base : r->cap; i > 0; i -= i & -i) {
+        n += r->tree[i];
+    }
+    return n;
+}
+
+static void
+mirror_clear(struct room *r)
+{
+    for (size_t b = 0; b < TICKET_BUCKETS; b++) {
+        while (r->buckets[b] != NULL) {
+            tick_t *t = r->buckets[b];
+            r->buckets[b] = t->next;
+            free(t);
+        }
+    }
+    free(r->tree);
+    r->tree = NULL;
+    r->cap = 0;
+    r->base = 0;
+    r->synced = false;
+}
+
+/* Makes ticket live (holding or waiting at seq). */
+static void
+mirror_put(struct room *r, const char *ticket, int64_t seq, bool holding, int64_t expires_at_ms)
+{
+    tick_t *t = tick_find(r, ticket);
+
+    if (r->tree == NULL) { /* the first ticket after a snapshot sets where the tree starts */
+        r->base = seq;
+        r->cap = 1024;
+        r->tree = calloc((size_t)r->cap + 1, sizeof(*r->tree));
+    }
+    if (t == NULL) {
+        size_t b = bucket_of(ticket);
+        t = calloc(1, sizeof(*t));
+        if (t == NULL) {
+            return;
+        }
+        snprintf(t->ticket, sizeof(t->ticket), "%s", ticket);
+        t->seq = seq;
+        t->next = r->buckets[b];
+        r->buckets[b] = t;
+    } else if (!t->holding) {
+        tree_add(r, t->seq, -1);
+    }
+    t->holding = holding;
+    t->expires_at_ms = expires_at_ms;
+    if (!holding) {
+        tree_add(r, t->seq, 1);
+    }
+}
+
+static void
+mirror_drop(struct room *r, const char *ticket)
+{
+    tick_t **pp = &r->buckets[bucket_of(ticket)];
+
+    for (; *pp != NULL; pp = &(*pp)->next) {
+        if (strcmp((*pp)->ticket, ticket) == 0) {
+            tick_t *t = *pp;
+            if (!t->holding) {
+                tree_add(r, t->seq, -1);
+            }
+            *pp = t->next;
+            free(t);
+            return;
+        }
+    }
+}
+
+/* Applies one message of the stream (under mu). */
+static void
+mirror_apply(struct room *r, const Lock__V1__WatchSemaphoreResponse *m)
+{
+    switch (m->kind) {
+    case LOCK__V1__SEMAPHORE_EVENT_KIND__SEMAPHORE_EVENT_KIND_SNAPSHOT:
+        if (r->synced || r->tree == NULL) { /* a new snapshot starts over */
+            mirror_clear(r);
+        }
+        for (size_t i = 0; i < m->n_tickets; i++) {
+            const Lock__V1__SemaphoreTicket *t = m->tickets[i];
+            mirror_put(r, t->ticket, t->seq, t->holding, t->expires_at_ms);
+        }
+        r->synced = !m->more;
+        break;
+    case LOCK__V1__SEMAPHORE_EVENT_KIND__SEMAPHORE_EVENT_KIND_ENTER:
+        mirror_put(r, m->ticket, m->seq, false, m->expires_at_ms);
+        break;
+    case LOCK__V1__SEMAPHORE_EVENT_KIND__SEMAPHORE_EVENT_KIND_ADMIT:
+        mirror_put(r, m->ticket, m->seq, true, m->expires_at_ms);
+        break;
+    case LOCK__V1__SEMAPHORE_EVENT_KIND__SEMAPHORE_EVENT_KIND_EXTEND: {
+        tick_t *t = tick_find(r, m->ticket);
+        if (t != NULL) {
+            t->expires_at_ms = m->expires_at_ms;
+        }
+        break;
+    }
+    case LOCK__V1__SEMAPHORE_EVENT_KIND__SEMAPHORE_EVENT_KIND_LEAVE:
+    case LOCK__V1__SEMAPHORE_EVENT_KIND__SEMAPHORE_EVENT_KIND_EXPIRE:
+        mirror_drop(r, m->ticket);
+        break;
+    default:
+        break;
+    }
+    if (m->version != NULL && m->version[0] != '\0') {
+        snprintf(r->version, sizeof(r->version), "%s", m->version);
+    }
+}
+
+/* ---------- rounds: telling the watchers ---------- */
+
+static void round_run(void *arg);
+
+/* Something changed: a round soon (caller holds mu). */
+static void
+round_arm(struct room *r)
+{
+    if (!r->round_armed && !r->stop) {
+        r->round_armed = true;
+        svc_timer_start(svc_server_timers(r->svc->server), &r->round, ROUND_MS, round_run, r);
+    }
+}
+
+static void
+watcher_unlink(struct room *r, room_watcher_t *w)
+{
+    if (w->prev != NULL) {
+        w->prev->next = w->next;
+    } else {
+        r->watchers = w->next;
+    }
+    if (w->next != NULL) {
+        w->next->prev = w->prev;
+    }
+    w->next = w->prev = NULL;
+}
+
+/*
+ * Sends w its position if it changed (caller holds mu). Returns true when w
+ * is to be ended now (admitted: *admitted set; or gone): it is unlinked and
+ * marked done, and the caller ends its call after unlocking.
+ */
+static bool
+watcher_update(struct room *r, room_watcher_t *w, bool *admitted, int64_t *expires_at_ms)
+{
+    tick_t *t = tick_find(r, w->ticket.ticket);
+    Reservation__V1__WaitingRoomUpdate u = RESERVATION__V1__WAITING_ROOM_UPDATE__INIT;
+    Reservation__V1__WatchWaitingRoomResponse resp =
+        RESERVATION__V1__WATCH_WAITING_ROOM_RESPONSE__INIT;
+    int64_t position;
+
+    *admitted = false;
+    if (t == NULL || t->holding) {
+        *admitted = t != NULL;
+        *expires_at_ms = t != NULL ? t->expires_at_ms : 0;
+        w->done = true;
+        watcher_unlink(r, w);
+        return true;
+    }
+    position = tree_before(r, t->seq) + 1;
+    if (position != w->last_position) {
+        u.position = position;
+        u.admission_token = "";
+        u.expires_at_ms = t->expires_at_ms;
+        resp.update = &u;
+        (void)svc_call_write(w->call, &resp.base);
+        w->last_position = position;
+    }
+    return false;
+}
+
+/* Ends a watcher taken out of its room: with its admission, or NOT_FOUND. */
+static void
+watcher_end(reservation_service_t *svc, room_watcher_t *w, bool admitted, int64_t expires_at_ms)
+{
+    Reservation__V1__WaitingRoomUpdate u = RESERVATION__V1__WAITING_ROOM_UPDATE__INIT;
+    Reservation__V1__WatchWaitingRoomResponse resp =
+        RESERVATION__V1__WATCH_WAITING_ROOM_RESPONSE__INIT;
+    char token[RSV_ADMISSION_TOKEN_MAX];
+    svc_err_t err;
+
+    if (!admitted) {
+        svc_err_set(&err, SVC_NOT_FOUND, "the ticket is gone: it left, or its place ran out");
+        svc_call_fail(w->call, &err);
+        return;
+    }
+    if (rsv_admission_sign(&svc->opts.admission_key, w->user_id, w->room->schedule_id,
+                           w->ticket.ticket, expires_at_ms, token, sizeof(token)) != 0) {
+        svc_err_set(&err, SVC_INTERNAL, "cannot sign the admission");
+        svc_call_fail(w->call, &err);
+        return;
+    }
+    u.position = 0;
+    u.admission_token = token;
+    u.expires_at_ms = expires_at_ms;
+    resp.update = &u;
+    (void)svc_call_write(w->call, &resp.base);
+    svc_call_finish(w->call, NULL);
+}
+
+static void
+renewed(const svc_err_t *err, void *arg)
+{
+    (void)err; /* a place that could not be renewed runs out; the watcher then hears NOT_FOUND */
+    free(arg);
+}
+
+/*
+ * A watched place is renewed now and then, so watching keeps it (caller
+ * holds mu; only for a ticket the mirror sees waiting: renewing a permit
+ * would change the admission's lease).
+ */
+static void
+watcher_renew(room_watcher_t *w, int64_t now_ms)
+{
+    svc_sem_ticket_t *copy;
+
+    if (now_ms - w->renewed_ms < PLACE_RENEW_MS || (copy = malloc(sizeof(*copy))) == NULL) {
+        return;
+    }
+    w->renewed_ms = now_ms;
+    *copy = w->ticket; /* the call may end before lock-svc answers */
+    svc_sem_extend_async(w->room->svc->lock_svc, copy, PLACE_MS, NULL, renewed, copy);
+}
+
+/* A round: every watcher hears of its position if it changed; admitted or gone ones end. */
+static void
+round_run(void *arg)
+{
+    struct room *r = arg;
+    room_watcher_t *ended = NULL;
+    int64_t now = svc_now_mono_ms();
+
+    pthread_mutex_lock(&r->mu);
+    r->round_armed = false;
+    r->rounds_running++;
+    if (r->synced) {
+        for (room_watcher_t *w = r->watchers, *next; w != NULL; w = next) {
+            next = w->next;
+            if (watcher_update(r, w, &w->end_admitted, &w->end_expires_ms)) {
+                w->next = ended;
+                ended = w;
+            } else {
+                watcher_renew(w, now);
+            }
+        }
+    }
+    pthread_mutex_unlock(&r->mu);
+    while (ended != NULL) {
+        room_watcher_t *w = ended;
+        ended = w->next;
+        watcher_end(r->svc, w, w->end_admitted, w->end_expires_ms);
+    }
+    pthread_mutex_lock(&r->mu);
+    r->rounds_running--;
+    pthread_mutex_unlock(&r->mu);
+}
+
+/* ---------- the stream ---------- */
+
+/* Follows lock-svc's events of the room until stopped, reconnecting as needed. */
+static void *
+room_thread(void *arg)
+{
+    struct room *r = arg;
+    svc_arena_t *arena = svc_arena_create();
+
+    while (arena != NULL) {
+        Lock__V1__WatchSemaphoreRequest req = LOCK__V1__WATCH_SEMAPHORE_REQUEST__INIT;
+        svc_call_opts_t opts = {.timeout_ms = STREAM_MS};
+        svc_client_stream_t *st;
+        ProtobufCMessage *msg;
+        char after[sizeof(r->version)];
+        svc_err_t err;
+
+        svc_err_set(&err, SVC_UNAVAILABLE, "the stream ended");
+        pthread_mutex_lock(&r->mu);
+        if (r->stop) {
+            pthread_mutex_unlock(&r->mu);
+            break;
+        }
+        snprintf(after, sizeof(after), "%s", r->synced ? r->version : "");
+        pthread_mutex_unlock(&r->mu);
+        req.name = r->name;
+        req.after_version = after;
+        st = svc_client_stream_open(r->svc->lock_svc, "/lock.v1.LockService/WatchSemaphore", &opts,
+                                    &err);
+        if (st != NULL && svc_client_stream_send(st, &req.base, &err) == 0 &&
+            svc_client_stream_close_send(st, &err) == 0) {
+            pthread_mutex_lock(&r->mu);
+            r->stream = r->stop ? NULL : st;
+            if (r->stop) {
+                svc_client_stream_cancel(st);
+            }
+            pthread_mutex_unlock(&r->mu);
+            while (svc_client_stream_recv(st, &lock__v1__watch_semaphore_response__descriptor,
+                                          arena, &msg, &err) == 1) {
+                pthread_mutex_lock(&r->mu);
+                mirror_apply(r, (const Lock__V1__WatchSemaphoreResponse *)msg);
+                if (r->synced) {
+                    round_arm(r);
+                }
+                pthread_mutex_unlock(&r->mu);
+                svc_arena_reset(arena);
+            }
+        }
+        pthread_mutex_lock(&r->mu);
+        r->stream = NULL;
+        bool stop = r->stop;
+        pthread_mutex_unlock(&r->mu);
+        svc_client_stream_destroy(st);
+        if (stop) {
+            break;
+        }
+        if (err.code != SVC_DEADLINE_EXCEEDED) { /* else simply its hour was over */
+            static svc_log_limit_t limit = SVC_LOG_LIMIT_INIT(5);
+            svc_logf_limited(&limit, SVC_LOG_WARN,
+                             "waiting room %s: lock-svc's events broke off: %s", r->name, err.msg);
+            svc_sleep_ms(RECONNECT_MS);
+        }
+    }
+    svc_arena_destroy(arena);
+    return NULL;
+}
+
+/* The mirror of schedule_id's room, started on first use; NULL when out of memory. */
+static struct room *
+room_get(reservation_service_t *svc, int64_t schedule_id)
+{
+    struct room *r;
+
+    pthread_mutex_lock(&svc->rooms_mu);
+    for (r = svc->watched; r != NULL && r->schedule_id != schedule_id; r = r->next) {
+    }
+    if (r == NULL && (r = calloc(1, sizeof(*r))) != NULL) {
+        r->svc = svc;
+        r->schedule_id = schedule_id;
+        reservation_room_name(r->name, sizeof(r->name), schedule_id);
+        r->round.heap_index = -1;
+        pthread_mutex_init(&r->mu, NULL);
+        if (pthread_create(&r->thread, NULL, room_thread, r) != 0) {
+            pthread_mutex_destroy(&r->mu);
+            free(r);
+            r = NULL;
+        } else {
+            r->next = svc->watched;
+            svc->watched = r;
+        }
+    }
+    pthread_mutex_unlock(&svc->rooms_mu);
+    return r;
+}
+
+/* ---------- WatchWaitingRoom ---------- */
+
+static void
+watch_cancelled(svc_call_t *call, void *arg)
+{
+    room_watcher_t *w = arg;
+    struct room *r = w->room;
+    bool mine = false;
+    svc_err_t err;
+
+    pthread_mutex_lock(&r->mu);
+    if (!w->done) {
+        w->done = mine = true;
+        watcher_unlink(r, w);
+    }
+    pthread_mutex_unlock(&r->mu);
+    if (mine) { /* the place stays until its TTL: watching again resumes */
+        svc_err_set(&err, SVC_CANCELLED, "stopped watching");
+        svc_call_fail(call, &err);
+    }
+}
+
+void
+reservation_room_watch(svc_call_t *call, const ProtobufCMessage *msg, void *user)
+{
+    const Reservation__V1__WatchWaitingRoomRequest *req = (const void *)msg;
+    reservation_service_t *svc = user;
+    room_watcher_t *w = NULL;
+    int64_t schedule_id, user_id;
+    svc_sem_ticket_t t;
+    struct room *r;
+    svc_err_t err;
+
+    if (reservation_room_ticket_parse(svc, req->ticket, &schedule_id, &user_id, &t, &err) != 0) {
+        svc_call_fail(call, &err);
+        return;
+    }
+    if ((w = svc_call_alloc(call, sizeof(*w))) == NULL) {
+        return;
+    }
+    if ((r = room_get(svc, schedule_id)) == NULL) {
+        svc_call_fail_oom(call);
+        return;
+    }
+    w->room = r;
+    w->call = call;
+    w->user_id = user_id;
+    w->ticket = t;
+    w->last_position = -1;
+    pthread_mutex_lock(&r->mu);
+    w->next = r->watchers;
+    if (r->watchers != NULL) {
+        r->watchers->prev = w;
+    }
+    r->watchers = w;
+    w->renewed_ms = svc_now_mono_ms() - PLACE_RENEW_MS; /* its first round renews its place */
+    round_arm(r);                                       /* its first message: where it stands now */
+    pthread_mutex_unlock(&r->mu);
+    svc_call_on_cancel(call, watch_cancelled, w);
+}
+
+void
+reservation_rooms_stop(reservation_service_t *svc)
+{
+    struct room *r;
+
+    pthread_mutex_lock(&svc->rooms_mu);
+    r = svc->watched;
+    svc->watched = NULL;
+    pthread_mutex_unlock(&svc->rooms_mu);
+    while (r != NULL) {
+        struct room *next = r->next;
+        pthread_mutex_lock(&r->mu);
+        r->stop = true;
+        svc_client_stream_cancel(r->stream);
+        pthread_mutex_unlock(&r->mu);
+        pthread_join(r->thread, NULL);
+        pthread_mutex_lock(&r->mu);
+        if (r->round_armed && svc_timer_cancel(svc_server_timers(svc->server), &r->round)) {
+            r->round_armed = false;
+        }
+        for (int i = 0; i < 2000 && (r->round_armed || r->rounds_running > 0); i++) {
+            /* a round on its way: let it end (timers that stopped first never run it) */
+            pthread_mutex_unlock(&r->mu);
+            svc_sleep_ms(1);
+            pthread_mutex_lock(&r->mu);
+        }
+        pthread_mutex_unlock(&r->mu);
+        mirror_clear(r);
+        pthread_mutex_destroy(&r->mu);
+        free(r);
+        r = next;
+    }
+}
