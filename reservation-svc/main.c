@@ -63,6 +63,9 @@ main(int argc, char **argv)
          "file with the key (32..256 bytes) that signs waiting-room admissions; the same for"
          " every instance (unset: a random key, tokens valid on this instance only)",
          0, 0, &admission_key_file, 0},
+        {"room-place-ms", "ROOM_PLACE_MS", SVC_OPT_INT, "60000",
+         "how long a place in a waiting room's line is kept for a user who stopped watching", 1000,
+         3600000, &ropts.room_place_ms, 0},
         {"max-streams", "MAX_STREAMS", SVC_OPT_INT, "1000",
          "calls one client connection may have in flight; more wait in the client (0: no limit)", 0,
          1000000, &max_streams, 0},

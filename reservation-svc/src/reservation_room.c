@@ -24,8 +24,6 @@
 #include "svc/lock_client.h"
 #include "svc/validate.h"
 
-#define ROOM_PLACE_MS 60000 /* a place in line is kept this long unless renewed */
-
 void
 reservation_room_name(char *buf, size_t len, int64_t schedule_id)
 {
@@ -151,7 +149,7 @@ reservation_room_enter(svc_call_t *call, const ProtobufCMessage *msg, void *user
     opts.owner = e->owner;
     opts.limit = limit;
     opts.lease_ms = ttl_ms;
-    opts.ticket_ttl_ms = ROOM_PLACE_MS;
+    opts.ticket_ttl_ms = svc->opts.room_place_ms;
     opts.parent = call;
     svc_sem_enter_async(svc->lock_svc, name, &opts, &e->ticket, entered, e);
 }

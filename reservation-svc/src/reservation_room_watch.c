@@ -11,10 +11,11 @@
  * Changes are pushed in rounds: a change marks the room dirty, and a timer
  * sends every watcher whose position changed one message, at most every
  * ROUND_MS, so a burst of admissions costs each watcher one message, not one
- * per admission. The round that finds a ticket admitted sends the admission
+ * per admission; watchers far back hear of small moves less often
+ * (worth_telling). The round that finds a ticket admitted sends the admission
  * token and ends the call; a ticket that is gone (left, ran out) ends it with
  * NOT_FOUND. A watcher also keeps its place alive: its ticket's place is
- * renewed when watching starts and every PLACE_RENEW_MS after.
+ * renewed when watching starts and every half of ROOM_PLACE_MS after.
  */
 #define _GNU_SOURCE
 #include <inttypes.h>
@@ -27,11 +28,11 @@
 #include "reservation_internal.h"
 #include "svc/log.h"
 
-#define ROUND_MS 20          /* how often watchers hear of changes, at most */
-#define PLACE_MS 60000       /* as reservation_room.c's ROOM_PLACE_MS */
-#define PLACE_RENEW_MS 20000 /* a watched place is renewed this often */
-#define RECONNECT_MS 200     /* after the stream broke */
-#define STREAM_MS 3600000    /* a stream is opened again (from its version) after this long */
+#define ROUND_MS 20       /* how often watchers hear of changes, at most */
+#define NEAR_FRONT 20     /* watchers this near the front hear of every move */
+#define FAR_TELL_MS 1000  /* the others at least this often while they move */
+#define RECONNECT_MS 200  /* after the stream broke */
+#define STREAM_MS 3600000 /* a stream is opened again (from its version) after this long */
 #define TICKET_BUCKETS 4096
 
 /* A live ticket of the mirror. */
@@ -70,7 +71,7 @@ struct room_watcher {
     room_watcher_t *next, *prev;
     struct room *room;
     svc_call_t *call;
-    int64_t user_id, last_position, renewed_ms;
+    int64_t user_id, last_position, renewed_ms, told_ms;
     svc_sem_ticket_t ticket;
     bool done; /* under room->mu: whoever sets it ends the call */
     /* How a round ended it: admitted (until end_expires_ms) or gone. */
@@ -263,14 +264,21 @@ mirror_apply(struct room *r, const Lock__V1__WatchSemaphoreResponse *m)
 
 static void round_run(void *arg);
 
+/* A round in delay_ms, unless one is due already (caller holds mu). */
+static void
+round_arm_in(struct room *r, int64_t delay_ms)
+{
+    if (!r->round_armed && !r->stop) {
+        r->round_armed = true;
+        svc_timer_start(svc_server_timers(r->svc->server), &r->round, delay_ms, round_run, r);
+    }
+}
+
 /* Something changed: a round soon (caller holds mu). */
 static void
 round_arm(struct room *r)
 {
-    if (!r->round_armed && !r->stop) {
-        r->round_armed = true;
-        svc_timer_start(svc_server_timers(r->svc->server), &r->round, ROUND_MS, round_run, r);
-    }
+    round_arm_in(r, ROUND_MS);
 }
 
 static void
@@ -285,6 +293,26 @@ watcher_unlink(struct room *r, room_watcher_t *w)
         w->next->prev = w->prev;
     }
     w->next = w->prev = NULL;
+}
+
+/*
+ * Whether w hears of its new position now. Every admission moves every
+ * waiting ticket up by one, so telling each watcher of each move would cost
+ * thousands of messages per admission. A watcher near the front hears of
+ * every move; one further back when its position changed by a tenth or
+ * more, or at least every FAR_TELL_MS while it moves. What it hears is
+ * never older than a round.
+ */
+static bool
+worth_telling(const room_watcher_t *w, int64_t position, int64_t now_ms)
+{
+    int64_t moved = w->last_position - position;
+
+    if (position == w->last_position) {
+        return false;
+    }
+    return w->last_position < 0 || position <= NEAR_FRONT || moved < 0 ||
+           moved * 10 >= w->last_position || now_ms - w->told_ms >= FAR_TELL_MS;
 }
 
 /*
@@ -310,13 +338,14 @@ watcher_update(struct room *r, room_watcher_t *w, bool *admitted, int64_t *expir
         return true;
     }
     position = tree_before(r, t->seq) + 1;
-    if (position != w->last_position) {
+    if (worth_telling(w, position, svc_now_mono_ms())) {
         u.position = position;
         u.admission_token = "";
         u.expires_at_ms = t->expires_at_ms;
         resp.update = &u;
         (void)svc_call_write(w->call, &resp.base);
         w->last_position = position;
+        w->told_ms = svc_now_mono_ms();
     }
     return false;
 }
@@ -367,12 +396,14 @@ watcher_renew(room_watcher_t *w, int64_t now_ms)
 {
     svc_sem_ticket_t *copy;
 
-    if (now_ms - w->renewed_ms < PLACE_RENEW_MS || (copy = malloc(sizeof(*copy))) == NULL) {
+    int64_t place_ms = w->room->svc->opts.room_place_ms;
+
+    if (now_ms - w->renewed_ms < place_ms / 2 || (copy = malloc(sizeof(*copy))) == NULL) {
         return;
     }
     w->renewed_ms = now_ms;
     *copy = w->ticket; /* the call may end before lock-svc answers */
-    svc_sem_extend_async(w->room->svc->lock_svc, copy, PLACE_MS, NULL, renewed, copy);
+    svc_sem_extend_async(w->room->svc->lock_svc, copy, place_ms, NULL, renewed, copy);
 }
 
 /* A round: every watcher hears of its position if it changed; admitted or gone ones end. */
@@ -396,6 +427,9 @@ round_run(void *arg)
                 watcher_renew(w, now);
             }
         }
+    }
+    if (r->watchers != NULL) { /* quiet rooms too: the watched places are renewed in time */
+        round_arm_in(r, r->svc->opts.room_place_ms / 6);
     }
     pthread_mutex_unlock(&r->mu);
     while (ended != NULL) {
@@ -558,8 +592,8 @@ reservation_room_watch(svc_call_t *call, const ProtobufCMessage *msg, void *user
         r->watchers->prev = w;
     }
     r->watchers = w;
-    w->renewed_ms = svc_now_mono_ms() - PLACE_RENEW_MS; /* its first round renews its place */
-    round_arm(r);                                       /* its first message: where it stands now */
+    w->renewed_ms = svc_now_mono_ms() - svc->opts.room_place_ms; /* its first round renews it */
+    round_arm(r); /* its first message: where it stands now */
     pthread_mutex_unlock(&r->mu);
     svc_call_on_cancel(call, watch_cancelled, w);
 }

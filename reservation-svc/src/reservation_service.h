@@ -22,6 +22,7 @@ typedef struct {
     int64_t sweep_ms;     /* how often the sweeper looks for expired holds */
     int64_t pay_grace_ms; /* an authorization outlives its hold by this, for the capture */
     rsv_admission_key_t admission_key; /* signs and checks waiting-room admissions */
+    int64_t room_place_ms; /* a place in a waiting room's line lasts this long unless renewed */
 } reservation_opts_t;
 
 /* Starts the sweeper. Takes no ownership: server, db and lock_svc must outlive it. */

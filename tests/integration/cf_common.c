@@ -443,6 +443,13 @@ int64_t
 cf_new_schedule(svc_client_t *c, const char *admin_token, const char *title, int seats,
                 int64_t price)
 {
+    return cf_new_room_schedule(c, admin_token, title, seats, price, 0, 0);
+}
+
+int64_t
+cf_new_room_schedule(svc_client_t *c, const char *admin_token, const char *title, int seats,
+                     int64_t price, int32_t room_limit, int64_t admission_ttl_ms)
+{
     Reservation__V1__CreateConcertRequest req = RESERVATION__V1__CREATE_CONCERT_REQUEST__INIT;
     Reservation__V1__ScheduleSpec spec = RESERVATION__V1__SCHEDULE_SPEC__INIT;
     Reservation__V1__ScheduleSpec *specs[] = {&spec};
@@ -459,6 +466,8 @@ cf_new_schedule(svc_client_t *c, const char *admin_token, const char *title, int
     spec.starts_at_ms = svc_now_unix_ms() + 30LL * 86400 * 1000;
     spec.seat_count = seats;
     spec.seat_price = price;
+    spec.waiting_room_limit = room_limit;
+    spec.admission_ttl_ms = admission_ttl_ms;
     call_begin(&call, 0, md, 1);
     if (call_run(&call, c, NULL, "/reservation.v1.ReservationService/CreateConcert", &req.base,
                  &reservation__v1__create_concert_response__descriptor, &resp) == SVC_OK) {

@@ -35,6 +35,8 @@ const cf_scenario_t cf_scenarios[] = {
      sc_sentinel_failover},
     {"interleavings", "seeded random holds, payments, cancels, expiry under pauses and crashes",
      true, sc_interleavings},
+    {"waiting_room", "users through a waiting room on two instances, one SIGKILLed; FIFO, limit",
+     true, sc_waiting_room},
 };
 const int cf_n_scenarios = (int)(sizeof(cf_scenarios) / sizeof(cf_scenarios[0]));
 

@@ -119,6 +119,9 @@ svc_status_t cf_call(svc_client_t *c, cf_tally_t *t, const char *method,
 /* A concert of one schedule with seats seats at price; returns the schedule id, or -1. */
 int64_t cf_new_schedule(svc_client_t *c, const char *admin_token, const char *title, int seats,
                         int64_t price);
+/* The same with a waiting room of room_limit (0: none) and its admission TTL (0: default). */
+int64_t cf_new_room_schedule(svc_client_t *c, const char *admin_token, const char *title, int seats,
+                             int64_t price, int32_t room_limit, int64_t admission_ttl_ms);
 /* The shared client for addr; NULL (printed) when addr is not a valid target. */
 svc_client_t *cf_client(const char *addr);
 
@@ -215,5 +218,7 @@ int sc_lock_svc_kill(cf_ctx_t *ctx, cf_tally_t *t);
 int sc_sentinel_failover(cf_ctx_t *ctx, cf_tally_t *t);
 /* sc_interleavings.c */
 int sc_interleavings(cf_ctx_t *ctx, cf_tally_t *t);
+/* sc_waiting_room.c */
+int sc_waiting_room(cf_ctx_t *ctx, cf_tally_t *t);
 
 #endif
