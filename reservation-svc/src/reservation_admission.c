@@ -218,15 +218,16 @@ room_mac(const rsv_admission_key_t *k, const char *body, size_t len, char *hex)
 
 int
 rsv_room_ticket_sign(const rsv_admission_key_t *k, int64_t schedule_id, int64_t user_id,
-                     const char *ticket, char *out, size_t out_len)
+                     int64_t seq, const char *ticket, char *out, size_t out_len)
 {
     char hex[ROOM_MAC_HEX + 1];
     int n;
 
-    if (ticket == NULL || !is_ticket(ticket, strlen(ticket))) {
+    if (ticket == NULL || !is_ticket(ticket, strlen(ticket)) || seq < 0) {
         return -1;
     }
-    n = snprintf(out, out_len, "%" PRId64 ".%" PRId64 ".%s.", schedule_id, user_id, ticket);
+    n = snprintf(out, out_len, "%" PRId64 ".%" PRId64 ".%" PRId64 ".%s.", schedule_id, user_id, seq,
+                 ticket);
     if (n < 0 || (size_t)n + ROOM_MAC_HEX + 1 > out_len || !room_mac(k, out, (size_t)n, hex)) {
         return -1;
     }
@@ -236,13 +237,13 @@ rsv_room_ticket_sign(const rsv_admission_key_t *k, int64_t schedule_id, int64_t 
 
 int
 rsv_room_ticket_parse(const rsv_admission_key_t *k, const char *s, int64_t *schedule_id,
-                      int64_t *user_id, char *ticket, svc_err_t *err)
+                      int64_t *user_id, int64_t *seq, char *ticket, svc_err_t *err)
 {
     const char *p = s, *dot;
     char want[ROOM_MAC_HEX + 1];
 
     if (s == NULL || strlen(s) >= RSV_ROOM_TICKET_MAX || !take_number(&p, schedule_id) ||
-        !take_number(&p, user_id) || (dot = strchr(p, '.')) == NULL ||
+        !take_number(&p, user_id) || !take_number(&p, seq) || (dot = strchr(p, '.')) == NULL ||
         !is_ticket(p, (size_t)(dot - p)) || strlen(dot + 1) != ROOM_MAC_HEX ||
         !room_mac(k, s, (size_t)(dot + 1 - s), want) ||
         CRYPTO_memcmp(want, dot + 1, ROOM_MAC_HEX) != 0 || *schedule_id < 1 || *user_id < 1) {

@@ -63,23 +63,23 @@ int rsv_admission_verify(const rsv_admission_key_t *k, const char *token, int64_
                          int64_t schedule_id, int64_t now_ms, rsv_admission_t *out, svc_err_t *err);
 
 /*
- * A waiting-room ticket as clients see it names its schedule, its user and
- * lock-svc's ticket, under a MAC of the same key, so that WatchWaitingRoom
- * and LeaveWaitingRoom can trust all three:
+ * A waiting-room ticket as clients see it names its schedule, its user,
+ * lock-svc's ticket and its place in the line (seq) under a MAC of the same
+ * key, so that WatchWaitingRoom and LeaveWaitingRoom can trust all of them:
  *
- *     <schedule>.<user>.<ticket>.<32 hex digits of the MAC>
+ *     <schedule>.<user>.<seq>.<ticket>.<32 hex digits of the MAC>
  */
-#define RSV_ROOM_TICKET_MAX (20 + 1 + 20 + 1 + RSV_ADMISSION_TICKET_MAX + 1 + 32 + 1)
+#define RSV_ROOM_TICKET_MAX (3 * 21 + RSV_ADMISSION_TICKET_MAX + 1 + 32 + 1)
 
 /* Writes it into out (RSV_ROOM_TICKET_MAX bytes); -1 for a bad ticket or too small a buffer. */
 int rsv_room_ticket_sign(const rsv_admission_key_t *k, int64_t schedule_id, int64_t user_id,
-                         const char *ticket, char *out, size_t out_len);
+                         int64_t seq, const char *ticket, char *out, size_t out_len);
 /*
- * Reads one back: 0 with its schedule, user and lock-svc ticket (ticket:
- * RSV_ADMISSION_TICKET_MAX + 1 bytes), or -1 with INVALID_ARGUMENT "not a
- * waiting-room ticket" (malformed, or not signed with this key).
+ * Reads one back: 0 with its schedule, user, seq and lock-svc ticket
+ * (ticket: RSV_ADMISSION_TICKET_MAX + 1 bytes), or -1 with INVALID_ARGUMENT
+ * "not a waiting-room ticket" (malformed, or not signed with this key).
  */
 int rsv_room_ticket_parse(const rsv_admission_key_t *k, const char *s, int64_t *schedule_id,
-                          int64_t *user_id, char *ticket, svc_err_t *err);
+                          int64_t *user_id, int64_t *seq, char *ticket, svc_err_t *err);
 
 #endif

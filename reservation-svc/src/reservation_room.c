@@ -35,8 +35,8 @@ reservation_room_ticket_parse(reservation_service_t *svc, const char *s, int64_t
                               int64_t *user_id, svc_sem_ticket_t *t, svc_err_t *err)
 {
     memset(t, 0, sizeof(*t));
-    if (rsv_room_ticket_parse(&svc->opts.admission_key, s, schedule_id, user_id, t->ticket, err) !=
-        0) {
+    if (rsv_room_ticket_parse(&svc->opts.admission_key, s, schedule_id, user_id, &t->seq, t->ticket,
+                              err) != 0) {
         return -1;
     }
     reservation_room_name(t->name, sizeof(t->name), *schedule_id);
@@ -99,7 +99,7 @@ entered(const svc_err_t *err, void *arg)
         svc_call_fail_oom(e->call);
         return;
     }
-    if (rsv_room_ticket_sign(&e->svc->opts.admission_key, e->schedule_id, e->user_id,
+    if (rsv_room_ticket_sign(&e->svc->opts.admission_key, e->schedule_id, e->user_id, e->ticket.seq,
                              e->ticket.ticket, ticket, RSV_ROOM_TICKET_MAX) != 0 ||
         (token != NULL &&
          rsv_admission_sign(&e->svc->opts.admission_key, e->user_id, e->schedule_id,

@@ -56,11 +56,13 @@ struct room {
 
     pthread_mutex_t mu; /* everything below */
     bool stop, round_armed, synced;
-    int rounds_running; /* a round past its unlock still touches the room */
+    int rounds_running;   /* a round past its unlock still touches the room */
+    int64_t round_due_ms; /* monotonic, while round_armed */
     svc_client_stream_t *stream;
     char version[SVC_LOCK_TOKEN_MAX + 1];
     tick_t *buckets[TICKET_BUCKETS];
     int64_t base;  /* the seq of tree slot 0 */
+    int64_t top;   /* the highest seq the mirror has seen */
     int64_t *tree; /* Fenwick tree of waiting tickets by seq - base */
     int64_t cap;   /* slots of tree */
     room_watcher_t *watchers;
@@ -168,6 +170,7 @@ mirror_clear(struct room *r)
     r->tree = NULL;
     r->cap = 0;
     r->base = 0;
+    r->top = 0;
     r->synced = false;
 }
 
@@ -177,6 +180,9 @@ mirror_put(struct room *r, const char *ticket, int64_t seq, bool holding, int64_
 {
     tick_t *t = tick_find(r, ticket);
 
+    if (seq > r->top) {
+        r->top = seq;
+    }
     if (r->tree == NULL) { /* the first ticket after a snapshot sets where the tree starts */
         r->base = seq;
         r->cap = 1024;
@@ -264,14 +270,22 @@ mirror_apply(struct room *r, const Lock__V1__WatchSemaphoreResponse *m)
 
 static void round_run(void *arg);
 
-/* A round in delay_ms, unless one is due already (caller holds mu). */
+/* A round in delay_ms, unless one is due sooner (caller holds mu). */
 static void
 round_arm_in(struct room *r, int64_t delay_ms)
 {
-    if (!r->round_armed && !r->stop) {
-        r->round_armed = true;
-        svc_timer_start(svc_server_timers(r->svc->server), &r->round, delay_ms, round_run, r);
+    svc_timers_t *timers = svc_server_timers(r->svc->server);
+    int64_t due = svc_now_mono_ms() + delay_ms;
+
+    if (r->stop || (r->round_armed && r->round_due_ms <= due)) {
+        return;
     }
+    if (r->round_armed && !svc_timer_cancel(timers, &r->round)) {
+        return; /* firing now: that round sees the change */
+    }
+    r->round_armed = true;
+    r->round_due_ms = due;
+    svc_timer_start(timers, &r->round, delay_ms, round_run, r);
 }
 
 /* Something changed: a round soon (caller holds mu). */
@@ -330,6 +344,9 @@ watcher_update(struct room *r, room_watcher_t *w, bool *admitted, int64_t *expir
     int64_t position;
 
     *admitted = false;
+    if (t == NULL && w->ticket.seq > r->top) {
+        return false; /* entered after what the mirror has seen so far: its news is on the way */
+    }
     if (t == NULL || t->holding) {
         *admitted = t != NULL;
         *expires_at_ms = t != NULL ? t->expires_at_ms : 0;
@@ -382,8 +399,14 @@ watcher_end(reservation_service_t *svc, room_watcher_t *w, bool admitted, int64_
 static void
 renewed(const svc_err_t *err, void *arg)
 {
-    (void)err; /* a place that could not be renewed runs out; the watcher then hears NOT_FOUND */
-    free(arg);
+    svc_sem_ticket_t *t = arg;
+
+    if (err->code != SVC_OK) { /* the place runs out; its watcher then hears NOT_FOUND */
+        static svc_log_limit_t limit = SVC_LOG_LIMIT_INIT(5);
+        svc_logf_limited(&limit, SVC_LOG_WARN, "waiting room %s: a watched place not renewed: %s",
+                         t->name, err->msg);
+    }
+    free(t);
 }
 
 /*

@@ -157,6 +157,35 @@ test_keys(void **state)
     expect_refused(&r2, t1, 1, 2, "not signed by this service");
 }
 
+/* A room ticket says schedule, user, seq and lock-svc's ticket, and cannot be edited. */
+static void
+test_room_tickets(void **state)
+{
+    rsv_admission_key_t k = key_of(KEY), other = key_of(OTHER_KEY);
+    char t[RSV_ROOM_TICKET_MAX], bent[RSV_ROOM_TICKET_MAX + 8],
+        ticket[RSV_ADMISSION_TICKET_MAX + 1];
+    int64_t schedule, user, seq;
+    svc_err_t err;
+
+    (void)state;
+    assert_int_equal(rsv_room_ticket_sign(&k, 7, 42, 1001, "ab12", t, sizeof(t)), 0);
+    assert_int_equal(rsv_room_ticket_parse(&k, t, &schedule, &user, &seq, ticket, &err), 0);
+    assert_int_equal(schedule, 7);
+    assert_int_equal(user, 42);
+    assert_int_equal(seq, 1001);
+    assert_string_equal(ticket, "ab12");
+    /* Another user written in: the MAC no longer matches; another key; bad spellings. */
+    snprintf(bent, sizeof(bent), "7.43%s", t + 4);
+    assert_int_equal(rsv_room_ticket_parse(&k, bent, &schedule, &user, &seq, ticket, &err), -1);
+    assert_int_equal(err.code, SVC_INVALID_ARGUMENT);
+    assert_int_equal(rsv_room_ticket_parse(&other, t, &schedule, &user, &seq, ticket, &err), -1);
+    assert_int_equal(
+        rsv_room_ticket_parse(&k, "7.42.1001.ab12", &schedule, &user, &seq, ticket, &err), -1);
+    assert_int_equal(rsv_room_ticket_parse(&k, NULL, &schedule, &user, &seq, ticket, &err), -1);
+    assert_int_equal(rsv_room_ticket_sign(&k, 7, 42, 1001, "AB", t, sizeof(t)), -1);
+    assert_int_equal(rsv_room_ticket_sign(&k, 7, 42, 1001, "ab12", t, 20), -1);
+}
+
 int
 main(void)
 {
@@ -164,6 +193,7 @@ main(void)
         cmocka_unit_test(test_signed_token_admits),
         cmocka_unit_test(test_bent_tokens_refused),
         cmocka_unit_test(test_keys),
+        cmocka_unit_test(test_room_tickets),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -46,7 +46,8 @@ typedef struct {
     char ticket[256];
     int enter_position;
     bool admitted, held, lost_place;
-    int watches; /* streams opened */
+    int watches;                 /* streams opened */
+    int64_t entered_ms, lost_ms; /* monotonic; lost: since entering */
     char token[300];
     int64_t token_expires_ms;
 } wr_user_t;
@@ -200,6 +201,7 @@ watch(wr_user_t *u, svc_client_t *c, bool *broke)
     } else if (err.code == SVC_NOT_FOUND) {
         *broke = false;
         u->lost_place = true;
+        u->lost_ms = svc_now_mono_ms() - u->entered_ms;
     }
     cf_record(u->run->tally, err.code == SVC_NOT_FOUND || admitted ? SVC_OK : err.code, 0,
               ROOM_RUN_MS);
@@ -236,6 +238,7 @@ user_thread(void *arg)
     }
     snprintf(u->ticket, sizeof(u->ticket), "%s", got->ticket);
     u->enter_position = (int)got->position;
+    u->entered_ms = svc_now_mono_ms();
     if (got->position == 0) {
         snprintf(u->token, sizeof(u->token), "%s", got->admission_token);
         u->token_expires_ms = got->expires_at_ms;
@@ -454,7 +457,10 @@ sc_waiting_room(cf_ctx_t *ctx, cf_tally_t *t)
         held += u->held;
         watched_on_killed += !u->walks_away && u->watches > 1;
         if (!u->walks_away && (!u->admitted || !u->held)) {
-            cf_violation(t, "waiting_room: user %" PRId64 " (ticket %s) %s", u->user, u->ticket,
+            cf_violation(t,
+                         "waiting_room: user %" PRId64 " (ticket %s, entered at position %d,"
+                         " watched %d times, lost after %" PRId64 " ms) %s",
+                         u->user, u->ticket, u->enter_position, u->watches, u->lost_ms,
                          u->lost_place ? "lost its place" : "was never admitted");
         }
     }
