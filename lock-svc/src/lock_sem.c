@@ -6,7 +6,10 @@
  * keeps one timer per semaphore it has seen with tickets, set to that end:
  * it runs the settling script (lock_sem_store_get_async), whose answer sets
  * the timer again. Several instances may keep a timer for one semaphore;
- * the script is atomic and a second run finds nothing to do.
+ * the script is atomic and a second run finds nothing to do. An instance
+ * that starts (or finds Redis again) sets its timers from Redis's index of
+ * semaphores with tickets (lock_sem_resync), so a lease end is settled
+ * even when every instance that knew of it has gone.
  *
  * Timers live in a hash of semaphore names under one mutex: a semaphore's
  * entry stays while its timer is set or its script is on the way
@@ -125,6 +128,18 @@ lock_sem_due(lock_sem_t *sem, const char *name, int64_t due_ms)
         timer_set(sem, e, due_ms);
     }
     pthread_mutex_unlock(&sem->mu);
+}
+
+static void
+due_heard(const char *name, int64_t due_ms, void *arg)
+{
+    lock_sem_due(arg, name, due_ms);
+}
+
+void
+lock_sem_resync(lock_sem_t *sem)
+{
+    lock_sem_store_due_async(sem->store, due_heard, sem);
 }
 
 /* The settling script answered (a lane's thread): set the timer for the next end. */

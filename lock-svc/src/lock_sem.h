@@ -33,6 +33,12 @@ void lock_sem_destroy(lock_sem_t *sem);
  */
 void lock_sem_due(lock_sem_t *sem, const char *name, int64_t due_ms);
 
+/*
+ * Sets the timers of every semaphore with tickets from Redis's index of
+ * their ends: at start and whenever Redis may have been away. Never blocks.
+ */
+void lock_sem_resync(lock_sem_t *sem);
+
 /* The handlers, for lock_service's table; user is the lock_service_t. */
 void lock_sem_handle_enter(svc_call_t *call, const ProtobufCMessage *msg, void *user);
 void lock_sem_handle_leave(svc_call_t *call, const ProtobufCMessage *msg, void *user);

@@ -922,6 +922,87 @@ test_client_unavailable(void **state)
     assert_string_equal(err.msg, "lock service unavailable");
 }
 
+/* ---------- restarts ---------- */
+
+/*
+ * Every instance that knew of a lease is killed; the ones that start again
+ * find its end in Redis's index and admit the next in line then, with
+ * nobody calling.
+ */
+static void
+test_lease_end_admits_after_every_instance_restarted(void **state)
+{
+    redisContext *c = redis_connect();
+    ticket_t h, w;
+    svc_err_t err;
+    int64_t t0;
+
+    (void)state;
+    assert_int_equal(enter(0, "restart:sem", "short", 1, 1500, 30000, &h, &err), 0);
+    assert_int_equal(enter(1, "restart:sem", "next", 1, 30000, 30000, &w, &err), 0);
+    t0 = svc_now_mono_ms();
+    assert_int_equal(testenv_proc_kill(&inst[0]), 0);
+    assert_int_equal(testenv_proc_kill(&inst[1]), 0);
+    assert_int_equal(testenv_proc_restart(&inst[0]), 0);
+    assert_int_equal(testenv_proc_restart(&inst[1]), 0);
+    while (!redis_holds(c, "restart:sem", w.ticket) && svc_now_mono_ms() - t0 < 5000) {
+        svc_sleep_ms(10);
+    }
+    fprintf(stderr, "after both instances restarted: next admitted %lld ms after a 1500 ms lease\n",
+            (long long)(svc_now_mono_ms() - t0));
+    assert_true(redis_holds(c, "restart:sem", w.ticket));
+    assert_true(svc_now_mono_ms() - t0 < 3000);
+    assert_int_equal(leave(0, "restart:sem", w.ticket, &err), 0);
+    redisFree(c);
+}
+
+/*
+ * Redis goes away: a watcher is told UNAVAILABLE (events may be lost), and
+ * watching again from its version gives a snapshot once Redis is back
+ * empty, not a resume over the lost log.
+ */
+static void
+test_watch_ends_when_redis_is_lost(void **state)
+{
+    Lock__V1__WatchSemaphoreResponse *m;
+    ProtobufCMessage *msg;
+    ticket_t t;
+    watch_t w;
+    char version[48];
+    svc_err_t err;
+    int rc = -1;
+
+    (void)state;
+    assert_int_equal(enter(0, "lost:sem", "x", 1, 30000, 30000, &t, &err), 0);
+    watch_open(&w, 0, "lost:sem", "");
+    m = watch_next(&w);
+    assert_int_equal(m->kind, EV(SNAPSHOT));
+    assert_int_equal(m->n_tickets, 1);
+    snprintf(version, sizeof(version), "%s", m->version);
+    testenv_redis_kill(&redis);
+    assert_int_equal(svc_client_stream_recv(w.s, &lock__v1__watch_semaphore_response__descriptor,
+                                            w.arena, &msg, &err),
+                     0);
+    assert_int_equal(svc_client_stream_finish(w.s, &err), -1);
+    assert_int_equal(err.code, SVC_UNAVAILABLE);
+    assert_non_null(strstr(err.msg, "after_version"));
+    watch_close(&w);
+    assert_int_equal(testenv_redis_restart(&redis), 0); /* empty */
+    for (int i = 0; i < 100 && rc != 0; i++) {
+        sem_info_t info;
+        if ((rc = get(0, "lost:sem", NULL, &info, &err)) != 0) {
+            svc_sleep_ms(50);
+        }
+    }
+    assert_int_equal(rc, 0);
+    svc_sleep_ms(300); /* the reader reconnects too */
+    watch_open(&w, 0, "lost:sem", version);
+    m = watch_next(&w);
+    assert_int_equal(m->kind, EV(SNAPSHOT)); /* the log it knew is gone: no resume */
+    assert_int_equal(m->n_tickets, 0);
+    watch_close(&w);
+}
+
 /* ---------- set-up ---------- */
 
 static void
@@ -981,6 +1062,8 @@ main(int argc, char **argv)
         cmocka_unit_test(test_watch_mirrors_a_storm),
         cmocka_unit_test(test_client_api),
         cmocka_unit_test(test_client_unavailable),
+        cmocka_unit_test(test_lease_end_admits_after_every_instance_restarted),
+        cmocka_unit_test(test_watch_ends_when_redis_is_lost),
     };
 
     if (argc < 2) {
