@@ -899,6 +899,103 @@ test_client_api(void **state)
     svc_sem_leave_async(client[0], &b, NULL);
 }
 
+/* What an asynchronous watch heard, for the test thread. */
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int n;
+    svc_sem_event_kind_t kinds[64];
+    int64_t seqs[64];
+    int snapshot_tickets;
+    bool ended;
+    svc_err_t end;
+} heard_t;
+
+static void
+heard_event(const svc_sem_event_t *ev, void *arg)
+{
+    heard_t *h = arg;
+
+    pthread_mutex_lock(&h->mu);
+    if (h->n < 64) {
+        h->kinds[h->n] = ev->kind;
+        h->seqs[h->n] = ev->seq;
+        h->n++;
+    }
+    if (ev->kind == SVC_SEM_SNAPSHOT) {
+        h->snapshot_tickets = (int)ev->n_tickets;
+    }
+    pthread_cond_broadcast(&h->cv);
+    pthread_mutex_unlock(&h->mu);
+}
+
+static void
+heard_end(const svc_err_t *err, void *arg)
+{
+    heard_t *h = arg;
+
+    pthread_mutex_lock(&h->mu);
+    h->ended = true;
+    h->end = *err;
+    pthread_cond_broadcast(&h->cv);
+    pthread_mutex_unlock(&h->mu);
+}
+
+/* Waits up to 5 s until h heard n messages (or ended, with end). */
+static void
+heard_wait(heard_t *h, int n, bool end)
+{
+    int64_t until = svc_now_mono_ms() + 5000;
+
+    pthread_mutex_lock(&h->mu);
+    while ((end ? !h->ended : h->n < n) && svc_now_mono_ms() < until) {
+        pthread_mutex_unlock(&h->mu);
+        svc_sleep_ms(5);
+        pthread_mutex_lock(&h->mu);
+    }
+    pthread_mutex_unlock(&h->mu);
+}
+
+/* The asynchronous watch of the C client: snapshot, events in order, and its end. */
+static void
+test_client_watch(void **state)
+{
+    static heard_t h = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+    svc_sem_opts_t opts = {.owner = "w-a", .limit = 1, .lease_ms = 30000, .ticket_ttl_ms = 30000};
+    svc_sem_ticket_t a, b;
+    svc_sem_watch_t *w;
+    svc_err_t err;
+
+    (void)state;
+    assert_int_equal(svc_sem_enter(client[0], "cwatch:sem", &opts, &a, &err), 0);
+    w = svc_sem_watch_start(client[1], "cwatch:sem", NULL, NULL, heard_event, heard_end, &h, &err);
+    assert_non_null(w);
+    heard_wait(&h, 1, false);
+    opts.owner = "w-b";
+    assert_int_equal(svc_sem_enter(client[0], "cwatch:sem", &opts, &b, &err), 0);
+    svc_sem_leave_async(client[0], &a, NULL);
+    heard_wait(&h, 4, false);
+    pthread_mutex_lock(&h.mu);
+    assert_int_equal(h.n, 4);
+    assert_int_equal(h.kinds[0], SVC_SEM_SNAPSHOT);
+    assert_int_equal(h.snapshot_tickets, 1);
+    assert_int_equal(h.kinds[1], SVC_SEM_ENTER);
+    assert_int_equal(h.seqs[1], b.seq);
+    assert_int_equal(h.kinds[2], SVC_SEM_LEAVE);
+    assert_int_equal(h.seqs[2], a.seq);
+    assert_int_equal(h.kinds[3], SVC_SEM_ADMIT);
+    assert_int_equal(h.seqs[3], b.seq);
+    assert_false(h.ended); /* a watch has no deadline */
+    pthread_mutex_unlock(&h.mu);
+    svc_sem_watch_close(w);
+    heard_wait(&h, 0, true);
+    pthread_mutex_lock(&h.mu);
+    assert_true(h.ended);
+    assert_int_equal(h.end.code, SVC_CANCELLED);
+    pthread_mutex_unlock(&h.mu);
+    svc_sem_leave_async(client[0], &b, NULL);
+}
+
 /* Nobody listens: the client says so in the words the lock calls use. */
 static void
 test_client_unavailable(void **state)
@@ -979,6 +1076,11 @@ test_watch_ends_when_redis_is_lost(void **state)
     assert_int_equal(m->kind, EV(SNAPSHOT));
     assert_int_equal(m->n_tickets, 1);
     snprintf(version, sizeof(version), "%s", m->version);
+    static heard_t h = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+    svc_sem_watch_t *aw =
+        svc_sem_watch_start(client[1], "lost:sem", NULL, NULL, heard_event, heard_end, &h, &err);
+    assert_non_null(aw);
+    heard_wait(&h, 1, false);
     testenv_redis_kill(&redis);
     assert_int_equal(svc_client_stream_recv(w.s, &lock__v1__watch_semaphore_response__descriptor,
                                             w.arena, &msg, &err),
@@ -987,6 +1089,13 @@ test_watch_ends_when_redis_is_lost(void **state)
     assert_int_equal(err.code, SVC_UNAVAILABLE);
     assert_non_null(strstr(err.msg, "after_version"));
     watch_close(&w);
+    heard_wait(&h, 0, true); /* the C client's watch ends too, in its own words */
+    pthread_mutex_lock(&h.mu);
+    assert_true(h.ended);
+    assert_int_equal(h.end.code, SVC_UNAVAILABLE);
+    assert_string_equal(h.end.msg, "lock service unavailable");
+    pthread_mutex_unlock(&h.mu);
+    svc_sem_watch_close(aw);
     assert_int_equal(testenv_redis_restart(&redis), 0); /* empty */
     for (int i = 0; i < 100 && rc != 0; i++) {
         sem_info_t info;
@@ -1061,6 +1170,7 @@ main(int argc, char **argv)
         cmocka_unit_test(test_watch_bad_arguments),
         cmocka_unit_test(test_watch_mirrors_a_storm),
         cmocka_unit_test(test_client_api),
+        cmocka_unit_test(test_client_watch),
         cmocka_unit_test(test_client_unavailable),
         cmocka_unit_test(test_lease_end_admits_after_every_instance_restarted),
         cmocka_unit_test(test_watch_ends_when_redis_is_lost),
