@@ -212,6 +212,14 @@ lock_sem_create(lock_store_t *store, const lock_limits_t *limits, svc_err_t *err
 }
 
 void
+lock_sem_drain(lock_sem_t *sem)
+{
+    if (sem != NULL) {
+        lock_sem_watch_drain(sem);
+    }
+}
+
+void
 lock_sem_stop(lock_sem_t *sem)
 {
     if (sem == NULL) {

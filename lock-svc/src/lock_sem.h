@@ -19,6 +19,12 @@ typedef struct lock_sem lock_sem_t;
 /* Starts its own timer thread and a small pool. store and limits must outlive it. */
 lock_sem_t *lock_sem_create(lock_store_t *store, const lock_limits_t *limits, svc_err_t *err);
 /*
+ * Ends the Watch calls (they never end by themselves) with UNAVAILABLE and
+ * refuses new ones, so that the server's grace period is spent on calls
+ * that finish. When shutdown begins, before svc_server_shutdown.
+ */
+void lock_sem_drain(lock_sem_t *sem);
+/*
  * Stops the timers; nothing is settled from now on. After the server has
  * shut down, before the store is destroyed. NULL is a no-op.
  */

@@ -49,6 +49,7 @@
 #define LOG_KEY_LEN (LOCK_KEY_MAX + 16)
 /* Events may have been missed (or Redis lost the log): the watcher resumes or re-snapshots. */
 #define LOST_MSG "semaphore log connection lost; watch again with after_version"
+#define DRAIN_MSG "lock-svc is shutting down; watch again with after_version"
 
 typedef struct {
     uint64_t ms, seq;
@@ -88,7 +89,8 @@ struct sem_watch {
     long long client_id; /* the reader's connection, for CLIENT UNBLOCK; 0 when none */
     bool in_read;        /* the reader is in its XREAD */
     uint64_t read_gen;   /* counts XREADs */
-    uint64_t conn_gen;   /* counts the reader's lost connections */
+    uint64_t conn_gen;   /* counts the reader's lost connections (and the drain) */
+    bool draining;       /* shutting down: new watchers are refused */
 };
 
 /* ---------- versions ---------- */
@@ -225,6 +227,17 @@ reader_wake(lock_sem_t *sem)
 /* ---------- the watch call ---------- */
 
 static bool
+sw_draining(struct sem_watch *sw)
+{
+    bool draining;
+
+    pthread_mutex_lock(&sw->mu);
+    draining = sw->draining;
+    pthread_mutex_unlock(&sw->mu);
+    return draining;
+}
+
+static bool
 sw_stopping(struct sem_watch *sw)
 {
     bool stopping;
@@ -343,7 +356,7 @@ snapshot_done(const char *name, const lock_sem_result_t *res, const svc_err_t *e
     } else if (oom) {
         fail_call(w->call, SVC_RESOURCE_EXHAUSTED, "out of memory");
     } else if (lost && !w->cancelled && !sw_stopping(sw)) {
-        fail_call(w->call, SVC_UNAVAILABLE, LOST_MSG);
+        fail_call(w->call, SVC_UNAVAILABLE, sw_draining(sw) ? DRAIN_MSG : LOST_MSG);
     } else if (w->cancelled) {
         fail_call(w->call, SVC_CANCELLED, "cancelled");
     } else {
@@ -380,7 +393,7 @@ lock_sem_handle_watch(svc_call_t *call, const ProtobufCMessage *msg, void *user)
     snprintf(w->after, sizeof(w->after), "%s", after);
     pthread_mutex_lock(&sw->mu);
     w->conn_gen = sw->conn_gen;
-    wn = sw->stopping ? NULL : watched_get(sw, req->name, true);
+    wn = sw->stopping || sw->draining ? NULL : watched_get(sw, req->name, true);
     if (wn != NULL) {
         w->wn = wn;
         w->next = wn->head;
@@ -596,19 +609,21 @@ reader_follow(lock_sem_t *sem, redisContext *c)
 }
 
 /*
- * The reader's connection broke: events may be lost with it, and Redis may
- * have lost the logs (a restart, a failover). Every watcher here is ended
- * with UNAVAILABLE; it watches again with its last version, and the
- * snapshot script tells whether it can resume. Watchers whose snapshot is
- * on the way end when it comes (conn_gen).
+ * Ends every watcher here with UNAVAILABLE (why); each watches again with
+ * its last version, and the snapshot script tells whether it can resume.
+ * Watchers whose snapshot is on the way end when it comes (conn_gen). For
+ * the reader's lost connection (events may be lost with it, and Redis may
+ * have lost the logs: a restart, a failover) and for shutdown (draining:
+ * new watchers are refused too).
  */
 static void
-reader_lost(struct sem_watch *sw)
+end_all(struct sem_watch *sw, bool draining, const char *why)
 {
     watcher_t *ended = NULL;
 
     pthread_mutex_lock(&sw->mu);
-    sw->conn_gen++;
+    sw->conn_gen++; /* watchers whose snapshot is on the way end when it comes */
+    sw->draining = sw->draining || draining;
     for (watched_t *wn = sw->names, *next_wn; wn != NULL; wn = next_wn) {
         next_wn = wn->next; /* unlinking its last watcher frees wn */
         for (watcher_t *w = wn->head, *next; w != NULL; w = next) {
@@ -625,7 +640,15 @@ reader_lost(struct sem_watch *sw)
     while (ended != NULL) {
         watcher_t *w = ended;
         ended = w->next;
-        fail_call(w->call, SVC_UNAVAILABLE, LOST_MSG);
+        fail_call(w->call, SVC_UNAVAILABLE, why);
+    }
+}
+
+void
+lock_sem_watch_drain(lock_sem_t *sem)
+{
+    if (sem->watch != NULL) {
+        end_all(sem->watch, true, DRAIN_MSG);
     }
 }
 
@@ -662,7 +685,7 @@ reader_thread(void *arg)
             pthread_mutex_unlock(&sw->mu);
             if (!sw_stopping(sw)) {
                 svc_logf(SVC_LOG_WARN, "semaphore log reader lost its connection");
-                reader_lost(sw);
+                end_all(sw, false, LOST_MSG);
             }
         }
         freeReplyObject(r);

@@ -323,6 +323,14 @@ lock_service_register(lock_service_t *svc, svc_err_t *err)
 }
 
 void
+lock_service_drain(lock_service_t *svc)
+{
+    if (svc != NULL) {
+        lock_sem_drain(svc->sem);
+    }
+}
+
+void
 lock_service_stop(lock_service_t *svc)
 {
     if (svc != NULL) {

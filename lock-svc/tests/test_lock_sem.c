@@ -9,6 +9,7 @@
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stddef.h>
@@ -1054,6 +1055,42 @@ test_lease_end_admits_after_every_instance_restarted(void **state)
 }
 
 /*
+ * A watch never ends by itself: at shutdown lock-svc ends it at once with
+ * UNAVAILABLE instead of spending its whole grace period (10 s) on it.
+ */
+static void
+test_shutdown_ends_watches_at_once(void **state)
+{
+    Lock__V1__WatchSemaphoreResponse *m;
+    ProtobufCMessage *msg;
+    watch_t w;
+    svc_err_t err;
+    int64_t t0;
+
+    (void)state;
+    watch_open(&w, 1, "bye:sem", "");
+    m = watch_next(&w);
+    assert_int_equal(m->kind, EV(SNAPSHOT));
+    t0 = svc_now_mono_ms();
+    assert_int_equal(testenv_proc_signal(&inst[1], SIGTERM), 0);
+    assert_int_equal(svc_client_stream_recv(w.s, &lock__v1__watch_semaphore_response__descriptor,
+                                            w.arena, &msg, &err),
+                     0);
+    assert_int_equal(svc_client_stream_finish(w.s, &err), -1);
+    assert_int_equal(err.code, SVC_UNAVAILABLE);
+    assert_non_null(strstr(err.msg, "shutting down"));
+    watch_close(&w);
+    while (testenv_proc_alive(&inst[1]) && svc_now_mono_ms() - t0 < 15000) {
+        svc_sleep_ms(20);
+    }
+    fprintf(stderr, "lock-svc with a watch stopped in %lld ms\n",
+            (long long)(svc_now_mono_ms() - t0));
+    assert_true(svc_now_mono_ms() - t0 < 5000);
+    assert_int_equal(inst[1].status, 0); /* a clean exit (and, under ASan, no leak) */
+    assert_int_equal(testenv_proc_restart(&inst[1]), 0);
+}
+
+/*
  * Redis goes away: a watcher is told UNAVAILABLE (events may be lost), and
  * watching again from its version gives a snapshot once Redis is back
  * empty, not a resume over the lost log.
@@ -1173,6 +1210,7 @@ main(int argc, char **argv)
         cmocka_unit_test(test_client_watch),
         cmocka_unit_test(test_client_unavailable),
         cmocka_unit_test(test_lease_end_admits_after_every_instance_restarted),
+        cmocka_unit_test(test_shutdown_ends_watches_at_once),
         cmocka_unit_test(test_watch_ends_when_redis_is_lost),
     };
 
