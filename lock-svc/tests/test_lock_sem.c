@@ -997,6 +997,123 @@ test_client_watch(void **state)
     svc_sem_leave_async(client[0], &b, NULL);
 }
 
+/* The same owner entering many times at once through both instances: one ticket. */
+static void *
+enter_same_owner(void *arg)
+{
+    ticket_t *t = arg;
+    svc_err_t err;
+
+    if (enter((int)(t->seq % 2), "same:sem", "one-owner", 2, 30000, 30000, t, &err) != 0) {
+        t->ticket[0] = '\0';
+    }
+    return NULL;
+}
+
+static void
+test_concurrent_enters_of_one_owner_share_a_ticket(void **state)
+{
+    enum { N = 16 };
+    ticket_t t[N];
+    pthread_t threads[N];
+    sem_info_t info;
+    svc_err_t err;
+
+    (void)state;
+    for (int i = 0; i < N; i++) {
+        memset(&t[i], 0, sizeof(t[i]));
+        t[i].seq = i; /* which instance */
+        assert_int_equal(pthread_create(&threads[i], NULL, enter_same_owner, &t[i]), 0);
+    }
+    for (int i = 0; i < N; i++) {
+        pthread_join(threads[i], NULL);
+        assert_true(t[i].ticket[0] != '\0');
+        assert_string_equal(t[i].ticket, t[0].ticket);
+        assert_int_equal(t[i].seq, t[0].seq);
+    }
+    assert_int_equal(get(0, "same:sem", NULL, &info, &err), 0);
+    assert_int_equal(info.holders, 1);
+    assert_int_equal(info.waiting, 0);
+    assert_int_equal(leave(1, "same:sem", t[0].ticket, &err), 0);
+}
+
+/* A big line comes in several snapshot messages, in order, the last without `more`. */
+static void
+test_big_snapshot_comes_in_parts(void **state)
+{
+    enum { N = 2100 };
+    static svc_sem_ticket_t tickets[N];
+    waiter_t w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false, {0}};
+    svc_sem_opts_t opts = {.limit = 1, .lease_ms = 60000, .ticket_ttl_ms = 60000};
+    Lock__V1__WatchSemaphoreResponse *m;
+    char owner[32];
+    watch_t wt;
+    int64_t last_seq = 0;
+    int seen = 0, parts = 0;
+
+    (void)state;
+    for (int i = 0; i < N; i++) { /* one after another: seq follows i */
+        snprintf(owner, sizeof(owner), "big-%d", i);
+        opts.owner = owner;
+        svc_sem_enter_async(client[i % 2], "big:sem", &opts, &tickets[i], waiter_done, &w);
+        assert_int_equal(waiter_wait(&w).code, SVC_OK);
+    }
+    watch_open(&wt, 0, "big:sem", "");
+    do {
+        m = watch_next(&wt);
+        assert_int_equal(m->kind, EV(SNAPSHOT));
+        assert_true(m->n_tickets <= 1000);
+        for (size_t i = 0; i < m->n_tickets; i++, seen++) {
+            assert_true(m->tickets[i]->seq > last_seq); /* the holder, then the line in order */
+            assert_int_equal(m->tickets[i]->holding, seen == 0);
+            last_seq = m->tickets[i]->seq;
+        }
+        parts++;
+        svc_arena_reset(wt.arena);
+    } while (m->more);
+    assert_int_equal(seen, N);
+    assert_int_equal(parts, 3);
+    watch_close(&wt);
+    for (int i = 0; i < N; i++) {
+        svc_sem_leave_async(client[i % 2], &tickets[i], NULL);
+    }
+}
+
+/*
+ * Redis stalls past lock-svc's reply timeout with an Enter in it: the caller
+ * hears UNAVAILABLE, Redis runs the Enter later anyway, and the retry (the
+ * same owner) gets that very ticket: nothing is left behind.
+ */
+static void
+test_lost_enter_reply_is_retried_safely(void **state)
+{
+    ticket_t t, again;
+    sem_info_t info;
+    svc_err_t err;
+    int rc;
+
+    (void)state;
+    assert_int_equal(testenv_redis_pause(&redis), 0);
+    rc = enter(0, "lost:enter", "retrier", 1, 30000, 30000, &t, &err);
+    svc_sleep_ms(300);
+    assert_int_equal(testenv_redis_resume(&redis), 0);
+    assert_int_equal(rc, -1);
+    assert_int_equal(err.code, SVC_UNAVAILABLE);
+    rc = -1;
+    for (int i = 0; i < 100 && rc != 0; i++) {
+        if ((rc = enter(0, "lost:enter", "retrier", 1, 30000, 30000, &again, &err)) != 0) {
+            svc_sleep_ms(50);
+        }
+    }
+    assert_int_equal(rc, 0);
+    assert_int_equal(again.position, 0);
+    svc_sleep_ms(500); /* whatever the stalled connection still held has run by now */
+    assert_int_equal(get(1, "lost:enter", NULL, &info, &err), 0);
+    assert_int_equal(info.holders + info.waiting, 1);
+    assert_int_equal(position_of(1, "lost:enter", again.ticket), 0);
+    assert_int_equal(leave(1, "lost:enter", again.ticket, &err), 0);
+}
+
 /* Nobody listens: the client says so in the words the lock calls use. */
 static void
 test_client_unavailable(void **state)
@@ -1209,6 +1326,9 @@ main(int argc, char **argv)
         cmocka_unit_test(test_client_api),
         cmocka_unit_test(test_client_watch),
         cmocka_unit_test(test_client_unavailable),
+        cmocka_unit_test(test_concurrent_enters_of_one_owner_share_a_ticket),
+        cmocka_unit_test(test_big_snapshot_comes_in_parts),
+        cmocka_unit_test(test_lost_enter_reply_is_retried_safely),
         cmocka_unit_test(test_lease_end_admits_after_every_instance_restarted),
         cmocka_unit_test(test_shutdown_ends_watches_at_once),
         cmocka_unit_test(test_watch_ends_when_redis_is_lost),
