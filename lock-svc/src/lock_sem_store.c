@@ -220,8 +220,12 @@ static const char lua_sem_get[] = "expire()\n"
 /*
  * ARGV: after ('' or a version). {version, limit, next_due, n holders,
  * ticket, seq, exp, ... (holders, then the line)}; or {after, limit,
- * next_due, -1} when the log still holds every event after `after` (nothing
- * after it was trimmed, and Redis did not lose it): the watcher resumes.
+ * next_due, -1} when the log still holds every event after `after`: nothing
+ * after it was trimmed (max-deleted-entry-id <= after), it is not ahead of
+ * the log (after <= last-generated-id), and it is from this log: its entry
+ * is still there (first entry <= after) or was the last trimmed. A log
+ * Redis lost and made anew fails the last test (its first entry is newer
+ * than after, and nothing was trimmed), so the watcher gets a snapshot.
  */
 static const char lua_sem_snapshot[] =
     "local after = ARGV[1]\n"
@@ -240,8 +244,11 @@ static const char lua_sem_snapshot[] =
     "if id(after) and redis.call('EXISTS', LOG) == 1 then\n"
     "  local info, f = redis.call('XINFO', 'STREAM', LOG), {}\n"
     "  for i = 1, #info - 1, 2 do f[info[i]] = info[i + 1] end\n"
-    "  local del, last = f['max-deleted-entry-id'], f['last-generated-id']\n"
-    "  if del and last and le(del, after) and le(after, last) then\n"
+    "  local del, last, first = f['max-deleted-entry-id'], f['last-generated-id'],"
+    " f['first-entry']\n"
+    "  first = type(first) == 'table' and first[1] or last\n"
+    "  if del and last and le(del, after) and le(after, last) and"
+    " (le(first, after) or le(after, del)) then\n"
     "    keep()\n"
     "    return {after, limit, next_due(), -1}\n"
     "  end\n"
