@@ -564,10 +564,25 @@ svc_client_stream_destroy(svc_client_stream_t *s)
 
 /* ---------- asynchronous unary calls ---------- */
 
-/* A tag on the asynchronous queue: what runs when its batch completes (on the client thread). */
+/*
+ * A tag on the asynchronous queue: what runs when its batch completes (on
+ * the client thread). `armed` is stored (release) just before each batch
+ * with this tag starts and loaded (acquire) before fn is read: the hand-off
+ * through gRPC's queue, which ThreadSanitizer cannot see into, made
+ * visible to it.
+ */
 typedef struct async_tag {
     void (*fn)(struct async_tag *tag, bool ok);
+    atomic_int armed;
 } async_tag_t;
+
+/* Starts a batch whose completion runs tag->fn on the client thread. */
+static grpc_call_error
+client__start_tagged(grpc_call *call, const grpc_op *ops, size_t n, async_tag_t *tag)
+{
+    atomic_store_explicit(&tag->armed, 1, memory_order_release);
+    return grpc_call_start_batch(call, ops, n, tag, NULL);
+}
 
 /* One asynchronous call, from its start until its callback returned. */
 typedef struct {
@@ -662,6 +677,7 @@ client__async_loop(void *arg)
         }
         if (ev.type == GRPC_OP_COMPLETE) {
             async_tag_t *tag = ev.tag;
+            (void)atomic_load_explicit(&tag->armed, memory_order_acquire);
             tag->fn(tag, ev.success != 0);
         }
     }
@@ -759,7 +775,7 @@ svc_client_unary_async(svc_client_t *c, const char *method, const ProtobufCMessa
     ops[5].data.recv_status_on_client.trailing_metadata = &a->trailers;
     call = a->send != NULL ? a->call : NULL; /* a is not ours to read once the batch runs */
     atomic_store_explicit(&a->started, 1, memory_order_release);
-    if (call == NULL || grpc_call_start_batch(call, ops, 6, a, NULL) != GRPC_CALL_OK) {
+    if (call == NULL || client__start_tagged(call, ops, 6, &a->tag) != GRPC_CALL_OK) {
         svc_err_set(&err, SVC_INTERNAL, "cannot start a call to %s", method);
         done(NULL, &err, arg);
         client__async_free(a);
@@ -868,7 +884,7 @@ watch__read_next(svc_client_watch_t *w)
     pthread_mutex_lock(&w->mu);
     w->refs++;
     pthread_mutex_unlock(&w->mu);
-    if (grpc_call_start_batch(w->call, &op, 1, &w->msg_tag, NULL) != GRPC_CALL_OK) {
+    if (client__start_tagged(w->call, &op, 1, &w->msg_tag) != GRPC_CALL_OK) {
         pthread_mutex_lock(&w->mu);
         w->refs--;
         pthread_mutex_unlock(&w->mu);
@@ -988,13 +1004,13 @@ svc_client_watch_start(svc_client_t *c, const char *method, const ProtobufCMessa
     status_op.data.recv_status_on_client.trailing_metadata = &w->trailers;
     atomic_store_explicit(&w->started, 1, memory_order_release);
     if (w->send == NULL || w->call == NULL ||
-        grpc_call_start_batch(w->call, &status_op, 1, &w->status_tag, NULL) != GRPC_CALL_OK) {
+        client__start_tagged(w->call, &status_op, 1, &w->status_tag) != GRPC_CALL_OK) {
         w->refs = 1;
         watch__unref(w);
         svc_err_set(err, SVC_INTERNAL, "cannot start a call to %s", method);
         return NULL;
     }
-    if (grpc_call_start_batch(w->call, ops, 4, &w->start_tag, NULL) != GRPC_CALL_OK) {
+    if (client__start_tagged(w->call, ops, 4, &w->start_tag) != GRPC_CALL_OK) {
         /* The status batch ends it: on_end runs with the cancellation. */
         pthread_mutex_lock(&w->mu);
         w->refs--;

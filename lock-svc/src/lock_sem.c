@@ -38,6 +38,7 @@ typedef struct sem_timer {
     lock_sem_t *sem;
     svc_timer_t timer;
     int64_t due_ms; /* unix ms the timer is set for, while it is set */
+    bool armed;     /* the timer is set and has not fired (the timer's own state is its mutex's) */
     int pending;    /* the timer set, plus settling scripts on the way */
     char name[LOCK_KEY_MAX + 1];
 } sem_timer_t;
@@ -103,13 +104,16 @@ timer_set(lock_sem_t *sem, sem_timer_t *e, int64_t due_ms)
 {
     int64_t delay = due_ms - svc_now_unix_ms() + DUE_SLACK_MS;
 
-    if (e->timer.heap_index >= 0) {
+    if (e->armed) {
+        /* Not cancelled: it is firing, and its script answers the next end, this one too. */
         if (e->due_ms <= due_ms || !svc_timer_cancel(sem->timers, &e->timer)) {
             return;
         }
+        e->armed = false;
         e->pending--;
     }
     e->due_ms = due_ms;
+    e->armed = true;
     e->pending++;
     svc_timer_start(sem->timers, &e->timer, delay > MIN_DELAY_MS ? delay : MIN_DELAY_MS,
                     timer_fired, e);
@@ -175,6 +179,7 @@ timer_fired(void *arg)
     bool run;
 
     pthread_mutex_lock(&sem->mu);
+    e->armed = false;
     run = !sem->stopping;
     if (!run) {
         e->pending--;

@@ -48,7 +48,8 @@
 #include "svc/timer.h"
 
 #define NAME_LEN (LOCK_KEY_MAX + 24)
-#define SEM_DUE_KEY "lock-svc:sem:due" /* spelt out in lua_sem_prelude too */
+#define SNAPSHOT_MAX (64 * 1024 * 1024) /* tickets: far above any line, below what calloc takes */
+#define SEM_DUE_KEY "lock-svc:sem:due"  /* spelt out in lua_sem_prelude too */
 #define SEM_DUE_READ_MAX "9999" /* the earliest 10 000 at start; the others at their next call */
 
 enum { SEM_ENTER, SEM_LEAVE, SEM_EXTEND, SEM_GET, SEM_SNAPSHOT };
@@ -399,6 +400,10 @@ parse_snapshot(const redisReply *r, lock_sem_result_t *res, svc_err_t *err)
     }
     holders = (size_t)item_int(r, 3);
     n = (r->elements - 4) / 3;
+    if (n > SNAPSHOT_MAX || holders > n) {
+        svc_err_set(err, SVC_UNAVAILABLE, "unexpected reply from redis");
+        return;
+    }
     if (n > 0 && (res->tickets = calloc(n, sizeof(*res->tickets))) == NULL) {
         svc_err_set(err, SVC_RESOURCE_EXHAUSTED, "out of memory");
         return;

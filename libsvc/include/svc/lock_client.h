@@ -191,6 +191,11 @@ void svc_sem_extend_async(svc_client_t *lock_svc, svc_sem_ticket_t *ticket, int6
  */
 void svc_sem_get_async(svc_client_t *lock_svc, const char *name, const char *ticket,
                        const svc_sem_opts_t *opts, svc_sem_info_t *out, svc_sem_fn done, void *arg);
+
+/* The same, waiting for the answer; not from a client-thread callback. */
+int svc_sem_get(svc_client_t *lock_svc, const char *name, const char *ticket,
+                const svc_sem_opts_t *opts, svc_sem_info_t *out, svc_err_t *err);
+
 /* ---------- watching a semaphore ---------- */
 
 /* Values as lock.v1.SemaphoreEventKind. */
@@ -243,9 +248,5 @@ svc_sem_watch_t *svc_sem_watch_start(svc_client_t *lock_svc, const char *name,
                                      svc_err_t *err);
 /* Stops the watch (done then runs, unless it ran) and frees it once done ran. NULL: no-op. */
 void svc_sem_watch_close(svc_sem_watch_t *w);
-
-/* The same, waiting for the answer; not from a client-thread callback. */
-int svc_sem_get(svc_client_t *lock_svc, const char *name, const char *ticket,
-                const svc_sem_opts_t *opts, svc_sem_info_t *out, svc_err_t *err);
 
 #endif
