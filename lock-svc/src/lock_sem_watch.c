@@ -690,7 +690,9 @@ reader_thread(void *arg)
         }
         freeReplyObject(r);
         redisFree(c);
-        svc_sleep_ms(100);
+        if (!sw_stopping(sw)) {
+            svc_sleep_ms(100);
+        }
     }
 }
 
