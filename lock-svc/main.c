@@ -103,7 +103,8 @@ main(int argc, char **argv)
     svc_server_wait_for_signal(server);
     rc = 0;
 out:
-    /* Calls first (parked ones end with the server), then timers, then Redis. */
+    /* Calls first (watches now, parked ones end with the server), then timers, then Redis. */
+    lock_service_drain(svc);
     if (server != NULL) {
         svc_server_shutdown(server);
     }

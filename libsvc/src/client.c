@@ -7,6 +7,7 @@
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -233,8 +234,10 @@ client__create_call(svc_client_t *c, const char *method, const svc_call_opts_t *
                     grpc_completion_queue *cq)
 {
     int64_t timeout = opts != NULL && opts->timeout_ms > 0 ? opts->timeout_ms : DEFAULT_TIMEOUT_MS;
-    gpr_timespec deadline =
-        gpr_time_add(gpr_now(GPR_CLOCK_REALTIME), gpr_time_from_millis(timeout, GPR_TIMESPAN));
+    gpr_timespec deadline = opts != NULL && opts->timeout_ms < 0
+                                ? gpr_inf_future(GPR_CLOCK_REALTIME)
+                                : gpr_time_add(gpr_now(GPR_CLOCK_REALTIME),
+                                               gpr_time_from_millis(timeout, GPR_TIMESPAN));
     grpc_call *parent = opts != NULL && opts->parent != NULL ? svc_call_grpc(opts->parent) : NULL;
     grpc_slice path = grpc_slice_from_copied_string(method);
     grpc_call *call = grpc_channel_create_call(c->channel, parent, GRPC_PROPAGATE_DEFAULTS, cq,
@@ -569,8 +572,29 @@ svc_client_stream_destroy(svc_client_stream_t *s)
 
 /* ---------- asynchronous unary calls ---------- */
 
+/*
+ * A tag on the asynchronous queue: what runs when its batch completes (on
+ * the client thread). `armed` is stored (release) just before each batch
+ * with this tag starts and loaded (acquire) before fn is read: the hand-off
+ * through gRPC's queue, which ThreadSanitizer cannot see into, made
+ * visible to it.
+ */
+typedef struct async_tag {
+    void (*fn)(struct async_tag *tag, bool ok);
+    atomic_int armed;
+} async_tag_t;
+
+/* Starts a batch whose completion runs tag->fn on the client thread. */
+static grpc_call_error
+client__start_tagged(grpc_call *call, const grpc_op *ops, size_t n, async_tag_t *tag)
+{
+    atomic_store_explicit(&tag->armed, 1, memory_order_release);
+    return grpc_call_start_batch(call, ops, n, tag, NULL);
+}
+
 /* One asynchronous call, from its start until its callback returned. */
 typedef struct {
+    async_tag_t tag; /* first: the queue's tag is the call */
     grpc_call *call;
     grpc_metadata md[MAX_METADATA + 1];
     size_t n_md;
@@ -643,6 +667,12 @@ client__async_finish(async_call_t *a, bool success)
     client__async_free(a);
 }
 
+static void
+client__async_unary_done(async_tag_t *tag, bool ok)
+{
+    client__async_finish((async_call_t *)tag, ok);
+}
+
 static void *
 client__async_loop(void *arg)
 {
@@ -654,7 +684,9 @@ client__async_loop(void *arg)
             return NULL;
         }
         if (ev.type == GRPC_OP_COMPLETE) {
-            client__async_finish(ev.tag, ev.success != 0);
+            async_tag_t *tag = ev.tag;
+            (void)atomic_load_explicit(&tag->armed, memory_order_acquire);
+            tag->fn(tag, ev.success != 0);
         }
     }
 }
@@ -718,6 +750,7 @@ svc_client_unary_async(svc_client_t *c, const char *method, const ProtobufCMessa
         done(NULL, &err, arg);
         return;
     }
+    a->tag.fn = client__async_unary_done;
     a->resp_desc = resp_desc;
     a->arena = arena;
     a->done = done;
@@ -750,9 +783,268 @@ svc_client_unary_async(svc_client_t *c, const char *method, const ProtobufCMessa
     ops[5].data.recv_status_on_client.trailing_metadata = &a->trailers;
     call = a->send != NULL ? a->call : NULL; /* a is not ours to read once the batch runs */
     atomic_store_explicit(&a->started, 1, memory_order_release);
-    if (call == NULL || grpc_call_start_batch(call, ops, 6, a, NULL) != GRPC_CALL_OK) {
+    if (call == NULL || client__start_tagged(call, ops, 6, &a->tag) != GRPC_CALL_OK) {
         svc_err_set(&err, SVC_INTERNAL, "cannot start a call to %s", method);
         done(NULL, &err, arg);
         client__async_free(a);
     }
+}
+
+/* ---------- asynchronous server streams ---------- */
+
+/*
+ * One server-streaming call read on the client thread. Three batches: the
+ * start (request out, initial metadata in), the status, and one message
+ * read at a time. It is freed when the caller has closed it and no batch
+ * is outstanding (refs).
+ */
+struct svc_client_watch {
+    async_tag_t start_tag, msg_tag, status_tag;
+    grpc_call *call;
+    grpc_metadata md[MAX_METADATA + 1];
+    size_t n_md;
+    grpc_byte_buffer *send, *recv;
+    grpc_metadata_array recv_md, trailers;
+    grpc_status_code status;
+    grpc_slice details;
+    const ProtobufCMessageDescriptor *desc;
+    svc_arena_t *arena; /* each message's; reset after its callback */
+    svc_client_msg_fn on_msg;
+    svc_client_end_fn on_end;
+    void *arg;
+    char *method;
+    pthread_mutex_t mu;
+    int refs;       /* the caller's, plus each batch outstanding */
+    bool closed;    /* the caller closed it: no message is delivered after */
+    bool msgs_over; /* the message loop ended */
+    bool status_in; /* the status batch completed */
+    bool failed;    /* the status batch failed (no status) */
+    bool end_ran;   /* on_end ran (or is running) */
+    atomic_int started;
+};
+
+#define WATCH_OF(tag, member)                                                                      \
+    ((svc_client_watch_t *)((char *)(tag)-offsetof(svc_client_watch_t, member)))
+
+static void
+watch__unref(svc_client_watch_t *w)
+{
+    int left;
+
+    pthread_mutex_lock(&w->mu);
+    left = --w->refs;
+    pthread_mutex_unlock(&w->mu);
+    if (left > 0) {
+        return;
+    }
+    if (w->recv != NULL) {
+        grpc_byte_buffer_destroy(w->recv);
+    }
+    if (w->send != NULL) {
+        grpc_byte_buffer_destroy(w->send);
+    }
+    grpc_slice_unref(w->details);
+    grpc_metadata_array_destroy(&w->recv_md);
+    grpc_metadata_array_destroy(&w->trailers);
+    client__metadata_free(w->md, w->n_md);
+    if (w->call != NULL) {
+        grpc_call_unref(w->call);
+    }
+    svc_arena_destroy(w->arena);
+    pthread_mutex_destroy(&w->mu);
+    free(w->method);
+    free(w);
+}
+
+/* Runs on_end once both the messages and the status are in (the client thread). */
+static void
+watch__maybe_end(svc_client_watch_t *w)
+{
+    svc_err_t err;
+    bool end;
+
+    pthread_mutex_lock(&w->mu);
+    end = w->msgs_over && w->status_in && !w->end_ran;
+    w->end_ran = w->end_ran || end;
+    pthread_mutex_unlock(&w->mu);
+    if (!end) {
+        return;
+    }
+    if (w->failed) {
+        svc_err_set(&err, SVC_UNAVAILABLE, "call to %s failed", w->method);
+    } else if (w->status != GRPC_STATUS_OK) {
+        client__set_status(&err, w->status, w->details, w->method);
+    } else {
+        svc_err_clear(&err);
+    }
+    w->on_end(&err, w->arg);
+}
+
+/* Asks for the next message (refs taken); false when it cannot. */
+static bool
+watch__read_next(svc_client_watch_t *w)
+{
+    grpc_op op;
+
+    memset(&op, 0, sizeof(op));
+    op.op = GRPC_OP_RECV_MESSAGE;
+    op.data.recv_message.recv_message = &w->recv;
+    pthread_mutex_lock(&w->mu);
+    w->refs++;
+    pthread_mutex_unlock(&w->mu);
+    if (client__start_tagged(w->call, &op, 1, &w->msg_tag) != GRPC_CALL_OK) {
+        pthread_mutex_lock(&w->mu);
+        w->refs--;
+        pthread_mutex_unlock(&w->mu);
+        return false;
+    }
+    return true;
+}
+
+static void
+watch__msg_done(async_tag_t *tag, bool ok)
+{
+    svc_client_watch_t *w = WATCH_OF(tag, msg_tag);
+    bool closed, more = false;
+
+    pthread_mutex_lock(&w->mu);
+    closed = w->closed;
+    pthread_mutex_unlock(&w->mu);
+    if (ok && w->recv != NULL) {
+        ProtobufCMessage *msg = svc__unpack_message(w->recv, w->desc, w->arena);
+        grpc_byte_buffer_destroy(w->recv);
+        w->recv = NULL;
+        if (msg != NULL && !closed) {
+            w->on_msg(msg, w->arg);
+        }
+        svc_arena_reset(w->arena);
+        more = msg != NULL && watch__read_next(w);
+        if (msg == NULL) {
+            grpc_call_cancel_with_status(w->call, GRPC_STATUS_INTERNAL, "bad message", NULL);
+        }
+    }
+    if (!more) {
+        pthread_mutex_lock(&w->mu);
+        w->msgs_over = true;
+        pthread_mutex_unlock(&w->mu);
+        watch__maybe_end(w);
+    }
+    watch__unref(w);
+}
+
+static void
+watch__start_done(async_tag_t *tag, bool ok)
+{
+    svc_client_watch_t *w = WATCH_OF(tag, start_tag);
+
+    (void)atomic_load_explicit(&w->started, memory_order_acquire);
+    if (!ok || !watch__read_next(w)) {
+        pthread_mutex_lock(&w->mu);
+        w->msgs_over = true;
+        pthread_mutex_unlock(&w->mu);
+        watch__maybe_end(w);
+    }
+    watch__unref(w);
+}
+
+static void
+watch__status_done(async_tag_t *tag, bool ok)
+{
+    svc_client_watch_t *w = WATCH_OF(tag, status_tag);
+
+    pthread_mutex_lock(&w->mu);
+    w->status_in = true;
+    w->failed = !ok;
+    pthread_mutex_unlock(&w->mu);
+    watch__maybe_end(w);
+    watch__unref(w);
+}
+
+svc_client_watch_t *
+svc_client_watch_start(svc_client_t *c, const char *method, const ProtobufCMessage *req,
+                       const ProtobufCMessageDescriptor *msg_desc, const svc_call_opts_t *opts,
+                       svc_client_msg_fn on_msg, svc_client_end_fn on_end, void *arg,
+                       svc_err_t *err)
+{
+    grpc_completion_queue *cq = client__async_cq();
+    svc_client_watch_t *w = cq != NULL ? calloc(1, sizeof(*w)) : NULL;
+    char request_id[65];
+    grpc_op ops[4], status_op;
+
+    if (w == NULL || (w->method = strdup(method)) == NULL ||
+        (w->arena = svc_arena_create()) == NULL) {
+        if (w != NULL) {
+            free(w->method);
+        }
+        free(w);
+        svc_err_set(err, SVC_RESOURCE_EXHAUSTED, "cannot start a call to %s", method);
+        return NULL;
+    }
+    pthread_mutex_init(&w->mu, NULL);
+    w->start_tag.fn = watch__start_done;
+    w->msg_tag.fn = watch__msg_done;
+    w->status_tag.fn = watch__status_done;
+    w->desc = msg_desc;
+    w->on_msg = on_msg;
+    w->on_end = on_end;
+    w->arg = arg;
+    w->status = GRPC_STATUS_UNKNOWN;
+    w->details = grpc_empty_slice();
+    grpc_metadata_array_init(&w->recv_md);
+    grpc_metadata_array_init(&w->trailers);
+    w->n_md = client__metadata(opts, w->md, request_id);
+    w->send = svc__pack_message(req);
+    w->call = client__create_call(c, method, opts, cq);
+    w->refs = 3; /* the caller's, the start's, the status's */
+    memset(ops, 0, sizeof(ops));
+    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[0].data.send_initial_metadata.count = w->n_md;
+    ops[0].data.send_initial_metadata.metadata = w->md;
+    ops[1].op = GRPC_OP_SEND_MESSAGE;
+    ops[1].data.send_message.send_message = w->send;
+    ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+    ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
+    ops[3].data.recv_initial_metadata.recv_initial_metadata = &w->recv_md;
+    memset(&status_op, 0, sizeof(status_op));
+    status_op.op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+    status_op.data.recv_status_on_client.status = &w->status;
+    status_op.data.recv_status_on_client.status_details = &w->details;
+    status_op.data.recv_status_on_client.trailing_metadata = &w->trailers;
+    atomic_store_explicit(&w->started, 1, memory_order_release);
+    if (w->send == NULL || w->call == NULL ||
+        client__start_tagged(w->call, &status_op, 1, &w->status_tag) != GRPC_CALL_OK) {
+        w->refs = 1;
+        watch__unref(w);
+        svc_err_set(err, SVC_INTERNAL, "cannot start a call to %s", method);
+        return NULL;
+    }
+    if (client__start_tagged(w->call, ops, 4, &w->start_tag) != GRPC_CALL_OK) {
+        /* The status batch ends it: on_end runs with the cancellation. */
+        pthread_mutex_lock(&w->mu);
+        w->refs--;
+        w->msgs_over = true;
+        pthread_mutex_unlock(&w->mu);
+        grpc_call_cancel(w->call, NULL);
+        watch__maybe_end(w); /* in case the status came already */
+    }
+    return w;
+}
+
+void
+svc_client_watch_cancel(svc_client_watch_t *w)
+{
+    pthread_mutex_lock(&w->mu);
+    w->closed = true;
+    pthread_mutex_unlock(&w->mu);
+    grpc_call_cancel(w->call, NULL);
+}
+
+void
+svc_client_watch_close(svc_client_watch_t *w)
+{
+    if (w == NULL) {
+        return;
+    }
+    svc_client_watch_cancel(w);
+    watch__unref(w);
 }

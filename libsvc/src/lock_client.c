@@ -649,3 +649,122 @@ svc_sem_get(svc_client_t *lock_svc, const char *name, const char *ticket,
     svc_sem_get_async(lock_svc, name, ticket, opts, out, sem_wait_done, &w);
     return sem_wait(&w, err);
 }
+
+/* ---------- watching a semaphore ---------- */
+
+struct svc_sem_watch {
+    svc_client_watch_t *stream;
+    svc_sem_event_fn on_event;
+    svc_sem_fn done;
+    void *arg;
+    pthread_mutex_t mu;
+    int refs; /* the caller's and the stream's (until done ran) */
+};
+
+static void
+sem_watch_unref(svc_sem_watch_t *w)
+{
+    int left;
+
+    pthread_mutex_lock(&w->mu);
+    left = --w->refs;
+    pthread_mutex_unlock(&w->mu);
+    if (left == 0) {
+        pthread_mutex_destroy(&w->mu);
+        free(w);
+    }
+}
+
+static void
+sem_watch_msg(ProtobufCMessage *msg, void *arg)
+{
+    const Lock__V1__WatchSemaphoreResponse *m = (const void *)msg;
+    svc_sem_watch_t *w = arg;
+    svc_sem_entry_t *entries = NULL;
+    svc_sem_event_t ev = {
+        .kind = (svc_sem_event_kind_t)m->kind,
+        .ticket = m->ticket,
+        .seq = m->seq,
+        .expires_at_ms = m->expires_at_ms,
+        .version = m->version,
+        .limit = m->limit,
+        .more = m->more,
+    };
+
+    if (m->n_tickets > 0) {
+        if ((entries = calloc(m->n_tickets, sizeof(*entries))) == NULL) {
+            svc_logf(SVC_LOG_WARN, "semaphore watch: out of memory, closing it");
+            svc_client_watch_cancel(w->stream);
+            return;
+        }
+        for (size_t i = 0; i < m->n_tickets; i++) {
+            entries[i].ticket = m->tickets[i]->ticket;
+            entries[i].seq = m->tickets[i]->seq;
+            entries[i].holding = m->tickets[i]->holding;
+            entries[i].expires_at_ms = m->tickets[i]->expires_at_ms;
+        }
+    }
+    ev.tickets = entries;
+    ev.n_tickets = m->n_tickets;
+    w->on_event(&ev, w->arg);
+    free(entries);
+}
+
+static void
+sem_watch_end(const svc_err_t *err, void *arg)
+{
+    svc_sem_watch_t *w = arg;
+    svc_err_t out = *err;
+
+    if (out.code == SVC_UNAVAILABLE) {
+        static svc_log_limit_t limit = SVC_LOG_LIMIT_INIT(5);
+        svc_logf_limited(&limit, SVC_LOG_WARN, "semaphore watch ended: %s", out.msg);
+        svc_err_set(&out, SVC_UNAVAILABLE, "lock service unavailable");
+    }
+    w->done(&out, w->arg);
+    sem_watch_unref(w);
+}
+
+svc_sem_watch_t *
+svc_sem_watch_start(svc_client_t *lock_svc, const char *name, const char *after_version,
+                    const svc_sem_opts_t *opts, svc_sem_event_fn on_event, svc_sem_fn done,
+                    void *arg, svc_err_t *err)
+{
+    Lock__V1__WatchSemaphoreRequest req = LOCK__V1__WATCH_SEMAPHORE_REQUEST__INIT;
+    svc_call_opts_t copts = {.timeout_ms = -1};
+    svc_sem_watch_t *w = calloc(1, sizeof(*w));
+
+    if (w == NULL) {
+        svc_err_set(err, SVC_RESOURCE_EXHAUSTED, "out of memory");
+        return NULL;
+    }
+    pthread_mutex_init(&w->mu, NULL);
+    w->on_event = on_event;
+    w->done = done;
+    w->arg = arg;
+    w->refs = 2;
+    if (opts != NULL) {
+        copts.request_id = opts->request_id;
+    }
+    req.name = (char *)(name != NULL ? name : "");
+    req.after_version = (char *)(after_version != NULL ? after_version : "");
+    w->stream = svc_client_watch_start(lock_svc, "/lock.v1.LockService/WatchSemaphore", &req.base,
+                                       &lock__v1__watch_semaphore_response__descriptor, &copts,
+                                       sem_watch_msg, sem_watch_end, w, err);
+    if (w->stream == NULL) {
+        pthread_mutex_destroy(&w->mu);
+        free(w);
+        return NULL;
+    }
+    return w;
+}
+
+void
+svc_sem_watch_close(svc_sem_watch_t *w)
+{
+    if (w == NULL) {
+        return;
+    }
+    svc_client_watch_close(w->stream);
+    sem_watch_unref(w);
+}

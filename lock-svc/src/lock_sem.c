@@ -6,7 +6,10 @@
  * keeps one timer per semaphore it has seen with tickets, set to that end:
  * it runs the settling script (lock_sem_store_get_async), whose answer sets
  * the timer again. Several instances may keep a timer for one semaphore;
- * the script is atomic and a second run finds nothing to do.
+ * the script is atomic and a second run finds nothing to do. An instance
+ * that starts (or finds Redis again) sets its timers from Redis's index of
+ * semaphores with tickets (lock_sem_resync), so a lease end is settled
+ * even when every instance that knew of it has gone.
  *
  * Timers live in a hash of semaphore names under one mutex: a semaphore's
  * entry stays while its timer is set or its script is on the way
@@ -35,6 +38,7 @@ typedef struct sem_timer {
     lock_sem_t *sem;
     svc_timer_t timer;
     int64_t due_ms; /* unix ms the timer is set for, while it is set */
+    bool armed;     /* the timer is set and has not fired (the timer's own state is its mutex's) */
     int pending;    /* the timer set, plus settling scripts on the way */
     char name[LOCK_KEY_MAX + 1];
 } sem_timer_t;
@@ -100,13 +104,16 @@ timer_set(lock_sem_t *sem, sem_timer_t *e, int64_t due_ms)
 {
     int64_t delay = due_ms - svc_now_unix_ms() + DUE_SLACK_MS;
 
-    if (e->timer.heap_index >= 0) {
+    if (e->armed) {
+        /* Not cancelled: it is firing, and its script answers the next end, this one too. */
         if (e->due_ms <= due_ms || !svc_timer_cancel(sem->timers, &e->timer)) {
             return;
         }
+        e->armed = false;
         e->pending--;
     }
     e->due_ms = due_ms;
+    e->armed = true;
     e->pending++;
     svc_timer_start(sem->timers, &e->timer, delay > MIN_DELAY_MS ? delay : MIN_DELAY_MS,
                     timer_fired, e);
@@ -125,6 +132,18 @@ lock_sem_due(lock_sem_t *sem, const char *name, int64_t due_ms)
         timer_set(sem, e, due_ms);
     }
     pthread_mutex_unlock(&sem->mu);
+}
+
+static void
+due_heard(const char *name, int64_t due_ms, void *arg)
+{
+    lock_sem_due(arg, name, due_ms);
+}
+
+void
+lock_sem_resync(lock_sem_t *sem)
+{
+    lock_sem_store_due_async(sem->store, due_heard, sem);
 }
 
 /* The settling script answered (a lane's thread): set the timer for the next end. */
@@ -160,6 +179,7 @@ timer_fired(void *arg)
     bool run;
 
     pthread_mutex_lock(&sem->mu);
+    e->armed = false;
     run = !sem->stopping;
     if (!run) {
         e->pending--;
@@ -194,6 +214,14 @@ lock_sem_create(lock_store_t *store, const lock_limits_t *limits, svc_err_t *err
         return NULL;
     }
     return sem;
+}
+
+void
+lock_sem_drain(lock_sem_t *sem)
+{
+    if (sem != NULL) {
+        lock_sem_watch_drain(sem);
+    }
 }
 
 void

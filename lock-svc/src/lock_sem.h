@@ -19,6 +19,12 @@ typedef struct lock_sem lock_sem_t;
 /* Starts its own timer thread and a small pool. store and limits must outlive it. */
 lock_sem_t *lock_sem_create(lock_store_t *store, const lock_limits_t *limits, svc_err_t *err);
 /*
+ * Ends the Watch calls (they never end by themselves) with UNAVAILABLE and
+ * refuses new ones, so that the server's grace period is spent on calls
+ * that finish. When shutdown begins, before svc_server_shutdown.
+ */
+void lock_sem_drain(lock_sem_t *sem);
+/*
  * Stops the timers; nothing is settled from now on. After the server has
  * shut down, before the store is destroyed. NULL is a no-op.
  */
@@ -32,6 +38,12 @@ void lock_sem_destroy(lock_sem_t *sem);
  * Any thread; never blocks on Redis.
  */
 void lock_sem_due(lock_sem_t *sem, const char *name, int64_t due_ms);
+
+/*
+ * Sets the timers of every semaphore with tickets from Redis's index of
+ * their ends: at start and whenever Redis may have been away. Never blocks.
+ */
+void lock_sem_resync(lock_sem_t *sem);
 
 /* The handlers, for lock_service's table; user is the lock_service_t. */
 void lock_sem_handle_enter(svc_call_t *call, const ProtobufCMessage *msg, void *user);

@@ -29,6 +29,8 @@ struct lock_sem {
 /* lock_sem_watch.c: starts the log reader; stops it (before the store goes); frees. */
 int lock_sem_watch_init(lock_sem_t *sem, svc_err_t *err);
 void lock_sem_watch_stop(lock_sem_t *sem);
+/* Ends every Watch call with UNAVAILABLE and refuses new ones (shutdown begins). */
+void lock_sem_watch_drain(lock_sem_t *sem);
 void lock_sem_watch_destroy(lock_sem_t *sem);
 
 #endif

@@ -25,7 +25,12 @@
  * within the next script on the semaphore after a lease ran out (lock_sem.c
  * keeps a timer for that: every answer carries the earliest end). Every
  * script renews the keys' expiry to an hour past the latest end in them,
- * so a semaphore nobody uses any more goes away by itself.
+ * so a semaphore nobody uses any more goes away by itself, and records the
+ * semaphore's earliest end in `lock-svc:sem:due` (a zset name -> end, the
+ * only key outside the slot, like lock_store's liveness keys): an instance
+ * that starts, or finds Redis again, sets its timers from it
+ * (lock_sem_store_due_async), so lease ends are settled even when every
+ * instance that knew of them is gone.
  *
  * Per name, all commands go through one lane, so they run in the order
  * lock-svc sent them.
@@ -43,6 +48,9 @@
 #include "svc/timer.h"
 
 #define NAME_LEN (LOCK_KEY_MAX + 24)
+#define SNAPSHOT_MAX (64 * 1024 * 1024) /* tickets: far above any line, below what calloc takes */
+#define SEM_DUE_KEY "lock-svc:sem:due"  /* spelt out in lua_sem_prelude too */
+#define SEM_DUE_READ_MAX "9999" /* the earliest 10 000 at start; the others at their next call */
 
 enum { SEM_ENTER, SEM_LEAVE, SEM_EXTEND, SEM_GET, SEM_SNAPSHOT };
 
@@ -108,21 +116,27 @@ static const char lua_sem_prelude[] =
     "  local e = redis.call('ZRANGE', key, i, i, 'WITHSCORES')\n"
     "  return e[2] and tonumber(e[2]) or 0\n"
     "end\n"
-    /* The keys live an hour past the latest end in them. */
+    "local function next_due()\n"
+    "  local a, b = first(HOLD, 0), first(TTL, 0)\n"
+    "  if a == 0 or (b ~= 0 and b < a) then return b end\n"
+    "  return a\n"
+    "end\n"
+    /* The keys live an hour past the latest end in them; the due index knows the next end. */
     "local function keep()\n"
     "  local last = math.max(first(HOLD, -1), first(TTL, -1), now)\n"
     "  local ms = math.floor(last - now + 3600000)\n"
     "  for _, k in ipairs(KEYS) do redis.call('PEXPIRE', k, ms) end\n"
+    "  local due, name = next_due(), string.sub(H, 6, -2)\n"
+    "  if due > 0 then\n"
+    "    redis.call('ZADD', 'lock-svc:sem:due', due, name)\n"
+    "  else\n"
+    "    redis.call('ZREM', 'lock-svc:sem:due', name)\n"
+    "  end\n"
     "end\n"
     "local function current()\n"
     "  if version then return version end\n"
     "  local e = redis.call('XREVRANGE', LOG, '+', '-', 'COUNT', 1)[1]\n"
     "  return e and e[1] or '0-0'\n"
-    "end\n"
-    "local function next_due()\n"
-    "  local a, b = first(HOLD, 0), first(TTL, 0)\n"
-    "  if a == 0 or (b ~= 0 and b < a) then return b end\n"
-    "  return a\n"
     "end\n"
     /* Position (0 holding, N in line) and end of a ticket, or nil. */
     "local function where(ticket)\n"
@@ -207,8 +221,12 @@ static const char lua_sem_get[] = "expire()\n"
 /*
  * ARGV: after ('' or a version). {version, limit, next_due, n holders,
  * ticket, seq, exp, ... (holders, then the line)}; or {after, limit,
- * next_due, -1} when the log still holds every event after `after` (nothing
- * after it was trimmed, and Redis did not lose it): the watcher resumes.
+ * next_due, -1} when the log still holds every event after `after`: nothing
+ * after it was trimmed (max-deleted-entry-id <= after), it is not ahead of
+ * the log (after <= last-generated-id), and it is from this log: its entry
+ * is still there (first entry <= after) or was the last trimmed. A log
+ * Redis lost and made anew fails the last test (its first entry is newer
+ * than after, and nothing was trimmed), so the watcher gets a snapshot.
  */
 static const char lua_sem_snapshot[] =
     "local after = ARGV[1]\n"
@@ -227,8 +245,11 @@ static const char lua_sem_snapshot[] =
     "if id(after) and redis.call('EXISTS', LOG) == 1 then\n"
     "  local info, f = redis.call('XINFO', 'STREAM', LOG), {}\n"
     "  for i = 1, #info - 1, 2 do f[info[i]] = info[i + 1] end\n"
-    "  local del, last = f['max-deleted-entry-id'], f['last-generated-id']\n"
-    "  if del and last and le(del, after) and le(after, last) then\n"
+    "  local del, last, first = f['max-deleted-entry-id'], f['last-generated-id'],"
+    " f['first-entry']\n"
+    "  first = type(first) == 'table' and first[1] or last\n"
+    "  if del and last and le(del, after) and le(after, last) and"
+    " (le(first, after) or le(after, del)) then\n"
     "    keep()\n"
     "    return {after, limit, next_due(), -1}\n"
     "  end\n"
@@ -379,6 +400,10 @@ parse_snapshot(const redisReply *r, lock_sem_result_t *res, svc_err_t *err)
     }
     holders = (size_t)item_int(r, 3);
     n = (r->elements - 4) / 3;
+    if (n > SNAPSHOT_MAX || holders > n) {
+        svc_err_set(err, SVC_UNAVAILABLE, "unexpected reply from redis");
+        return;
+    }
     if (n > 0 && (res->tickets = calloc(n, sizeof(*res->tickets))) == NULL) {
         svc_err_set(err, SVC_RESOURCE_EXHAUSTED, "out of memory");
         return;
@@ -441,6 +466,41 @@ sem_run(lock_store_t *s, int script, const char *name, int n_args, const char *c
     snprintf(c->name, sizeof(c->name), "%s", name);
     sem_names(&n, name);
     lock_store_sem_script(s, lock_store_lane(s, name), script, 6, keys, n_args, args, sem_done, c);
+}
+
+typedef struct {
+    lock_sem_due_cb cb;
+    void *arg;
+} due_call_t;
+
+/* ZRANGE's answer: name, end, name, end, ... */
+static void
+due_done(redisReply *reply, bool lost, void *arg)
+{
+    due_call_t *c = arg;
+
+    (void)lost;
+    for (size_t i = 0; reply != NULL && reply->type == REDIS_REPLY_ARRAY && i + 1 < reply->elements;
+         i += 2) {
+        if (reply->element[i]->type == REDIS_REPLY_STRING) {
+            c->cb(reply->element[i]->str, item_int(reply, i + 1), c->arg);
+        }
+    }
+    free(c);
+}
+
+void
+lock_sem_store_due_async(lock_store_t *s, lock_sem_due_cb cb, void *arg)
+{
+    static const char *const argv[] = {"ZRANGE", SEM_DUE_KEY, "0", SEM_DUE_READ_MAX, "WITHSCORES"};
+    due_call_t *c = malloc(sizeof(*c));
+
+    if (c == NULL) {
+        return;
+    }
+    c->cb = cb;
+    c->arg = arg;
+    lock_store_command(s, 0, 5, argv, due_done, c);
 }
 
 /* Decimal of v into buf (at least 21 bytes). */

@@ -82,6 +82,14 @@ void lock_sem_store_get_async(lock_store_t *store, const char *name, const char 
 void lock_sem_store_snapshot_async(lock_store_t *store, const char *name, const char *after,
                                    lock_sem_store_cb cb, void *arg);
 
+/* One semaphore with tickets and its earliest end (unix ms). */
+typedef void (*lock_sem_due_cb)(const char *name, int64_t due_ms, void *arg);
+/*
+ * Reads the index of semaphores with tickets (the earliest 10 000 ends) and
+ * calls cb for each, on lane 0's thread; nothing when Redis does not answer.
+ */
+void lock_sem_store_due_async(lock_store_t *store, lock_sem_due_cb cb, void *arg);
+
 /* The name of a semaphore's event stream, "{sem:<name>}:log", into buf (at least 224 bytes). */
 void lock_sem_log_key(char *buf, size_t len, const char *name);
 

@@ -47,6 +47,9 @@
 #define SNAPSHOT_CHUNK 1000 /* tickets per snapshot message */
 #define UNBLOCK_TRIES 100   /* CLIENT UNBLOCK that came before the XREAD: sent again */
 #define LOG_KEY_LEN (LOCK_KEY_MAX + 16)
+/* Events may have been missed (or Redis lost the log): the watcher resumes or re-snapshots. */
+#define LOST_MSG "semaphore log connection lost; watch again with after_version"
+#define DRAIN_MSG "lock-svc is shutting down; watch again with after_version"
 
 typedef struct {
     uint64_t ms, seq;
@@ -63,6 +66,8 @@ typedef struct watcher {
     bool ready;       /* its snapshot went out (or it resumed): it gets events */
     bool snapshotting;
     bool cancelled;
+    bool ended;        /* its call was ended (or is being ended) by us */
+    uint64_t conn_gen; /* the reader's connection when it started */
     char after[LOCK_SEM_VERSION_MAX];
 } watcher_t;
 
@@ -84,6 +89,8 @@ struct sem_watch {
     long long client_id; /* the reader's connection, for CLIENT UNBLOCK; 0 when none */
     bool in_read;        /* the reader is in its XREAD */
     uint64_t read_gen;   /* counts XREADs */
+    uint64_t conn_gen;   /* counts the reader's lost connections (and the drain) */
+    bool draining;       /* shutting down: new watchers are refused */
 };
 
 /* ---------- versions ---------- */
@@ -219,6 +226,28 @@ reader_wake(lock_sem_t *sem)
 
 /* ---------- the watch call ---------- */
 
+static bool
+sw_draining(struct sem_watch *sw)
+{
+    bool draining;
+
+    pthread_mutex_lock(&sw->mu);
+    draining = sw->draining;
+    pthread_mutex_unlock(&sw->mu);
+    return draining;
+}
+
+static bool
+sw_stopping(struct sem_watch *sw)
+{
+    bool stopping;
+
+    pthread_mutex_lock(&sw->mu);
+    stopping = sw->stopping;
+    pthread_mutex_unlock(&sw->mu);
+    return stopping;
+}
+
 static void
 fail_call(svc_call_t *call, svc_status_t code, const char *msg)
 {
@@ -236,10 +265,11 @@ watch_cancelled(svc_call_t *call, void *arg)
 
     pthread_mutex_lock(&sw->mu);
     w->cancelled = true;
-    if (w->snapshotting) { /* its answer ends the call */
+    if (w->snapshotting || w->ended) { /* its answer ends the call, or it is ended */
         pthread_mutex_unlock(&sw->mu);
         return;
     }
+    w->ended = true;
     watcher_unlink(sw, w);
     pthread_mutex_unlock(&sw->mu);
     fail_call(call, SVC_CANCELLED, "cancelled");
@@ -292,7 +322,7 @@ snapshot_done(const char *name, const lock_sem_result_t *res, const svc_err_t *e
     lock_sem_t *sem = w->sem;
     struct sem_watch *sw = sem->watch;
     unblock_t *u = NULL;
-    bool end, oom = false;
+    bool end, oom = false, lost = false;
 
     if (res != NULL) {
         lock_sem_due(sem, name, res->next_due_ms);
@@ -305,8 +335,10 @@ snapshot_done(const char *name, const lock_sem_result_t *res, const svc_err_t *e
     }
     pthread_mutex_lock(&sw->mu);
     w->snapshotting = false;
-    end = end || w->cancelled || sw->stopping;
+    lost = w->conn_gen != sw->conn_gen;
+    end = end || w->cancelled || sw->stopping || lost;
     if (end) {
+        w->ended = true;
         watcher_unlink(sw, w);
     } else {
         w->ready = true;
@@ -323,6 +355,8 @@ snapshot_done(const char *name, const lock_sem_result_t *res, const svc_err_t *e
         svc_call_finish(w->call, err);
     } else if (oom) {
         fail_call(w->call, SVC_RESOURCE_EXHAUSTED, "out of memory");
+    } else if (lost && !w->cancelled && !sw_stopping(sw)) {
+        fail_call(w->call, SVC_UNAVAILABLE, sw_draining(sw) ? DRAIN_MSG : LOST_MSG);
     } else if (w->cancelled) {
         fail_call(w->call, SVC_CANCELLED, "cancelled");
     } else {
@@ -358,7 +392,8 @@ lock_sem_handle_watch(svc_call_t *call, const ProtobufCMessage *msg, void *user)
     w->snapshotting = true;
     snprintf(w->after, sizeof(w->after), "%s", after);
     pthread_mutex_lock(&sw->mu);
-    wn = sw->stopping ? NULL : watched_get(sw, req->name, true);
+    w->conn_gen = sw->conn_gen;
+    wn = sw->stopping || sw->draining ? NULL : watched_get(sw, req->name, true);
     if (wn != NULL) {
         w->wn = wn;
         w->next = wn->head;
@@ -573,6 +608,50 @@ reader_follow(lock_sem_t *sem, redisContext *c)
     }
 }
 
+/*
+ * Ends every watcher here with UNAVAILABLE (why); each watches again with
+ * its last version, and the snapshot script tells whether it can resume.
+ * Watchers whose snapshot is on the way end when it comes (conn_gen). For
+ * the reader's lost connection (events may be lost with it, and Redis may
+ * have lost the logs: a restart, a failover) and for shutdown (draining:
+ * new watchers are refused too).
+ */
+static void
+end_all(struct sem_watch *sw, bool draining, const char *why)
+{
+    watcher_t *ended = NULL;
+
+    pthread_mutex_lock(&sw->mu);
+    sw->conn_gen++; /* watchers whose snapshot is on the way end when it comes */
+    sw->draining = sw->draining || draining;
+    for (watched_t *wn = sw->names, *next_wn; wn != NULL; wn = next_wn) {
+        next_wn = wn->next; /* unlinking its last watcher frees wn */
+        for (watcher_t *w = wn->head, *next; w != NULL; w = next) {
+            next = w->next;
+            if (w->ready && !w->ended) {
+                w->ended = true;
+                watcher_unlink(sw, w);
+                w->next = ended;
+                ended = w;
+            }
+        }
+    }
+    pthread_mutex_unlock(&sw->mu);
+    while (ended != NULL) {
+        watcher_t *w = ended;
+        ended = w->next;
+        fail_call(w->call, SVC_UNAVAILABLE, why);
+    }
+}
+
+void
+lock_sem_watch_drain(lock_sem_t *sem)
+{
+    if (sem->watch != NULL) {
+        end_all(sem->watch, true, DRAIN_MSG);
+    }
+}
+
 static void *
 reader_thread(void *arg)
 {
@@ -604,10 +683,16 @@ reader_thread(void *arg)
             sw->fd = -1;
             sw->client_id = 0;
             pthread_mutex_unlock(&sw->mu);
+            if (!sw_stopping(sw)) {
+                svc_logf(SVC_LOG_WARN, "semaphore log reader lost its connection");
+                end_all(sw, false, LOST_MSG);
+            }
         }
         freeReplyObject(r);
         redisFree(c);
-        svc_sleep_ms(100);
+        if (!sw_stopping(sw)) {
+            svc_sleep_ms(100);
+        }
     }
 }
 

@@ -284,6 +284,21 @@ lock_service_sem(lock_service_t *svc)
     return svc->sem;
 }
 
+/*
+ * The store's events: the waiters', and on a (re)connection the
+ * semaphores' timers are set again from Redis.
+ */
+static void
+service_event(const lock_event_t *ev, void *arg)
+{
+    lock_service_t *svc = arg;
+
+    lock_waiters_event(ev, svc->waiters);
+    if (ev->kind == LOCK_EV_RESYNC && ev->lane <= 0) {
+        lock_sem_resync(svc->sem);
+    }
+}
+
 int
 lock_service_register(lock_service_t *svc, svc_err_t *err)
 {
@@ -304,7 +319,15 @@ lock_service_register(lock_service_t *svc, svc_err_t *err)
                                sizeof(handlers) / sizeof(handlers[0]), svc, err) != 0) {
         return -1;
     }
-    return lock_store_start(svc->store, lock_waiters_event, svc->waiters, err);
+    return lock_store_start(svc->store, service_event, svc, err);
+}
+
+void
+lock_service_drain(lock_service_t *svc)
+{
+    if (svc != NULL) {
+        lock_sem_drain(svc->sem);
+    }
 }
 
 void

@@ -26,6 +26,12 @@ struct lock_sem *lock_service_sem(lock_service_t *svc);
 /* Registers lock.v1.LockService on the server and starts the store. Before the server starts. */
 int lock_service_register(lock_service_t *svc, svc_err_t *err);
 /*
+ * Shutdown begins: ends the calls that never end by themselves
+ * (WatchSemaphore) with UNAVAILABLE. Before svc_server_shutdown. NULL is a
+ * no-op.
+ */
+void lock_service_drain(lock_service_t *svc);
+/*
  * Stops the waiters' and the semaphores' timers; hand-offs are ignored from now on. After the
  * server has shut down, before the store is destroyed. NULL is a no-op.
  */

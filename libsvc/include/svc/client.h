@@ -48,7 +48,7 @@ int svc_client_wait_ready(svc_client_t *client, int64_t timeout_ms, svc_err_t *e
 struct grpc_channel *svc_channel_create(const char *target);
 
 typedef struct {
-    int64_t timeout_ms;          /* 0: 10 000; the parent's deadline still applies */
+    int64_t timeout_ms;          /* 0: 10 000; < 0: none; the parent's deadline still applies */
     svc_call_t *parent;          /* the call being served, or NULL */
     const char *request_id;      /* x-request-id when there is no parent; NULL: a new one */
     const char *const *metadata; /* extra key, value pairs */
@@ -107,5 +107,37 @@ void svc_client_stream_destroy(svc_client_stream_t *s);
  * stream's owner still finishes or destroys it.
  */
 void svc_client_stream_cancel(svc_client_stream_t *s);
+
+/* ---------- server streams without a thread waiting ---------- */
+
+typedef struct svc_client_watch svc_client_watch_t;
+
+/* One message of the stream (in an arena reset after this returns). On the client thread. */
+typedef void (*svc_client_msg_fn)(ProtobufCMessage *msg, void *arg);
+/* The stream's end: its status (OK when the server finished it so). On the client thread. */
+typedef void (*svc_client_end_fn)(const svc_err_t *err, void *arg);
+
+/*
+ * Starts a server-streaming call with one request and reads its messages
+ * on the client thread (see svc_client_unary_async: the callbacks must not
+ * block): on_msg for each, in order, then on_end exactly once, last. A
+ * stream that should not end by a deadline passes opts->timeout_ms < 0.
+ * NULL (with err) when it cannot even start; then no callback runs.
+ * REQUIRES: arg lives until on_end has run; the caller closes the stream
+ * once with svc_client_watch_close, before or after on_end.
+ */
+svc_client_watch_t *svc_client_watch_start(svc_client_t *client, const char *method,
+                                           const ProtobufCMessage *req,
+                                           const ProtobufCMessageDescriptor *msg_desc,
+                                           const svc_call_opts_t *opts, svc_client_msg_fn on_msg,
+                                           svc_client_end_fn on_end, void *arg, svc_err_t *err);
+/*
+ * Cancels the stream if it still runs (on_end then runs with CANCELLED,
+ * unless it ran already; on_msg may still run until then) and gives up the
+ * caller's hold on it. Any thread, also from the callbacks. NULL is a no-op.
+ */
+void svc_client_watch_close(svc_client_watch_t *w);
+/* Cancels the stream as close does, but keeps the caller's hold (close it later). */
+void svc_client_watch_cancel(svc_client_watch_t *w);
 
 #endif

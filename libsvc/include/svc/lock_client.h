@@ -6,6 +6,8 @@
 #ifndef SVC_LOCK_CLIENT_H
 #define SVC_LOCK_CLIENT_H
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "svc/client.h"
@@ -189,8 +191,62 @@ void svc_sem_extend_async(svc_client_t *lock_svc, svc_sem_ticket_t *ticket, int6
  */
 void svc_sem_get_async(svc_client_t *lock_svc, const char *name, const char *ticket,
                        const svc_sem_opts_t *opts, svc_sem_info_t *out, svc_sem_fn done, void *arg);
+
 /* The same, waiting for the answer; not from a client-thread callback. */
 int svc_sem_get(svc_client_t *lock_svc, const char *name, const char *ticket,
                 const svc_sem_opts_t *opts, svc_sem_info_t *out, svc_err_t *err);
+
+/* ---------- watching a semaphore ---------- */
+
+/* Values as lock.v1.SemaphoreEventKind. */
+typedef enum {
+    SVC_SEM_SNAPSHOT = 1, /* tickets[] as of version (more: further snapshot parts follow) */
+    SVC_SEM_ENTER = 2,    /* ticket entered the line; expires_at_ms: its place's end */
+    SVC_SEM_ADMIT = 3,    /* ticket holds a permit until expires_at_ms */
+    SVC_SEM_LEAVE = 4,    /* ticket left */
+    SVC_SEM_EXPIRE = 5,   /* ticket's lease or place ran out */
+    SVC_SEM_EXTEND = 6,   /* ticket's lease or place now ends at expires_at_ms */
+} svc_sem_event_kind_t;
+
+typedef struct {
+    const char *ticket;
+    int64_t seq;
+    bool holding;
+    int64_t expires_at_ms;
+} svc_sem_entry_t;
+
+/* One message of a watch; its strings and tickets live until the callback returns. */
+typedef struct {
+    svc_sem_event_kind_t kind;
+    const char *ticket; /* events */
+    int64_t seq;
+    int64_t expires_at_ms;
+    const char *version;            /* "<ms>-<n>": compare as two numbers */
+    int limit;                      /* snapshot */
+    const svc_sem_entry_t *tickets; /* snapshot: holders first, then the line in order */
+    size_t n_tickets;
+    bool more; /* snapshot: more parts follow */
+} svc_sem_event_t;
+
+typedef struct svc_sem_watch svc_sem_watch_t;
+typedef void (*svc_sem_event_fn)(const svc_sem_event_t *ev, void *arg);
+
+/*
+ * Follows semaphore name (WatchSemaphore) without a thread waiting: a
+ * snapshot (or, with after_version a version seen before, what came after
+ * it when lock-svc still has it), then every event, each to on_event on the
+ * client thread (must not block). The stream has no deadline and never ends
+ * by itself: done runs once, last, when it breaks (UNAVAILABLE "lock service
+ * unavailable": lock-svc or its Redis went away; watch again with the last
+ * version), or with CANCELLED after svc_sem_watch_close. opts may be NULL
+ * (request_id is read). NULL with err when it cannot start.
+ * REQUIRES: arg lives until done ran; the caller closes the watch once.
+ */
+svc_sem_watch_t *svc_sem_watch_start(svc_client_t *lock_svc, const char *name,
+                                     const char *after_version, const svc_sem_opts_t *opts,
+                                     svc_sem_event_fn on_event, svc_sem_fn done, void *arg,
+                                     svc_err_t *err);
+/* Stops the watch (done then runs, unless it ran) and frees it once done ran. NULL: no-op. */
+void svc_sem_watch_close(svc_sem_watch_t *w);
 
 #endif
