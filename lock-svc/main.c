@@ -55,6 +55,9 @@ main(int argc, char **argv)
          86400000, &limits.max_lease_ms, 0},
         {"max-wait-ms", "MAX_WAIT_MS", SVC_OPT_INT, "60000", "longest wait_ms accepted", 0, 3600000,
          &limits.max_wait_ms, 0},
+        {"max-sem-lease-ms", "MAX_SEM_LEASE_MS", SVC_OPT_INT, "86400000",
+         "longest semaphore permit lease or place TTL granted", 1, 604800000,
+         &limits.max_sem_lease_ms, 0},
         SVC_OPTS_RUNTIME(&workers, &max_workers, &grace_ms, &log_level),
     };
     svc_server_opts_t sopts = {0};

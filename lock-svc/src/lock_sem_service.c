@@ -41,7 +41,7 @@ sem_ctx(svc_call_t *call, void *user)
 static bool
 check_ms(const lock_sem_t *sem, const char *field, int64_t ms, int64_t *out, svc_err_t *err)
 {
-    if (!svc_validate_range(field, ms, 0, sem->limits->max_lease_ms, err)) {
+    if (!svc_validate_range(field, ms, 0, sem->limits->max_sem_lease_ms, err)) {
         return false;
     }
     *out = ms == 0 ? sem->limits->default_lease_ms : ms;

@@ -16,6 +16,8 @@ typedef struct {
     int64_t default_lease_ms; /* lease_ms 0 means this */
     int64_t max_lease_ms;
     int64_t max_wait_ms;
+    /* A semaphore's permit or place: an admission to an on-sale lasts longer than a lock. */
+    int64_t max_sem_lease_ms;
 } lock_limits_t;
 
 /* The service takes no ownership of store or server; both must outlive it. */

@@ -60,9 +60,9 @@ test_invalid_arguments(void **state)
     expect_code(enter(0, "inv:a", "o", -3, 0, 0, &t, &err), &err, SVC_INVALID_ARGUMENT);
     expect_code(enter(0, "inv:a", "o", 1000001, 0, 0, &t, &err), &err, SVC_INVALID_ARGUMENT);
     expect_code(enter(0, "inv:a", "o", 1, -1, 0, &t, &err), &err, SVC_INVALID_ARGUMENT);
-    expect_code(enter(0, "inv:a", "o", 1, 300001, 0, &t, &err), &err, SVC_INVALID_ARGUMENT);
+    expect_code(enter(0, "inv:a", "o", 1, 86400001, 0, &t, &err), &err, SVC_INVALID_ARGUMENT);
     expect_code(enter(0, "inv:a", "o", 1, 0, -1, &t, &err), &err, SVC_INVALID_ARGUMENT);
-    expect_code(enter(0, "inv:a", "o", 1, 0, 300001, &t, &err), &err, SVC_INVALID_ARGUMENT);
+    expect_code(enter(0, "inv:a", "o", 1, 0, 86400001, &t, &err), &err, SVC_INVALID_ARGUMENT);
     expect_code(leave(0, "inv:a", "", &err), &err, SVC_INVALID_ARGUMENT);
     expect_code(leave(0, "bad name", "t", &err), &err, SVC_INVALID_ARGUMENT);
     expect_code(extend(0, "inv:a", "", 1000, &pos, &exp, &err), &err, SVC_INVALID_ARGUMENT);

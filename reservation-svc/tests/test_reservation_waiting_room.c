@@ -230,6 +230,22 @@ leave(const rsv_instance_t *inst, svc_arena_t *arena, const char *ticket, svc_er
                     10000, err);
 }
 
+/* The default admission lasts 10 minutes: lock-svc grants a semaphore lease that long. */
+static void
+test_default_admission_ttl(void **state)
+{
+    svc_arena_t *arena = *state;
+    int64_t sched = room_schedule(arena, 5, 0);
+    Reservation__V1__EnterWaitingRoomResponse *got;
+    svc_err_t err;
+
+    expect_ok("EnterWaitingRoom", enter(&rsv_b, arena, rsv_funded_user(10), sched, &got, &err),
+              &err);
+    assert_int_equal(got->position, 0);
+    assert_true(got->expires_at_ms > svc_now_unix_ms() + 590000);
+    assert_true(got->expires_at_ms <= svc_now_unix_ms() + 600000);
+}
+
 /*
  * A room of 2 entered by three users through both instances: two admitted
  * with tokens that HoldSeats honours, the third in line without one;
@@ -484,9 +500,9 @@ int
 main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
-        RSV_ARENA_TEST(test_schedule_settings),      RSV_ARENA_TEST(test_hold_needs_admission),
-        RSV_ARENA_TEST(test_enter_and_leave),        RSV_ARENA_TEST(test_paying_ends_the_admission),
-        RSV_ARENA_TEST(test_watch_pushes_positions),
+        RSV_ARENA_TEST(test_schedule_settings),         RSV_ARENA_TEST(test_hold_needs_admission),
+        RSV_ARENA_TEST(test_default_admission_ttl),     RSV_ARENA_TEST(test_enter_and_leave),
+        RSV_ARENA_TEST(test_paying_ends_the_admission), RSV_ARENA_TEST(test_watch_pushes_positions),
     };
 
     if (rsv_fixture_main_args(argc, argv) != 0) {
