@@ -56,7 +56,9 @@ struct room {
 
     pthread_mutex_t mu; /* everything below */
     bool stop, round_armed, synced;
+    bool resync;          /* the mirror missed something: the next stream starts with a snapshot */
     int rounds_running;   /* a round past its unlock still touches the room */
+    int verifies;         /* lock-svc answers on their way */
     int64_t round_due_ms; /* monotonic, while round_armed */
     svc_client_stream_t *stream;
     char version[SVC_LOCK_TOKEN_MAX + 1];
@@ -75,7 +77,9 @@ struct room_watcher {
     svc_call_t *call;
     int64_t user_id, last_position, renewed_ms, told_ms;
     svc_sem_ticket_t ticket;
-    bool done; /* under room->mu: whoever sets it ends the call */
+    bool done;      /* under room->mu: whoever sets it ends the call */
+    bool verifying; /* not in the mirror: lock-svc is asked whether it lives */
+    bool gone;      /* lock-svc said it is gone */
     /* How a round ended it: admitted (until end_expires_ms) or gone. */
     bool end_admitted;
     int64_t end_expires_ms;
@@ -329,6 +333,56 @@ worth_telling(const room_watcher_t *w, int64_t position, int64_t now_ms)
            moved * 10 >= w->last_position || now_ms - w->told_ms >= FAR_TELL_MS;
 }
 
+/* A ticket lock-svc was asked about, found again by its name when the answer comes. */
+typedef struct {
+    struct room *room;
+    char ticket[SVC_LOCK_TOKEN_MAX + 1];
+    svc_sem_info_t info;
+} verify_t;
+
+static void
+verified(const svc_err_t *err, void *arg)
+{
+    verify_t *v = arg;
+    struct room *r = v->room;
+
+    pthread_mutex_lock(&r->mu);
+    for (room_watcher_t *w = r->watchers; w != NULL; w = w->next) {
+        if (strcmp(w->ticket.ticket, v->ticket) == 0) {
+            w->verifying = false;
+            w->gone = err->code == SVC_NOT_FOUND;
+        }
+    }
+    if (err->code == SVC_OK && !r->resync) { /* it lives: the mirror missed news, build it anew */
+        static svc_log_limit_t limit = SVC_LOG_LIMIT_INIT(5);
+        svc_logf_limited(&limit, SVC_LOG_WARN,
+                         "waiting room %s: the mirror missed a ticket; taking a new snapshot",
+                         r->name);
+        r->resync = true;
+        svc_client_stream_cancel(r->stream);
+    }
+    round_arm(r);
+    r->verifies--;
+    pthread_mutex_unlock(&r->mu);
+    free(v);
+}
+
+/* Asks lock-svc whether w's ticket lives (caller holds mu). */
+static void
+verify(struct room *r, room_watcher_t *w)
+{
+    verify_t *v = calloc(1, sizeof(*v));
+
+    if (v == NULL) {
+        return;
+    }
+    v->room = r;
+    snprintf(v->ticket, sizeof(v->ticket), "%s", w->ticket.ticket);
+    w->verifying = true;
+    r->verifies++;
+    svc_sem_get_async(r->svc->lock_svc, r->name, v->ticket, NULL, &v->info, verified, v);
+}
+
 /*
  * Sends w its position if it changed (caller holds mu). Returns true when w
  * is to be ended now (admitted: *admitted set; or gone): it is unlinked and
@@ -344,8 +398,13 @@ watcher_update(struct room *r, room_watcher_t *w, bool *admitted, int64_t *expir
     int64_t position;
 
     *admitted = false;
-    if (t == NULL && w->ticket.seq > r->top) {
-        return false; /* entered after what the mirror has seen so far: its news is on the way */
+    if (t == NULL && !w->gone) {
+        /* Entered after what the mirror has seen: its news is on the way. Else the mirror
+         * should know it: lock-svc says whether it is gone or the mirror missed news. */
+        if (w->ticket.seq <= r->top && !w->verifying) {
+            verify(r, w);
+        }
+        return false;
     }
     if (t == NULL || t->holding) {
         *admitted = t != NULL;
@@ -378,6 +437,8 @@ watcher_end(reservation_service_t *svc, room_watcher_t *w, bool admitted, int64_
     svc_err_t err;
 
     if (!admitted) {
+        svc_logf(SVC_LOG_INFO, "waiting room %s: ticket %" PRId64 " is gone; its watch ends",
+                 w->room->name, w->ticket.seq);
         svc_err_set(&err, SVC_NOT_FOUND, "the ticket is gone: it left, or its place ran out");
         svc_call_fail(w->call, &err);
         return;
@@ -488,7 +549,8 @@ room_thread(void *arg)
             pthread_mutex_unlock(&r->mu);
             break;
         }
-        snprintf(after, sizeof(after), "%s", r->synced ? r->version : "");
+        snprintf(after, sizeof(after), "%s", r->synced && !r->resync ? r->version : "");
+        r->resync = false;
         pthread_mutex_unlock(&r->mu);
         req.name = r->name;
         req.after_version = after;
@@ -641,7 +703,8 @@ reservation_rooms_stop(reservation_service_t *svc)
         if (r->round_armed && svc_timer_cancel(svc_server_timers(svc->server), &r->round)) {
             r->round_armed = false;
         }
-        for (int i = 0; i < 2000 && (r->round_armed || r->rounds_running > 0); i++) {
+        for (int i = 0; i < 2000 && (r->round_armed || r->rounds_running > 0 || r->verifies > 0);
+             i++) {
             /* a round on its way: let it end (timers that stopped first never run it) */
             pthread_mutex_unlock(&r->mu);
             svc_sleep_ms(1);

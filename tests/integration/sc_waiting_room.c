@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include <hiredis/hiredis.h>
+#include <libpq-fe.h>
 
 #include "conformance.h"
 #include "reservation/v1/reservation.pb-c.h"
@@ -46,6 +47,7 @@ typedef struct {
     char ticket[256];
     int enter_position;
     bool admitted, held, lost_place;
+    int reentered;               /* entered again after an admission ran out */
     int watches;                 /* streams opened */
     int64_t entered_ms, lost_ms; /* monotonic; lost: since entering */
     char token[300];
@@ -212,72 +214,127 @@ watch(wr_user_t *u, svc_client_t *c, bool *broke)
 
 /* ---------------------------------------------------------------- Users */
 
+/* Whether user holds seat in the database (a hold whose answer was lost did go through). */
+static bool
+holds_seat(wr_run_t *run, int64_t user, int32_t seat)
+{
+    PGconn *c = PQconnectdb(run->stack->targets.reservation_db);
+    char sql[256];
+    PGresult *r;
+    bool yes;
+
+    snprintf(sql, sizeof(sql),
+             "SELECT count(*) FROM reservations r JOIN reservation_seats rs ON rs.reservation_id"
+             " = r.id WHERE r.user_id = %" PRId64 " AND r.schedule_id = %" PRId64
+             " AND rs.number = %d AND r.status IN (1, 2)",
+             user, run->schedule, (int)seat);
+    r = PQstatus(c) == CONNECTION_OK ? PQexec(c, sql) : NULL;
+    yes = PQresultStatus(r) == PGRES_TUPLES_OK && strcmp(PQgetvalue(r, 0, 0), "1") == 0;
+    PQclear(r);
+    PQfinish(c);
+    return yes;
+}
+
+/* Enters (again): u->ticket, and its admission when admitted at once. 0, or -1 (a violation). */
+static int
+enter_room(wr_user_t *u, svc_client_t *home, svc_client_t *other)
+{
+    svc_arena_t *arena = svc_arena_create();
+    Reservation__V1__EnterWaitingRoomResponse *got = NULL;
+    svc_status_t code = SVC_UNAVAILABLE;
+
+    for (int attempt = 0; attempt < 20 && code != SVC_OK; attempt++) {
+        code = enter(u->run, attempt % 2 ? other : home, u->user, &got, arena);
+        if (code != SVC_OK) {
+            svc_sleep_ms(100); /* the killed instance, perhaps */
+        }
+    }
+    if (code != SVC_OK) {
+        cf_violation(u->run->tally, "waiting_room: user %" PRId64 " could not enter: %s", u->user,
+                     svc_status_name(code));
+        svc_arena_destroy(arena);
+        return -1;
+    }
+    snprintf(u->ticket, sizeof(u->ticket), "%s", got->ticket);
+    u->enter_position = (int)got->position;
+    u->entered_ms = svc_now_mono_ms();
+    u->admitted = got->position == 0;
+    if (u->admitted) {
+        snprintf(u->token, sizeof(u->token), "%s", got->admission_token);
+        u->token_expires_ms = got->expires_at_ms;
+    }
+    svc_arena_destroy(arena);
+    return 0;
+}
+
+/*
+ * One user: enter, watch until admitted, hold a seat with the token, leave.
+ * An admission can run out while the hold is retried (a seat lock that the
+ * killed instance held lasts its lease); then, as a client would, the user
+ * enters again.
+ */
 static void *
 user_thread(void *arg)
 {
     wr_user_t *u = arg;
     wr_run_t *run = u->run;
     svc_client_t *home = run->rsv[u->i % 2], *other = run->rsv[1 - u->i % 2];
-    svc_arena_t *arena = svc_arena_create();
-    Reservation__V1__EnterWaitingRoomResponse *got = NULL;
     int64_t until = svc_now_mono_ms() + ROOM_RUN_MS;
     svc_status_t code = SVC_UNAVAILABLE;
-    svc_err_t err;
+    svc_err_t err = {0};
 
-    for (int attempt = 0; attempt < 20 && code != SVC_OK; attempt++) {
-        code = enter(run, attempt % 2 ? other : home, u->user, &got, arena);
-        if (code != SVC_OK) {
-            svc_sleep_ms(100); /* the killed instance, perhaps */
-        }
-    }
-    if (code != SVC_OK) {
-        cf_violation(run->tally, "waiting_room: user %" PRId64 " could not enter: %s", u->user,
-                     svc_status_name(code));
-        svc_arena_destroy(arena);
-        return NULL;
-    }
-    snprintf(u->ticket, sizeof(u->ticket), "%s", got->ticket);
-    u->enter_position = (int)got->position;
-    u->entered_ms = svc_now_mono_ms();
-    if (got->position == 0) {
-        snprintf(u->token, sizeof(u->token), "%s", got->admission_token);
-        u->token_expires_ms = got->expires_at_ms;
-        u->admitted = true;
-    }
-    svc_arena_destroy(arena);
-    if (u->walks_away) {
-        return NULL; /* no watch, no renewal: the place (or admission) runs out */
+    if (enter_room(u, home, other) != 0 || u->walks_away) {
+        return NULL; /* walking away: no watch, no renewal: the place (or admission) runs out */
     }
     if (u->early_hold && !u->admitted) {
         hold_refused(run, u->user, (int32_t)u->i + 1, NULL,
                      "before the user's turn, without a token");
     }
-    for (bool broke = true; !u->admitted && broke && svc_now_mono_ms() < until;) {
-        u->admitted = watch(u, (u->watches % 2) ? other : home, &broke);
-        if (!u->admitted && broke) {
-            svc_sleep_ms(100);
+    for (int visit = 0; visit < 4 && !u->held; visit++) {
+        if (visit > 0) {
+            u->reentered++;
+            if (enter_room(u, home, other) != 0) {
+                return NULL;
+            }
+        }
+        for (bool broke = true; !u->admitted && broke && svc_now_mono_ms() < until;) {
+            u->admitted = watch(u, (u->watches % 2) ? other : home, &broke);
+            if (!u->admitted && broke) {
+                svc_sleep_ms(100);
+            }
+        }
+        if (!u->admitted) {
+            return NULL;
+        }
+        if (visit == 0) {
+            atomic_fetch_add(&run->admitted, 1);
+        }
+        if (u->forges && visit == 0) { /* the last digit changed: not signed by the service */
+            char forged[sizeof(u->token)];
+            size_t n = strlen(u->token);
+            snprintf(forged, sizeof(forged), "%s", u->token);
+            forged[n - 1] = forged[n - 1] == '0' ? '1' : '0';
+            hold_refused(run, u->user, (int32_t)u->i + 1, forged, "with a forged token");
+        }
+        code = SVC_UNAVAILABLE;
+        bool lost_answer = false; /* a try whose answer was lost may have held the seat */
+        for (int attempt = 0; attempt < 40 && code != SVC_OK && code != SVC_FAILED_PRECONDITION;
+             attempt++) {
+            code =
+                hold(run, attempt % 2 ? other : home, u->user, (int32_t)u->i + 1, u->token, &err);
+            if (code != SVC_OK && code != SVC_FAILED_PRECONDITION) {
+                lost_answer |= code == SVC_UNAVAILABLE || code == SVC_DEADLINE_EXCEEDED;
+                svc_sleep_ms(100);
+            }
+        }
+        u->held = code == SVC_OK || (code == SVC_FAILED_PRECONDITION && lost_answer &&
+                                     holds_seat(run, u->user, (int32_t)u->i + 1));
+        u->admitted = false;
+        if (!u->held &&
+            (code != SVC_FAILED_PRECONDITION || strstr(err.msg, "admission expired") == NULL)) {
+            break; /* anything but an admission that ran out is a failure */
         }
     }
-    if (!u->admitted) {
-        return NULL;
-    }
-    atomic_fetch_add(&run->admitted, 1);
-    if (u->forges) { /* the token's last digit changed: not signed by the service */
-        char forged[sizeof(u->token)];
-        size_t n = strlen(u->token);
-        snprintf(forged, sizeof(forged), "%s", u->token);
-        forged[n - 1] = forged[n - 1] == '0' ? '1' : '0';
-        hold_refused(run, u->user, (int32_t)u->i + 1, forged, "with a forged token");
-    }
-    code = SVC_UNAVAILABLE;
-    for (int attempt = 0; attempt < 20 && code != SVC_OK && code != SVC_FAILED_PRECONDITION;
-         attempt++) {
-        code = hold(run, attempt % 2 ? other : home, u->user, (int32_t)u->i + 1, u->token, &err);
-        if (code != SVC_OK && code != SVC_FAILED_PRECONDITION) {
-            svc_sleep_ms(100);
-        }
-    }
-    u->held = code == SVC_OK;
     if (!u->held) {
         cf_violation(run->tally, "waiting_room: user %" PRId64 " admitted, HoldSeats: %s %s",
                      u->user, svc_status_name(code), err.msg);
@@ -398,6 +455,7 @@ sc_waiting_room(cf_ctx_t *ctx, cf_tally_t *t)
     wr_user_t *users;
     pthread_t sample_thread, kill_thread;
     int fd = mkstemp(key_path), admits, expires, walked = 0, held = 0, watched_on_killed = 0;
+    int reentered = 0;
     int64_t t0;
 
     if (fd < 0 || write(fd, ROOM_KEY, strlen(ROOM_KEY)) != (ssize_t)strlen(ROOM_KEY)) {
@@ -456,7 +514,8 @@ sc_waiting_room(cf_ctx_t *ctx, cf_tally_t *t)
         wr_user_t *u = &users[i];
         held += u->held;
         watched_on_killed += !u->walks_away && u->watches > 1;
-        if (!u->walks_away && (!u->admitted || !u->held)) {
+        reentered += u->reentered;
+        if (!u->walks_away && !u->held) {
             cf_violation(t,
                          "waiting_room: user %" PRId64 " (ticket %s, entered at position %d,"
                          " watched %d times, lost after %" PRId64 " ms) %s",
@@ -481,9 +540,10 @@ sc_waiting_room(cf_ctx_t *ctx, cf_tally_t *t)
     }
     check_log(&run, &admits, &expires);
     fprintf(stderr,
-            "waiting_room: %d held seats, %d walked away, %d watched again after the kill; at most"
-            " %ld of %d admitted at once (%ld samples); log: %d admitted, %d expired\n",
-            held, walked, watched_on_killed, atomic_load(&run.max_holders), run.limit,
+            "waiting_room: %d held seats, %d walked away, %d watched again after the kill, %d"
+            " entered again after their admission ran out; at most %ld of %d admitted at once"
+            " (%ld samples); log: %d admitted, %d expired\n",
+            held, walked, watched_on_killed, reentered, atomic_load(&run.max_holders), run.limit,
             atomic_load(&run.samples), admits, expires);
     free(users);
     cf_check_invariants(t, &stack->targets, NULL);
