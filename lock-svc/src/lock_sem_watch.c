@@ -13,7 +13,9 @@
  *
  * Each watcher keeps the version it has reached (`from`); a semaphore is
  * read from the lowest `from` of its watchers, and an event goes only to
- * watchers not past it yet. So a watcher that joins behind the others
+ * watchers not past it yet, and only to those the read started behind (a
+ * watcher that joined while a read from further on was on its way waits
+ * for the next read, from its own version). So a watcher that joins behind the others
  * (its snapshot is older than what was read already) makes the reader read
  * that stretch again, and nobody gets an event twice or misses one. A
  * watcher joining wakes the reader from its XREAD with CLIENT UNBLOCK.
@@ -76,6 +78,12 @@ struct watched {
     watcher_t *head;
     char name[LOCK_KEY_MAX + 1];
     char log_key[LOG_KEY_LEN];
+    /*
+     * Where the XREAD on its way reads this log from. Its entries go only to
+     * watchers already there: one that joined behind it while it was on its
+     * way would otherwise get the entries after it and never those before.
+     */
+    stream_id_t read_from;
 };
 
 struct sem_watch {
@@ -472,7 +480,7 @@ deliver(lock_sem_t *sem, watched_t *wn, const redisReply *entry)
         msg.expires_at_ms = 0;
     }
     for (watcher_t *w = wn->head; w != NULL; w = w->next) {
-        if (w->ready && id_less(w->from, id)) {
+        if (w->ready && !id_less(w->from, wn->read_from) && id_less(w->from, id)) {
             (void)svc_call_write(w->call, &msg.base);
             w->from = id;
         }
@@ -542,6 +550,7 @@ build_xread(struct sem_watch *sw, int *argc)
         if (low.ms == UINT64_MAX) {
             continue; /* nobody here has its snapshot yet */
         }
+        wn->read_from = low;
         argv[HEAD + i] = p;
         snprintf(p, LOG_KEY_LEN, "%s", wn->log_key);
         p += LOG_KEY_LEN;

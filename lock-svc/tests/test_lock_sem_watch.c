@@ -245,6 +245,79 @@ test_watch_mirrors_a_storm(void **state)
     free(rp);
 }
 
+static void *
+storm_thread(void *arg)
+{
+    run_storm(arg);
+    return NULL;
+}
+
+/* Whether seq is among the n in v. */
+static bool
+seen(const int64_t *v, int n, int64_t seq)
+{
+    for (int i = 0; i < n; i++) {
+        if (v[i] == seq) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/*
+ * A watcher that joins mid-storm, behind the reader that already follows
+ * the semaphore for another watcher on the same instance, gets its snapshot
+ * and then every event after it: each ticket an event names is in its
+ * snapshot or entered after it. (The reader's read on its way used to hand
+ * the late watcher the events after its own start and never the ones in
+ * between: tickets appeared that never entered.)
+ */
+static void
+test_late_watcher_misses_nothing(void **state)
+{
+    enum { LATE = 8 };
+    Lock__V1__WatchSemaphoreResponse *m;
+    int64_t *known = calloc((size_t)LATE * STORM_FANS, sizeof(*known));
+    int n_known[LATE] = {0}, unknown = 0;
+    pthread_t storm;
+    watch_t w1, late[LATE];
+
+    (void)state;
+    watch_open(&w1, 1, "storm:late", "");
+    assert_int_equal(watch_next(&w1)->kind, EV(SNAPSHOT));
+    assert_int_equal(pthread_create(&storm, NULL, storm_thread, "storm:late"), 0);
+    for (int k = 0; k < LATE; k++) { /* each joins while the reader follows the log for w1 */
+        for (int i = 0; i < 3; i++) {
+            (void)watch_next(&w1);
+        }
+        watch_open(&late[k], 1, "storm:late", "");
+        m = watch_next(&late[k]);
+        assert_int_equal(m->kind, EV(SNAPSHOT));
+        for (size_t i = 0; i < m->n_tickets; i++) {
+            known[k * STORM_FANS + n_known[k]++] = m->tickets[i]->seq;
+        }
+    }
+    pthread_join(storm, NULL);
+    for (int k = 0; k < LATE; k++) {
+        int64_t *mine = &known[k * STORM_FANS];
+        for (int gone = 0; gone < n_known[k];) { /* until every ticket it knows has left */
+            m = watch_next(&late[k]);
+            if (m->kind == EV(ENTER) && n_known[k] < STORM_FANS) {
+                mine[n_known[k]++] = m->seq;
+            } else if (!seen(mine, n_known[k], m->seq)) {
+                unknown++;
+            } else if (m->kind == EV(LEAVE) || m->kind == EV(EXPIRE)) {
+                gone++;
+            }
+        }
+        watch_close(&late[k]);
+    }
+    fprintf(stderr, "%d late watchers: %d events about tickets they never saw\n", LATE, unknown);
+    assert_int_equal(unknown, 0);
+    watch_close(&w1);
+    free(known);
+}
+
 /* What an asynchronous watch heard, for the test thread. */
 typedef struct {
     pthread_mutex_t mu;
@@ -489,6 +562,7 @@ main(int argc, char **argv)
         cmocka_unit_test(test_watch_snapshot_then_events),
         cmocka_unit_test(test_watch_bad_arguments),
         cmocka_unit_test(test_watch_mirrors_a_storm),
+        cmocka_unit_test(test_late_watcher_misses_nothing),
         cmocka_unit_test(test_client_watch),
         cmocka_unit_test(test_big_snapshot_comes_in_parts),
         cmocka_unit_test(test_shutdown_ends_watches_at_once),
