@@ -52,8 +52,6 @@
 #define SEM_DUE_KEY "lock-svc:sem:due"  /* spelt out in lua_sem_prelude too */
 #define SEM_DUE_READ_MAX "9999" /* the earliest 10 000 at start; the others at their next call */
 
-enum { SEM_ENTER, SEM_LEAVE, SEM_EXTEND, SEM_GET, SEM_SNAPSHOT };
-
 /*
  * KEYS: hash, seq, line, holders, ttl, log. Every script answers {code,
  * ticket, seq, position, expires, version, next_due, limit, holders,
@@ -251,10 +249,10 @@ static const char lua_sem_snapshot[] =
     "  if del and last and le(del, after) and le(after, last) and"
     " (le(first, after) or le(after, del)) then\n"
     "    keep()\n"
-    "    return {after, limit, next_due(), -1}\n"
+    "    return {after, limit, next_due(), -1, 0}\n"
     "  end\n"
     "end\n"
-    "local out = {current(), limit, next_due(), 0}\n"
+    "local out = {current(), limit, next_due(), 0, tonumber(redis.call('GET', SEQ) or '0')}\n"
     "local hold = redis.call('ZRANGE', HOLD, 0, -1, 'WITHSCORES')\n"
     "for i = 1, #hold, 2 do\n"
     "  out[#out + 1] = hold[i]\n"
@@ -379,13 +377,13 @@ parse_answer(const sem_call_t *c, const redisReply *r, lock_sem_result_t *res, s
     }
 }
 
-/* {version, limit, next_due, n holders, ticket, seq, exp, ...}. */
+/* {version, limit, next_due, n holders (-1: resumed), last seq, ticket, seq, exp, ...}. */
 static void
 parse_snapshot(const redisReply *r, lock_sem_result_t *res, svc_err_t *err)
 {
     size_t n, holders;
 
-    if (r->type != REDIS_REPLY_ARRAY || r->elements < 4 || (r->elements - 4) % 3 != 0) {
+    if (r->type != REDIS_REPLY_ARRAY || r->elements < 5 || (r->elements - 5) % 3 != 0) {
         svc_err_set(err, SVC_UNAVAILABLE, "unexpected reply from redis");
         return;
     }
@@ -399,7 +397,8 @@ parse_snapshot(const redisReply *r, lock_sem_result_t *res, svc_err_t *err)
         return;
     }
     holders = (size_t)item_int(r, 3);
-    n = (r->elements - 4) / 3;
+    res->seq = item_int(r, 4);
+    n = (r->elements - 5) / 3;
     if (n > SNAPSHOT_MAX || holders > n) {
         svc_err_set(err, SVC_UNAVAILABLE, "unexpected reply from redis");
         return;
@@ -410,9 +409,9 @@ parse_snapshot(const redisReply *r, lock_sem_result_t *res, svc_err_t *err)
     }
     for (size_t i = 0; i < n; i++) {
         lock_sem_ticket_t *t = &res->tickets[i];
-        snprintf(t->ticket, sizeof(t->ticket), "%s", item_str(r, 4 + 3 * i));
-        t->seq = item_int(r, 5 + 3 * i);
-        t->expires_at_ms = item_int(r, 6 + 3 * i);
+        snprintf(t->ticket, sizeof(t->ticket), "%s", item_str(r, 5 + 3 * i));
+        t->seq = item_int(r, 6 + 3 * i);
+        t->expires_at_ms = item_int(r, 7 + 3 * i);
         t->holding = i < holders;
     }
     res->n_tickets = (int)n;
@@ -436,7 +435,7 @@ sem_done(redisReply *reply, bool lost, void *arg)
     } else if (reply->type == REDIS_REPLY_ERROR) {
         svc_logf_limited(&limit, SVC_LOG_WARN, "redis error: %.200s", reply->str);
         svc_err_set(&err, SVC_UNAVAILABLE, "redis refused the command");
-    } else if (c->script == SEM_SNAPSHOT) {
+    } else if (c->script == LOCK_SEM_SNAPSHOT) {
         parse_snapshot(reply, &res, &err);
     } else {
         parse_answer(c, reply, &res, &err);
@@ -521,7 +520,7 @@ lock_sem_store_enter_async(lock_store_t *s, const char *name, const char *ticket
                           fmt_i64(lease, sizeof(lease), lease_ms),
                           fmt_i64(ttl, sizeof(ttl), ttl_ms)};
 
-    sem_run(s, SEM_ENTER, name, 5, args, cb, arg);
+    sem_run(s, LOCK_SEM_ENTER, name, 5, args, cb, arg);
 }
 
 void
@@ -530,7 +529,7 @@ lock_sem_store_leave_async(lock_store_t *s, const char *name, const char *ticket
 {
     const char *args[] = {ticket};
 
-    sem_run(s, SEM_LEAVE, name, 1, args, cb, arg);
+    sem_run(s, LOCK_SEM_LEAVE, name, 1, args, cb, arg);
 }
 
 void
@@ -540,7 +539,7 @@ lock_sem_store_extend_async(lock_store_t *s, const char *name, const char *ticke
     char lease[24];
     const char *args[] = {ticket, fmt_i64(lease, sizeof(lease), lease_ms)};
 
-    sem_run(s, SEM_EXTEND, name, 2, args, cb, arg);
+    sem_run(s, LOCK_SEM_EXTEND, name, 2, args, cb, arg);
 }
 
 void
@@ -549,7 +548,7 @@ lock_sem_store_get_async(lock_store_t *s, const char *name, const char *ticket,
 {
     const char *args[] = {ticket != NULL ? ticket : ""};
 
-    sem_run(s, SEM_GET, name, 1, args, cb, arg);
+    sem_run(s, LOCK_SEM_GET, name, 1, args, cb, arg);
 }
 
 void
@@ -558,5 +557,5 @@ lock_sem_store_snapshot_async(lock_store_t *s, const char *name, const char *aft
 {
     const char *args[] = {after != NULL ? after : ""};
 
-    sem_run(s, SEM_SNAPSHOT, name, 1, args, cb, arg);
+    sem_run(s, LOCK_SEM_SNAPSHOT, name, 1, args, cb, arg);
 }

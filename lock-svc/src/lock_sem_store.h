@@ -15,7 +15,13 @@
 #define LOCK_SEM_LIMIT_MAX 1000000
 #define LOCK_SEM_VERSION_MAX 48
 
-/* Script number i's full text (malloc'd; NULL when out of memory). For lock_store_create. */
+/* The scripts' numbers (the waiting-room benchmark runs the first two on Redis directly). */
+enum { LOCK_SEM_ENTER, LOCK_SEM_LEAVE, LOCK_SEM_EXTEND, LOCK_SEM_GET, LOCK_SEM_SNAPSHOT };
+
+/*
+ * Script number i's full text (malloc'd; NULL when out of memory). For
+ * lock_store_create, and for a benchmark that runs it without lock-svc.
+ */
 char *lock_sem_script_text(int i);
 
 /* One live ticket, in a snapshot. */
@@ -29,9 +35,9 @@ typedef struct {
 /* What a semaphore call found; valid when its err is OK. */
 typedef struct {
     char ticket[LOCK_TOKEN_LEN + 1]; /* enter: the ticket (a new one, or the owner's) */
-    int64_t seq;
-    int position;          /* 0 holding, N >= 1 N-th in line; -1 no ticket asked about */
-    int64_t expires_at_ms; /* the ticket's lease or place end, unix ms */
+    int64_t seq;                     /* enter: the ticket's; snapshot: the highest given so far */
+    int position;                    /* 0 holding, N >= 1 N-th in line; -1 no ticket asked about */
+    int64_t expires_at_ms;           /* the ticket's lease or place end, unix ms */
     char version[LOCK_SEM_VERSION_MAX];
     int64_t limit; /* 0: unset */
     int holders, waiting;

@@ -312,6 +312,7 @@ send_snapshot(watcher_t *w, const lock_sem_result_t *res)
         msg.kind = LOCK__V1__SEMAPHORE_EVENT_KIND__SEMAPHORE_EVENT_KIND_SNAPSHOT;
         msg.version = (char *)res->version;
         msg.limit = (int32_t)res->limit;
+        msg.seq = res->seq;
         msg.n_tickets = (size_t)n;
         msg.tickets = ptrs;
         sent += n;

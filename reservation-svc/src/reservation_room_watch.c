@@ -15,7 +15,7 @@
  * (worth_telling). The round that finds a ticket admitted sends the admission
  * token and ends the call; a ticket that is gone (left, ran out) ends it with
  * NOT_FOUND. A watcher also keeps its place alive: its ticket's place is
- * renewed when watching starts and every half of ROOM_PLACE_MS after.
+ * renewed whenever less than half of ROOM_PLACE_MS is left of it.
  */
 #define _GNU_SOURCE
 #include <inttypes.h>
@@ -34,6 +34,9 @@
 #define RECONNECT_MS 200  /* after the stream broke */
 #define STREAM_MS 3600000 /* a stream is opened again (from its version) after this long */
 #define TICKET_BUCKETS 4096
+#define RENEWALS_MAX 32   /* place renewals on their way per room, at most */
+#define FAR_GAP_MS 250    /* far back: a tenth of the way, but not more often than this */
+#define FAR_PER_ROUND 500 /* far back: messages per round; the others in the next rounds */
 
 /* A live ticket of the mirror. */
 typedef struct tick {
@@ -59,6 +62,8 @@ struct room {
     bool resync;          /* the mirror missed something: the next stream starts with a snapshot */
     int rounds_running;   /* a round past its unlock still touches the room */
     int verifies;         /* lock-svc answers on their way */
+    int renewals;         /* place renewals on their way (at most RENEWALS_MAX) */
+    bool renew_waits;     /* a place due for renewal waits for one of those to end */
     int64_t round_due_ms; /* monotonic, while round_armed */
     svc_client_stream_t *stream;
     char version[SVC_LOCK_TOKEN_MAX + 1];
@@ -243,6 +248,9 @@ mirror_apply(struct room *r, const Lock__V1__WatchSemaphoreResponse *m)
             const Lock__V1__SemaphoreTicket *t = m->tickets[i];
             mirror_put(r, t->ticket, t->seq, t->holding, t->expires_at_ms);
         }
+        if (m->seq > r->top) { /* tickets that left before it count too */
+            r->top = m->seq;
+        }
         r->synced = !m->more;
         break;
     case LOCK__V1__SEMAPHORE_EVENT_KIND__SEMAPHORE_EVENT_KIND_ENTER:
@@ -281,7 +289,7 @@ round_arm_in(struct room *r, int64_t delay_ms)
     svc_timers_t *timers = svc_server_timers(r->svc->server);
     int64_t due = svc_now_mono_ms() + delay_ms;
 
-    if (r->stop || (r->round_armed && r->round_due_ms <= due)) {
+    if (r->stop || timers == NULL || (r->round_armed && r->round_due_ms <= due)) {
         return;
     }
     if (r->round_armed && !svc_timer_cancel(timers, &r->round)) {
@@ -318,7 +326,8 @@ watcher_unlink(struct room *r, room_watcher_t *w)
  * waiting ticket up by one, so telling each watcher of each move would cost
  * thousands of messages per admission. A watcher near the front hears of
  * every move; one further back when its position changed by a tenth or
- * more, or at least every FAR_TELL_MS while it moves. What it hears is
+ * more (at most every FAR_GAP_MS), or at least every FAR_TELL_MS while it
+ * moves. What it hears is
  * never older than a round.
  */
 static bool
@@ -330,7 +339,8 @@ worth_telling(const room_watcher_t *w, int64_t position, int64_t now_ms)
         return false;
     }
     return w->last_position < 0 || position <= NEAR_FRONT || moved < 0 ||
-           moved * 10 >= w->last_position || now_ms - w->told_ms >= FAR_TELL_MS;
+           (moved * 10 >= w->last_position && now_ms - w->told_ms >= FAR_GAP_MS) ||
+           now_ms - w->told_ms >= FAR_TELL_MS;
 }
 
 /* A ticket lock-svc was asked about, found again by its name when the answer comes. */
@@ -389,7 +399,8 @@ verify(struct room *r, room_watcher_t *w)
  * marked done, and the caller ends its call after unlocking.
  */
 static bool
-watcher_update(struct room *r, room_watcher_t *w, bool *admitted, int64_t *expires_at_ms)
+watcher_update(struct room *r, room_watcher_t *w, int64_t now_ms, int *far_budget, bool *admitted,
+               int64_t *expires_at_ms)
 {
     tick_t *t = tick_find(r, w->ticket.ticket);
     Reservation__V1__WaitingRoomUpdate u = RESERVATION__V1__WAITING_ROOM_UPDATE__INIT;
@@ -414,14 +425,17 @@ watcher_update(struct room *r, room_watcher_t *w, bool *admitted, int64_t *expir
         return true;
     }
     position = tree_before(r, t->seq) + 1;
-    if (worth_telling(w, position, svc_now_mono_ms())) {
+    if (worth_telling(w, position, now_ms)) {
+        if (position > NEAR_FRONT && w->last_position >= 0 && (*far_budget)-- <= 0) {
+            return false; /* a crowd far back moved at once: its news is spread over rounds */
+        }
         u.position = position;
         u.admission_token = "";
         u.expires_at_ms = t->expires_at_ms;
         resp.update = &u;
         (void)svc_call_write(w->call, &resp.base);
         w->last_position = position;
-        w->told_ms = svc_now_mono_ms();
+        w->told_ms = now_ms;
     }
     return false;
 }
@@ -457,37 +471,63 @@ watcher_end(reservation_service_t *svc, room_watcher_t *w, bool admitted, int64_
     svc_call_finish(w->call, NULL);
 }
 
+/* A place renewal on its way, and its room. */
+typedef struct {
+    struct room *room;
+    svc_sem_ticket_t ticket; /* the call may end before lock-svc answers */
+} renewal_t;
+
 static void
 renewed(const svc_err_t *err, void *arg)
 {
-    svc_sem_ticket_t *t = arg;
+    renewal_t *rn = arg;
+    struct room *r = rn->room;
 
     if (err->code != SVC_OK) { /* the place runs out; its watcher then hears NOT_FOUND */
         static svc_log_limit_t limit = SVC_LOG_LIMIT_INIT(5);
         svc_logf_limited(&limit, SVC_LOG_WARN, "waiting room %s: a watched place not renewed: %s",
-                         t->name, err->msg);
+                         rn->ticket.name, err->msg);
     }
-    free(t);
+    pthread_mutex_lock(&r->mu);
+    r->renewals--;
+    if (r->renew_waits) {
+        r->renew_waits = false;
+        round_arm(r);
+    }
+    pthread_mutex_unlock(&r->mu);
+    free(rn);
 }
 
 /*
- * A watched place is renewed now and then, so watching keeps it (caller
- * holds mu; only for a ticket the mirror sees waiting: renewing a permit
- * would change the admission's lease).
+ * A watched place is renewed when less than half of ROOM_PLACE_MS is left of
+ * it, so watching keeps it (caller holds mu; t is w's ticket in the mirror,
+ * waiting: renewing a permit would change the admission's lease). Places
+ * that come due together (a crowd that entered at once) go RENEWALS_MAX at a
+ * time, the rest in the rounds after, so lock-svc and this instance never
+ * hold one call per watcher.
  */
 static void
-watcher_renew(room_watcher_t *w, int64_t now_ms)
+watcher_renew(struct room *r, room_watcher_t *w, const tick_t *t, int64_t now_ms,
+              int64_t now_unix_ms)
 {
-    svc_sem_ticket_t *copy;
+    int64_t place_ms = r->svc->opts.room_place_ms;
+    renewal_t *rn;
 
-    int64_t place_ms = w->room->svc->opts.room_place_ms;
-
-    if (now_ms - w->renewed_ms < place_ms / 2 || (copy = malloc(sizeof(*copy))) == NULL) {
+    if (t->expires_at_ms - now_unix_ms > place_ms / 2 || now_ms - w->renewed_ms < place_ms / 4) {
+        return; /* not due, or renewed a moment ago and the mirror has not seen it yet */
+    }
+    if (r->renewals >= RENEWALS_MAX) {
+        r->renew_waits = true;
+        return;
+    }
+    if ((rn = malloc(sizeof(*rn))) == NULL) {
         return;
     }
     w->renewed_ms = now_ms;
-    *copy = w->ticket; /* the call may end before lock-svc answers */
-    svc_sem_extend_async(w->room->svc->lock_svc, copy, place_ms, NULL, renewed, copy);
+    rn->room = r;
+    rn->ticket = w->ticket;
+    r->renewals++;
+    svc_sem_extend_async(r->svc->lock_svc, &rn->ticket, place_ms, NULL, renewed, rn);
 }
 
 /* A round: every watcher hears of its position if it changed; admitted or gone ones end. */
@@ -496,7 +536,8 @@ round_run(void *arg)
 {
     struct room *r = arg;
     room_watcher_t *ended = NULL;
-    int64_t now = svc_now_mono_ms();
+    int64_t now = svc_now_mono_ms(), now_unix = svc_now_unix_ms();
+    int far_budget = FAR_PER_ROUND;
 
     pthread_mutex_lock(&r->mu);
     r->round_armed = false;
@@ -504,13 +545,19 @@ round_run(void *arg)
     if (r->synced) {
         for (room_watcher_t *w = r->watchers, *next; w != NULL; w = next) {
             next = w->next;
-            if (watcher_update(r, w, &w->end_admitted, &w->end_expires_ms)) {
+            if (watcher_update(r, w, now, &far_budget, &w->end_admitted, &w->end_expires_ms)) {
                 w->next = ended;
                 ended = w;
             } else {
-                watcher_renew(w, now);
+                const tick_t *t = tick_find(r, w->ticket.ticket);
+                if (t != NULL && !t->holding) {
+                    watcher_renew(r, w, t, now, now_unix);
+                }
             }
         }
+    }
+    if (far_budget < 0) {
+        round_arm(r); /* the rest of the crowd's news */
     }
     if (r->watchers != NULL) { /* quiet rooms too: the watched places are renewed in time */
         round_arm_in(r, r->svc->opts.room_place_ms / 6);
@@ -677,7 +724,7 @@ reservation_room_watch(svc_call_t *call, const ProtobufCMessage *msg, void *user
         r->watchers->prev = w;
     }
     r->watchers = w;
-    w->renewed_ms = svc_now_mono_ms() - svc->opts.room_place_ms; /* its first round renews it */
+    w->renewed_ms = svc_now_mono_ms() - svc->opts.room_place_ms; /* renewed once due */
     round_arm(r); /* its first message: where it stands now */
     pthread_mutex_unlock(&r->mu);
     svc_call_on_cancel(call, watch_cancelled, w);
@@ -700,10 +747,12 @@ reservation_rooms_stop(reservation_service_t *svc)
         pthread_mutex_unlock(&r->mu);
         pthread_join(r->thread, NULL);
         pthread_mutex_lock(&r->mu);
-        if (r->round_armed && svc_timer_cancel(svc_server_timers(svc->server), &r->round)) {
-            r->round_armed = false;
+        svc_timers_t *timers = svc_server_timers(svc->server);
+        if (r->round_armed && (timers == NULL || svc_timer_cancel(timers, &r->round))) {
+            r->round_armed = false; /* stopped timers never run what they had */
         }
-        for (int i = 0; i < 2000 && (r->round_armed || r->rounds_running > 0 || r->verifies > 0);
+        for (int i = 0; i < 2000 && (r->round_armed || r->rounds_running > 0 || r->verifies > 0 ||
+                                     r->renewals > 0);
              i++) {
             /* a round on its way: let it end (timers that stopped first never run it) */
             pthread_mutex_unlock(&r->mu);

@@ -29,6 +29,8 @@
 #include "svc/timer.h"
 
 #define KEY "waiting-room-test-key-0123456789abcdef"
+#define PLACE_MS 3000
+#define PLACE_MS_TEXT "3000"
 #define OTHER_KEY "someone-elses-key-0123456789abcdef-0000"
 
 static rsv_instance_t rsv_a, rsv_b;
@@ -468,7 +470,39 @@ test_watch_pushes_positions(void **state)
     watch_ends(w3, arena, SVC_NOT_FOUND);
 }
 
-static const char *const env[] = {key_env, NULL};
+/*
+ * A place nobody watches runs out after ROOM_PLACE_MS (3 s here); a watched
+ * one is renewed while the watch lasts, here for twice that long.
+ */
+static void
+test_watching_keeps_the_place(void **state)
+{
+    svc_arena_t *arena = *state;
+    int64_t sched = room_schedule(arena, 1, 60000);
+    int64_t users[3] = {rsv_funded_user(1000), rsv_funded_user(1000), rsv_funded_user(1000)};
+    Reservation__V1__EnterWaitingRoomResponse *got[3];
+    Reservation__V1__WaitingRoomUpdate *u;
+    svc_client_stream_t *w;
+    svc_err_t err;
+
+    for (int i = 0; i < 3; i++) {
+        expect_ok("EnterWaitingRoom", enter(&rsv_a, arena, users[i], sched, &got[i], &err), &err);
+        assert_int_equal(got[i]->position, i);
+    }
+    w = watch_open(&rsv_b, got[1]->ticket);
+    assert_int_equal(watch_next(w, arena)->position, 1);
+    svc_sleep_ms(2 * PLACE_MS);
+    /* The unwatched third ran out; the watched second did not. */
+    svc_client_stream_t *late = watch_open(&rsv_a, got[2]->ticket);
+    watch_ends(late, arena, SVC_NOT_FOUND);
+    expect_ok("LeaveWaitingRoom", leave(&rsv_a, arena, got[0]->ticket, &err), &err);
+    u = watch_next(w, arena);
+    assert_int_equal(u->position, 0);
+    assert_true(strlen(u->admission_token) > 0);
+    watch_ends(w, arena, SVC_OK);
+}
+
+static const char *const env[] = {key_env, "ROOM_PLACE_MS=" PLACE_MS_TEXT, NULL};
 static const rsv_instance_spec_t instances[] = {
     {&rsv_a, "reservation", env},
     {&rsv_b, "reservation", env},
@@ -503,6 +537,7 @@ main(int argc, char **argv)
         RSV_ARENA_TEST(test_schedule_settings),         RSV_ARENA_TEST(test_hold_needs_admission),
         RSV_ARENA_TEST(test_default_admission_ttl),     RSV_ARENA_TEST(test_enter_and_leave),
         RSV_ARENA_TEST(test_paying_ends_the_admission), RSV_ARENA_TEST(test_watch_pushes_positions),
+        RSV_ARENA_TEST(test_watching_keeps_the_place),
     };
 
     if (rsv_fixture_main_args(argc, argv) != 0) {
