@@ -424,7 +424,7 @@ sem_finish(sem_call_t *c, const svc_err_t *err)
         svc_logf_limited(&limit, SVC_LOG_WARN, "lock-svc unreachable: %s", out.msg);
         svc_err_set(&out, SVC_UNAVAILABLE, "lock service unavailable");
     }
-    if (c->kind == SEM_CALL_LEAVE) {
+    if (c->kind == SEM_CALL_LEAVE && c->done == NULL) {
         if (out.code != SVC_OK && out.code != SVC_NOT_FOUND) {
             static svc_log_limit_t limit = SVC_LOG_LIMIT_INIT(5);
             svc_logf_limited(&limit, SVC_LOG_WARN,
@@ -557,6 +557,22 @@ svc_sem_leave_async(svc_client_t *lock_svc, const svc_sem_ticket_t *ticket, cons
     req.ticket = (char *)ticket->ticket;
     sem_start(lock_svc, c, "/lock.v1.LockService/LeaveSemaphore", &req.base,
               &lock__v1__leave_semaphore_response__descriptor, &opts);
+}
+
+void
+svc_sem_leave_then(svc_client_t *lock_svc, const svc_sem_ticket_t *ticket,
+                   const svc_sem_opts_t *opts, svc_sem_fn done, void *arg)
+{
+    Lock__V1__LeaveSemaphoreRequest req = LOCK__V1__LEAVE_SEMAPHORE_REQUEST__INIT;
+    sem_call_t *c = sem_call_new(SEM_CALL_LEAVE, ticket->name, NULL, done, arg);
+
+    if (c == NULL) {
+        return;
+    }
+    req.name = (char *)ticket->name;
+    req.ticket = (char *)ticket->ticket;
+    sem_start(lock_svc, c, "/lock.v1.LockService/LeaveSemaphore", &req.base,
+              &lock__v1__leave_semaphore_response__descriptor, opts);
 }
 
 void

@@ -267,9 +267,34 @@ wants_seat(const rsv_hold_t *h, int32_t number)
 
 static void lead(void *arg);
 
+/* A leader's token whose admission ended (left, or paid a hold) is refused. */
+static int
+still_admitted(rsv_hold_t *h, svc_err_t *err)
+{
+    bool ended = false;
+
+    if (h->admission.ticket[0] == '\0') {
+        return 0; /* no waiting room */
+    }
+    if (rsv_store_admission_ended(h->svc->db, h->admission.ticket, reservation_db_deadline(h->call),
+                                  &ended, err) != 0) {
+        return -1;
+    }
+    if (ended) {
+        svc_err_set(err, SVC_FAILED_PRECONDITION,
+                    "not admitted to schedule %" PRId64
+                    ": the admission ended (the user left the waiting room or paid)",
+                    h->schedule_id);
+        return -1;
+    }
+    return 0;
+}
+
 /*
  * On a schedule with a waiting room (limit > 0), h needs an admission token
- * of its user for that schedule: 0 when it has one, else -1 with err.
+ * of its user for that schedule: 0 when it has one, else -1 with err. This
+ * checks the signature only; still_admitted asks the database whether the
+ * admission ended early.
  */
 static int
 admitted(rsv_hold_t *h, int32_t limit, svc_err_t *err)
@@ -548,7 +573,7 @@ lead(void *arg)
     /* Fail fast: a seat already held or sold is refused before anyone queues for its lock. */
     if (precheck(svc, h) != 0 ||
         admitted(h, reservation_room_limit(svc, h->schedule_id, NULL), &h->err) != 0 ||
-        check_account(svc, h->call, h->user_id, &h->err) != 0) {
+        still_admitted(h, &h->err) != 0 || check_account(svc, h->call, h->user_id, &h->err) != 0) {
         gate_leave(h);
         return;
     }

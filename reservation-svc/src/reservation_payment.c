@@ -322,8 +322,8 @@ end_admission(reservation_service_t *svc, svc_call_t *call, const rsv_reservatio
     svc_err_t err;
 
     if (reservation_room_limit(svc, r->schedule_id, NULL) == 0 ||
-        rsv_store_admission_ticket(svc->db, r->id, reservation_db_deadline(call), t.ticket,
-                                   sizeof(t.ticket), &err) != 0 ||
+        rsv_store_admission_end(svc->db, r->id, svc_now_unix_ms(), reservation_db_deadline(call),
+                                t.ticket, sizeof(t.ticket), &err) != 0 ||
         t.ticket[0] == '\0') {
         return;
     }

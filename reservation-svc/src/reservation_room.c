@@ -156,22 +156,41 @@ reservation_room_enter(svc_call_t *call, const ProtobufCMessage *msg, void *user
 
 /* ---------- LeaveWaitingRoom ---------- */
 
+static void
+left(const svc_err_t *err, void *arg)
+{
+    svc_call_t *call = arg;
+    Reservation__V1__LeaveWaitingRoomResponse resp =
+        RESERVATION__V1__LEAVE_WAITING_ROOM_RESPONSE__INIT;
+
+    if (err->code == SVC_OK || err->code == SVC_NOT_FOUND) { /* gone already: left too */
+        svc_call_reply(call, &resp.base);
+        return;
+    }
+    svc_call_fail(call, err); /* the admission is over; the place waits for its TTL: retry */
+}
+
+/*
+ * The ticket's admission ends first (its token is refused from then on,
+ * whatever lock-svc says), then lock-svc gives the permit or place up and
+ * admits the next in line; the answer waits for that. Repeating a leave is
+ * safe.
+ */
 void
 reservation_room_leave(svc_call_t *call, const ProtobufCMessage *msg, void *user)
 {
     const Reservation__V1__LeaveWaitingRoomRequest *req = (const void *)msg;
-    Reservation__V1__LeaveWaitingRoomResponse resp =
-        RESERVATION__V1__LEAVE_WAITING_ROOM_RESPONSE__INIT;
     reservation_service_t *svc = user;
+    svc_sem_opts_t opts = {.parent = call};
     svc_sem_ticket_t t;
     int64_t schedule_id, user_id;
     svc_err_t err;
 
-    if (reservation_room_ticket_parse(svc, req->ticket, &schedule_id, &user_id, &t, &err) != 0) {
+    if (reservation_room_ticket_parse(svc, req->ticket, &schedule_id, &user_id, &t, &err) != 0 ||
+        rsv_store_admission_end_ticket(svc->db, t.ticket, svc_now_unix_ms(),
+                                       reservation_db_deadline(call), &err) != 0) {
         svc_call_fail(call, &err);
         return;
     }
-    /* Given up without waiting: lock-svc admits the next at once; a ticket gone already is OK. */
-    svc_sem_leave_async(svc->lock_svc, &t, svc_call_request_id(call));
-    svc_call_reply(call, &resp.base);
+    svc_sem_leave_then(svc->lock_svc, &t, &opts, left, call);
 }

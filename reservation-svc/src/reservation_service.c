@@ -20,7 +20,6 @@
 #define MAX_WAITING_ROOM_LIMIT 1000000
 #define DEFAULT_ADMISSION_TTL_MS 600000LL
 #define MIN_ADMISSION_TTL_MS 1000
-#define MAX_ADMISSION_TTL_MS 86400000LL
 #define DB_BUDGET_MS 5000
 
 int64_t
@@ -175,7 +174,7 @@ handle_create_concert(svc_call_t *call, const ProtobufCMessage *msg, void *user)
                                 MAX_WAITING_ROOM_LIMIT, &err) ||
             (s->admission_ttl_ms != 0 &&
              !svc_validate_range("admission_ttl_ms", s->admission_ttl_ms, MIN_ADMISSION_TTL_MS,
-                                 MAX_ADMISSION_TTL_MS, &err))) {
+                                 RSV_ADMISSION_TTL_MAX_MS, &err))) {
             svc_call_fail(call, &err);
             return;
         }

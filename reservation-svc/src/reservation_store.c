@@ -604,26 +604,78 @@ rsv_store_hold(svc_pg_pool_t *db, int64_t user_id, int64_t schedule_id, const in
     return svc_pg_tx(db, deadline_ms, hold_tx, &h, err);
 }
 
-int
-rsv_store_admission_ticket(svc_pg_pool_t *db, int64_t reservation_id, int64_t deadline_ms,
-                           char *buf, size_t len, svc_err_t *err)
+/* One statement on a pooled connection; its result, or NULL with err. */
+static PGresult *
+admission_exec(svc_pg_pool_t *db, int64_t deadline_ms, const char *sql, int n, const char *const *p,
+               ExecStatusType want, const char *what, svc_err_t *err)
 {
-    char rid[24];
-    const char *p[] = {rid};
     PGconn *conn = svc_pg_acquire(db, deadline_ms, err);
     PGresult *res;
 
     if (conn == NULL) {
-        return -1;
+        return NULL;
     }
-    I64(rid, reservation_id);
-    res = svc_pg_exec(conn, "SELECT coalesce(admission_ticket, '') FROM reservations WHERE id = $1",
-                      1, p, PGRES_TUPLES_OK, "read admission", err);
+    res = svc_pg_exec(conn, sql, n, p, want, what, err);
     svc_pg_release(db, conn, res == NULL && err->code == SVC_UNAVAILABLE);
+    return res;
+}
+
+int
+rsv_store_admission_end(svc_pg_pool_t *db, int64_t reservation_id, int64_t now_ms,
+                        int64_t deadline_ms, char *buf, size_t len, svc_err_t *err)
+{
+    char rid[24], now[24];
+    const char *p[] = {rid, now};
+    PGresult *res;
+
+    I64(rid, reservation_id);
+    I64(now, now_ms);
+    res = admission_exec(db, deadline_ms,
+                         "WITH r AS (SELECT admission_ticket AS t FROM reservations"
+                         " WHERE id = $1 AND admission_ticket IS NOT NULL),"
+                         " e AS (INSERT INTO ended_admissions (ticket, ended_at_ms)"
+                         " SELECT t, $2 FROM r ON CONFLICT DO NOTHING)"
+                         " SELECT coalesce((SELECT t FROM r), '')",
+                         2, p, PGRES_TUPLES_OK, "end admission", err);
     if (res == NULL) {
         return -1;
     }
-    snprintf(buf, len, "%s", PQntuples(res) == 1 ? PQgetvalue(res, 0, 0) : "");
+    snprintf(buf, len, "%s", PQgetvalue(res, 0, 0));
+    PQclear(res);
+    return 0;
+}
+
+int
+rsv_store_admission_end_ticket(svc_pg_pool_t *db, const char *ticket, int64_t now_ms,
+                               int64_t deadline_ms, svc_err_t *err)
+{
+    char now[24];
+    const char *p[] = {ticket, now};
+    PGresult *res;
+
+    I64(now, now_ms);
+    res = admission_exec(db, deadline_ms,
+                         "INSERT INTO ended_admissions (ticket, ended_at_ms) VALUES ($1, $2)"
+                         " ON CONFLICT DO NOTHING",
+                         2, p, PGRES_COMMAND_OK, "end admission", err);
+    PQclear(res);
+    return res == NULL ? -1 : 0;
+}
+
+int
+rsv_store_admission_ended(svc_pg_pool_t *db, const char *ticket, int64_t deadline_ms, bool *ended,
+                          svc_err_t *err)
+{
+    const char *p[] = {ticket};
+    PGresult *res = admission_exec(db, deadline_ms,
+                                   "SELECT EXISTS (SELECT 1 FROM ended_admissions"
+                                   " WHERE ticket = $1)",
+                                   1, p, PGRES_TUPLES_OK, "read admission", err);
+
+    if (res == NULL) {
+        return -1;
+    }
+    *ended = PQgetvalue(res, 0, 0)[0] == 't';
     PQclear(res);
     return 0;
 }
@@ -766,6 +818,22 @@ free_stale_seats_tx(PGconn *conn, void *arg, svc_err_t *err)
     return res == NULL ? -1 : 0;
 }
 
+/* Ended admissions whose tokens all ran out (an admission lasts at most a day) are forgotten. */
+static int
+forget_ended_admissions_tx(PGconn *conn, void *arg, svc_err_t *err)
+{
+    const int64_t *now_ms = arg;
+    char before[24];
+    const char *p[] = {before};
+    PGresult *res;
+
+    I64(before, *now_ms - RSV_ADMISSION_TTL_MAX_MS - 60000);
+    res = svc_pg_exec(conn, "DELETE FROM ended_admissions WHERE ended_at_ms < $1", 1, p,
+                      PGRES_COMMAND_OK, "forget ended admissions", err);
+    PQclear(res);
+    return res == NULL ? -1 : 0;
+}
+
 int
 rsv_store_sweep(svc_pg_pool_t *db, int64_t now_ms, int *n_expired, svc_err_t *err)
 {
@@ -777,6 +845,9 @@ rsv_store_sweep(svc_pg_pool_t *db, int64_t now_ms, int *n_expired, svc_err_t *er
     I64(lim, RSV_SWEEP_BATCH * RSV_MAX_SEATS);
     if (rc == 0) {
         rc = svc_pg_tx(db, now_ms + 5000, free_stale_seats_tx, lim, err);
+    }
+    if (rc == 0) {
+        rc = svc_pg_tx(db, now_ms + 5000, forget_ended_admissions_tx, arg, err);
     }
     return rc;
 }

@@ -21,7 +21,8 @@
 #define RSV_CANCELLED 3
 #define RSV_EXPIRED 4
 
-#define RSV_MAX_SEATS 10 /* seats in one hold */
+#define RSV_MAX_SEATS 10                    /* seats in one hold */
+#define RSV_ADMISSION_TTL_MAX_MS 86400000LL /* the longest admission_ttl_ms */
 #define RSV_XSTR(x) #x
 #define RSV_STR(x) RSV_XSTR(x) /* a stored value as SQL text */
 
@@ -122,11 +123,21 @@ int rsv_store_hold(svc_pg_pool_t *db, int64_t user_id, int64_t schedule_id, cons
                    rsv_reservation_t *out, int32_t *taken, svc_err_t *err);
 
 /*
- * The waiting-room ticket that admitted reservation_id's hold into buf
- * (len bytes; "" when none). 0, or -1 with err.
+ * Ends the admission that made reservation_id's hold, if any: its ticket
+ * goes into ended_admissions (HoldSeats refuses its token from now on) and
+ * into buf (len bytes; "" when the hold had none), for lock-svc's leave.
+ * 0, or -1 with err.
  */
-int rsv_store_admission_ticket(svc_pg_pool_t *db, int64_t reservation_id, int64_t deadline_ms,
-                               char *buf, size_t len, svc_err_t *err);
+int rsv_store_admission_end(svc_pg_pool_t *db, int64_t reservation_id, int64_t now_ms,
+                            int64_t deadline_ms, char *buf, size_t len, svc_err_t *err);
+
+/* Ends the admission (or place) of lock-svc's ticket, as above. 0, or -1 with err. */
+int rsv_store_admission_end_ticket(svc_pg_pool_t *db, const char *ticket, int64_t now_ms,
+                                   int64_t deadline_ms, svc_err_t *err);
+
+/* Whether ticket's admission ended (*ended). 0, or -1 with err. */
+int rsv_store_admission_ended(svc_pg_pool_t *db, const char *ticket, int64_t deadline_ms,
+                              bool *ended, svc_err_t *err);
 
 int rsv_store_get(svc_pg_pool_t *db, int64_t reservation_id, int64_t now_ms, int64_t deadline_ms,
                   svc_arena_t *arena, rsv_reservation_t *out, svc_err_t *err);

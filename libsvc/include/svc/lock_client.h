@@ -176,6 +176,15 @@ void svc_sem_leave_async(svc_client_t *lock_svc, const svc_sem_ticket_t *ticket,
                          const char *request_id);
 
 /*
+ * The same, but done learns the outcome: OK, NOT_FOUND (gone already), or
+ * UNAVAILABLE and the like (then the permit or place stays until its lease
+ * or TTL ends). opts may be NULL (only parent, deadline_ms and request_id
+ * are read); the ticket is copied.
+ */
+void svc_sem_leave_then(svc_client_t *lock_svc, const svc_sem_ticket_t *ticket,
+                        const svc_sem_opts_t *opts, svc_sem_fn done, void *arg);
+
+/*
  * Renews the ticket's lease (holding) or place (waiting) to lease_ms from now
  * (0: the server default) and updates ticket->position and ->expires_at_ms.
  * opts may be NULL (only parent, deadline_ms and request_id are read);
