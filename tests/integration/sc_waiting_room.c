@@ -14,7 +14,8 @@
  *     increasing sequence, so nobody is overtaken;
  *   - everyone who kept watching was admitted and held a seat; everyone who
  *     walked away is gone from the room (admitted and run out, or expired);
- *   - HoldSeats without a token, with a forged one or an expired one: refused;
+ *   - HoldSeats without a token, with a forged one, an expired one, or one
+ *     whose user left the room: refused;
  *   - nobody watching on the killed instance lost a place.
  */
 #define _GNU_SOURCE
@@ -339,9 +340,17 @@ user_thread(void *arg)
         cf_violation(run->tally, "waiting_room: user %" PRId64 " admitted, HoldSeats: %s %s",
                      u->user, svc_status_name(code), err.msg);
     }
-    for (int attempt = 0;
-         attempt < 20 && leave(run, attempt % 2 ? other : home, u->ticket) != SVC_OK; attempt++) {
-        svc_sleep_ms(100);
+    bool left = false;
+    for (int attempt = 0; attempt < 20 && !left; attempt++) {
+        left = leave(run, attempt % 2 ? other : home, u->ticket) == SVC_OK;
+        if (!left) {
+            svc_sleep_ms(100);
+        }
+    }
+    /* Gone from the room: its token holds no more seats (a walk-away's seat, never taken). */
+    int32_t free_seat = (int32_t)(u->i / 10 * 10 + 4);
+    if (left && u->held && u->forges && free_seat <= run->n) {
+        hold_refused(run, u->user, free_seat, u->token, "after leaving the room");
     }
     return NULL;
 }
