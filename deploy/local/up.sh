@@ -388,9 +388,12 @@ wait_for() {
     die "$name does not answer after ${START_TIMEOUT}s"
 }
 
-# Writes STACK_DIR/env (export lines) and prints how to connect.
+# Writes STACK_DIR/env (export lines) and prints how to connect. Mode 0600,
+# like admin-token: it carries ADMIN_TOKEN.
 write_env() {
     local env_file="$STACK_DIR/env"
+    (umask 077 && : >"$env_file")
+    chmod 600 "$env_file"
     cat >"$env_file" <<EOF
 # Written by deploy/local/up.sh: source it to reach the local stack.
 export PG_PORT=$PG_PORT
