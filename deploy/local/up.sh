@@ -37,12 +37,16 @@ Environment:
   BALANCE_PORT balance-svc port (default 50052; now $BALANCE_PORT)
   RESERVATION_PORT reservation-svc port (default 50053; now $RESERVATION_PORT)
   ADMIN_TOKEN for CreateConcert (default: a random one kept in STACK_DIR/admin-token)
+  ADMISSION_KEY_FILE key that signs waiting-room admissions (default:
+              STACK_DIR/admission-key, made once with a random key)
   LOG_LEVEL   services' log level (default info)
   BUILD_DIR   where the services are built (default <repo>/build/release)
   PG_BIN      PostgreSQL binaries (default: newest /usr/lib/postgresql/<ver>/bin)
 
 Layout: STACK_DIR/data/{postgres,redis}, STACK_DIR/logs/, STACK_DIR/pids/
-{postgres,redis}.pid, STACK_DIR/env (export lines: source it).
+{postgres,redis}.pid, STACK_DIR/env (export lines: source it),
+STACK_DIR/admin-token and STACK_DIR/admission-key (mode 0600, made when
+missing and then kept).
 Databases 'balance' and 'reservation' are created, superuser 'postgres',
 trust authentication on loopback. deploy/local/down.sh stops everything.
 EOF
@@ -313,10 +317,11 @@ start_services() {
     start_service balance-svc DATABASE_URL="postgresql://postgres@127.0.0.1:$PG_PORT/balance" \
         LOCK_SVC_ADDR="127.0.0.1:$LOCK_PORT" LOG_LEVEL="$LOG_LEVEL"
     admin_token
+    admission_key
     start_service reservation-svc \
         DATABASE_URL="postgresql://postgres@127.0.0.1:$PG_PORT/reservation" \
         LOCK_SVC_ADDR="127.0.0.1:$LOCK_PORT" BALANCE_SVC_ADDR="127.0.0.1:$BALANCE_PORT" \
-        ADMIN_TOKEN="$ADMIN_TOKEN" LOG_LEVEL="$LOG_LEVEL"
+        ADMIN_TOKEN="$ADMIN_TOKEN" ADMISSION_KEY_FILE="$ADMISSION_KEY_FILE" LOG_LEVEL="$LOG_LEVEL"
     seed_demo
 }
 
@@ -330,6 +335,22 @@ admin_token() {
         fi
         ADMIN_TOKEN=$(cat "$file")
     fi
+}
+
+# ADMISSION_KEY_FILE from the environment, else STACK_DIR/admission-key, made
+# once with 64 hex digits (32 random bytes) and kept: every reservation-svc
+# instance must sign admissions with the same key, and a key that changed at a
+# restart would refuse the tokens already given out. Hex, because the service
+# drops one trailing newline, which a raw random key could end with.
+admission_key() {
+    if [[ -z "${ADMISSION_KEY_FILE:-}" ]]; then
+        ADMISSION_KEY_FILE="$STACK_DIR/admission-key"
+        if [[ ! -s "$ADMISSION_KEY_FILE" ]]; then
+            (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$ADMISSION_KEY_FILE")
+        fi
+    fi
+    [[ -r "$ADMISSION_KEY_FILE" ]] || die "ADMISSION_KEY_FILE=$ADMISSION_KEY_FILE cannot be read"
+    ADMISSION_KEY_FILE=$(cd "$(dirname "$ADMISSION_KEY_FILE")" && pwd)/$(basename "$ADMISSION_KEY_FILE")
 }
 
 # A demo concert and a few funded users, only when the database has no concert.
@@ -367,9 +388,12 @@ wait_for() {
     die "$name does not answer after ${START_TIMEOUT}s"
 }
 
-# Writes STACK_DIR/env (export lines) and prints how to connect.
+# Writes STACK_DIR/env (export lines) and prints how to connect. Mode 0600,
+# like admin-token: it carries ADMIN_TOKEN.
 write_env() {
     local env_file="$STACK_DIR/env"
+    (umask 077 && : >"$env_file")
+    chmod 600 "$env_file"
     cat >"$env_file" <<EOF
 # Written by deploy/local/up.sh: source it to reach the local stack.
 export PG_PORT=$PG_PORT
@@ -381,6 +405,7 @@ export LOCK_ADDR=127.0.0.1:$LOCK_PORT
 export BALANCE_ADDR=127.0.0.1:$BALANCE_PORT
 export RESERVATION_ADDR=127.0.0.1:$RESERVATION_PORT
 export ADMIN_TOKEN=$ADMIN_TOKEN
+export ADMISSION_KEY_FILE=$(printf %q "$ADMISSION_KEY_FILE")
 EOF
     cat <<EOF
 
@@ -391,6 +416,7 @@ Stack is up in $STACK_DIR (logs in $LOG_DIR/)
   balance-svc 127.0.0.1:$BALANCE_PORT  pid $(cat "$PID_DIR/balance-svc.pid")
   reservation-svc 127.0.0.1:$RESERVATION_PORT  pid $(cat "$PID_DIR/reservation-svc.pid")
   admin token: $STACK_DIR/admin-token (or ADMIN_TOKEN)
+  admission key: $ADMISSION_KEY_FILE
 
   DATABASE_URL=postgresql://postgres@127.0.0.1:$PG_PORT/balance       (balance-svc)
   DATABASE_URL=postgresql://postgres@127.0.0.1:$PG_PORT/reservation   (reservation-svc)
