@@ -27,6 +27,7 @@ extern const int balance_migrations_count;
 int
 main(int argc, char **argv)
 {
+    const char *metrics_addr = NULL;
     const char *listen_addr = NULL, *database_url = NULL, *lock_addr = NULL;
     int64_t workers = 0, max_workers = 0, grace_ms = 0, db_pool = 0, stmt_timeout = 0;
     balance_limits_t limits = {0};
@@ -52,6 +53,7 @@ main(int argc, char **argv)
          "operations on one account served in one transaction at most", 1, 10000, &max_batch, 0},
         {"sweep-interval-ms", "SWEEP_INTERVAL_MS", SVC_OPT_INT, "1000",
          "how often expired authorizations are marked voided", 10, 3600000, &sweep_interval_ms, 0},
+        SVC_OPT_METRICS(&metrics_addr),
         SVC_OPTS_RUNTIME(&workers, &max_workers, &grace_ms, &log_level),
     };
     svc_server_opts_t sopts = {0};
@@ -96,6 +98,7 @@ main(int argc, char **argv)
     sopts.workers = (int)workers;
     sopts.max_workers = (int)max_workers;
     sopts.grace_ms = (int)grace_ms;
+    sopts.metrics_addr = metrics_addr;
     sopts.descriptors = balance_descriptor_set;
     sopts.descriptors_len = balance_descriptor_set_len;
     server = svc_server_create(&sopts, &err);

@@ -35,6 +35,7 @@ cpus_available(void)
 int
 main(int argc, char **argv)
 {
+    const char *metrics_addr = NULL;
     const char *listen_addr = NULL, *redis_url = NULL;
     int64_t workers = 0, max_workers = 0, grace_ms = 0, redis_pool = 0, cq_threads = 0;
     lock_limits_t limits = {0};
@@ -58,6 +59,7 @@ main(int argc, char **argv)
         {"max-sem-lease-ms", "MAX_SEM_LEASE_MS", SVC_OPT_INT, "86400000",
          "longest semaphore permit lease or place TTL granted", 1, 604800000,
          &limits.max_sem_lease_ms, 0},
+        SVC_OPT_METRICS(&metrics_addr),
         SVC_OPTS_RUNTIME(&workers, &max_workers, &grace_ms, &log_level),
     };
     svc_server_opts_t sopts = {0};
@@ -94,6 +96,7 @@ main(int argc, char **argv)
     sopts.cq_threads = cq_threads > 0 ? (int)cq_threads : (cpus_available() + 1) / 2;
     sopts.max_workers = (int)max_workers;
     sopts.grace_ms = (int)grace_ms;
+    sopts.metrics_addr = metrics_addr;
     sopts.descriptors = lock_descriptor_set;
     sopts.descriptors_len = lock_descriptor_set_len;
     server = svc_server_create(&sopts, &err);

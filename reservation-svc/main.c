@@ -26,6 +26,7 @@ extern const int reservation_migrations_count;
 int
 main(int argc, char **argv)
 {
+    const char *metrics_addr = NULL;
     const char *listen_addr = NULL, *database_url = NULL, *lock_addr = NULL, *balance_addr = NULL;
     const char *admission_key_file = NULL;
     int64_t workers = 0, max_workers = 0, grace_ms = 0, db_pool = 0, stmt_timeout = 0;
@@ -69,6 +70,7 @@ main(int argc, char **argv)
         {"max-streams", "MAX_STREAMS", SVC_OPT_INT, "1000",
          "calls one client connection may have in flight; more wait in the client (0: no limit)", 0,
          1000000, &max_streams, 0},
+        SVC_OPT_METRICS(&metrics_addr),
         SVC_OPTS_RUNTIME(&workers, &max_workers, &grace_ms, &log_level),
     };
     svc_server_opts_t sopts = {0};
@@ -128,6 +130,7 @@ main(int argc, char **argv)
     sopts.workers = (int)workers;
     sopts.max_workers = (int)max_workers;
     sopts.grace_ms = (int)grace_ms;
+    sopts.metrics_addr = metrics_addr;
     sopts.max_streams = (int)max_streams;
     sopts.descriptors = reservation_descriptor_set;
     sopts.descriptors_len = reservation_descriptor_set_len;

@@ -13,6 +13,23 @@
 
 #include "balance_store.h"
 #include "svc/timer.h"
+#include "svc/metrics.h"
+
+/* A write whose lock was lost (a newer fence is in the row): the fence refused it. */
+static svc_metric_t *
+fence_rejections(void)
+{
+    static svc_metric_t *_Atomic m;
+    svc_metric_t *got = m;
+
+    if (got == NULL) {
+        got = svc_metric(SVC_METRIC_COUNTER, "lock_fence_rejections_total",
+                         "Writes refused because a newer lock fence was already in the row.",
+                         "resource=\"account\"");
+        m = got;
+    }
+    return got;
+}
 
 #define NUM 24 /* room for an int64_t in decimal */
 
@@ -525,6 +542,7 @@ lock_account(acct_t *a, const apply_ctx_t *ctx, svc_err_t *err)
     }
     a->balance = svc_pg_i64(res, 0, 0);
     if (svc_pg_i64(res, 0, 1) > ctx->fence) {
+        svc_metric_add(fence_rejections(), 1);
         PQclear(res);
         svc_err_set(err, SVC_ABORTED, "lock on account %" PRId64 " was lost", ctx->user_id);
         return -1;

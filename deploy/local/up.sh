@@ -12,6 +12,9 @@ REDIS_PORT=${REDIS_PORT:-56379}
 LOCK_PORT=${LOCK_PORT:-50051}
 BALANCE_PORT=${BALANCE_PORT:-50052}
 RESERVATION_PORT=${RESERVATION_PORT:-50053}
+LOCK_METRICS_PORT=${LOCK_METRICS_PORT:-50151}
+BALANCE_METRICS_PORT=${BALANCE_METRICS_PORT:-50152}
+RESERVATION_METRICS_PORT=${RESERVATION_METRICS_PORT:-50153}
 LOG_LEVEL=${LOG_LEVEL:-info}
 BUILD_DIR=${BUILD_DIR:-$ROOT/build/release}
 BUF=$ROOT/.tools/node_modules/.bin/buf
@@ -36,6 +39,9 @@ Environment:
   LOCK_PORT   lock-svc port (default 50051; now $LOCK_PORT)
   BALANCE_PORT balance-svc port (default 50052; now $BALANCE_PORT)
   RESERVATION_PORT reservation-svc port (default 50053; now $RESERVATION_PORT)
+  LOCK_METRICS_PORT, BALANCE_METRICS_PORT, RESERVATION_METRICS_PORT
+              where each service serves GET /metrics (Prometheus; default
+              50151, 50152, 50153; now $LOCK_METRICS_PORT, $BALANCE_METRICS_PORT, $RESERVATION_METRICS_PORT)
   ADMIN_TOKEN for CreateConcert (default: a random one kept in STACK_DIR/admin-token)
   ADMISSION_KEY_FILE key that signs waiting-room admissions (default:
               STACK_DIR/admission-key, made once with a random key)
@@ -287,18 +293,31 @@ service_serving() {
         "http://127.0.0.1:$1/grpc.health.v1.Health/Check" 2>/dev/null | grep -q '"SERVING"'
 }
 
+# metrics_port NAME: the port NAME serves /metrics on.
+metrics_port() {
+    case $1 in
+    lock-svc) echo "$LOCK_METRICS_PORT" ;;
+    balance-svc) echo "$BALANCE_METRICS_PORT" ;;
+    reservation-svc) echo "$RESERVATION_METRICS_PORT" ;;
+    esac
+}
+
 # start_service NAME VAR=value...: starts NAME with that environment unless it runs.
 start_service() {
-    local name=$1 port
+    local name=$1 port mport
     shift
     port=$(service_port "$name")
+    mport=$(metrics_port "$name")
     if service_running "$name"; then
         log "$name already running (pid $(cat "$PID_DIR/$name.pid"))"
         return 0
     fi
     port_in_use "$port" && die "127.0.0.1:$port is taken by another program; set the port variable"
-    log "starting $name on 127.0.0.1:$port"
-    env "$@" LISTEN_ADDR="127.0.0.1:$port" setsid "$BUILD_DIR/$name/$name" \
+    port_in_use "$mport" &&
+        die "127.0.0.1:$mport (metrics of $name) is taken by another program; set the port variable"
+    log "starting $name on 127.0.0.1:$port (metrics on 127.0.0.1:$mport)"
+    env "$@" LISTEN_ADDR="127.0.0.1:$port" METRICS_ADDR="127.0.0.1:$mport" \
+        setsid "$BUILD_DIR/$name/$name" \
         >>"$LOG_DIR/$name.log" 2>&1 </dev/null &
     echo $! >"$PID_DIR/$name.pid"
     wait_for "$name (see $LOG_DIR/$name.log)" service_serving "$port"
@@ -404,6 +423,9 @@ export REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0
 export LOCK_ADDR=127.0.0.1:$LOCK_PORT
 export BALANCE_ADDR=127.0.0.1:$BALANCE_PORT
 export RESERVATION_ADDR=127.0.0.1:$RESERVATION_PORT
+export LOCK_METRICS_ADDR=127.0.0.1:$LOCK_METRICS_PORT
+export BALANCE_METRICS_ADDR=127.0.0.1:$BALANCE_METRICS_PORT
+export RESERVATION_METRICS_ADDR=127.0.0.1:$RESERVATION_METRICS_PORT
 export ADMIN_TOKEN=$ADMIN_TOKEN
 export ADMISSION_KEY_FILE=$(printf %q "$ADMISSION_KEY_FILE")
 EOF
@@ -417,6 +439,7 @@ Stack is up in $STACK_DIR (logs in $LOG_DIR/)
   reservation-svc 127.0.0.1:$RESERVATION_PORT  pid $(cat "$PID_DIR/reservation-svc.pid")
   admin token: $STACK_DIR/admin-token (or ADMIN_TOKEN)
   admission key: $ADMISSION_KEY_FILE
+  metrics:    http://127.0.0.1:$LOCK_METRICS_PORT/metrics (lock-svc), :$BALANCE_METRICS_PORT (balance-svc), :$RESERVATION_METRICS_PORT (reservation-svc)
 
   DATABASE_URL=postgresql://postgres@127.0.0.1:$PG_PORT/balance       (balance-svc)
   DATABASE_URL=postgresql://postgres@127.0.0.1:$PG_PORT/reservation   (reservation-svc)

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <grpc/byte_buffer.h>
 #include <grpc/byte_buffer_reader.h>
@@ -22,6 +23,8 @@
 
 #include "server_internal.h"
 #include "svc/client.h"
+#include "svc/log.h"
+#include "svc/metrics.h"
 
 #define DEFAULT_TIMEOUT_MS 10000
 /*
@@ -52,9 +55,38 @@ struct svc_client_stream {
     grpc_metadata_array recv_md;
     bool got_md, finished;
     char request_id[65];
+    svc_rpc_metrics_t *metrics;
+    int64_t start_us;
 };
 
 static void client__drain_destroy(grpc_completion_queue *cq);
+
+/* CLOCK_MONOTONIC in microseconds: how long calls take (grpc_client_handling_seconds). */
+static int64_t
+client__now_us(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* The call's series, counted as started; with *start_us for client__handled. */
+static svc_rpc_metrics_t *
+client__started(const char *method, const char *grpc_type, int64_t *start_us)
+{
+    svc_rpc_metrics_t *m = svc_rpc_metrics(false, method, grpc_type);
+
+    svc_rpc_metrics_started(m);
+    *start_us = client__now_us();
+    return m;
+}
+
+static void
+client__handled(svc_rpc_metrics_t *m, svc_status_t code, int64_t start_us)
+{
+    svc_rpc_metrics_handled(m, code, (double)(client__now_us() - start_us) / 1000000.0);
+}
 
 static pthread_mutex_t clients_mu = PTHREAD_MUTEX_INITIALIZER;
 static svc_client_t *clients;
@@ -329,6 +361,8 @@ client__unary(svc_client_t *c, const char *method, grpc_byte_buffer *send,
     grpc_slice details = grpc_empty_slice();
     grpc_op ops[6];
     int rc = -1;
+    int64_t start_us;
+    svc_rpc_metrics_t *metrics = client__started(method, "unary", &start_us);
 
     *resp = NULL;
     grpc_metadata_array_init(&recv_md);
@@ -365,6 +399,7 @@ client__unary(svc_client_t *c, const char *method, grpc_byte_buffer *send,
         svc_err_clear(err);
         rc = 0;
     }
+    client__handled(metrics, rc == 0 ? SVC_OK : err->code, start_us);
     if (recv != NULL) {
         grpc_byte_buffer_destroy(recv);
     }
@@ -416,6 +451,7 @@ svc_client_stream_open(svc_client_t *c, const char *method, const svc_call_opts_
         return NULL;
     }
     s->cq = grpc_completion_queue_create_for_pluck(NULL);
+    s->metrics = client__started(method, "bidi_stream", &s->start_us);
     s->n_md = client__metadata(opts, s->md, s->request_id);
     grpc_metadata_array_init(&s->recv_md);
     s->call = client__create_call(c, method, opts, s->cq);
@@ -538,6 +574,7 @@ svc_client_stream_finish(svc_client_stream_t *s, svc_err_t *err)
         svc_err_clear(err);
         rc = 0;
     }
+    client__handled(s->metrics, rc == 0 ? SVC_OK : err->code, s->start_us);
     s->finished = true;
     grpc_slice_unref(details);
     grpc_metadata_array_destroy(&trailers);
@@ -607,6 +644,8 @@ typedef struct {
     svc_client_done_fn done;
     void *arg;
     char *method;
+    svc_rpc_metrics_t *metrics;
+    int64_t start_us;
     /*
      * Stored (release) before the batch starts, loaded (acquire) when it
      * completes: the hand-off through gRPC's queue, which ThreadSanitizer
@@ -663,6 +702,7 @@ client__async_finish(async_call_t *a, bool success)
     } else {
         svc_err_clear(&err);
     }
+    client__handled(a->metrics, err.code, a->start_us);
     a->done(resp, &err, a->arg);
     client__async_free(a);
 }
@@ -751,6 +791,7 @@ svc_client_unary_async(svc_client_t *c, const char *method, const ProtobufCMessa
         return;
     }
     a->tag.fn = client__async_unary_done;
+    a->metrics = client__started(method, "unary", &a->start_us);
     a->resp_desc = resp_desc;
     a->arena = arena;
     a->done = done;
@@ -785,6 +826,7 @@ svc_client_unary_async(svc_client_t *c, const char *method, const ProtobufCMessa
     atomic_store_explicit(&a->started, 1, memory_order_release);
     if (call == NULL || client__start_tagged(call, ops, 6, &a->tag) != GRPC_CALL_OK) {
         svc_err_set(&err, SVC_INTERNAL, "cannot start a call to %s", method);
+        client__handled(a->metrics, err.code, a->start_us);
         done(NULL, &err, arg);
         client__async_free(a);
     }
@@ -813,6 +855,8 @@ struct svc_client_watch {
     svc_client_end_fn on_end;
     void *arg;
     char *method;
+    svc_rpc_metrics_t *metrics;
+    int64_t start_us;
     pthread_mutex_t mu;
     int refs;       /* the caller's, plus each batch outstanding */
     bool closed;    /* the caller closed it: no message is delivered after */
@@ -877,6 +921,7 @@ watch__maybe_end(svc_client_watch_t *w)
     } else {
         svc_err_clear(&err);
     }
+    client__handled(w->metrics, err.code, w->start_us);
     w->on_end(&err, w->arg);
 }
 
@@ -981,6 +1026,7 @@ svc_client_watch_start(svc_client_t *c, const char *method, const ProtobufCMessa
         return NULL;
     }
     pthread_mutex_init(&w->mu, NULL);
+    w->metrics = client__started(method, "server_stream", &w->start_us);
     w->start_tag.fn = watch__start_done;
     w->msg_tag.fn = watch__msg_done;
     w->status_tag.fn = watch__status_done;

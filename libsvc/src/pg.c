@@ -17,6 +17,7 @@
 #include <libpq-events.h>
 
 #include "svc/log.h"
+#include "svc/metrics.h"
 #include "svc/pg.h"
 #include "svc/timer.h"
 
@@ -54,6 +55,27 @@ struct svc_pg_pool {
  * its fn chose itself. Read only by svc_pg_tx on the same thread.
  */
 static _Thread_local bool pg_tx_retryable;
+
+/* The pools' series (every pool of the process adds to them). */
+static svc_metric_t *m_size, *m_in_use, *m_waits, *m_wait_s, *m_connects, *m_connect_fails;
+static pthread_once_t metrics_once = PTHREAD_ONCE_INIT;
+
+static void
+pg__metrics_make(void)
+{
+    m_size = svc_metric(SVC_METRIC_GAUGE, "pg_pool_size", "PostgreSQL connections a pool may hold.",
+                        NULL);
+    m_in_use = svc_metric(SVC_METRIC_GAUGE, "pg_pool_in_use",
+                          "PostgreSQL pool connections handed out now.", NULL);
+    m_waits = svc_metric(SVC_METRIC_COUNTER, "pg_pool_waits_total",
+                         "Acquisitions that found every pool connection in use and waited.", NULL);
+    m_wait_s = svc_metric(SVC_METRIC_HISTOGRAM, "pg_pool_wait_seconds",
+                          "How long acquisitions that waited for a pool connection waited.", NULL);
+    m_connects = svc_metric(SVC_METRIC_COUNTER, "pg_connects_total",
+                            "PostgreSQL connections opened (the first, and after a loss).", NULL);
+    m_connect_fails = svc_metric(SVC_METRIC_COUNTER, "pg_connect_failures_total",
+                                 "PostgreSQL connection attempts that failed.", NULL);
+}
 
 /*
  * The statements prepared on one pool connection (its libpq instance data):
@@ -353,6 +375,7 @@ svc_pg_pool_create(const svc_pg_opts_t *opts, svc_err_t *err)
     }
     pool->size = opts->size > 0 ? opts->size : PG_DEFAULT_SIZE;
     pool->n_free = pool->size;
+    pthread_once(&metrics_once, pg__metrics_make);
     pool->connect_timeout_s =
         opts->connect_timeout_s > 0 ? opts->connect_timeout_s : PG_DEFAULT_CONNECT_TIMEOUT_S;
     timeout_ms = opts->statement_timeout_ms != 0 ? opts->statement_timeout_ms
@@ -361,8 +384,10 @@ svc_pg_pool_create(const svc_pg_opts_t *opts, svc_err_t *err)
     if (pool->slots == NULL) {
         svc_err_set(err, SVC_INTERNAL, "out of memory");
     } else if (pg__params_build(pool, opts->conninfo, timeout_ms < 0 ? -1 : timeout_ms, err) == 0) {
-        if (pg__sync_init(pool) == 0)
+        if (pg__sync_init(pool) == 0) {
+            svc_metric_add(m_size, pool->size);
             return pool;
+        }
         svc_err_set(err, SVC_INTERNAL, "cannot make database pool lock");
     }
     pg__params_free(pool);
@@ -376,6 +401,7 @@ svc_pg_pool_destroy(svc_pg_pool_t *pool)
 {
     if (pool == NULL)
         return;
+    svc_metric_add(m_size, -pool->size);
     for (int i = 0; i < pool->size; i++)
         PQfinish(pool->slots[i].conn);
     pthread_cond_destroy(&pool->freed);
@@ -423,12 +449,17 @@ static int
 pg__slot_take(svc_pg_pool_t *pool, int64_t deadline_unix_ms, svc_err_t *err)
 {
     int slot;
+    struct timespec t0 = {0};
 
     if (deadline_unix_ms <= svc_now_unix_ms()) {
         svc_err_set(err, SVC_DEADLINE_EXCEEDED, "deadline exceeded before database call");
         return -1;
     }
     pthread_mutex_lock(&pool->mu);
+    if (pool->n_free == 0) {
+        svc_metric_add(m_waits, 1);
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+    }
     while (pool->n_free == 0) {
         if (deadline_unix_ms == INT64_MAX) {
             pthread_cond_wait(&pool->freed, &pool->mu);
@@ -447,6 +478,13 @@ pg__slot_take(svc_pg_pool_t *pool, int64_t deadline_unix_ms, svc_err_t *err)
     pool->slots[slot].busy = true;
     pool->n_free--;
     pthread_mutex_unlock(&pool->mu);
+    svc_metric_add(m_in_use, 1);
+    if (t0.tv_sec != 0) {
+        struct timespec t1;
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        svc_metric_observe(m_wait_s, (double)(t1.tv_sec - t0.tv_sec) +
+                                         (double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
+    }
     return slot;
 }
 
@@ -460,6 +498,7 @@ pg__slot_put(svc_pg_pool_t *pool, int slot, PGconn *conn)
     pool->n_free++;
     pthread_cond_signal(&pool->freed);
     pthread_mutex_unlock(&pool->mu);
+    svc_metric_add(m_in_use, -1);
 }
 
 /*
@@ -560,6 +599,7 @@ svc_pg_acquire(svc_pg_pool_t *pool, int64_t deadline_unix_ms, svc_err_t *err)
         PQfinish(conn);
     }
     conn = pg__connect(pool, deadline_unix_ms);
+    svc_metric_add(conn != NULL ? m_connects : m_connect_fails, 1);
     if (conn == NULL) {
         pg__slot_put(pool, slot, NULL);
         svc_err_set(err, SVC_UNAVAILABLE, "database unavailable");

@@ -25,6 +25,7 @@
 
 #include "server_internal.h"
 #include "svc/log.h"
+#include "svc/metrics.h"
 
 #define REQUESTS_PER_METHOD 16 /* outstanding requests per method per CQ */
 #define REQUESTS_UNKNOWN 4
@@ -45,7 +46,8 @@ typedef struct server_method {
     const ProtobufCMessageDescriptor *input, *output;
     svc_handler_t handler;
     void *user;
-    void *reg; /* grpc registered method */
+    void *reg;                  /* grpc registered method */
+    svc_rpc_metrics_t *metrics; /* grpc_server_* series */
 } server_method_t;
 
 typedef struct server_cq {
@@ -134,6 +136,7 @@ struct svc_server {
     svc_reflection_t *reflection;
     int port;
     bool started;
+    bool metrics; /* serving /metrics */
 
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -460,6 +463,8 @@ call__log_end(svc_call_t *call, svc_status_t code, const char *msg)
 {
     svc_log_level_t level = SVC_LOG_DEBUG;
 
+    svc_rpc_metrics_handled(call->method->metrics, code,
+                            (double)(mono_us() - call->start_us) / 1000000.0);
     if (code == SVC_INTERNAL || code == SVC_UNKNOWN || code == SVC_DATA_LOSS) {
         level = SVC_LOG_ERROR;
     } else if (code == SVC_UNAVAILABLE) {
@@ -864,6 +869,7 @@ call__accept(pending_call_t *p)
     call->md = p->md;
     call->payload = p->payload;
     call->start_us = mono_us();
+    svc_rpc_metrics_started(call->method->metrics);
     call->close_tag.done = call__close_done;
     call->send_tag.done = call__send_done;
     call->recv_tag.done = call__recv_done;
@@ -1118,6 +1124,10 @@ svc_server_add_method(svc_server_t *s, const char *path, const ProtobufCMessageD
     m->output = output;
     m->handler = *handler;
     m->user = user;
+    m->metrics = svc_rpc_metrics(true, path,
+                                 handler->kind == SVC_METHOD_UNARY           ? "unary"
+                                 : handler->kind == SVC_METHOD_SERVER_STREAM ? "server_stream"
+                                                                             : "bidi_stream");
     m->reg = grpc_server_register_method(s->server, path, NULL,
                                          handler->kind == SVC_METHOD_BIDI_STREAM
                                              ? GRPC_SRM_PAYLOAD_NONE
@@ -1233,6 +1243,16 @@ svc_server_start(svc_server_t *s, svc_err_t *err)
     svc__health_set(s->health, "", true);
     for (int i = 0; i < s->n_services; i++) {
         svc__health_set(s->health, s->services[i], true);
+    }
+    if (s->opts.metrics_addr != NULL && s->opts.metrics_addr[0] != '\0') {
+        char addr[64];
+        if (svc_metrics_serve(s->opts.metrics_addr, err) != 0) {
+            return -1;
+        }
+        s->metrics = true;
+        snprintf(addr, sizeof(addr), "%d", svc_metrics_port());
+        svc_log_kv(SVC_LOG_INFO, "metrics served", "addr", s->opts.metrics_addr, "port", addr,
+                   NULL);
     }
     svc_log_kv(SVC_LOG_INFO, "listening", "addr", s->listen_addr, NULL);
     return 0;
@@ -1417,6 +1437,9 @@ svc_server_destroy(svc_server_t *s)
     }
     if (s->server != NULL) {
         svc_server_shutdown(s);
+    }
+    if (s->metrics) {
+        svc_metrics_stop();
     }
     svc__reflection_destroy(s->reflection);
     svc__health_destroy(s->health);

@@ -29,6 +29,7 @@
 #include "lock_redis.h"
 #include "svc/log.h"
 #include "svc/timer.h"
+#include "svc/metrics.h"
 
 #define MAX_ARGS 16
 #define MAX_SCRIPTS 16
@@ -546,6 +547,14 @@ lane_connect(lane_t *l)
     l->wait_head = l->wait_tail = NULL;
     pthread_mutex_unlock(&l->mu);
     if (fd >= 0) {
+        if (l->ever_up) {
+            static svc_metric_t *_Atomic reconnects;
+            if (reconnects == NULL) {
+                reconnects = svc_metric(SVC_METRIC_COUNTER, "redis_reconnects_total",
+                                        "Redis connections opened again after one was lost.", NULL);
+            }
+            svc_metric_add(reconnects, 1);
+        }
         if (l->index == 0 && (!l->ever_up || l->said_down)) { /* as loud as the loss it ends */
             svc_logf(l->ever_up ? SVC_LOG_WARN : SVC_LOG_INFO, "redis connected%s at %s:%d",
                      l->ever_up ? " again" : "", l->host, l->port);

@@ -27,6 +27,7 @@
 #include "lock_waiters.h"
 #include "svc/log.h"
 #include "svc/validate.h"
+#include "svc/metrics.h"
 
 #define TOKEN_MAX 64
 
@@ -86,6 +87,12 @@ try_done(const lock_store_result_t *res, const svc_err_t *err, void *arg)
         svc_err_set(&refused, SVC_CANCELLED, "cancelled");
         svc_call_fail(ctx->call, &refused);
     } else {
+        static svc_metric_t *_Atomic grants;
+        if (grants == NULL) {
+            grants = svc_metric(SVC_METRIC_COUNTER, "lock_grants_total", "Locks granted.",
+                                "path=\"immediate\"");
+        }
+        svc_metric_add(grants, 1);
         resp.token = ctx->token;
         resp.fence = res->fence;
         resp.expires_at_ms = svc_now_unix_ms() + ctx->lease_ms;

@@ -31,12 +31,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "lock/v1/lock.pb-c.h"
 #include "lock_waiters.h"
 #include "svc/log.h"
 #include "svc/pool.h"
 #include "svc/timer.h"
+#include "svc/metrics.h"
 
 #define N_SHARDS 64
 #define N_BUCKETS 256 /* per shard */
@@ -69,6 +71,7 @@ typedef struct lock_waiter {
     bool decided;
     svc_err_t outcome; /* SVC_OK: granted with fence */
     int64_t fence;
+    int64_t parked_us; /* monotonic: when it joined the line */
 } lock_waiter_t;
 
 struct keyq {
@@ -121,6 +124,30 @@ typedef struct {
 } after_t;
 
 static void key_timer_fired(void *arg);
+
+/* lock_waiters (gauge), lock_grants_total{path="waited"}, lock_handoff_wait_seconds. */
+static svc_metric_t *m_waiters, *m_grants_waited, *m_wait_s;
+static pthread_once_t metrics_once = PTHREAD_ONCE_INIT;
+
+static void
+metrics_make(void)
+{
+    m_waiters = svc_metric(SVC_METRIC_GAUGE, "lock_waiters",
+                           "Acquires waiting in a lock's line on this instance.", NULL);
+    m_grants_waited =
+        svc_metric(SVC_METRIC_COUNTER, "lock_grants_total", "Locks granted.", "path=\"waited\"");
+    m_wait_s = svc_metric(SVC_METRIC_HISTOGRAM, "lock_handoff_wait_seconds",
+                          "How long acquires that waited in line waited until granted.", NULL);
+}
+
+static int64_t
+mono_us(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
 static void acquire_done(const lock_store_result_t *res, const svc_err_t *err, void *arg);
 
 /* ---------- keys (caller holds the shard's mu) ---------- */
@@ -327,6 +354,7 @@ waiter_end(lock_waiter_t *w)
 {
     Lock__V1__AcquireResponse resp = LOCK__V1__ACQUIRE_RESPONSE__INIT;
 
+    svc_metric_add(m_waiters, -1);
     if (w->outcome.code != SVC_OK) {
         svc_call_fail(w->call, &w->outcome);
         return;
@@ -341,6 +369,8 @@ waiter_end(lock_waiter_t *w)
     resp.token = w->token;
     resp.fence = w->fence;
     resp.expires_at_ms = svc_now_unix_ms() + w->lease_ms;
+    svc_metric_add(m_grants_waited, 1);
+    svc_metric_observe(m_wait_s, (double)(mono_us() - w->parked_us) / 1e6);
     svc_call_reply(w->call, &resp.base);
 }
 
@@ -754,6 +784,8 @@ lock_waiters_park(lock_waiters_t *ws, svc_call_t *call, const char *key, const c
         return;
     }
     keyq_append(q, w);
+    w->parked_us = mono_us();
+    svc_metric_add(m_waiters, 1); /* until waiter_end */
     w->queued = true;
     w->setting_up = true;
     w->state = W_PENDING;
@@ -788,6 +820,8 @@ lock_waiters_t *
 lock_waiters_create(lock_store_t *store, svc_err_t *err)
 {
     lock_waiters_t *ws = calloc(1, sizeof(*ws));
+
+    pthread_once(&metrics_once, metrics_make);
 
     if (ws == NULL) {
         svc_err_set(err, SVC_RESOURCE_EXHAUSTED, "out of memory");

@@ -17,6 +17,7 @@
 #include "svc/arena.h"
 #include "svc/err.h"
 #include "svc/lock_client.h"
+#include "svc/metrics.h"
 
 #define RSV_KNOWN_USERS 65536 /* slots of the cache of users known to have an account */
 #define RSV_KNOWN_ROOMS 4096  /* slots of the cache of schedules' waiting-room limits */
@@ -124,6 +125,9 @@ int reservation_cancel(reservation_service_t *svc, svc_call_t *call, int64_t res
  */
 int reservation_payment_drive(reservation_service_t *svc, rsv_payment_t *pay, svc_call_t *parent,
                               int64_t timeout_ms, svc_err_t *err);
+
+/* reservation_payments_pending (a gauge): the payments reservation_payment_drive carries now. */
+svc_metric_t *reservation_payments_pending(void);
 
 /* Starts and stops the sweeper thread (expiry, and payments nobody finished). */
 int reservation_sweeper_start(reservation_service_t *svc, svc_err_t *err);

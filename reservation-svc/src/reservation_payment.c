@@ -27,6 +27,7 @@
 #include "svc/failpoint.h"
 #include "svc/lock_client.h"
 #include "svc/log.h"
+#include "svc/metrics.h"
 
 #define MAX_STEPS 8           /* transitions of one drive; a payment has at most 4 */
 #define CANCEL_SETTLE_MS 2000 /* how long a cancel waits for balance-svc before answering */
@@ -271,9 +272,9 @@ step_refund(reservation_service_t *svc, rsv_payment_t *pay, const svc_call_opts_
     return 0;
 }
 
-int
-reservation_payment_drive(reservation_service_t *svc, rsv_payment_t *pay, svc_call_t *parent,
-                          int64_t timeout_ms, svc_err_t *err)
+static int
+payment_drive(reservation_service_t *svc, rsv_payment_t *pay, svc_call_t *parent,
+              int64_t timeout_ms, svc_err_t *err)
 {
     svc_call_opts_t opts = {.parent = parent, .timeout_ms = timeout_ms};
 
@@ -308,6 +309,34 @@ reservation_payment_drive(reservation_service_t *svc, rsv_payment_t *pay, svc_ca
     }
     svc_err_set(err, SVC_UNAVAILABLE, "payment %" PRId64 " did not settle", pay->id);
     return -1;
+}
+
+svc_metric_t *
+reservation_payments_pending(void)
+{
+    static svc_metric_t *_Atomic pending;
+    svc_metric_t *m = pending;
+
+    if (m == NULL) {
+        m = pending = svc_metric(SVC_METRIC_GAUGE, "reservation_payments_pending",
+                                 "Payments this instance is taking through balance-svc now "
+                                 "(authorize, capture, void or refund under way).",
+                                 NULL);
+    }
+    return m;
+}
+
+int
+reservation_payment_drive(reservation_service_t *svc, rsv_payment_t *pay, svc_call_t *parent,
+                          int64_t timeout_ms, svc_err_t *err)
+{
+    svc_metric_t *m = reservation_payments_pending();
+    int rc;
+
+    svc_metric_add(m, 1);
+    rc = payment_drive(svc, pay, parent, timeout_ms, err);
+    svc_metric_add(m, -1);
+    return rc;
 }
 
 /*

@@ -27,6 +27,7 @@
 #include "reservation/v1/reservation.pb-c.h"
 #include "reservation_internal.h"
 #include "svc/log.h"
+#include "svc/metrics.h"
 
 #define ROUND_MS 20       /* how often watchers hear of changes, at most */
 #define NEAR_FRONT 20     /* watchers this near the front hear of every move */
@@ -73,6 +74,8 @@ struct room {
     int64_t *tree; /* Fenwick tree of waiting tickets by seq - base */
     int64_t cap;   /* slots of tree */
     room_watcher_t *watchers;
+    int64_t n_waiting, n_holding, n_watchers;
+    svc_metric_t *m_waiting, *m_holding, *m_watchers; /* waiting_room_* {schedule="S"} */
 };
 
 /* One WatchWaitingRoom call; in its call's arena. */
@@ -180,6 +183,7 @@ mirror_clear(struct room *r)
     r->cap = 0;
     r->base = 0;
     r->top = 0;
+    r->n_waiting = r->n_holding = 0;
     r->synced = false;
 }
 
@@ -209,11 +213,17 @@ mirror_put(struct room *r, const char *ticket, int64_t seq, bool holding, int64_
         r->buckets[b] = t;
     } else if (!t->holding) {
         tree_add(r, t->seq, -1);
+        r->n_waiting--;
+    } else {
+        r->n_holding--;
     }
     t->holding = holding;
     t->expires_at_ms = expires_at_ms;
     if (!holding) {
         tree_add(r, t->seq, 1);
+        r->n_waiting++;
+    } else {
+        r->n_holding++;
     }
 }
 
@@ -227,6 +237,9 @@ mirror_drop(struct room *r, const char *ticket)
             tick_t *t = *pp;
             if (!t->holding) {
                 tree_add(r, t->seq, -1);
+                r->n_waiting--;
+            } else {
+                r->n_holding--;
             }
             *pp = t->next;
             free(t);
@@ -319,6 +332,7 @@ watcher_unlink(struct room *r, room_watcher_t *w)
         w->next->prev = w->prev;
     }
     w->next = w->prev = NULL;
+    svc_metric_set(r->m_watchers, (double)--r->n_watchers);
 }
 
 /*
@@ -616,6 +630,10 @@ room_thread(void *arg)
                 pthread_mutex_lock(&r->mu);
                 mirror_apply(r, (const Lock__V1__WatchSemaphoreResponse *)msg);
                 if (r->synced) {
+                    svc_metric_set(r->m_waiting, (double)r->n_waiting);
+                    svc_metric_set(r->m_holding, (double)r->n_holding);
+                }
+                if (r->synced) {
                     round_arm(r);
                 }
                 pthread_mutex_unlock(&r->mu);
@@ -655,6 +673,17 @@ room_get(reservation_service_t *svc, int64_t schedule_id)
         r->schedule_id = schedule_id;
         reservation_room_name(r->name, sizeof(r->name), schedule_id);
         r->round.heap_index = -1;
+        char labels[48] = "", id[24];
+        snprintf(id, sizeof(id), "%" PRId64, schedule_id);
+        svc_metric_label(labels, sizeof(labels), "schedule", id);
+        r->m_waiting =
+            svc_metric(SVC_METRIC_GAUGE, "waiting_room_length",
+                       "Users in a waiting room's line (as this instance mirrors it).", labels);
+        r->m_holding =
+            svc_metric(SVC_METRIC_GAUGE, "waiting_room_admitted",
+                       "Users a waiting room admits now (as this instance mirrors it).", labels);
+        r->m_watchers = svc_metric(SVC_METRIC_GAUGE, "waiting_room_watchers",
+                                   "WatchWaitingRoom streams open on this instance.", labels);
         pthread_mutex_init(&r->mu, NULL);
         if (pthread_create(&r->thread, NULL, room_thread, r) != 0) {
             pthread_mutex_destroy(&r->mu);
@@ -724,6 +753,7 @@ reservation_room_watch(svc_call_t *call, const ProtobufCMessage *msg, void *user
         r->watchers->prev = w;
     }
     r->watchers = w;
+    svc_metric_set(r->m_watchers, (double)++r->n_watchers);
     w->renewed_ms = svc_now_mono_ms() - svc->opts.room_place_ms; /* renewed once due */
     round_arm(r); /* its first message: where it stands now */
     pthread_mutex_unlock(&r->mu);

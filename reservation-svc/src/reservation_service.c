@@ -415,6 +415,7 @@ reservation_service_create(svc_server_t *server, svc_pg_pool_t *db, svc_client_t
         svc_err_set(err, SVC_RESOURCE_EXHAUSTED, "out of memory");
         return NULL;
     }
+    (void)reservation_payments_pending(); /* shown at 0 before the first payment */
     svc->server = server;
     svc->db = db;
     svc->lock_svc = lock_svc;

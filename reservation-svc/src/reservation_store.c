@@ -12,6 +12,23 @@
 #include <string.h>
 
 #include "reservation_store_internal.h"
+#include "svc/metrics.h"
+
+/* A write whose lock was lost (a newer fence is in the row): the fence refused it. */
+static svc_metric_t *
+fence_rejections(void)
+{
+    static svc_metric_t *_Atomic m;
+    svc_metric_t *got = m;
+
+    if (got == NULL) {
+        got = svc_metric(SVC_METRIC_COUNTER, "lock_fence_rejections_total",
+                         "Writes refused because a newer lock fence was already in the row.",
+                         "resource=\"seat\"");
+        m = got;
+    }
+    return got;
+}
 
 /* "{1,2,3}": a parameter value for int[] (numbers we validated, not request text). */
 static void
@@ -498,6 +515,7 @@ hold_check(hold_ctx_t *h, const PGresult *res, char *old, size_t old_len, int64_
         int64_t holder = svc_pg_i64(res, i, 5);
         bool seen = false;
         if (svc_pg_i64(res, i, 3) > h->fences[i]) {
+            svc_metric_add(fence_rejections(), 1);
             svc_err_set(err, SVC_ABORTED, "lock on seat %d was lost", (int)h->seats[i]);
             return -1;
         }

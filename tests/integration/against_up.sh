@@ -26,10 +26,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-mapfile -t ports < <("$CONFORMANCE" --free-ports 5)
-((${#ports[@]} == 5)) || die "no free ports"
+mapfile -t ports < <("$CONFORMANCE" --free-ports 8)
+((${#ports[@]} == 8)) || die "no free ports"
 export PG_PORT=${ports[0]} REDIS_PORT=${ports[1]} LOCK_PORT=${ports[2]}
 export BALANCE_PORT=${ports[3]} RESERVATION_PORT=${ports[4]}
+export LOCK_METRICS_PORT=${ports[5]} BALANCE_METRICS_PORT=${ports[6]}
+export RESERVATION_METRICS_PORT=${ports[7]}
 say "starting the stack in $STACK_DIR (PostgreSQL $PG_PORT, Redis $REDIS_PORT, services $LOCK_PORT-$RESERVATION_PORT)"
 BUILD_DIR=$BUILD_DIR LOG_LEVEL=warn "$ROOT/deploy/local/up.sh" --no-deps --no-build >"$STACK_DIR/up.out" 2>&1 ||
     { cat "$STACK_DIR/up.out" >&2; die "up.sh failed"; }

@@ -62,6 +62,14 @@ void svc_config_usage(FILE *out, const char *prog, const char *summary, const sv
             (log_level), 0                                                                         \
     }
 
+/* METRICS_ADDR: where GET /metrics is served (svc_server_opts_t.metrics_addr); "" none. */
+#define SVC_OPT_METRICS(metrics_addr)                                                              \
+    {                                                                                              \
+        "metrics-addr", "METRICS_ADDR", SVC_OPT_STRING, "",                                        \
+            "host:port to serve Prometheus metrics on (GET /metrics); empty: none", 0, 0,          \
+            (metrics_addr), 0                                                                      \
+    }
+
 /*
  * The usual main() step: parses, prints usage and exits 0 on --help, prints one
  * line and exits 2 on a bad setting.

@@ -68,6 +68,11 @@ typedef struct {
      * connection (each call in flight costs gRPC ~12 KB). 0: no limit.
      */
     int max_streams;
+    /*
+     * "host:port": GET /metrics (Prometheus) is served there from start to
+     * destroy (svc/metrics.h); NULL or "": not served.
+     */
+    const char *metrics_addr;
     const unsigned char *descriptors; /* FileDescriptorSet for reflection; may be NULL */
     size_t descriptors_len;
 } svc_server_opts_t;
