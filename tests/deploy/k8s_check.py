@@ -17,9 +17,6 @@ import sys
 
 import yaml
 
-# Settings the manifests may set before a service reads them (DESIGN.md §6):
-# harmless meanwhile, since a service reads only the variables it knows.
-FORTHCOMING = {"METRICS_ADDR"}
 # Our services (container names) and, for each, the connection settings that
 # carry passwords: in production these come from a Secret only.
 CONNECTION_ENV = {
@@ -182,7 +179,7 @@ class Checker:
             self.fail(cw, f"cannot read the settings of {service} from {service}/main.c")
         else:
             for e in c.get("env", []):
-                if e["name"] not in known and e["name"] not in FORTHCOMING:
+                if e["name"] not in known:
                     self.fail(cw, f"env {e['name']} is not a setting of {service} (main.c)")
         grace = self.env_value(namespace, c, "GRACE_MS")
         try:
