@@ -129,7 +129,7 @@ stop_services() {
             kill -TERM "$pid"
             wait_gone "$name" "$pid" "${name:0:15}"
         fi
-        rm -f "$PID_DIR/$name.pid"
+        rm -f "$PID_DIR/$name.pid" "$PID_DIR/$name.binary"
     done
 }
 

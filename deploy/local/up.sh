@@ -7,6 +7,16 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 
+# The port variables, and which of them this run was given: a port given
+# moves a running service there; a port not given keeps the running one's.
+PORT_VARS=(PG_PORT REDIS_PORT LOCK_PORT BALANCE_PORT RESERVATION_PORT
+    LOCK_METRICS_PORT BALANCE_METRICS_PORT RESERVATION_METRICS_PORT)
+declare -A PORT_GIVEN=()
+for v in "${PORT_VARS[@]}"; do
+    if [[ -n "${!v:-}" ]]; then PORT_GIVEN[$v]=1; fi
+done
+unset v
+
 PG_PORT=${PG_PORT:-55432}
 REDIS_PORT=${REDIS_PORT:-56379}
 LOCK_PORT=${LOCK_PORT:-50051}
@@ -42,12 +52,26 @@ Environment:
   LOCK_METRICS_PORT, BALANCE_METRICS_PORT, RESERVATION_METRICS_PORT
               where each service serves GET /metrics (Prometheus; default
               50151, 50152, 50153; now $LOCK_METRICS_PORT, $BALANCE_METRICS_PORT, $RESERVATION_METRICS_PORT)
+  HOLD_TTL_MS how long a hold lasts in reservation-svc (its default 300000 when unset)
   ADMIN_TOKEN for CreateConcert (default: a random one kept in STACK_DIR/admin-token)
   ADMISSION_KEY_FILE key that signs waiting-room admissions (default:
               STACK_DIR/admission-key, made once with a random key)
   LOG_LEVEL   services' log level (default info)
   BUILD_DIR   where the services are built (default <repo>/build/release)
   PG_BIN      PostgreSQL binaries (default: newest /usr/lib/postgresql/<ver>/bin)
+
+Running it again is safe: what runs with the same settings is left alone.
+  - Ports: a port variable that is set moves a running service to that port
+    (it is restarted there, and the services that call it are restarted
+    with its new address); one that is not set keeps the port the service
+    runs on. PostgreSQL and Redis are not moved: a port set for them that
+    differs from the running one is refused (run down.sh first).
+  - A service whose binary is newer than the running process (rebuilt), or
+    whose settings differ from this run's (LOG_LEVEL, HOLD_TTL_MS,
+    ADMIN_TOKEN, the addresses of its peers), is restarted.
+  - Every port is checked before anything starts: a port taken by another
+    program stops up.sh with the variable to set.
+  STACK_DIR/env always names the ports the services listen on.
 
 Layout: STACK_DIR/data/{postgres,redis}, STACK_DIR/logs/, STACK_DIR/pids/
 {postgres,redis}.pid, STACK_DIR/env (export lines: source it),
@@ -158,7 +182,7 @@ EOF
         chown "$PG_USER:" "$conf" "$SOCK_DIR" "$LOG_DIR/postgres.log"
     fi
 
-    port_in_use "$PG_PORT" && die "127.0.0.1:$PG_PORT is taken by another program; set PG_PORT"
+    port_in_use "$PG_PORT" && die "127.0.0.1:$PG_PORT is taken by another program; set PG_PORT to a free port"
     log "starting PostgreSQL on 127.0.0.1:$PG_PORT"
     if ! as_pg "$PG_BIN/pg_ctl" start -D "$PG_DATA" -l "$LOG_DIR/postgres.log" \
         -w -t "$START_TIMEOUT" >/dev/null; then
@@ -171,14 +195,8 @@ EOF
 pg_up() {
     pg_init
     if pg_running; then
-        # Report the port it really listens on (4th line of postmaster.pid).
-        local port
-        port=$(sed -n 4p "$PG_DATA/postmaster.pid")
-        log "PostgreSQL already running (pid $(head -n 1 "$PG_DATA/postmaster.pid"), port $port)"
-        if [[ "$port" != "$PG_PORT" ]]; then
-            log "PG_PORT=$PG_PORT ignored; run down.sh first to change the port"
-            PG_PORT=$port
-        fi
+        # check_ports made PG_PORT the port it listens on.
+        log "PostgreSQL already running (pid $(head -n 1 "$PG_DATA/postmaster.pid"), port $PG_PORT)"
     else
         pg_start
     fi
@@ -219,17 +237,11 @@ redis_running() {
 redis_up() {
     local conf="$STACK_DIR/redis.conf"
     if redis_running; then
-        local port
-        port=$(awk '$1 == "port" { print $2 }' "$conf" 2>/dev/null || true)
-        port=${port:-$REDIS_PORT}
-        log "Redis already running (pid $(cat "$PID_DIR/redis.pid"), port $port)"
-        if [[ "$port" != "$REDIS_PORT" ]]; then
-            log "REDIS_PORT=$REDIS_PORT ignored; run down.sh first to change the port"
-            REDIS_PORT=$port
-        fi
+        # check_ports made REDIS_PORT the port it listens on.
+        log "Redis already running (pid $(cat "$PID_DIR/redis.pid"), port $REDIS_PORT)"
     else
         rm -f "$PID_DIR/redis.pid"
-        port_in_use "$REDIS_PORT" && die "127.0.0.1:$REDIS_PORT is taken by another program; set REDIS_PORT"
+        port_in_use "$REDIS_PORT" && die "127.0.0.1:$REDIS_PORT is taken by another program; set REDIS_PORT to a free port"
         # Rewritten at each start. Locks are short-lived: no persistence.
         cat >"$conf" <<EOF
 # Written by deploy/local/up.sh at each start; edits are lost.
@@ -266,9 +278,10 @@ SERVICES=(lock-svc balance-svc reservation-svc)
 
 build_services() {
     log "building the services in $BUILD_DIR"
-    cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release >"$LOG_DIR/build.log" 2>&1 &&
-        cmake --build "$BUILD_DIR" -j "$(nproc)" --target "${SERVICES[@]}" >>"$LOG_DIR/build.log" 2>&1 ||
+    if ! cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release >"$LOG_DIR/build.log" 2>&1 ||
+        ! cmake --build "$BUILD_DIR" -j "$(nproc)" --target "${SERVICES[@]}" >>"$LOG_DIR/build.log" 2>&1; then
         die "build failed, see $LOG_DIR/build.log"
+    fi
 }
 
 service_port() {
@@ -302,24 +315,111 @@ metrics_port() {
     esac
 }
 
-# start_service NAME VAR=value...: starts NAME with that environment unless it runs.
+# port_var NAME / metrics_port_var NAME: the variable that sets NAME's port.
+port_var() {
+    case $1 in
+    lock-svc) echo LOCK_PORT ;;
+    balance-svc) echo BALANCE_PORT ;;
+    reservation-svc) echo RESERVATION_PORT ;;
+    esac
+}
+metrics_port_var() {
+    case $1 in
+    lock-svc) echo LOCK_METRICS_PORT ;;
+    balance-svc) echo BALANCE_METRICS_PORT ;;
+    reservation-svc) echo RESERVATION_METRICS_PORT ;;
+    esac
+}
+
+# proc_env PID VAR: VAR's value in the environment PID was started with
+# (empty when it had none). up.sh starts the services with their settings in
+# the environment, so this is what a running service was told.
+proc_env() {
+    { tr '\0' '\n' <"/proc/$1/environ" 2>/dev/null || true; } | sed -n "s/^$2=//p" | head -n 1
+}
+
+# binary_mtime NAME: the modification time of NAME's binary (seconds, with
+# fractions); start_service records it in PID_DIR/NAME.binary.
+binary_mtime() {
+    stat -L -c %.9Y "$BUILD_DIR/$1/$1"
+}
+
+# restart_reason NAME PID VAR=value...: prints why the running NAME (PID) must
+# be restarted to serve this run: a setting it was started with differs, or its
+# binary changed since it started. Prints nothing when it may keep running.
+restart_reason() {
+    local name=$1 pid=$2 kv key want have
+    shift 2
+    for kv in "$@"; do
+        key=${kv%%=*} want=${kv#*=}
+        have=$(proc_env "$pid" "$key")
+        [[ "$have" == "$want" ]] && continue
+        case $key in
+        ADMIN_TOKEN) echo "ADMIN_TOKEN changed" ;;
+        *) echo "$key is ${have:-unset}, this run wants ${want:-it unset}" ;;
+        esac
+        return 0
+    done
+    local recorded started mtime
+    mtime=$(binary_mtime "$name")
+    if read -r recorded 2>/dev/null <"$PID_DIR/$name.binary" &&
+        [[ "$(head -n 1 "$PID_DIR/$name.pid")" == "$pid" && "$recorded" == "${pid}:"* ]]; then
+        [[ "${recorded#*:}" == "$mtime" ]] || echo "its binary was rebuilt after it started"
+        return 0
+    fi
+    # Started by an older up.sh that kept no record: compare with its start time.
+    started=$(($(date +%s) - $(ps -o etimes= -p "$pid")))
+    ((${mtime%.*} <= started)) || echo "its binary was rebuilt after it started"
+}
+
+# stop_service NAME PID: SIGTERM (in-flight calls finish within the service's
+# grace period), then SIGKILL if it still runs after 30 s.
+stop_service() {
+    local name=$1 pid=$2 i
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 150; i++)); do
+        service_running "$name" || return 0
+        sleep 0.2
+    done
+    log "$name (pid $pid) still runs after 30s: killing it"
+    kill -KILL "$pid" 2>/dev/null || true
+    sleep 0.2
+}
+
+# start_service NAME VAR=value...: starts NAME with that environment (an empty
+# value: unset) unless it runs with the same settings and binary; restarts it
+# when they differ.
 start_service() {
-    local name=$1 port mport
+    local name=$1 port mport pid reason kv
     shift
     port=$(service_port "$name")
     mport=$(metrics_port "$name")
+    local want=("$@" LISTEN_ADDR="127.0.0.1:$port" METRICS_ADDR="127.0.0.1:$mport")
     if service_running "$name"; then
-        log "$name already running (pid $(cat "$PID_DIR/$name.pid"))"
-        return 0
+        pid=$(head -n 1 "$PID_DIR/$name.pid")
+        reason=$(restart_reason "$name" "$pid" "${want[@]}")
+        if [[ -z "$reason" ]]; then
+            log "$name already running (pid $pid, port $port)"
+            return 0
+        fi
+        log "restarting $name (pid $pid): $reason"
+        stop_service "$name" "$pid"
     fi
-    port_in_use "$port" && die "127.0.0.1:$port is taken by another program; set the port variable"
+    port_in_use "$port" &&
+        die "127.0.0.1:$port is taken by another program; set $(port_var "$name") to a free port"
     port_in_use "$mport" &&
-        die "127.0.0.1:$mport (metrics of $name) is taken by another program; set the port variable"
+        die "127.0.0.1:$mport (metrics of $name) is taken by another program; set $(metrics_port_var "$name") to a free port"
+    local args=()
+    for kv in "${want[@]}"; do
+        if [[ -n "${kv#*=}" ]]; then args+=("$kv"); else args=(-u "${kv%%=*}" "${args[@]}"); fi
+    done
     log "starting $name on 127.0.0.1:$port (metrics on 127.0.0.1:$mport)"
-    env "$@" LISTEN_ADDR="127.0.0.1:$port" METRICS_ADDR="127.0.0.1:$mport" \
-        setsid "$BUILD_DIR/$name/$name" \
+    local mtime
+    mtime=$(binary_mtime "$name")
+    env "${args[@]}" setsid "$BUILD_DIR/$name/$name" \
         >>"$LOG_DIR/$name.log" 2>&1 </dev/null &
     echo $! >"$PID_DIR/$name.pid"
+    echo "$!:$mtime" >"$PID_DIR/$name.binary"
     wait_for "$name (see $LOG_DIR/$name.log)" service_serving "$port"
 }
 
@@ -340,7 +440,8 @@ start_services() {
     start_service reservation-svc \
         DATABASE_URL="postgresql://postgres@127.0.0.1:$PG_PORT/reservation" \
         LOCK_SVC_ADDR="127.0.0.1:$LOCK_PORT" BALANCE_SVC_ADDR="127.0.0.1:$BALANCE_PORT" \
-        ADMIN_TOKEN="$ADMIN_TOKEN" ADMISSION_KEY_FILE="$ADMISSION_KEY_FILE" LOG_LEVEL="$LOG_LEVEL"
+        ADMIN_TOKEN="$ADMIN_TOKEN" ADMISSION_KEY_FILE="$ADMISSION_KEY_FILE" LOG_LEVEL="$LOG_LEVEL" \
+        HOLD_TTL_MS="${HOLD_TTL_MS:-}"
     seed_demo
 }
 
@@ -390,6 +491,87 @@ seed_demo() {
 }
 
 # ---------------------------------------------------------------------------
+# Ports, all settled before anything starts
+
+# running_port VAR: the port the running component behind VAR listens on;
+# prints nothing when that component does not run.
+running_port() {
+    local name pid addr
+    case $1 in
+    PG_PORT)
+        pg_running && sed -n 4p "$PG_DATA/postmaster.pid"
+        return 0
+        ;;
+    REDIS_PORT)
+        redis_running && awk '$1 == "port" { print $2 }' "$STACK_DIR/redis.conf" 2>/dev/null
+        return 0
+        ;;
+    LOCK_PORT | LOCK_METRICS_PORT) name=lock-svc ;;
+    BALANCE_PORT | BALANCE_METRICS_PORT) name=balance-svc ;;
+    RESERVATION_PORT | RESERVATION_METRICS_PORT) name=reservation-svc ;;
+    esac
+    service_running "$name" || return 0
+    pid=$(head -n 1 "$PID_DIR/$name.pid")
+    case $1 in
+    *_METRICS_PORT) addr=$(proc_env "$pid" METRICS_ADDR) ;;
+    *) addr=$(proc_env "$pid" LISTEN_ADDR) ;;
+    esac
+    [[ -z "$addr" ]] || echo "${addr##*:}"
+}
+
+# port_owner VAR: what listens on VAR's port, for messages.
+port_owner() {
+    case $1 in
+    PG_PORT) echo PostgreSQL ;;
+    REDIS_PORT) echo Redis ;;
+    LOCK_PORT) echo lock-svc ;;
+    BALANCE_PORT) echo balance-svc ;;
+    RESERVATION_PORT) echo reservation-svc ;;
+    *_METRICS_PORT) echo "the metrics of $(port_owner "${1%_METRICS_PORT}_PORT")" ;;
+    esac
+}
+
+# check_ports: for each port variable, a running component keeps its port
+# unless the variable was given (a service is then restarted on the new port,
+# PostgreSQL and Redis are refused), and every port that something will start
+# on must be free. Dies naming the variable to set; starts nothing.
+check_ports() {
+    local var port running free=() seen=() moves=()
+    for var in "${PORT_VARS[@]}"; do
+        port=${!var}
+        if ! [[ "$port" =~ ^[0-9]+$ ]] || ((port < 1 || port > 65535)); then
+            die "$var=$port is not a port number"
+        fi
+        running=$(running_port "$var")
+        if [[ -n "$running" && "$running" != "$port" ]]; then
+            if [[ -z "${PORT_GIVEN[$var]:-}" ]]; then
+                printf -v "$var" %s "$running" # not asked for: keep the running one's
+                port=$running
+            elif [[ $var == PG_PORT || $var == REDIS_PORT ]]; then
+                die "$(port_owner "$var") runs on 127.0.0.1:$running but $var=$port: PostgreSQL and Redis are not moved while they run; run deploy/local/down.sh first, or unset $var"
+            else
+                moves+=("$var=$port: $(port_owner "$var") on 127.0.0.1:$running moves there (it is restarted)")
+                running=""
+            fi
+        fi
+        [[ -n "$running" ]] || free+=("$var")
+        seen+=("$var=$port")
+    done
+    local a b
+    for a in "${seen[@]}"; do
+        for b in "${seen[@]}"; do
+            if [[ "${a%%=*}" < "${b%%=*}" && "${a#*=}" == "${b#*=}" ]]; then
+                die "${a%%=*} and ${b%%=*} are both ${a#*=}; give each its own port"
+            fi
+        done
+    done
+    for var in "${free[@]}"; do
+        if port_in_use "${!var}"; then
+            die "127.0.0.1:${!var} is taken by another program; set $var to a free port"
+        fi
+    done
+    for var in "${moves[@]}"; do log "$var"; done
+}
 
 # True when something accepts TCP connections on 127.0.0.1:$1.
 port_in_use() {
@@ -471,15 +653,13 @@ main() {
         esac
         shift
     done
-    [[ "$PG_PORT" =~ ^[0-9]+$ ]] || die "PG_PORT=$PG_PORT is not a port number"
-    [[ "$REDIS_PORT" =~ ^[0-9]+$ ]] || die "REDIS_PORT=$REDIS_PORT is not a port number"
-
     if ((deps)); then
         "$HERE/deps.sh"
     fi
     find_pg_bin
     setup_pg_user
     setup_paths
+    check_ports
 
     pg_up
     redis_up
