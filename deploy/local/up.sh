@@ -74,7 +74,8 @@ Running it again is safe: what runs with the same settings is left alone.
   STACK_DIR/env always names the ports the services listen on.
 
 Layout: STACK_DIR/data/{postgres,redis}, STACK_DIR/logs/, STACK_DIR/pids/
-{postgres,redis}.pid, STACK_DIR/env (export lines: source it),
+({postgres,redis}.pid, <service>.pid, and <service>.binary: its pid and the
+binary's mtime when it started), STACK_DIR/env (export lines: source it),
 STACK_DIR/admin-token and STACK_DIR/admission-key (mode 0600, made when
 missing and then kept).
 Databases 'balance' and 'reservation' are created, superuser 'postgres',
