@@ -12,6 +12,8 @@ STACK_DIR=${STACK_DIR:-$ROOT/.stack}
 BUF=${BUF:-$ROOT/.tools/node_modules/.bin/buf}
 # Seconds to wait for user B's admission to arrive on its watch.
 WATCH_TIMEOUT=${WATCH_TIMEOUT:-30}
+# Seconds any other call may take: a service that hangs is an unexpected answer too.
+CALL_TIMEOUT=${CALL_TIMEOUT:-15}
 
 SEAT_PRICE=15000
 TOP_UP=100000
@@ -43,6 +45,7 @@ Environment:
   BUF            buf, the gRPC client (default: <repo>/.tools/node_modules/.bin/buf,
                  installed by deploy/local/deps.sh)
   WATCH_TIMEOUT  seconds to wait for B's admission (default 30)
+  CALL_TIMEOUT   seconds any other call may take (default 15)
 EOF
 }
 
@@ -67,7 +70,7 @@ call() {
         esac
     done
     printf '\n> %s %s%s\n' "${method#*/}" "$body" "${shown[*]:+ ${shown[*]}}"
-    if ! ANSWER=$("$BUF" curl --protocol grpc --http2-prior-knowledge "${args[@]}" \
+    if ! ANSWER=$("$BUF" curl --protocol grpc --http2-prior-knowledge --timeout "${CALL_TIMEOUT}s" "${args[@]}" \
         -d "$body" "http://$addr/$method" 2>&1); then
         printf '%s\n' "$ANSWER" | sed 's/^/  /'
         die "${method#*/} did not answer OK (above)"
