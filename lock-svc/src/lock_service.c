@@ -90,7 +90,7 @@ try_done(const lock_store_result_t *res, const svc_err_t *err, void *arg)
         static svc_metric_t *_Atomic grants;
         if (grants == NULL) {
             grants = svc_metric(SVC_METRIC_COUNTER, "lock_grants_total", "Locks granted.",
-                                "path=\"immediate\"");
+                                "mode=\"try\"");
         }
         svc_metric_add(grants, 1);
         resp.token = ctx->token;

@@ -125,7 +125,7 @@ typedef struct {
 
 static void key_timer_fired(void *arg);
 
-/* lock_waiters (gauge), lock_grants_total{path="waited"}, lock_handoff_wait_seconds. */
+/* lock_waiters (gauge), lock_grants_total{mode="wait"}, lock_handoff_wait_seconds. */
 static svc_metric_t *m_waiters, *m_grants_waited, *m_wait_s;
 static pthread_once_t metrics_once = PTHREAD_ONCE_INIT;
 
@@ -135,7 +135,7 @@ metrics_make(void)
     m_waiters = svc_metric(SVC_METRIC_GAUGE, "lock_waiters",
                            "Acquires waiting in a lock's line on this instance.", NULL);
     m_grants_waited =
-        svc_metric(SVC_METRIC_COUNTER, "lock_grants_total", "Locks granted.", "path=\"waited\"");
+        svc_metric(SVC_METRIC_COUNTER, "lock_grants_total", "Locks granted.", "mode=\"wait\"");
     m_wait_s = svc_metric(SVC_METRIC_HISTOGRAM, "lock_handoff_wait_seconds",
                           "How long acquires that waited in line waited until granted.", NULL);
 }
