@@ -95,7 +95,7 @@ main() {
     [[ -s "$BASE_CACHE" ]] || (make_tarball)
     say "importing $BASE_CACHE as $BASE_IMAGE"
     # shellcheck disable=SC2086
-    $PODMAN import --change 'CMD ["/bin/bash"]' "$BASE_CACHE" "$BASE_IMAGE" >/dev/null
+    $PODMAN import -q --change 'CMD ["/bin/bash"]' "$BASE_CACHE" "$BASE_IMAGE" >/dev/null
 }
 
 main "$@"
