@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # deps.sh: installs what the build and the local stack need and is missing:
 # Debian packages (apt-get) and buf (npm, into the repo-local, git-ignored .tools/);
-# with --bench also what the load tools in tests/bench use (gnuplot for charts).
+# with --bench also what the load tools in tests/bench use (gnuplot for charts);
+# with --containers also what deploy/docker and deploy/compose.yaml need here
+# (podman, podman-compose, debootstrap for a base image without a registry).
 # Safe to re-run; silent when nothing is missing.
 set -euo pipefail
 
@@ -29,15 +31,21 @@ PACKAGES=(
 # With --bench: what tests/bench adds (reservation_bench.sh draws its scale curve with gnuplot).
 BENCH_PACKAGES=(gnuplot-nox)
 
+# With --containers: Debian's podman (run with runc; see deploy/docker/README.md),
+# podman-compose for deploy/compose.yaml, debootstrap to make the base image
+# when no registry is reachable, uidmap for rootless podman.
+CONTAINER_PACKAGES=(podman podman-compose runc debootstrap uidmap)
+
 usage() {
     cat <<EOF
-Usage: deploy/local/deps.sh [--bench] [--help]
+Usage: deploy/local/deps.sh [--bench] [--containers] [--help]
 
 Installs the missing ones of these Debian packages (apt-get update once, then
 apt-get install; through sudo when not root):
   ${PACKAGES[*]}
   npm (only when no npm command is found; some nodejs builds bring their own)
   with --bench also: ${BENCH_PACKAGES[*]} (for the load tools in tests/bench)
+  with --containers also: ${CONTAINER_PACKAGES[*]} (deploy/docker, deploy/compose.yaml)
 
 Then installs buf $BUF_VERSION with npm into $ROOT/.tools/
 when $BUF_BIN is missing.
@@ -69,18 +77,21 @@ is_installed() {
 
 main() {
     local wanted=("${PACKAGES[@]}")
-    case "${1:-}" in
-    "") ;;
-    --bench) wanted+=("${BENCH_PACKAGES[@]}") ;;
-    -h | --help)
-        usage
-        return 0
-        ;;
-    *)
-        usage >&2
-        return 2
-        ;;
-    esac
+    while (($# > 0)); do
+        case "$1" in
+        --bench) wanted+=("${BENCH_PACKAGES[@]}") ;;
+        --containers) wanted+=("${CONTAINER_PACKAGES[@]}") ;;
+        -h | --help)
+            usage
+            return 0
+            ;;
+        *)
+            usage >&2
+            return 2
+            ;;
+        esac
+        shift
+    done
 
     command -v dpkg-query >/dev/null 2>&1 || die "dpkg-query not found: this script needs Debian or Ubuntu"
 
