@@ -24,9 +24,12 @@
 #include "balance_batcher.h"
 #include "svc/lock_client.h"
 #include "svc/log.h"
+#include "svc/timer.h"
 
 #define N_BUCKETS 4096
 #define TX_BUDGET_MS 5000
+
+#define DESTROY_WAIT_MS 15000 /* for the last queues to finish, at shutdown */
 
 typedef struct account_q {
     struct account_q *next; /* hash chain */
@@ -397,13 +400,46 @@ balance_batcher_create(svc_server_t *server, svc_pg_pool_t *db, svc_client_t *lo
     return b;
 }
 
+/* Whether no queue is left (caller holds mu). */
+static bool
+all_idle(const balance_batcher_t *b)
+{
+    for (int i = 0; i < N_BUCKETS; i++) {
+        if (b->buckets[i] != NULL) {
+            return false;
+        }
+    }
+    return true;
+}
+
 void
 balance_batcher_destroy(balance_batcher_t *b)
 {
+    bool idle = false;
+
     if (b == NULL) {
         return;
     }
-    for (int i = 0; i < N_BUCKETS; i++) { /* only reachable after every call ended */
+    /*
+     * A queue left is being served: its calls have ended, but the account's
+     * token may still be on its way from lock-svc (asked before the server
+     * stopped; the answer comes within the callers' deadlines). Its callback
+     * touches the queue, so wait for it to finish the queue.
+     */
+    for (int waited = 0; waited < DESTROY_WAIT_MS && !idle; waited += 10) {
+        pthread_mutex_lock(&b->mu);
+        idle = all_idle(b);
+        pthread_mutex_unlock(&b->mu);
+        if (!idle) {
+            svc_sleep_ms(10);
+        }
+    }
+    if (!idle) {
+        svc_logf(SVC_LOG_WARN, "account queues still served after %d ms: left in memory",
+                 DESTROY_WAIT_MS);
+        return;
+    }
+    for (int i = 0; i < N_BUCKETS; i++) {
         while (b->buckets[i] != NULL) {
             account_q_t *q = b->buckets[i];
             b->buckets[i] = q->next;

@@ -39,7 +39,20 @@
  */
 #define CONNECT_TIMEOUT_MS 5000
 #define MAX_METADATA 16
-#define ROUND_ROBIN_CONFIG "{\"loadBalancingConfig\":[{\"round_robin\":{}}]}"
+/*
+ * Round robin over every address of a target, and a retry of a call that
+ * came back CANCELLED although this process did not cancel it: a server
+ * that shuts down (SIGTERM) kills the calls it had received but not yet
+ * handed to a handler, and those never ran. Our handlers answer CANCELLED
+ * only to a caller that has gone, so such an answer reaching a live caller
+ * comes from that kill. gRPC retries only until the answer's headers came
+ * and never a call its own side cancelled (a deadline, a parent).
+ */
+#define CHANNEL_CONFIG                                                                             \
+    "{\"loadBalancingConfig\":[{\"round_robin\":{}}],"                                             \
+    "\"methodConfig\":[{\"name\":[{}],\"retryPolicy\":{\"maxAttempts\":3,"                         \
+    "\"initialBackoff\":\"0.01s\",\"maxBackoff\":\"0.1s\",\"backoffMultiplier\":2,"                \
+    "\"retryableStatusCodes\":[\"CANCELLED\"]}}]}"
 
 struct svc_client {
     struct svc_client *next;
@@ -121,7 +134,7 @@ svc_channel_create(const char *target)
     }
     args[0].type = GRPC_ARG_STRING;
     args[0].key = GRPC_ARG_SERVICE_CONFIG;
-    args[0].value.string = ROUND_ROBIN_CONFIG;
+    args[0].value.string = CHANNEL_CONFIG;
     /* Come back quickly after a peer restarts: callers fail fast meanwhile. */
     args[1].type = GRPC_ARG_INTEGER;
     args[1].key = GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS;

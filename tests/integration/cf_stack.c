@@ -38,14 +38,16 @@ cf_stack_start(cf_ctx_t *ctx, cf_stack_t *s, const cf_stack_opts_t *opts)
 {
     const char *lock_bin = ctx->lock_bin, *balance_bin = ctx->balance_bin,
                *reservation_bin = ctx->reservation_bin;
-    char redis_url[256], redis_env[300], lock_env[600], bal_env[300], db_env[600], bdb_env[600];
+    char redis_url[256], redis_env[300], lock_env[600], bal_env[600], db_env[600], bdb_env[600];
     const char *env[4 + 2 * CF_MAX_EXTRA_ENV];
     int n;
 
     memset(s, 0, sizeof(*s));
     s->n_lock = opts->n_lock > 0 ? opts->n_lock : 1;
+    s->n_balance = opts->n_balance > 0 ? opts->n_balance : 1;
     s->n_reservation = opts->n_reservation > 0 ? opts->n_reservation : 1;
-    if (s->n_lock > CF_MAX_INSTANCES || s->n_reservation > CF_MAX_INSTANCES) {
+    if (s->n_lock > CF_MAX_INSTANCES || s->n_balance > CF_MAX_INSTANCES ||
+        s->n_reservation > CF_MAX_INSTANCES) {
         fprintf(stderr, "conformance: at most %d instances of a service\n", CF_MAX_INSTANCES);
         return -1;
     }
@@ -82,12 +84,14 @@ cf_stack_start(cf_ctx_t *ctx, cf_stack_t *s, const cf_stack_opts_t *opts)
 
     snprintf(bdb_env, sizeof(bdb_env), "DATABASE_URL=%s", s->pg_balance.conninfo);
     const char *bal[] = {bdb_env, lock_env, "LOG_LEVEL=warn", NULL};
-    if (testenv_proc_start(&s->balance, balance_bin, NULL, bal) != 0) {
-        return -1;
+    for (int i = 0; i < s->n_balance; i++) {
+        if (testenv_proc_start(&s->balance[i], balance_bin, NULL, bal) != 0) {
+            return -1;
+        }
     }
-    snprintf(s->targets.balance_addr, sizeof(s->targets.balance_addr), "%s", s->balance.addr);
+    join_addrs(s->targets.balance_addr, sizeof(s->targets.balance_addr), s->balance, s->n_balance);
 
-    snprintf(bal_env, sizeof(bal_env), "BALANCE_SVC_ADDR=%s", s->balance.addr);
+    snprintf(bal_env, sizeof(bal_env), "BALANCE_SVC_ADDR=%s", s->targets.balance_addr);
     snprintf(db_env, sizeof(db_env), "DATABASE_URL=%s", s->pg.conninfo);
     for (int i = 0; i < s->n_reservation; i++) {
         n = 0;
@@ -143,7 +147,9 @@ cf_stack_stop(cf_stack_t *s)
     for (int i = 0; i < CF_MAX_INSTANCES; i++) {
         bad |= stop_proc(&s->reservation[i], "reservation-svc");
     }
-    bad |= stop_proc(&s->balance, "balance-svc");
+    for (int i = 0; i < CF_MAX_INSTANCES; i++) {
+        bad |= stop_proc(&s->balance[i], "balance-svc");
+    }
     for (int i = 0; i < CF_MAX_INSTANCES; i++) {
         bad |= stop_proc(&s->lock[i], "lock-svc");
     }

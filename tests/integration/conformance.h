@@ -135,6 +135,7 @@ typedef struct cf_ctx cf_ctx_t;
 /* What an own stack is made of. Zero means the defaults in brackets. */
 typedef struct {
     int n_lock;        /* lock-svc instances [1] */
+    int n_balance;     /* balance-svc instances [1] */
     int n_reservation; /* reservation-svc instances [1] */
     /* Extra NAME=value settings for every instance of a service; NULL-terminated. */
     const char *lock_env[CF_MAX_EXTRA_ENV];
@@ -149,8 +150,8 @@ typedef struct {
     testenv_pg_t pg;         /* database "reservation" */
     testenv_pg_t pg_balance; /* the same server, database "balance" */
     testenv_redis_t redis;   /* unused when opts.redis_url was given */
-    testenv_proc_t lock[CF_MAX_INSTANCES], balance, reservation[CF_MAX_INSTANCES];
-    int n_lock, n_reservation;
+    testenv_proc_t lock[CF_MAX_INSTANCES], balance[CF_MAX_INSTANCES], reservation[CF_MAX_INSTANCES];
+    int n_lock, n_balance, n_reservation;
     cf_targets_t targets; /* addresses list every instance, round robin */
 } cf_stack_t;
 
@@ -166,6 +167,8 @@ typedef struct {
     const char *title; /* one line for the table's legend */
     bool fault;        /* needs an own stack: injects faults into its processes */
     int (*run)(cf_ctx_t *ctx, cf_tally_t *t);
+    /* Its faults are planned (a rolling restart): clients must still see no UNAVAILABLE. */
+    bool planned;
 } cf_scenario_t;
 
 struct cf_ctx {
@@ -220,5 +223,7 @@ int sc_sentinel_failover(cf_ctx_t *ctx, cf_tally_t *t);
 int sc_interleavings(cf_ctx_t *ctx, cf_tally_t *t);
 /* sc_waiting_room.c */
 int sc_waiting_room(cf_ctx_t *ctx, cf_tally_t *t);
+/* sc_rolling_restart.c */
+int sc_rolling_restart(cf_ctx_t *ctx, cf_tally_t *t);
 
 #endif

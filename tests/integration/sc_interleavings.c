@@ -554,7 +554,7 @@ static int
 inject(il_run_t *run, int fault, uint64_t *rng)
 {
     cf_stack_t *s = run->stack;
-    testenv_proc_t *p = fault == F_PAUSE_BALANCE || fault == F_KILL_BALANCE ? &s->balance
+    testenv_proc_t *p = fault == F_PAUSE_BALANCE || fault == F_KILL_BALANCE ? &s->balance[0]
                         : fault == F_KILL_LOCK                              ? &s->lock[0]
                                                                             : &s->reservation[0];
     int rc;
