@@ -223,6 +223,7 @@ lock_account(account_q_t *q)
                              .request_id = svc_call_request_id(q->batch->call)};
     char key[48];
     const char *keys[] = {key};
+    svc_log_ctx_t saved;
 
     (void)count(q->batch, &earliest, &latest);
     if (latest != INT64_MAX) {
@@ -231,7 +232,10 @@ lock_account(account_q_t *q)
         lopts.wait_ms = lopts.wait_ms > 0 ? lopts.wait_ms : 0;
     }
     snprintf(key, sizeof(key), "account:%" PRId64, q->user_id);
+    /* account_locked runs in the log context the acquire starts in: its call's. */
+    svc_call_log_enter(q->batch->call, &saved);
     svc_lock_acquire_many_async(b->lock_svc, keys, 1, &lopts, &q->lock, account_locked, q);
+    svc_log_ctx_leave(&saved);
 }
 
 /*
@@ -259,12 +263,11 @@ answer_failed(balance_req_t *batch, const svc_err_t *err, int dropped)
 
 /*
  * The token is held: one transaction for q's batch, the token back, the
- * answers. Requests to run again go back to the queue's head. On a worker.
+ * answers. Requests to run again go back to the queue's head.
  */
 static void
-apply_batch(void *arg)
+apply(account_q_t *q)
 {
-    account_q_t *q = arg;
     balance_batcher_t *b = q->b;
     balance_req_t *batch = q->batch;
     int64_t earliest, latest, deadline;
@@ -287,11 +290,19 @@ apply_batch(void *arg)
             ops[i++] = r->op;
         }
         rc = balance_store_apply(b->db, q->user_id, q->lock.fence, ops, n, deadline, &err);
+        if (rc == 0) {
+            svc_logf(SVC_LOG_DEBUG,
+                     "account %" PRId64 ": %d operations applied under fence %" PRId64, q->user_id,
+                     n, q->lock.fence);
+        } else {
+            svc_logf(SVC_LOG_DEBUG, "account %" PRId64 ": %d operations not applied: %s",
+                     q->user_id, n, err.msg);
+        }
     } else {
         rc = 0;
     }
-    svc_lock_release_many(b->lock_svc, &q->lock, 1,
-                          batch != NULL ? svc_call_request_id(batch->call) : NULL);
+    /* NULL: the acquire's x-request-id, this thread's context, even when its caller left. */
+    svc_lock_release_many(b->lock_svc, &q->lock, 1, NULL);
     if (rc != 0) {
         free(ops);
         dropped += drop_gone(&batch, svc_now_unix_ms());
@@ -301,7 +312,6 @@ apply_batch(void *arg)
             queue_push_front(q, batch);
             pthread_mutex_unlock(&b->mu);
         }
-        serve_next(q);
         return;
     }
     i = 0;
@@ -311,6 +321,22 @@ apply_batch(void *arg)
         r->done(r);
     }
     free(ops);
+}
+
+/*
+ * apply, then the next batch. On a worker, in the log context of the call
+ * the token was asked for (the batch's first: its x-request-id went to
+ * lock-svc), which the lines of the whole batch carry.
+ */
+static void
+apply_batch(void *arg)
+{
+    account_q_t *q = arg;
+    svc_log_ctx_t saved;
+
+    svc_call_log_enter(q->batch->call, &saved);
+    apply(q);
+    svc_log_ctx_leave(&saved);
     serve_next(q);
 }
 

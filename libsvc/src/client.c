@@ -240,7 +240,11 @@ svc_client_release_all(void)
     pthread_mutex_unlock(&clients_mu);
 }
 
-/* Fills md with x-request-id and the caller's pairs; returns the count. */
+/*
+ * Fills md with x-request-id and the caller's pairs; returns the count. The
+ * id is the parent's, else opts->request_id, else that of the call this
+ * thread works for (its log context), else a new one.
+ */
 static size_t
 client__metadata(const svc_call_opts_t *opts, grpc_metadata *md, char *request_id)
 {
@@ -250,6 +254,8 @@ client__metadata(const svc_call_opts_t *opts, grpc_metadata *md, char *request_i
         snprintf(request_id, 65, "%s", svc_call_request_id(opts->parent));
     } else if (opts != NULL && opts->request_id != NULL) {
         snprintf(request_id, 65, "%s", opts->request_id);
+    } else if (svc_log_ctx_request_id() != NULL) { /* made while serving a call */
+        snprintf(request_id, 65, "%s", svc_log_ctx_request_id());
     } else {
         svc__request_id(request_id);
     }
@@ -659,6 +665,7 @@ typedef struct {
     char *method;
     svc_rpc_metrics_t *metrics;
     int64_t start_us;
+    svc_log_ctx_t log_ctx; /* the starter's: done goes on with its work */
     /*
      * Stored (release) before the batch starts, loaded (acquire) when it
      * completes: the hand-off through gRPC's queue, which ThreadSanitizer
@@ -702,6 +709,7 @@ static void
 client__async_finish(async_call_t *a, bool success)
 {
     ProtobufCMessage *resp = NULL;
+    svc_log_ctx_t saved;
     svc_err_t err;
 
     (void)atomic_load_explicit(&a->started, memory_order_acquire);
@@ -716,7 +724,9 @@ client__async_finish(async_call_t *a, bool success)
         svc_err_clear(&err);
     }
     client__handled(a->metrics, err.code, a->start_us);
+    svc_log_ctx_enter(&saved, a->log_ctx.method, a->log_ctx.set ? a->log_ctx.request_id : NULL);
     a->done(resp, &err, a->arg);
+    svc_log_ctx_leave(&saved);
     client__async_free(a);
 }
 
@@ -740,6 +750,7 @@ client__async_loop(void *arg)
             async_tag_t *tag = ev.tag;
             (void)atomic_load_explicit(&tag->armed, memory_order_acquire);
             tag->fn(tag, ev.success != 0);
+            svc_log_ctx_clear(); /* the next event may be for another call */
         }
     }
 }
@@ -809,6 +820,7 @@ svc_client_unary_async(svc_client_t *c, const char *method, const ProtobufCMessa
     a->arena = arena;
     a->done = done;
     a->arg = arg;
+    svc_log_ctx_get(&a->log_ctx);
     a->status = GRPC_STATUS_UNKNOWN;
     a->details = grpc_empty_slice();
     grpc_metadata_array_init(&a->recv_md);

@@ -97,13 +97,16 @@ svc_lock_acquire(svc_client_t *lock_svc, const char *key, const svc_lock_opts_t 
     return rc;
 }
 
-int
-svc_lock_release(svc_client_t *lock_svc, const svc_lock_t *lock, svc_call_t *parent, svc_err_t *err)
+/* Release with the parent's or else request_id's x-request-id. */
+static int
+release_for(svc_client_t *lock_svc, const svc_lock_t *lock, svc_call_t *parent,
+            const char *request_id, svc_err_t *err)
 {
     Lock__V1__ReleaseRequest req = LOCK__V1__RELEASE_REQUEST__INIT;
     ProtobufCMessage *resp;
     svc_arena_t *arena = svc_arena_create();
-    svc_call_opts_t copts = {.parent = parent, .timeout_ms = CALL_MARGIN_MS};
+    svc_call_opts_t copts = {
+        .parent = parent, .request_id = request_id, .timeout_ms = CALL_MARGIN_MS};
     int rc;
 
     if (arena == NULL) {
@@ -116,6 +119,12 @@ svc_lock_release(svc_client_t *lock_svc, const svc_lock_t *lock, svc_call_t *par
                           &lock__v1__release_response__descriptor, arena, &resp, &copts, err);
     svc_arena_destroy(arena);
     return rc;
+}
+
+int
+svc_lock_release(svc_client_t *lock_svc, const svc_lock_t *lock, svc_call_t *parent, svc_err_t *err)
+{
+    return release_for(lock_svc, lock, parent, NULL, err);
 }
 
 int
@@ -157,7 +166,7 @@ svc_lock_with(svc_client_t *lock_svc, const char *key, const svc_lock_opts_t *op
         return -1;
     }
     rc = fn(&lock, arg, err);
-    if (svc_lock_release(lock_svc, &lock, opts->parent, &release_err) != 0) {
+    if (release_for(lock_svc, &lock, opts->parent, opts->request_id, &release_err) != 0) {
         svc_logf(SVC_LOG_WARN, "release of %s (fence %lld) failed: %s", key, (long long)lock.fence,
                  release_err.msg);
     }

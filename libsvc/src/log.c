@@ -1,6 +1,7 @@
 /*
  * log.c: JSON-lines logging to stderr. Each call formats one whole line and
  * writes it with one write(2) under a mutex, so lines from threads never mix.
+ * A thread-local context names the call the thread works for on its lines.
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -24,6 +25,9 @@
 #define LOG_MSG_MAX 2048
 #define LOG_KV_MAX 32 /* extra fields of one svc_log_kv line; more are dropped */
 #define LOG_SERVICE_MAX 64
+
+/* The call this thread works for (see svc_log_ctx_enter). */
+static _Thread_local svc_log_ctx_t log_ctx;
 
 static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER;
 static char log_service[LOG_SERVICE_MAX] = "svc"; /* guarded by log_mu */
@@ -464,18 +468,81 @@ write_all(int fd, const char *p, size_t n)
     }
 }
 
-/* Formats and writes one line if level is enabled; errno is left as the caller had it. */
+/* The thread's call context */
+
+/* Copies src into dst of cap bytes, cut to fit; cheaper than snprintf on a path taken per call. */
+static void
+copy_cut(char *dst, size_t cap, const char *src)
+{
+    size_t n = strnlen(src, cap - 1);
+
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
+void
+svc_log_ctx_enter(svc_log_ctx_t *saved, const char *method, const char *request_id)
+{
+    *saved = log_ctx;
+    log_ctx.set = request_id != NULL;
+    if (log_ctx.set) {
+        copy_cut(log_ctx.method, sizeof(log_ctx.method), method != NULL ? method : "");
+        copy_cut(log_ctx.request_id, sizeof(log_ctx.request_id), request_id);
+    }
+}
+
+void
+svc_log_ctx_leave(const svc_log_ctx_t *saved)
+{
+    log_ctx = *saved;
+}
+
+void
+svc_log_ctx_get(svc_log_ctx_t *out)
+{
+    *out = log_ctx;
+}
+
+const char *
+svc_log_ctx_request_id(void)
+{
+    return log_ctx.set ? log_ctx.request_id : NULL;
+}
+
+void
+svc_log_ctx_clear(void)
+{
+    log_ctx.set = false;
+}
+
+/*
+ * Formats and writes one line if level is enabled; errno is left as the
+ * caller had it. Unless the line names its call itself (own_call), the
+ * thread's context comes first among the fields.
+ */
 static void
 log_emit(svc_log_level_t level, const char *msg, const char *const *fields, int n_fields,
-         const char *const *raw, int n_raw)
+         const char *const *raw, int n_raw, bool own_call)
 {
     char line[LOG_LINE_MAX];
     char now[40];
+    const char *with_ctx[2 * (LOG_KV_MAX + 2)];
     size_t n;
     int saved_errno = errno;
 
     if (!svc_log_enabled(level))
         return;
+    if (!own_call && log_ctx.set) {
+        n_fields = n_fields < LOG_KV_MAX ? n_fields : LOG_KV_MAX;
+        with_ctx[0] = "method";
+        with_ctx[1] = log_ctx.method;
+        with_ctx[2] = "request_id";
+        with_ctx[3] = log_ctx.request_id;
+        for (int i = 0; i < 2 * n_fields; i++)
+            with_ctx[4 + i] = fields[i];
+        fields = with_ctx;
+        n_fields += 2;
+    }
     format_time(now, sizeof(now));
     pthread_mutex_lock(&log_mu);
     n = svc_log_format(line, sizeof(line) - 1, now, svc_log_level_name(level), log_service, msg,
@@ -505,7 +572,7 @@ svc_log_kv(svc_log_level_t level, const char *msg, ...)
         n++;
     }
     va_end(ap);
-    log_emit(level, msg, kv, n, NULL, 0);
+    log_emit(level, msg, kv, n, NULL, 0, false);
 }
 
 void
@@ -520,7 +587,7 @@ svc_logf(svc_log_level_t level, const char *fmt, ...)
     if (vsnprintf(msg, sizeof(msg), fmt, ap) < 0)
         msg[0] = '\0';
     va_end(ap);
-    log_emit(level, msg, NULL, 0, NULL, 0);
+    log_emit(level, msg, NULL, 0, NULL, 0, false);
 }
 
 void
@@ -534,7 +601,7 @@ svc_log_call(svc_log_level_t level, const char *method, const char *request_id, 
     if (!svc_log_enabled(level))
         return;
     snprintf(dur, sizeof(dur), "%.3f", duration_ms);
-    log_emit(level, msg, fields, 3, raw, 1);
+    log_emit(level, msg, fields, 3, raw, 1, true);
 }
 
 bool

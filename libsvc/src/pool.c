@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "svc/log.h"
 #include "svc/pool.h"
 
 #define POOL_STACK_SIZE (512 * 1024)
@@ -81,6 +82,7 @@ pool__thread(void *arg)
         }
         pthread_mutex_unlock(&pool->mu);
         task->fn(task->arg);
+        svc_log_ctx_clear(); /* the next job may serve another call, or none */
         free(task);
         pthread_mutex_lock(&pool->mu);
     }

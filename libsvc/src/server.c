@@ -332,13 +332,16 @@ static void
 call__cancel_task(void *arg)
 {
     svc_call_t *call = arg;
+    svc_log_ctx_t saved;
     bool ended;
 
     pthread_mutex_lock(&call->mu);
     ended = call->ended;
     pthread_mutex_unlock(&call->mu);
     if (!ended) {
+        svc_call_log_enter(call, &saved);
         call->cancel_fn(call, call->cancel_arg);
+        svc_log_ctx_leave(&saved);
     }
     call__unref(call);
 }
@@ -603,6 +606,12 @@ svc_call_request_id(const svc_call_t *call)
     return call->request_id;
 }
 
+void
+svc_call_log_enter(const svc_call_t *call, svc_log_ctx_t *saved)
+{
+    svc_log_ctx_enter(saved, call->method->path, call->request_id);
+}
+
 svc_arena_t *
 svc_call_arena(svc_call_t *call)
 {
@@ -667,9 +676,8 @@ svc_call_metadata(svc_call_t *call, const char *key)
 static void call__start_recv(svc_call_t *call);
 
 static void
-call__unary_task(void *arg)
+call__unary_run(svc_call_t *call)
 {
-    svc_call_t *call = arg;
     ProtobufCMessage *req;
     svc_err_t err;
 
@@ -700,6 +708,17 @@ call__unary_task(void *arg)
     call->method->handler.handler(call, req, call->method->user);
 }
 
+/* Unary and server stream: the handler, in the call's log context (the call may end in it). */
+static void
+call__unary_task(void *arg)
+{
+    svc_log_ctx_t saved;
+
+    svc_call_log_enter(arg, &saved);
+    call__unary_run(arg);
+    svc_log_ctx_leave(&saved);
+}
+
 /* Bidi: one message arrived (the recv ref is now this task's). */
 static void
 call__bidi_msg_task(void *arg)
@@ -707,6 +726,7 @@ call__bidi_msg_task(void *arg)
     svc_call_t *call = arg;
     grpc_byte_buffer *buf;
     ProtobufCMessage *msg;
+    svc_log_ctx_t saved;
     bool ended;
 
     /*
@@ -718,6 +738,7 @@ call__bidi_msg_task(void *arg)
     buf = call->recv_buf;
     call->recv_buf = NULL;
     pthread_mutex_unlock(&call->mu);
+    svc_call_log_enter(call, &saved);
     msg = svc__unpack_message(buf, call->method->input, call->msg_arena);
     grpc_byte_buffer_destroy(buf);
     if (msg == NULL) {
@@ -735,6 +756,7 @@ call__bidi_msg_task(void *arg)
     if (!ended && !atomic_load(&call->cancelled)) {
         call__start_recv(call);
     }
+    svc_log_ctx_leave(&saved);
     call__unref(call);
 }
 
@@ -742,12 +764,15 @@ static void
 call__bidi_half_close_task(void *arg)
 {
     svc_call_t *call = arg;
+    svc_log_ctx_t saved;
 
+    svc_call_log_enter(call, &saved);
     if (call->method->handler.on_half_close != NULL) {
         call->method->handler.on_half_close(call, call->method->user);
     } else {
         svc_call_finish(call, NULL);
     }
+    svc_log_ctx_leave(&saved);
     call__unref(call);
 }
 

@@ -1,6 +1,7 @@
 /*
  * test_log.c: level names, the JSON formatter (escaping, truncation that stays
- * valid JSON) and the lines the logging calls write to stderr, from many threads.
+ * valid JSON), the lines the logging calls write to stderr, from many threads,
+ * and the call context a thread stamps on its lines.
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -474,6 +475,124 @@ test_log_lines(void **state)
     free(text);
 }
 
+/* Occurrences of needle in haystack. */
+static int
+count_of(const char *haystack, const char *needle)
+{
+    int n = 0;
+
+    for (const char *p = strstr(haystack, needle); p != NULL; p = strstr(p + 1, needle))
+        n++;
+    return n;
+}
+
+/*
+ * A thread working for a call stamps its method and request id on every line
+ * it writes, right after msg; an access line names its own call; contexts
+ * nest, and leaving gives back the one before.
+ */
+static void
+test_log_context(void **state)
+{
+    capture_t c;
+    svc_log_ctx_t outer, inner, copy;
+    char *text, *line, *save = NULL;
+    const char *lines[8];
+    int n = 0;
+
+    (void)state;
+    svc_log_init("test-svc", SVC_LOG_DEBUG);
+    assert_null(svc_log_ctx_request_id());
+    capture_begin(&c);
+    svc_logf(SVC_LOG_INFO, "before");
+    svc_log_ctx_enter(&outer, "/shop.v1.Shop/Buy", "rid-1");
+    svc_logf(SVC_LOG_INFO, "in the call");
+    svc_log_kv(SVC_LOG_WARN, "with fields", "seat", "7", NULL);
+    svc_log_call(SVC_LOG_DEBUG, "/lock.v1.Lock/Acquire", "rid-2", "OK", NULL, 1.0);
+    svc_log_ctx_enter(&inner, "/shop.v1.Shop/Other", "rid-3");
+    svc_logf(SVC_LOG_INFO, "nested");
+    svc_log_ctx_leave(&inner);
+    svc_log_ctx_get(&copy);
+    svc_logf(SVC_LOG_INFO, "back");
+    svc_log_ctx_leave(&outer);
+    svc_logf(SVC_LOG_INFO, "after");
+    text = capture_end(&c);
+    svc_log_init("svc", SVC_LOG_INFO);
+
+    assert_null(svc_log_ctx_request_id());
+    assert_true(copy.set);
+    assert_string_equal(copy.request_id, "rid-1");
+    for (line = strtok_r(text, "\n", &save); line != NULL && n < 8;
+         line = strtok_r(NULL, "\n", &save))
+        lines[n++] = line;
+    assert_int_equal(n, 7);
+    for (int i = 0; i < n; i++)
+        assert_json(lines[i]);
+    assert_null(strstr(lines[0], "request_id"));
+    assert_non_null(strstr(lines[1], "\"msg\":\"in the call\",\"method\":\"/shop.v1.Shop/Buy\","
+                                     "\"request_id\":\"rid-1\"}"));
+    assert_non_null(strstr(lines[2], "\"msg\":\"with fields\",\"method\":\"/shop.v1.Shop/Buy\","
+                                     "\"request_id\":\"rid-1\",\"seat\":\"7\"}"));
+    assert_non_null(
+        strstr(lines[3], "\"method\":\"/lock.v1.Lock/Acquire\",\"request_id\":\"rid-2\""));
+    assert_int_equal(count_of(lines[3], "request_id"), 1);
+    assert_non_null(strstr(lines[4], "\"request_id\":\"rid-3\""));
+    assert_non_null(strstr(lines[5], "\"msg\":\"back\",\"method\":\"/shop.v1.Shop/Buy\","
+                                     "\"request_id\":\"rid-1\"}"));
+    assert_null(strstr(lines[6], "request_id"));
+    assert_null(strstr(lines[6], "method"));
+    free(text);
+}
+
+/* NULL request id: no call. Values too long are cut, not overflowed. */
+static void
+test_log_context_edges(void **state)
+{
+    svc_log_ctx_t saved, none;
+    char long_id[300];
+
+    (void)state;
+    svc_log_ctx_enter(&saved, "/a.B/C", NULL);
+    assert_null(svc_log_ctx_request_id());
+    svc_log_ctx_leave(&saved);
+    memset(long_id, 'x', sizeof(long_id) - 1);
+    long_id[sizeof(long_id) - 1] = '\0';
+    svc_log_ctx_enter(&saved, long_id, long_id);
+    assert_int_equal(strlen(svc_log_ctx_request_id()), SVC_LOG_REQUEST_ID_MAX);
+    svc_log_ctx_enter(&none, NULL, "only-id");
+    assert_string_equal(svc_log_ctx_request_id(), "only-id");
+    svc_log_ctx_clear();
+    assert_null(svc_log_ctx_request_id());
+    svc_log_ctx_leave(&none);
+    assert_int_equal(strlen(svc_log_ctx_request_id()), SVC_LOG_REQUEST_ID_MAX);
+    svc_log_ctx_leave(&saved);
+    assert_null(svc_log_ctx_request_id());
+}
+
+static void *
+context_of_new_thread(void *arg)
+{
+    (void)arg;
+    return (void *)svc_log_ctx_request_id();
+}
+
+/* Each thread has its own context: another thread's call is not on its lines. */
+static void
+test_log_context_per_thread(void **state)
+{
+    svc_log_ctx_t saved;
+    pthread_t th;
+    void *seen = (void *)1;
+
+    (void)state;
+    svc_log_ctx_enter(&saved, "/a.B/C", "main-thread-id");
+    assert_int_equal(pthread_create(&th, NULL, context_of_new_thread, NULL), 0);
+    pthread_join(th, &seen);
+    assert_null(seen);
+    assert_string_equal(svc_log_ctx_request_id(), "main-thread-id");
+    svc_log_ctx_leave(&saved);
+}
+
 static void
 test_log_keeps_errno(void **state)
 {
@@ -585,6 +704,9 @@ main(void)
         cmocka_unit_test(test_truncation_keeps_short_fields),
         cmocka_unit_test(test_truncation_huge_key),
         cmocka_unit_test(test_log_lines),
+        cmocka_unit_test(test_log_context),
+        cmocka_unit_test(test_log_context_edges),
+        cmocka_unit_test(test_log_context_per_thread),
         cmocka_unit_test(test_log_keeps_errno),
         cmocka_unit_test(test_log_long_line),
         cmocka_unit_test(test_log_threads),

@@ -1,4 +1,7 @@
-/* test_pool.c: the worker pool runs every task, grows under blocking load, drains on destroy. */
+/*
+ * test_pool.c: the worker pool runs every task, grows under blocking load,
+ * drains on destroy, and forgets a job's log context after it.
+ */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <setjmp.h>
@@ -9,6 +12,7 @@
 
 #include <cmocka.h>
 
+#include "svc/log.h"
 #include "svc/pool.h"
 
 static atomic_int ran;
@@ -42,6 +46,41 @@ meet(void *arg)
     }
     pthread_mutex_unlock(&meet_mu);
     atomic_fetch_add(&ran, 1);
+}
+
+/* A job that enters a call's log context and forgets to leave it; the next reads the context. */
+static void
+enter_and_forget(void *arg)
+{
+    svc_log_ctx_t saved;
+
+    (void)arg;
+    svc_log_ctx_enter(&saved, "/a.B/Forgot", "forgotten-id");
+}
+
+static atomic_int saw_context;
+
+static void
+read_context(void *arg)
+{
+    (void)arg;
+    atomic_store(&saw_context, svc_log_ctx_request_id() != NULL);
+}
+
+/* A worker forgets a job's log context after it: the next job may serve another call. */
+static void
+test_worker_forgets_the_log_context(void **state)
+{
+    svc_err_t err;
+    svc_pool_t *pool = svc_pool_create(1, 1, &err); /* one thread runs both, in order */
+
+    (void)state;
+    assert_non_null(pool);
+    atomic_store(&saw_context, -1);
+    assert_int_equal(svc_pool_submit(pool, enter_and_forget, NULL), 0);
+    assert_int_equal(svc_pool_submit(pool, read_context, NULL), 0);
+    svc_pool_destroy(pool);
+    assert_int_equal(atomic_load(&saw_context), 0);
 }
 
 static void
@@ -98,6 +137,7 @@ main(void)
         cmocka_unit_test(test_runs_every_task),
         cmocka_unit_test(test_grows_when_all_block),
         cmocka_unit_test(test_bad_sizes),
+        cmocka_unit_test(test_worker_forgets_the_log_context),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

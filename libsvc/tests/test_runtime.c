@@ -28,6 +28,7 @@
 #include "grpc/health/v1/health.pb-c.h"
 #include "grpc/reflection/v1/reflection.pb-c.h"
 #include "svc/client.h"
+#include "svc/log.h"
 #include "svc/timer.h"
 #include "svctest/v1/svctest.pb-c.h"
 #include "testenv.h"
@@ -393,6 +394,97 @@ test_request_id_and_deadline_propagate(void **state)
     /* Without one, the server makes one up. */
     assert_int_equal(echo(&main_server, "x", 0, NULL, arena, &resp, &err), 0);
     assert_int_equal(strlen(resp->request_id), 16);
+    svc_arena_destroy(arena);
+}
+
+/* An asynchronous Echo started in a log context, and what its callback saw and did. */
+typedef struct {
+    svc_client_t *client;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool done;
+    svc_arena_t *arena;
+    char first_id[SVC_ERR_MSG_MAX], callback_ctx[80], second_id[SVC_ERR_MSG_MAX];
+} ctx_probe_t;
+
+static void
+ctx_second_done(ProtobufCMessage *resp, const svc_err_t *err, void *arg)
+{
+    ctx_probe_t *p = arg;
+
+    pthread_mutex_lock(&p->mu);
+    snprintf(p->second_id, sizeof(p->second_id), "%s",
+             err->code == SVC_OK ? ((Svctest__V1__EchoResponse *)resp)->request_id : err->msg);
+    p->done = true;
+    pthread_cond_signal(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+}
+
+/* On the client thread: goes on with the work that started it, naming no request id. */
+static void
+ctx_first_done(ProtobufCMessage *resp, const svc_err_t *err, void *arg)
+{
+    ctx_probe_t *p = arg;
+    Svctest__V1__EchoRequest req = SVCTEST__V1__ECHO_REQUEST__INIT;
+    svc_call_opts_t opts = {.timeout_ms = 60000};
+    const char *ctx = svc_log_ctx_request_id();
+
+    snprintf(p->first_id, sizeof(p->first_id), "%s",
+             err->code == SVC_OK ? ((Svctest__V1__EchoResponse *)resp)->request_id : err->msg);
+    snprintf(p->callback_ctx, sizeof(p->callback_ctx), "%s", ctx != NULL ? ctx : "(none)");
+    req.message = "second";
+    svc_client_unary_async(p->client, "/svctest.v1.TestService/Echo", &req.base,
+                           &svctest__v1__echo_response__descriptor, p->arena, &opts,
+                           ctx_second_done, p);
+}
+
+/*
+ * A thread working for a call (its log context) sends that call's
+ * x-request-id on the calls it makes without a parent or an id of their
+ * own; an asynchronous callback runs in the context its call was started
+ * in, so what it starts carries the id too. Without a context: a new id.
+ */
+static void
+test_request_id_from_the_thread_context(void **state)
+{
+    svc_arena_t *arena = svc_arena_create();
+    Svctest__V1__EchoResponse *resp;
+    svc_call_opts_t opts = {.timeout_ms = 5000};
+    svc_call_opts_t named = {.timeout_ms = 5000, .request_id = "named-id"};
+    Svctest__V1__EchoRequest req = SVCTEST__V1__ECHO_REQUEST__INIT;
+    ctx_probe_t p = {.client = main_server.client, .arena = svc_arena_create()};
+    svc_log_ctx_t saved;
+    svc_err_t err;
+
+    (void)state;
+    svc_log_ctx_enter(&saved, "/svctest.v1.TestService/Outer", "ctx-req-7");
+    assert_int_equal(echo(&main_server, "sync", 0, &opts, arena, &resp, &err), 0);
+    assert_string_equal(resp->request_id, "ctx-req-7");
+    assert_int_equal(echo(&main_server, "named", 0, &named, arena, &resp, &err), 0);
+    assert_string_equal(resp->request_id, "named-id");
+
+    pthread_mutex_init(&p.mu, NULL);
+    pthread_cond_init(&p.cv, NULL);
+    req.message = "first";
+    svc_client_unary_async(main_server.client, "/svctest.v1.TestService/Echo", &req.base,
+                           &svctest__v1__echo_response__descriptor, p.arena, &opts, ctx_first_done,
+                           &p);
+    svc_log_ctx_leave(&saved);
+    assert_null(svc_log_ctx_request_id());
+    pthread_mutex_lock(&p.mu);
+    while (!p.done) {
+        pthread_cond_wait(&p.cv, &p.mu);
+    }
+    pthread_mutex_unlock(&p.mu);
+    assert_string_equal(p.first_id, "ctx-req-7");
+    assert_string_equal(p.callback_ctx, "ctx-req-7");
+    assert_string_equal(p.second_id, "ctx-req-7");
+
+    assert_int_equal(echo(&main_server, "none", 0, &opts, arena, &resp, &err), 0);
+    assert_int_equal(strlen(resp->request_id), 16);
+    pthread_cond_destroy(&p.cv);
+    pthread_mutex_destroy(&p.mu);
+    svc_arena_destroy(p.arena);
     svc_arena_destroy(arena);
 }
 
@@ -975,6 +1067,7 @@ main(int argc, char **argv)
         cmocka_unit_test(test_unknown_method_is_unimplemented_fast),
         cmocka_unit_test(test_garbage_bytes_are_invalid_argument),
         cmocka_unit_test(test_request_id_and_deadline_propagate),
+        cmocka_unit_test(test_request_id_from_the_thread_context),
         cmocka_unit_test(test_round_robin_over_two_addresses),
         cmocka_unit_test(test_slow_handshake_is_not_a_down_peer),
         cmocka_unit_test(test_metadata_reaches_the_handler),

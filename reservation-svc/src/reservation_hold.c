@@ -265,7 +265,8 @@ wants_seat(const rsv_hold_t *h, int32_t number)
     return false;
 }
 
-static void lead(void *arg);
+static void lead(rsv_hold_t *h);
+static void lead_job(void *arg);
 
 /* A leader's token whose admission ended (left, or paid a hold) is refused. */
 static int
@@ -372,7 +373,7 @@ gate_enter(rsv_hold_t *h, bool on_worker)
     pthread_mutex_unlock(&svc->gate_mu);
     if (on_worker) {
         lead(h);
-    } else if (svc_pool_submit(svc_server_pool(svc->server), lead, h) != 0) {
+    } else if (svc_pool_submit(svc_server_pool(svc->server), lead_job, h) != 0) {
         lead(h); /* the pool is gone (shutdown): finish here */
     }
 }
@@ -429,8 +430,11 @@ gate_leave(rsv_hold_t *h)
     }
     while (again != NULL) {
         rsv_hold_t *p = again;
+        svc_log_ctx_t saved;
         again = p->next;
+        svc_call_log_enter(p->call, &saved); /* its own call now, not the leader's */
         gate_enter(p, false);
+        svc_log_ctx_leave(&saved);
     }
 }
 
@@ -544,6 +548,8 @@ locked(const svc_err_t *err, int failed, void *arg)
     rsv_hold_t *h = arg;
 
     if (err->code == SVC_OK) {
+        svc_logf(SVC_LOG_DEBUG, "%d seat locks of schedule %" PRId64 " taken, first fence %" PRId64,
+                 h->n, h->schedule_id, h->locks[0].fence);
         if (svc_pool_submit(svc_server_pool(h->svc->server), write_hold, h) != 0) {
             write_hold(h);
         }
@@ -557,11 +563,13 @@ locked(const svc_err_t *err, int failed, void *arg)
     gate_leave(h);
 }
 
-/* Fail fast, then ask for the seats' tokens. On a worker. */
+/*
+ * Fail fast, then ask for the seats' tokens (locked goes on, in this log
+ * context). On a worker, in h's call's log context.
+ */
 static void
-lead(void *arg)
+lead(rsv_hold_t *h)
 {
-    rsv_hold_t *h = arg;
     reservation_service_t *svc = h->svc;
     char keys[RSV_MAX_SEATS][48];
     const char *key_ptrs[RSV_MAX_SEATS];
@@ -590,6 +598,18 @@ lead(void *arg)
     svc_lock_acquire_many_async(svc->lock_svc, key_ptrs, h->n, &lopts, h->locks, locked, h);
 }
 
+/* lead as a job on the pool: a worker that serves no call yet. */
+static void
+lead_job(void *arg)
+{
+    rsv_hold_t *h = arg;
+    svc_log_ctx_t saved;
+
+    svc_call_log_enter(h->call, &saved);
+    lead(h);
+    svc_log_ctx_leave(&saved);
+}
+
 /* The tokens are ours: the transaction, then the tokens go back. On a worker. */
 static void
 write_hold(void *arg)
@@ -597,7 +617,9 @@ write_hold(void *arg)
     rsv_hold_t *h = arg;
     reservation_service_t *svc = h->svc;
     int64_t fences[RSV_MAX_SEATS];
+    svc_log_ctx_t saved;
 
+    svc_call_log_enter(h->call, &saved); /* a job on the pool: name the call on its lines */
     for (int i = 0; i < h->n; i++) {
         fences[i] = h->locks[i].fence;
     }
@@ -611,9 +633,17 @@ write_hold(void *arg)
         svc->db, h->user_id, h->schedule_id, h->seats, fences, h->n, svc_now_unix_ms(),
         svc->opts.hold_ttl_ms, h->admission.ticket[0] != '\0' ? h->admission.ticket : NULL,
         reservation_db_deadline(h->call), svc_call_arena(h->call), &h->result, &h->taken, &h->err);
+    if (h->err.code == SVC_OK) {
+        svc_logf(SVC_LOG_DEBUG, "reservation %" PRId64 " holds %d seats of schedule %" PRId64,
+                 h->result.id, h->n, h->schedule_id);
+    } else {
+        svc_logf(SVC_LOG_DEBUG, "hold on schedule %" PRId64 " not written: %s", h->schedule_id,
+                 h->err.msg);
+    }
     /* After the commit: no other call inside a transaction. */
     svc_lock_release_many(svc->lock_svc, h->locks, h->n, svc_call_request_id(h->call));
-    gate_leave(h);
+    gate_leave(h); /* h and its call are gone after it */
+    svc_log_ctx_leave(&saved);
 }
 
 void

@@ -272,6 +272,23 @@ step_refund(reservation_service_t *svc, rsv_payment_t *pay, const svc_call_opts_
     return 0;
 }
 
+/* A payment status's name, for the log. */
+static const char *
+pay_status_name(int status)
+{
+    static const char *const names[] = {
+        [RSV_PAY_PENDING] = "PENDING",   [RSV_PAY_CHARGED] = "CHARGED",
+        [RSV_PAY_FAILED] = "FAILED",     [RSV_PAY_CAPTURING] = "CAPTURING",
+        [RSV_PAY_VOIDING] = "VOIDING",   [RSV_PAY_REFUNDING] = "REFUNDING",
+        [RSV_PAY_REFUNDED] = "REFUNDED",
+    };
+
+    if (status < RSV_PAY_PENDING || status > RSV_PAY_REFUNDED) {
+        return "UNKNOWN";
+    }
+    return names[status];
+}
+
 static int
 payment_drive(reservation_service_t *svc, rsv_payment_t *pay, svc_call_t *parent,
               int64_t timeout_ms, svc_err_t *err)
@@ -279,7 +296,7 @@ payment_drive(reservation_service_t *svc, rsv_payment_t *pay, svc_call_t *parent
     svc_call_opts_t opts = {.parent = parent, .timeout_ms = timeout_ms};
 
     for (int step = 0; step < MAX_STEPS; step++) {
-        int rc;
+        int rc, from = pay->status;
         switch (pay->status) {
         case RSV_PAY_PENDING:
             rc = step_pending(svc, pay, &opts, err);
@@ -304,8 +321,12 @@ payment_drive(reservation_service_t *svc, rsv_payment_t *pay, svc_call_t *parent
             return 0;
         }
         if (rc != 0) {
+            svc_logf(SVC_LOG_DEBUG, "payment %" PRId64 " stays %s: %s", pay->id,
+                     pay_status_name(pay->status), err->msg);
             return -1;
         }
+        svc_logf(SVC_LOG_DEBUG, "payment %" PRId64 " of reservation %" PRId64 ": %s -> %s", pay->id,
+                 pay->reservation_id, pay_status_name(from), pay_status_name(pay->status));
     }
     svc_err_set(err, SVC_UNAVAILABLE, "payment %" PRId64 " did not settle", pay->id);
     return -1;

@@ -43,16 +43,24 @@ rsv_fixture_main_args(int argc, char **argv)
     return 0;
 }
 
+/* "LOG_LEVEL=..." for every service of the stack. */
+static void
+log_level_env(char *out, size_t len)
+{
+    snprintf(out, len, "LOG_LEVEL=%s", rsv_stack.log_level != NULL ? rsv_stack.log_level : "warn");
+}
+
 int
 rsv_fixture_start(void)
 {
     rsv_stack_t *s = &rsv_stack;
-    char url[128], redis_env[160], lock_env[96], db_env[600];
-    const char *lock_envs[] = {redis_env, "LOG_LEVEL=warn", NULL};
-    const char *balance_envs[] = {db_env, lock_env, "LOG_LEVEL=warn", NULL};
+    char url[128], redis_env[160], lock_env[96], db_env[600], level_env[64];
+    const char *lock_envs[] = {redis_env, level_env, NULL};
+    const char *balance_envs[] = {db_env, lock_env, level_env, NULL};
     svc_err_t err;
 
     testenv_cleanup_on_exit();
+    log_level_env(level_env, sizeof(level_env));
     if (testenv_pg_start(&s->pg, NULL) != 0 || testenv_redis_start(&s->redis) != 0 ||
         testenv_pg_exec(&s->pg, "CREATE DATABASE balance") != 0) {
         return -1;
@@ -77,12 +85,13 @@ rsv_fixture_start(void)
 int
 rsv_fixture_start_instance(rsv_instance_t *inst, const char *dbname, const char *const *env_kv)
 {
-    char create[128], db_env[600], lock_env[96], balance_env[96];
+    char create[128], db_env[600], lock_env[96], balance_env[96], level_env[64];
     const char *envs[TESTENV_PROC_MAX_ENV] = {db_env, lock_env, balance_env,
-                                              "ADMIN_TOKEN=" FIXTURE_ADMIN_TOKEN, "LOG_LEVEL=warn"};
+                                              "ADMIN_TOKEN=" FIXTURE_ADMIN_TOKEN, level_env};
     int n = 5;
     svc_err_t err;
 
+    log_level_env(level_env, sizeof(level_env));
     for (; env_kv != NULL && *env_kv != NULL && n < TESTENV_PROC_MAX_ENV - 1; env_kv++) {
         envs[n++] = *env_kv;
     }

@@ -53,7 +53,8 @@ typedef struct {
 /* The servers every instance uses. */
 typedef struct {
     const char *reservation_path, *balance_path, *lock_path;
-    testenv_pg_t pg; /* the server, conninfo naming database "postgres" */
+    const char *log_level; /* LOG_LEVEL of every service; NULL: warn. Set before the start. */
+    testenv_pg_t pg;       /* the server, conninfo naming database "postgres" */
     testenv_redis_t redis;
     testenv_proc_t lock, balance;
     testenv_pg_t balance_db; /* conninfo naming database "balance" */
@@ -71,7 +72,7 @@ int rsv_fixture_start(void);
 /*
  * Starts reservation-svc on database dbname of the shared server (created
  * for the first instance on it; instances may share one), with
- * ADMIN_TOKEN, LOG_LEVEL=warn and the dependencies' addresses, plus env_kv
+ * ADMIN_TOKEN, LOG_LEVEL (rsv_stack.log_level) and the dependencies' addresses, plus env_kv
  * (NULL-terminated "NAME=value", may be NULL; HOLD_TTL_MS, SWEEP_MS...).
  */
 int rsv_fixture_start_instance(rsv_instance_t *inst, const char *dbname, const char *const *env_kv);

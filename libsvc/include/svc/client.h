@@ -1,7 +1,9 @@
 /*
  * client.h: calls to other gRPC services. One channel per target, made once
  * and reused by every thread. Calls made while serving a call inherit its
- * deadline, cancellation and x-request-id.
+ * deadline, cancellation and x-request-id (the parent's); a call made with
+ * no parent on a thread that works for a call (svc_log_ctx_enter) sends
+ * that call's x-request-id.
  */
 #ifndef SVC_CLIENT_H
 #define SVC_CLIENT_H
@@ -48,9 +50,13 @@ int svc_client_wait_ready(svc_client_t *client, int64_t timeout_ms, svc_err_t *e
 struct grpc_channel *svc_channel_create(const char *target);
 
 typedef struct {
-    int64_t timeout_ms;          /* 0: 10 000; < 0: none; the parent's deadline still applies */
-    svc_call_t *parent;          /* the call being served, or NULL */
-    const char *request_id;      /* x-request-id when there is no parent; NULL: a new one */
+    int64_t timeout_ms; /* 0: 10 000; < 0: none; the parent's deadline still applies */
+    svc_call_t *parent; /* the call being served, or NULL */
+    /*
+     * x-request-id when there is no parent; NULL: the request id of the call
+     * this thread works for (svc_log_ctx_request_id), else a new one.
+     */
+    const char *request_id;
     const char *const *metadata; /* extra key, value pairs */
     int n_metadata;              /* number of pairs */
     int wait_for_ready;          /* wait for a connection instead of failing fast */
@@ -69,7 +75,9 @@ int svc_client_unary(svc_client_t *client, const char *method, const ProtobufCMe
  * The answer of an asynchronous unary call: resp (in the call's arena) when
  * err is OK. Runs on the client thread, which serves every asynchronous
  * call of the process: it must not block (hand blocking work to a pool),
- * and it may start more asynchronous calls.
+ * and it may start more asynchronous calls. It runs in the log context the
+ * call was started in (svc_log_ctx_enter): it goes on with that work, so
+ * its lines and the calls it makes carry the same request id.
  */
 typedef void (*svc_client_done_fn)(ProtobufCMessage *resp, const svc_err_t *err, void *arg);
 
@@ -120,7 +128,9 @@ typedef void (*svc_client_end_fn)(const svc_err_t *err, void *arg);
 /*
  * Starts a server-streaming call with one request and reads its messages
  * on the client thread (see svc_client_unary_async: the callbacks must not
- * block): on_msg for each, in order, then on_end exactly once, last. A
+ * block): on_msg for each, in order, then on_end exactly once, last. Unlike
+ * an asynchronous unary call's, they run in no log context: a stream often
+ * outlives the call that opened it, or serves many. A
  * stream that should not end by a deadline passes opts->timeout_ms < 0.
  * NULL (with err) when it cannot even start; then no callback runs.
  * REQUIRES: arg lives until on_end has run; the caller closes the stream

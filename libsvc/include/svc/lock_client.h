@@ -32,7 +32,8 @@ typedef struct {
     /*
      * For a caller that serves several calls at once (a batch) and so has no
      * one parent: the latest the answer is still of use (unix ms; 0: none),
-     * and the x-request-id to send (NULL: the parent's, else a new one).
+     * and the x-request-id to send (NULL: the parent's, else that of the
+     * call this thread works for, else a new one; see svc_call_opts_t).
      */
     int64_t deadline_ms;
     const char *request_id;
@@ -48,7 +49,10 @@ typedef struct {
 int svc_lock_acquire(svc_client_t *lock_svc, const char *key, const svc_lock_opts_t *opts,
                      svc_lock_t *out, svc_err_t *err);
 
-/* Gives the lock back. NOT_FOUND when it had already expired. parent may be NULL. */
+/*
+ * Gives the lock back. NOT_FOUND when it had already expired. parent may be
+ * NULL (the x-request-id is then this thread's call's, or a new one).
+ */
 int svc_lock_release(svc_client_t *lock_svc, const svc_lock_t *lock, svc_call_t *parent,
                      svc_err_t *err);
 
@@ -91,8 +95,8 @@ int svc_lock_acquire_many(svc_client_t *lock_svc, const char *const *keys, int n
  * Gives n locks back, last first, without waiting for the answers. A
  * release that fails is logged as a warning (key, fence, why), not
  * reported: the lease frees the lock anyway, and the work done under it was
- * fenced. request_id is the x-request-id to send (NULL: a new one). The
- * locks are copied.
+ * fenced. request_id is the x-request-id to send (NULL: that of the call
+ * this thread works for, else a new one). The locks are copied.
  */
 void svc_lock_release_many(svc_client_t *lock_svc, const svc_lock_t *locks, int n,
                            const char *request_id);
@@ -104,7 +108,7 @@ typedef int (*svc_locked_fn)(const svc_lock_t *lock, void *arg, svc_err_t *err);
  * Scoped lock: acquires key, runs fn, and always releases, whatever fn
  * returns. Returns fn's result, or -1 when the lock was not obtained. A failed
  * release is logged, not returned: the lease frees the lock anyway, and fn's
- * work was fenced.
+ * work was fenced. The release carries the acquire's x-request-id.
  */
 int svc_lock_with(svc_client_t *lock_svc, const char *key, const svc_lock_opts_t *opts,
                   svc_locked_fn fn, void *arg, svc_err_t *err);
@@ -139,7 +143,7 @@ typedef struct {
     int64_t ticket_ttl_ms;  /* enter: how long a place is kept unless extended (0: default) */
     svc_call_t *parent;     /* the call being served: deadline, cancellation, request id */
     int64_t deadline_ms;    /* unix ms, 0: none (for callers without one parent) */
-    const char *request_id; /* x-request-id when there is no parent; NULL: a new one */
+    const char *request_id; /* x-request-id when there is no parent; NULL: as svc_call_opts_t */
 } svc_sem_opts_t;
 
 /*
@@ -170,7 +174,7 @@ int svc_sem_enter(svc_client_t *lock_svc, const char *name, const svc_sem_opts_t
  * next in line is admitted at once). A failure is logged as a warning, not
  * reported: the lease or the place's TTL frees it anyway (NOT_FOUND, a
  * ticket gone already, is not logged). The ticket is copied; request_id
- * NULL: a new one.
+ * NULL: that of the call this thread works for, else a new one.
  */
 void svc_sem_leave_async(svc_client_t *lock_svc, const svc_sem_ticket_t *ticket,
                          const char *request_id);

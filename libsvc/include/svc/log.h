@@ -65,8 +65,50 @@ void svc_logf_limited(svc_log_limit_t *lim, svc_log_level_t level, const char *f
     __attribute__((format(printf, 3, 4)));
 
 /*
+ * The call a thread is working for. While a thread has one, every line it
+ * writes carries that call's "method" and "request_id" right after "msg",
+ * like the call's access line, so a line written anywhere while serving a
+ * call (the handler, a job it handed to the pool, a callback that goes on
+ * with it) is found by the call's request id. Lines written for no call
+ * (start-up, a sweeper) carry neither.
+ *
+ * Who sets it: the server, around every handler and cancel callback it
+ * runs; the client, around each asynchronous unary callback (the context
+ * the call was started in); and code that goes on with a call on another
+ * thread of its own making (a job it submits to the pool), which enters the
+ * call's context there and leaves it when done. Worker threads forget any
+ * context after each job.
+ */
+#define SVC_LOG_METHOD_MAX 128
+#define SVC_LOG_REQUEST_ID_MAX 64
+
+/* A thread's log context; plain data, copied on enter. set is false for none. */
+typedef struct {
+    bool set;
+    char method[SVC_LOG_METHOD_MAX + 1];
+    char request_id[SVC_LOG_REQUEST_ID_MAX + 1];
+} svc_log_ctx_t;
+
+/*
+ * Makes (method, request_id) this thread's context, keeping the one it had
+ * in *saved for svc_log_ctx_leave. Both strings are copied (cut to the
+ * maxima), so the call may end meanwhile. request_id NULL means no call
+ * (method is then ignored); method NULL is written as "".
+ */
+void svc_log_ctx_enter(svc_log_ctx_t *saved, const char *method, const char *request_id);
+/* Gives this thread back the context *saved kept. REQUIRES: saved from svc_log_ctx_enter. */
+void svc_log_ctx_leave(const svc_log_ctx_t *saved);
+/* A copy of this thread's context (out->set false when it has none). */
+void svc_log_ctx_get(svc_log_ctx_t *out);
+/* This thread's request id, or NULL; valid until its context changes. */
+const char *svc_log_ctx_request_id(void);
+/* Forgets this thread's context (a thread that runs jobs for many calls, after each). */
+void svc_log_ctx_clear(void);
+
+/*
  * The access log line of one call: method, request id, status name and duration.
- * msg may be NULL (ok) or the error message.
+ * msg may be NULL (ok) or the error message. The line names its own call,
+ * whatever the thread's context.
  */
 void svc_log_call(svc_log_level_t level, const char *method, const char *request_id,
                   const char *status, const char *msg, double duration_ms);

@@ -15,6 +15,7 @@
 
 #include "svc/arena.h"
 #include "svc/err.h"
+#include "svc/log.h"
 #include "svc/pool.h"
 #include "svc/timer.h"
 
@@ -172,6 +173,15 @@ void svc_call_fail(svc_call_t *call, const svc_err_t *err);
 int svc_call_write(svc_call_t *call, const ProtobufCMessage *msg);
 /* Streams: ends the call after the queued messages; err NULL means OK. */
 void svc_call_finish(svc_call_t *call, const svc_err_t *err);
+
+/*
+ * Enters call's log context on this thread (svc_log_ctx_enter with its method
+ * and request id; svc_log_ctx_leave(saved) gives the thread back the one it
+ * had): for code that goes on with a call on a thread the server did not
+ * hand it to, such as a job it submitted to the pool. The call must not have
+ * ended yet; it may end before the leave.
+ */
+void svc_call_log_enter(const svc_call_t *call, svc_log_ctx_t *saved);
 
 /* The underlying grpc_call (a grpc_call *), for propagating to outbound calls. */
 void *svc_call_grpc(svc_call_t *call);
