@@ -74,6 +74,7 @@ struct room {
     int64_t *tree; /* Fenwick tree of waiting tickets by seq - base */
     int64_t cap;   /* slots of tree */
     room_watcher_t *watchers;
+    room_watcher_t *by_ticket[TICKET_BUCKETS]; /* the same watchers, by ticket */
     int64_t n_waiting, n_holding, n_watchers;
     svc_metric_t *m_waiting, *m_holding, *m_watchers; /* waiting_room_* {schedule="S"} */
 };
@@ -81,6 +82,7 @@ struct room {
 /* One WatchWaitingRoom call; in its call's arena. */
 struct room_watcher {
     room_watcher_t *next, *prev;
+    room_watcher_t *hnext; /* room->by_ticket chain */
     struct room *room;
     svc_call_t *call;
     int64_t user_id, last_position, renewed_ms, told_ms;
@@ -92,6 +94,9 @@ struct room_watcher {
     bool end_admitted;
     int64_t end_expires_ms;
 };
+
+static void watcher_end(reservation_service_t *svc, room_watcher_t *w, bool admitted,
+                        int64_t expires_at_ms);
 
 /* ---------- the mirror ---------- */
 
@@ -332,7 +337,42 @@ watcher_unlink(struct room *r, room_watcher_t *w)
         w->next->prev = w->prev;
     }
     w->next = w->prev = NULL;
+    for (room_watcher_t **pp = &r->by_ticket[bucket_of(w->ticket.ticket)]; *pp != NULL;
+         pp = &(*pp)->hnext) {
+        if (*pp == w) {
+            *pp = w->hnext;
+            break;
+        }
+    }
+    w->hnext = NULL;
     svc_metric_set(r->m_watchers, (double)--r->n_watchers);
+}
+
+/*
+ * An admission event for a ticket watched here ends its watch at once with
+ * the token, without waiting for the next round: the freed slot's next user
+ * hears of it a round sooner. Returns the watcher to end (caller holds mu,
+ * ends it after unlocking), or NULL.
+ */
+static room_watcher_t *
+admitted_now(struct room *r, const Lock__V1__WatchSemaphoreResponse *m)
+{
+    room_watcher_t *w = r->by_ticket[bucket_of(m->ticket)];
+
+    if (!r->synced || m->kind != LOCK__V1__SEMAPHORE_EVENT_KIND__SEMAPHORE_EVENT_KIND_ADMIT) {
+        return NULL;
+    }
+    while (w != NULL && strcmp(w->ticket.ticket, m->ticket) != 0) {
+        w = w->hnext;
+    }
+    if (w == NULL || w->done) {
+        return NULL;
+    }
+    w->done = true;
+    w->end_admitted = true;
+    w->end_expires_ms = m->expires_at_ms;
+    watcher_unlink(r, w);
+    return w;
 }
 
 /*
@@ -627,8 +667,10 @@ room_thread(void *arg)
             pthread_mutex_unlock(&r->mu);
             while (svc_client_stream_recv(st, &lock__v1__watch_semaphore_response__descriptor,
                                           arena, &msg, &err) == 1) {
+                room_watcher_t *now;
                 pthread_mutex_lock(&r->mu);
                 mirror_apply(r, (const Lock__V1__WatchSemaphoreResponse *)msg);
+                now = admitted_now(r, (const Lock__V1__WatchSemaphoreResponse *)msg);
                 if (r->synced) {
                     svc_metric_set(r->m_waiting, (double)r->n_waiting);
                     svc_metric_set(r->m_holding, (double)r->n_holding);
@@ -637,6 +679,9 @@ room_thread(void *arg)
                     round_arm(r);
                 }
                 pthread_mutex_unlock(&r->mu);
+                if (now != NULL) {
+                    watcher_end(r->svc, now, true, now->end_expires_ms);
+                }
                 svc_arena_reset(arena);
             }
         }
@@ -753,6 +798,8 @@ reservation_room_watch(svc_call_t *call, const ProtobufCMessage *msg, void *user
         r->watchers->prev = w;
     }
     r->watchers = w;
+    w->hnext = r->by_ticket[bucket_of(w->ticket.ticket)];
+    r->by_ticket[bucket_of(w->ticket.ticket)] = w;
     svc_metric_set(r->m_watchers, (double)++r->n_watchers);
     w->renewed_ms = svc_now_mono_ms() - svc->opts.room_place_ms; /* renewed once due */
     round_arm(r); /* its first message: where it stands now */
