@@ -75,6 +75,8 @@ struct room {
     int64_t cap;   /* slots of tree */
     room_watcher_t *watchers;
     room_watcher_t *by_ticket[TICKET_BUCKETS]; /* the same watchers, by ticket */
+    room_watcher_t *far_cursor;                /* where the last round's far-back budget ran out */
+    int64_t round_no;
     int64_t n_waiting, n_holding, n_watchers;
     svc_metric_t *m_waiting, *m_holding, *m_watchers; /* waiting_room_* {schedule="S"} */
 };
@@ -83,6 +85,7 @@ struct room {
 struct room_watcher {
     room_watcher_t *next, *prev;
     room_watcher_t *hnext; /* room->by_ticket chain */
+    int64_t seen_round;    /* the last round that looked at it */
     struct room *room;
     svc_call_t *call;
     int64_t user_id, last_position, renewed_ms, told_ms;
@@ -328,6 +331,9 @@ round_arm(struct room *r)
 static void
 watcher_unlink(struct room *r, room_watcher_t *w)
 {
+    if (r->far_cursor == w) {
+        r->far_cursor = w->next;
+    }
     if (w->prev != NULL) {
         w->prev->next = w->next;
     } else {
@@ -596,17 +602,33 @@ round_run(void *arg)
     pthread_mutex_lock(&r->mu);
     r->round_armed = false;
     r->rounds_running++;
-    if (r->synced) {
-        for (room_watcher_t *w = r->watchers, *next; w != NULL; w = next) {
+    /*
+     * From where the last round's far-back budget ran out, round the list to
+     * there: when a crowd far back is due, each round tells the next part of
+     * it, and nobody waits behind the same head of the list round after round.
+     */
+    room_watcher_t *start = r->far_cursor != NULL ? r->far_cursor : r->watchers;
+    r->far_cursor = NULL;
+    r->round_no++;
+    for (int pass = 0; pass < 2 && r->synced; pass++) {
+        for (room_watcher_t *w = pass == 0 ? start : r->watchers, *next; w != NULL; w = next) {
+            int before = far_budget;
             next = w->next;
+            if (w->seen_round == r->round_no) {
+                break; /* the second pass is back where the first began */
+            }
+            w->seen_round = r->round_no;
             if (watcher_update(r, w, now, &far_budget, &w->end_admitted, &w->end_expires_ms)) {
                 w->next = ended;
                 ended = w;
-            } else {
-                const tick_t *t = tick_find(r, w->ticket.ticket);
-                if (t != NULL && !t->holding) {
-                    watcher_renew(r, w, t, now, now_unix);
-                }
+                continue;
+            }
+            if (before == 0 && far_budget < 0 && r->far_cursor == NULL) {
+                r->far_cursor = w; /* the first not told: the next round begins here */
+            }
+            const tick_t *t = tick_find(r, w->ticket.ticket);
+            if (t != NULL && !t->holding) {
+                watcher_renew(r, w, t, now, now_unix);
             }
         }
     }
