@@ -122,15 +122,36 @@ redis_down() {
 # The services stop first: they use Redis and PostgreSQL until they exit.
 # SIGTERM lets in-flight calls finish (each service has a grace period).
 stop_services() {
-    local name pid
-    for name in reservation-svc balance-svc lock-svc; do
-        if pid=$(live_pid "$PID_DIR/$name.pid" "${name:0:15}"); then
+    local name pid bin
+    # NAME-2: the second instance up.sh --ha starts; it runs NAME's binary.
+    for name in reservation-svc-2 reservation-svc balance-svc-2 balance-svc lock-svc-2 lock-svc; do
+        bin=${name%-2}
+        if pid=$(live_pid "$PID_DIR/$name.pid" "${bin:0:15}"); then
             log "stopping $name (pid $pid)"
             kill -TERM "$pid"
-            wait_gone "$name" "$pid" "${name:0:15}"
+            wait_gone "$name" "$pid" "${bin:0:15}"
         fi
         rm -f "$PID_DIR/$name.pid" "$PID_DIR/$name.binary"
     done
+}
+
+# With --ha: the Sentinels and the Redis replica, before the primary.
+redis_ha_down() {
+    local i pid
+    for i in 1 2 3; do
+        if pid=$(live_pid "$PID_DIR/sentinel-$i.pid" redis-s); then
+            log "stopping Sentinel $i (pid $pid)"
+            kill -TERM "$pid"
+            wait_gone "Sentinel $i" "$pid" redis-s
+        fi
+        rm -f "$PID_DIR/sentinel-$i.pid"
+    done
+    if pid=$(live_pid "$PID_DIR/redis-replica.pid" redis-server); then
+        log "stopping the Redis replica (pid $pid)"
+        kill -TERM "$pid"
+        wait_gone "the Redis replica" "$pid" redis-server
+    fi
+    rm -f "$PID_DIR/redis-replica.pid"
 }
 
 # Deletes STACK_DIR, refusing paths that cannot be a stack folder.
@@ -170,6 +191,7 @@ main() {
     PG_DATA="$STACK_DIR/data/postgres"
 
     stop_services
+    redis_ha_down
     redis_down
     pg_down
     log "stopped"

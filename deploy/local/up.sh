@@ -11,8 +11,12 @@ ROOT=$(cd "$HERE/../.." && pwd)
 # moves a running service there; a port not given keeps the running one's.
 PORT_VARS=(PG_PORT REDIS_PORT LOCK_PORT BALANCE_PORT RESERVATION_PORT
     LOCK_METRICS_PORT BALANCE_METRICS_PORT RESERVATION_METRICS_PORT)
+# With --ha also these: the second instance of each service, a Redis replica, three Sentinels.
+HA_PORT_VARS=(LOCK_PORT_2 BALANCE_PORT_2 RESERVATION_PORT_2 LOCK_METRICS_PORT_2
+    BALANCE_METRICS_PORT_2 RESERVATION_METRICS_PORT_2 REDIS_REPLICA_PORT SENTINEL_PORT_1
+    SENTINEL_PORT_2 SENTINEL_PORT_3)
 declare -A PORT_GIVEN=()
-for v in "${PORT_VARS[@]}"; do
+for v in "${PORT_VARS[@]}" "${HA_PORT_VARS[@]}"; do
     if [[ -n "${!v:-}" ]]; then PORT_GIVEN[$v]=1; fi
 done
 unset v
@@ -25,6 +29,18 @@ RESERVATION_PORT=${RESERVATION_PORT:-50053}
 LOCK_METRICS_PORT=${LOCK_METRICS_PORT:-50151}
 BALANCE_METRICS_PORT=${BALANCE_METRICS_PORT:-50152}
 RESERVATION_METRICS_PORT=${RESERVATION_METRICS_PORT:-50153}
+LOCK_PORT_2=${LOCK_PORT_2:-50061}
+BALANCE_PORT_2=${BALANCE_PORT_2:-50062}
+RESERVATION_PORT_2=${RESERVATION_PORT_2:-50063}
+LOCK_METRICS_PORT_2=${LOCK_METRICS_PORT_2:-50161}
+BALANCE_METRICS_PORT_2=${BALANCE_METRICS_PORT_2:-50162}
+RESERVATION_METRICS_PORT_2=${RESERVATION_METRICS_PORT_2:-50163}
+REDIS_REPLICA_PORT=${REDIS_REPLICA_PORT:-56380}
+SENTINEL_PORT_1=${SENTINEL_PORT_1:-56381}
+SENTINEL_PORT_2=${SENTINEL_PORT_2:-56382}
+SENTINEL_PORT_3=${SENTINEL_PORT_3:-56383}
+SENTINEL_MASTER=ticketing
+HA=0
 LOG_LEVEL=${LOG_LEVEL:-info}
 BUILD_DIR=${BUILD_DIR:-$ROOT/build/release}
 BUF=$ROOT/.tools/node_modules/.bin/buf
@@ -34,12 +50,20 @@ START_TIMEOUT=${START_TIMEOUT:-30}
 
 usage() {
     cat <<EOF
-Usage: deploy/local/up.sh [--no-deps] [--no-build] [--help]
+Usage: deploy/local/up.sh [--no-deps] [--no-build] [--ha] [--help]
 
 Starts PostgreSQL and Redis on 127.0.0.1 in STACK_DIR, then the services, and
 prints how to reach them. Runs deploy/local/deps.sh first unless --no-deps is
 given, and builds the services (Release) in BUILD_DIR unless --no-build is
 given (then the binaries already in BUILD_DIR are used as they are).
+
+--ha runs the stack as a small cluster on this machine: a second instance
+of each service (its callers spread calls over both, round robin), a Redis
+replica and three Sentinels; lock-svc finds the Redis primary through the
+Sentinels (master name ticketing), so it follows a failover. STACK_DIR/env
+then lists both instances in LOCK_ADDR, BALANCE_ADDR and RESERVATION_ADDR.
+A stack started with --ha stays one on later runs (STACK_DIR/ha) until
+down.sh --purge.
 
 Environment:
   STACK_DIR   data, logs and pid files (default: <repo>/.stack)
@@ -52,6 +76,11 @@ Environment:
   LOCK_METRICS_PORT, BALANCE_METRICS_PORT, RESERVATION_METRICS_PORT
               where each service serves GET /metrics (Prometheus; default
               50151, 50152, 50153; now $LOCK_METRICS_PORT, $BALANCE_METRICS_PORT, $RESERVATION_METRICS_PORT)
+  With --ha: LOCK_PORT_2, BALANCE_PORT_2, RESERVATION_PORT_2 (50061-50063),
+              LOCK_METRICS_PORT_2, BALANCE_METRICS_PORT_2,
+              RESERVATION_METRICS_PORT_2 (50161-50163), REDIS_REPLICA_PORT
+              (56380), SENTINEL_PORT_1, SENTINEL_PORT_2, SENTINEL_PORT_3
+              (56381-56383)
   HOLD_TTL_MS how long a hold lasts in reservation-svc (its default 300000 when unset)
   ADMIN_TOKEN for CreateConcert (default: a random one kept in STACK_DIR/admin-token)
   ADMISSION_KEY_FILE key that signs waiting-room admissions (default:
@@ -270,6 +299,84 @@ redis_ready() {
 }
 
 # ---------------------------------------------------------------------------
+# With --ha: a Redis replica of the primary and three Sentinels watching it
+# (master name $SENTINEL_MASTER); lock-svc finds the primary through them.
+
+# pidfile_live FILE COMM: the pid in FILE when it is a live COMM process.
+pidfile_live() {
+    local pid stat comm
+    pid=$(head -n 1 "$1" 2>/dev/null) || return 1
+    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+    read -r stat comm < <(ps -o stat=,comm= -p "$pid" 2>/dev/null) || return 1
+    [[ "$stat" != Z* && "$comm" == "$2"* ]] && echo "$pid"
+}
+
+redis_replica_up() {
+    local conf="$STACK_DIR/redis-replica.conf" dir="$STACK_DIR/data/redis-replica"
+    if pidfile_live "$PID_DIR/redis-replica.pid" redis-server >/dev/null; then
+        log "Redis replica already running (port $REDIS_REPLICA_PORT)"
+        return 0
+    fi
+    mkdir -p "$dir"
+    printf '%s\n' "# Written by deploy/local/up.sh --ha at each start; edits are lost." \
+        "port $REDIS_REPLICA_PORT" "bind 127.0.0.1" "daemonize yes" "dir \"$dir\"" \
+        "pidfile \"$PID_DIR/redis-replica.pid\"" "logfile \"$LOG_DIR/redis-replica.log\"" \
+        "appendonly no" 'save ""' "replicaof 127.0.0.1 $REDIS_PORT" >"$conf"
+    log "starting a Redis replica on 127.0.0.1:$REDIS_REPLICA_PORT"
+    redis-server "$conf" || die "the Redis replica did not start, see $LOG_DIR/redis-replica.log"
+    wait_for "the Redis replica (see $LOG_DIR/redis-replica.log)" replica_ready
+}
+
+replica_ready() {
+    redis-cli -h 127.0.0.1 -p "$REDIS_REPLICA_PORT" info replication 2>/dev/null |
+        grep -q '^master_link_status:up'
+}
+
+# sentinel_port I: the port of Sentinel I (1 to 3).
+sentinel_port() {
+    local var=SENTINEL_PORT_$1
+    echo "${!var}"
+}
+
+# Sentinels rewrite their own configuration: it is written once, kept after.
+sentinels_up() {
+    local i port conf
+    command -v redis-sentinel >/dev/null ||
+        die "redis-sentinel not found (package redis-sentinel; deploy/local/deps.sh)"
+    for i in 1 2 3; do
+        port=$(sentinel_port "$i")
+        conf="$STACK_DIR/sentinel-$i.conf"
+        if pidfile_live "$PID_DIR/sentinel-$i.pid" redis-s >/dev/null; then
+            log "Sentinel $i already running (port $port)"
+            continue
+        fi
+        printf '%s\n' "# Written by deploy/local/up.sh --ha; Redis Sentinel adds what it learns." \
+            "port $port" "bind 127.0.0.1" "daemonize yes" "dir \"$STACK_DIR\"" \
+            "pidfile \"$PID_DIR/sentinel-$i.pid\"" "logfile \"$LOG_DIR/sentinel-$i.log\"" \
+            "sentinel monitor $SENTINEL_MASTER 127.0.0.1 $REDIS_PORT 2" \
+            "sentinel down-after-milliseconds $SENTINEL_MASTER 2000" \
+            "sentinel failover-timeout $SENTINEL_MASTER 10000" \
+            "sentinel parallel-syncs $SENTINEL_MASTER 1" >"$conf"
+        log "starting Sentinel $i on 127.0.0.1:$port"
+        redis-sentinel "$conf" || die "Sentinel $i did not start, see $LOG_DIR/sentinel-$i.log"
+    done
+    wait_for "the Sentinels (see $LOG_DIR/sentinel-*.log)" sentinels_ready
+}
+
+sentinels_ready() {
+    local i
+    for i in 1 2 3; do
+        redis-cli -h 127.0.0.1 -p "$(sentinel_port "$i")" \
+            sentinel get-master-addr-by-name "$SENTINEL_MASTER" 2>/dev/null | grep -q . || return 1
+    done
+}
+
+# The REDIS_URL lock-svc gets with --ha.
+sentinel_url() {
+    echo "redis-sentinel://127.0.0.1:$SENTINEL_PORT_1,127.0.0.1:$SENTINEL_PORT_2,127.0.0.1:$SENTINEL_PORT_3/$SENTINEL_MASTER"
+}
+
+# ---------------------------------------------------------------------------
 # Services
 
 # The services: built here (Release, in BUILD_DIR), then started with pid
@@ -285,20 +392,24 @@ build_services() {
     fi
 }
 
+# An instance is NAME (the first) or NAME-2 (the second, with --ha); both run NAME's binary.
+service_binary() {
+    echo "${1%-2}"
+}
+
 service_port() {
-    case "$1" in
-    lock-svc) echo "$LOCK_PORT" ;;
-    balance-svc) echo "$BALANCE_PORT" ;;
-    reservation-svc) echo "$RESERVATION_PORT" ;;
-    esac
+    local var
+    var=$(port_var "$1")
+    echo "${!var}"
 }
 
 service_running() {
-    local pid stat comm
+    local pid stat comm bin
+    bin=$(service_binary "$1")
     pid=$(head -n 1 "$PID_DIR/$1.pid" 2>/dev/null) || return 1
     [[ "$pid" =~ ^[0-9]+$ ]] || return 1
     read -r stat comm < <(ps -o stat=,comm= -p "$pid" 2>/dev/null) || return 1
-    [[ "$stat" != Z* && "$comm" == "${1:0:15}"* ]]
+    [[ "$stat" != Z* && "$comm" == "${bin:0:15}"* ]]
 }
 
 # True once the service on port $1 answers Health/Check with SERVING.
@@ -309,11 +420,9 @@ service_serving() {
 
 # metrics_port NAME: the port NAME serves /metrics on.
 metrics_port() {
-    case $1 in
-    lock-svc) echo "$LOCK_METRICS_PORT" ;;
-    balance-svc) echo "$BALANCE_METRICS_PORT" ;;
-    reservation-svc) echo "$RESERVATION_METRICS_PORT" ;;
-    esac
+    local var
+    var=$(metrics_port_var "$1")
+    echo "${!var}"
 }
 
 # port_var NAME / metrics_port_var NAME: the variable that sets NAME's port.
@@ -322,6 +431,9 @@ port_var() {
     lock-svc) echo LOCK_PORT ;;
     balance-svc) echo BALANCE_PORT ;;
     reservation-svc) echo RESERVATION_PORT ;;
+    lock-svc-2) echo LOCK_PORT_2 ;;
+    balance-svc-2) echo BALANCE_PORT_2 ;;
+    reservation-svc-2) echo RESERVATION_PORT_2 ;;
     esac
 }
 metrics_port_var() {
@@ -329,6 +441,9 @@ metrics_port_var() {
     lock-svc) echo LOCK_METRICS_PORT ;;
     balance-svc) echo BALANCE_METRICS_PORT ;;
     reservation-svc) echo RESERVATION_METRICS_PORT ;;
+    lock-svc-2) echo LOCK_METRICS_PORT_2 ;;
+    balance-svc-2) echo BALANCE_METRICS_PORT_2 ;;
+    reservation-svc-2) echo RESERVATION_METRICS_PORT_2 ;;
     esac
 }
 
@@ -342,7 +457,9 @@ proc_env() {
 # binary_mtime NAME: the modification time of NAME's binary (seconds, with
 # fractions); start_service records it in PID_DIR/NAME.binary.
 binary_mtime() {
-    stat -L -c %.9Y "$BUILD_DIR/$1/$1"
+    local bin
+    bin=$(service_binary "$1")
+    stat -L -c %.9Y "$BUILD_DIR/$bin/$bin"
 }
 
 # restart_reason NAME PID VAR=value...: prints why the running NAME (PID) must
@@ -415,9 +532,10 @@ start_service() {
         if [[ -n "${kv#*=}" ]]; then args+=("$kv"); else args=(-u "${kv%%=*}" "${args[@]}"); fi
     done
     log "starting $name on 127.0.0.1:$port (metrics on 127.0.0.1:$mport)"
-    local mtime
+    local mtime bin
     mtime=$(binary_mtime "$name")
-    env "${args[@]}" setsid "$BUILD_DIR/$name/$name" \
+    bin=$(service_binary "$name")
+    env "${args[@]}" setsid "$BUILD_DIR/$bin/$bin" \
         >>"$LOG_DIR/$name.log" 2>&1 </dev/null &
     echo $! >"$PID_DIR/$name.pid"
     echo "$!:$mtime" >"$PID_DIR/$name.binary"
@@ -433,17 +551,39 @@ start_services() {
             [[ -x "$BUILD_DIR/$name/$name" ]] || die "--no-build: $BUILD_DIR/$name/$name is not built"
         done
     fi
-    start_service lock-svc REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0" LOG_LEVEL="$LOG_LEVEL"
-    start_service balance-svc DATABASE_URL="postgresql://postgres@127.0.0.1:$PG_PORT/balance" \
-        LOCK_SVC_ADDR="127.0.0.1:$LOCK_PORT" LOG_LEVEL="$LOG_LEVEL"
+    local redis_url="redis://127.0.0.1:$REDIS_PORT/0" suffixes=("")
+    if ((HA)); then
+        redis_url=$(sentinel_url)
+        suffixes=("" -2)
+    fi
+    local lock_addrs bal_addrs s
+    lock_addrs=$(addrs lock-svc) bal_addrs=$(addrs balance-svc)
+    for s in "${suffixes[@]}"; do
+        start_service "lock-svc$s" REDIS_URL="$redis_url" LOG_LEVEL="$LOG_LEVEL"
+    done
+    for s in "${suffixes[@]}"; do
+        start_service "balance-svc$s" DATABASE_URL="postgresql://postgres@127.0.0.1:$PG_PORT/balance" \
+            LOCK_SVC_ADDR="$lock_addrs" LOG_LEVEL="$LOG_LEVEL"
+    done
     admin_token
     admission_key
-    start_service reservation-svc \
-        DATABASE_URL="postgresql://postgres@127.0.0.1:$PG_PORT/reservation" \
-        LOCK_SVC_ADDR="127.0.0.1:$LOCK_PORT" BALANCE_SVC_ADDR="127.0.0.1:$BALANCE_PORT" \
-        ADMIN_TOKEN="$ADMIN_TOKEN" ADMISSION_KEY_FILE="$ADMISSION_KEY_FILE" LOG_LEVEL="$LOG_LEVEL" \
-        HOLD_TTL_MS="${HOLD_TTL_MS:-}"
+    for s in "${suffixes[@]}"; do
+        start_service "reservation-svc$s" \
+            DATABASE_URL="postgresql://postgres@127.0.0.1:$PG_PORT/reservation" \
+            LOCK_SVC_ADDR="$lock_addrs" BALANCE_SVC_ADDR="$bal_addrs" \
+            ADMIN_TOKEN="$ADMIN_TOKEN" ADMISSION_KEY_FILE="$ADMISSION_KEY_FILE" \
+            LOG_LEVEL="$LOG_LEVEL" HOLD_TTL_MS="${HOLD_TTL_MS:-}"
+    done
     seed_demo
+}
+
+# addrs NAME: NAME's address, or with --ha both instances' (the clients' round robin).
+addrs() {
+    if ((HA)); then
+        echo "127.0.0.1:$(service_port "$1"),127.0.0.1:$(service_port "$1-2")"
+    else
+        echo "127.0.0.1:$(service_port "$1")"
+    fi
 }
 
 # ADMIN_TOKEN from the environment, else the one kept in STACK_DIR/admin-token,
@@ -507,14 +647,27 @@ running_port() {
         redis_running && awk '$1 == "port" { print $2 }' "$STACK_DIR/redis.conf" 2>/dev/null
         return 0
         ;;
+    REDIS_REPLICA_PORT)
+        pidfile_live "$PID_DIR/redis-replica.pid" redis-server >/dev/null &&
+            awk '$1 == "port" { print $2 }' "$STACK_DIR/redis-replica.conf" 2>/dev/null
+        return 0
+        ;;
+    SENTINEL_PORT_[123])
+        pidfile_live "$PID_DIR/sentinel-${1##*_}.pid" redis-s >/dev/null &&
+            awk '$1 == "port" { print $2 }' "$STACK_DIR/sentinel-${1##*_}.conf" 2>/dev/null
+        return 0
+        ;;
     LOCK_PORT | LOCK_METRICS_PORT) name=lock-svc ;;
     BALANCE_PORT | BALANCE_METRICS_PORT) name=balance-svc ;;
     RESERVATION_PORT | RESERVATION_METRICS_PORT) name=reservation-svc ;;
+    LOCK_PORT_2 | LOCK_METRICS_PORT_2) name=lock-svc-2 ;;
+    BALANCE_PORT_2 | BALANCE_METRICS_PORT_2) name=balance-svc-2 ;;
+    RESERVATION_PORT_2 | RESERVATION_METRICS_PORT_2) name=reservation-svc-2 ;;
     esac
     service_running "$name" || return 0
     pid=$(head -n 1 "$PID_DIR/$name.pid")
     case $1 in
-    *_METRICS_PORT) addr=$(proc_env "$pid" METRICS_ADDR) ;;
+    *_METRICS_PORT | *_METRICS_PORT_2) addr=$(proc_env "$pid" METRICS_ADDR) ;;
     *) addr=$(proc_env "$pid" LISTEN_ADDR) ;;
     esac
     [[ -z "$addr" ]] || echo "${addr##*:}"
@@ -528,7 +681,13 @@ port_owner() {
     LOCK_PORT) echo lock-svc ;;
     BALANCE_PORT) echo balance-svc ;;
     RESERVATION_PORT) echo reservation-svc ;;
+    LOCK_PORT_2) echo "lock-svc's second instance" ;;
+    BALANCE_PORT_2) echo "balance-svc's second instance" ;;
+    RESERVATION_PORT_2) echo "reservation-svc's second instance" ;;
+    REDIS_REPLICA_PORT) echo "the Redis replica" ;;
+    SENTINEL_PORT_*) echo "Sentinel ${1##*_}" ;;
     *_METRICS_PORT) echo "the metrics of $(port_owner "${1%_METRICS_PORT}_PORT")" ;;
+    *_METRICS_PORT_2) echo "the metrics of $(port_owner "${1%_METRICS_PORT_2}_PORT_2")" ;;
     esac
 }
 
@@ -603,15 +762,25 @@ export REDIS_PORT=$REDIS_PORT
 export BALANCE_DATABASE_URL=postgresql://postgres@127.0.0.1:$PG_PORT/balance
 export RESERVATION_DATABASE_URL=postgresql://postgres@127.0.0.1:$PG_PORT/reservation
 export REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0
-export LOCK_ADDR=127.0.0.1:$LOCK_PORT
-export BALANCE_ADDR=127.0.0.1:$BALANCE_PORT
-export RESERVATION_ADDR=127.0.0.1:$RESERVATION_PORT
+export LOCK_ADDR=$(addrs lock-svc)
+export BALANCE_ADDR=$(addrs balance-svc)
+export RESERVATION_ADDR=$(addrs reservation-svc)
 export LOCK_METRICS_ADDR=127.0.0.1:$LOCK_METRICS_PORT
 export BALANCE_METRICS_ADDR=127.0.0.1:$BALANCE_METRICS_PORT
 export RESERVATION_METRICS_ADDR=127.0.0.1:$RESERVATION_METRICS_PORT
 export ADMIN_TOKEN=$ADMIN_TOKEN
 export ADMISSION_KEY_FILE=$(printf %q "$ADMISSION_KEY_FILE")
 EOF
+    if ((HA)); then
+        {
+            echo "# --ha: lock-svc finds the Redis primary through these Sentinels."
+            echo "export REDIS_SENTINEL_URL=$(sentinel_url)"
+            echo "export LOCK_METRICS_ADDR_2=127.0.0.1:$LOCK_METRICS_PORT_2"
+            echo "export BALANCE_METRICS_ADDR_2=127.0.0.1:$BALANCE_METRICS_PORT_2"
+            echo "export RESERVATION_METRICS_ADDR_2=127.0.0.1:$RESERVATION_METRICS_PORT_2"
+        } >>"$env_file"
+        log "--ha: second instances on $LOCK_PORT_2, $BALANCE_PORT_2, $RESERVATION_PORT_2; Redis replica on $REDIS_REPLICA_PORT; Sentinels on $SENTINEL_PORT_1, $SENTINEL_PORT_2, $SENTINEL_PORT_3"
+    fi
     cat <<EOF
 
 Stack is up in $STACK_DIR (logs in $LOG_DIR/)
@@ -647,6 +816,7 @@ main() {
             ;;
         --no-deps) deps=0 ;;
         --no-build) build=0 ;;
+        --ha) HA=1 ;;
         *)
             usage >&2
             return 2
@@ -660,10 +830,24 @@ main() {
     find_pg_bin
     setup_pg_user
     setup_paths
+    # A stack started with --ha stays one: STACK_DIR/ha says so (down.sh --purge forgets it).
+    if ((HA)); then
+        : >"$STACK_DIR/ha"
+    elif [[ -f "$STACK_DIR/ha" ]]; then
+        HA=1
+        log "this stack was started with --ha: two instances of each service"
+    fi
+    if ((HA)); then
+        PORT_VARS+=("${HA_PORT_VARS[@]}")
+    fi
     check_ports
 
     pg_up
     redis_up
+    if ((HA)); then
+        redis_replica_up
+        sentinels_up
+    fi
     start_services
     write_env
 }
