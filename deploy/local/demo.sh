@@ -101,6 +101,11 @@ load_env() {
         [[ -n "${!v:-}" ]] || die "$env_file does not set $v; run deploy/local/up.sh again"
     done
     [[ -x "$BUF" ]] || die "buf not found at $BUF (deploy/local/deps.sh installs it)"
+    # up.sh --ha lists two instances: buf curl takes one address, so the calls go to the
+    # first and the watch to the last (another instance than the one the user entered on).
+    WATCH_ADDR=${RESERVATION_ADDR##*,}
+    RESERVATION_ADDR=${RESERVATION_ADDR%%,*}
+    BALANCE_ADDR=${BALANCE_ADDR%%,*}
 }
 
 # The background watch and its output, cleaned up on exit whatever happens.
@@ -168,7 +173,7 @@ main() {
     WATCH_OUT=$watch_out
     printf '\n> %s %s  (in the background)\n' WatchWaitingRoom "{\"ticket\":\"$ticket_b\"}"
     "$BUF" curl --protocol grpc --http2-prior-knowledge --timeout "${WATCH_TIMEOUT}s" \
-        -d "{\"ticket\":\"$ticket_b\"}" "http://$RESERVATION_ADDR/$r/WatchWaitingRoom" \
+        -d "{\"ticket\":\"$ticket_b\"}" "http://$WATCH_ADDR/$r/WatchWaitingRoom" \
         >"$watch_out" 2>&1 &
     WATCH_PID=$!
     local i
