@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include "lock_redis.h"
 #include "lock_service.h"
 #include "lock_store.h"
 #include "svc/client.h"
@@ -105,7 +106,9 @@ main(int argc, char **argv)
         svc_log_kv(SVC_LOG_ERROR, "cannot start", "error", err.msg, NULL);
         goto out;
     }
-    svc_log_kv(SVC_LOG_INFO, "lock-svc ready", "redis", redis_url, NULL);
+    char shown[512];
+    svc_log_kv(SVC_LOG_INFO, "lock-svc ready", "redis",
+               lock_redis_url_redact(redis_url, shown, sizeof(shown)), NULL);
     svc_server_wait_for_signal(server);
     rc = 0;
 out:

@@ -28,7 +28,8 @@ main(int argc, char **argv)
 {
     const char *metrics_addr = NULL;
     const char *listen_addr = NULL, *database_url = NULL, *lock_addr = NULL, *balance_addr = NULL;
-    const char *admission_key_file = NULL;
+    const char *admission_key_file = NULL, *admin_token_env = NULL, *admin_token_file = NULL;
+    static char admin_token[RSV_ADMIN_TOKEN_MAX + 1];
     int64_t workers = 0, max_workers = 0, grace_ms = 0, db_pool = 0, stmt_timeout = 0;
     int64_t max_streams = 0;
     reservation_opts_t ropts = {0};
@@ -43,8 +44,14 @@ main(int argc, char **argv)
          "lock-svc target (host:port, or several comma-separated)", 0, 0, &lock_addr, 1},
         {"balance-svc-addr", "BALANCE_SVC_ADDR", SVC_OPT_STRING, "127.0.0.1:50052",
          "balance-svc target (payments)", 0, 0, &balance_addr, 1},
-        {"admin-token", "ADMIN_TOKEN", SVC_OPT_STRING, NULL,
-         "secret for CreateConcert (authorization: Bearer <token>)", 0, 0, &ropts.admin_token, 1},
+        /* A secret: never a flag (it would show in ps); ADMIN_TOKEN_FILE is better still. */
+        {NULL, "ADMIN_TOKEN", SVC_OPT_STRING, "",
+         "secret for CreateConcert (authorization: Bearer <token>), 32 to 1024 bytes; "
+         "environment only",
+         0, 0, &admin_token_env, 0},
+        {"admin-token-file", "ADMIN_TOKEN_FILE", SVC_OPT_STRING, "",
+         "file holding the admin token (one trailing newline dropped); wins over ADMIN_TOKEN", 0, 0,
+         &admin_token_file, 0},
         {"hold-ttl-ms", "HOLD_TTL_MS", SVC_OPT_INT, "300000", "how long a hold lasts", 100,
          82800000, &ropts.hold_ttl_ms, 0}, /* + PAY_GRACE_MS: within Authorize's 24 h */
         {"sweep-ms", "SWEEP_MS", SVC_OPT_INT, "1000", "how often expired holds are swept", 10,
@@ -86,6 +93,11 @@ main(int argc, char **argv)
                             "reservation-svc: concerts, seat holds that expire, payments "
                             "(reservation.v1.ReservationService)");
     svc_log_init("reservation-svc", log_level);
+    if (rsv_admin_token_load(admin_token_env, admin_token_file, admin_token, &err) != 0) {
+        fprintf(stderr, "%s: %s\n", argv[0], err.msg);
+        return 2;
+    }
+    ropts.admin_token = admin_token;
     if (admission_key_file != NULL && admission_key_file[0] != '\0') {
         if (rsv_admission_key_load(&ropts.admission_key, admission_key_file, &err) != 0) {
             fprintf(stderr, "%s: ADMISSION_KEY_FILE: %s\n", argv[0], err.msg);

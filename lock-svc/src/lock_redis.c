@@ -932,3 +932,27 @@ lock_redis_command(lock_redis_t *r, int lane, int argc, const char *const *argv,
     }
     submit(&r->lanes[lane], c);
 }
+
+char *
+lock_redis_url_redact(const char *url, char *buf, size_t len)
+{
+    const char *start = strstr(url, "://"), *at, *slash, *colon;
+
+    if (len == 0) {
+        return buf;
+    }
+    start = start != NULL ? start + 3 : url;
+    at = strchr(start, '@');
+    slash = strchr(start, '/');
+    if (at == NULL || (slash != NULL && slash < at)) {
+        snprintf(buf, len, "%s", url); /* no user info */
+        return buf;
+    }
+    colon = memchr(start, ':', (size_t)(at - start));
+    if (colon != NULL) { /* user:password@ -> user:***@ */
+        snprintf(buf, len, "%.*s***%s", (int)(colon + 1 - url), url, at);
+    } else { /* password@ -> ***@ */
+        snprintf(buf, len, "%.*s***%s", (int)(start - url), url, at);
+    }
+    return buf;
+}

@@ -77,4 +77,11 @@ void lock_redis_command(lock_redis_t *r, int lane, int argc, const char *const *
 /* The SHA-1 of text as 40 lower-case hex characters and a NUL (what EVALSHA wants). */
 void lock_redis_sha1_hex(const char *text, size_t len, char out[41]);
 
+/*
+ * url for a log line: a password in it ("redis://:secret@h:p", or a user
+ * name alone, which Redis takes as the password) becomes "***". Written to
+ * buf (len bytes); returns buf.
+ */
+char *lock_redis_url_redact(const char *url, char *buf, size_t len);
+
 #endif

@@ -90,6 +90,28 @@ test_sha1_as_redis_names_scripts(void **state)
     assert_string_equal(out, "0098ba824b5c16427bd7a1122a5a442a25ec644d");
 }
 
+static void
+test_passwords_redacted_for_logs(void **state)
+{
+    static const char *const cases[][2] = {
+        {"redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"},
+        {"redis://:s3cret@127.0.0.1:6379/1", "redis://:***@127.0.0.1:6379/1"},
+        {"redis://user:s3cret@h:1", "redis://user:***@h:1"},
+        {"redis://s3cret@h:1/2", "redis://***@h:1/2"},
+        {"redis-sentinel://:s3cret@a:26379,b:26380/mymaster",
+         "redis-sentinel://:***@a:26379,b:26380/mymaster"},
+        {"redis-sentinel://a:26379,b:26380/my@master",
+         "redis-sentinel://a:26379,b:26380/my@master"},
+    };
+    char buf[128];
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        assert_string_equal(lock_redis_url_redact(cases[i][0], buf, sizeof(buf)), cases[i][1]);
+        assert_null(strstr(buf, "s3cret"));
+    }
+}
+
 int
 main(void)
 {
@@ -98,6 +120,7 @@ main(void)
         cmocka_unit_test(test_rejected),
         cmocka_unit_test(test_tokens_are_random_hex),
         cmocka_unit_test(test_sha1_as_redis_names_scripts),
+        cmocka_unit_test(test_passwords_redacted_for_logs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

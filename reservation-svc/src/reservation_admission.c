@@ -68,6 +68,57 @@ rsv_admission_key_random(rsv_admission_key_t *k, svc_err_t *err)
     return 0;
 }
 
+int
+rsv_admin_token_load(const char *env, const char *path, char *buf, svc_err_t *err)
+{
+    size_t n;
+
+    if (path != NULL && path[0] != '\0') {
+        FILE *f = fopen(path, "rb");
+        if (f == NULL) {
+            svc_err_set(err, SVC_INVALID_ARGUMENT, "cannot read ADMIN_TOKEN_FILE %s: %s", path,
+                        strerror(errno));
+            return -1;
+        }
+        n = fread(buf, 1, RSV_ADMIN_TOKEN_MAX + 1, f);
+        fclose(f);
+        if (n > 0 && buf[n - 1] == '\n') {
+            n--;
+        }
+        if (n > 0 && buf[n - 1] == '\r') {
+            n--;
+        }
+    } else if (env != NULL && env[0] != '\0') {
+        n = strnlen(env, RSV_ADMIN_TOKEN_MAX + 1);
+        memcpy(buf, env, n);
+    } else {
+        svc_err_set(err, SVC_INVALID_ARGUMENT,
+                    "no admin token: set ADMIN_TOKEN_FILE (a file holding it) or ADMIN_TOKEN");
+        return -1;
+    }
+    if (n < RSV_ADMIN_TOKEN_MIN || n > RSV_ADMIN_TOKEN_MAX || memchr(buf, '\0', n) != NULL) {
+        OPENSSL_cleanse(buf, RSV_ADMIN_TOKEN_MAX + 1);
+        svc_err_set(err, SVC_INVALID_ARGUMENT,
+                    "the admin token must be %d to %d bytes without NUL (it has %zu): make one "
+                    "with `openssl rand -hex 32`",
+                    RSV_ADMIN_TOKEN_MIN, RSV_ADMIN_TOKEN_MAX, n);
+        return -1;
+    }
+    buf[n] = '\0';
+    return 0;
+}
+
+bool
+rsv_admin_token_equal(const char *given, size_t given_len, const char *want)
+{
+    unsigned char a[32], b[32];
+    unsigned int la = 0, lb = 0;
+    bool ok = EVP_Digest(given, given_len, a, &la, EVP_sha256(), NULL) == 1 &&
+              EVP_Digest(want, strlen(want), b, &lb, EVP_sha256(), NULL) == 1 && la == lb;
+
+    return ok && CRYPTO_memcmp(a, b, sizeof(a)) == 0;
+}
+
 /* Hex of HMAC-SHA256(key, msg[0..len)) into hex (MAC_HEX + 1 bytes). */
 static bool
 mac_hex(const rsv_admission_key_t *k, const char *msg, size_t len, char *hex)

@@ -41,6 +41,26 @@ int rsv_admission_key_load(rsv_admission_key_t *k, const char *path, svc_err_t *
 /* A random key, for an instance that shares none (its tokens are its own). */
 int rsv_admission_key_random(rsv_admission_key_t *k, svc_err_t *err);
 
+/* ---------- the admin token (CreateConcert) ---------- */
+
+#define RSV_ADMIN_TOKEN_MIN 32
+#define RSV_ADMIN_TOKEN_MAX 1024
+
+/*
+ * The admin token into buf (RSV_ADMIN_TOKEN_MAX + 1 bytes): from the file at
+ * path when path is set (its bytes without one trailing newline), else from
+ * env (ADMIN_TOKEN's value). INVALID_ARGUMENT when neither is set, the file
+ * cannot be read, or the token is shorter than RSV_ADMIN_TOKEN_MIN or longer
+ * than RSV_ADMIN_TOKEN_MAX bytes. The error never holds token bytes.
+ */
+int rsv_admin_token_load(const char *env, const char *path, char *buf, svc_err_t *err);
+
+/*
+ * Whether given equals want, in a time that depends on neither their
+ * contents nor their lengths (both are hashed, the hashes compared).
+ */
+bool rsv_admin_token_equal(const char *given, size_t given_len, const char *want);
+
 /* Writes the token into out (RSV_ADMISSION_TOKEN_MAX bytes); 0, or -1 when it does not fit. */
 /* ticket: 1..RSV_ADMISSION_TICKET_MAX lowercase hex digits, else -1. */
 int rsv_admission_sign(const rsv_admission_key_t *k, int64_t user_id, int64_t schedule_id,

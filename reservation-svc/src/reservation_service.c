@@ -121,22 +121,16 @@ cmp_spec(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-/* authorization: Bearer <ADMIN_TOKEN>, compared in constant time. */
+/* authorization: Bearer <ADMIN_TOKEN>, compared in constant time whatever its length. */
 static bool
 is_admin(reservation_service_t *svc, svc_call_t *call)
 {
     const char *auth = svc_call_metadata(call, "authorization");
-    const char *want = svc->opts.admin_token;
-    size_t n = strlen(want);
-    unsigned diff = 0;
 
-    if (auth == NULL || strncmp(auth, "Bearer ", 7) != 0 || strlen(auth + 7) != n || n == 0) {
+    if (auth == NULL || strncmp(auth, "Bearer ", 7) != 0 || svc->opts.admin_token == NULL) {
         return false;
     }
-    for (size_t i = 0; i < n; i++) {
-        diff |= (unsigned char)(auth[7 + i] ^ want[i]);
-    }
-    return diff == 0;
+    return rsv_admin_token_equal(auth + 7, strlen(auth + 7), svc->opts.admin_token);
 }
 
 static void

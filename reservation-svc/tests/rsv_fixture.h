@@ -23,7 +23,7 @@
 #include "svc/err.h"
 #include "testenv.h"
 
-#define FIXTURE_ADMIN_TOKEN "test-admin-token"
+#define FIXTURE_ADMIN_TOKEN "test-admin-token-0123456789abcdef"
 #define FIXTURE_ADMIN_AUTH "Bearer " FIXTURE_ADMIN_TOKEN
 #define FIXTURE_DAY_MS 86400000LL
 

@@ -186,6 +186,40 @@ test_room_tickets(void **state)
     assert_int_equal(rsv_room_ticket_sign(&k, 7, 42, 1001, "ab12", t, 20), -1);
 }
 
+/* The admin token: from ADMIN_TOKEN_FILE or ADMIN_TOKEN, 32 bytes at least, compared whole. */
+static void
+test_admin_token(void **state)
+{
+    char buf[RSV_ADMIN_TOKEN_MAX + 1], path[] = "/tmp/rsv-admin-token-XXXXXX";
+    const char *good = "0123456789abcdef0123456789abcdef";
+    svc_err_t err;
+    int fd;
+
+    (void)state;
+    assert_int_equal(rsv_admin_token_load(good, NULL, buf, &err), 0);
+    assert_string_equal(buf, good);
+    assert_int_equal(rsv_admin_token_load(NULL, NULL, buf, &err), -1);
+    assert_int_equal(err.code, SVC_INVALID_ARGUMENT);
+    assert_int_equal(rsv_admin_token_load("short-but-secret", "", buf, &err), -1);
+    assert_non_null(strstr(err.msg, "32"));
+    assert_null(strstr(err.msg, "short-but-secret")); /* never the token itself */
+    /* The file wins, one trailing newline dropped; a missing file is an error. */
+    fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, "file-token-0123456789abcdef-0123456789\n", 39), 39);
+    close(fd);
+    assert_int_equal(rsv_admin_token_load(good, path, buf, &err), 0);
+    assert_string_equal(buf, "file-token-0123456789abcdef-0123456789");
+    unlink(path);
+    assert_int_equal(rsv_admin_token_load(good, path, buf, &err), -1);
+    /* Equal only when whole: shorter, longer, or one byte off is not. */
+    assert_true(rsv_admin_token_equal(good, strlen(good), good));
+    assert_false(rsv_admin_token_equal(good, strlen(good) - 1, good));
+    assert_false(rsv_admin_token_equal("0123456789abcdef0123456789abcdef0", 33, good));
+    assert_false(rsv_admin_token_equal("0123456789abcdef0123456789abcdeF", 32, good));
+    assert_false(rsv_admin_token_equal("", 0, good));
+}
+
 int
 main(void)
 {
@@ -194,6 +228,7 @@ main(void)
         cmocka_unit_test(test_bent_tokens_refused),
         cmocka_unit_test(test_keys),
         cmocka_unit_test(test_room_tickets),
+        cmocka_unit_test(test_admin_token),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

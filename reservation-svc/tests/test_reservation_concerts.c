@@ -11,7 +11,9 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 
 #include <cmocka.h>
 
@@ -33,8 +35,14 @@ static void
 test_create_concert_needs_admin_token(void **state)
 {
     static const char *const bad_auth[] = {
-        "Bearer wrong-token", "Bearer test-admin-toke", "Bearer test-admin-token-extra", "Bearer ",
-        "test-admin-token",   "Basic test-admin-token", "bearer-test-admin-token-nope",
+        "Bearer wrong-token",
+        "Bearer test-admin-token-0123456789abcde",
+        "Bearer test-admin-token-0123456789abcdef-extra",
+        "Bearer test-admin-token-0123456789abcdeF",
+        "Bearer ",
+        "test-admin-token-0123456789abcdef",
+        "Basic test-admin-token-0123456789abcdef",
+        "bearer test-admin-token-0123456789abcdef",
     };
     svc_arena_t *arena = *state;
     size_t before = rsv_list_concerts(&main_rsv, arena)->n_concerts;
@@ -54,6 +62,50 @@ test_create_concert_needs_admin_token(void **state)
             &err, SVC_PERMISSION_DENIED);
     }
     assert_int_equal(rsv_list_concerts(&main_rsv, arena)->n_concerts, before);
+}
+
+/* Runs reservation-svc with settings that must stop it; its exit code, its output in out. */
+static int
+refused_start(const char *env, const char *args, char *out, size_t len)
+{
+    char cmd[2048], path[] = "/tmp/rsv-start-XXXXXX";
+    int fd = mkstemp(path), rc;
+    FILE *f;
+    size_t n;
+
+    assert_true(fd >= 0);
+    close(fd);
+    snprintf(cmd, sizeof(cmd),
+             "env -u ADMIN_TOKEN -u ADMIN_TOKEN_FILE %s %s --listen-addr 127.0.0.1:0 %s >%s 2>&1",
+             env, rsv_stack.reservation_path, args, path);
+    rc = system(cmd);
+    f = fopen(path, "r");
+    n = f != NULL ? fread(out, 1, len - 1, f) : 0;
+    out[n] = '\0';
+    if (f != NULL) {
+        fclose(f);
+    }
+    unlink(path);
+    return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+
+/* A short admin token, none, or one given as a flag (visible in ps) stops start-up, exit 2. */
+static void
+test_admin_token_rules_at_start(void **state)
+{
+    char out[4096];
+
+    (void)state;
+    assert_int_equal(refused_start("ADMIN_TOKEN=short-secret-value", "", out, sizeof(out)), 2);
+    assert_non_null(strstr(out, "at least") != NULL ? out : strstr(out, "32 to"));
+    assert_null(strstr(out, "short-secret-value"));
+    assert_int_equal(refused_start("", "", out, sizeof(out)), 2);
+    assert_non_null(strstr(out, "ADMIN_TOKEN"));
+    assert_int_equal(
+        refused_start("", "--admin-token test-admin-token-0123456789abcdef", out, sizeof(out)), 2);
+    assert_int_equal(
+        refused_start("ADMIN_TOKEN_FILE=/nonexistent/admin-token", "", out, sizeof(out)), 2);
+    assert_non_null(strstr(out, "ADMIN_TOKEN_FILE"));
 }
 
 static void
@@ -296,6 +348,7 @@ main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
         RSV_ARENA_TEST(test_create_concert_needs_admin_token),
+        RSV_ARENA_TEST(test_admin_token_rules_at_start),
         RSV_ARENA_TEST(test_create_concert_invalid_inputs),
         RSV_ARENA_TEST(test_create_concert_refuses_past_schedule),
         RSV_ARENA_TEST(test_create_concert_and_list),

@@ -9,7 +9,7 @@
 
 #include "conformance.h"
 
-#define CF_ADMIN_TOKEN "conformance-admin-token"
+#define CF_ADMIN_TOKEN "conformance-admin-token-0123456789"
 
 /* Joins the instances' addresses: "a" or "a,b" (round robin for the client). */
 static void
