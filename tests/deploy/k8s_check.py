@@ -67,7 +67,8 @@ class Checker:
                 main_c = f.read()
             with open(f"{self.root}/libsvc/include/svc/config.h", encoding="utf-8") as f:
                 config_h = f.read()
-            pattern = re.compile(r'"[a-z0-9-]+",\s*"([A-Z][A-Z0-9_]*)"')
+            # {"flag", "ENV", ...} or {NULL, "ENV", ...}: a setting read from the environment only.
+            pattern = re.compile(r'(?:"[a-z0-9-]+"|NULL),\s*"([A-Z][A-Z0-9_]*)"')
             names = set(pattern.findall(main_c)) | set(pattern.findall(config_h))
         except OSError:
             pass
