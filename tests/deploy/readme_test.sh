@@ -17,7 +17,6 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BUILD_DIR=$(cd "${1:?usage: readme_test.sh BUILD_DIR}" && pwd)
-CONFORMANCE=$BUILD_DIR/tests/integration/conformance
 
 say() { echo "readme_test.sh: $*"; }
 die() {
@@ -25,28 +24,9 @@ die() {
     exit 1
 }
 
-STACK_DIR=$(mktemp -d "${TMPDIR:-/tmp}/readme-test.XXXXXX")
-chmod 755 "$STACK_DIR" # PostgreSQL runs as another user when we are root
-export STACK_DIR
-cleanup() {
-    "$ROOT/deploy/local/down.sh" >/dev/null 2>&1 || true
-    if [[ -n ${KEEP:-} ]]; then
-        say "kept $STACK_DIR"
-    else
-        rm -rf "$STACK_DIR"
-    fi
-}
-trap cleanup EXIT
-
-mapfile -t ports < <("$CONFORMANCE" --free-ports 8)
-((${#ports[@]} == 8)) || die "no free ports"
-export PG_PORT=${ports[0]} REDIS_PORT=${ports[1]} LOCK_PORT=${ports[2]}
-export BALANCE_PORT=${ports[3]} RESERVATION_PORT=${ports[4]}
-export LOCK_METRICS_PORT=${ports[5]} BALANCE_METRICS_PORT=${ports[6]}
-export RESERVATION_METRICS_PORT=${ports[7]}
-say "starting the stack in $STACK_DIR"
-BUILD_DIR=$BUILD_DIR LOG_LEVEL=warn "$ROOT/deploy/local/up.sh" --no-deps --no-build >"$STACK_DIR/up.out" 2>&1 ||
-    { cat "$STACK_DIR/up.out" >&2; die "up.sh failed"; }
+# shellcheck source=../support/up_stack.sh source-path=SCRIPTDIR
+. "$ROOT/tests/support/up_stack.sh"
+up_stack_start readme-test 0
 
 # The marked blocks as one script, each between markers; the README's ports and .stack rewritten.
 python3 - "$ROOT/README.md" "$STACK_DIR" >"$STACK_DIR/blocks.sh" <<'PY'

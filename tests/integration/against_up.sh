@@ -19,33 +19,13 @@ die() {
     exit 1
 }
 
-STACK_DIR=$(mktemp -d "${TMPDIR:-/tmp}/against-up.XXXXXX")
-chmod 755 "$STACK_DIR" # PostgreSQL runs as another user when we are root
-export STACK_DIR
-cleanup() {
-    "$ROOT/deploy/local/down.sh" >/dev/null 2>&1 || true
-    rm -rf "$STACK_DIR"
-}
-trap cleanup EXIT
-
-mapfile -t ports < <("$CONFORMANCE" --free-ports 18)
-((${#ports[@]} == 18)) || die "no free ports"
-export PG_PORT=${ports[0]} REDIS_PORT=${ports[1]} LOCK_PORT=${ports[2]}
-export BALANCE_PORT=${ports[3]} RESERVATION_PORT=${ports[4]}
-export LOCK_METRICS_PORT=${ports[5]} BALANCE_METRICS_PORT=${ports[6]}
-export RESERVATION_METRICS_PORT=${ports[7]}
-# Used with HA=1 (up.sh --ha): the second instances, the Redis replica, the Sentinels.
-export LOCK_PORT_2=${ports[8]} BALANCE_PORT_2=${ports[9]} RESERVATION_PORT_2=${ports[10]}
-export LOCK_METRICS_PORT_2=${ports[11]} BALANCE_METRICS_PORT_2=${ports[12]}
-export RESERVATION_METRICS_PORT_2=${ports[13]} REDIS_REPLICA_PORT=${ports[14]}
-export SENTINEL_PORT_1=${ports[15]} SENTINEL_PORT_2=${ports[16]} SENTINEL_PORT_3=${ports[17]}
-up_args=(--no-deps --no-build)
+# shellcheck source=../support/up_stack.sh source-path=SCRIPTDIR
+. "$ROOT/tests/support/up_stack.sh"
+up_args=()
 if [[ ${HA:-0} == 1 ]]; then
     up_args+=(--ha)
 fi
-say "starting the stack in $STACK_DIR (PostgreSQL $PG_PORT, Redis $REDIS_PORT, services $LOCK_PORT-$RESERVATION_PORT)"
-BUILD_DIR=$BUILD_DIR LOG_LEVEL=warn "$ROOT/deploy/local/up.sh" "${up_args[@]}" >"$STACK_DIR/up.out" 2>&1 ||
-    { cat "$STACK_DIR/up.out" >&2; die "up.sh failed"; }
+up_stack_start against-up 0 "${up_args[@]}"
 # shellcheck disable=SC1091
 . "$STACK_DIR/env"
 

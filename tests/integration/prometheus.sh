@@ -12,7 +12,6 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BUILD_DIR=$(cd "${1:?usage: prometheus.sh BUILD_DIR}" && pwd)
-CONFORMANCE=$BUILD_DIR/tests/integration/conformance
 BUF=$ROOT/.tools/node_modules/.bin/buf
 N_LOCK=5 N_BALANCE=3 N_RESERVATION=4
 
@@ -26,31 +25,14 @@ command -v prometheus >/dev/null || "$ROOT/deploy/local/deps.sh" >&2
 command -v prometheus >/dev/null || die "prometheus not found after deploy/local/deps.sh"
 command -v curl >/dev/null || die "curl not found (package curl)"
 
-STACK_DIR=$(mktemp -d "${TMPDIR:-/tmp}/prometheus-test.XXXXXX")
-chmod 755 "$STACK_DIR" # PostgreSQL runs as another user when we are root
-export STACK_DIR
+# shellcheck source=../support/up_stack.sh source-path=SCRIPTDIR
+. "$ROOT/tests/support/up_stack.sh"
 prom_pid=""
-cleanup() {
+up_stack_on_exit() {
     [[ -n $prom_pid ]] && kill "$prom_pid" 2>/dev/null && wait "$prom_pid" 2>/dev/null
-    "$ROOT/deploy/local/down.sh" >/dev/null 2>&1 || true
-    if [[ -n ${KEEP:-} ]]; then
-        say "kept $STACK_DIR"
-    else
-        rm -rf "$STACK_DIR"
-    fi
 }
-trap cleanup EXIT
-
-mapfile -t ports < <("$CONFORMANCE" --free-ports 9)
-((${#ports[@]} == 9)) || die "no free ports"
-export PG_PORT=${ports[0]} REDIS_PORT=${ports[1]} LOCK_PORT=${ports[2]}
-export BALANCE_PORT=${ports[3]} RESERVATION_PORT=${ports[4]}
-export LOCK_METRICS_PORT=${ports[5]} BALANCE_METRICS_PORT=${ports[6]}
-export RESERVATION_METRICS_PORT=${ports[7]}
-prom_port=${ports[8]}
-say "starting the stack in $STACK_DIR"
-BUILD_DIR=$BUILD_DIR LOG_LEVEL=warn "$ROOT/deploy/local/up.sh" --no-deps --no-build >"$STACK_DIR/up.out" 2>&1 ||
-    { cat "$STACK_DIR/up.out" >&2; die "up.sh failed"; }
+up_stack_start prometheus-test 1
+prom_port=${UP_STACK_EXTRA_PORTS[0]}
 # shellcheck disable=SC1091
 . "$STACK_DIR/env"
 for var in LOCK_METRICS_ADDR BALANCE_METRICS_ADDR RESERVATION_METRICS_ADDR; do
