@@ -15,6 +15,7 @@
 #include "svc/log.h"
 #include "svc/pg.h"
 #include "svc/server.h"
+#include "svc/tls.h"
 
 extern const unsigned char balance_descriptor_set[];
 extern const size_t balance_descriptor_set_len;
@@ -28,6 +29,7 @@ int
 main(int argc, char **argv)
 {
     const char *metrics_addr = NULL;
+    svc_tls_opts_t tls = {0};
     const char *listen_addr = NULL, *database_url = NULL, *lock_addr = NULL;
     int64_t workers = 0, max_workers = 0, grace_ms = 0, db_pool = 0, stmt_timeout = 0;
     balance_limits_t limits = {0};
@@ -54,6 +56,7 @@ main(int argc, char **argv)
         {"sweep-interval-ms", "SWEEP_INTERVAL_MS", SVC_OPT_INT, "1000",
          "how often expired authorizations are marked voided", 10, 3600000, &sweep_interval_ms, 0},
         SVC_OPT_METRICS(&metrics_addr),
+        SVC_OPTS_TLS(&tls),
         SVC_OPTS_RUNTIME(&workers, &max_workers, &grace_ms, &log_level),
     };
     svc_server_opts_t sopts = {0};
@@ -69,6 +72,7 @@ main(int argc, char **argv)
     svc_config_load_or_exit(opts, (int)(sizeof(opts) / sizeof(opts[0])), argc, argv,
                             "balance-svc: prepaid balances and their ledger "
                             "(balance.v1.BalanceService)");
+    svc_tls_configure_or_exit(&tls, argv[0]);
     svc_log_init("balance-svc", log_level);
     svc_server_prepare_process();
     limits.max_batch = (int)max_batch;
@@ -99,6 +103,7 @@ main(int argc, char **argv)
     sopts.max_workers = (int)max_workers;
     sopts.grace_ms = (int)grace_ms;
     sopts.metrics_addr = metrics_addr;
+    sopts.tls = &tls;
     sopts.descriptors = balance_descriptor_set;
     sopts.descriptors_len = balance_descriptor_set_len;
     server = svc_server_create(&sopts, &err);

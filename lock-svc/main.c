@@ -15,6 +15,7 @@
 #include "svc/config.h"
 #include "svc/log.h"
 #include "svc/server.h"
+#include "svc/tls.h"
 
 extern const unsigned char lock_descriptor_set[];
 extern const size_t lock_descriptor_set_len;
@@ -37,6 +38,7 @@ int
 main(int argc, char **argv)
 {
     const char *metrics_addr = NULL;
+    svc_tls_opts_t tls = {0};
     const char *listen_addr = NULL, *redis_url = NULL;
     int64_t workers = 0, max_workers = 0, grace_ms = 0, redis_pool = 0, cq_threads = 0;
     lock_limits_t limits = {0};
@@ -61,6 +63,7 @@ main(int argc, char **argv)
          "longest semaphore permit lease or place TTL granted", 1, 604800000,
          &limits.max_sem_lease_ms, 0},
         SVC_OPT_METRICS(&metrics_addr),
+        SVC_OPTS_TLS(&tls),
         SVC_OPTS_RUNTIME(&workers, &max_workers, &grace_ms, &log_level),
     };
     svc_server_opts_t sopts = {0};
@@ -72,6 +75,7 @@ main(int argc, char **argv)
 
     svc_config_load_or_exit(opts, (int)(sizeof(opts) / sizeof(opts[0])), argc, argv,
                             "lock-svc: leased, fenced locks over Redis (lock.v1.LockService)");
+    svc_tls_configure_or_exit(&tls, argv[0]);
     if (limits.default_lease_ms > limits.max_lease_ms) {
         fprintf(stderr,
                 "%s: --default-lease-ms (DEFAULT_LEASE_MS) must not exceed "
@@ -98,6 +102,7 @@ main(int argc, char **argv)
     sopts.max_workers = (int)max_workers;
     sopts.grace_ms = (int)grace_ms;
     sopts.metrics_addr = metrics_addr;
+    sopts.tls = &tls;
     sopts.descriptors = lock_descriptor_set;
     sopts.descriptors_len = lock_descriptor_set_len;
     server = svc_server_create(&sopts, &err);

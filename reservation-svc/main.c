@@ -14,6 +14,7 @@
 #include "svc/log.h"
 #include "svc/pg.h"
 #include "svc/server.h"
+#include "svc/tls.h"
 
 extern const unsigned char reservation_descriptor_set[];
 extern const size_t reservation_descriptor_set_len;
@@ -27,6 +28,7 @@ int
 main(int argc, char **argv)
 {
     const char *metrics_addr = NULL;
+    svc_tls_opts_t tls = {0};
     const char *listen_addr = NULL, *database_url = NULL, *lock_addr = NULL, *balance_addr = NULL;
     const char *admission_key_file = NULL, *admin_token_env = NULL, *admin_token_file = NULL;
     static char admin_token[RSV_ADMIN_TOKEN_MAX + 1];
@@ -78,6 +80,7 @@ main(int argc, char **argv)
          "calls one client connection may have in flight; more wait in the client (0: no limit)", 0,
          1000000, &max_streams, 0},
         SVC_OPT_METRICS(&metrics_addr),
+        SVC_OPTS_TLS(&tls),
         SVC_OPTS_RUNTIME(&workers, &max_workers, &grace_ms, &log_level),
     };
     svc_server_opts_t sopts = {0};
@@ -92,6 +95,7 @@ main(int argc, char **argv)
     svc_config_load_or_exit(opts, (int)(sizeof(opts) / sizeof(opts[0])), argc, argv,
                             "reservation-svc: concerts, seat holds that expire, payments "
                             "(reservation.v1.ReservationService)");
+    svc_tls_configure_or_exit(&tls, argv[0]);
     svc_log_init("reservation-svc", log_level);
     if (rsv_admin_token_load(admin_token_env, admin_token_file, admin_token, &err) != 0) {
         fprintf(stderr, "%s: %s\n", argv[0], err.msg);
@@ -143,6 +147,7 @@ main(int argc, char **argv)
     sopts.max_workers = (int)max_workers;
     sopts.grace_ms = (int)grace_ms;
     sopts.metrics_addr = metrics_addr;
+    sopts.tls = &tls;
     sopts.max_streams = (int)max_streams;
     sopts.descriptors = reservation_descriptor_set;
     sopts.descriptors_len = reservation_descriptor_set_len;

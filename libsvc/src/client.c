@@ -120,11 +120,37 @@ client__normalize_target(const char *target)
     return strdup(target);
 }
 
+/*
+ * The name a TLS server's certificate must carry when the target lists
+ * several addresses ("ipv4:127.0.0.1:50051,127.0.0.1:50061"): the first
+ * address's host. C core would otherwise check the whole list as one name.
+ * NULL for a single address or a DNS name, whose own host is checked.
+ */
+static char *
+client__tls_name(const char *normalized)
+{
+    const char *list = normalized, *end;
+
+    if (strncmp(list, "ipv4:", 5) == 0 || strncmp(list, "ipv6:", 5) == 0) {
+        list += 5;
+    }
+    if (strchr(list, ',') == NULL || strstr(normalized, ":///") != NULL) {
+        return NULL;
+    }
+    if (list[0] == '[') { /* [::1]:50051 */
+        end = strchr(list, ']');
+        return end != NULL ? strndup(list + 1, (size_t)(end - list - 1)) : NULL;
+    }
+    end = strchr(list, ':');
+    return end != NULL ? strndup(list, (size_t)(end - list)) : NULL;
+}
+
 grpc_channel *
 svc_channel_create(const char *target)
 {
     char *normalized = client__normalize_target(target);
-    grpc_arg args[5];
+    char *tls_name;
+    grpc_arg args[6];
     grpc_channel_args chargs = {5, args};
     grpc_channel_credentials *creds;
     grpc_channel *channel;
@@ -149,9 +175,17 @@ svc_channel_create(const char *target)
     args[4].type = GRPC_ARG_INTEGER;
     args[4].key = GRPC_ARG_DNS_MIN_TIME_BETWEEN_RESOLUTIONS_MS;
     args[4].value.integer = 500;
-    creds = grpc_insecure_credentials_create();
+    tls_name = client__tls_name(normalized);
+    if (tls_name != NULL) {
+        args[5].type = GRPC_ARG_STRING;
+        args[5].key = GRPC_SSL_TARGET_NAME_OVERRIDE_ARG;
+        args[5].value.string = tls_name;
+        chargs.num_args = 6;
+    }
+    creds = svc__tls_channel_credentials();
     channel = grpc_channel_create(normalized, creds, &chargs);
     grpc_channel_credentials_release(creds);
+    free(tls_name);
     free(normalized);
     return channel;
 }

@@ -671,6 +671,50 @@ svc_call_metadata(svc_call_t *call, const char *key)
     return NULL;
 }
 
+/* Appends the values of one auth property to names (copied into the arena). */
+static size_t
+call__add_auth_names(svc_call_t *call, const grpc_auth_context *ctx, const char *property,
+                     const char **names, size_t n, size_t max)
+{
+    grpc_auth_property_iterator it = grpc_auth_context_find_properties_by_name(ctx, property);
+    const grpc_auth_property *p;
+
+    while (n < max && (p = grpc_auth_property_iterator_next(&it)) != NULL) {
+        char *name = svc_arena_alloc(call->arena, p->value_length + 1);
+        if (name == NULL) {
+            break;
+        }
+        memcpy(name, p->value, p->value_length);
+        name[p->value_length] = '\0';
+        if (strlen(name) != p->value_length) {
+            continue; /* a NUL inside a name: never a name we could trust */
+        }
+        names[n++] = name;
+    }
+    return n;
+}
+
+size_t
+svc_call_peer_names(svc_call_t *call, const char **names, size_t max)
+{
+    grpc_auth_context *ctx = grpc_call_auth_context(call->call);
+    size_t n = 0;
+
+    if (ctx == NULL) {
+        return 0; /* plaintext */
+    }
+    /*
+     * Authenticated means gRPC verified the peer's certificate chain: only
+     * a server that requires and verifies client certificates has one.
+     */
+    if (grpc_auth_context_peer_is_authenticated(ctx)) {
+        n = call__add_auth_names(call, ctx, GRPC_X509_CN_PROPERTY_NAME, names, n, max);
+        n = call__add_auth_names(call, ctx, GRPC_PEER_DNS_PROPERTY_NAME, names, n, max);
+    }
+    grpc_auth_context_release(ctx);
+    return n;
+}
+
 /* ---------- incoming messages ---------- */
 
 static void call__start_recv(svc_call_t *call);
@@ -1217,6 +1261,16 @@ svc__server_service_name(const svc_server_t *s, int i)
     return s->services[i];
 }
 
+/* How the server speaks, for its "listening" line. */
+static const char *
+server__transport(const svc_tls_opts_t *tls)
+{
+    if (tls == NULL || tls->cert_file == NULL || tls->cert_file[0] == '\0') {
+        return "plaintext";
+    }
+    return tls->client_ca_file != NULL && tls->client_ca_file[0] != '\0' ? "mtls" : "tls";
+}
+
 int
 svc_server_start(svc_server_t *s, svc_err_t *err)
 {
@@ -1233,7 +1287,10 @@ svc_server_start(svc_server_t *s, svc_err_t *err)
         grpc_server_register_completion_queue(s->server, s->cqs[i].cq, NULL);
         s->n_cqs++;
     }
-    creds = grpc_insecure_server_credentials_create();
+    creds = svc__tls_server_credentials(s->opts.tls, err);
+    if (creds == NULL) {
+        return -1;
+    }
     s->port = grpc_server_add_http2_port(s->server, s->listen_addr, creds);
     grpc_server_credentials_release(creds);
     if (s->port <= 0) {
@@ -1279,7 +1336,8 @@ svc_server_start(svc_server_t *s, svc_err_t *err)
         svc_log_kv(SVC_LOG_INFO, "metrics served", "addr", s->opts.metrics_addr, "port", addr,
                    NULL);
     }
-    svc_log_kv(SVC_LOG_INFO, "listening", "addr", s->listen_addr, NULL);
+    svc_log_kv(SVC_LOG_INFO, "listening", "addr", s->listen_addr, "transport",
+               server__transport(s->opts.tls), NULL);
     return 0;
 }
 

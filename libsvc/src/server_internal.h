@@ -42,4 +42,10 @@ void svc__request_id(char *out);
 /* Random lower-case hex of 2*n_bytes characters into out (size >= 2*n_bytes+1). */
 void svc__random_hex(char *out, size_t n_bytes);
 
+/* TLS (tls.c): the credentials of a server with o (insecure when o has no certificate). */
+struct grpc_server_credentials *svc__tls_server_credentials(const svc_tls_opts_t *o,
+                                                            svc_err_t *err);
+/* What a new channel uses: the configured client side, or insecure. */
+struct grpc_channel_credentials *svc__tls_channel_credentials(void);
+
 #endif

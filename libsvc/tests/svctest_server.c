@@ -57,6 +57,9 @@ echo(svc_call_t *call, const ProtobufCMessage *msg, void *user)
     resp.request_id = (char *)svc_call_request_id(call);
     resp.deadline_ms = svc_call_deadline_ms(call) == INT64_MAX ? 0 : svc_call_deadline_ms(call);
     resp.served_by = self_target;
+    const char *peer_names[8];
+    resp.n_peer_names = svc_call_peer_names(call, peer_names, 8);
+    resp.peer_names = (char **)peer_names;
     if (req->metadata_key != NULL && req->metadata_key[0] != '\0') {
         const char *value = svc_call_metadata(call, req->metadata_key);
         resp.metadata_value = (char *)(value != NULL ? value : "");
@@ -237,11 +240,13 @@ main(int argc, char **argv)
     const char *listen_addr = NULL;
     int64_t workers = 0, max_workers = 0, grace_ms = 0, max_streams = 0;
     svc_log_level_t log_level = SVC_LOG_INFO;
+    svc_tls_opts_t tls = {0};
     svc_opt_t opts[] = {
         {"listen-addr", "LISTEN_ADDR", SVC_OPT_STRING, "127.0.0.1:50099", "address to serve on", 0,
          0, &listen_addr, 1},
         {"max-streams", "MAX_STREAMS", SVC_OPT_INT, "0", "calls one connection may have in flight",
          0, 1000000, &max_streams, 0},
+        SVC_OPTS_TLS(&tls),
         SVC_OPTS_RUNTIME(&workers, &max_workers, &grace_ms, &log_level),
     };
     svc_server_opts_t sopts = {0};
@@ -250,6 +255,7 @@ main(int argc, char **argv)
 
     svc_config_load_or_exit(opts, (int)(sizeof(opts) / sizeof(opts[0])), argc, argv,
                             "svctest-server: the libsvc test service (tests only)");
+    svc_tls_configure_or_exit(&tls, argv[0]);
     svc_log_init("svctest", log_level);
     svc_server_prepare_process();
     snprintf(self_target, sizeof(self_target), "%s", listen_addr);
@@ -260,6 +266,7 @@ main(int argc, char **argv)
     sopts.max_workers = (int)max_workers;
     sopts.grace_ms = (int)grace_ms;
     sopts.max_streams = (int)max_streams;
+    sopts.tls = &tls;
     sopts.descriptors = svctest_descriptor_set;
     sopts.descriptors_len = svctest_descriptor_set_len;
     server = svc_server_create(&sopts, &err);

@@ -15,6 +15,7 @@
 
 #include "conformance.h"
 #include "svc/timer.h"
+#include "svc/tls.h"
 
 const cf_scenario_t cf_scenarios[] = {
     {"seat_storm", "1000 users hold the same seat at once; then 64 users on 32 seats", false,
@@ -78,6 +79,10 @@ usage(FILE *out)
                  "for the lock check). It creates its own concerts and users and touches no\n"
                  "other data; fault scenarios need processes it controls and are not run.\n"
                  "Otherwise it starts its own PostgreSQL, Redis and services on free ports.\n"
+                 "\n"
+                 "TLS. With TLS_CA_FILE (and TLS_CERT_FILE, TLS_KEY_FILE for mTLS) set, the\n"
+                 "suite calls over TLS; its own stacks' services inherit the TLS_* settings\n"
+                 "(with TLS_CLIENT_CA_FILE they require client certificates).\n"
                  "\n"
                  "Scenarios:\n");
     for (int i = 0; i < cf_n_scenarios; i++) {
@@ -371,6 +376,7 @@ main(int argc, char **argv)
     int n_todo = 0, failed = 0, ran = 0, opt;
     char *end;
     static cf_ctx_t ctx;
+    svc_tls_opts_t tls;
 
     while ((opt = getopt_long(argc, argv, "h", long_opts, NULL)) != -1) {
         switch (opt) {
@@ -438,6 +444,12 @@ main(int argc, char **argv)
     if (external_targets(&ctx) != 0 || find_binaries(&ctx, bin_dir) != 0) {
         return 2;
     }
+    /*
+     * TLS_* in the environment: the suite calls over TLS with them, and the
+     * services of its own stacks inherit them (mTLS everywhere).
+     */
+    svc_tls_opts_from_env(&tls);
+    svc_tls_configure_or_exit(&tls, "conformance");
     testenv_cleanup_on_exit();
     fprintf(stderr, "conformance: %s mode, %d scenarios%s\n",
             ctx.external ? "external" : "own-stack", n_todo, ctx.quick ? ", quick" : "");

@@ -18,6 +18,7 @@
 #include "svc/log.h"
 #include "svc/pool.h"
 #include "svc/timer.h"
+#include "svc/tls.h"
 
 typedef struct svc_server svc_server_t;
 typedef struct svc_call svc_call_t;
@@ -74,6 +75,11 @@ typedef struct {
      * destroy (svc/metrics.h); NULL or "": not served.
      */
     const char *metrics_addr;
+    /*
+     * TLS and mTLS (svc/tls.h); its files are read at svc_server_start.
+     * NULL, or no certificate: plaintext.
+     */
+    const svc_tls_opts_t *tls;
     const unsigned char *descriptors; /* FileDescriptorSet for reflection; may be NULL */
     size_t descriptors_len;
 } svc_server_opts_t;
@@ -144,6 +150,13 @@ const char *svc_call_request_id(const svc_call_t *call);
 /* First value of a request metadata key (lower-case), copied into the call arena; NULL if absent.
  */
 const char *svc_call_metadata(svc_call_t *call, const char *key);
+/*
+ * The names of the verified client certificate of the call's peer (its
+ * common name, then its DNS subject alternative names), up to max, as
+ * strings in the call's arena; 0 when the call came without TLS or without
+ * a verified client certificate.
+ */
+size_t svc_call_peer_names(svc_call_t *call, const char **names, size_t max);
 svc_arena_t *svc_call_arena(svc_call_t *call);
 svc_server_t *svc_call_server(svc_call_t *call);
 /* Unix ms of the caller's deadline, INT64_MAX when none. */

@@ -1,0 +1,317 @@
+/*
+ * test_tls.c: TLS and mTLS between real processes. Makes two private CAs
+ * with deploy/local/certs.sh (argv[2]), starts svctest-server (argv[1]) with
+ * TLS_* settings, and calls it through libsvc's client with each kind of
+ * client: the one that holds a certificate of the right CA gets through and
+ * is named to the handler; plaintext, no certificate, another CA's
+ * certificate, and a client that does not trust the server's CA are all
+ * refused. Also the settings a server refuses to start with.
+ */
+#define _GNU_SOURCE
+#include <limits.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "svc/client.h"
+#include "svc/tls.h"
+#include "svctest/v1/svctest.pb-c.h"
+#include "testenv.h"
+
+static const char *server_path, *certs_path;
+static char dir[PATH_MAX];      /* temp dir of both CAs */
+static char good[PATH_MAX + 8]; /* CA A: the server's and its clients' */
+static char evil[PATH_MAX + 8]; /* CA B: another CA, same names */
+
+static void
+cert_path(char *out, size_t size, const char *ca_dir, const char *file)
+{
+    int n = snprintf(out, size, "%s/%s", ca_dir, file);
+    assert_true(n > 0 && (size_t)n < size);
+}
+
+/* TLS options from files of one CA dir; NULL file name leaves it unset. */
+typedef struct {
+    char cert[PATH_MAX + 32], key[PATH_MAX + 32], client_ca[PATH_MAX + 32], ca[PATH_MAX + 32];
+    svc_tls_opts_t o;
+} tls_files_t;
+
+static void
+tls_files(tls_files_t *t, const char *cert_dir, const char *name, const char *client_ca_dir,
+          const char *ca_dir)
+{
+    char file[64];
+
+    memset(t, 0, sizeof(*t));
+    if (name != NULL) {
+        snprintf(file, sizeof(file), "%s.pem", name);
+        cert_path(t->cert, sizeof(t->cert), cert_dir, file);
+        snprintf(file, sizeof(file), "%s-key.pem", name);
+        cert_path(t->key, sizeof(t->key), cert_dir, file);
+        t->o.cert_file = t->cert;
+        t->o.key_file = t->key;
+    }
+    if (client_ca_dir != NULL) {
+        cert_path(t->client_ca, sizeof(t->client_ca), client_ca_dir, "ca.pem");
+        t->o.client_ca_file = t->client_ca;
+    }
+    if (ca_dir != NULL) {
+        cert_path(t->ca, sizeof(t->ca), ca_dir, "ca.pem");
+        t->o.ca_file = t->ca;
+    }
+}
+
+/* From now on this process calls as t says (fresh channels). */
+static void
+client_as(const tls_files_t *t)
+{
+    svc_err_t err;
+
+    svc_client_release_all();
+    assert_int_equal(svc_tls_client_configure(&t->o, &err), 0);
+}
+
+/* One Echo; returns its status code, *names the peer names the server saw. */
+static svc_status_t
+echo(const char *target, char *names, size_t names_size)
+{
+    Svctest__V1__EchoRequest req = SVCTEST__V1__ECHO_REQUEST__INIT;
+    Svctest__V1__EchoResponse *resp;
+    svc_call_opts_t opts = {.timeout_ms = 5000};
+    svc_arena_t *arena = svc_arena_create();
+    svc_err_t err;
+    svc_client_t *c = svc_client_get(target, &err);
+
+    assert_non_null(c);
+    req.message = "over tls";
+    if (svc_client_unary(c, "/svctest.v1.TestService/Echo", &req.base,
+                         &svctest__v1__echo_response__descriptor, arena, (ProtobufCMessage **)&resp,
+                         &opts, &err) != 0) {
+        svc_arena_destroy(arena);
+        return err.code;
+    }
+    assert_string_equal(resp->message, "over tls");
+    if (names != NULL) {
+        names[0] = '\0';
+        for (size_t i = 0; i < resp->n_peer_names; i++) {
+            size_t len = strlen(names);
+            snprintf(names + len, names_size - len, "%s%s", i > 0 ? "," : "", resp->peer_names[i]);
+        }
+    }
+    svc_arena_destroy(arena);
+    return SVC_OK;
+}
+
+/* Starts the server with t's settings as its environment. */
+static void
+start_server(testenv_proc_t *p, const tls_files_t *t)
+{
+    char env[4][PATH_MAX + 64];
+    const char *kv[5];
+    int n = 0;
+
+    if (t->o.cert_file != NULL) {
+        snprintf(env[n], sizeof(env[n]), "TLS_CERT_FILE=%s", t->cert);
+        kv[n] = env[n];
+        n++;
+        snprintf(env[n], sizeof(env[n]), "TLS_KEY_FILE=%s", t->key);
+        kv[n] = env[n];
+        n++;
+    }
+    if (t->o.client_ca_file != NULL) {
+        snprintf(env[n], sizeof(env[n]), "TLS_CLIENT_CA_FILE=%s", t->client_ca);
+        kv[n] = env[n];
+        n++;
+    }
+    kv[n] = NULL;
+    memset(p, 0, sizeof(*p));
+    assert_int_equal(testenv_proc_start(p, server_path, NULL, kv), 0);
+}
+
+/* mTLS: only a client with a certificate of the server's client CA gets in. */
+static void
+test_mtls_refuses_every_other_client(void **state)
+{
+    tls_files_t server, as_good, plain, no_cert, other_ca, distrusts;
+    testenv_proc_t p;
+    char names[256];
+
+    (void)state;
+    tls_files(&server, good, "svctest", good, NULL);
+    tls_files(&as_good, good, "client", NULL, good);
+    client_as(&as_good); /* testenv's health check goes in as a good client */
+    start_server(&p, &server);
+
+    assert_int_equal(echo(p.addr, names, sizeof(names)), SVC_OK);
+    /* The handler learns who called: CN, then the DNS names of the certificate. */
+    assert_string_equal(names, "client,client,localhost");
+
+    memset(&plain, 0, sizeof(plain));
+    client_as(&plain);
+    assert_int_equal(echo(p.addr, NULL, 0), SVC_UNAVAILABLE);
+
+    tls_files(&no_cert, good, NULL, NULL, good);
+    client_as(&no_cert);
+    assert_int_equal(echo(p.addr, NULL, 0), SVC_UNAVAILABLE);
+
+    tls_files(&other_ca, evil, "client", NULL, good);
+    client_as(&other_ca);
+    assert_int_equal(echo(p.addr, NULL, 0), SVC_UNAVAILABLE);
+
+    /* The client checks the server too: one that trusts only CA B refuses it. */
+    tls_files(&distrusts, evil, "client", NULL, evil);
+    client_as(&distrusts);
+    assert_int_equal(echo(p.addr, NULL, 0), SVC_UNAVAILABLE);
+
+    /* And the good client still gets in afterwards. */
+    client_as(&as_good);
+    assert_int_equal(echo(p.addr, NULL, 0), SVC_OK);
+    assert_int_equal(testenv_proc_stop(&p), 0);
+}
+
+/* TLS without client certificates: any client that trusts the CA; no names. */
+static void
+test_tls_without_client_certificates(void **state)
+{
+    tls_files_t server, no_cert, plain;
+    testenv_proc_t p;
+    char names[256];
+
+    (void)state;
+    tls_files(&server, good, "svctest", NULL, NULL);
+    tls_files(&no_cert, good, NULL, NULL, good);
+    client_as(&no_cert);
+    start_server(&p, &server);
+    assert_int_equal(echo(p.addr, names, sizeof(names)), SVC_OK);
+    assert_string_equal(names, "");
+
+    memset(&plain, 0, sizeof(plain));
+    client_as(&plain);
+    assert_int_equal(echo(p.addr, NULL, 0), SVC_UNAVAILABLE);
+    assert_int_equal(testenv_proc_stop(&p), 0);
+}
+
+/* A target listing two addresses verifies each server against the first host. */
+static void
+test_address_list_over_mtls(void **state)
+{
+    tls_files_t server, as_good;
+    testenv_proc_t a, b;
+    char target[160];
+
+    (void)state;
+    tls_files(&server, good, "svctest", good, NULL);
+    tls_files(&as_good, good, "client", NULL, good);
+    client_as(&as_good);
+    start_server(&a, &server);
+    start_server(&b, &server);
+    snprintf(target, sizeof(target), "%s,%s", a.addr, b.addr);
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(echo(target, NULL, 0), SVC_OK);
+    }
+    assert_int_equal(testenv_proc_stop(&a), 0);
+    assert_int_equal(testenv_proc_stop(&b), 0);
+}
+
+/* Runs the server with one setting and returns its exit status. */
+static int
+server_exit_status(const char *kv1, const char *kv2, char *out, size_t out_size)
+{
+    char cmd[4 * PATH_MAX];
+    FILE *f;
+    size_t n;
+    int status;
+
+    snprintf(cmd, sizeof(cmd), "env %s %s '%s' --listen-addr 127.0.0.1:0 2>&1", kv1,
+             kv2 != NULL ? kv2 : "", server_path);
+    f = popen(cmd, "r");
+    assert_non_null(f);
+    n = fread(out, 1, out_size - 1, f);
+    out[n] = '\0';
+    status = pclose(f);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+static void
+test_bad_settings_stop_start_up(void **state)
+{
+    char kv1[PATH_MAX + 64], kv2[PATH_MAX + 64], out[1024];
+
+    (void)state;
+    snprintf(kv1, sizeof(kv1), "TLS_CERT_FILE=%s/svctest.pem", good);
+    assert_int_equal(server_exit_status(kv1, NULL, out, sizeof(out)), 2);
+    assert_non_null(strstr(out, "TLS_CERT_FILE is set without TLS_KEY_FILE"));
+
+    snprintf(kv2, sizeof(kv2), "TLS_KEY_FILE=%s/client-key.pem", good);
+    assert_int_equal(server_exit_status(kv1, kv2, out, sizeof(out)), 2);
+    assert_non_null(strstr(out, "is not the key of the certificate"));
+
+    snprintf(kv2, sizeof(kv2), "TLS_KEY_FILE=%s/nonexistent-key.pem", good);
+    assert_int_equal(server_exit_status(kv1, kv2, out, sizeof(out)), 2);
+    assert_non_null(strstr(out, "No such file"));
+
+    snprintf(kv1, sizeof(kv1), "TLS_CLIENT_CA_FILE=%s/ca.pem", good);
+    assert_int_equal(server_exit_status(kv1, NULL, out, sizeof(out)), 2);
+    assert_non_null(strstr(out, "TLS_CLIENT_CA_FILE needs TLS_CERT_FILE"));
+
+    /* A key where a CA belongs: no certificate in it. */
+    snprintf(kv1, sizeof(kv1), "TLS_CA_FILE=%s/client-key.pem", good);
+    assert_int_equal(server_exit_status(kv1, NULL, out, sizeof(out)), 2);
+    assert_non_null(strstr(out, "no PEM certificate"));
+}
+
+static int
+make_cas(void **state)
+{
+    char cmd[4 * PATH_MAX];
+
+    (void)state;
+    snprintf(dir, sizeof(dir), "%s/svc-tls-XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+    if (mkdtemp(dir) == NULL) {
+        return -1;
+    }
+    snprintf(good, sizeof(good), "%s/a", dir);
+    snprintf(evil, sizeof(evil), "%s/b", dir);
+    snprintf(cmd, sizeof(cmd),
+             "'%s' '%s' svctest client >/dev/null && CERT_CN='another CA' '%s' '%s' client "
+             ">/dev/null",
+             certs_path, good, certs_path, evil);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+static int
+remove_cas(void **state)
+{
+    char cmd[PATH_MAX + 16];
+
+    (void)state;
+    svc_client_release_all();
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+int
+main(int argc, char **argv)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_mtls_refuses_every_other_client),
+        cmocka_unit_test(test_tls_without_client_certificates),
+        cmocka_unit_test(test_address_list_over_mtls),
+        cmocka_unit_test(test_bad_settings_stop_start_up),
+    };
+
+    if (argc != 3) {
+        fprintf(stderr, "usage: %s path/to/svctest-server path/to/certs.sh\n", argv[0]);
+        return 2;
+    }
+    server_path = argv[1];
+    certs_path = argv[2];
+    return cmocka_run_group_tests(tests, make_cas, remove_cas);
+}
