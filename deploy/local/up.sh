@@ -41,6 +41,7 @@ SENTINEL_PORT_2=${SENTINEL_PORT_2:-56382}
 SENTINEL_PORT_3=${SENTINEL_PORT_3:-56383}
 SENTINEL_MASTER=ticketing
 HA=0
+TLS=0
 LOG_LEVEL=${LOG_LEVEL:-info}
 BUILD_DIR=${BUILD_DIR:-$ROOT/build/release}
 BUF=$ROOT/.tools/node_modules/.bin/buf
@@ -50,7 +51,7 @@ START_TIMEOUT=${START_TIMEOUT:-30}
 
 usage() {
     cat <<EOF
-Usage: deploy/local/up.sh [--no-deps] [--no-build] [--ha] [--help]
+Usage: deploy/local/up.sh [--no-deps] [--no-build] [--ha] [--tls] [--help]
 
 Starts PostgreSQL and Redis on 127.0.0.1 in STACK_DIR, then the services, and
 prints how to reach them. Runs deploy/local/deps.sh first unless --no-deps is
@@ -64,6 +65,16 @@ Sentinels (master name ticketing), so it follows a failover. STACK_DIR/env
 then lists both instances in LOCK_ADDR, BALANCE_ADDR and RESERVATION_ADDR.
 A stack started with --ha stays one on later runs (STACK_DIR/ha) until
 down.sh --purge.
+
+--tls makes a private CA and certificates with openssl in STACK_DIR/tls
+(deploy/local/certs.sh: ca.pem; lock-svc, balance-svc, reservation-svc and
+client, each NAME.pem with key NAME-key.pem, mode 0600) and runs every
+service with TLS only, requiring client certificates of that CA (mTLS),
+also between the services. STACK_DIR/env then exports TLS_CA_FILE,
+TLS_CERT_FILE and TLS_KEY_FILE (the client certificate) for tools such as
+the conformance suite; buf curl takes them as --cacert, --cert and --key
+with https:// addresses. A stack started with --tls stays one (STACK_DIR/tls)
+until down.sh --purge.
 
 Environment:
   STACK_DIR   data, logs and pid files (default: <repo>/.stack)
@@ -412,10 +423,33 @@ service_running() {
     [[ "$stat" != Z* && "$comm" == "${bin:0:15}"* ]]
 }
 
+# bcurl ARGS... URL-PATH: buf curl to 127.0.0.1, over mTLS with the client
+# certificate when the stack runs --tls; the last argument is PORT/PATH.
+bcurl() {
+    local where=${*: -1} args=("${@:1:$#-1}")
+    if ((TLS)); then
+        "$BUF" curl --protocol grpc --cacert "$TLS_DIR/ca.pem" --cert "$TLS_DIR/client.pem" \
+            --key "$TLS_DIR/client-key.pem" "${args[@]}" "https://127.0.0.1:$where"
+    else
+        "$BUF" curl --protocol grpc --http2-prior-knowledge "${args[@]}" "http://127.0.0.1:$where"
+    fi
+}
+
 # True once the service on port $1 answers Health/Check with SERVING.
 service_serving() {
-    "$BUF" curl --protocol grpc --http2-prior-knowledge -d '{}' \
-        "http://127.0.0.1:$1/grpc.health.v1.Health/Check" 2>/dev/null | grep -q '"SERVING"'
+    bcurl -d '{}' "$1/grpc.health.v1.Health/Check" 2>/dev/null | grep -q '"SERVING"'
+}
+
+# tls_env NAME: the TLS settings of NAME (NAME-2 uses NAME's certificate);
+# all empty (unset) without --tls, so a switch either way restarts it.
+tls_env() {
+    local base=${1%-2}
+    if ((TLS)); then
+        echo "TLS_CERT_FILE=$TLS_DIR/$base.pem" "TLS_KEY_FILE=$TLS_DIR/$base-key.pem" \
+            "TLS_CLIENT_CA_FILE=$TLS_DIR/ca.pem" "TLS_CA_FILE=$TLS_DIR/ca.pem"
+    else
+        echo TLS_CERT_FILE= TLS_KEY_FILE= TLS_CLIENT_CA_FILE= TLS_CA_FILE=
+    fi
 }
 
 # metrics_port NAME: the port NAME serves /metrics on.
@@ -512,7 +546,9 @@ start_service() {
     shift
     port=$(service_port "$name")
     mport=$(metrics_port "$name")
-    local want=("$@" LISTEN_ADDR="127.0.0.1:$port" METRICS_ADDR="127.0.0.1:$mport")
+    local tls
+    read -r -a tls <<<"$(tls_env "$name")"
+    local want=("$@" "${tls[@]}" LISTEN_ADDR="127.0.0.1:$port" METRICS_ADDR="127.0.0.1:$mport")
     if service_running "$name"; then
         pid=$(head -n 1 "$PID_DIR/$name.pid")
         reason=$(restart_reason "$name" "$pid" "${want[@]}")
@@ -616,18 +652,18 @@ admission_key() {
 
 # A demo concert and a few funded users, only when the database has no concert.
 seed_demo() {
-    local n curl=("$BUF" curl --protocol grpc --http2-prior-knowledge)
+    local n
     n=$("$PG_BIN/psql" -X -q -t -A -h 127.0.0.1 -p "$PG_PORT" -U postgres -d reservation \
         -c "SELECT count(*) FROM concerts" 2>/dev/null || echo 1)
     [[ "$n" == 0 ]] || return 0
     log "seeding a demo concert and users 1-3 with 100000 points each"
-    "${curl[@]}" -H "authorization: Bearer $ADMIN_TOKEN" \
+    bcurl -H "authorization: Bearer $ADMIN_TOKEN" \
         -d '{"title":"Demo Night","schedules":[{"starts_at_ms":1893456000000,"seat_count":50,"seat_price":15000},{"starts_at_ms":1893542400000,"seat_count":50,"seat_price":15000}]}' \
-        "http://127.0.0.1:$RESERVATION_PORT/reservation.v1.ReservationService/CreateConcert" >/dev/null
+        "$RESERVATION_PORT/reservation.v1.ReservationService/CreateConcert" >/dev/null
     local u
     for u in 1 2 3; do
-        "${curl[@]}" -d "{\"user_id\":$u,\"amount\":100000,\"idempotency_key\":\"demo-seed-$u\"}" \
-            "http://127.0.0.1:$BALANCE_PORT/balance.v1.BalanceService/TopUp" >/dev/null
+        bcurl -d "{\"user_id\":$u,\"amount\":100000,\"idempotency_key\":\"demo-seed-$u\"}" \
+            "$BALANCE_PORT/balance.v1.BalanceService/TopUp" >/dev/null
     done
 }
 
@@ -771,6 +807,14 @@ export RESERVATION_METRICS_ADDR=127.0.0.1:$RESERVATION_METRICS_PORT
 export ADMIN_TOKEN=$ADMIN_TOKEN
 export ADMISSION_KEY_FILE=$(printf %q "$ADMISSION_KEY_FILE")
 EOF
+    if ((TLS)); then
+        {
+            echo "# --tls: every service requires a client certificate of this CA (mTLS)."
+            echo "export TLS_CA_FILE=$(printf %q "$TLS_DIR/ca.pem")"
+            echo "export TLS_CERT_FILE=$(printf %q "$TLS_DIR/client.pem")"
+            echo "export TLS_KEY_FILE=$(printf %q "$TLS_DIR/client-key.pem")"
+        } >>"$env_file"
+    fi
     if ((HA)); then
         {
             echo "# --ha: lock-svc finds the Redis primary through these Sentinels."
@@ -800,7 +844,11 @@ Stack is up in $STACK_DIR (logs in $LOG_DIR/)
   source $env_file   # exports BALANCE_DATABASE_URL, RESERVATION_DATABASE_URL, REDIS_URL
   $PG_BIN/psql -h 127.0.0.1 -p $PG_PORT -U postgres -d balance
   redis-cli -h 127.0.0.1 -p $REDIS_PORT
-  $BUF curl --protocol grpc --http2-prior-knowledge --list-services http://127.0.0.1:$LOCK_PORT
+  $(if ((TLS)); then
+        echo "$BUF curl --protocol grpc --cacert $TLS_DIR/ca.pem --cert $TLS_DIR/client.pem --key $TLS_DIR/client-key.pem --list-services https://127.0.0.1:$LOCK_PORT"
+    else
+        echo "$BUF curl --protocol grpc --http2-prior-knowledge --list-services http://127.0.0.1:$LOCK_PORT"
+    fi)
 Stop with deploy/local/down.sh (--purge also deletes $STACK_DIR).
 EOF
 }
@@ -817,6 +865,7 @@ main() {
         --no-deps) deps=0 ;;
         --no-build) build=0 ;;
         --ha) HA=1 ;;
+        --tls) TLS=1 ;;
         *)
             usage >&2
             return 2
@@ -839,6 +888,15 @@ main() {
     fi
     if ((HA)); then
         PORT_VARS+=("${HA_PORT_VARS[@]}")
+    fi
+    # Likewise --tls (STACK_DIR/tls holds its CA and certificates).
+    TLS_DIR="$STACK_DIR/tls"
+    if ((TLS)); then
+        "$HERE/certs.sh" "$TLS_DIR" lock-svc balance-svc reservation-svc client |
+            sed 's/^certs.sh: /up.sh: --tls: /'
+    elif [[ -s "$TLS_DIR/ca.pem" ]]; then
+        TLS=1
+        log "this stack was started with --tls: mTLS everywhere (certificates in $TLS_DIR)"
     fi
     check_ports
 

@@ -7,6 +7,8 @@
  *                                 LISTEN_ADDR's port); SERVICE: "" (the server)
  *
  * Exit 0: SERVING; 1: answered, not SERVING; 2: no answer (or bad usage).
+ * Over TLS when TLS_CA_FILE is set, presenting TLS_CERT_FILE/TLS_KEY_FILE
+ * (the service's own settings, so in its container it just works with mTLS).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +18,7 @@
 #include "svc/arena.h"
 #include "svc/client.h"
 #include "svc/log.h"
+#include "svc/tls.h"
 
 /* 127.0.0.1 and the port of LISTEN_ADDR (whatever host it binds), if set. */
 static const char *
@@ -56,6 +59,10 @@ main(int argc, char **argv)
     }
     req.service = argc > 2 ? argv[2] : "";
     svc_log_init("svc-health", SVC_LOG_ERROR);
+    svc_tls_opts_t tls;
+    svc_tls_opts_from_env(&tls);
+    tls.client_ca_file = NULL; /* the server side's, not ours */
+    svc_tls_configure_or_exit(&tls, "svc-health");
     if ((client = svc_client_get(addr, &err)) == NULL || (arena = svc_arena_create()) == NULL) {
         fprintf(stderr, "svc-health: %s\n", client == NULL ? err.msg : "out of memory");
         return 2;
