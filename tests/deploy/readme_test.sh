@@ -13,10 +13,20 @@
 # `name{labels} value`) must have its name start a printed line. Then the
 # whole run again, since the README promises its
 # blocks run twice. KEEP=1 keeps the temp dir.
+#
+# readme_test.sh BUILD_DIR --tls: the blocks marked `<!-- doc-test: tls -->`
+# instead, against a stack from up.sh --tls (mTLS everywhere).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-BUILD_DIR=$(cd "${1:?usage: readme_test.sh BUILD_DIR}" && pwd)
+BUILD_DIR=$(cd "${1:?usage: readme_test.sh BUILD_DIR [--tls]}" && pwd)
+MARKER="<!-- doc-test -->"
+up_args=()
+if [[ "${2:-}" == --tls ]]; then
+    MARKER="<!-- doc-test: tls -->"
+    up_args=(--tls)
+fi
+export MARKER
 
 say() { echo "readme_test.sh: $*"; }
 die() {
@@ -26,7 +36,7 @@ die() {
 
 # shellcheck source=../support/up_stack.sh source-path=SCRIPTDIR
 . "$ROOT/tests/support/up_stack.sh"
-up_stack_start readme-test 0
+up_stack_start readme-test 0 "${up_args[@]}"
 
 # The marked blocks as one script, each between markers; the README's ports and .stack rewritten.
 python3 - "$ROOT/README.md" "$STACK_DIR" >"$STACK_DIR/blocks.sh" <<'PY'
@@ -44,10 +54,10 @@ subst = {
 lines = open(readme, encoding="utf-8").read().split("\n")
 n = 0
 for i, line in enumerate(lines):
-    if line.strip() != "<!-- doc-test -->":
+    if line.strip() != env["MARKER"]:
         continue
     if i + 1 >= len(lines) or lines[i + 1].strip() != "```sh":
-        sys.exit(f"README.md:{i + 1}: <!-- doc-test --> is not right above a ```sh block")
+        sys.exit(f"README.md:{i + 1}: {env['MARKER']} is not right above a ```sh block")
     body = []
     for j in range(i + 2, len(lines)):
         if lines[j].strip() == "```":
@@ -64,7 +74,7 @@ for i, line in enumerate(lines):
     print(text)
     print(f"echo \"@@rc $?\"")
 if n == 0:
-    sys.exit("README.md marks no block with <!-- doc-test -->")
+    sys.exit(f"README.md marks no block with {env['MARKER']}")
 PY
 
 # check_run OUT: every block's verdict; fails on the first bad one.
