@@ -26,6 +26,7 @@
 #include <openssl/pem.h>
 
 #include "svc/auth.h"
+#include "svc/log.h"
 #include "svc/timer.h"
 
 #define PEER_NAME_MAX 256
@@ -177,6 +178,25 @@ svc_auth_create(const svc_auth_opts_t *opts, svc_err_t *err)
         (opts->trusted_peers != NULL && load_peers(auth, opts->trusted_peers, err) != 0)) {
         svc_auth_destroy(auth);
         return NULL;
+    }
+    return auth;
+}
+
+svc_auth_t *
+svc_auth_create_or_exit(const svc_auth_opts_t *opts, const char *prog)
+{
+    svc_err_t err;
+    svc_auth_t *auth = svc_auth_create(opts, &err);
+    char peers[16];
+
+    if (auth == NULL) {
+        fprintf(stderr, "%s: %s\n", prog, err.msg);
+        exit(2);
+    }
+    if (svc_auth_on(auth)) {
+        snprintf(peers, sizeof(peers), "%zu", auth->n_peers);
+        svc_log_kv(SVC_LOG_INFO, "caller identity on", "jwt_alg",
+                   auth->key != NULL ? svc_auth_alg(auth) : "none", "trusted_peers", peers, NULL);
     }
     return auth;
 }

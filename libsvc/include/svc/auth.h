@@ -94,6 +94,12 @@ typedef struct {
  * nor peers it returns an object with identity off.
  */
 svc_auth_t *svc_auth_create(const svc_auth_opts_t *opts, svc_err_t *err);
+/*
+ * The usual main() step, after svc_log_init and before any thread starts:
+ * svc_auth_create, or one line "prog: ..." on stderr and exit 2. Logs
+ * whether identity is on, with which algorithm and how many trusted peers.
+ */
+svc_auth_t *svc_auth_create_or_exit(const svc_auth_opts_t *opts, const char *prog);
 /* NULL is a no-op. */
 void svc_auth_destroy(svc_auth_t *auth);
 /* True when identity is on. NULL: false. */
