@@ -40,52 +40,25 @@ typedef struct {
  * svc_auth_opts_t *. SVC_OPT_AUTH_PEERS alone is for a service that names no
  * user (lock-svc).
  */
+/* clang-format off */
 #define SVC_OPT_AUTH_PEERS(o)                                                                      \
-    {                                                                                              \
-        "auth-trusted-peers", "AUTH_TRUSTED_PEERS", SVC_OPT_STRING, "",                            \
-            "comma-separated client-certificate names (CN or DNS SAN) of trusted peers, which "    \
-            "may act for any user and use reserved lock names; needs TLS client verification",     \
-            0, 0, &(o)->trusted_peers, 0                                                           \
-    }
+    {"auth-trusted-peers", "AUTH_TRUSTED_PEERS", SVC_OPT_STRING, "",                               \
+     "comma-separated client-certificate names (CN or DNS SAN) of trusted peers, which may act "   \
+     "for any user and use reserved lock names; needs TLS client verification",                    \
+     0, 0, &(o)->trusted_peers, 0}
 #define SVC_OPTS_AUTH(o)                                                                           \
-    {"auth-jwt-key-file",                                                                          \
-     "AUTH_JWT_KEY_FILE",                                                                          \
-     SVC_OPT_STRING,                                                                               \
-     "",                                                                                           \
-     "PEM public key (RSA 2048+ bits: RS256, EC P-256: ES256) that verifies callers' "             \
-     "bearer JWTs; set: every call naming a user needs one whose sub is that user",                \
-     0,                                                                                            \
-     0,                                                                                            \
-     &(o)->jwt_key_file,                                                                           \
-     0},                                                                                           \
-        {"auth-jwt-issuer",                                                                        \
-         "AUTH_JWT_ISSUER",                                                                        \
-         SVC_OPT_STRING,                                                                           \
-         "",                                                                                       \
-         "the iss a JWT must carry (empty: not checked)",                                          \
-         0,                                                                                        \
-         0,                                                                                        \
-         &(o)->issuer,                                                                             \
-         0},                                                                                       \
-        {"auth-jwt-audience",                                                                      \
-         "AUTH_JWT_AUDIENCE",                                                                      \
-         SVC_OPT_STRING,                                                                           \
-         "",                                                                                       \
-         "the aud a JWT must name (empty: not checked)",                                           \
-         0,                                                                                        \
-         0,                                                                                        \
-         &(o)->audience,                                                                           \
-         0},                                                                                       \
-        {"auth-jwt-leeway-s",                                                                      \
-         "AUTH_JWT_LEEWAY_S",                                                                      \
-         SVC_OPT_INT,                                                                              \
-         "30",                                                                                     \
-         "clock skew allowed on a JWT's exp and nbf, seconds",                                     \
-         0,                                                                                        \
-         300,                                                                                      \
-         &(o)->leeway_s,                                                                           \
-         0},                                                                                       \
-        SVC_OPT_AUTH_PEERS(o)
+    {"auth-jwt-key-file", "AUTH_JWT_KEY_FILE", SVC_OPT_STRING, "",                                 \
+     "PEM public key (RSA 2048+ bits: RS256, EC P-256: ES256) that verifies callers' bearer "      \
+     "JWTs; set: every call naming a user needs one whose sub is that user",                       \
+     0, 0, &(o)->jwt_key_file, 0},                                                                 \
+    {"auth-jwt-issuer", "AUTH_JWT_ISSUER", SVC_OPT_STRING, "",                                     \
+     "the iss a JWT must carry (empty: not checked)", 0, 0, &(o)->issuer, 0},                      \
+    {"auth-jwt-audience", "AUTH_JWT_AUDIENCE", SVC_OPT_STRING, "",                                 \
+     "the aud a JWT must name (empty: not checked)", 0, 0, &(o)->audience, 0},                     \
+    {"auth-jwt-leeway-s", "AUTH_JWT_LEEWAY_S", SVC_OPT_INT, "30",                                  \
+     "clock skew allowed on a JWT's exp and nbf, seconds", 0, 300, &(o)->leeway_s, 0},             \
+    SVC_OPT_AUTH_PEERS(o)
+/* clang-format on */
 
 /*
  * Loads the key and the peer list. Returns NULL with err set (naming the
