@@ -133,6 +133,12 @@ load_peers(svc_auth_t *auth, const char *list, svc_err_t *err)
                 return -1;
             }
         }
+        /* deploy/local/certs.sh puts localhost in every certificate: it names no one. */
+        if (len == 9 && strncasecmp(start, "localhost", 9) == 0) {
+            svc_err_set(err, SVC_INVALID_ARGUMENT,
+                        "AUTH_TRUSTED_PEERS: localhost is in every certificate; name the service");
+            return -1;
+        }
         if (auth->n_peers == SVC_AUTH_PEERS_MAX) {
             svc_err_set(err, SVC_INVALID_ARGUMENT, "AUTH_TRUSTED_PEERS: more than %d names",
                         SVC_AUTH_PEERS_MAX);

@@ -426,6 +426,8 @@ test_peers_and_off(void **state)
     expect_bad_opts(&o, "AUTH_TRUSTED_PEERS");
     o.trusted_peers = "a b";
     expect_bad_opts(&o, "AUTH_TRUSTED_PEERS");
+    o.trusted_peers = "reservation-svc,localhost";
+    expect_bad_opts(&o, "localhost is in every certificate");
     /* A verifier without a key refuses every token. */
     {
         char sub[SVC_AUTH_SUB_MAX];
