@@ -10,6 +10,7 @@
 
 #include "balance_service.h"
 #include "balance_sweeper.h"
+#include "svc/auth.h"
 #include "svc/client.h"
 #include "svc/config.h"
 #include "svc/log.h"
@@ -35,6 +36,8 @@ main(int argc, char **argv)
     balance_limits_t limits = {0};
     int64_t max_batch = 0, sweep_interval_ms = 0;
     svc_log_level_t log_level = SVC_LOG_INFO;
+    svc_auth_opts_t auth_opts = {0};
+    svc_auth_t *auth;
     svc_opt_t opts[] = {
         {"listen-addr", "LISTEN_ADDR", SVC_OPT_STRING, "127.0.0.1:50052", "address to serve on", 0,
          0, &listen_addr, 1},
@@ -55,6 +58,7 @@ main(int argc, char **argv)
          "operations on one account served in one transaction at most", 1, 10000, &max_batch, 0},
         {"sweep-interval-ms", "SWEEP_INTERVAL_MS", SVC_OPT_INT, "1000",
          "how often expired authorizations are marked voided", 10, 3600000, &sweep_interval_ms, 0},
+        SVC_OPTS_AUTH(&auth_opts),
         SVC_OPT_METRICS(&metrics_addr),
         SVC_OPTS_TLS(&tls),
         SVC_OPTS_RUNTIME(&workers, &max_workers, &grace_ms, &log_level),
@@ -74,6 +78,7 @@ main(int argc, char **argv)
                             "(balance.v1.BalanceService)");
     svc_tls_configure_or_exit(&tls, argv[0]);
     svc_log_init("balance-svc", log_level);
+    auth = svc_auth_create_or_exit(&auth_opts, argv[0]);
     svc_server_prepare_process();
     limits.max_batch = (int)max_batch;
     dbopts.conninfo = database_url;
@@ -84,12 +89,14 @@ main(int argc, char **argv)
     if (db == NULL || lock_svc == NULL) {
         fprintf(stderr, "%s: %s\n", argv[0], err.msg);
         svc_pg_pool_destroy(db);
+        svc_auth_destroy(auth);
         return 2;
     }
     if (svc_pg_migrate_wait(db, balance_migrations, balance_migrations_count, MIGRATE_PATIENCE_S,
                             &err) != 0) {
         svc_log_kv(SVC_LOG_ERROR, "migrations failed", "error", err.msg, NULL);
         svc_pg_pool_destroy(db);
+        svc_auth_destroy(auth);
         return 1;
     }
     /* A service that serves before its channel to lock-svc is up refuses its first calls. */
@@ -108,7 +115,7 @@ main(int argc, char **argv)
     sopts.descriptors_len = balance_descriptor_set_len;
     server = svc_server_create(&sopts, &err);
     if (server == NULL ||
-        (svc = balance_service_create(server, db, lock_svc, &limits, &err)) == NULL ||
+        (svc = balance_service_create(server, db, lock_svc, &limits, auth, &err)) == NULL ||
         balance_service_register(svc, &err) != 0 ||
         (sweeper = balance_sweeper_create(db, sweep_interval_ms, &err)) == NULL ||
         svc_server_start(server, &err) != 0) {
@@ -126,6 +133,7 @@ out:
     balance_service_destroy(svc);
     svc_server_destroy(server);
     svc_pg_pool_destroy(db);
+    svc_auth_destroy(auth);
     svc_client_release_all();
     return rc;
 }

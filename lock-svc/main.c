@@ -11,6 +11,7 @@
 #include "lock_redis.h"
 #include "lock_service.h"
 #include "lock_store.h"
+#include "svc/auth.h"
 #include "svc/client.h"
 #include "svc/config.h"
 #include "svc/log.h"
@@ -43,6 +44,8 @@ main(int argc, char **argv)
     int64_t workers = 0, max_workers = 0, grace_ms = 0, redis_pool = 0, cq_threads = 0;
     lock_limits_t limits = {0};
     svc_log_level_t log_level = SVC_LOG_INFO;
+    svc_auth_opts_t auth_opts = {0};
+    svc_auth_t *auth;
     svc_opt_t opts[] = {
         {"listen-addr", "LISTEN_ADDR", SVC_OPT_STRING, "127.0.0.1:50051", "address to serve on", 0,
          0, &listen_addr, 1},
@@ -62,6 +65,7 @@ main(int argc, char **argv)
         {"max-sem-lease-ms", "MAX_SEM_LEASE_MS", SVC_OPT_INT, "86400000",
          "longest semaphore permit lease or place TTL granted", 1, 604800000,
          &limits.max_sem_lease_ms, 0},
+        SVC_OPT_AUTH_PEERS(&auth_opts),
         SVC_OPT_METRICS(&metrics_addr),
         SVC_OPTS_TLS(&tls),
         SVC_OPTS_RUNTIME(&workers, &max_workers, &grace_ms, &log_level),
@@ -84,9 +88,11 @@ main(int argc, char **argv)
         return 2;
     }
     svc_log_init("lock-svc", log_level);
+    auth = svc_auth_create_or_exit(&auth_opts, argv[0]);
     store = lock_store_create(redis_url, (int)redis_pool, &err);
     if (store == NULL) {
         fprintf(stderr, "%s: %s\n", argv[0], err.msg);
+        svc_auth_destroy(auth);
         return 2;
     }
     svc_server_prepare_process();
@@ -106,7 +112,7 @@ main(int argc, char **argv)
     sopts.descriptors = lock_descriptor_set;
     sopts.descriptors_len = lock_descriptor_set_len;
     server = svc_server_create(&sopts, &err);
-    if (server == NULL || (svc = lock_service_create(server, store, &limits, &err)) == NULL ||
+    if (server == NULL || (svc = lock_service_create(server, store, &limits, auth, &err)) == NULL ||
         lock_service_register(svc, &err) != 0 || svc_server_start(server, &err) != 0) {
         svc_log_kv(SVC_LOG_ERROR, "cannot start", "error", err.msg, NULL);
         goto out;
@@ -126,6 +132,7 @@ out:
     lock_store_destroy(store);
     lock_service_destroy(svc);
     svc_server_destroy(server);
+    svc_auth_destroy(auth);
     svc_client_release_all();
     return rc;
 }

@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "reservation_service.h"
+#include "svc/auth.h"
 #include "svc/client.h"
 #include "svc/config.h"
 #include "svc/log.h"
@@ -36,6 +37,8 @@ main(int argc, char **argv)
     int64_t max_streams = 0;
     reservation_opts_t ropts = {0};
     svc_log_level_t log_level = SVC_LOG_INFO;
+    svc_auth_opts_t auth_opts = {0};
+    svc_auth_t *auth;
     svc_opt_t opts[] = {
         {"listen-addr", "LISTEN_ADDR", SVC_OPT_STRING, "127.0.0.1:50053", "address to serve on", 0,
          0, &listen_addr, 1},
@@ -79,6 +82,7 @@ main(int argc, char **argv)
         {"max-streams", "MAX_STREAMS", SVC_OPT_INT, "1000",
          "calls one client connection may have in flight; more wait in the client (0: no limit)", 0,
          1000000, &max_streams, 0},
+        SVC_OPTS_AUTH(&auth_opts),
         SVC_OPT_METRICS(&metrics_addr),
         SVC_OPTS_TLS(&tls),
         SVC_OPTS_RUNTIME(&workers, &max_workers, &grace_ms, &log_level),
@@ -116,6 +120,8 @@ main(int argc, char **argv)
                    " key, so other instances refuse them",
                    NULL);
     }
+    auth = svc_auth_create_or_exit(&auth_opts, argv[0]);
+    ropts.auth = auth;
     svc_server_prepare_process();
     dbopts.conninfo = database_url;
     dbopts.size = (int)db_pool;
@@ -126,12 +132,14 @@ main(int argc, char **argv)
     if (db == NULL || lock_svc == NULL || balance_svc == NULL) {
         fprintf(stderr, "%s: %s\n", argv[0], err.msg);
         svc_pg_pool_destroy(db);
+        svc_auth_destroy(auth);
         return 2;
     }
     if (svc_pg_migrate_wait(db, reservation_migrations, reservation_migrations_count,
                             MIGRATE_PATIENCE_S, &err) != 0) {
         svc_log_kv(SVC_LOG_ERROR, "migrations failed", "error", err.msg, NULL);
         svc_pg_pool_destroy(db);
+        svc_auth_destroy(auth);
         return 1;
     }
     /* A service that serves before its channels to its peers are up refuses its first calls. */
@@ -169,6 +177,7 @@ out:
     reservation_service_destroy(svc);
     svc_server_destroy(server);
     svc_pg_pool_destroy(db);
+    svc_auth_destroy(auth);
     svc_client_release_all();
     return rc;
 }

@@ -14,6 +14,7 @@
 #include "balance_batcher.h"
 #include "balance_service.h"
 #include "balance_store.h"
+#include "svc/auth.h"
 #include "svc/validate.h"
 
 #define KEY_MAX 128
@@ -28,6 +29,7 @@ struct balance_service {
     svc_server_t *server;
     svc_pg_pool_t *db;
     balance_batcher_t *batcher;
+    const svc_auth_t *auth; /* caller identity; NULL or off: anyone acts for anyone */
 };
 
 /* ---------- answers (called by the batcher, once per request) ---------- */
@@ -128,7 +130,8 @@ change(balance_service_t *svc, svc_call_t *call, balance_op_kind_t kind, int64_t
     balance_req_t *r;
     svc_err_t err;
 
-    if (!check_change(user_id, amount, max_amount, key, reference, &err)) {
+    if (!check_change(user_id, amount, max_amount, key, reference, &err) ||
+        svc_auth_check_user(svc->auth, call, user_id, &err) != 0) {
         svc_call_fail(call, &err);
         return;
     }
@@ -185,7 +188,8 @@ handle_refund(svc_call_t *call, const ProtobufCMessage *msg, void *user)
 
     if (!check_change(req->user_id, req->amount, BALANCE_MAX_HOLD, req->idempotency_key, "",
                       &err) ||
-        !svc_validate_range("transaction_id", req->transaction_id, 1, INT64_MAX, &err)) {
+        !svc_validate_range("transaction_id", req->transaction_id, 1, INT64_MAX, &err) ||
+        svc_auth_check_user(svc->auth, call, req->user_id, &err) != 0) {
         svc_call_fail(call, &err);
         return;
     }
@@ -198,17 +202,29 @@ handle_refund(svc_call_t *call, const ProtobufCMessage *msg, void *user)
     balance_batcher_submit(svc->batcher, req->user_id, r);
 }
 
-/* Capture and Void: find the authorization's account, then join its queue. */
+/*
+ * Capture and Void: find the authorization's account, then join its queue.
+ * The caller is known before the lookup, so a caller without a valid token
+ * learns nothing of which authorizations exist.
+ */
 static void
 settle(balance_service_t *svc, svc_call_t *call, balance_op_kind_t kind, int64_t authorization_id)
 {
+    svc_auth_caller_t caller;
     balance_req_t *r;
     int64_t user_id;
     svc_err_t err;
 
     if (!svc_validate_range("authorization_id", authorization_id, 1, INT64_MAX, &err) ||
+        svc_auth_caller(svc->auth, call, &caller, &err) != 0 ||
         balance_store_authorization_user(svc->db, authorization_id, read_deadline(call), &user_id,
                                          &err) != 0) {
+        svc_call_fail(call, &err);
+        return;
+    }
+    if (!svc_auth_caller_may(&caller, user_id)) {
+        svc_err_set(&err, SVC_PERMISSION_DENIED,
+                    "authorization %" PRId64 " belongs to another user", authorization_id);
         svc_call_fail(call, &err);
         return;
     }
@@ -246,6 +262,7 @@ handle_get_balance(svc_call_t *call, const ProtobufCMessage *msg, void *user)
     svc_err_t err;
 
     if (!svc_validate_range("user_id", req->user_id, 1, INT64_MAX, &err) ||
+        svc_auth_check_user(svc->auth, call, req->user_id, &err) != 0 ||
         balance_store_get(svc->db, req->user_id, read_deadline(call), &resp.balance,
                           &resp.available, &resp.updated_at_ms, &err) != 0) {
         svc_call_fail(call, &err);
@@ -303,6 +320,7 @@ handle_list(svc_call_t *call, const ProtobufCMessage *msg, void *user)
     if (!svc_validate_range("user_id", req->user_id, 1, INT64_MAX, &err) ||
         !svc_validate_range("page_size", req->page_size, 0, PAGE_MAX, &err) ||
         !parse_page_token(req->page_token, &before, &err) ||
+        svc_auth_check_user(svc->auth, call, req->user_id, &err) != 0 ||
         balance_store_list(svc->db, req->user_id, before,
                            req->page_size > 0 ? req->page_size : PAGE_DEFAULT, read_deadline(call),
                            arena, &rows, &n, &more, &err) != 0) {
@@ -336,7 +354,7 @@ handle_list(svc_call_t *call, const ProtobufCMessage *msg, void *user)
 
 balance_service_t *
 balance_service_create(svc_server_t *server, svc_pg_pool_t *db, svc_client_t *lock_svc,
-                       const balance_limits_t *limits, svc_err_t *err)
+                       const balance_limits_t *limits, const svc_auth_t *auth, svc_err_t *err)
 {
     balance_service_t *svc = calloc(1, sizeof(*svc));
 
@@ -346,6 +364,7 @@ balance_service_create(svc_server_t *server, svc_pg_pool_t *db, svc_client_t *lo
     }
     svc->server = server;
     svc->db = db;
+    svc->auth = auth;
     svc->batcher = balance_batcher_create(server, db, lock_svc, limits, err);
     if (svc->batcher == NULL) {
         free(svc);

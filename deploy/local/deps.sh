@@ -14,13 +14,13 @@ BUF_VERSION=1.75.0
 BUF_BIN="$ROOT/.tools/node_modules/.bin/buf"
 
 # Debian packages, by purpose: C toolchain, gRPC/protobuf-c, client libraries
-# (libmicrohttpd serves /metrics), tests (prometheus scrapes a stack in one),
+# (libmicrohttpd serves /metrics, jansson reads JWT claims), tests (prometheus scrapes a stack in one),
 # the servers up.sh runs, the standard health/reflection protos, format
 # check, and node for buf. npm is handled apart (see below).
 PACKAGES=(
     build-essential cmake pkg-config
     libgrpc-dev protobuf-compiler protobuf-c-compiler libprotobuf-c-dev
-    libpq-dev libhiredis-dev libssl-dev libmicrohttpd-dev
+    libpq-dev libhiredis-dev libssl-dev libmicrohttpd-dev libjansson-dev
     libcmocka-dev prometheus curl
     postgresql redis-server redis-sentinel
     grpc-proto

@@ -90,7 +90,7 @@ lock_sem_handle_enter(svc_call_t *call, const ProtobufCMessage *msg, void *user)
     sem_ctx_t *ctx;
     svc_err_t err;
 
-    if (!svc_validate_key("name", req->name, &err) ||
+    if (!lock_service_check_name(user, call, "name", req->name, &err) ||
         !svc_validate_text("owner", req->owner, 1, LOCK_OWNER_MAX, &err) ||
         !svc_validate_range("limit", req->limit, 1, LOCK_SEM_LIMIT_MAX, &err) ||
         !check_ms(sem, "lease_ms", req->lease_ms, &lease_ms, &err) ||
@@ -127,7 +127,7 @@ lock_sem_handle_leave(svc_call_t *call, const ProtobufCMessage *msg, void *user)
     sem_ctx_t *ctx;
     svc_err_t err;
 
-    if (!svc_validate_key("name", req->name, &err) ||
+    if (!lock_service_check_name(user, call, "name", req->name, &err) ||
         !svc_validate_text("ticket", req->ticket, 1, TICKET_MAX, &err)) {
         svc_call_fail(call, &err);
         return;
@@ -162,7 +162,7 @@ lock_sem_handle_extend(svc_call_t *call, const ProtobufCMessage *msg, void *user
     sem_ctx_t *ctx;
     svc_err_t err;
 
-    if (!svc_validate_key("name", req->name, &err) ||
+    if (!lock_service_check_name(user, call, "name", req->name, &err) ||
         !svc_validate_text("ticket", req->ticket, 1, TICKET_MAX, &err) ||
         !check_ms(sem, "lease_ms", req->lease_ms, &lease_ms, &err)) {
         svc_call_fail(call, &err);
@@ -201,7 +201,7 @@ lock_sem_handle_get(svc_call_t *call, const ProtobufCMessage *msg, void *user)
     sem_ctx_t *ctx;
     svc_err_t err;
 
-    if (!svc_validate_key("name", req->name, &err) ||
+    if (!lock_service_check_name(user, call, "name", req->name, &err) ||
         !svc_validate_text("ticket", req->ticket, 0, TICKET_MAX, &err)) {
         svc_call_fail(call, &err);
         return;

@@ -385,7 +385,7 @@ lock_sem_handle_watch(svc_call_t *call, const ProtobufCMessage *msg, void *user)
     watcher_t *w;
     svc_err_t err;
 
-    if (!svc_validate_key("name", req->name, &err)) {
+    if (!lock_service_check_name(user, call, "name", req->name, &err)) {
         svc_call_finish(call, &err);
         return;
     }

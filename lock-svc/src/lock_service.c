@@ -37,9 +37,29 @@ struct lock_service {
     lock_waiters_t *waiters;
     lock_sem_t *sem;
     lock_limits_t limits;
+    const svc_auth_t *auth;
 };
 
 /* ---------- validation ---------- */
+
+bool
+lock_service_check_name(lock_service_t *svc, svc_call_t *call, const char *field, const char *name,
+                        svc_err_t *err)
+{
+    static const char *const reserved[] = LOCK_RESERVED_PREFIXES;
+    char what[SVC_KEY_MAX + 32];
+
+    if (!svc_validate_key(field, name, err)) {
+        return false;
+    }
+    for (size_t i = 0; i < sizeof(reserved) / sizeof(reserved[0]); i++) {
+        if (strncmp(name, reserved[i], strlen(reserved[i])) == 0) {
+            snprintf(what, sizeof(what), "%s %s", field, name);
+            return svc_auth_check_peer(svc->auth, call, what, err) == 0;
+        }
+    }
+    return true;
+}
 
 static bool
 check_lease(const lock_service_t *svc, int64_t lease_ms, int64_t *out, svc_err_t *err)
@@ -110,7 +130,7 @@ handle_acquire(svc_call_t *call, const ProtobufCMessage *msg, void *user)
     int64_t lease_ms;
     svc_err_t err;
 
-    if (!svc_validate_key("key", req->key, &err) ||
+    if (!lock_service_check_name(svc, call, "key", req->key, &err) ||
         !check_lease(svc, req->lease_ms, &lease_ms, &err) ||
         !svc_validate_range("wait_ms", req->wait_ms, 0, svc->limits.max_wait_ms, &err) ||
         !svc_validate_text("owner", req->owner, 0, LOCK_OWNER_MAX, &err)) {
@@ -177,7 +197,8 @@ handle_release(svc_call_t *call, const ProtobufCMessage *msg, void *user)
     simple_ctx_t *ctx;
     svc_err_t err;
 
-    if (!svc_validate_key("key", req->key, &err) || !check_token(req->token, &err)) {
+    if (!lock_service_check_name(svc, call, "key", req->key, &err) ||
+        !check_token(req->token, &err)) {
         svc_call_fail(call, &err);
         return;
     }
@@ -210,8 +231,8 @@ handle_extend(svc_call_t *call, const ProtobufCMessage *msg, void *user)
     int64_t lease_ms;
     svc_err_t err;
 
-    if (!svc_validate_key("key", req->key, &err) || !check_token(req->token, &err) ||
-        !check_lease(svc, req->lease_ms, &lease_ms, &err)) {
+    if (!lock_service_check_name(svc, call, "key", req->key, &err) ||
+        !check_token(req->token, &err) || !check_lease(svc, req->lease_ms, &lease_ms, &err)) {
         svc_call_fail(call, &err);
         return;
     }
@@ -248,7 +269,7 @@ handle_get_lock(svc_call_t *call, const ProtobufCMessage *msg, void *user)
     simple_ctx_t *ctx;
     svc_err_t err;
 
-    if (!svc_validate_key("key", req->key, &err)) {
+    if (!lock_service_check_name(svc, call, "key", req->key, &err)) {
         svc_call_fail(call, &err);
         return;
     }
@@ -261,7 +282,7 @@ handle_get_lock(svc_call_t *call, const ProtobufCMessage *msg, void *user)
 
 lock_service_t *
 lock_service_create(svc_server_t *server, lock_store_t *store, const lock_limits_t *limits,
-                    svc_err_t *err)
+                    const svc_auth_t *auth, svc_err_t *err)
 {
     lock_service_t *svc = calloc(1, sizeof(*svc));
 
@@ -272,6 +293,7 @@ lock_service_create(svc_server_t *server, lock_store_t *store, const lock_limits
     svc->server = server;
     svc->store = store;
     svc->limits = *limits;
+    svc->auth = auth;
     if ((svc->waiters = lock_waiters_create(store, err)) == NULL) {
         free(svc);
         return NULL;

@@ -5,9 +5,11 @@
 #ifndef LOCK_SERVICE_H
 #define LOCK_SERVICE_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "lock_store.h"
+#include "svc/auth.h"
 #include "svc/server.h"
 
 typedef struct lock_service lock_service_t;
@@ -20,9 +22,30 @@ typedef struct {
     int64_t max_sem_lease_ms;
 } lock_limits_t;
 
-/* The service takes no ownership of store or server; both must outlive it. */
+/*
+ * The service takes no ownership of store, server or auth; they must outlive
+ * it. auth (NULL or off: every name is open) reserves the names services use
+ * (LOCK_RESERVED_PREFIXES) for trusted peers.
+ */
 lock_service_t *lock_service_create(svc_server_t *server, lock_store_t *store,
-                                    const lock_limits_t *limits, svc_err_t *err);
+                                    const lock_limits_t *limits, const svc_auth_t *auth,
+                                    svc_err_t *err);
+/*
+ * The names reservation-svc and balance-svc lock (seat:<schedule>:<n>,
+ * account:<user>) and the waiting rooms' semaphores (room:<schedule>): a
+ * stranger holding one with a long lease would block a hall or an account.
+ */
+#define LOCK_RESERVED_PREFIXES                                                                     \
+    {                                                                                              \
+        "seat:", "account:", "room:"                                                               \
+    }
+/*
+ * A lock key or semaphore name of a request, checked: its syntax
+ * (INVALID_ARGUMENT), then, with identity on, that a reserved name comes
+ * from a trusted peer (PERMISSION_DENIED). field is "key" or "name".
+ */
+bool lock_service_check_name(lock_service_t *svc, svc_call_t *call, const char *field,
+                             const char *name, svc_err_t *err);
 /* The semaphores' half (lock_sem.c), for their handlers. */
 struct lock_sem *lock_service_sem(lock_service_t *svc);
 /* Registers lock.v1.LockService on the server and starts the store. Before the server starts. */

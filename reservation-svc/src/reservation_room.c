@@ -131,6 +131,7 @@ reservation_room_enter(svc_call_t *call, const ProtobufCMessage *msg, void *user
 
     if (!svc_validate_range("user_id", req->user_id, 1, INT64_MAX, &err) ||
         !svc_validate_range("schedule_id", req->schedule_id, 1, INT64_MAX, &err) ||
+        svc_auth_check_user(svc->opts.auth, call, req->user_id, &err) != 0 ||
         room_of(svc, call, req->schedule_id, &limit, &ttl_ms, &err) != 0) {
         svc_call_fail(call, &err);
         return;
@@ -187,6 +188,7 @@ reservation_room_leave(svc_call_t *call, const ProtobufCMessage *msg, void *user
     svc_err_t err;
 
     if (reservation_room_ticket_parse(svc, req->ticket, &schedule_id, &user_id, &t, &err) != 0 ||
+        svc_auth_check_user(svc->opts.auth, call, user_id, &err) != 0 ||
         rsv_store_admission_end_ticket(svc->db, t.ticket, svc_now_unix_ms(),
                                        reservation_db_deadline(call), &err) != 0) {
         svc_call_fail(call, &err);

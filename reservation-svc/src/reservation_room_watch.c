@@ -798,7 +798,8 @@ reservation_room_watch(svc_call_t *call, const ProtobufCMessage *msg, void *user
     struct room *r;
     svc_err_t err;
 
-    if (reservation_room_ticket_parse(svc, req->ticket, &schedule_id, &user_id, &t, &err) != 0) {
+    if (reservation_room_ticket_parse(svc, req->ticket, &schedule_id, &user_id, &t, &err) != 0 ||
+        svc_auth_check_user(svc->opts.auth, call, user_id, &err) != 0) {
         svc_call_fail(call, &err);
         return;
     }

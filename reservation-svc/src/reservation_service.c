@@ -318,7 +318,8 @@ handle_hold_seats(svc_call_t *call, const ProtobufCMessage *msg, void *user)
 
     if (!svc_validate_range("user_id", req->user_id, 1, INT64_MAX, &err) ||
         !svc_validate_range("schedule_id", req->schedule_id, 1, INT64_MAX, &err) ||
-        !check_seat_list(req->seat_numbers, req->n_seat_numbers, seats, &err)) {
+        !check_seat_list(req->seat_numbers, req->n_seat_numbers, seats, &err) ||
+        svc_auth_check_user(svc->opts.auth, call, req->user_id, &err) != 0) {
         svc_call_fail(call, &err);
         return;
     }
@@ -342,6 +343,7 @@ handle_cancel(svc_call_t *call, const ProtobufCMessage *msg, void *user)
 
     if (!svc_validate_range("reservation_id", req->reservation_id, 1, INT64_MAX, &err) ||
         !svc_validate_range("user_id", req->user_id, 1, INT64_MAX, &err) ||
+        svc_auth_check_user(svc->opts.auth, call, req->user_id, &err) != 0 ||
         reservation_cancel(svc, call, req->reservation_id, req->user_id, svc_call_arena(call), &r,
                            &err) != 0) {
         svc_call_fail(call, &err);
@@ -350,17 +352,32 @@ handle_cancel(svc_call_t *call, const ProtobufCMessage *msg, void *user)
     reply_reservation(call, &r, 1);
 }
 
+/*
+ * With caller identity on, a reservation is shown to its owner only: a
+ * caller without a valid token is UNAUTHENTICATED before anything is read,
+ * and another user's reservation is PERMISSION_DENIED, as PayReservation
+ * and CancelReservation answer a stranger (ids are sequential, so hiding
+ * that one exists would buy nothing).
+ */
 static void
 handle_get(svc_call_t *call, const ProtobufCMessage *msg, void *user)
 {
     const Reservation__V1__GetReservationRequest *req = (const void *)msg;
     reservation_service_t *svc = user;
+    svc_auth_caller_t caller;
     rsv_reservation_t r;
     svc_err_t err;
 
     if (!svc_validate_range("reservation_id", req->reservation_id, 1, INT64_MAX, &err) ||
+        svc_auth_caller(svc->opts.auth, call, &caller, &err) != 0 ||
         rsv_store_get(svc->db, req->reservation_id, svc_now_unix_ms(),
                       reservation_db_deadline(call), svc_call_arena(call), &r, &err) != 0) {
+        svc_call_fail(call, &err);
+        return;
+    }
+    if (!svc_auth_caller_may(&caller, r.user_id)) {
+        svc_err_set(&err, SVC_PERMISSION_DENIED, "reservation %" PRId64 " is not yours",
+                    req->reservation_id);
         svc_call_fail(call, &err);
         return;
     }
@@ -381,6 +398,7 @@ handle_pay(svc_call_t *call, const ProtobufCMessage *msg, void *user)
     if (!svc_validate_range("reservation_id", req->reservation_id, 1, INT64_MAX, &err) ||
         !svc_validate_range("user_id", req->user_id, 1, INT64_MAX, &err) ||
         !svc_validate_text("idempotency_key", req->idempotency_key, 0, 128, &err) ||
+        svc_auth_check_user(svc->opts.auth, call, req->user_id, &err) != 0 ||
         reservation_pay(svc, call, req->reservation_id, req->user_id, svc_call_arena(call), &r,
                         &pay, &err) != 0) {
         svc_call_fail(call, &err);

@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "reservation_admission.h"
+#include "svc/auth.h"
 #include "svc/client.h"
 #include "svc/pg.h"
 #include "svc/server.h"
@@ -23,6 +24,13 @@ typedef struct {
     int64_t pay_grace_ms; /* an authorization outlives its hold by this, for the capture */
     rsv_admission_key_t admission_key; /* signs and checks waiting-room admissions */
     int64_t room_place_ms; /* a place in a waiting room's line lasts this long unless renewed */
+    /*
+     * Caller identity (NULL or off: anyone acts for anyone). On, every call
+     * naming a user (HoldSeats, PayReservation, CancelReservation, the
+     * waiting room) must come with that user's token, and GetReservation
+     * shows a reservation to its owner only. Not owned; outlives the service.
+     */
+    const svc_auth_t *auth;
 } reservation_opts_t;
 
 /* Starts the sweeper. Takes no ownership: server, db and lock_svc must outlive it. */

@@ -7,7 +7,7 @@ cluster's own, or connection URLs that are not secret.
 
     python3 k8s_check.py ROOT NAME RENDERED.yaml [--production]
 
-ROOT is the repository (the services' main.c name their settings). Prints one
+ROOT is the repository (the services' main.c and svc/config.h, svc/auth.h name their settings). Prints one
 line per problem and exits 1 if there is any, else prints a summary, exits 0.
 """
 
@@ -65,8 +65,11 @@ class Checker:
         try:
             with open(f"{self.root}/{service}/main.c", encoding="utf-8") as f:
                 main_c = f.read()
-            with open(f"{self.root}/libsvc/include/svc/config.h", encoding="utf-8") as f:
-                config_h = f.read()
+            config_h = ""
+            # The option macros every service may use: svc/config.h, svc/auth.h.
+            for header in ("config.h", "auth.h"):
+                with open(f"{self.root}/libsvc/include/svc/{header}", encoding="utf-8") as f:
+                    config_h += f.read()
             # {"flag", "ENV", ...} or {NULL, "ENV", ...}: a setting read from the environment only.
             pattern = re.compile(r'(?:"[a-z0-9-]+"|NULL),\s*"([A-Z][A-Z0-9_]*)"')
             names = set(pattern.findall(main_c)) | set(pattern.findall(config_h))
