@@ -156,7 +156,7 @@ struct svc_server {
     bool shutdown_begun, shutdown_done, stopped;
     bool stop_requests; /* no more grpc_server_request_*call: the server is going away */
     int live_calls;     /* accepted and not yet freed, under mu */
-    int in_flight;      /* the same but for exempt methods: admission, under mu */
+    int in_flight;      /* live_calls less health and reflection: admission, under mu */
     peer_slot_t *peers[PEER_BUCKETS]; /* under mu */
     svc_tag_t shutdown_tag;
 };
