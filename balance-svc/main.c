@@ -35,6 +35,7 @@ main(int argc, char **argv)
     int64_t workers = 0, max_workers = 0, grace_ms = 0, db_pool = 0, stmt_timeout = 0;
     balance_limits_t limits = {0};
     int64_t max_batch = 0, sweep_interval_ms = 0;
+    int64_t max_in_flight = 0, max_in_flight_per_peer = 0;
     svc_log_level_t log_level = SVC_LOG_INFO;
     svc_auth_opts_t auth_opts = {0};
     svc_auth_t *auth;
@@ -59,6 +60,9 @@ main(int argc, char **argv)
         {"sweep-interval-ms", "SWEEP_INTERVAL_MS", SVC_OPT_INT, "1000",
          "how often expired authorizations are marked voided", 10, 3600000, &sweep_interval_ms, 0},
         SVC_OPTS_AUTH(&auth_opts),
+        /* Its callers are reservation-svc's workers and TopUps: far fewer at once. */
+        SVC_OPT_MAX_IN_FLIGHT(&max_in_flight, "5000"),
+        SVC_OPT_MAX_IN_FLIGHT_PER_PEER(&max_in_flight_per_peer),
         SVC_OPT_METRICS(&metrics_addr),
         SVC_OPTS_TLS(&tls),
         SVC_OPTS_RUNTIME(&workers, &max_workers, &grace_ms, &log_level),
@@ -109,6 +113,8 @@ main(int argc, char **argv)
     sopts.workers = (int)workers;
     sopts.max_workers = (int)max_workers;
     sopts.grace_ms = (int)grace_ms;
+    sopts.max_in_flight = (int)max_in_flight;
+    sopts.max_in_flight_per_peer = (int)max_in_flight_per_peer;
     sopts.metrics_addr = metrics_addr;
     sopts.tls = &tls;
     sopts.descriptors = balance_descriptor_set;

@@ -43,6 +43,7 @@ main(int argc, char **argv)
     const char *listen_addr = NULL, *redis_url = NULL;
     int64_t workers = 0, max_workers = 0, grace_ms = 0, redis_pool = 0, cq_threads = 0;
     lock_limits_t limits = {0};
+    int64_t max_in_flight = 0, max_in_flight_per_peer = 0;
     svc_log_level_t log_level = SVC_LOG_INFO;
     svc_auth_opts_t auth_opts = {0};
     svc_auth_t *auth;
@@ -66,6 +67,9 @@ main(int argc, char **argv)
          "longest semaphore permit lease or place TTL granted", 1, 604800000,
          &limits.max_sem_lease_ms, 0},
         SVC_OPT_AUTH_PEERS(&auth_opts),
+        /* Its callers are the services, whose workers and gates bound what they send. */
+        SVC_OPT_MAX_IN_FLIGHT(&max_in_flight, "5000"),
+        SVC_OPT_MAX_IN_FLIGHT_PER_PEER(&max_in_flight_per_peer),
         SVC_OPT_METRICS(&metrics_addr),
         SVC_OPTS_TLS(&tls),
         SVC_OPTS_RUNTIME(&workers, &max_workers, &grace_ms, &log_level),
@@ -107,6 +111,8 @@ main(int argc, char **argv)
     sopts.cq_threads = cq_threads > 0 ? (int)cq_threads : (cpus_available() + 1) / 2;
     sopts.max_workers = (int)max_workers;
     sopts.grace_ms = (int)grace_ms;
+    sopts.max_in_flight = (int)max_in_flight;
+    sopts.max_in_flight_per_peer = (int)max_in_flight_per_peer;
     sopts.metrics_addr = metrics_addr;
     sopts.tls = &tls;
     sopts.descriptors = lock_descriptor_set;

@@ -36,6 +36,7 @@ main(int argc, char **argv)
     int64_t workers = 0, max_workers = 0, grace_ms = 0, db_pool = 0, stmt_timeout = 0;
     int64_t max_streams = 0;
     reservation_opts_t ropts = {0};
+    int64_t max_in_flight = 0, max_in_flight_per_peer = 0;
     svc_log_level_t log_level = SVC_LOG_INFO;
     svc_auth_opts_t auth_opts = {0};
     svc_auth_t *auth;
@@ -83,6 +84,10 @@ main(int argc, char **argv)
          "calls one client connection may have in flight; more wait in the client (0: no limit)", 0,
          1000000, &max_streams, 0},
         SVC_OPTS_AUTH(&auth_opts),
+        /* 10 000 WatchWaitingRoom streams at once (waiting-room-bench), or a 10 000-user
+         * storm over several connections, must fit: 15 000 take ~150 MB. */
+        SVC_OPT_MAX_IN_FLIGHT(&max_in_flight, "15000"),
+        SVC_OPT_MAX_IN_FLIGHT_PER_PEER(&max_in_flight_per_peer),
         SVC_OPT_METRICS(&metrics_addr),
         SVC_OPTS_TLS(&tls),
         SVC_OPTS_RUNTIME(&workers, &max_workers, &grace_ms, &log_level),
@@ -154,6 +159,8 @@ main(int argc, char **argv)
     sopts.workers = (int)workers;
     sopts.max_workers = (int)max_workers;
     sopts.grace_ms = (int)grace_ms;
+    sopts.max_in_flight = (int)max_in_flight;
+    sopts.max_in_flight_per_peer = (int)max_in_flight_per_peer;
     sopts.metrics_addr = metrics_addr;
     sopts.tls = &tls;
     sopts.max_streams = (int)max_streams;

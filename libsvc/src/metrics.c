@@ -504,6 +504,7 @@ struct svc_rpc_metrics {
     char labels[512];
     svc_metric_t *started, *seconds;
     svc_metric_t *_Atomic handled[N_CODES];
+    svc_metric_t *_Atomic shed[SVC_SHED_REASONS];
 };
 
 static pthread_mutex_t rpc_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -602,4 +603,35 @@ svc_rpc_metrics_handled(svc_rpc_metrics_t *m, svc_status_t code, double seconds)
     }
     svc_metric_add(h, 1);
     svc_metric_observe(m->seconds, seconds);
+}
+
+static const char *const SHED_NAMES[SVC_SHED_REASONS] = {"in_flight", "peer", "queue", "deadline",
+                                                         "cancelled"};
+
+const char *
+svc_shed_reason_name(svc_shed_reason_t reason)
+{
+    return (unsigned)reason < SVC_SHED_REASONS ? SHED_NAMES[reason] : "unknown";
+}
+
+void
+svc_rpc_metrics_shed(svc_rpc_metrics_t *m, svc_shed_reason_t reason)
+{
+    svc_metric_t *c;
+
+    if (m == NULL || (unsigned)reason >= SVC_SHED_REASONS) {
+        return;
+    }
+    if ((c = atomic_load_explicit(&m->shed[reason], memory_order_acquire)) == NULL) {
+        char labels[sizeof(m->labels) + 64];
+        snprintf(labels, sizeof(labels), "%s", m->labels);
+        svc_metric_label(labels, sizeof(labels), "reason", SHED_NAMES[reason]);
+        c = svc_metric(SVC_METRIC_COUNTER, "grpc_server_shed_total",
+                       "Total number of RPCs the server answered without running their handler: "
+                       "over a limit of calls in flight, a full queue, or already past their "
+                       "deadline or cancelled.",
+                       labels);
+        atomic_store_explicit(&m->shed[reason], c, memory_order_release);
+    }
+    svc_metric_add(c, 1);
 }

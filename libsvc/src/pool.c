@@ -1,10 +1,12 @@
 /*
  * pool.c: an elastic worker pool. Threads beyond `core` are started when a
  * task arrives and no thread is idle, and leave again after a quiet spell.
+ * New work is refused once max_queued tasks wait (svc_pool_try_submit).
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <time.h>
 
@@ -25,6 +27,8 @@ struct svc_pool {
     pthread_cond_t work;    /* a task was queued or the pool is stopping */
     pthread_cond_t drained; /* a thread left */
     pool_task_t *head, *tail;
+    int queued;     /* tasks in head..tail */
+    int max_queued; /* svc_pool_try_submit's bound; 0: none */
     int core, max;
     int threads; /* alive */
     int idle;    /* waiting for work */
@@ -80,6 +84,7 @@ pool__thread(void *arg)
         if (pool->head == NULL) {
             pool->tail = NULL;
         }
+        pool->queued--;
         pthread_mutex_unlock(&pool->mu);
         task->fn(task->arg);
         svc_log_ctx_clear(); /* the next job may serve another call, or none */
@@ -125,12 +130,22 @@ svc_pool_create(int core, int max, svc_err_t *err)
     return pool;
 }
 
-int
-svc_pool_submit(svc_pool_t *pool, svc_task_fn fn, void *arg)
+/* Queues fn(arg); with bounded, refuses it when max_queued tasks wait already. */
+static int
+pool__submit(svc_pool_t *pool, svc_task_fn fn, void *arg, bool bounded)
 {
-    pool_task_t *task = malloc(sizeof(*task));
+    pool_task_t *task;
 
-    if (task == NULL) {
+    /* A cheap look first, so that a refused task costs no allocation (a flood is refused here). */
+    if (bounded) {
+        pthread_mutex_lock(&pool->mu);
+        bool full = pool->max_queued > 0 && pool->queued >= pool->max_queued;
+        pthread_mutex_unlock(&pool->mu);
+        if (full) {
+            return SVC_POOL_FULL;
+        }
+    }
+    if ((task = malloc(sizeof(*task))) == NULL) {
         return -1;
     }
     task->next = NULL;
@@ -142,12 +157,18 @@ svc_pool_submit(svc_pool_t *pool, svc_task_fn fn, void *arg)
         free(task);
         return -1;
     }
+    if (bounded && pool->max_queued > 0 && pool->queued >= pool->max_queued) {
+        pthread_mutex_unlock(&pool->mu);
+        free(task);
+        return SVC_POOL_FULL;
+    }
     if (pool->tail != NULL) {
         pool->tail->next = task;
     } else {
         pool->head = task;
     }
     pool->tail = task;
+    pool->queued++;
     /* Grow only when nobody is free to take it; a failed spawn still leaves it queued. */
     if (pool->idle == 0 && pool->threads < pool->max) {
         (void)pool__spawn(pool);
@@ -155,6 +176,37 @@ svc_pool_submit(svc_pool_t *pool, svc_task_fn fn, void *arg)
     pthread_cond_signal(&pool->work);
     pthread_mutex_unlock(&pool->mu);
     return 0;
+}
+
+int
+svc_pool_submit(svc_pool_t *pool, svc_task_fn fn, void *arg)
+{
+    return pool__submit(pool, fn, arg, false);
+}
+
+int
+svc_pool_try_submit(svc_pool_t *pool, svc_task_fn fn, void *arg)
+{
+    return pool__submit(pool, fn, arg, true);
+}
+
+void
+svc_pool_set_max_queued(svc_pool_t *pool, int max_queued)
+{
+    pthread_mutex_lock(&pool->mu);
+    pool->max_queued = max_queued > 0 ? max_queued : 0;
+    pthread_mutex_unlock(&pool->mu);
+}
+
+int
+svc_pool_queued(svc_pool_t *pool)
+{
+    int n;
+
+    pthread_mutex_lock(&pool->mu);
+    n = pool->queued;
+    pthread_mutex_unlock(&pool->mu);
+    return n;
 }
 
 void

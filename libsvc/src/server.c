@@ -33,6 +33,9 @@
 /* A call's arena starts this small: thousands may be in flight at once, and most
  * unary calls (request, answer, handler state) fit; a bigger one grows it. */
 #define CALL_ARENA_FIRST 1024
+#define PEER_BUCKETS 256 /* peers with calls in flight, hashed */
+#define PEER_KEY_MAX 256
+#define SHED_LOG_BURST 2 /* lines per second about refused calls */
 
 /* Every completion-queue tag starts with this: the CQ thread calls done(). */
 typedef struct svc_tag {
@@ -48,7 +51,15 @@ typedef struct server_method {
     void *user;
     void *reg;                  /* grpc registered method */
     svc_rpc_metrics_t *metrics; /* grpc_server_* series */
+    bool exempt;                /* health and reflection: never refused, not counted in flight */
 } server_method_t;
+
+/* A peer with calls in flight (MAX_IN_FLIGHT_PER_PEER), under the server's mu. */
+typedef struct peer_slot {
+    struct peer_slot *next; /* hash chain */
+    int calls;
+    char key[]; /* peer__key */
+} peer_slot_t;
 
 typedef struct server_cq {
     svc_server_t *server;
@@ -117,6 +128,8 @@ struct svc_call {
 
     int64_t start_us; /* monotonic */
     char request_id[REQUEST_ID_MAX + 1];
+    bool admitted;     /* counted in the server's in_flight */
+    peer_slot_t *peer; /* counted in its peer's calls; NULL when peers are not counted */
 };
 
 struct svc_server {
@@ -143,11 +156,25 @@ struct svc_server {
     bool shutdown_begun, shutdown_done, stopped;
     bool stop_requests; /* no more grpc_server_request_*call: the server is going away */
     int live_calls;     /* accepted and not yet freed, under mu */
+    int in_flight;      /* live_calls less health and reflection: admission, under mu */
+    peer_slot_t *peers[PEER_BUCKETS]; /* under mu */
     svc_tag_t shutdown_tag;
+};
+
+/* What the caller of a call answered without its handler hears (svc_shed_reason_t order). */
+static const char *const SHED_MESSAGES[SVC_SHED_REASONS] = {
+    [SVC_SHED_IN_FLIGHT] = "too many calls in flight, retry later",
+    [SVC_SHED_PEER] = "too many calls in flight from this client, retry later",
+    [SVC_SHED_QUEUE] = "too many calls waiting for a worker, retry later",
+    [SVC_SHED_DEADLINE] = "deadline exceeded before the call was started",
+    [SVC_SHED_CANCELLED] = "call cancelled before it was started",
 };
 
 static void call__unref(svc_call_t *call);
 static void call__pump(svc_call_t *call);
+static void admit__leave_locked(svc_server_t *s, bool admitted, peer_slot_t *peer);
+static void shed__note(svc_server_t *s, server_method_t *m, svc_shed_reason_t reason, int calls,
+                       const char *peer);
 static void server__shutdown_done(svc_tag_t *tag, bool ok);
 
 /* ---------- small helpers ---------- */
@@ -284,6 +311,8 @@ call__free(svc_call_t *call)
 {
     svc_server_t *s = call->server;
     out_msg_t *m = call->out_head;
+    bool admitted = call->admitted;
+    peer_slot_t *peer = call->peer;
 
     while (m != NULL) {
         out_msg_t *next = m->next;
@@ -309,6 +338,7 @@ call__free(svc_call_t *call)
     pthread_mutex_destroy(&call->mu);
     free(call);
     pthread_mutex_lock(&s->mu);
+    admit__leave_locked(s, admitted, peer);
     if (--s->live_calls == 0 && s->shutdown_begun) {
         pthread_cond_broadcast(&s->cv);
     }
@@ -728,11 +758,18 @@ call__unary_run(svc_call_t *call)
     /*
      * A call that waited for a worker past its deadline has already been
      * told DEADLINE_EXCEEDED by its client's side: running it now would do
-     * work (a payment, say) that nobody will hear of.
+     * work (a payment, say) that nobody will hear of. So has one its caller
+     * cancelled meanwhile. (A nonblocking handler's call comes here at once,
+     * so only a deadline that passed on the way catches it.)
      */
     if (timespec_to_unix_ms(call->deadline) <= svc_now_unix_ms()) {
-        svc_err_set(&err, SVC_DEADLINE_EXCEEDED, "deadline exceeded before the call was started");
-        svc_call_fail(call, &err);
+        shed__note(call->server, call->method, SVC_SHED_DEADLINE, 0, NULL);
+        call__end(call, SVC_DEADLINE_EXCEEDED, SHED_MESSAGES[SVC_SHED_DEADLINE]);
+        return;
+    }
+    if (atomic_load(&call->cancelled)) {
+        shed__note(call->server, call->method, SVC_SHED_CANCELLED, 0, NULL);
+        call__end(call, SVC_CANCELLED, SHED_MESSAGES[SVC_SHED_CANCELLED]);
         return;
     }
     if (call->payload == NULL) {
@@ -781,8 +818,18 @@ call__bidi_msg_task(void *arg)
     pthread_mutex_lock(&call->mu);
     buf = call->recv_buf;
     call->recv_buf = NULL;
+    ended = call->ended;
     pthread_mutex_unlock(&call->mu);
     svc_call_log_enter(call, &saved);
+    /* As for a unary call: a message taken up after the deadline is not handled (nor read on). */
+    if (!ended && timespec_to_unix_ms(call->deadline) <= svc_now_unix_ms()) {
+        grpc_byte_buffer_destroy(buf);
+        shed__note(call->server, call->method, SVC_SHED_DEADLINE, 0, NULL);
+        call__end(call, SVC_DEADLINE_EXCEEDED, SHED_MESSAGES[SVC_SHED_DEADLINE]);
+        svc_log_ctx_leave(&saved);
+        call__unref(call);
+        return;
+    }
     msg = svc__unpack_message(buf, call->method->input, call->msg_arena);
     grpc_byte_buffer_destroy(buf);
     if (msg == NULL) {
@@ -863,6 +910,186 @@ call__start_recv(svc_call_t *call)
     }
 }
 
+/* ---------- admission: calls in flight, per server and per peer ---------- */
+
+/*
+ * Who a call comes from, for MAX_IN_FLIGHT_PER_PEER: its address without
+ * the port ("ipv4:10.1.2.3", "ipv6:%5B2001:db8::1%5D"), so that every
+ * connection of one host is one peer. Once clients present certificates
+ * (mTLS), their name is the better key: take it here instead, from
+ * grpc_call_auth_context and grpc_auth_context_peer_identity, keeping the
+ * address for calls without one. False when the call names no peer (then
+ * only the server's bound applies).
+ */
+static bool
+peer__key(grpc_call *call, char *key, size_t len)
+{
+    char *peer = grpc_call_get_peer(call);
+
+    if (peer == NULL) {
+        return false;
+    }
+    if (strncmp(peer, "ipv4:", 5) == 0 || strncmp(peer, "ipv6:", 5) == 0) {
+        char *colon = strrchr(peer + 5, ':');
+        if (colon != NULL) {
+            *colon = '\0';
+        }
+    }
+    snprintf(key, len, "%s", peer);
+    gpr_free(peer);
+    return key[0] != '\0';
+}
+
+static size_t
+peer__bucket(const char *key)
+{
+    uint64_t h = 1469598103934665603ULL;
+
+    for (const unsigned char *p = (const unsigned char *)key; *p != '\0'; p++) {
+        h = (h ^ *p) * 1099511628211ULL;
+    }
+    return (size_t)(h % PEER_BUCKETS);
+}
+
+/*
+ * Counts a new call in: returns -1 when it may run (*peer_out is its peer's
+ * slot, or NULL), else the svc_shed_reason_t it is refused for, with *calls
+ * the calls in flight that refused it (the server's or its peer's) and key
+ * its peer ("" when not counted). On the CQ thread, before anything is
+ * allocated for the call.
+ */
+static int
+admit__enter(svc_server_t *s, grpc_call *call, peer_slot_t **peer_out, int *calls,
+             char key[PEER_KEY_MAX])
+{
+    bool per_peer = s->opts.max_in_flight_per_peer > 0 && peer__key(call, key, PEER_KEY_MAX);
+    peer_slot_t *slot = NULL;
+    int reason = -1;
+
+    if (!per_peer) {
+        key[0] = '\0';
+    }
+    *peer_out = NULL;
+    pthread_mutex_lock(&s->mu);
+    *calls = s->in_flight;
+    if (per_peer) {
+        size_t b = peer__bucket(key);
+        for (slot = s->peers[b]; slot != NULL && strcmp(slot->key, key) != 0; slot = slot->next) {
+        }
+        if (slot != NULL && slot->calls >= s->opts.max_in_flight_per_peer) {
+            reason = SVC_SHED_PEER;
+            *calls = slot->calls;
+        } else if (slot == NULL && s->in_flight < s->opts.max_in_flight) {
+            size_t n = strlen(key) + 1;
+            if ((slot = malloc(sizeof(*slot) + n)) != NULL) { /* else: not counted for its peer */
+                memcpy(slot->key, key, n);
+                slot->calls = 0;
+                slot->next = s->peers[b];
+                s->peers[b] = slot;
+            }
+        }
+    }
+    if (reason < 0 && s->in_flight >= s->opts.max_in_flight) {
+        reason = SVC_SHED_IN_FLIGHT;
+    }
+    if (reason < 0) {
+        s->in_flight++;
+        if (slot != NULL) {
+            slot->calls++;
+            *peer_out = slot;
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    return reason;
+}
+
+/* The call is over (freed): counted out. Caller holds the server's mu. */
+static void
+admit__leave_locked(svc_server_t *s, bool admitted, peer_slot_t *peer)
+{
+    if (admitted) {
+        s->in_flight--;
+    }
+    if (peer != NULL && --peer->calls == 0) {
+        peer_slot_t **pp = &s->peers[peer__bucket(peer->key)];
+        while (*pp != peer) {
+            pp = &(*pp)->next;
+        }
+        *pp = peer->next;
+        free(peer);
+    }
+}
+
+/*
+ * A refused or dropped call: counted, and said in the log at most
+ * SHED_LOG_BURST times a second (with how many like it were not).
+ */
+static void
+shed__note(svc_server_t *s, server_method_t *m, svc_shed_reason_t reason, int calls,
+           const char *peer)
+{
+    static svc_log_limit_t limit = SVC_LOG_LIMIT_INIT(SHED_LOG_BURST);
+
+    svc_rpc_metrics_shed(m->metrics, reason);
+    if (reason == SVC_SHED_DEADLINE || reason == SVC_SHED_CANCELLED) {
+        return; /* their caller has gone: nothing for the operator */
+    }
+    if (reason == SVC_SHED_QUEUE) {
+        svc_logf_limited(&limit, SVC_LOG_WARN,
+                         "refusing %s: %d calls wait for a worker thread already (max_queued)",
+                         m->path, s->opts.max_queued);
+    } else if (reason == SVC_SHED_PEER) {
+        svc_logf_limited(&limit, SVC_LOG_WARN,
+                         "refusing %s: %.200s has %d calls in flight (MAX_IN_FLIGHT_PER_PEER %d)",
+                         m->path, peer, calls, s->opts.max_in_flight_per_peer);
+    } else {
+        svc_logf_limited(&limit, SVC_LOG_WARN, "refusing %s: %d calls in flight (MAX_IN_FLIGHT %d)",
+                         m->path, calls, s->opts.max_in_flight);
+    }
+}
+
+/* Answers a call that was not admitted: RESOURCE_EXHAUSTED, and forgets it. CQ thread. */
+static void
+shed__refuse(pending_call_t *p, svc_shed_reason_t reason, int calls, const char *peer)
+{
+    server_method_t *m = p->method;
+
+    svc_rpc_metrics_started(m->metrics);
+    svc_rpc_metrics_handled(m->metrics, SVC_RESOURCE_EXHAUSTED, 0.0);
+    shed__note(p->scq->server, m, reason, calls, peer);
+    if (svc_log_enabled(SVC_LOG_DEBUG)) { /* an access line, like call__log_end's */
+        svc_log_call(SVC_LOG_DEBUG, m->path, NULL, "RESOURCE_EXHAUSTED", SHED_MESSAGES[reason],
+                     0.0);
+    }
+    /* Sends the status (trailers) on the stream and drops it: no batch, no tag, no memory. */
+    grpc_call_cancel_with_status(p->call, GRPC_STATUS_RESOURCE_EXHAUSTED, SHED_MESSAGES[reason],
+                                 NULL);
+    grpc_call_unref(p->call);
+    grpc_metadata_array_destroy(&p->md);
+    if (p->payload != NULL) {
+        grpc_byte_buffer_destroy(p->payload);
+    }
+}
+
+/*
+ * Hands a new unary or server-stream call to a worker; refuses it when the
+ * pool's queue is full (RESOURCE_EXHAUSTED: a worker would take it too late
+ * to be of use). CQ thread.
+ */
+static void
+call__dispatch_new(svc_call_t *call)
+{
+    svc_server_t *s = call->server;
+    int rc = s->pool != NULL ? svc_pool_try_submit(s->pool, call__unary_task, call) : -1;
+
+    if (rc == SVC_POOL_FULL) {
+        shed__note(s, call->method, SVC_SHED_QUEUE, 0, NULL);
+        call__end(call, SVC_RESOURCE_EXHAUSTED, SHED_MESSAGES[SVC_SHED_QUEUE]);
+    } else if (rc != 0) {
+        call__unary_task(call); /* the pool is gone (shutdown) or out of memory: here, then */
+    }
+}
+
 /* ---------- accepting calls ---------- */
 
 static void pending__done(svc_tag_t *tag, bool ok);
@@ -910,15 +1137,34 @@ request_id_from(svc_call_t *call)
     svc__request_id(call->request_id);
 }
 
-/* A new call on a registered method (CQ thread): set it up and hand it to a worker. */
+/*
+ * A new call on a registered method (CQ thread): admit it (or refuse it at
+ * once), set it up and hand it to a worker.
+ */
 static void
 call__accept(pending_call_t *p)
 {
-    svc_call_t *call = calloc(1, sizeof(*call));
+    svc_server_t *s = p->scq->server;
+    peer_slot_t *peer = NULL;
+    svc_call_t *call;
     grpc_op op;
 
+    if (!p->method->exempt) {
+        char key[PEER_KEY_MAX];
+        int calls, reason = admit__enter(s, p->call, &peer, &calls, key);
+        if (reason >= 0) {
+            shed__refuse(p, (svc_shed_reason_t)reason, calls, key);
+            return;
+        }
+    }
+    call = calloc(1, sizeof(*call));
     if (call == NULL || (call->arena = svc_arena_create_sized(CALL_ARENA_FIRST)) == NULL) {
         free(call);
+        if (!p->method->exempt) {
+            pthread_mutex_lock(&s->mu);
+            admit__leave_locked(s, true, peer);
+            pthread_mutex_unlock(&s->mu);
+        }
         grpc_call_cancel_with_status(p->call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory",
                                      NULL);
         grpc_call_unref(p->call);
@@ -928,10 +1174,12 @@ call__accept(pending_call_t *p)
         }
         return;
     }
-    call->server = p->scq->server;
-    pthread_mutex_lock(&call->server->mu);
-    call->server->live_calls++;
-    pthread_mutex_unlock(&call->server->mu);
+    call->server = s;
+    call->admitted = !p->method->exempt;
+    call->peer = peer;
+    pthread_mutex_lock(&s->mu);
+    s->live_calls++;
+    pthread_mutex_unlock(&s->mu);
     call->method = p->method;
     call->call = p->call;
     call->deadline = p->deadline;
@@ -969,7 +1217,7 @@ call__accept(pending_call_t *p)
     } else if (call->method->handler.nonblocking) {
         call__unary_task(call);
     } else {
-        svc__server_dispatch(call->server, call__unary_task, call);
+        call__dispatch_new(call);
     }
 }
 
@@ -1108,6 +1356,19 @@ svc_server_create(const svc_server_opts_t *opts, svc_err_t *err)
     if (s->opts.max_recv_bytes <= 0) {
         s->opts.max_recv_bytes = 1 << 20;
     }
+    if (s->opts.max_in_flight <= 0) {
+        s->opts.max_in_flight = SVC_DEFAULT_MAX_IN_FLIGHT;
+    }
+    if (s->opts.max_in_flight_per_peer < 0) {
+        s->opts.max_in_flight_per_peer = 0;
+    }
+    if (s->opts.max_queued <= 0) {
+        s->opts.max_queued = s->opts.max_in_flight;
+    }
+    if (s->opts.max_streams <= 0) {
+        s->opts.max_streams =
+            s->opts.max_in_flight < INT32_MAX / 2 ? 2 * s->opts.max_in_flight : INT32_MAX;
+    }
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);
     s->shutdown_tag.done = server__shutdown_done;
@@ -1123,11 +1384,14 @@ svc_server_create(const svc_server_opts_t *opts, svc_err_t *err)
     args[2].type = GRPC_ARG_INTEGER;
     args[2].key = GRPC_ARG_MAX_CONCURRENT_STREAMS;
     args[2].value.integer = s->opts.max_streams;
-    grpc_channel_args chargs = {s->opts.max_streams > 0 ? 3 : 2, args};
+    grpc_channel_args chargs = {3, args};
     s->server = grpc_server_create(&chargs, NULL);
     s->health = svc__health_create();
     /* The pool and timers exist from the start, so services can use them while registering. */
     s->pool = svc_pool_create(s->opts.workers, s->opts.max_workers, err);
+    if (s->pool != NULL) {
+        svc_pool_set_max_queued(s->pool, s->opts.max_queued);
+    }
     s->timers = s->pool != NULL ? svc_timers_create(s->pool, err) : NULL;
     if (s->server == NULL || s->health == NULL || s->timers == NULL ||
         svc__health_register(s, s->health, err) != 0 ||
@@ -1193,6 +1457,9 @@ svc_server_add_method(svc_server_t *s, const char *path, const ProtobufCMessageD
     m->output = output;
     m->handler = *handler;
     m->user = user;
+    /* Health and reflection answer under any load: an orchestrator must see the service alive. */
+    m->exempt = strncmp(path, "/grpc.health.v1.Health/", 23) == 0 ||
+                strncmp(path, "/grpc.reflection.", 17) == 0;
     m->metrics = svc_rpc_metrics(true, path,
                                  handler->kind == SVC_METHOD_UNARY           ? "unary"
                                  : handler->kind == SVC_METHOD_SERVER_STREAM ? "server_stream"

@@ -21,7 +21,7 @@
 extern const unsigned char svctest_descriptor_set[];
 extern const size_t svctest_descriptor_set_len;
 
-static atomic_llong slow_started, slow_finished, slow_cancelled;
+static atomic_llong slow_started, slow_finished, slow_cancelled, chat_messages;
 static atomic_bool gate_open = true;
 
 #define GATE_POLL_MS 20
@@ -195,6 +195,7 @@ chat(svc_call_t *call, const ProtobufCMessage *msg, void *user)
     char *text = svc_arena_strdup(svc_call_arena(call), req->text != NULL ? req->text : "");
 
     (void)user;
+    atomic_fetch_add(&chat_messages, 1);
     for (char *p = text; p != NULL && *p; p++) {
         *p = (char)toupper((unsigned char)*p);
     }
@@ -212,6 +213,7 @@ stats(svc_call_t *call, const ProtobufCMessage *msg, void *user)
     resp.slow_started = atomic_load(&slow_started);
     resp.slow_finished = atomic_load(&slow_finished);
     resp.slow_cancelled = atomic_load(&slow_cancelled);
+    resp.chat_messages = atomic_load(&chat_messages);
     svc_call_reply(call, &resp.base);
 }
 
@@ -239,6 +241,8 @@ main(int argc, char **argv)
     };
     const char *listen_addr = NULL;
     int64_t workers = 0, max_workers = 0, grace_ms = 0, max_streams = 0;
+    int64_t max_in_flight = 0, max_in_flight_per_peer = 0, max_queued = 0;
+    const char *metrics_addr = NULL;
     svc_log_level_t log_level = SVC_LOG_INFO;
     svc_tls_opts_t tls = {0};
     svc_opt_t opts[] = {
@@ -247,6 +251,11 @@ main(int argc, char **argv)
         {"max-streams", "MAX_STREAMS", SVC_OPT_INT, "0", "calls one connection may have in flight",
          0, 1000000, &max_streams, 0},
         SVC_OPTS_TLS(&tls),
+        {"max-queued", "MAX_QUEUED", SVC_OPT_INT, "0",
+         "new calls waiting for a worker at most (0: MAX_IN_FLIGHT)", 0, 1000000, &max_queued, 0},
+        SVC_OPT_MAX_IN_FLIGHT(&max_in_flight, "5000"),
+        SVC_OPT_MAX_IN_FLIGHT_PER_PEER(&max_in_flight_per_peer),
+        SVC_OPT_METRICS(&metrics_addr),
         SVC_OPTS_RUNTIME(&workers, &max_workers, &grace_ms, &log_level),
     };
     svc_server_opts_t sopts = {0};
@@ -267,6 +276,10 @@ main(int argc, char **argv)
     sopts.grace_ms = (int)grace_ms;
     sopts.max_streams = (int)max_streams;
     sopts.tls = &tls;
+    sopts.max_in_flight = (int)max_in_flight;
+    sopts.max_in_flight_per_peer = (int)max_in_flight_per_peer;
+    sopts.max_queued = (int)max_queued;
+    sopts.metrics_addr = metrics_addr;
     sopts.descriptors = svctest_descriptor_set;
     sopts.descriptors_len = svctest_descriptor_set_len;
     server = svc_server_create(&sopts, &err);

@@ -166,6 +166,19 @@ test_rpc_series(void **state)
                 "Thing\",grpc_method=\"Get\"} 2");
     expect_line("grpc_client_handled_total{grpc_type=\"unary\",grpc_service=\"pkg.v1.Thing\","
                 "grpc_method=\"Get\",grpc_code=\"Canceled\"} 1");
+
+    /* Calls the server answered without their handler, by reason. */
+    svc_rpc_metrics_shed(s, SVC_SHED_IN_FLIGHT);
+    svc_rpc_metrics_shed(s, SVC_SHED_IN_FLIGHT);
+    svc_rpc_metrics_shed(s, SVC_SHED_DEADLINE);
+    svc_rpc_metrics_shed(NULL, SVC_SHED_PEER);
+    expect_line("grpc_server_shed_total{grpc_type=\"unary\",grpc_service=\"pkg.v1.Thing\","
+                "grpc_method=\"Get\",reason=\"in_flight\"} 2");
+    expect_line("grpc_server_shed_total{grpc_type=\"unary\",grpc_service=\"pkg.v1.Thing\","
+                "grpc_method=\"Get\",reason=\"deadline\"} 1");
+    assert_string_equal(svc_shed_reason_name(SVC_SHED_PEER), "peer");
+    assert_string_equal(svc_shed_reason_name(SVC_SHED_QUEUE), "queue");
+    assert_string_equal(svc_shed_reason_name(SVC_SHED_CANCELLED), "cancelled");
 }
 
 /* GET path over HTTP/1.0 from 127.0.0.1:port; the whole answer (malloc'd). */

@@ -41,6 +41,7 @@ typedef struct {
     pid_t pid;
     char target[64];
     svc_client_t *client;
+    int port, metrics_port; /* GET /metrics is served on 127.0.0.1:metrics_port */
 } test_server_t;
 
 static test_server_t main_server;
@@ -98,23 +99,31 @@ health_check(svc_client_t *client, const char *service, int *status, svc_err_t *
     return rc;
 }
 
-/* Starts the server and waits until it reports SERVING. */
+/*
+ * Starts the server listening on host (NULL: 127.0.0.1; "[::]" serves
+ * IPv4 and IPv6 loopback both) with the flags in extra (NULL-terminated, may
+ * be NULL), and waits until it reports SERVING at 127.0.0.1.
+ */
 static void
-server_start(test_server_t *ts, const char *extra_flag)
+server_start_with(test_server_t *ts, const char *host, const char *const *extra)
 {
-    char addr[64], *argv[8];
+    char addr[64], metrics[64], *argv[16];
     int argc = 0, status = 0;
     svc_err_t err;
 
-    snprintf(addr, sizeof(addr), "127.0.0.1:%d", free_port());
-    snprintf(ts->target, sizeof(ts->target), "%s", addr);
+    ts->port = free_port();
+    ts->metrics_port = free_port();
+    snprintf(addr, sizeof(addr), "%s:%d", host != NULL ? host : "127.0.0.1", ts->port);
+    snprintf(metrics, sizeof(metrics), "--metrics-addr=127.0.0.1:%d", ts->metrics_port);
+    snprintf(ts->target, sizeof(ts->target), "127.0.0.1:%d", ts->port);
     argv[argc++] = (char *)server_path;
     argv[argc++] = "--listen-addr";
     argv[argc++] = addr;
+    argv[argc++] = metrics;
     argv[argc++] = "--max-workers=600";
     argv[argc++] = "--log-level=warn";
-    if (extra_flag != NULL) {
-        argv[argc++] = (char *)extra_flag;
+    for (int i = 0; extra != NULL && extra[i] != NULL && argc < 15; i++) {
+        argv[argc++] = (char *)extra[i];
     }
     argv[argc] = NULL;
     assert_int_equal(posix_spawn(&ts->pid, server_path, NULL, NULL, argv, environ), 0);
@@ -127,6 +136,15 @@ server_start(test_server_t *ts, const char *extra_flag)
         svc_sleep_ms(50);
     }
     fail_msg("server at %s did not become SERVING", ts->target);
+}
+
+/* Starts the server on 127.0.0.1 with one more flag (or none) and waits until SERVING. */
+static void
+server_start(test_server_t *ts, const char *extra_flag)
+{
+    const char *extra[] = {extra_flag, NULL};
+
+    server_start_with(ts, NULL, extra);
 }
 
 static int
@@ -177,6 +195,61 @@ set_gate(test_server_t *ts, bool open)
         fail_msg("SetGate failed: %s", err.msg);
     }
     svc_arena_destroy(arena);
+}
+
+/* GET /metrics of ts over HTTP/1.0; the whole answer (malloc'd). */
+static char *
+metrics_scrape(const test_server_t *ts)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)ts->metrics_port)};
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    size_t cap = 1 << 16, len = 0;
+    char *buf = malloc(cap);
+    static const char req[] = "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n";
+    ssize_t n;
+
+    assert_true(fd >= 0 && buf != NULL);
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    assert_int_equal(write(fd, req, strlen(req)), (ssize_t)strlen(req));
+    while ((n = read(fd, buf + len, cap - len - 1)) > 0) {
+        len += (size_t)n;
+        if (len + 1 == cap) {
+            buf = realloc(buf, cap *= 2);
+            assert_non_null(buf);
+        }
+    }
+    buf[len] = '\0';
+    close(fd);
+    return buf;
+}
+
+/* The value of one series of TestService's (0 when it was never made). */
+static double
+metric(const test_server_t *ts, const char *name, const char *type, const char *method,
+       const char *extra_label)
+{
+    char series[512], *text = metrics_scrape(ts), *at = text;
+    double v = 0;
+
+    snprintf(
+        series, sizeof(series),
+        "\n%s{grpc_type=\"%s\",grpc_service=\"svctest.v1.TestService\",grpc_method=\"%s\"%s%s} ",
+        name, type, method, extra_label != NULL ? "," : "", extra_label != NULL ? extra_label : "");
+    if ((at = strstr(text, series)) != NULL) {
+        v = strtod(at + strlen(series), NULL);
+    }
+    free(text);
+    return v;
+}
+
+static double
+shed_count(const test_server_t *ts, const char *type, const char *method, const char *reason)
+{
+    char label[64];
+
+    snprintf(label, sizeof(label), "reason=\"%s\"", reason);
+    return metric(ts, "grpc_server_shed_total", type, method, label);
 }
 
 static int
@@ -849,8 +922,11 @@ run_config(const char *flag)
 /*
  * A call whose deadline passed while it waited for a worker is answered
  * DEADLINE_EXCEEDED and its handler never runs: its client was already told
- * it failed, so any effect would be one nobody asked for. One worker, kept
- * busy by a blocking Slow; a second Slow with a 200 ms deadline waits behind it.
+ * it failed, so any effect would be one nobody asked for. The same for a
+ * bidi stream's message, and for a call its client cancelled meanwhile. One
+ * worker, kept busy by a blocking Slow; behind it wait a Slow with a 200 ms
+ * deadline, a Chat message with a 300 ms one, and a Count its client
+ * cancels.
  */
 static void
 test_expired_call_never_reaches_its_handler(void **state)
@@ -858,12 +934,15 @@ test_expired_call_never_reaches_its_handler(void **state)
     test_server_t one = {0};
     slow_job_t busy = {0};
     Svctest__V1__SlowRequest req = SVCTEST__V1__SLOW_REQUEST__INIT;
-    svc_call_opts_t opts = {.timeout_ms = 200};
+    Svctest__V1__ChatRequest chat = SVCTEST__V1__CHAT_REQUEST__INIT;
+    Svctest__V1__CountRequest count = SVCTEST__V1__COUNT_REQUEST__INIT;
+    svc_call_opts_t opts = {.timeout_ms = 200}, chat_opts = {.timeout_ms = 300};
     svc_arena_t *arena = svc_arena_create();
     Svctest__V1__StatsResponse before, after;
+    svc_client_stream_t *s;
     ProtobufCMessage *out;
     pthread_t t;
-    svc_err_t err;
+    svc_err_t err, chat_err;
     int rc, status;
 
     (void)state;
@@ -872,18 +951,46 @@ test_expired_call_never_reaches_its_handler(void **state)
     unsetenv("WORKERS");
     before = stats(&one);
     busy.ts = &one;
-    busy.delay_ms = 2000;
+    busy.delay_ms = 4000; /* longer than all below takes, even on a loaded sanitizer build */
     assert_int_equal(pthread_create(&t, NULL, slow_thread, &busy), 0);
     svc_sleep_ms(500); /* Stats would wait for the worker too: give the busy call time to start */
     req.park = 1;
     rc = svc_client_unary(one.client, "/svctest.v1.TestService/Slow", &req.base,
                           &svctest__v1__slow_response__descriptor, arena, &out, &opts, &err);
+
+    s = svc_client_stream_open(one.client, "/svctest.v1.TestService/Chat", &chat_opts, &chat_err);
+    assert_non_null(s);
+    chat.text = "late";
+    assert_int_equal(svc_client_stream_send(s, &chat.base, &chat_err), 0);
+    assert_int_not_equal(
+        svc_client_stream_recv(s, &svctest__v1__chat_response__descriptor, arena, &out, &chat_err),
+        1);
+    assert_int_equal(svc_client_stream_finish(s, &chat_err), -1);
+    svc_client_stream_destroy(s);
+
+    s = svc_client_stream_open(one.client, "/svctest.v1.TestService/Count", NULL, &err);
+    assert_non_null(s);
+    count.count = 3;
+    assert_int_equal(svc_client_stream_send(s, &count.base, &err), 0);
+    assert_int_equal(svc_client_stream_close_send(s, &err), 0);
+    for (int i = 0;
+         i < 400 && metric(&one, "grpc_server_started_total", "server_stream", "Count", NULL) < 1;
+         i++) {
+        svc_sleep_ms(5);
+    }
+    svc_client_stream_destroy(s); /* cancels it while it waits for the worker */
+
     pthread_join(t, NULL);
-    after = stats(&one); /* answered by the one worker, so after the late call's turn */
+    after = stats(&one); /* answered by the one worker, so after the late calls' turn */
+    assert_int_equal(after.chat_messages - before.chat_messages, 0); /* no handler saw it */
+    assert_true(shed_count(&one, "unary", "Slow", "deadline") == 1);
+    assert_true(shed_count(&one, "bidi_stream", "Chat", "deadline") == 1);
+    assert_true(shed_count(&one, "server_stream", "Count", "cancelled") == 1);
     svc_arena_destroy(arena);
     status = server_stop(&one);
     assert_int_equal(rc, -1);
     assert_int_equal(err.code, SVC_DEADLINE_EXCEEDED);
+    assert_int_equal(chat_err.code, SVC_DEADLINE_EXCEEDED);
     assert_int_equal(busy.rc, 0);
     assert_int_equal(after.slow_started - before.slow_started, 1);
     assert_int_equal(after.slow_finished - before.slow_finished, 1);
@@ -940,6 +1047,315 @@ test_max_streams_per_connection(void **state)
             (long long)(after.slow_started - before.slow_started), LONG + SHORT);
     assert_in_range(after.slow_started - before.slow_started, LONG, LONG + 1);
     assert_int_equal(status, 0);
+}
+
+/* ---------- admission: calls in flight, per server and per peer ---------- */
+
+/* Opens a Chat stream on c and has one message answered: a call in flight that holds no thread. */
+static svc_client_stream_t *
+chat_hold(svc_client_t *c, svc_arena_t *arena)
+{
+    Svctest__V1__ChatRequest req = SVCTEST__V1__CHAT_REQUEST__INIT;
+    svc_client_stream_t *s = svc_client_stream_open(c, "/svctest.v1.TestService/Chat", NULL, NULL);
+    ProtobufCMessage *msg;
+    svc_err_t err;
+
+    assert_non_null(s);
+    req.text = "hold";
+    assert_int_equal(svc_client_stream_send(s, &req.base, &err), 0);
+    if (svc_client_stream_recv(s, &svctest__v1__chat_response__descriptor, arena, &msg, &err) !=
+        1) {
+        fail_msg("a Chat stream within the bounds was not answered: %s",
+                 svc_client_stream_finish(s, &err) == 0 ? "OK" : err.msg);
+    }
+    return s;
+}
+
+/* Ends a stream of chat_hold. */
+static void
+chat_release(svc_client_stream_t *s)
+{
+    svc_err_t err;
+
+    assert_int_equal(svc_client_stream_close_send(s, &err), 0);
+    assert_int_equal(svc_client_stream_finish(s, &err), 0);
+    svc_client_stream_destroy(s);
+}
+
+/* A Chat stream that must be refused: the status it ended with. */
+static svc_err_t
+chat_refused(svc_client_t *c, svc_arena_t *arena)
+{
+    Svctest__V1__ChatRequest req = SVCTEST__V1__CHAT_REQUEST__INIT;
+    svc_client_stream_t *s = svc_client_stream_open(c, "/svctest.v1.TestService/Chat", NULL, NULL);
+    ProtobufCMessage *msg;
+    svc_err_t err;
+
+    assert_non_null(s);
+    req.text = "one too many";
+    (void)svc_client_stream_send(s, &req.base, &err);
+    assert_true(
+        svc_client_stream_recv(s, &svctest__v1__chat_response__descriptor, arena, &msg, &err) != 1);
+    assert_int_equal(svc_client_stream_finish(s, &err), -1);
+    svc_client_stream_destroy(s);
+    return err;
+}
+
+/* One Echo through c: 0, or -1 with err; *ms how long it took. */
+static int
+echo_via(svc_client_t *c, svc_err_t *err, int64_t *ms)
+{
+    Svctest__V1__EchoRequest req = SVCTEST__V1__ECHO_REQUEST__INIT;
+    svc_arena_t *arena = svc_arena_create();
+    svc_call_opts_t opts = {.timeout_ms = 30000};
+    int64_t t0 = svc_now_mono_ms();
+    ProtobufCMessage *out;
+    int rc;
+
+    req.message = "admitted?";
+    rc = svc_client_unary(c, "/svctest.v1.TestService/Echo", &req.base,
+                          &svctest__v1__echo_response__descriptor, arena, &out, &opts, err);
+    if (ms != NULL) {
+        *ms = svc_now_mono_ms() - t0;
+    }
+    svc_arena_destroy(arena);
+    return rc;
+}
+
+/* Echo through c until it is admitted (a place frees as a call ends, soon after): 0 or -1. */
+static int
+echo_until_admitted(svc_client_t *c)
+{
+    svc_err_t err;
+
+    for (int i = 0; i < 400; i++) {
+        if (echo_via(c, &err, NULL) == 0) {
+            return 0;
+        }
+        if (err.code != SVC_RESOURCE_EXHAUSTED) {
+            fail_msg("Echo: %s %s", svc_status_name(err.code), err.msg);
+        }
+        svc_sleep_ms(10);
+    }
+    return -1;
+}
+
+/* The reflection service lists TestService through c: it is never refused. */
+static void
+reflection_lists(svc_client_t *c)
+{
+    Grpc__Reflection__V1__ServerReflectionRequest req =
+        GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__INIT;
+    svc_arena_t *arena = svc_arena_create();
+    svc_client_stream_t *s;
+    ProtobufCMessage *msg;
+    svc_err_t err;
+
+    s = svc_client_stream_open(c, "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", NULL,
+                               &err);
+    assert_non_null(s);
+    req.message_request_case =
+        GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_LIST_SERVICES;
+    req.list_services = "*";
+    assert_int_equal(svc_client_stream_send(s, &req.base, &err), 0);
+    assert_int_equal(
+        svc_client_stream_recv(s, &grpc__reflection__v1__server_reflection_response__descriptor,
+                               arena, &msg, &err),
+        1);
+    assert_non_null(
+        ((Grpc__Reflection__V1__ServerReflectionResponse *)msg)->list_services_response);
+    assert_int_equal(svc_client_stream_close_send(s, &err), 0);
+    assert_int_equal(svc_client_stream_finish(s, &err), 0);
+    svc_client_stream_destroy(s);
+    svc_arena_destroy(arena);
+}
+
+/*
+ * MAX_IN_FLIGHT 8: eight Chat streams are in flight (parked: no thread
+ * holds them). A ninth call of any kind is answered RESOURCE_EXHAUSTED at
+ * once, its handler never runs, and grpc_server_shed_total counts it; health
+ * checks and reflection still answer. Once one stream ends, calls are taken
+ * again.
+ */
+static void
+test_in_flight_cap_refuses_at_once(void **state)
+{
+    enum { CAP = 8, REFUSED = 20 };
+    const char *flags[] = {"--max-in-flight=8", NULL};
+    svc_arena_t *arena = svc_arena_create();
+    svc_client_stream_t *held[CAP];
+    test_server_t ts;
+    int64_t ms, slowest = 0;
+    int status = 0;
+    svc_err_t err;
+
+    (void)state;
+    server_start_with(&ts, NULL, flags);
+    for (int i = 0; i < CAP; i++) {
+        held[i] = chat_hold(ts.client, arena);
+    }
+    for (int i = 0; i < REFUSED; i++) {
+        assert_int_equal(echo_via(ts.client, &err, &ms), -1);
+        assert_int_equal(err.code, SVC_RESOURCE_EXHAUSTED);
+        assert_string_equal(err.msg, "too many calls in flight, retry later");
+        slowest = ms > slowest ? ms : slowest;
+    }
+    err = chat_refused(ts.client, arena);
+    assert_int_equal(err.code, SVC_RESOURCE_EXHAUSTED);
+    fprintf(stderr, "%d calls in flight: %d more refused, the slowest in %lld ms\n", CAP,
+            REFUSED + 1, (long long)slowest);
+    assert_true(slowest < 1000);
+
+    /* Health and reflection are never refused. */
+    assert_int_equal(health_check(ts.client, "", &status, &err), 0);
+    assert_int_equal(status, GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING);
+    assert_int_equal(health_check(ts.client, "svctest.v1.TestService", &status, &err), 0);
+    assert_int_equal(status, GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING);
+    reflection_lists(ts.client);
+
+    assert_true(shed_count(&ts, "unary", "Echo", "in_flight") == REFUSED);
+    assert_true(shed_count(&ts, "bidi_stream", "Chat", "in_flight") == 1);
+    assert_true(metric(&ts, "grpc_server_handled_total", "unary", "Echo",
+                       "grpc_code=\"ResourceExhausted\"") == REFUSED);
+    assert_true(metric(&ts, "grpc_server_handled_total", "unary", "Echo", "grpc_code=\"OK\"") == 0);
+    /* The handler saw only the eight admitted messages. */
+    for (int i = 0; i < CAP - 1; i++) {
+        chat_release(held[i]);
+    }
+    assert_int_equal(echo_until_admitted(ts.client), 0);
+    assert_int_equal(stats(&ts).chat_messages, CAP);
+    chat_release(held[CAP - 1]);
+    status = server_stop(&ts);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    svc_arena_destroy(arena);
+}
+
+/* Whether this machine has IPv6 loopback (the per-peer test needs a second peer address). */
+static bool
+ipv6_loopback(void)
+{
+    struct sockaddr_in6 sa = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT};
+    int fd = socket(AF_INET6, SOCK_STREAM, 0);
+    bool ok = fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+
+    if (fd >= 0) {
+        close(fd);
+    }
+    return ok;
+}
+
+/*
+ * MAX_IN_FLIGHT_PER_PEER 3 under MAX_IN_FLIGHT 5. A peer is an address: on
+ * one machine every client is 127.0.0.1, so the second peer here comes over
+ * IPv6 (::1) to the same server. Peer A gets three calls in flight and no
+ * fourth ("from this client"), though the server has room; peer B still
+ * gets in until the server's bound; once A ends a call, B gets another.
+ */
+static void
+test_per_peer_cap(void **state)
+{
+    const char *flags[] = {"--max-in-flight=5", "--max-in-flight-per-peer=3", NULL};
+    svc_arena_t *arena = svc_arena_create();
+    svc_client_stream_t *a[3], *b[2];
+    svc_client_t *via_v6;
+    char target[96];
+    test_server_t ts;
+    int status;
+    svc_err_t err;
+
+    (void)state;
+    if (!ipv6_loopback()) {
+        fprintf(stderr, "no IPv6 loopback: one peer only\n");
+        skip();
+    }
+    server_start_with(&ts, "[::]", flags);
+    snprintf(target, sizeof(target), "ipv6:[::1]:%d", ts.port);
+    assert_non_null(via_v6 = svc_client_get(target, &err));
+    for (int i = 0; i < 3; i++) {
+        a[i] = chat_hold(ts.client, arena);
+    }
+    assert_int_equal(echo_via(ts.client, &err, NULL), -1);
+    assert_int_equal(err.code, SVC_RESOURCE_EXHAUSTED);
+    assert_string_equal(err.msg, "too many calls in flight from this client, retry later");
+    err = chat_refused(ts.client, arena);
+    assert_int_equal(err.code, SVC_RESOURCE_EXHAUSTED);
+
+    for (int i = 0; i < 2; i++) { /* the other peer still gets in, up to the server's bound */
+        b[i] = chat_hold(via_v6, arena);
+    }
+    assert_int_equal(echo_via(via_v6, &err, NULL), -1);
+    assert_int_equal(err.code, SVC_RESOURCE_EXHAUSTED);
+    assert_string_equal(err.msg, "too many calls in flight, retry later");
+    assert_int_equal(health_check(ts.client, "", &status, &err), 0);
+    assert_int_equal(status, GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING);
+
+    assert_true(shed_count(&ts, "unary", "Echo", "peer") == 1);
+    assert_true(shed_count(&ts, "bidi_stream", "Chat", "peer") == 1);
+    assert_true(shed_count(&ts, "unary", "Echo", "in_flight") == 1);
+
+    chat_release(a[0]); /* A is under its bound again, and the server under its own */
+    assert_int_equal(echo_until_admitted(via_v6), 0);
+    assert_int_equal(echo_until_admitted(ts.client), 0);
+    for (int i = 1; i < 3; i++) {
+        chat_release(a[i]);
+    }
+    for (int i = 0; i < 2; i++) {
+        chat_release(b[i]);
+    }
+    status = server_stop(&ts);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    svc_arena_destroy(arena);
+}
+
+/*
+ * The worker pool's queue is bounded too: with one worker busy and
+ * MAX_QUEUED 2 calls already waiting for it, a new call that needs a worker
+ * is answered RESOURCE_EXHAUSTED at once instead of queuing behind them;
+ * health (answered on the completion-queue thread) still answers. The two
+ * that waited run once the worker is free.
+ */
+static void
+test_full_worker_queue_refuses_at_once(void **state)
+{
+    const char *flags[] = {"--max-workers=1", "--max-queued=2", NULL};
+    slow_job_t jobs[3];
+    pthread_t threads[3];
+    test_server_t ts;
+    int64_t ms;
+    int status = 0;
+    svc_err_t err;
+
+    (void)state;
+    memset(jobs, 0, sizeof(jobs));
+    setenv("WORKERS", "1", 1);
+    server_start_with(&ts, NULL, flags);
+    unsetenv("WORKERS");
+    for (int i = 0; i < 3; i++) {
+        jobs[i].ts = &ts;
+        jobs[i].delay_ms = i == 0 ? 1500 : 10; /* the first blocks the one worker */
+        assert_int_equal(pthread_create(&threads[i], NULL, slow_thread, &jobs[i]), 0);
+        /* Accepted (counted as started on the CQ thread, before it is queued), in this order. */
+        for (int k = 0;
+             k < 500 && metric(&ts, "grpc_server_started_total", "unary", "Slow", NULL) < i + 1;
+             k++) {
+            svc_sleep_ms(5);
+        }
+    }
+    svc_sleep_ms(50);
+    assert_int_equal(echo_via(ts.client, &err, &ms), -1);
+    assert_int_equal(err.code, SVC_RESOURCE_EXHAUSTED);
+    assert_string_equal(err.msg, "too many calls waiting for a worker, retry later");
+    assert_true(ms < 1000);
+    assert_int_equal(health_check(ts.client, "", &status, &err), 0);
+    assert_int_equal(status, GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING);
+    for (int i = 0; i < 3; i++) {
+        pthread_join(threads[i], NULL);
+        assert_int_equal(jobs[i].rc, 0);
+    }
+    assert_true(shed_count(&ts, "unary", "Echo", "queue") == 1);
+    assert_int_equal(echo_until_admitted(ts.client), 0);
+    status = server_stop(&ts);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 }
 
 static void
@@ -1081,6 +1497,9 @@ main(int argc, char **argv)
         cmocka_unit_test(test_expired_call_never_reaches_its_handler),
         cmocka_unit_test(test_sigterm_lets_calls_finish),
         cmocka_unit_test(test_max_streams_per_connection),
+        cmocka_unit_test(test_in_flight_cap_refuses_at_once),
+        cmocka_unit_test(test_per_peer_cap),
+        cmocka_unit_test(test_full_worker_queue_refuses_at_once),
         cmocka_unit_test(test_bad_setting_exits_2_and_help_exits_0),
     };
 

@@ -71,6 +71,32 @@ void svc_config_usage(FILE *out, const char *prog, const char *summary, const sv
     }
 
 /*
+ * MAX_IN_FLIGHT (svc_server_opts_t.max_in_flight): the calls in flight the
+ * server takes at most, parked calls and streams included; above it a call
+ * is answered RESOURCE_EXHAUSTED at once. def is its default as text: each
+ * service its own, what its biggest legitimate load needs within its
+ * memory. The destination is int64_t *.
+ */
+#define SVC_OPT_MAX_IN_FLIGHT(max_in_flight, def)                                                  \
+    {                                                                                              \
+        "max-in-flight", "MAX_IN_FLIGHT", SVC_OPT_INT, (def),                                      \
+            "calls in flight at most, parked ones too; more are refused", 1, 10000000,             \
+            (max_in_flight), 0                                                                     \
+    }
+
+/*
+ * MAX_IN_FLIGHT_PER_PEER (svc_server_opts_t.max_in_flight_per_peer): the
+ * same for the calls of one peer (one client address); 0, the default: no
+ * bound of its own. The destination is int64_t *.
+ */
+#define SVC_OPT_MAX_IN_FLIGHT_PER_PEER(max_in_flight_per_peer)                                     \
+    {                                                                                              \
+        "max-in-flight-per-peer", "MAX_IN_FLIGHT_PER_PEER", SVC_OPT_INT, "0",                      \
+            "calls in flight from one client address at most; 0: no bound of its own", 0,          \
+            10000000, (max_in_flight_per_peer), 0                                                  \
+    }
+
+/*
  * The usual main() step: parses, prints usage and exits 0 on --help, prints one
  * line and exits 2 on a bad setting.
  */

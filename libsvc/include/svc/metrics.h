@@ -18,6 +18,9 @@
  * and grpc_{server,client}_handling_seconds, labelled grpc_type,
  * grpc_service, grpc_method (and grpc_code on the handled ones); libsvc's
  * server and client record them for every call (svc_rpc_metrics_*).
+ * The server also counts the calls it refused or dropped before their
+ * handler ran: grpc_server_shed_total{grpc_type,grpc_service,grpc_method,
+ * reason} (svc_rpc_metrics_shed); they count in started and handled too.
  */
 #ifndef SVC_METRICS_H
 #define SVC_METRICS_H
@@ -96,5 +99,21 @@ void svc_rpc_metrics_started(svc_rpc_metrics_t *m);
 
 /* A call ended with code after seconds. NULL is a no-op. */
 void svc_rpc_metrics_handled(svc_rpc_metrics_t *m, svc_status_t code, double seconds);
+
+/* Why the server answered a call without running its handler (the reason label). */
+typedef enum {
+    SVC_SHED_IN_FLIGHT = 0, /* "in_flight": the server's MAX_IN_FLIGHT calls were in flight */
+    SVC_SHED_PEER,          /* "peer": the caller's MAX_IN_FLIGHT_PER_PEER were */
+    SVC_SHED_QUEUE,         /* "queue": the worker pool's queue was full */
+    SVC_SHED_DEADLINE,      /* "deadline": its deadline passed before a worker took it */
+    SVC_SHED_CANCELLED,     /* "cancelled": its caller cancelled it before a worker took it */
+    SVC_SHED_REASONS
+} svc_shed_reason_t;
+
+/* The reason label's value. */
+const char *svc_shed_reason_name(svc_shed_reason_t reason);
+
+/* A server call refused or dropped for reason (grpc_server_shed_total). NULL is a no-op. */
+void svc_rpc_metrics_shed(svc_rpc_metrics_t *m, svc_shed_reason_t reason);
 
 #endif

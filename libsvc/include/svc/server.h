@@ -21,6 +21,9 @@
 #include "svc/tls.h"
 
 typedef struct svc_server svc_server_t;
+
+/* svc_server_opts_t.max_in_flight when 0. */
+#define SVC_DEFAULT_MAX_IN_FLIGHT 5000
 typedef struct svc_call svc_call_t;
 
 typedef enum {
@@ -67,9 +70,37 @@ typedef struct {
     /*
      * HTTP/2 streams (calls) one connection may have open at once; the
      * client holds further calls until one ends. Bounds a storm's memory per
-     * connection (each call in flight costs gRPC ~12 KB). 0: no limit.
+     * connection (each call in flight costs gRPC ~12 KB). 0: twice
+     * max_in_flight. Some bound is needed even for shedding: gRPC takes in
+     * every stream a connection sends (call, metadata, message) before the
+     * server can refuse it, so 20 000 calls sent at once over one connection
+     * cost ~190 MB however few are admitted; with the bound the client
+     * holds them, and what it sends beyond max_in_flight is refused at once.
      */
     int max_streams;
+    /*
+     * Admission. A call is in flight from its acceptance until it is over
+     * and freed: parked calls, streams and lock waiters count. A call that
+     * would take the server over max_in_flight, or its peer over
+     * max_in_flight_per_peer, is answered RESOURCE_EXHAUSTED "too many calls
+     * in flight, retry later" at once: its handler never runs, nothing of it
+     * is kept, and grpc_server_shed_total counts it. grpc.health.v1 and
+     * server reflection are never refused (nor counted), so that an
+     * orchestrator sees the service alive under a flood.
+     *
+     * max_in_flight: 0 means SVC_DEFAULT_MAX_IN_FLIGHT.
+     * max_in_flight_per_peer: 0 means no bound of its own. A peer is the
+     * client's address without its port (server.c: peer__key), so every
+     * caller on one host is one peer (on loopback, every caller), and so
+     * are the users behind one proxy or NAT: the bound is for callers
+     * spread over hosts that reach the service directly.
+     * max_queued: tasks waiting for a worker thread at most when a new call
+     * arrives (svc_pool_try_submit); a new call beyond is refused the same
+     * way. 0 means max_in_flight.
+     */
+    int max_in_flight;
+    int max_in_flight_per_peer;
+    int max_queued;
     /*
      * "host:port": GET /metrics (Prometheus) is served there from start to
      * destroy (svc/metrics.h); NULL or "": not served.
