@@ -229,7 +229,8 @@ server_exit_status(const char *kv1, const char *kv2, char *out, size_t out_size)
     size_t n;
     int status;
 
-    snprintf(cmd, sizeof(cmd), "env %s %s '%s' --listen-addr 127.0.0.1:0 2>&1", kv1,
+    /* timeout: a server that starts after all would otherwise keep the pipe open. */
+    snprintf(cmd, sizeof(cmd), "timeout 20 env %s %s '%s' --listen-addr 127.0.0.1:0 2>&1", kv1,
              kv2 != NULL ? kv2 : "", server_path);
     f = popen(cmd, "r");
     assert_non_null(f);
