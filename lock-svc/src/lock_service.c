@@ -24,12 +24,10 @@
 #include "lock/v1/lock.pb-c.h"
 #include "lock_sem.h"
 #include "lock_service.h"
+#include "lock_validate.h"
 #include "lock_waiters.h"
 #include "svc/log.h"
-#include "svc/validate.h"
 #include "svc/metrics.h"
-
-#define TOKEN_MAX 64
 
 struct lock_service {
     svc_server_t *server;
@@ -38,24 +36,6 @@ struct lock_service {
     lock_sem_t *sem;
     lock_limits_t limits;
 };
-
-/* ---------- validation ---------- */
-
-static bool
-check_lease(const lock_service_t *svc, int64_t lease_ms, int64_t *out, svc_err_t *err)
-{
-    if (!svc_validate_range("lease_ms", lease_ms, 0, svc->limits.max_lease_ms, err)) {
-        return false;
-    }
-    *out = lease_ms == 0 ? svc->limits.default_lease_ms : lease_ms;
-    return true;
-}
-
-static bool
-check_token(const char *token, svc_err_t *err)
-{
-    return svc_validate_text("token", token, 1, TOKEN_MAX, err);
-}
 
 /* ---------- Acquire ---------- */
 
@@ -110,10 +90,7 @@ handle_acquire(svc_call_t *call, const ProtobufCMessage *msg, void *user)
     int64_t lease_ms;
     svc_err_t err;
 
-    if (!svc_validate_key("key", req->key, &err) ||
-        !check_lease(svc, req->lease_ms, &lease_ms, &err) ||
-        !svc_validate_range("wait_ms", req->wait_ms, 0, svc->limits.max_wait_ms, &err) ||
-        !svc_validate_text("owner", req->owner, 0, LOCK_OWNER_MAX, &err)) {
+    if (!lock_validate_acquire(&svc->limits, req, &lease_ms, &err)) {
         svc_call_fail(call, &err);
         return;
     }
@@ -177,7 +154,7 @@ handle_release(svc_call_t *call, const ProtobufCMessage *msg, void *user)
     simple_ctx_t *ctx;
     svc_err_t err;
 
-    if (!svc_validate_key("key", req->key, &err) || !check_token(req->token, &err)) {
+    if (!lock_validate_release(req, &err)) {
         svc_call_fail(call, &err);
         return;
     }
@@ -210,8 +187,7 @@ handle_extend(svc_call_t *call, const ProtobufCMessage *msg, void *user)
     int64_t lease_ms;
     svc_err_t err;
 
-    if (!svc_validate_key("key", req->key, &err) || !check_token(req->token, &err) ||
-        !check_lease(svc, req->lease_ms, &lease_ms, &err)) {
+    if (!lock_validate_extend(&svc->limits, req, &lease_ms, &err)) {
         svc_call_fail(call, &err);
         return;
     }
@@ -248,7 +224,7 @@ handle_get_lock(svc_call_t *call, const ProtobufCMessage *msg, void *user)
     simple_ctx_t *ctx;
     svc_err_t err;
 
-    if (!svc_validate_key("key", req->key, &err)) {
+    if (!lock_validate_get_lock(req, &err)) {
         svc_call_fail(call, &err);
         return;
     }
