@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "svc/arena.h"
+#include "wire.h"
 
 void
 fuzz_fail(const char *what, const char *file, int line)
@@ -81,6 +82,10 @@ fuzz_unpack(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t 
     size_t n1, n2;
 
     FUZZ_CHECK(arena != NULL);
+    if (!svc_wire_strings_have_no_nul(desc, data, len)) {
+        svc_arena_destroy(arena); /* the server refuses it before unpacking */
+        return NULL;
+    }
     in_arena = protobuf_c_message_unpack(desc, svc_arena_allocator(arena), len, data);
     msg = protobuf_c_message_unpack(desc, NULL, len, data);
     FUZZ_CHECK((in_arena == NULL) == (msg == NULL));
@@ -89,8 +94,9 @@ fuzz_unpack(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t 
         return NULL;
     }
     FUZZ_CHECK(protobuf_c_message_check(msg));
-    /* The arena's copy packs to the same bytes as malloc's. */
+    /* The arena's copy packs to the same bytes as malloc's; C strings never pack a NUL. */
     b1 = pack(msg, &n1);
+    FUZZ_CHECK(svc_wire_strings_have_no_nul(desc, b1, n1));
     b2 = pack(in_arena, &n2);
     FUZZ_CHECK(n1 == n2 && memcmp(b1, b2, n1) == 0);
     free(b2);

@@ -25,11 +25,11 @@
 void fuzz_fail(const char *what, const char *file, int line) __attribute__((noreturn));
 
 /*
- * Decodes data as desc the way the server does (protobuf_c_message_unpack
- * into a call arena), and again with malloc, which ASan watches byte by
- * byte; both must agree. A message that decoded must survive a pack/unpack
- * round trip unchanged. Returns the malloc'd message for the validator (free
- * it with fuzz_free) or NULL when the bytes are not a message.
+ * Decodes data as desc the way the server does (no NUL inside a string,
+ * wire.h, then protobuf_c_message_unpack into a call arena), and again with malloc, which ASan
+ * watches byte by byte; both must agree. A message that decoded must survive a pack/unpack round
+ * trip unchanged. Returns the malloc'd message for the validator (free it with fuzz_free) or NULL
+ * when the bytes are not a message.
  */
 ProtobufCMessage *fuzz_unpack(const ProtobufCMessageDescriptor *desc, const uint8_t *data,
                               size_t len);
