@@ -87,7 +87,7 @@ export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:symbolize=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:abort_on_error=1
 
 # The last value of "stat::<name>: N" in a log.
-stat() { sed -n "s/^stat::$2: *\([0-9]*\).*/\1/p" "$1" | tail -1; }
+final_stat() { sed -n "s/^stat::$2: *\([0-9]*\).*/\1/p" "$1" | tail -1; }
 # The last "<name>: N" of libFuzzer's progress lines (cov, ft, corp).
 progress() { grep -E '^#[0-9]+' "$1" | tail -1 | sed -n "s/.* $2: \([0-9/a-zA-Z]*\).*/\1/p"; }
 
@@ -105,9 +105,9 @@ for t in "${selected[@]}"; do
     rc=0
     "$BIN/fuzz_$t" "${args[@]}" "$work" "$SEEDS/$t" >"$log" 2>&1 || rc=$?
     took=$(awk -v a="$start" -v b="$(date +%s%N)" 'BEGIN { printf "%.1f", (b - a) / 1e9 }')
-    execs=$(stat "$log" number_of_executed_units)
-    per_s=$(stat "$log" average_exec_per_sec)
-    rss=$(stat "$log" peak_rss_mb)
+    execs=$(final_stat "$log" number_of_executed_units)
+    per_s=$(final_stat "$log" average_exec_per_sec)
+    rss=$(final_stat "$log" peak_rss_mb)
     result=ok
     if ((rc != 0)) || grep -qE 'ERROR: (AddressSanitizer|LeakSanitizer|UndefinedBehaviorSanitizer|libFuzzer)|runtime error:|fuzz check failed' "$log"; then
         result=FAILED
