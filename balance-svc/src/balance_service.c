@@ -14,16 +14,10 @@
 #include "balance_batcher.h"
 #include "balance_service.h"
 #include "balance_store.h"
+#include "balance_validate.h"
 #include "svc/auth.h"
-#include "svc/validate.h"
 
-#define KEY_MAX 128
-#define REFERENCE_MAX 256
-#define PAGE_DEFAULT 50
-#define PAGE_MAX 500
 #define READ_BUDGET_MS 5000
-#define EXPIRES_DEFAULT_MS 600000
-#define EXPIRES_MAX_MS 86400000
 
 struct balance_service {
     svc_server_t *server;
@@ -111,27 +105,16 @@ read_deadline(svc_call_t *call)
 
 /* ---------- changes ---------- */
 
-static bool
-check_change(int64_t user_id, int64_t amount, int64_t max_amount, const char *key,
-             const char *reference, svc_err_t *err)
-{
-    return svc_validate_range("user_id", user_id, 1, INT64_MAX, err) &&
-           svc_validate_range("amount", amount, 1, max_amount, err) &&
-           svc_validate_text("idempotency_key", key, 1, KEY_MAX, err) &&
-           svc_validate_text("reference", reference, 0, REFERENCE_MAX, err);
-}
-
-/* TopUp, Spend and Authorize: validate, then join the account's queue. */
+/* TopUp, Spend and Authorize, once validated: join the account's queue. */
 static void
 change(balance_service_t *svc, svc_call_t *call, balance_op_kind_t kind, int64_t user_id,
-       int64_t amount, int64_t max_amount, const char *key, const char *reference,
-       int64_t expires_in_ms)
+       int64_t amount, const char *key, const char *reference, int64_t expires_in_ms)
 {
     balance_req_t *r;
+
     svc_err_t err;
 
-    if (!check_change(user_id, amount, max_amount, key, reference, &err) ||
-        svc_auth_check_user(svc->auth, call, user_id, &err) != 0) {
+    if (svc_auth_check_user(svc->auth, call, user_id, &err) != 0) {
         svc_call_fail(call, &err);
         return;
     }
@@ -149,33 +132,42 @@ static void
 handle_top_up(svc_call_t *call, const ProtobufCMessage *msg, void *user)
 {
     const Balance__V1__TopUpRequest *req = (const void *)msg;
+    svc_err_t err;
 
-    change(user, call, BALANCE_OP_TOP_UP, req->user_id, req->amount, BALANCE_MAX_AMOUNT,
-           req->idempotency_key, "", 0);
+    if (!balance_validate_top_up(req, &err)) {
+        svc_call_fail(call, &err);
+        return;
+    }
+    change(user, call, BALANCE_OP_TOP_UP, req->user_id, req->amount, req->idempotency_key, "", 0);
 }
 
 static void
 handle_spend(svc_call_t *call, const ProtobufCMessage *msg, void *user)
 {
     const Balance__V1__SpendRequest *req = (const void *)msg;
+    svc_err_t err;
 
-    change(user, call, BALANCE_OP_SPEND, req->user_id, req->amount, BALANCE_MAX_AMOUNT,
-           req->idempotency_key, req->reference, 0);
+    if (!balance_validate_spend(req, &err)) {
+        svc_call_fail(call, &err);
+        return;
+    }
+    change(user, call, BALANCE_OP_SPEND, req->user_id, req->amount, req->idempotency_key,
+           req->reference, 0);
 }
 
 static void
 handle_authorize(svc_call_t *call, const ProtobufCMessage *msg, void *user)
 {
     const Balance__V1__AuthorizeRequest *req = (const void *)msg;
-    int64_t expires_in_ms = req->expires_in_ms == 0 ? EXPIRES_DEFAULT_MS : req->expires_in_ms;
+    int64_t expires_in_ms;
     svc_err_t err;
 
-    if (!svc_validate_range("expires_in_ms", expires_in_ms, 1, EXPIRES_MAX_MS, &err)) {
+    if (!balance_validate_authorize(req, &expires_in_ms, &err)) {
         svc_call_fail(call, &err);
         return;
     }
-    change(user, call, BALANCE_OP_AUTHORIZE, req->user_id, req->amount, BALANCE_MAX_HOLD,
-           req->idempotency_key, req->reference, expires_in_ms);
+    change(user, call, BALANCE_OP_AUTHORIZE, req->user_id, req->amount, req->idempotency_key,
+           req->reference, expires_in_ms);
 }
 
 static void
@@ -186,9 +178,7 @@ handle_refund(svc_call_t *call, const ProtobufCMessage *msg, void *user)
     balance_req_t *r;
     svc_err_t err;
 
-    if (!check_change(req->user_id, req->amount, BALANCE_MAX_HOLD, req->idempotency_key, "",
-                      &err) ||
-        !svc_validate_range("transaction_id", req->transaction_id, 1, INT64_MAX, &err) ||
+    if (!balance_validate_refund(req, &err) ||
         svc_auth_check_user(svc->auth, call, req->user_id, &err) != 0) {
         svc_call_fail(call, &err);
         return;
@@ -203,9 +193,9 @@ handle_refund(svc_call_t *call, const ProtobufCMessage *msg, void *user)
 }
 
 /*
- * Capture and Void: find the authorization's account, then join its queue.
- * The caller is known before the lookup, so a caller without a valid token
- * learns nothing of which authorizations exist.
+ * Capture and Void, once validated: find the authorization's account, then
+ * join its queue. The caller is known before the lookup, so a caller without
+ * a valid token learns nothing of which authorizations exist.
  */
 static void
 settle(balance_service_t *svc, svc_call_t *call, balance_op_kind_t kind, int64_t authorization_id)
@@ -215,8 +205,7 @@ settle(balance_service_t *svc, svc_call_t *call, balance_op_kind_t kind, int64_t
     int64_t user_id;
     svc_err_t err;
 
-    if (!svc_validate_range("authorization_id", authorization_id, 1, INT64_MAX, &err) ||
-        svc_auth_caller(svc->auth, call, &caller, &err) != 0 ||
+    if (svc_auth_caller(svc->auth, call, &caller, &err) != 0 ||
         balance_store_authorization_user(svc->db, authorization_id, read_deadline(call), &user_id,
                                          &err) != 0) {
         svc_call_fail(call, &err);
@@ -239,7 +228,12 @@ static void
 handle_capture(svc_call_t *call, const ProtobufCMessage *msg, void *user)
 {
     const Balance__V1__CaptureRequest *req = (const void *)msg;
+    svc_err_t err;
 
+    if (!balance_validate_capture(req, &err)) {
+        svc_call_fail(call, &err);
+        return;
+    }
     settle(user, call, BALANCE_OP_CAPTURE, req->authorization_id);
 }
 
@@ -247,7 +241,12 @@ static void
 handle_void(svc_call_t *call, const ProtobufCMessage *msg, void *user)
 {
     const Balance__V1__VoidRequest *req = (const void *)msg;
+    svc_err_t err;
 
+    if (!balance_validate_void(req, &err)) {
+        svc_call_fail(call, &err);
+        return;
+    }
     settle(user, call, BALANCE_OP_VOID, req->authorization_id);
 }
 
@@ -261,7 +260,7 @@ handle_get_balance(svc_call_t *call, const ProtobufCMessage *msg, void *user)
     balance_service_t *svc = user;
     svc_err_t err;
 
-    if (!svc_validate_range("user_id", req->user_id, 1, INT64_MAX, &err) ||
+    if (!balance_validate_get_balance(req, &err) ||
         svc_auth_check_user(svc->auth, call, req->user_id, &err) != 0 ||
         balance_store_get(svc->db, req->user_id, read_deadline(call), &resp.balance,
                           &resp.available, &resp.updated_at_ms, &err) != 0) {
@@ -270,24 +269,6 @@ handle_get_balance(svc_call_t *call, const ProtobufCMessage *msg, void *user)
     }
     resp.user_id = req->user_id;
     svc_call_reply(call, &resp.base);
-}
-
-/* page_token is the id of the last row of the previous page, in decimal. */
-static bool
-parse_page_token(const char *token, int64_t *before, svc_err_t *err)
-{
-    char *end;
-
-    *before = 0;
-    if (token == NULL || token[0] == '\0') {
-        return true;
-    }
-    *before = strtoll(token, &end, 10);
-    if (*end != '\0' || *before <= 0) {
-        svc_err_set(err, SVC_INVALID_ARGUMENT, "page_token is not valid");
-        return false;
-    }
-    return true;
 }
 
 static Balance__V1__TransactionKind
@@ -313,17 +294,15 @@ handle_list(svc_call_t *call, const ProtobufCMessage *msg, void *user)
     svc_arena_t *arena = svc_call_arena(call);
     balance_entry_t *rows;
     int64_t before;
+    int32_t page_size;
     svc_err_t err;
     bool more;
     int n;
 
-    if (!svc_validate_range("user_id", req->user_id, 1, INT64_MAX, &err) ||
-        !svc_validate_range("page_size", req->page_size, 0, PAGE_MAX, &err) ||
-        !parse_page_token(req->page_token, &before, &err) ||
+    if (!balance_validate_list_transactions(req, &before, &page_size, &err) ||
         svc_auth_check_user(svc->auth, call, req->user_id, &err) != 0 ||
-        balance_store_list(svc->db, req->user_id, before,
-                           req->page_size > 0 ? req->page_size : PAGE_DEFAULT, read_deadline(call),
-                           arena, &rows, &n, &more, &err) != 0) {
+        balance_store_list(svc->db, req->user_id, before, page_size, read_deadline(call), arena,
+                           &rows, &n, &more, &err) != 0) {
         svc_call_fail(call, &err);
         return;
     }

@@ -16,7 +16,8 @@ BUF_BIN="$ROOT/.tools/node_modules/.bin/buf"
 # Debian packages, by purpose: C toolchain, gRPC/protobuf-c, client libraries
 # (libmicrohttpd serves /metrics, jansson reads JWT claims), tests (prometheus scrapes a stack in one),
 # the servers up.sh runs, the standard health/reflection protos, format
-# check, and node for buf. npm is handled apart (see below).
+# check, clang with its compiler-rt (libFuzzer, ASan, UBSan) for
+# tests/fuzz, and node for buf. npm is handled apart (see below).
 PACKAGES=(
     build-essential cmake pkg-config
     libgrpc-dev protobuf-compiler protobuf-c-compiler libprotobuf-c-dev
@@ -25,6 +26,7 @@ PACKAGES=(
     postgresql redis-server redis-sentinel
     grpc-proto
     clang-format
+    clang-14 libclang-rt-14-dev
     nodejs
 )
 

@@ -24,6 +24,7 @@
 #include <grpc/support/time.h>
 
 #include "server_internal.h"
+#include "wire.h"
 #include "svc/log.h"
 #include "svc/metrics.h"
 
@@ -282,8 +283,11 @@ svc__unpack_message(grpc_byte_buffer *buf, const ProtobufCMessageDescriptor *des
     }
     slice = grpc_byte_buffer_reader_readall(&reader);
     grpc_byte_buffer_reader_destroy(&reader);
-    msg = protobuf_c_message_unpack(desc, svc_arena_allocator(arena), GRPC_SLICE_LENGTH(slice),
-                                    GRPC_SLICE_START_PTR(slice));
+    /* A NUL inside a string would cut it short as a C string: refused as unparsable. */
+    msg = svc_wire_strings_have_no_nul(desc, GRPC_SLICE_START_PTR(slice), GRPC_SLICE_LENGTH(slice))
+              ? protobuf_c_message_unpack(desc, svc_arena_allocator(arena),
+                                          GRPC_SLICE_LENGTH(slice), GRPC_SLICE_START_PTR(slice))
+              : NULL;
     grpc_slice_unref(slice);
     return msg;
 }

@@ -944,7 +944,12 @@ lock_redis_url_redact(const char *url, char *buf, size_t len)
     start = start != NULL ? start + 3 : url;
     at = strchr(start, '@');
     slash = strchr(start, '/');
-    if (at == NULL || (slash != NULL && slash < at)) {
+    /*
+     * lock_store reads a redis:// URL's password up to its first '@', a '/'
+     * before it or not ("redis://:pa/ss@h:1"): so must this. Elsewhere an
+     * '@' after a '/' is no user info ("redis-sentinel://h:1/my@master").
+     */
+    if (at == NULL || (strncmp(url, "redis://", 8) != 0 && slash != NULL && slash < at)) {
         snprintf(buf, len, "%s", url); /* no user info */
         return buf;
     }

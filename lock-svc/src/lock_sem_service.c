@@ -14,9 +14,7 @@
 #include "lock_sem.h"
 #include "lock_sem_internal.h"
 #include "lock_sem_store.h"
-#include "svc/validate.h"
-
-#define TICKET_MAX 64
+#include "lock_validate.h"
 
 /* A unary semaphore call on its way; it lives in the call's arena. */
 typedef struct {
@@ -35,17 +33,6 @@ sem_ctx(svc_call_t *call, void *user)
         ctx->call = call;
     }
     return ctx;
-}
-
-/* A lease or TTL: 0 means the server default, above the maximum is INVALID_ARGUMENT. */
-static bool
-check_ms(const lock_sem_t *sem, const char *field, int64_t ms, int64_t *out, svc_err_t *err)
-{
-    if (!svc_validate_range(field, ms, 0, sem->limits->max_sem_lease_ms, err)) {
-        return false;
-    }
-    *out = ms == 0 ? sem->limits->default_lease_ms : ms;
-    return true;
 }
 
 /* Common to every answer: the timer hears of the next end. False when err ended the call. */
@@ -90,11 +77,8 @@ lock_sem_handle_enter(svc_call_t *call, const ProtobufCMessage *msg, void *user)
     sem_ctx_t *ctx;
     svc_err_t err;
 
-    if (!lock_service_check_name(user, call, "name", req->name, &err) ||
-        !svc_validate_text("owner", req->owner, 1, LOCK_OWNER_MAX, &err) ||
-        !svc_validate_range("limit", req->limit, 1, LOCK_SEM_LIMIT_MAX, &err) ||
-        !check_ms(sem, "lease_ms", req->lease_ms, &lease_ms, &err) ||
-        !check_ms(sem, "ticket_ttl_ms", req->ticket_ttl_ms, &ttl_ms, &err)) {
+    if (!lock_validate_enter_semaphore(sem->limits, req, &lease_ms, &ttl_ms, &err) ||
+        !lock_service_check_name(user, call, "name", req->name, &err)) {
         svc_call_fail(call, &err);
         return;
     }
@@ -127,8 +111,8 @@ lock_sem_handle_leave(svc_call_t *call, const ProtobufCMessage *msg, void *user)
     sem_ctx_t *ctx;
     svc_err_t err;
 
-    if (!lock_service_check_name(user, call, "name", req->name, &err) ||
-        !svc_validate_text("ticket", req->ticket, 1, TICKET_MAX, &err)) {
+    if (!lock_validate_leave_semaphore(req, &err) ||
+        !lock_service_check_name(user, call, "name", req->name, &err)) {
         svc_call_fail(call, &err);
         return;
     }
@@ -162,9 +146,8 @@ lock_sem_handle_extend(svc_call_t *call, const ProtobufCMessage *msg, void *user
     sem_ctx_t *ctx;
     svc_err_t err;
 
-    if (!lock_service_check_name(user, call, "name", req->name, &err) ||
-        !svc_validate_text("ticket", req->ticket, 1, TICKET_MAX, &err) ||
-        !check_ms(sem, "lease_ms", req->lease_ms, &lease_ms, &err)) {
+    if (!lock_validate_extend_semaphore(sem->limits, req, &lease_ms, &err) ||
+        !lock_service_check_name(user, call, "name", req->name, &err)) {
         svc_call_fail(call, &err);
         return;
     }
@@ -201,8 +184,8 @@ lock_sem_handle_get(svc_call_t *call, const ProtobufCMessage *msg, void *user)
     sem_ctx_t *ctx;
     svc_err_t err;
 
-    if (!lock_service_check_name(user, call, "name", req->name, &err) ||
-        !svc_validate_text("ticket", req->ticket, 0, TICKET_MAX, &err)) {
+    if (!lock_validate_get_semaphore(req, &err) ||
+        !lock_service_check_name(user, call, "name", req->name, &err)) {
         svc_call_fail(call, &err);
         return;
     }

@@ -41,8 +41,8 @@
 #include "lock_sem.h"
 #include "lock_sem_internal.h"
 #include "lock_sem_store.h"
+#include "lock_validate.h"
 #include "svc/log.h"
-#include "svc/validate.h"
 
 #define BLOCK_MS 1000       /* one XREAD waits at most this long */
 #define READ_COUNT 1000     /* events per semaphore per XREAD */
@@ -106,16 +106,7 @@ struct sem_watch {
 static bool
 id_parse(const char *text, stream_id_t *out)
 {
-    unsigned long long ms, seq;
-    int n = 0;
-
-    if (sscanf(text, "%llu-%llu%n", &ms, &seq, &n) != 2 || text[n] != '\0' || text[0] == '-' ||
-        text[0] == '+') {
-        return false;
-    }
-    out->ms = ms;
-    out->seq = seq;
-    return true;
+    return lock_sem_version_parse(text, &out->ms, &out->seq);
 }
 
 static bool
@@ -380,17 +371,13 @@ lock_sem_handle_watch(svc_call_t *call, const ProtobufCMessage *msg, void *user)
     lock_sem_t *sem = lock_service_sem(user);
     struct sem_watch *sw = sem->watch;
     const char *after = req->after_version != NULL ? req->after_version : "";
-    stream_id_t ignored;
     watched_t *wn;
     watcher_t *w;
     svc_err_t err;
 
-    if (!lock_service_check_name(user, call, "name", req->name, &err)) {
+    if (!lock_validate_watch_semaphore(req, &err) ||
+        !lock_service_check_name(user, call, "name", req->name, &err)) {
         svc_call_finish(call, &err);
-        return;
-    }
-    if (after[0] != '\0' && (strlen(after) >= LOCK_SEM_VERSION_MAX || !id_parse(after, &ignored))) {
-        fail_call(call, SVC_INVALID_ARGUMENT, "after_version must be empty or a version");
         return;
     }
     if ((w = svc_call_alloc(call, sizeof(*w))) == NULL) {

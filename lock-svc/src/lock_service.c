@@ -24,12 +24,10 @@
 #include "lock/v1/lock.pb-c.h"
 #include "lock_sem.h"
 #include "lock_service.h"
+#include "lock_validate.h"
 #include "lock_waiters.h"
 #include "svc/log.h"
-#include "svc/validate.h"
 #include "svc/metrics.h"
-
-#define TOKEN_MAX 64
 
 struct lock_service {
     svc_server_t *server;
@@ -40,18 +38,13 @@ struct lock_service {
     const svc_auth_t *auth;
 };
 
-/* ---------- validation ---------- */
-
 bool
 lock_service_check_name(lock_service_t *svc, svc_call_t *call, const char *field, const char *name,
                         svc_err_t *err)
 {
     static const char *const reserved[] = LOCK_RESERVED_PREFIXES;
-    char what[SVC_KEY_MAX + 32];
+    char what[LOCK_KEY_MAX + 32];
 
-    if (!svc_validate_key(field, name, err)) {
-        return false;
-    }
     for (size_t i = 0; i < sizeof(reserved) / sizeof(reserved[0]); i++) {
         if (strncmp(name, reserved[i], strlen(reserved[i])) == 0) {
             snprintf(what, sizeof(what), "%s %s", field, name);
@@ -60,23 +53,6 @@ lock_service_check_name(lock_service_t *svc, svc_call_t *call, const char *field
     }
     return true;
 }
-
-static bool
-check_lease(const lock_service_t *svc, int64_t lease_ms, int64_t *out, svc_err_t *err)
-{
-    if (!svc_validate_range("lease_ms", lease_ms, 0, svc->limits.max_lease_ms, err)) {
-        return false;
-    }
-    *out = lease_ms == 0 ? svc->limits.default_lease_ms : lease_ms;
-    return true;
-}
-
-static bool
-check_token(const char *token, svc_err_t *err)
-{
-    return svc_validate_text("token", token, 1, TOKEN_MAX, err);
-}
-
 /* ---------- Acquire ---------- */
 
 /* An Acquire that does not wait; it lives in the call's arena. */
@@ -130,10 +106,8 @@ handle_acquire(svc_call_t *call, const ProtobufCMessage *msg, void *user)
     int64_t lease_ms;
     svc_err_t err;
 
-    if (!lock_service_check_name(svc, call, "key", req->key, &err) ||
-        !check_lease(svc, req->lease_ms, &lease_ms, &err) ||
-        !svc_validate_range("wait_ms", req->wait_ms, 0, svc->limits.max_wait_ms, &err) ||
-        !svc_validate_text("owner", req->owner, 0, LOCK_OWNER_MAX, &err)) {
+    if (!lock_validate_acquire(&svc->limits, req, &lease_ms, &err) ||
+        !lock_service_check_name(svc, call, "key", req->key, &err)) {
         svc_call_fail(call, &err);
         return;
     }
@@ -197,8 +171,8 @@ handle_release(svc_call_t *call, const ProtobufCMessage *msg, void *user)
     simple_ctx_t *ctx;
     svc_err_t err;
 
-    if (!lock_service_check_name(svc, call, "key", req->key, &err) ||
-        !check_token(req->token, &err)) {
+    if (!lock_validate_release(req, &err) ||
+        !lock_service_check_name(svc, call, "key", req->key, &err)) {
         svc_call_fail(call, &err);
         return;
     }
@@ -231,8 +205,8 @@ handle_extend(svc_call_t *call, const ProtobufCMessage *msg, void *user)
     int64_t lease_ms;
     svc_err_t err;
 
-    if (!lock_service_check_name(svc, call, "key", req->key, &err) ||
-        !check_token(req->token, &err) || !check_lease(svc, req->lease_ms, &lease_ms, &err)) {
+    if (!lock_validate_extend(&svc->limits, req, &lease_ms, &err) ||
+        !lock_service_check_name(svc, call, "key", req->key, &err)) {
         svc_call_fail(call, &err);
         return;
     }
@@ -269,7 +243,8 @@ handle_get_lock(svc_call_t *call, const ProtobufCMessage *msg, void *user)
     simple_ctx_t *ctx;
     svc_err_t err;
 
-    if (!lock_service_check_name(svc, call, "key", req->key, &err)) {
+    if (!lock_validate_get_lock(req, &err) ||
+        !lock_service_check_name(svc, call, "key", req->key, &err)) {
         svc_call_fail(call, &err);
         return;
     }

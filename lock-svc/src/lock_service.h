@@ -40,9 +40,9 @@ lock_service_t *lock_service_create(svc_server_t *server, lock_store_t *store,
         "seat:", "account:", "room:"                                                               \
     }
 /*
- * A lock key or semaphore name of a request, checked: its syntax
- * (INVALID_ARGUMENT), then, with identity on, that a reserved name comes
- * from a trusted peer (PERMISSION_DENIED). field is "key" or "name".
+ * A lock key or semaphore name of a request that lock_validate.h passed:
+ * with identity on, a reserved name must come from a trusted peer
+ * (PERMISSION_DENIED). field is "key" or "name".
  */
 bool lock_service_check_name(lock_service_t *svc, svc_call_t *call, const char *field,
                              const char *name, svc_err_t *err);

@@ -98,6 +98,9 @@ test_passwords_redacted_for_logs(void **state)
         {"redis://:s3cret@127.0.0.1:6379/1", "redis://:***@127.0.0.1:6379/1"},
         {"redis://user:s3cret@h:1", "redis://user:***@h:1"},
         {"redis://s3cret@h:1/2", "redis://***@h:1/2"},
+        /* A '/' in the password (found by tests/fuzz/fuzz_redis_url): hidden all the same. */
+        {"redis://user:s3cret/x@[::2]:6379/0", "redis://user:***@[::2]:6379/0"},
+        {"redis://:s3cret//@h:1", "redis://:***@h:1"},
         {"redis-sentinel://:s3cret@a:26379,b:26380/mymaster",
          "redis-sentinel://:***@a:26379,b:26380/mymaster"},
         {"redis-sentinel://a:26379,b:26380/my@master",

@@ -339,10 +339,11 @@ reservation_payments_pending(void)
     svc_metric_t *m = pending;
 
     if (m == NULL) {
-        m = pending = svc_metric(SVC_METRIC_GAUGE, "reservation_payments_pending",
-                                 "Payments this instance is taking through balance-svc now "
-                                 "(authorize, capture, void or refund under way).",
-                                 NULL);
+        m = svc_metric(SVC_METRIC_GAUGE, "reservation_payments_pending",
+                       "Payments this instance is taking through balance-svc now "
+                       "(authorize, capture, void or refund under way).",
+                       NULL);
+        pending = m; /* two steps: clang types "a = (atomic b = c)" as _Atomic */
     }
     return m;
 }

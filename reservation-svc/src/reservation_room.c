@@ -22,7 +22,7 @@
 #include "reservation/v1/reservation.pb-c.h"
 #include "reservation_internal.h"
 #include "svc/lock_client.h"
-#include "svc/validate.h"
+#include "reservation_validate.h"
 
 void
 reservation_room_name(char *buf, size_t len, int64_t schedule_id)
@@ -129,8 +129,7 @@ reservation_room_enter(svc_call_t *call, const ProtobufCMessage *msg, void *user
     int64_t ttl_ms = 0;
     svc_err_t err;
 
-    if (!svc_validate_range("user_id", req->user_id, 1, INT64_MAX, &err) ||
-        !svc_validate_range("schedule_id", req->schedule_id, 1, INT64_MAX, &err) ||
+    if (!rsv_validate_enter_waiting_room(req, &err) ||
         svc_auth_check_user(svc->opts.auth, call, req->user_id, &err) != 0 ||
         room_of(svc, call, req->schedule_id, &limit, &ttl_ms, &err) != 0) {
         svc_call_fail(call, &err);

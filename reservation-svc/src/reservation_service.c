@@ -12,14 +12,8 @@
 
 #include "reservation/v1/reservation.pb-c.h"
 #include "reservation_internal.h"
-#include "svc/validate.h"
+#include "reservation_validate.h"
 
-#define MAX_SCHEDULES 100
-#define MAX_SEAT_COUNT 10000
-#define MAX_PRICE 100000000LL
-#define MAX_WAITING_ROOM_LIMIT 1000000
-#define DEFAULT_ADMISSION_TTL_MS 600000LL
-#define MIN_ADMISSION_TTL_MS 1000
 #define DB_BUDGET_MS 5000
 
 int64_t
@@ -112,15 +106,6 @@ reply_reservation(svc_call_t *call, const rsv_reservation_t *r, int kind)
 
 /* ---------- concerts ---------- */
 
-static int
-cmp_spec(const void *a, const void *b)
-{
-    int64_t x = ((const rsv_schedule_spec_t *)a)->starts_at_ms;
-    int64_t y = ((const rsv_schedule_spec_t *)b)->starts_at_ms;
-
-    return (x > y) - (x < y);
-}
-
 /* authorization: Bearer <ADMIN_TOKEN>, compared in constant time whatever its length. */
 static bool
 is_admin(reservation_service_t *svc, svc_call_t *call)
@@ -149,51 +134,15 @@ handle_create_concert(svc_call_t *call, const ProtobufCMessage *msg, void *user)
         svc_call_fail(call, &err);
         return;
     }
-    if (!svc_validate_text("title", req->title, 1, 200, &err) ||
-        !svc_validate_range("schedules", (int64_t)req->n_schedules, 1, MAX_SCHEDULES, &err)) {
-        svc_call_fail(call, &err);
-        return;
-    }
-    specs = svc_arena_alloc(arena, req->n_schedules * sizeof(*specs));
+    specs = svc_arena_alloc(arena, RSV_MAX_SCHEDULES * sizeof(*specs));
     if (specs == NULL) {
         svc_call_fail_oom(call);
         return;
     }
-    for (size_t i = 0; i < req->n_schedules; i++) {
-        const Reservation__V1__ScheduleSpec *s = req->schedules[i];
-        if (!svc_validate_range("seat_count", s->seat_count, 1, MAX_SEAT_COUNT, &err) ||
-            !svc_validate_range("seat_price", s->seat_price, 0, MAX_PRICE, &err) ||
-            !svc_validate_range("starts_at_ms", s->starts_at_ms, 1, INT64_MAX, &err) ||
-            !svc_validate_range("waiting_room_limit", s->waiting_room_limit, 0,
-                                MAX_WAITING_ROOM_LIMIT, &err) ||
-            (s->admission_ttl_ms != 0 &&
-             !svc_validate_range("admission_ttl_ms", s->admission_ttl_ms, MIN_ADMISSION_TTL_MS,
-                                 RSV_ADMISSION_TTL_MAX_MS, &err))) {
-            svc_call_fail(call, &err);
-            return;
-        }
-        if (s->admission_ttl_ms != 0 && s->waiting_room_limit == 0) {
-            svc_err_set(&err, SVC_INVALID_ARGUMENT,
-                        "schedule %zu: admission_ttl_ms needs a waiting_room_limit", i + 1);
-            svc_call_fail(call, &err);
-            return;
-        }
-        if (s->starts_at_ms <= svc_now_unix_ms()) {
-            svc_err_set(&err, SVC_INVALID_ARGUMENT, "schedule %zu starts in the past (%" PRId64 ")",
-                        i + 1, s->starts_at_ms);
-            svc_call_fail(call, &err);
-            return;
-        }
-        specs[i] = (rsv_schedule_spec_t){.starts_at_ms = s->starts_at_ms,
-                                         .seat_count = s->seat_count,
-                                         .seat_price = s->seat_price,
-                                         .waiting_room_limit = s->waiting_room_limit,
-                                         .admission_ttl_ms = s->admission_ttl_ms != 0
-                                                                 ? s->admission_ttl_ms
-                                                                 : DEFAULT_ADMISSION_TTL_MS};
+    if (!rsv_validate_create_concert(req, svc_now_unix_ms(), specs, &err)) {
+        svc_call_fail(call, &err);
+        return;
     }
-    /* Schedules are kept and shown in starts_at_ms order. */
-    qsort(specs, req->n_schedules, sizeof(*specs), cmp_spec);
     if (rsv_store_create_concert(svc->db, req->title, specs, (int)req->n_schedules,
                                  reservation_db_deadline(call), arena, &concert, &err) != 0) {
         svc_call_fail(call, &err);
@@ -250,7 +199,7 @@ handle_list_seats(svc_call_t *call, const ProtobufCMessage *msg, void *user)
     svc_err_t err;
     int n;
 
-    if (!svc_validate_range("schedule_id", req->schedule_id, 1, INT64_MAX, &err) ||
+    if (!rsv_validate_list_seats(req, &err) ||
         rsv_store_list_seats(svc->db, req->schedule_id, svc_now_unix_ms(),
                              reservation_db_deadline(call), arena, &seats, &n, &err) != 0) {
         svc_call_fail(call, &err);
@@ -278,36 +227,6 @@ handle_list_seats(svc_call_t *call, const ProtobufCMessage *msg, void *user)
 
 /* ---------- holds ---------- */
 
-static int
-cmp_i32(const void *a, const void *b)
-{
-    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
-
-    return (x > y) - (x < y);
-}
-
-/* 1..10 distinct seat numbers of 1..10000, sorted into out. */
-static bool
-check_seat_list(const int32_t *in, size_t n, int32_t *out, svc_err_t *err)
-{
-    if (!svc_validate_range("seat_numbers", (int64_t)n, 1, RSV_MAX_SEATS, err)) {
-        return false;
-    }
-    memcpy(out, in, n * sizeof(*in));
-    qsort(out, n, sizeof(*out), cmp_i32);
-    for (size_t i = 0; i < n; i++) {
-        if (out[i] < 1 || out[i] > MAX_SEAT_COUNT) {
-            svc_err_set(err, SVC_INVALID_ARGUMENT, "seat %d does not exist", (int)out[i]);
-            return false;
-        }
-        if (i > 0 && out[i] == out[i - 1]) {
-            svc_err_set(err, SVC_INVALID_ARGUMENT, "seat %d is listed twice", (int)out[i]);
-            return false;
-        }
-    }
-    return true;
-}
-
 static void
 handle_hold_seats(svc_call_t *call, const ProtobufCMessage *msg, void *user)
 {
@@ -316,9 +235,7 @@ handle_hold_seats(svc_call_t *call, const ProtobufCMessage *msg, void *user)
     int32_t seats[RSV_MAX_SEATS];
     svc_err_t err;
 
-    if (!svc_validate_range("user_id", req->user_id, 1, INT64_MAX, &err) ||
-        !svc_validate_range("schedule_id", req->schedule_id, 1, INT64_MAX, &err) ||
-        !check_seat_list(req->seat_numbers, req->n_seat_numbers, seats, &err) ||
+    if (!rsv_validate_hold_seats(req, seats, &err) ||
         svc_auth_check_user(svc->opts.auth, call, req->user_id, &err) != 0) {
         svc_call_fail(call, &err);
         return;
@@ -341,8 +258,7 @@ handle_cancel(svc_call_t *call, const ProtobufCMessage *msg, void *user)
     rsv_reservation_t r;
     svc_err_t err;
 
-    if (!svc_validate_range("reservation_id", req->reservation_id, 1, INT64_MAX, &err) ||
-        !svc_validate_range("user_id", req->user_id, 1, INT64_MAX, &err) ||
+    if (!rsv_validate_cancel(req, &err) ||
         svc_auth_check_user(svc->opts.auth, call, req->user_id, &err) != 0 ||
         reservation_cancel(svc, call, req->reservation_id, req->user_id, svc_call_arena(call), &r,
                            &err) != 0) {
@@ -368,8 +284,7 @@ handle_get(svc_call_t *call, const ProtobufCMessage *msg, void *user)
     rsv_reservation_t r;
     svc_err_t err;
 
-    if (!svc_validate_range("reservation_id", req->reservation_id, 1, INT64_MAX, &err) ||
-        svc_auth_caller(svc->opts.auth, call, &caller, &err) != 0 ||
+    if (!rsv_validate_get(req, &err) || svc_auth_caller(svc->opts.auth, call, &caller, &err) != 0 ||
         rsv_store_get(svc->db, req->reservation_id, svc_now_unix_ms(),
                       reservation_db_deadline(call), svc_call_arena(call), &r, &err) != 0) {
         svc_call_fail(call, &err);
@@ -395,9 +310,7 @@ handle_pay(svc_call_t *call, const ProtobufCMessage *msg, void *user)
     svc_err_t err;
 
     /* idempotency_key is checked but not needed: a reservation has one payment, whatever key. */
-    if (!svc_validate_range("reservation_id", req->reservation_id, 1, INT64_MAX, &err) ||
-        !svc_validate_range("user_id", req->user_id, 1, INT64_MAX, &err) ||
-        !svc_validate_text("idempotency_key", req->idempotency_key, 0, 128, &err) ||
+    if (!rsv_validate_pay(req, &err) ||
         svc_auth_check_user(svc->opts.auth, call, req->user_id, &err) != 0 ||
         reservation_pay(svc, call, req->reservation_id, req->user_id, svc_call_arena(call), &r,
                         &pay, &err) != 0) {
