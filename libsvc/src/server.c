@@ -919,16 +919,34 @@ call__start_recv(svc_call_t *call)
 /*
  * Who a call comes from, for MAX_IN_FLIGHT_PER_PEER: its address without
  * the port ("ipv4:10.1.2.3", "ipv6:%5B2001:db8::1%5D"), so that every
- * connection of one host is one peer. Once clients present certificates
- * (mTLS), their name is the better key: take it here instead, from
- * grpc_call_auth_context and grpc_auth_context_peer_identity, keeping the
- * address for calls without one. False when the call names no peer (then
- * only the server's bound applies).
+ * connection of one host is one peer. With mTLS the verified client
+ * certificate's identity (its common name, "cert:reservation-svc") is the
+ * key instead: one client on many addresses is still one peer, and many
+ * behind one proxy are not. False when the call names no peer (then only
+ * the server's bound applies).
  */
 static bool
 peer__key(grpc_call *call, char *key, size_t len)
 {
-    char *peer = grpc_call_get_peer(call);
+    grpc_auth_context *ctx = grpc_call_auth_context(call);
+    char *peer;
+
+    if (ctx != NULL) {
+        bool named = false;
+        if (grpc_auth_context_peer_is_authenticated(ctx)) {
+            grpc_auth_property_iterator it = grpc_auth_context_peer_identity(ctx);
+            const grpc_auth_property *p = grpc_auth_property_iterator_next(&it);
+            if (p != NULL && p->value_length > 0) {
+                snprintf(key, len, "cert:%.*s", (int)p->value_length, p->value);
+                named = true;
+            }
+        }
+        grpc_auth_context_release(ctx);
+        if (named) {
+            return true;
+        }
+    }
+    peer = grpc_call_get_peer(call);
 
     if (peer == NULL) {
         return false;

@@ -10,6 +10,8 @@
 #define _GNU_SOURCE
 #include <limits.h>
 #include <setjmp.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -220,6 +222,93 @@ test_address_list_over_mtls(void **state)
     assert_int_equal(testenv_proc_stop(&b), 0);
 }
 
+/* The answer of the parked call below. */
+static atomic_int slow_code = -1;
+
+static void
+slow_done(ProtobufCMessage *resp, const svc_err_t *err, void *arg)
+{
+    (void)resp;
+    (void)arg;
+    atomic_store(&slow_code, (int)err->code);
+}
+
+static void
+set_gate(const char *target, bool open)
+{
+    Svctest__V1__SetGateRequest req = SVCTEST__V1__SET_GATE_REQUEST__INIT;
+    ProtobufCMessage *resp;
+    svc_arena_t *arena = svc_arena_create();
+    svc_call_opts_t opts = {.timeout_ms = 5000};
+    svc_err_t err;
+    svc_client_t *c = svc_client_get(target, &err);
+
+    req.open = open;
+    assert_int_equal(svc_client_unary(c, "/svctest.v1.TestService/SetGate", &req.base,
+                                      &svctest__v1__set_gate_response__descriptor, arena, &resp,
+                                      &opts, &err),
+                     0);
+    svc_arena_destroy(arena);
+}
+
+/*
+ * MAX_IN_FLIGHT_PER_PEER with mTLS counts per client certificate, not per
+ * address: with a bound of 1 and one call of "client" parked, "client" is
+ * refused, while "other", from the same address, gets in.
+ */
+static void
+test_peer_bound_counts_certificates(void **state)
+{
+    tls_files_t server, as_client, as_other;
+    testenv_proc_t p;
+    char cap[] = "MAX_IN_FLIGHT_PER_PEER=1", other_target[96];
+    const char *kv[5];
+    Svctest__V1__SlowRequest slow = SVCTEST__V1__SLOW_REQUEST__INIT;
+    svc_call_opts_t opts = {.timeout_ms = 20000};
+    svc_arena_t *arena = svc_arena_create();
+    svc_err_t err;
+    svc_status_t code = SVC_OK;
+
+    (void)state;
+    tls_files(&server, good, "svctest", good, NULL);
+    tls_files(&as_client, good, "client", NULL, good);
+    tls_files(&as_other, good, "other", NULL, good);
+    client_as(&as_client);
+    char e1[PATH_MAX + 64], e2[PATH_MAX + 64], e3[PATH_MAX + 64];
+    snprintf(e1, sizeof(e1), "TLS_CERT_FILE=%s", server.cert);
+    snprintf(e2, sizeof(e2), "TLS_KEY_FILE=%s", server.key);
+    snprintf(e3, sizeof(e3), "TLS_CLIENT_CA_FILE=%s", server.client_ca);
+    kv[0] = e1, kv[1] = e2, kv[2] = e3, kv[3] = cap, kv[4] = NULL;
+    memset(&p, 0, sizeof(p));
+    assert_int_equal(testenv_proc_start(&p, server_path, NULL, kv), 0);
+
+    set_gate(p.addr, false);
+    slow.delay_ms = 15000;
+    slow.gated = true;
+    slow.park = true;
+    svc_client_unary_async(svc_client_get(p.addr, &err), "/svctest.v1.TestService/Slow", &slow.base,
+                           &svctest__v1__slow_response__descriptor, arena, &opts, slow_done, NULL);
+    /* Once the parked call is in, "client" is over its bound. */
+    for (int i = 0; i < 250 && (code = echo(p.addr, NULL, 0)) == SVC_OK; i++) {
+        usleep(20000);
+    }
+    assert_int_equal(code, SVC_RESOURCE_EXHAUSTED);
+
+    /* "other" on a channel of its own (another spelling of the same address). */
+    assert_int_equal(svc_tls_client_configure(&as_other.o, &err), 0);
+    snprintf(other_target, sizeof(other_target), "ipv4:%s", p.addr);
+    assert_int_equal(echo(other_target, NULL, 0), SVC_OK);
+
+    /* The gate opens through "other" (the bound is "client"'s). */
+    set_gate(other_target, true);
+    for (int i = 0; i < 500 && atomic_load(&slow_code) < 0; i++) {
+        usleep(10000);
+    }
+    assert_int_equal(atomic_load(&slow_code), SVC_OK);
+    svc_arena_destroy(arena);
+    assert_int_equal(testenv_proc_stop(&p), 0);
+}
+
 /* Runs the server with one setting and returns its exit status. */
 static int
 server_exit_status(const char *kv1, const char *kv2, char *out, size_t out_size)
@@ -281,7 +370,7 @@ make_cas(void **state)
     snprintf(good, sizeof(good), "%s/a", dir);
     snprintf(evil, sizeof(evil), "%s/b", dir);
     snprintf(cmd, sizeof(cmd),
-             "'%s' '%s' svctest client >/dev/null && CERT_CN='another CA' '%s' '%s' client "
+             "'%s' '%s' svctest client other >/dev/null && CERT_CN='another CA' '%s' '%s' client "
              ">/dev/null",
              certs_path, good, certs_path, evil);
     return system(cmd) == 0 ? 0 : -1;
@@ -305,6 +394,7 @@ main(int argc, char **argv)
         cmocka_unit_test(test_mtls_refuses_every_other_client),
         cmocka_unit_test(test_tls_without_client_certificates),
         cmocka_unit_test(test_address_list_over_mtls),
+        cmocka_unit_test(test_peer_bound_counts_certificates),
         cmocka_unit_test(test_bad_settings_stop_start_up),
     };
 
