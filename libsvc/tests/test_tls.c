@@ -404,5 +404,6 @@ main(int argc, char **argv)
     }
     server_path = argv[1];
     certs_path = argv[2];
+    testenv_cleanup_on_exit(); /* a failed assertion must not leave servers behind */
     return cmocka_run_group_tests(tests, make_cas, remove_cas);
 }
