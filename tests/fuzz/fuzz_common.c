@@ -183,3 +183,22 @@ fuzz_take_i64(const uint8_t **data, size_t *len)
     fuzz_take(data, len, &v, sizeof(v));
     return v;
 }
+
+int
+fuzz_requests(const ProtobufCServiceDescriptor *service, const uint8_t *data, size_t size,
+              void (*run)(const char *method, const ProtobufCMessage *msg))
+{
+    const ProtobufCMethodDescriptor *m;
+    ProtobufCMessage *msg;
+
+    if (size < 1) {
+        return 0;
+    }
+    m = fuzz_pick_method(service, data[0]);
+    msg = fuzz_unpack(m->input, data + 1, size - 1);
+    if (msg != NULL) {
+        run(m->name, msg);
+        fuzz_free(msg);
+    }
+    return 0;
+}

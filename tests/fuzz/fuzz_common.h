@@ -44,6 +44,14 @@ void fuzz_check_refusal(const svc_err_t *err, svc_status_t code);
 const ProtobufCMethodDescriptor *fuzz_pick_method(const ProtobufCServiceDescriptor *service,
                                                   uint8_t selector);
 
+/*
+ * A request target's input: the first byte picks one of service's methods,
+ * the rest is decoded as the server decodes that method's request; run gets
+ * what decoded (and nothing when it does not). Returns 0 for libFuzzer.
+ */
+int fuzz_requests(const ProtobufCServiceDescriptor *service, const uint8_t *data, size_t size,
+                  void (*run)(const char *method, const ProtobufCMessage *msg));
+
 /* A NUL-terminated copy of data[0..len) (malloc'd, for free). */
 char *fuzz_strndup(const uint8_t *data, size_t len);
 

@@ -145,17 +145,5 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    const ProtobufCMethodDescriptor *m;
-    ProtobufCMessage *msg;
-
-    if (size < 1) {
-        return 0;
-    }
-    m = fuzz_pick_method(&reservation__v1__reservation_service__descriptor, data[0]);
-    msg = fuzz_unpack(m->input, data + 1, size - 1);
-    if (msg != NULL) {
-        run(m->name, msg);
-        fuzz_free(msg);
-    }
-    return 0;
+    return fuzz_requests(&reservation__v1__reservation_service__descriptor, data, size, run);
 }
