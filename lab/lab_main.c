@@ -643,6 +643,62 @@ write_chart_data(const lab_cfg_t *cfg, const lab_cell_t *cells, int n_cells, FIL
     }
 }
 
+/*
+ * A strategy-by-workload table of one number per concurrency level:
+ * anomalies (what = 0) or p99 ms (what = 1), "a / b / c" for the levels.
+ */
+static void
+print_summary(FILE *f, const lab_cfg_t *cfg, const lab_cell_t *cells, int n_cells, int what)
+{
+    fprintf(f, "| %s (N =", what == 0 ? "anomalies" : "p99 ms");
+    for (int l = 0; l < cfg->n_levels; l++) {
+        fprintf(f, "%s %d", l ? " /" : "", cfg->levels[l]);
+    }
+    fprintf(f, ") |");
+    for (int wl = 0; wl < W_N; wl++) {
+        if (cfg->workload_on[wl]) {
+            fprintf(f, " %s |", workload_names[wl]);
+        }
+    }
+    fprintf(f, "\n| --- |");
+    for (int wl = 0; wl < W_N; wl++) {
+        if (cfg->workload_on[wl]) {
+            fprintf(f, " ---: |");
+        }
+    }
+    fprintf(f, "\n");
+    for (int st = 0; st < LAB_N_STRATEGIES; st++) {
+        if (!cfg->strategy_on[st]) {
+            continue;
+        }
+        fprintf(f, "| %s |", lab_strategy_names[st]);
+        for (int wl = 0; wl < W_N; wl++) {
+            if (!cfg->workload_on[wl]) {
+                continue;
+            }
+            int64_t bad = 0;
+            fprintf(f, " ");
+            for (int l = 0; l < cfg->n_levels; l++) {
+                for (int i = 0; i < n_cells; i++) {
+                    const lab_cell_t *c = &cells[i];
+                    if ((int)c->workload != wl || (int)c->strategy != st ||
+                        c->n != cfg->levels[l]) {
+                        continue;
+                    }
+                    bad += c->anomalies_total;
+                    if (what == 0) {
+                        fprintf(f, "%s%" PRId64, l ? " / " : "", c->anomalies_total);
+                    } else {
+                        fprintf(f, "%s%.0f", l ? " / " : "", c->p99_ms);
+                    }
+                }
+            }
+            fprintf(f, "%s |", what == 0 && bad > 0 ? " **!**" : "");
+        }
+        fprintf(f, "\n");
+    }
+}
+
 /* ---------- what the smoke run asserts ---------- */
 
 /*
@@ -919,6 +975,15 @@ main(int argc, char **argv)
     for (int i = 0; i < n_cells; i++) {
         print_row(stdout, &cells[i]);
     }
+    printf("\n");
+    print_summary(stdout, &cfg, cells, n_cells, 0);
+    printf("\n");
+    print_summary(stdout, &cfg, cells, n_cells, 1);
+    FILE *summary = out_file(&cfg, "summary.md");
+    print_summary(summary, &cfg, cells, n_cells, 0);
+    fprintf(summary, "\n");
+    print_summary(summary, &cfg, cells, n_cells, 1);
+    fclose(summary);
     printf("\n%d cells in %.0f s\n", n_cells, (double)(bench_now_ns() - t0) / 1e9);
     if (cfg.smoke) {
         status = smoke_verdict(&cfg, cells, n_cells);
