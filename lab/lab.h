@@ -44,8 +44,9 @@ typedef enum {
     LAB_DEADLOCK,      /* SQLSTATE 40P01 */
     LAB_SERIALIZATION, /* SQLSTATE 40001 */
     LAB_FENCED,        /* a newer fence is in the row: our lock was lost */
-    LAB_TIMEOUT, /* statement_timeout, or the cell's deadline passed waiting for a connection */
-    LAB_ERROR,   /* anything else (statement timeout, pool exhausted, Redis down) */
+    LAB_TIMEOUT,    /* statement_timeout, or the cell's deadline passed waiting for a connection */
+    LAB_CONSTRAINT, /* our last net (--keep-constraints): a unique index or CHECK refused it */
+    LAB_ERROR,      /* anything else (statement timeout, pool exhausted, Redis down) */
     LAB_N_OUTCOMES
 } lab_outcome_t;
 

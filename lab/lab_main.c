@@ -232,9 +232,12 @@ stack_start(lab_stack_t *s, const lab_cfg_t *cfg)
     }
 }
 
-static void
+/* Stops everything; -1 when lock-svc did not exit cleanly (a sanitizer report, say). */
+static int
 stack_stop(lab_stack_t *s)
 {
+    int rc = 0;
+
     for (int i = 0; i < 2; i++) {
         svc_pg_pool_destroy(s->pools[i]);
     }
@@ -242,9 +245,11 @@ stack_stop(lab_stack_t *s)
     svc_client_release_all();
     if (testenv_proc_stop(&s->lock) != 0) {
         fprintf(stderr, "strategy-lab: lock-svc did not exit cleanly\n");
+        rc = -1;
     }
     testenv_redis_stop(&s->redis);
     testenv_pg_stop(&s->pg);
+    return rc;
 }
 
 /* ---------- one cell ---------- */
@@ -965,7 +970,7 @@ main(int argc, char **argv)
     FILE *chart = out_file(&cfg, "chart.dat");
     write_chart_data(&cfg, cells, n_cells, chart);
     fclose(chart);
-    stack_stop(&stack);
+    status = stack_stop(&stack) != 0 ? 1 : 0;
 
     printf("Strategy lab, %s; PostgreSQL %d connections at most; %d ops per cell at most,"
            " no new round after %.0f s; leases %lld ms (paused-holder: %lld ms, pause %lld ms)\n\n",
@@ -986,7 +991,7 @@ main(int argc, char **argv)
     fclose(summary);
     printf("\n%d cells in %.0f s\n", n_cells, (double)(bench_now_ns() - t0) / 1e9);
     if (cfg.smoke) {
-        status = smoke_verdict(&cfg, cells, n_cells);
+        status |= smoke_verdict(&cfg, cells, n_cells);
     }
     free(cells);
     return status;

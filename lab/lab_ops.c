@@ -53,6 +53,7 @@ const char *const lab_outcome_names[LAB_N_OUTCOMES] = {
     [LAB_SERIALIZATION] = "serialization",
     [LAB_FENCED] = "fenced",
     [LAB_TIMEOUT] = "timeout",
+    [LAB_CONSTRAINT] = "constraint",
     [LAB_ERROR] = "error",
 };
 
@@ -270,6 +271,9 @@ lab_sql_outcome(const lab_env_t *env, lab_worker_t *w, PGconn *c, const PGresult
     if (strcmp(state, "40001") == 0) {
         w->sqlstate_40001++;
         return LAB_SERIALIZATION;
+    }
+    if (strcmp(state, "23505") == 0 || strcmp(state, "23514") == 0) {
+        return LAB_CONSTRAINT; /* unique_violation, check_violation */
     }
     if (strcmp(state, "57014") == 0) { /* statement_timeout */
         return LAB_TIMEOUT;
