@@ -173,6 +173,26 @@ apply_migrations(lab_stack_t *s, const char *root, const char *service)
     globfree(&g);
 }
 
+/*
+ * Connects every slot of pool, one after another, so that no cell pays for
+ * (or fails at) a hundred backends forked at once on a busy machine.
+ */
+static void
+pool_warm(svc_pg_pool_t *pool, int size)
+{
+    PGconn *conns[LAB_POOL_MAX];
+    svc_err_t err;
+
+    for (int i = 0; i < size; i++) {
+        if ((conns[i] = svc_pg_acquire(pool, lab_now_ms() + 30000, &err)) == NULL) {
+            die(err.msg);
+        }
+    }
+    for (int i = 0; i < size; i++) {
+        svc_pg_release(pool, conns[i], false);
+    }
+}
+
 static void
 stack_start(lab_stack_t *s, const lab_cfg_t *cfg)
 {
@@ -188,7 +208,9 @@ stack_start(lab_stack_t *s, const lab_cfg_t *cfg)
     if (testenv_proc_start(&s->lock, cfg->lock_bin, NULL, env) != 0) {
         die("cannot start lock-svc");
     }
-    if ((s->lock_client = svc_client_get(s->lock.addr, &err)) == NULL) {
+    /* Calls fail fast until the channel is up: connect before the first cell. */
+    if ((s->lock_client = svc_client_get(s->lock.addr, &err)) == NULL ||
+        svc_client_wait_ready(s->lock_client, 20000, &err) != 0) {
         die(err.msg);
     }
     if ((s->admin = PQconnectdb(s->pg.conninfo)) == NULL || PQstatus(s->admin) != CONNECTION_OK) {
@@ -225,10 +247,12 @@ stack_start(lab_stack_t *s, const lab_cfg_t *cfg)
                                   : (max_n < LAB_POOL_MAX ? max_n : LAB_POOL_MAX);
         svc_pg_opts_t o = {.conninfo = conninfo,
                            .size = s->pool_sizes[i],
-                           .statement_timeout_ms = cfg->statement_timeout_ms};
+                           .statement_timeout_ms = cfg->statement_timeout_ms,
+                           .connect_timeout_s = 10};
         if ((s->pools[i] = svc_pg_pool_create(&o, &err)) == NULL) {
             die(err.msg);
         }
+        pool_warm(s->pools[i], s->pool_sizes[i]);
     }
 }
 
@@ -338,6 +362,9 @@ cell_op(lab_thread_t *t, int r)
         if (t->index == 0) {
             op.pause_ms = run->cfg->pause_ms;
             op.paused_flag = &run->pauser_stopped;
+            lab_outcome_t out = lab_book(&run->env, &t->w, &op, run->schedule, numbers, 1);
+            run->pauser_stopped = 1; /* also when it failed before its pause */
+            return out;
         } else {
             /* Everyone else comes once the holder has checked the seat and stopped. */
             for (int i = 0; i < 10000 && !run->pauser_stopped; i++) {
@@ -962,6 +989,9 @@ main(int argc, char **argv)
                 fflush(tsv);
                 fprintf(stderr, "[%6.1fs] ", (double)(bench_now_ns() - t0) / 1e9);
                 print_row(stderr, c);
+                if (c->first_error[0] != '\0') {
+                    fprintf(stderr, "  first error: %s\n", c->first_error);
+                }
             }
         }
     }
