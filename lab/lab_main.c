@@ -677,12 +677,12 @@ write_chart_data(const lab_cfg_t *cfg, const lab_cell_t *cells, int n_cells, FIL
 
 /*
  * A strategy-by-workload table of one number per concurrency level:
- * anomalies (what = 0) or p99 ms (what = 1), "a / b / c" for the levels.
+ * anomalies (what = 0), p99 ms (1) or PostgreSQL CPU s (2), "a / b / c" for the levels.
  */
 static void
 print_summary(FILE *f, const lab_cfg_t *cfg, const lab_cell_t *cells, int n_cells, int what)
 {
-    fprintf(f, "| %s (N =", what == 0 ? "anomalies" : "p99 ms");
+    fprintf(f, "| %s (N =", what == 0 ? "anomalies" : what == 1 ? "p99 ms" : "database CPU s");
     for (int l = 0; l < cfg->n_levels; l++) {
         fprintf(f, "%s %d", l ? " /" : "", cfg->levels[l]);
     }
@@ -720,8 +720,10 @@ print_summary(FILE *f, const lab_cfg_t *cfg, const lab_cell_t *cells, int n_cell
                     bad += c->anomalies_total;
                     if (what == 0) {
                         fprintf(f, "%s%" PRId64, l ? " / " : "", c->anomalies_total);
-                    } else {
+                    } else if (what == 1) {
                         fprintf(f, "%s%.0f", l ? " / " : "", c->p99_ms);
+                    } else {
+                        fprintf(f, "%s%.2f", l ? " / " : "", c->db_cpu_s);
                     }
                 }
             }
@@ -1014,10 +1016,14 @@ main(int argc, char **argv)
     print_summary(stdout, &cfg, cells, n_cells, 0);
     printf("\n");
     print_summary(stdout, &cfg, cells, n_cells, 1);
+    printf("\n");
+    print_summary(stdout, &cfg, cells, n_cells, 2);
     FILE *summary = out_file(&cfg, "summary.md");
     print_summary(summary, &cfg, cells, n_cells, 0);
     fprintf(summary, "\n");
     print_summary(summary, &cfg, cells, n_cells, 1);
+    fprintf(summary, "\n");
+    print_summary(summary, &cfg, cells, n_cells, 2);
     fclose(summary);
     printf("\n%d cells in %.0f s\n", n_cells, (double)(bench_now_ns() - t0) / 1e9);
     if (cfg.smoke) {
