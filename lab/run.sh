@@ -5,7 +5,7 @@
 # PostgreSQL, Redis and lock-svc on free loopback ports, prints the Markdown
 # table, and draws the charts as SVG with gnuplot.
 #
-#   lab/run.sh                      the full run (about 10 minutes on 2 CPUs)
+#   lab/run.sh                      the full run (180 cells, about 6 minutes on 2 CPUs)
 #   lab/run.sh --smoke              a small run in seconds (what the test lab.smoke runs)
 #   lab/run.sh --out DIR            where results go (default BUILD_DIR/lab-out/<time>)
 #   lab/run.sh -- ARGS              more flags for strategy-lab, e.g.
