@@ -105,16 +105,28 @@ read_deadline(svc_call_t *call)
 
 /* ---------- changes ---------- */
 
+/*
+ * With identity on, the two-phase steps and Refund are reservation-svc's
+ * part of a payment, for trusted peers only: an owner who could Refund the
+ * capture of a confirmed reservation would get the money back and keep the
+ * seats (and Void or Capture would let a user step into a payment).
+ */
+static int
+check_payment_step(balance_service_t *svc, svc_call_t *call, const char *what, svc_err_t *err)
+{
+    return svc_auth_check_peer(svc->auth, call, what, err);
+}
+
 /* TopUp, Spend and Authorize, once validated: join the account's queue. */
 static void
 change(balance_service_t *svc, svc_call_t *call, balance_op_kind_t kind, int64_t user_id,
        int64_t amount, const char *key, const char *reference, int64_t expires_in_ms)
 {
     balance_req_t *r;
-
     svc_err_t err;
 
-    if (svc_auth_check_user(svc->auth, call, user_id, &err) != 0) {
+    if (kind == BALANCE_OP_AUTHORIZE ? check_payment_step(svc, call, "Authorize", &err) != 0
+                                     : svc_auth_check_user(svc->auth, call, user_id, &err) != 0) {
         svc_call_fail(call, &err);
         return;
     }
@@ -178,8 +190,7 @@ handle_refund(svc_call_t *call, const ProtobufCMessage *msg, void *user)
     balance_req_t *r;
     svc_err_t err;
 
-    if (!balance_validate_refund(req, &err) ||
-        svc_auth_check_user(svc->auth, call, req->user_id, &err) != 0) {
+    if (!balance_validate_refund(req, &err) || check_payment_step(svc, call, "Refund", &err) != 0) {
         svc_call_fail(call, &err);
         return;
     }
@@ -194,26 +205,19 @@ handle_refund(svc_call_t *call, const ProtobufCMessage *msg, void *user)
 
 /*
  * Capture and Void, once validated: find the authorization's account, then
- * join its queue. The caller is known before the lookup, so a caller without
- * a valid token learns nothing of which authorizations exist.
+ * join its queue. The caller is checked before the lookup, so one who may
+ * not settle learns nothing of which authorizations exist.
  */
 static void
 settle(balance_service_t *svc, svc_call_t *call, balance_op_kind_t kind, int64_t authorization_id)
 {
-    svc_auth_caller_t caller;
     balance_req_t *r;
     int64_t user_id;
     svc_err_t err;
 
-    if (svc_auth_caller(svc->auth, call, &caller, &err) != 0 ||
+    if (check_payment_step(svc, call, kind == BALANCE_OP_CAPTURE ? "Capture" : "Void", &err) != 0 ||
         balance_store_authorization_user(svc->db, authorization_id, read_deadline(call), &user_id,
                                          &err) != 0) {
-        svc_call_fail(call, &err);
-        return;
-    }
-    if (!svc_auth_caller_may(&caller, user_id)) {
-        svc_err_set(&err, SVC_PERMISSION_DENIED,
-                    "authorization %" PRId64 " belongs to another user", authorization_id);
         svc_call_fail(call, &err);
         return;
     }
