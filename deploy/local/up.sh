@@ -68,7 +68,7 @@ down.sh --purge.
 
 --tls makes a private CA and certificates with openssl in STACK_DIR/tls
 (deploy/local/certs.sh: ca.pem; lock-svc, balance-svc, reservation-svc and
-client, each NAME.pem with key NAME-key.pem, mode 0600) and runs every
+the client-only client, each NAME.pem with key NAME-key.pem, mode 0600) and runs every
 service with TLS only, requiring client certificates of that CA (mTLS),
 also between the services. STACK_DIR/env then exports TLS_CA_FILE,
 TLS_CERT_FILE and TLS_KEY_FILE (the client certificate) for tools such as
@@ -892,7 +892,7 @@ main() {
     # Likewise --tls (STACK_DIR/tls holds its CA and certificates).
     TLS_DIR="$STACK_DIR/tls"
     if ((TLS)); then
-        "$HERE/certs.sh" "$TLS_DIR" lock-svc balance-svc reservation-svc client |
+        "$HERE/certs.sh" "$TLS_DIR" lock-svc balance-svc reservation-svc --client client |
             sed 's/^certs.sh: /up.sh: --tls: /'
     elif [[ -s "$TLS_DIR/ca.pem" ]]; then
         TLS=1

@@ -52,7 +52,7 @@ typedef struct server_method {
     void *user;
     void *reg;                  /* grpc registered method */
     svc_rpc_metrics_t *metrics; /* grpc_server_* series */
-    bool exempt;                /* health and reflection: never refused, not counted in flight */
+    bool exempt;                /* Health/Check: never refused, not counted in flight */
 } server_method_t;
 
 /* A peer with calls in flight (MAX_IN_FLIGHT_PER_PEER), under the server's mu. */
@@ -157,7 +157,7 @@ struct svc_server {
     bool shutdown_begun, shutdown_done, stopped;
     bool stop_requests; /* no more grpc_server_request_*call: the server is going away */
     int live_calls;     /* accepted and not yet freed, under mu */
-    int in_flight;      /* live_calls less health and reflection: admission, under mu */
+    int in_flight;      /* live_calls less health Checks: admission, under mu */
     peer_slot_t *peers[PEER_BUCKETS]; /* under mu */
     svc_tag_t shutdown_tag;
 };
@@ -1488,9 +1488,12 @@ svc_server_add_method(svc_server_t *s, const char *path, const ProtobufCMessageD
     m->output = output;
     m->handler = *handler;
     m->user = user;
-    /* Health and reflection answer under any load: an orchestrator must see the service alive. */
-    m->exempt = strncmp(path, "/grpc.health.v1.Health/", 23) == 0 ||
-                strncmp(path, "/grpc.reflection.", 17) == 0;
+    /*
+     * Only a health Check: an orchestrator must see the service alive during
+     * a flood. Watch and reflection are streams that stay open; exempt, they
+     * would let a client hold memory without bound past MAX_IN_FLIGHT.
+     */
+    m->exempt = strcmp(path, "/grpc.health.v1.Health/Check") == 0;
     m->metrics = svc_rpc_metrics(true, path,
                                  handler->kind == SVC_METHOD_UNARY           ? "unary"
                                  : handler->kind == SVC_METHOD_SERVER_STREAM ? "server_stream"

@@ -62,7 +62,7 @@ for port in "$LOCK_PORT" "$BALANCE_PORT" "$RESERVATION_PORT"; do
         --cacert "$T/ca.pem" "https://127.0.0.1:$port/grpc.health.v1.Health/Check"
 done
 other=$STACK_DIR/other-ca
-"$ROOT/deploy/local/certs.sh" "$other" client >/dev/null
+"$ROOT/deploy/local/certs.sh" "$other" --client client >/dev/null
 refused "a certificate of another CA" --protocol grpc --cacert "$T/ca.pem" \
     --cert "$other/client.pem" --key "$other/client-key.pem" \
     "https://127.0.0.1:$RESERVATION_PORT/grpc.health.v1.Health/Check"

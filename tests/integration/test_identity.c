@@ -120,8 +120,8 @@ setup(void **state)
         return -1;
     }
     snprintf(cmd, sizeof(cmd),
-             "'%s' '%s' lock-svc balance-svc reservation-svc rogue-svc client >/dev/null", certs_sh,
-             dir);
+             "'%s' '%s' lock-svc balance-svc reservation-svc rogue-svc --client client >/dev/null",
+             certs_sh, dir);
     file_in_dir(path, sizeof(path), "jwt.pem");
     key = testjwt_ec_key("P-256");
     if (system(cmd) != 0 || key == NULL || testjwt_write_public(key, path) != 0) {

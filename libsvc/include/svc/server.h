@@ -84,9 +84,9 @@ typedef struct {
      * would take the server over max_in_flight, or its peer over
      * max_in_flight_per_peer, is answered RESOURCE_EXHAUSTED "too many calls
      * in flight, retry later" at once: its handler never runs, nothing of it
-     * is kept, and grpc_server_shed_total counts it. grpc.health.v1 and
-     * server reflection are never refused (nor counted), so that an
-     * orchestrator sees the service alive under a flood.
+     * is kept, and grpc_server_shed_total counts it. A health Check is never
+     * refused (nor counted), so that an orchestrator sees the service alive
+     * under a flood; health Watch and reflection streams count like any call.
      *
      * max_in_flight: 0 means SVC_DEFAULT_MAX_IN_FLIGHT.
      * max_in_flight_per_peer: 0 means no bound of its own. A peer is the
