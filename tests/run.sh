@@ -80,6 +80,7 @@ fi
 
 step "tests (ASan+UBSan)"
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}
+export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$ROOT/cmake/lsan.supp:print_suppressions=0}
 # abort_on_error: UBSan's own exit skips the death callback testenv sets in
 # ASan's runtime; a SIGABRT lets testenv stop the test's servers first.
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1:abort_on_error=1}
