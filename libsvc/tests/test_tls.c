@@ -222,15 +222,15 @@ test_address_list_over_mtls(void **state)
     assert_int_equal(testenv_proc_stop(&b), 0);
 }
 
-/* The answer of the parked call below. */
-static atomic_int slow_code = -1;
+/* The answers of the parked calls below: how many came back OK, and not OK. */
+static atomic_int slow_ok, slow_failed;
 
 static void
 slow_done(ProtobufCMessage *resp, const svc_err_t *err, void *arg)
 {
     (void)resp;
     (void)arg;
-    atomic_store(&slow_code, (int)err->code);
+    atomic_fetch_add(err->code == SVC_OK ? &slow_ok : &slow_failed, 1);
 }
 
 static void
@@ -239,42 +239,80 @@ set_gate(const char *target, bool open)
     Svctest__V1__SetGateRequest req = SVCTEST__V1__SET_GATE_REQUEST__INIT;
     ProtobufCMessage *resp;
     svc_arena_t *arena = svc_arena_create();
-    svc_call_opts_t opts = {.timeout_ms = 5000};
+    svc_call_opts_t opts = {.timeout_ms = 15000};
     svc_err_t err;
     svc_client_t *c = svc_client_get(target, &err);
 
     req.open = open;
-    assert_int_equal(svc_client_unary(c, "/svctest.v1.TestService/SetGate", &req.base,
-                                      &svctest__v1__set_gate_response__descriptor, arena, &resp,
-                                      &opts, &err),
-                     0);
+    /* Over a peer bound, a client retries: the bound's places come back soon. */
+    for (int i = 0; i < 100; i++) {
+        if (svc_client_unary(c, "/svctest.v1.TestService/SetGate", &req.base,
+                             &svctest__v1__set_gate_response__descriptor, arena, &resp, &opts,
+                             &err) == 0 ||
+            err.code != SVC_RESOURCE_EXHAUSTED) {
+            break;
+        }
+        usleep(20000);
+    }
+    if (err.code != SVC_OK) {
+        fail_msg("SetGate through %s: %s %s", target, svc_status_name(err.code), err.msg);
+    }
     svc_arena_destroy(arena);
+}
+
+/* Slow calls the server has taken up so far. */
+static int64_t
+slow_started(const char *target)
+{
+    Svctest__V1__StatsRequest req = SVCTEST__V1__STATS_REQUEST__INIT;
+    Svctest__V1__StatsResponse *resp;
+    svc_arena_t *arena = svc_arena_create();
+    svc_call_opts_t opts = {.timeout_ms = 15000};
+    svc_err_t err;
+    int64_t n;
+
+    for (int i = 0; i < 100; i++) {
+        if (svc_client_unary(svc_client_get(target, &err), "/svctest.v1.TestService/Stats",
+                             &req.base, &svctest__v1__stats_response__descriptor, arena,
+                             (ProtobufCMessage **)&resp, &opts, &err) == 0 ||
+            err.code != SVC_RESOURCE_EXHAUSTED) {
+            break;
+        }
+        usleep(20000);
+    }
+    if (err.code != SVC_OK) {
+        fail_msg("Stats through %s: %s %s", target, svc_status_name(err.code), err.msg);
+    }
+    n = resp->slow_started;
+    svc_arena_destroy(arena);
+    return n;
 }
 
 /*
  * MAX_IN_FLIGHT_PER_PEER with mTLS counts per client certificate, not per
- * address: with a bound of 1 and one call of "client" parked, "client" is
- * refused, while "other", from the same address, gets in.
+ * address. With a bound of 2 and two calls of "client" parked, "client" is
+ * refused, while "other", from the same address, gets in. A call's place
+ * is given back a moment after its answer left, so "client" makes no call
+ * before the two it parks, and "other" retries a refusal as a client would.
  */
 static void
 test_peer_bound_counts_certificates(void **state)
 {
     tls_files_t server, as_client, as_other;
     testenv_proc_t p;
-    char cap[] = "MAX_IN_FLIGHT_PER_PEER=1", other_target[96];
+    char cap[] = "MAX_IN_FLIGHT_PER_PEER=2", other_target[96];
+    char e1[PATH_MAX + 64], e2[PATH_MAX + 64], e3[PATH_MAX + 64];
     const char *kv[5];
     Svctest__V1__SlowRequest slow = SVCTEST__V1__SLOW_REQUEST__INIT;
-    svc_call_opts_t opts = {.timeout_ms = 20000};
-    svc_arena_t *arena = svc_arena_create();
+    svc_call_opts_t opts = {.timeout_ms = 30000};
+    svc_arena_t *arenas[2] = {svc_arena_create(), svc_arena_create()};
     svc_err_t err;
-    svc_status_t code = SVC_OK;
 
     (void)state;
     tls_files(&server, good, "svctest", good, NULL);
     tls_files(&as_client, good, "client", NULL, good);
     tls_files(&as_other, good, "other", NULL, good);
     client_as(&as_client);
-    char e1[PATH_MAX + 64], e2[PATH_MAX + 64], e3[PATH_MAX + 64];
     snprintf(e1, sizeof(e1), "TLS_CERT_FILE=%s", server.cert);
     snprintf(e2, sizeof(e2), "TLS_KEY_FILE=%s", server.key);
     snprintf(e3, sizeof(e3), "TLS_CLIENT_CA_FILE=%s", server.client_ca);
@@ -282,30 +320,41 @@ test_peer_bound_counts_certificates(void **state)
     memset(&p, 0, sizeof(p));
     assert_int_equal(testenv_proc_start(&p, server_path, NULL, kv), 0);
 
-    set_gate(p.addr, false);
-    slow.delay_ms = 15000;
-    slow.gated = true;
-    slow.park = true;
-    svc_client_unary_async(svc_client_get(p.addr, &err), "/svctest.v1.TestService/Slow", &slow.base,
-                           &svctest__v1__slow_response__descriptor, arena, &opts, slow_done, NULL);
-    /* Once the parked call is in, "client" is over its bound. */
-    for (int i = 0; i < 250 && (code = echo(p.addr, NULL, 0)) == SVC_OK; i++) {
-        usleep(20000);
-    }
-    assert_int_equal(code, SVC_RESOURCE_EXHAUSTED);
-
-    /* "other" on a channel of its own (another spelling of the same address). */
+    /* "other", on a channel of its own (another spelling of the same address), closes the gate. */
     assert_int_equal(svc_tls_client_configure(&as_other.o, &err), 0);
     snprintf(other_target, sizeof(other_target), "ipv4:%s", p.addr);
-    assert_int_equal(echo(other_target, NULL, 0), SVC_OK);
-
-    /* The gate opens through "other" (the bound is "client"'s). */
-    set_gate(other_target, true);
-    for (int i = 0; i < 500 && atomic_load(&slow_code) < 0; i++) {
+    set_gate(other_target, false);
+    /* "client" (its channel made by the health checks of the start) parks two calls. */
+    slow.delay_ms = 25000;
+    slow.gated = true;
+    slow.park = true;
+    for (int i = 0; i < 2; i++) {
+        svc_client_unary_async(svc_client_get(p.addr, &err), "/svctest.v1.TestService/Slow",
+                               &slow.base, &svctest__v1__slow_response__descriptor, arenas[i],
+                               &opts, slow_done, NULL);
+    }
+    for (int i = 0; i < 500 && slow_started(other_target) < 2; i++) {
         usleep(10000);
     }
-    assert_int_equal(atomic_load(&slow_code), SVC_OK);
-    svc_arena_destroy(arena);
+    assert_int_equal(slow_started(other_target), 2);
+    assert_int_equal(atomic_load(&slow_failed), 0);
+
+    /* "client" is at its bound; "other", from the same address, is not. */
+    assert_int_equal(echo(p.addr, NULL, 0), SVC_RESOURCE_EXHAUSTED);
+    svc_status_t code = SVC_RESOURCE_EXHAUSTED;
+    for (int i = 0; i < 100 && (code = echo(other_target, NULL, 0)) == SVC_RESOURCE_EXHAUSTED;
+         i++) {
+        usleep(20000);
+    }
+    assert_int_equal(code, SVC_OK);
+
+    set_gate(other_target, true);
+    for (int i = 0; i < 1000 && atomic_load(&slow_ok) + atomic_load(&slow_failed) < 2; i++) {
+        usleep(10000);
+    }
+    assert_int_equal(atomic_load(&slow_ok), 2);
+    svc_arena_destroy(arenas[0]);
+    svc_arena_destroy(arenas[1]);
     assert_int_equal(testenv_proc_stop(&p), 0);
 }
 
